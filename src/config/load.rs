@@ -1,0 +1,247 @@
+//! Reading the file, overlaying the environment, resolving secrets and relative paths.
+
+use super::Config;
+use base64::Engine;
+use secrecy::{SecretBox, SecretSlice};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Prefix of environment variables that override config fields (`__` separates the path).
+pub const ENV_PREFIX: &str = "CLINIKO_GATEWAY__";
+/// Environment variable holding the JWT HMAC secret.
+pub const ENV_HMAC_SECRET: &str = "CLINIKO_GATEWAY_HMAC_SECRET";
+/// Environment variable holding the key-store master key (base64 or hex of 32 bytes).
+pub const ENV_MASTER_KEY: &str = "CLINIKO_GATEWAY_MASTER_KEY";
+
+/// A start-up configuration problem: which field, what is wrong, how to fix it.
+///
+/// Never carries a field's value: values can be secrets.
+#[derive(Debug, thiserror::Error)]
+#[error("config error in `{field}`: {problem}; fix: {fix}")]
+pub struct ConfigError {
+    /// Dotted path of the field (or the env var / file involved).
+    pub field: String,
+    /// What is wrong.
+    pub problem: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+impl ConfigError {
+    /// Builds an error for `field`.
+    pub fn new(
+        field: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        ConfigError {
+            field: field.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// The environment the config is read against; injectable so tests never touch the process env.
+#[derive(Debug, Clone, Default)]
+pub struct Env(pub BTreeMap<String, String>);
+
+impl Env {
+    /// The process environment.
+    pub fn from_process() -> Self {
+        Env(std::env::vars().collect())
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str)
+    }
+}
+
+/// Reads `path`, overlays `env`, resolves secrets and validates.
+pub fn load(path: &Path, env: &Env) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            path.display().to_string(),
+            format!("cannot read the config file ({})", e.kind()),
+            "pass an existing, readable file with --config",
+        )
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    load_str(&text, base, env)
+}
+
+/// Parses config text; relative paths inside are taken relative to `base_dir`.
+pub fn load_str(text: &str, base_dir: &Path, env: &Env) -> Result<Config, ConfigError> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+        ConfigError::new(
+            "(file)",
+            format!("not valid TOML: {}", e.message()),
+            "check the syntax near the reported position",
+        )
+    })?;
+    refuse_inline_secrets(&table)?;
+    overlay_env(&mut table, env)?;
+    let mut cfg: Config =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let field = e.path().to_string();
+            ConfigError::new(
+                field,
+                e.inner().message().to_string(),
+                "see config/gateway.example.toml for every field and its type",
+            )
+        })?;
+    resolve_paths(&mut cfg, base_dir);
+    resolve_secrets(&mut cfg, env)?;
+    super::validate::validate(&cfg)?;
+    Ok(cfg)
+}
+
+fn refuse_inline_secrets(t: &toml::Table) -> Result<(), ConfigError> {
+    let has = |sec: &str, key: &str| {
+        t.get(sec)
+            .and_then(|s| s.as_table())
+            .is_some_and(|s| s.contains_key(key))
+    };
+    if has("auth", "hmac_secret") {
+        return Err(ConfigError::new(
+            "auth.hmac_secret",
+            "secrets are never read from the config file",
+            format!("set {ENV_HMAC_SECRET} or point auth.hmac_secret_file at a file"),
+        ));
+    }
+    if has("keystore", "master_key") {
+        return Err(ConfigError::new(
+            "keystore.master_key",
+            "secrets are never read from the config file",
+            format!("set {ENV_MASTER_KEY} or point keystore.master_key_file at a file"),
+        ));
+    }
+    Ok(())
+}
+
+/// `CLINIKO_GATEWAY__UPSTREAM__TIMEOUT=30s` sets `upstream.timeout`. Values that parse as a
+/// TOML value (numbers, booleans, arrays) take that type; anything else is a string.
+fn overlay_env(table: &mut toml::Table, env: &Env) -> Result<(), ConfigError> {
+    for (name, raw) in &env.0 {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::new(
+                name.clone(),
+                "empty path segment in the variable name",
+                "name it CLINIKO_GATEWAY__<SECTION>__<FIELD>, e.g. CLINIKO_GATEWAY__SERVER__LISTEN",
+            ));
+        }
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let (last, parents) = path
+            .split_last()
+            .ok_or_else(|| ConfigError::new(name.clone(), "no field named", "append __<FIELD>"))?;
+        let mut cur = &mut *table;
+        for seg in parents {
+            let next = cur
+                .entry(seg.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cur = next.as_table_mut().ok_or_else(|| {
+                ConfigError::new(
+                    name.clone(),
+                    format!("`{seg}` is not a section"),
+                    "override a field inside a section, e.g. CLINIKO_GATEWAY__SERVER__LISTEN",
+                )
+            })?;
+        }
+        cur.insert(last.clone(), value);
+    }
+    Ok(())
+}
+
+fn resolve_paths(cfg: &mut Config, base: &Path) {
+    let fix = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    let fix_opt = |p: &mut Option<PathBuf>| {
+        if let Some(p) = p {
+            fix(p)
+        }
+    };
+    fix_opt(&mut cfg.server.tls_cert_file);
+    fix_opt(&mut cfg.server.tls_key_file);
+    fix_opt(&mut cfg.auth.hmac_secret_file);
+    for k in &mut cfg.auth.public_keys {
+        fix(&mut k.file);
+    }
+    fix(&mut cfg.keystore.path);
+    fix_opt(&mut cfg.keystore.master_key_file);
+    fix_opt(&mut cfg.upstream.ca_file);
+}
+
+fn read_secret(
+    field: &str,
+    file: Option<&Path>,
+    env_name: &str,
+    env: &Env,
+) -> Result<Option<String>, ConfigError> {
+    if let Some(path) = file {
+        let s = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                field,
+                format!("cannot read the secret file ({})", e.kind()),
+                "point it at an existing file readable by the gateway",
+            )
+        })?;
+        return Ok(Some(s.trim_end_matches(['\r', '\n']).to_string()));
+    }
+    Ok(env.get(env_name).map(str::to_string))
+}
+
+fn resolve_secrets(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
+    if let Some(s) = read_secret(
+        "auth.hmac_secret_file",
+        cfg.auth.hmac_secret_file.as_deref(),
+        ENV_HMAC_SECRET,
+        env,
+    )? {
+        cfg.auth.hmac_secret = Some(SecretSlice::from(s.into_bytes()));
+    }
+    let field = if cfg.keystore.master_key_file.is_some() {
+        "keystore.master_key_file"
+    } else {
+        ENV_MASTER_KEY
+    };
+    let raw = read_secret(field, cfg.keystore.master_key_file.as_deref(), ENV_MASTER_KEY, env)?
+        .ok_or_else(|| {
+            ConfigError::new(
+                "keystore.master_key",
+                "no master key",
+                format!(
+                    "set {ENV_MASTER_KEY} (or keystore.master_key_file) to 32 random bytes, base64 or hex; `cliniko-gateway keys gen-master-key` makes one"
+                ),
+            )
+        })?;
+    let key = parse_master_key(raw.trim()).ok_or_else(|| {
+        ConfigError::new(
+            field,
+            "the master key is not 32 bytes of base64 or hex",
+            "generate one with `cliniko-gateway keys gen-master-key`",
+        )
+    })?;
+    cfg.keystore.master_key = Some(key);
+    Ok(())
+}
+
+/// Accepts 64 hex characters or standard base64 of exactly 32 bytes.
+pub fn parse_master_key(s: &str) -> Option<SecretBox<[u8; 32]>> {
+    let bytes = if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(s).ok()?
+    } else {
+        base64::engine::general_purpose::STANDARD.decode(s).ok()?
+    };
+    let arr: [u8; 32] = bytes.try_into().ok()?;
+    Some(SecretBox::new(Box::new(arr)))
+}

@@ -1,0 +1,278 @@
+//! One `Config`, parsed and validated once at start-up, then passed down read-only.
+//!
+//! Sources, later wins: the TOML file, then environment variables named
+//! `CLINIKO_GATEWAY__<SECTION>__<FIELD>` (see [`load`]). Secrets never come from the file:
+//! the JWT HMAC secret and the key-store master key come from `CLINIKO_GATEWAY_HMAC_SECRET` /
+//! `CLINIKO_GATEWAY_MASTER_KEY` or from files named in the config.
+
+mod load;
+mod validate;
+pub use validate::{is_shard_name, parse_alg, valid_user_agent};
+
+pub use load::{ConfigError, Env, load, load_str};
+
+use secrecy::{SecretBox, SecretSlice};
+use serde::Deserialize;
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+/// Everything the gateway needs to run.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Inbound listener.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// JWT verification.
+    pub auth: AuthConfig,
+    /// Where Cliniko keys are stored.
+    pub keystore: KeyStoreConfig,
+    /// How Cliniko is reached.
+    pub upstream: UpstreamConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Inbound listener settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Base URL callers use to reach the gateway; Cliniko links are rewritten onto it.
+    pub public_base_url: Option<String>,
+    /// PEM certificate chain for inbound TLS (with `tls_key_file`); plain HTTP when absent.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for inbound TLS.
+    pub tls_key_file: Option<PathBuf>,
+    /// Largest request head (request line + headers) in bytes.
+    pub max_header_bytes: usize,
+    /// Most headers in one request.
+    pub max_headers: usize,
+    /// Largest request body in bytes (413 beyond).
+    pub max_body_bytes: u64,
+    /// Time a client has to send a complete request head.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Idle keep-alive connections are closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_base_url: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_body_bytes: 10 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The public base URL (no trailing slash), defaulting to the listen address.
+    pub fn public_base(&self) -> String {
+        match &self.public_base_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => {
+                let scheme = if self.tls_cert_file.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{}", self.listen)
+            }
+        }
+    }
+}
+
+/// JWT verification settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The claim that names the user (looked up in the key store).
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    /// Clock skew tolerated on `exp`/`nbf`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Accepted `iss` values; when non-empty, `iss` is required.
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values; when non-empty, `aud` is required.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Algorithms allowed with the HMAC secret (HS256/384/512).
+    #[serde(default = "default_hmac_algs")]
+    pub hmac_algorithms: Vec<String>,
+    /// File holding the HMAC secret (else `CLINIKO_GATEWAY_HMAC_SECRET`).
+    pub hmac_secret_file: Option<PathBuf>,
+    /// PEM public keys, each with its own algorithm allowlist.
+    #[serde(default)]
+    pub public_keys: Vec<PublicKeyConfig>,
+    /// A JWKS endpoint of the identity provider.
+    pub jwks: Option<JwksConfig>,
+    /// How many verified tokens to remember (until their `exp`).
+    #[serde(default = "default_token_cache")]
+    pub token_cache_size: u64,
+    /// Resolved at load: the HMAC secret, if any. Never in the file.
+    #[serde(skip)]
+    pub hmac_secret: Option<SecretSlice<u8>>,
+}
+
+/// One PEM public key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    /// PEM file (RSA, EC or Ed25519 public key).
+    pub file: PathBuf,
+    /// Allowed algorithms for this key, e.g. `["RS256"]`.
+    pub algorithms: Vec<String>,
+    /// When set, only tokens with this `kid` use this key.
+    pub kid: Option<String>,
+}
+
+/// A JWKS endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksConfig {
+    /// `https://` URL of the key set.
+    pub url: String,
+    /// Algorithms allowed with keys from this set (a key's own `alg`, if any, must also match).
+    pub algorithms: Vec<String>,
+    /// Background refresh period.
+    #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Fetches triggered by unknown `kid`s happen at most once per this interval.
+    #[serde(default = "default_jwks_min_refetch", with = "humantime_serde")]
+    pub min_refetch_interval: Duration,
+    /// How long an unknown `kid` is remembered as unknown.
+    #[serde(default = "default_jwks_unknown_kid_ttl", with = "humantime_serde")]
+    pub unknown_kid_ttl: Duration,
+    /// Timeout of one fetch.
+    #[serde(default = "default_jwks_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// Key-store settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyStoreConfig {
+    /// The encrypted key-store file.
+    pub path: PathBuf,
+    /// File holding the master key (else `CLINIKO_GATEWAY_MASTER_KEY`).
+    pub master_key_file: Option<PathBuf>,
+    /// Resolved at load: the 32-byte master key. Never in the file.
+    #[serde(skip)]
+    pub master_key: Option<MasterKey>,
+}
+
+/// The key-store master key (AES-256-GCM), unprintable.
+pub type MasterKey = SecretBox<[u8; 32]>;
+
+/// How Cliniko is reached.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Sent as `User-Agent`; Cliniko requires `App name (contact email)`.
+    pub user_agent: String,
+    /// Base URL per shard; `{shard}` is replaced.
+    #[serde(default = "default_url_template")]
+    pub url_template: String,
+    /// Per-shard base URLs that override the template (tests and the demo use loopback).
+    #[serde(default)]
+    pub shards: BTreeMap<String, String>,
+    /// Extra PEM CA bundle trusted besides the bundled Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// TCP+TLS connect timeout.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time until Cliniko's response headers arrive (504 beyond).
+    #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Idle pooled connections are closed after this long.
+    #[serde(default = "default_pool_idle", with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Most idle pooled connections per shard.
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle_per_host: usize,
+}
+
+/// Log output.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `json` (one object per line) or `text`.
+    pub format: LogFormat,
+    /// Filter, e.g. `info` or `cliniko_gateway=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Text,
+}
+
+fn default_user_claim() -> String {
+    "sub".into()
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_hmac_algs() -> Vec<String> {
+    vec!["HS256".into()]
+}
+fn default_token_cache() -> u64 {
+    10_000
+}
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_jwks_min_refetch() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_jwks_unknown_kid_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_jwks_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_url_template() -> String {
+    "https://api.{shard}.cliniko.com/v1".into()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_upstream_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_pool_idle() -> Duration {
+    Duration::from_secs(90)
+}
+fn default_pool_max_idle() -> usize {
+    32
+}

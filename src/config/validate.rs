@@ -1,0 +1,262 @@
+//! Rules that the types alone cannot express; each names the field and the fix.
+
+use super::{Config, ConfigError};
+use jsonwebtoken::Algorithm;
+use std::str::FromStr;
+
+/// True when `s` is a Cliniko shard name (`au1`, `uk2`, ...).
+pub fn is_shard_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 3
+        && b.len() <= 4
+        && b[..2].iter().all(u8::is_ascii_lowercase)
+        && b[2..].iter().all(u8::is_ascii_digit)
+}
+
+fn err(field: &str, problem: &str, fix: &str) -> ConfigError {
+    ConfigError::new(field, problem, fix)
+}
+
+fn check_https_url(field: &str, url: &str) -> Result<http::Uri, ConfigError> {
+    let uri: http::Uri = url.parse().map_err(|_| {
+        err(
+            field,
+            "not a valid URL",
+            "write it as https://host[:port]/path",
+        )
+    })?;
+    if uri.scheme_str() != Some("https") || uri.authority().is_none() {
+        return Err(err(
+            field,
+            "must be an absolute https:// URL",
+            "Cliniko and identity providers are only reached over TLS; use https://",
+        ));
+    }
+    Ok(uri)
+}
+
+/// Parses an algorithm name, naming `field` when it is unknown.
+pub fn parse_alg(field: &str, s: &str) -> Result<Algorithm, ConfigError> {
+    Algorithm::from_str(s).map_err(|_| {
+        err(
+            field,
+            "unknown JWT algorithm",
+            "use one of HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA",
+        )
+    })
+}
+
+fn is_hmac(a: Algorithm) -> bool {
+    matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
+    let s = &c.server;
+    if !(8192..=1024 * 1024).contains(&s.max_header_bytes) {
+        return Err(err(
+            "server.max_header_bytes",
+            "out of range",
+            "use a value between 8192 and 1048576",
+        ));
+    }
+    if s.max_headers == 0 || s.max_headers > 1000 {
+        return Err(err("server.max_headers", "out of range", "use 1 to 1000"));
+    }
+    if s.tls_cert_file.is_some() != s.tls_key_file.is_some() {
+        return Err(err(
+            "server.tls_cert_file",
+            "inbound TLS needs both a certificate and a key",
+            "set both server.tls_cert_file and server.tls_key_file, or neither",
+        ));
+    }
+    for (f, d) in [
+        ("server.header_read_timeout", s.header_read_timeout),
+        ("server.idle_timeout", s.idle_timeout),
+        ("upstream.connect_timeout", c.upstream.connect_timeout),
+        ("upstream.timeout", c.upstream.timeout),
+    ] {
+        if d.is_zero() {
+            return Err(err(
+                f,
+                "must be longer than zero",
+                "use a duration such as \"10s\"",
+            ));
+        }
+    }
+    if let Some(u) = &s.public_base_url {
+        let uri: http::Uri = u.parse().map_err(|_| {
+            err(
+                "server.public_base_url",
+                "not a valid URL",
+                "write it as https://gateway.example",
+            )
+        })?;
+        let ok_scheme = matches!(uri.scheme_str(), Some("http" | "https"));
+        let no_path = matches!(uri.path(), "" | "/") && uri.query().is_none();
+        if !ok_scheme || uri.authority().is_none() || !no_path {
+            return Err(err(
+                "server.public_base_url",
+                "must be scheme and host only",
+                "write it as https://gateway.example (no path; the gateway serves /v1/...)",
+            ));
+        }
+    }
+
+    let a = &c.auth;
+    if a.user_claim.is_empty() {
+        return Err(err(
+            "auth.user_claim",
+            "is empty",
+            "name the claim holding the user, e.g. \"sub\"",
+        ));
+    }
+    if a.hmac_secret.is_none() && a.public_keys.is_empty() && a.jwks.is_none() {
+        return Err(err(
+            "auth",
+            "no way to verify tokens is configured",
+            "set CLINIKO_GATEWAY_HMAC_SECRET (or auth.hmac_secret_file), add [[auth.public_keys]], or add [auth.jwks]",
+        ));
+    }
+    if let Some(secret) = &a.hmac_secret {
+        use secrecy::ExposeSecret;
+        if secret.expose_secret().len() < 32 {
+            return Err(err(
+                "auth.hmac_secret",
+                "the HMAC secret is shorter than 32 bytes",
+                "use at least 32 random bytes (e.g. `openssl rand -base64 48`)",
+            ));
+        }
+        if a.hmac_algorithms.is_empty() {
+            return Err(err(
+                "auth.hmac_algorithms",
+                "is empty",
+                "list e.g. [\"HS256\"]",
+            ));
+        }
+    }
+    for alg in &a.hmac_algorithms {
+        if !is_hmac(parse_alg("auth.hmac_algorithms", alg)?) {
+            return Err(err(
+                "auth.hmac_algorithms",
+                "only HS256/HS384/HS512 belong here",
+                "list public-key algorithms on the key in [[auth.public_keys]] or [auth.jwks]",
+            ));
+        }
+    }
+    for (i, k) in a.public_keys.iter().enumerate() {
+        let f = format!("auth.public_keys[{i}].algorithms");
+        if k.algorithms.is_empty() {
+            return Err(err(
+                &f,
+                "is empty",
+                "list the algorithms this key signs with, e.g. [\"RS256\"]",
+            ));
+        }
+        for alg in &k.algorithms {
+            if is_hmac(parse_alg(&f, alg)?) {
+                return Err(err(
+                    &f,
+                    "an HMAC algorithm cannot be used with a public key",
+                    "use RS*/PS*/ES*/EdDSA",
+                ));
+            }
+        }
+    }
+    if let Some(j) = &a.jwks {
+        check_https_url("auth.jwks.url", &j.url)?;
+        if j.algorithms.is_empty() {
+            return Err(err(
+                "auth.jwks.algorithms",
+                "is empty",
+                "list e.g. [\"RS256\"]",
+            ));
+        }
+        for alg in &j.algorithms {
+            if is_hmac(parse_alg("auth.jwks.algorithms", alg)?) {
+                return Err(err(
+                    "auth.jwks.algorithms",
+                    "HMAC algorithms cannot come from a JWKS",
+                    "use RS*/PS*/ES*/EdDSA",
+                ));
+            }
+        }
+        if j.refresh_interval.is_zero() || j.timeout.is_zero() {
+            return Err(err(
+                "auth.jwks.refresh_interval",
+                "must be longer than zero",
+                "use e.g. \"5m\"",
+            ));
+        }
+    }
+
+    let u = &c.upstream;
+    if !valid_user_agent(&u.user_agent) {
+        return Err(err(
+            "upstream.user_agent",
+            "Cliniko requires `App name (contact email)`",
+            "write it like \"Acme Clinic Gateway (it@acme.example)\"",
+        ));
+    }
+    if !u.url_template.contains("{shard}") {
+        return Err(err(
+            "upstream.url_template",
+            "has no {shard} placeholder",
+            "use https://api.{shard}.cliniko.com/v1",
+        ));
+    }
+    check_https_url(
+        "upstream.url_template",
+        &u.url_template.replace("{shard}", "au1"),
+    )?;
+    for (shard, url) in &u.shards {
+        let f = format!("upstream.shards.{shard}");
+        if !is_shard_name(shard) {
+            return Err(err(
+                &f,
+                "not a shard name",
+                "shard names look like au1, uk2, ca1",
+            ));
+        }
+        check_https_url(&f, url)?;
+    }
+    Ok(())
+}
+
+/// `Name (something@host)`: Cliniko's documented User-Agent form.
+pub fn valid_user_agent(ua: &str) -> bool {
+    let Some((name, rest)) = ua.split_once(" (") else {
+        return false;
+    };
+    let Some(email) = rest.strip_suffix(')') else {
+        return false;
+    };
+    let visible = |s: &str| s.bytes().all(|b| (0x20..0x7f).contains(&b));
+    !name.trim().is_empty()
+        && visible(ua)
+        && email
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_names() {
+        for ok in ["au1", "uk2", "ca1", "au12"] {
+            assert!(is_shard_name(ok), "{ok}");
+        }
+        for bad in ["", "au", "AU1", "a1", "au123", "au1.evil", "1au", "au-1"] {
+            assert!(!is_shard_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn user_agents() {
+        assert!(valid_user_agent("Acme Gateway (it@acme.example)"));
+        assert!(!valid_user_agent("curl/8"));
+        assert!(!valid_user_agent("Acme (nobody)"));
+        assert!(!valid_user_agent(" (a@b.c)"));
+    }
+}

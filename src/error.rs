@@ -1,0 +1,193 @@
+//! The one place where every failure becomes an HTTP answer.
+//!
+//! Each boundary has its own error enum; per-request failures all end up as a [`GatewayError`],
+//! which [`GatewayError::into_response`] renders as `{"error": {"code", "message", "request_id"}}`
+//! with a stable `code` and an `X-Gateway-Error` marker header, so callers can tell our answers
+//! from Cliniko's (which pass through unchanged). Messages never echo a token, key or query.
+
+use crate::body::Body;
+use http::{HeaderValue, Response, StatusCode, header};
+
+/// Header that marks a response the gateway made itself.
+pub const GATEWAY_ERROR_HEADER: &str = "x-gateway-error";
+
+/// Why a bearer token was refused (always a 401, except `KeysUnavailable`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` header.
+    #[error("no bearer token: send Authorization: Bearer <JWT>")]
+    Missing,
+    /// Not three base64url parts, bad JSON header, or an unreadable claim set.
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    /// `exp` is in the past (beyond the leeway).
+    #[error("the token has expired")]
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// Any other reason the token cannot be trusted; the text says which rule failed.
+    #[error("the token is invalid: {0}")]
+    Invalid(&'static str),
+    /// No verification key could be loaded yet (e.g. JWKS never fetched).
+    #[error("token verification keys are not available yet")]
+    KeysUnavailable,
+}
+
+impl AuthError {
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "token_missing",
+            AuthError::Malformed => "token_malformed",
+            AuthError::Expired => "token_expired",
+            AuthError::NotYetValid => "token_not_yet_valid",
+            AuthError::Invalid(_) => "token_invalid",
+            AuthError::KeysUnavailable => "auth_unavailable",
+        }
+    }
+}
+
+/// Every way a proxied request can fail, each with a stable code and status.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The request target or framing is unacceptable (nothing was sent upstream).
+    #[error("{message}")]
+    BadRequest {
+        /// Stable code, e.g. `bad_target`.
+        code: &'static str,
+        /// Human explanation (never echoes caller input).
+        message: &'static str,
+    },
+    /// Not a route the gateway serves.
+    #[error("no such route: the gateway proxies /v1/... and answers /healthz and /readyz")]
+    NotFound,
+    /// Request body over the configured limit.
+    #[error("request body is larger than the configured limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// JWT verification failed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The verified user has no stored Cliniko key.
+    #[error("no Cliniko API key is stored for this user; ask ops to add one")]
+    NoCredential,
+    /// Cliniko answered 401 to the stored key: ops must rotate it.
+    #[error(
+        "Cliniko rejected the stored API key for this user; ops have been alerted to rotate it"
+    )]
+    CredentialRejected,
+    /// Could not connect to or talk to Cliniko.
+    #[error("Cliniko could not be reached")]
+    UpstreamUnavailable,
+    /// Cliniko did not answer within the configured timeout.
+    #[error("Cliniko did not answer in time")]
+    UpstreamTimeout,
+    /// The gateway is not ready (starting or draining).
+    #[error("the gateway is not ready")]
+    NotReady,
+    /// A bug; details go to the log, never to the caller.
+    #[error("internal error")]
+    Internal,
+}
+
+impl GatewayError {
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest { code, .. } => code,
+            GatewayError::NotFound => "route_not_found",
+            GatewayError::BodyTooLarge { .. } => "body_too_large",
+            GatewayError::Auth(e) => e.code(),
+            GatewayError::NoCredential => "no_credential",
+            GatewayError::CredentialRejected => "credential_rejected",
+            GatewayError::UpstreamUnavailable => "upstream_unavailable",
+            GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::NotReady => "not_ready",
+            GatewayError::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::Auth(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Auth(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::NoCredential => StatusCode::FORBIDDEN,
+            GatewayError::CredentialRejected | GatewayError::UpstreamUnavailable => {
+                StatusCode::BAD_GATEWAY
+            }
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Renders the one JSON error shape; `request_id` is echoed so callers can quote it.
+    pub fn into_response(self, request_id: Option<&str>) -> Response<Body> {
+        let body = serde_json::json!({
+            "error": {
+                "code": self.code(),
+                "message": self.to_string(),
+                "request_id": request_id,
+            }
+        });
+        let mut resp = Response::new(Body::from(body.to_string()));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(GATEWAY_ERROR_HEADER, HeaderValue::from_static(self.code()));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let GatewayError::Auth(e) = &self
+            && *e != AuthError::KeysUnavailable
+        {
+            let v = if *e == AuthError::Missing {
+                HeaderValue::from_static("Bearer")
+            } else {
+                HeaderValue::from_static("Bearer error=\"invalid_token\"")
+            };
+            h.insert(header::WWW_AUTHENTICATE, v);
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_errors_are_401_with_challenge() {
+        let r = GatewayError::Auth(AuthError::Expired).into_response(Some("rid"));
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
+        assert_eq!(r.headers()[GATEWAY_ERROR_HEADER], "token_expired");
+    }
+
+    #[test]
+    fn codes_are_distinct() {
+        let all = [
+            GatewayError::NotFound.code(),
+            GatewayError::NoCredential.code(),
+            GatewayError::CredentialRejected.code(),
+            GatewayError::UpstreamUnavailable.code(),
+            GatewayError::UpstreamTimeout.code(),
+            GatewayError::NotReady.code(),
+            GatewayError::Internal.code(),
+            GatewayError::BodyTooLarge { limit: 1 }.code(),
+        ];
+        let set: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(set.len(), all.len());
+    }
+}

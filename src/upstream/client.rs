@@ -1,0 +1,80 @@
+//! The pooled outbound HTTPS client (hyper-util legacy client over hyper-rustls).
+//!
+//! Trusts the bundled Mozilla roots plus an optional extra CA file; never falls back to plain
+//! HTTP. Shared by the proxy path and the JWKS fetcher.
+
+use crate::body::Body;
+use crate::config::{ConfigError, UpstreamConfig};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The outbound client type.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// Builds a rustls root store: Mozilla roots plus every certificate in `ca_file`.
+pub fn root_store(
+    ca_file: Option<&Path>,
+    field: &str,
+) -> Result<rustls::RootCertStore, ConfigError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|_| {
+                ConfigError::new(
+                    field,
+                    "cannot read PEM certificates from the file",
+                    "point it at a readable PEM CA bundle",
+                )
+            })?;
+        if certs.is_empty() {
+            return Err(ConfigError::new(
+                field,
+                "the file holds no certificate",
+                "point it at a PEM CA bundle",
+            ));
+        }
+        for c in certs {
+            roots.add(c).map_err(|_| {
+                ConfigError::new(
+                    field,
+                    "a certificate in the file is not a valid CA",
+                    "use a PEM CA certificate",
+                )
+            })?;
+        }
+    }
+    Ok(roots)
+}
+
+/// Builds the pooled client from validated upstream config.
+pub fn build(cfg: &UpstreamConfig) -> Result<HttpClient, ConfigError> {
+    let roots = root_store(cfg.ca_file.as_deref(), "upstream.ca_file")?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|_| ConfigError::new("upstream", "TLS setup failed", "report this as a bug"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(cfg.connect_timeout));
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(cfg.pool_idle_timeout)
+        .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+        .build(https))
+}

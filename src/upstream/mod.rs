@@ -1,0 +1,7 @@
+//! The innermost service: shard routing, header rewrite, the pooled client, link rewriting.
+
+pub mod client;
+pub mod shard;
+
+pub use client::HttpClient;
+pub use shard::{Shard, ShardRouter};
