@@ -6,7 +6,21 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod access_log;
+pub mod auth;
 pub mod body;
+pub mod cli;
 pub mod config;
+pub mod credentials;
+pub mod demo;
 pub mod error;
+pub mod gateway;
+pub mod guard;
+pub mod request_id;
+pub mod rescue;
+pub mod sandbox;
+pub mod server;
+pub mod stack;
 pub mod upstream;
+
+pub use gateway::{Gateway, StartError};

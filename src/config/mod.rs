@@ -9,14 +9,16 @@ mod load;
 mod validate;
 pub use validate::{is_shard_name, parse_alg, valid_user_agent};
 
-pub use load::{ConfigError, Env, load, load_str};
+pub use load::{
+    ConfigError, ENV_HMAC_SECRET, ENV_MASTER_KEY, ENV_PREFIX, Env, load, load_str, parse_master_key,
+};
 
 use secrecy::{SecretBox, SecretSlice};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 /// Everything the gateway needs to run.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Inbound listener.
@@ -34,7 +36,7 @@ pub struct Config {
 }
 
 /// Inbound listener settings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address to listen on.
@@ -80,8 +82,8 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// The public base URL (no trailing slash), defaulting to the listen address.
-    pub fn public_base(&self) -> String {
+    /// The public base URL (no trailing slash), defaulting to the address actually bound.
+    pub fn public_base(&self, bound: SocketAddr) -> String {
         match &self.public_base_url {
             Some(u) => u.trim_end_matches('/').to_string(),
             None => {
@@ -90,14 +92,14 @@ impl ServerConfig {
                 } else {
                     "http"
                 };
-                format!("{scheme}://{}", self.listen)
+                format!("{scheme}://{bound}")
             }
         }
     }
 }
 
 /// JWT verification settings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// The claim that names the user (looked up in the key store).
@@ -131,7 +133,7 @@ pub struct AuthConfig {
 }
 
 /// One PEM public key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublicKeyConfig {
     /// PEM file (RSA, EC or Ed25519 public key).
@@ -143,7 +145,7 @@ pub struct PublicKeyConfig {
 }
 
 /// A JWKS endpoint.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwksConfig {
     /// `https://` URL of the key set.
@@ -165,7 +167,7 @@ pub struct JwksConfig {
 }
 
 /// Key-store settings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyStoreConfig {
     /// The encrypted key-store file.
@@ -181,7 +183,7 @@ pub struct KeyStoreConfig {
 pub type MasterKey = SecretBox<[u8; 32]>;
 
 /// How Cliniko is reached.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Sent as `User-Agent`; Cliniko requires `App name (contact email)`.
@@ -209,7 +211,7 @@ pub struct UpstreamConfig {
 }
 
 /// Log output.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `json` (one object per line) or `text`.
@@ -228,7 +230,7 @@ impl Default for LogConfig {
 }
 
 /// Log line format.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One JSON object per line.

@@ -1,6 +1,9 @@
 //! The innermost service: shard routing, header rewrite, the pooled client, link rewriting.
 
 pub mod client;
+pub mod forward;
+pub mod headers;
+pub mod links;
 pub mod shard;
 
 pub use client::HttpClient;

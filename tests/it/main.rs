@@ -1,1 +1,8 @@
+//! One integration-test binary (one link step instead of many; it matters on 2 cores).
 
+mod auth;
+mod config;
+mod lifecycle;
+mod proxy;
+mod support;
+mod targets;

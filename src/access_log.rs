@@ -1,0 +1,139 @@
+//! One access-log line per request, written when the response body has been sent (or
+//! abandoned), so `bytes` and `duration_ms` are the real figures.
+//!
+//! Target `access`. Fields: request id, user, method, path (never the query string: it holds
+//! patient names), status, upstream status, shard, duration, bytes. Never a token, key or body.
+
+use crate::body::{Body, BodyObserver, observe};
+use crate::request_id::RequestId;
+use futures_util::future::BoxFuture;
+use http::{Method, Request, Response};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// What inner layers learn about a request, for the log line (in request extensions).
+#[derive(Default, Debug)]
+pub struct RequestFacts {
+    user: OnceLock<Arc<str>>,
+    shard: OnceLock<String>,
+    upstream_status: AtomicU16,
+}
+
+impl RequestFacts {
+    /// Records the verified user.
+    pub fn set_user(&self, user: Arc<str>) {
+        let _ = self.user.set(user);
+    }
+    /// Records the shard the request went to.
+    pub fn set_shard(&self, shard: &str) {
+        let _ = self.shard.set(shard.to_string());
+    }
+    /// Records Cliniko's status.
+    pub fn set_upstream_status(&self, s: u16) {
+        self.upstream_status.store(s, Ordering::Relaxed);
+    }
+    /// The verified user, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.user.get().map(|u| &**u)
+    }
+}
+
+/// Records facts if the request carries a [`RequestFacts`].
+pub fn facts<B>(req: &Request<B>) -> Option<Arc<RequestFacts>> {
+    req.extensions().get::<Arc<RequestFacts>>().cloned()
+}
+
+/// Layer that installs [`AccessLog`].
+#[derive(Clone, Copy, Default)]
+pub struct AccessLogLayer;
+
+impl<S> tower::Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+    fn layer(&self, inner: S) -> AccessLog<S> {
+        AccessLog { inner }
+    }
+}
+
+/// Writes the access-log line.
+#[derive(Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+}
+
+struct Line {
+    start: Instant,
+    request_id: RequestId,
+    method: Method,
+    path: String,
+    status: u16,
+    facts: Arc<RequestFacts>,
+    bytes: u64,
+}
+
+impl BodyObserver for Line {
+    fn on_data(&mut self, len: usize) {
+        self.bytes += len as u64;
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        let up = self.facts.upstream_status.load(Ordering::Relaxed);
+        tracing::info!(
+            target: "access",
+            request_id = self.request_id.as_str(),
+            user = self.facts.user(),
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            upstream_status = (up != 0).then_some(up),
+            shard = self.facts.shard.get().map(String::as_str),
+            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            bytes = self.bytes,
+        );
+    }
+}
+
+impl<S> tower::Service<Request<Body>> for AccessLog<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let start = Instant::now();
+        let facts = Arc::new(RequestFacts::default());
+        req.extensions_mut().insert(facts.clone());
+        let request_id = req
+            .extensions()
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or(RequestId(http::HeaderValue::from_static("-")));
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            let line = Line {
+                start,
+                request_id,
+                method,
+                path,
+                status: resp.status().as_u16(),
+                facts,
+                bytes: 0,
+            };
+            Ok(resp.map(|b| observe(b, line)))
+        })
+    }
+}

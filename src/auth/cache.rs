@@ -1,0 +1,92 @@
+//! Verified-token cache: skips signature checks for tokens seen recently.
+//!
+//! Keyed by the SHA-256 of the token (the token itself is never stored), and each entry expires
+//! no later than the token's `exp`, capped at [`MAX_TTL`] so key rotation takes effect soon.
+
+use super::User;
+use moka::Expiry;
+use moka::future::Cache;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Longest time a verified token is remembered, whatever its `exp`.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(300);
+
+/// SHA-256 of a token.
+pub(crate) type TokenHash = [u8; 32];
+
+/// A verified token's user and its `exp` (seconds since the epoch).
+#[derive(Clone)]
+pub(crate) struct Cached {
+    /// Who the token names.
+    pub user: User,
+    /// The token's `exp`.
+    pub exp: u64,
+}
+
+/// Hashes a token for use as a cache key.
+pub(crate) fn hash(token: &str) -> TokenHash {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Time since the epoch (zero if the clock is before 1970).
+pub(crate) fn now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+}
+
+/// How long an entry for a token expiring at `exp` may live, seen at `now`.
+pub(crate) fn ttl_for(exp: u64, now: Duration) -> Duration {
+    Duration::from_secs(exp).saturating_sub(now).min(MAX_TTL)
+}
+
+struct UntilExp;
+
+impl Expiry<TokenHash, Cached> for UntilExp {
+    fn expire_after_create(&self, _: &TokenHash, v: &Cached, _: Instant) -> Option<Duration> {
+        Some(ttl_for(v.exp, now()))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &TokenHash,
+        v: &Cached,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(ttl_for(v.exp, now()))
+    }
+}
+
+/// Builds the cache with room for `size` tokens.
+pub(crate) fn build(size: u64) -> Cache<TokenHash, Cached> {
+    Cache::builder()
+        .max_capacity(size)
+        .expire_after(UntilExp)
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_never_outlives_exp_and_is_capped() {
+        let now = Duration::from_millis(1_000_500);
+        assert_eq!(ttl_for(1_000, now), Duration::ZERO);
+        assert_eq!(ttl_for(999, now), Duration::ZERO);
+        assert_eq!(ttl_for(1_010, now), Duration::from_millis(9_500));
+        assert_eq!(ttl_for(u64::MAX / 2, now), MAX_TTL);
+    }
+
+    #[test]
+    fn hash_is_sha256() {
+        assert_eq!(
+            hex::encode(hash("abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! The command line: `serve`, `demo`, `check-config`, `keys …` and `token mint`.
+//!
+//! Exit codes: 0 ok, 64 bad configuration or usage, 70 runtime failure.
+
+use crate::config::{self, Config, ConfigError, Env, LogFormat};
+use crate::credentials::{self, ApiKey};
+use crate::gateway::{Gateway, StartError};
+use clap::{Parser, Subcommand};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Authenticating reverse proxy for the Cliniko API.
+#[derive(Parser, Debug)]
+#[command(name = "cliniko-gateway", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Config file (TOML); env vars CLINIKO_GATEWAY__<SECTION>__<FIELD> override it.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Zero-account quick start: a local Cliniko stand-in, a gateway in front, curl lines.
+    Demo {
+        /// Where the demo gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
+    /// Validate a config and print the effective values (secrets redacted).
+    CheckConfig {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Manage the encrypted key store.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Development tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysAction {
+    /// Store a Cliniko API key for a user; the key is read from stdin (never from argv).
+    Add {
+        /// Config file (for the key-store path and master key).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The user (the JWT's user claim).
+        #[arg(long)]
+        user: String,
+        /// Label of the Cliniko user owning the key (keys of one Cliniko user share a budget).
+        #[arg(long)]
+        cliniko_user: Option<String>,
+    },
+    /// List users with key fingerprints and shards (never keys).
+    List {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Remove a user's mapping (and the key if no one else uses it).
+    Remove {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The user.
+        #[arg(long)]
+        user: String,
+    },
+    /// Print a new random master key (base64) for CLINIKO_GATEWAY_MASTER_KEY.
+    GenMasterKey,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// Mint an HS-signed token with the configured HMAC secret (development only).
+    Mint {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Subject (user).
+        #[arg(long)]
+        sub: String,
+        /// Lifetime, e.g. 1h.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Extra claims as key=value (value parsed as JSON when possible).
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+    },
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    match cli.command {
+        Command::Serve { config } => rt.block_on(serve(config)),
+        Command::Demo { listen } => rt.block_on(crate::demo::run(listen)),
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Keys { action } => keys(action),
+        Command::Token { action } => token(action),
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    config::load(path, &Env::from_process()).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(64)
+    })
+}
+
+/// Installs the tracing subscriber (`RUST_LOG` wins over the configured level).
+pub fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => b.json().flatten_event(true).try_init(),
+        LogFormat::Text => b.try_init(),
+    };
+}
+
+async fn serve(path: PathBuf) -> ExitCode {
+    let cfg = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging(cfg.log.format, &cfg.log.level);
+    match Gateway::bind_and_start(cfg).await {
+        Ok(gw) => match gw.run_until_signal().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "signal handling failed");
+                ExitCode::from(70)
+            }
+        },
+        Err(e) => {
+            eprintln!("cannot start: {e}");
+            match e {
+                StartError::Config(_) | StartError::KeyStore(_) => ExitCode::from(64),
+                StartError::Io(_) => ExitCode::from(70),
+            }
+        }
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match toml::to_string_pretty(&cfg) {
+        Ok(s) => {
+            println!("# effective configuration (valid)\n{s}");
+            println!("# secrets (never printed)");
+            let set = |b: bool| if b { "set, redacted" } else { "not set" };
+            println!(
+                "# auth.hmac_secret: {}",
+                set(cfg.auth.hmac_secret.is_some())
+            );
+            println!(
+                "# keystore.master_key: {}",
+                set(cfg.keystore.master_key.is_some())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot print the config: {e}");
+            ExitCode::from(70)
+        }
+    }
+}
+
+fn master(cfg: &Config) -> Result<&config::MasterKey, ExitCode> {
+    cfg.keystore.master_key.as_ref().ok_or_else(|| {
+        eprintln!("no master key: set CLINIKO_GATEWAY_MASTER_KEY");
+        ExitCode::from(64)
+    })
+}
+
+fn keys(action: KeysAction) -> ExitCode {
+    let result = match action {
+        KeysAction::GenMasterKey => credentials::generate_master_key().map(|k| println!("{k}")),
+        KeysAction::Add {
+            config,
+            user,
+            cliniko_user,
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let m = match master(&cfg) {
+                Ok(m) => m,
+                Err(code) => return code,
+            };
+            let mut raw = String::new();
+            if std::io::stdin().read_to_string(&mut raw).is_err() {
+                eprintln!("cannot read the API key from stdin");
+                return ExitCode::from(64);
+            }
+            let key = ApiKey::new(raw.trim().to_string());
+            credentials::add_key(&cfg.keystore.path, m, &user, &key, cliniko_user.as_deref())
+                .map(|_| println!("stored a key for {user}; send SIGHUP (or POST /admin/reload) to running gateways"))
+        }
+        KeysAction::List { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let m = match master(&cfg) {
+                Ok(m) => m,
+                Err(code) => return code,
+            };
+            credentials::list(&cfg.keystore.path, m).map(|users| {
+                println!(
+                    "{:<32} {:<6} {:<26} cliniko_user",
+                    "user", "shard", "fingerprint"
+                );
+                for u in users {
+                    println!(
+                        "{:<32} {:<6} {:<26} {}",
+                        u.user,
+                        u.shard,
+                        u.fingerprint,
+                        u.cliniko_user.as_deref().unwrap_or("-")
+                    );
+                }
+            })
+        }
+        KeysAction::Remove { config, user } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let m = match master(&cfg) {
+                Ok(m) => m,
+                Err(code) => return code,
+            };
+            credentials::remove_user(&cfg.keystore.path, m, &user).map(|found| {
+                if found {
+                    println!("removed {user}");
+                } else {
+                    println!("{user} had no key");
+                }
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(64)
+        }
+    }
+}
+
+fn token(action: TokenAction) -> ExitCode {
+    let TokenAction::Mint {
+        config,
+        sub,
+        ttl,
+        claims,
+    } = action;
+    let cfg = match load(&config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(secret) = &cfg.auth.hmac_secret else {
+        eprintln!(
+            "{}",
+            ConfigError::new(
+                "auth.hmac_secret",
+                "token mint needs the HMAC secret",
+                "set CLINIKO_GATEWAY_HMAC_SECRET"
+            )
+        );
+        return ExitCode::from(64);
+    };
+    let alg = cfg
+        .auth
+        .hmac_algorithms
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(jsonwebtoken::Algorithm::HS256);
+    let mut map = serde_json::Map::new();
+    for c in claims {
+        let Some((k, v)) = c.split_once('=') else {
+            eprintln!("--claim takes key=value");
+            return ExitCode::from(64);
+        };
+        let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.into()));
+        map.insert(k.into(), v);
+    }
+    match crate::auth::mint::mint_hs(secret, alg, &sub, ttl, map) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot sign: {e}");
+            ExitCode::from(70)
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Editing the store file for the `keys` CLI: add a user's key, remove a user, list users.
+//!
+//! Rejects a master key that does not open every existing entry (so one file never mixes
+//! master keys), invalid user names, and API keys that are empty, contain whitespace or
+//! control characters, or whose shard suffix is not a shard name.
+
+use super::{
+    ApiKey, KeyStore, KeyStoreError, crypto,
+    file::{self, Document, KeyEntry},
+    validate_name, validate_user,
+};
+use crate::config::MasterKey;
+use crate::upstream::Shard;
+use secrecy::ExposeSecret;
+use std::{collections::BTreeSet, path::Path};
+
+/// Longest accepted API key in bytes (Cliniko keys are far shorter; this catches paste accidents).
+const MAX_KEY_BYTES: usize = 1024;
+
+/// What [`add_key`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddOutcome {
+    /// The id of the user's key in the file.
+    pub key_id: String,
+    /// The key's fingerprint (safe to print).
+    pub fingerprint: String,
+    /// The key's shard.
+    pub shard: Shard,
+    /// True when the key was already stored (for another user or this one) and was reused.
+    pub reused_key: bool,
+    /// The user's previous key id, when the user had a different key before.
+    pub previous_key_id: Option<String>,
+    /// Key ids removed because no user references them any more.
+    pub dropped_key_ids: Vec<String>,
+    /// True when the file did not exist and was created.
+    pub created_file: bool,
+}
+
+/// One row of [`list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedUser {
+    /// The user name (the JWT claim value).
+    pub user: String,
+    /// The id of the user's key.
+    pub key_id: String,
+    /// The key's fingerprint.
+    pub fingerprint: String,
+    /// The key's shard.
+    pub shard: Shard,
+    /// Which Cliniko user owns the key, if labelled.
+    pub cliniko_user: Option<String>,
+}
+
+/// Maps `user` to `key` (creating the file if needed), replacing any previous mapping.
+///
+/// The same key already stored is reused; `cliniko_user`, when given, (re)labels the key.
+pub fn add_key(
+    path: &Path,
+    master: &MasterKey,
+    user: &str,
+    key: &ApiKey,
+    cliniko_user: Option<&str>,
+) -> Result<AddOutcome, KeyStoreError> {
+    validate_user(user)?;
+    if let Some(label) = cliniko_user {
+        validate_name("cliniko_user label", label)?;
+    }
+    let shard = check_api_key(key)?;
+    let existing = file::read(path)?;
+    let created_file = existing.is_none();
+    let mut doc = existing.unwrap_or_else(Document::empty);
+    let store = KeyStore::from_document(path, &doc, master)?;
+
+    let same = store
+        .keys()
+        .find(|(_, c)| c.key.expose() == key.expose())
+        .map(|(id, c)| (id.to_string(), c.fingerprint.to_string()));
+    let (key_id, fingerprint, reused_key) = match same {
+        Some((id, fp)) => {
+            if let (Some(label), Some(entry)) = (cliniko_user, doc.keys.get_mut(&id)) {
+                entry.cliniko_user = Some(label.to_string());
+            }
+            (id, fp, true)
+        }
+        None => {
+            let id = fresh_key_id(master, key, &doc)?;
+            let fp = crypto::fingerprint(key.expose());
+            let entry = KeyEntry {
+                shard: shard.as_str().to_string(),
+                fingerprint: fp.clone(),
+                cliniko_user: cliniko_user.map(str::to_string),
+                sealed: crypto::seal(master.expose_secret(), &id, key)?,
+            };
+            doc.keys.insert(id.clone(), entry);
+            (id, fp, false)
+        }
+    };
+    let previous_key_id = doc
+        .users
+        .insert(user.to_string(), key_id.clone())
+        .filter(|prev| *prev != key_id);
+    let dropped_key_ids = drop_unreferenced(&mut doc);
+    file::write_atomic(path, &doc)?;
+    Ok(AddOutcome {
+        key_id,
+        fingerprint,
+        shard,
+        reused_key,
+        previous_key_id,
+        dropped_key_ids,
+        created_file,
+    })
+}
+
+/// Removes `user`; `Ok(false)` when the user had no key. Keys left unreferenced are dropped.
+pub fn remove_user(path: &Path, master: &MasterKey, user: &str) -> Result<bool, KeyStoreError> {
+    let mut doc = file::read(path)?.ok_or_else(|| KeyStoreError::NotFound {
+        path: path.to_path_buf(),
+    })?;
+    KeyStore::from_document(path, &doc, master)?;
+    if doc.users.remove(user).is_none() {
+        return Ok(false);
+    }
+    drop_unreferenced(&mut doc);
+    file::write_atomic(path, &doc)?;
+    Ok(true)
+}
+
+/// Every user with their key's id, fingerprint, shard and label, sorted by user.
+pub fn list(path: &Path, master: &MasterKey) -> Result<Vec<ListedUser>, KeyStoreError> {
+    let store = KeyStore::load(path, master)?;
+    let mut rows: Vec<ListedUser> = store
+        .users()
+        .map(|(user, c)| ListedUser {
+            user: user.to_string(),
+            key_id: c.key_id.to_string(),
+            fingerprint: c.fingerprint.to_string(),
+            shard: c.shard.clone(),
+            cliniko_user: c.cliniko_user.as_deref().map(str::to_string),
+        })
+        .collect();
+    rows.sort_by(|a, b| a.user.cmp(&b.user));
+    Ok(rows)
+}
+
+fn check_api_key(key: &ApiKey) -> Result<Shard, KeyStoreError> {
+    let k = key.expose();
+    if k.is_empty() {
+        return Err(KeyStoreError::InvalidApiKey("it is empty"));
+    }
+    if k.len() > MAX_KEY_BYTES {
+        return Err(KeyStoreError::InvalidApiKey("it is longer than 1024 bytes"));
+    }
+    if k.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(KeyStoreError::InvalidApiKey(
+            "it contains whitespace or control characters (a paste error?)",
+        ));
+    }
+    Shard::from_key(k).map_err(|_| {
+        KeyStoreError::InvalidApiKey(
+            "its shard suffix (after the last '-') is not a shard name such as au1 or uk2",
+        )
+    })
+}
+
+/// The derived id, or a random one in the (2^-48) case that it is taken by another key.
+fn fresh_key_id(master: &MasterKey, key: &ApiKey, doc: &Document) -> Result<String, KeyStoreError> {
+    let id = crypto::derive_key_id(master.expose_secret(), key);
+    if !doc.keys.contains_key(&id) {
+        return Ok(id);
+    }
+    loop {
+        let mut b = [0u8; 6];
+        crypto::random(&mut b)?;
+        let id = hex::encode(b);
+        if !doc.keys.contains_key(&id) {
+            return Ok(id);
+        }
+    }
+}
+
+fn drop_unreferenced(doc: &mut Document) -> Vec<String> {
+    let used: BTreeSet<&str> = doc.users.values().map(String::as_str).collect();
+    let dropped: Vec<String> = doc
+        .keys
+        .keys()
+        .filter(|id| !used.contains(id.as_str()))
+        .cloned()
+        .collect();
+    for id in &dropped {
+        doc.keys.remove(id);
+    }
+    dropped
+}

@@ -1,0 +1,238 @@
+//! The encrypted key store: maps a verified user to the Cliniko API key the gateway sends for them.
+//!
+//! Place in the request path: after JWT verification has produced a user name, the credentials
+//! step calls [`Credentials::lookup`] (lock-free) and puts the [`Credential`] (key, shard,
+//! precomputed `Authorization: Basic` header) into the request; a user with no stored key is
+//! refused (403 `no_credential`) before anything reaches Cliniko. At load it rejects a wrong master
+//! key or a tampered entry ([`KeyStoreError::Decrypt`]), malformed JSON ([`KeyStoreError::Format`])
+//! and a key whose shard suffix could steer the upstream host ([`KeyStoreError::BadShard`]).
+//!
+//! # File format (version 1)
+//!
+//! A JSON document, pretty-printed with sorted keys so it diffs well in version control:
+//!
+//! ```json
+//! {
+//!   "version": 1,
+//!   "keys": {
+//!     "3f9a0c1b2d4e": {
+//!       "shard": "au1",
+//!       "fingerprint": "sha256:0a1b2c3d4e5f6071",
+//!       "cliniko_user": null,
+//!       "sealed": "<base64 of nonce(12) || ciphertext || tag(16)>"
+//!     }
+//!   },
+//!   "users": { "alice": "3f9a0c1b2d4e", "bob": "3f9a0c1b2d4e" }
+//! }
+//! ```
+//!
+//! - `keys` holds each distinct API key once; several `users` may point at the same key id.
+//! - `sealed` is AES-256-GCM under the master key with a fresh random 96-bit nonce and the
+//!   associated data `cliniko-gateway/v1/<key_id>`, so a blob copied under another id fails to
+//!   decrypt.
+//! - A key id is the first 12 hex characters of HMAC-SHA256(master key,
+//!   `cliniko-gateway/v1/key-id\0` + API key): adding the same key twice reuses its entry, and the
+//!   id reveals nothing about the key without the master key.
+//! - `shard` and `fingerprint` are for humans (`keys list`, diffs); at load they are recomputed
+//!   from the decrypted key and a mismatch is a format error. `fingerprint` is
+//!   `sha256:` + the first 16 hex characters of SHA-256(key), safe to log.
+//! - `cliniko_user` optionally labels which Cliniko user owns the key (rate limits group by it).
+//!
+//! Edits ([`add_key`], [`remove_user`]) check the master key against every existing entry first,
+//! then replace the file atomically (temp file with mode 0600 in the same directory, fsync,
+//! rename). A running gateway picks the change up on [`Credentials::reload`] (SIGHUP).
+
+mod crypto;
+mod edit;
+mod file;
+mod layer;
+mod store;
+#[cfg(test)]
+mod tests;
+
+pub use crypto::generate_master_key;
+pub use edit::{AddOutcome, ListedUser, add_key, list, remove_user};
+pub use layer::CredentialsLayer;
+pub use store::{Credentials, KeyStore};
+
+use crate::upstream::Shard;
+use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretString};
+use std::{fmt, path::PathBuf, sync::Arc};
+
+/// Longest accepted user name or `cliniko_user` label, in bytes.
+pub const MAX_USER_BYTES: usize = 256;
+
+/// A Cliniko API key: never printed (Debug is redacted, no Display).
+#[derive(Clone)]
+pub struct ApiKey(SecretString);
+
+impl ApiKey {
+    /// Wraps a key (no validation; [`add_key`] validates).
+    pub fn new(key: String) -> ApiKey {
+        ApiKey(SecretString::from(key))
+    }
+
+    /// The key itself: only for building the upstream `Authorization` header or sealing.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey([REDACTED])")
+    }
+}
+
+/// Everything needed to call Cliniko for one user; shared (`Arc`) by users of the same key.
+pub struct Credential {
+    /// The API key.
+    pub key: ApiKey,
+    /// The shard the key belongs to (from its suffix).
+    pub shard: Shard,
+    /// `sha256:` + 16 hex characters of SHA-256(key); safe to log.
+    pub fingerprint: Arc<str>,
+    /// The key's id in the store file; safe to log.
+    pub key_id: Arc<str>,
+    /// Which Cliniko user owns the key, if labelled.
+    pub cliniko_user: Option<Arc<str>>,
+    auth_header: http::HeaderValue,
+}
+
+impl Credential {
+    /// Builds a credential, deriving shard, fingerprint and the `Authorization` header once.
+    pub fn new(
+        key: ApiKey,
+        key_id: impl Into<Arc<str>>,
+        cliniko_user: Option<Arc<str>>,
+    ) -> Result<Credential, crate::upstream::shard::BadShard> {
+        let shard = Shard::from_key(key.expose())?;
+        let fingerprint = crypto::fingerprint(key.expose()).into();
+        let auth_header = basic_header(&key);
+        Ok(Credential {
+            key,
+            shard,
+            fingerprint,
+            key_id: key_id.into(),
+            cliniko_user,
+            auth_header,
+        })
+    }
+
+    /// `Basic base64(key + ":")`, marked sensitive so HTTP/2 never indexes it.
+    pub fn basic_auth_header(&self) -> http::HeaderValue {
+        self.auth_header.clone()
+    }
+}
+
+fn basic_header(key: &ApiKey) -> http::HeaderValue {
+    // The buffer holds the key in base64, so it is wiped once the header has copied it.
+    let mut raw = secrecy::zeroize::Zeroizing::new(String::with_capacity(key.expose().len() + 1));
+    raw.push_str(key.expose());
+    raw.push(':');
+    let mut encoded = secrecy::zeroize::Zeroizing::new(String::from("Basic "));
+    base64::engine::general_purpose::STANDARD.encode_string(raw.as_bytes(), &mut encoded);
+    // Base64 output is always a valid header value; the fallback only satisfies the types.
+    let mut value = http::HeaderValue::from_str(&encoded)
+        .unwrap_or_else(|_| http::HeaderValue::from_static("Basic"));
+    value.set_sensitive(true);
+    value
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("key", &self.key)
+            .field("shard", &self.shard)
+            .field("fingerprint", &self.fingerprint)
+            .field("key_id", &self.key_id)
+            .field("cliniko_user", &self.cliniko_user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the key store could not be read, decrypted or changed. Never carries a key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyStoreError {
+    /// The store file does not exist.
+    #[error(
+        "the key store {} does not exist; create it with `cliniko-gateway keys add`",
+        path.display()
+    )]
+    NotFound {
+        /// The configured path.
+        path: PathBuf,
+    },
+    /// Reading or writing the file failed.
+    #[error("could not {op} the key store {}: {source}", path.display())]
+    Io {
+        /// What was being done, e.g. `read`.
+        op: &'static str,
+        /// The file (or temp file) involved.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid version-1 key store.
+    #[error("the key store {} is not valid: {problem}", path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (position and category, never file content).
+        problem: String,
+    },
+    /// A sealed key failed authentication.
+    #[error(
+        "the master key does not decrypt key {key_id}: wrong CLINIKO_GATEWAY_MASTER_KEY or a corrupted file"
+    )]
+    Decrypt {
+        /// The entry that failed.
+        key_id: String,
+    },
+    /// A stored key's shard suffix is not a shard name.
+    #[error("key {key_id}: the API key's shard suffix is not a valid shard name")]
+    BadShard {
+        /// The entry that failed.
+        key_id: String,
+    },
+    /// A key offered to `keys add` is unusable.
+    #[error("invalid API key: {0}")]
+    InvalidApiKey(&'static str),
+    /// A user name (or `cliniko_user` label) is unusable.
+    #[error("invalid {what}: {problem}")]
+    InvalidName {
+        /// `user name` or `cliniko_user label`.
+        what: &'static str,
+        /// Why.
+        problem: &'static str,
+    },
+    /// No master key was configured.
+    #[error(
+        "no key-store master key: set CLINIKO_GATEWAY_MASTER_KEY or keystore.master_key_file (generate one with `cliniko-gateway keys gen-master-key`)"
+    )]
+    NoMasterKey,
+    /// The system random generator or the cipher failed.
+    #[error("cryptography failure: {0}")]
+    Crypto(&'static str),
+}
+
+/// Checks a user name: non-empty, at most [`MAX_USER_BYTES`], no control characters.
+pub fn validate_user(user: &str) -> Result<(), KeyStoreError> {
+    validate_name("user name", user)
+}
+
+fn validate_name(what: &'static str, s: &str) -> Result<(), KeyStoreError> {
+    let problem = if s.is_empty() {
+        "it is empty"
+    } else if s.len() > MAX_USER_BYTES {
+        "it is longer than 256 bytes"
+    } else if s.chars().any(char::is_control) {
+        "it contains control characters"
+    } else if s.trim() != s {
+        "it starts or ends with whitespace"
+    } else {
+        return Ok(());
+    };
+    Err(KeyStoreError::InvalidName { what, problem })
+}

@@ -1,0 +1,216 @@
+//! The decrypted, immutable user -> credential map, and the live handle that swaps it on reload.
+//!
+//! Rejects, at load, any file that does not decrypt completely and consistently: one bad entry
+//! fails the whole load, so a running gateway keeps its previous store instead.
+
+use super::{Credential, KeyStoreError, crypto, file, validate_name};
+use crate::config::{KeyStoreConfig, MasterKey};
+use arc_swap::ArcSwap;
+use secrecy::{ExposeSecret, SecretBox};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+/// Every user's credential, decrypted once at load and never mutated.
+#[derive(Default)]
+pub struct KeyStore {
+    users: HashMap<Box<str>, Arc<Credential>>,
+    keys: BTreeMap<Arc<str>, Arc<Credential>>,
+}
+
+impl KeyStore {
+    /// Loads and decrypts `path`; a missing file is an error.
+    pub fn load(path: &Path, master: &MasterKey) -> Result<KeyStore, KeyStoreError> {
+        match file::read(path)? {
+            Some(doc) => KeyStore::from_document(path, &doc, master),
+            None => Err(KeyStoreError::NotFound {
+                path: path.to_path_buf(),
+            }),
+        }
+    }
+
+    /// Like [`KeyStore::load`], but a missing file is an empty store (for `keys add`).
+    pub fn load_or_empty(path: &Path, master: &MasterKey) -> Result<KeyStore, KeyStoreError> {
+        match file::read(path)? {
+            Some(doc) => KeyStore::from_document(path, &doc, master),
+            None => Ok(KeyStore::default()),
+        }
+    }
+
+    /// A store built in memory (tests and embedders); `users` maps names to credentials.
+    pub fn from_users(users: impl IntoIterator<Item = (String, Arc<Credential>)>) -> KeyStore {
+        let mut store = KeyStore::default();
+        for (user, cred) in users {
+            store.keys.insert(cred.key_id.clone(), cred.clone());
+            store.users.insert(user.into(), cred);
+        }
+        store
+    }
+
+    pub(super) fn from_document(
+        path: &Path,
+        doc: &file::Document,
+        master: &MasterKey,
+    ) -> Result<KeyStore, KeyStoreError> {
+        let master = master.expose_secret();
+        let bad = |problem: String| file::format_error(path, problem);
+        let mut keys = BTreeMap::new();
+        for (key_id, entry) in &doc.keys {
+            if !is_key_id(key_id) {
+                return Err(bad(format!(
+                    "the key id {} is not 1-64 characters of [A-Za-z0-9_-]",
+                    shown(key_id)
+                )));
+            }
+            let key = crypto::open(master, key_id, &entry.sealed)?.ok_or_else(|| {
+                bad(format!(
+                    "key {key_id}: `sealed` is not base64 of nonce || ciphertext || tag"
+                ))
+            })?;
+            let label = match &entry.cliniko_user {
+                Some(l) => {
+                    validate_name("cliniko_user label", l)
+                        .map_err(|e| bad(format!("key {key_id}: {e}")))?;
+                    Some(Arc::<str>::from(l.as_str()))
+                }
+                None => None,
+            };
+            let cred = Credential::new(key, key_id.as_str(), label).map_err(|_| {
+                KeyStoreError::BadShard {
+                    key_id: key_id.clone(),
+                }
+            })?;
+            // Hand edits to these informational fields would make `keys list` lie.
+            if cred.shard.as_str() != entry.shard || *cred.fingerprint != *entry.fingerprint {
+                return Err(bad(format!(
+                    "key {key_id}: the stored shard or fingerprint does not match the decrypted key"
+                )));
+            }
+            keys.insert(cred.key_id.clone(), Arc::new(cred));
+        }
+        let mut users = HashMap::with_capacity(doc.users.len());
+        for (user, key_id) in &doc.users {
+            validate_name("user name", user)
+                .map_err(|e| bad(format!("user {}: {e}", shown(user))))?;
+            let cred = keys.get(key_id.as_str()).ok_or_else(|| {
+                bad(format!(
+                    "user {} points at key {}, which is not in `keys`",
+                    shown(user),
+                    shown(key_id)
+                ))
+            })?;
+            users.insert(Box::<str>::from(user.as_str()), Arc::clone(cred));
+        }
+        Ok(KeyStore { users, keys })
+    }
+
+    /// The credential of `user`, if one is stored.
+    pub fn get(&self, user: &str) -> Option<Arc<Credential>> {
+        self.users.get(user).cloned()
+    }
+
+    /// Every user and their credential, in no particular order.
+    pub fn users(&self) -> impl Iterator<Item = (&str, &Credential)> {
+        self.users.iter().map(|(u, c)| (&**u, &**c))
+    }
+
+    /// Distinct keys by id (several users may share one).
+    pub(super) fn keys(&self) -> impl Iterator<Item = (&str, &Arc<Credential>)> {
+        self.keys.iter().map(|(id, c)| (&**id, c))
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// True when no user has a key.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Number of distinct keys.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+impl fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("users", &self.users.len())
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+fn is_key_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A name from the file, escaped and shortened so a message stays one readable line.
+fn shown(s: &str) -> String {
+    let short: String = s.chars().take(40).collect();
+    let ellipsis = if short.len() < s.len() { "…" } else { "" };
+    format!("{short:?}{ellipsis}")
+}
+
+/// The live key store: lock-free lookups, atomically replaced by [`Credentials::reload`].
+pub struct Credentials {
+    current: ArcSwap<KeyStore>,
+    path: PathBuf,
+    master: MasterKey,
+}
+
+impl Credentials {
+    /// Loads the configured store; fails when the file is missing or any entry is bad.
+    pub fn open(cfg: &KeyStoreConfig) -> Result<Credentials, KeyStoreError> {
+        let master = cfg.master_key.as_ref().ok_or(KeyStoreError::NoMasterKey)?;
+        let master: MasterKey = SecretBox::init_with(|| *master.expose_secret());
+        let store = KeyStore::load(&cfg.path, &master)?;
+        Ok(Credentials {
+            current: ArcSwap::from_pointee(store),
+            path: cfg.path.clone(),
+            master,
+        })
+    }
+
+    /// The credential of `user` in the current store (hot path: no lock).
+    pub fn lookup(&self, user: &str) -> Option<Arc<Credential>> {
+        self.current.load().get(user)
+    }
+
+    /// Re-reads the file; on success swaps it in and returns the user count, on error keeps
+    /// the old store (the caller logs the error).
+    pub fn reload(&self) -> Result<usize, KeyStoreError> {
+        let store = KeyStore::load(&self.path, &self.master)?;
+        let n = store.len();
+        self.current.store(Arc::new(store));
+        Ok(n)
+    }
+
+    /// The store in use right now.
+    pub fn current(&self) -> Arc<KeyStore> {
+        self.current.load_full()
+    }
+
+    /// The file this handle reloads from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("path", &self.path)
+            .field("store", &*self.current.load())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,162 @@
+//! Starting, reloading and stopping a gateway: used by `serve`, `demo` and the tests alike.
+
+use crate::auth::Authenticator;
+use crate::config::{Config, ConfigError};
+use crate::credentials::{Credentials, KeyStoreError};
+use crate::guard::Readiness;
+use crate::server::{self, ConnSettings};
+use crate::stack::{self, Parts};
+use crate::upstream::forward::Upstream;
+use crate::upstream::headers::FixedHeaders;
+use crate::upstream::links::LinkRewriter;
+use crate::upstream::{ShardRouter, client};
+use http::HeaderValue;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The key store could not be loaded.
+    #[error("key store: {0}")]
+    KeyStore(#[from] KeyStoreError),
+    /// Binding or reading the listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct GatewayReadiness {
+    authn: Arc<Authenticator>,
+    draining: AtomicBool,
+}
+
+impl Readiness for GatewayReadiness {
+    fn ready(&self) -> bool {
+        !self.draining.load(Ordering::Acquire) && self.authn.ready()
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    credentials: Arc<Credentials>,
+    readiness: Arc<GatewayReadiness>,
+}
+
+impl Gateway {
+    /// Builds every shared part from `cfg`, then serves on `listener` until shut down.
+    pub async fn start(cfg: Config, listener: TcpListener) -> Result<Gateway, StartError> {
+        let http = client::build(&cfg.upstream)?;
+        let authn = Authenticator::new(&cfg.auth, http.clone())?;
+        let credentials = Arc::new(Credentials::open(&cfg.keystore)?);
+        let router = ShardRouter::new(&cfg.upstream)?;
+        let origins: Vec<String> = router
+            .override_bases()
+            .map(|b| format!("{}://{}", b.scheme, b.authority))
+            .collect();
+        let local_addr = listener.local_addr()?;
+        let links = LinkRewriter::new(&cfg.server.public_base(local_addr), &origins);
+        let fixed = FixedHeaders {
+            user_agent: HeaderValue::try_from(cfg.upstream.user_agent.as_str()).map_err(|_| {
+                ConfigError::new(
+                    "upstream.user_agent",
+                    "not a valid header value",
+                    "use printable ASCII",
+                )
+            })?,
+        };
+        let upstream = Arc::new(Upstream::new(
+            http,
+            router,
+            fixed,
+            links,
+            cfg.upstream.timeout,
+            cfg.server.max_body_bytes,
+        ));
+        let tls = server::tls_acceptor(&cfg.server)?;
+        authn.start().await;
+        let readiness = Arc::new(GatewayReadiness {
+            authn: authn.clone(),
+            draining: AtomicBool::new(false),
+        });
+        let svc = stack::build(&Parts {
+            authn,
+            credentials: credentials.clone(),
+            upstream,
+            readiness: readiness.clone(),
+            max_body: cfg.server.max_body_bytes,
+        });
+        let (tx, rx) = watch::channel(false);
+        let settings = ConnSettings::new(&cfg.server, tls);
+        let grace = cfg.server.shutdown_grace;
+        let task = tokio::spawn(server::serve(listener, settings, svc, rx, grace));
+        tracing::info!(%local_addr, "gateway listening");
+        Ok(Gateway {
+            local_addr,
+            shutdown: tx,
+            task,
+            credentials,
+            readiness,
+        })
+    }
+
+    /// Binds `cfg.server.listen` and starts.
+    pub async fn bind_and_start(cfg: Config) -> Result<Gateway, StartError> {
+        let listener = TcpListener::bind(cfg.server.listen).await?;
+        Gateway::start(cfg, listener).await
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Re-reads the key store; on error the old store keeps serving.
+    pub fn reload_credentials(&self) -> Result<usize, KeyStoreError> {
+        match self.credentials.reload() {
+            Ok(n) => {
+                tracing::info!(users = n, "key store reloaded");
+                Ok(n)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "key store reload failed; keeping the previous store");
+                Err(e)
+            }
+        }
+    }
+
+    /// Fails readiness, stops accepting, and waits for in-flight requests (up to the grace).
+    pub async fn shutdown(self) {
+        self.readiness.draining.store(true, Ordering::Release);
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+        tracing::info!("gateway stopped");
+    }
+
+    /// Serves until SIGTERM/SIGINT (then drains); SIGHUP reloads the key store.
+    pub async fn run_until_signal(self) -> std::io::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => { let _ = self.reload_credentials(); }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        tracing::info!("shutdown signal received; draining");
+        self.shutdown().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,319 @@
+//! Step 1 of the journey, after the request id: what the gateway answers itself and what it
+//! refuses before anyone is authenticated.
+//!
+//! Answers `/healthz` and `/readyz` locally; everything outside `/v1/` is a 404. Refuses (400,
+//! nothing sent upstream) CONNECT/TRACE and unknown methods, absolute-form targets naming
+//! another host, paths with dot segments, empty segments, backslashes, NUL or encoded
+//! `/` `\` `.`, and requests carrying both Content-Length and Transfer-Encoding. Bodies over the
+//! configured limit get a 413, up front when declared, mid-stream otherwise.
+
+use crate::body::Body;
+use crate::error::GatewayError;
+use futures_util::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+/// Set when the request body went over the limit mid-stream, so the forwarder can answer 413
+/// instead of a generic upstream failure (the client error does not reliably carry the cause).
+#[derive(Clone, Default, Debug)]
+pub struct BodyLimitTripped(pub Arc<AtomicBool>);
+
+impl BodyLimitTripped {
+    /// True once the limit was exceeded.
+    pub fn tripped(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Longest request path accepted.
+pub const MAX_PATH_BYTES: usize = 2048;
+
+/// Whether the gateway should receive traffic (flips to false while draining).
+pub trait Readiness: Send + Sync + 'static {
+    /// True when `/readyz` should answer 200.
+    fn ready(&self) -> bool;
+}
+
+/// Layer that installs [`Guard`].
+#[derive(Clone)]
+pub struct GuardLayer {
+    max_body: u64,
+    readiness: Arc<dyn Readiness>,
+}
+
+impl GuardLayer {
+    /// `max_body` is the request body limit in bytes.
+    pub fn new(max_body: u64, readiness: Arc<dyn Readiness>) -> Self {
+        GuardLayer {
+            max_body,
+            readiness,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            inner,
+            max_body: self.max_body,
+            readiness: self.readiness.clone(),
+        }
+    }
+}
+
+/// Local routes, request-target checks and the body limit.
+#[derive(Clone)]
+pub struct Guard<S> {
+    inner: S,
+    max_body: u64,
+    readiness: Arc<dyn Readiness>,
+}
+
+impl<S> tower::Service<Request<Body>> for Guard<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = BoxFuture<'static, Result<Response<Body>, GatewayError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        match req.uri().path() {
+            "/healthz" => return Box::pin(async { Ok(status_json(StatusCode::OK, "live")) }),
+            "/readyz" => {
+                let resp = if self.readiness.ready() {
+                    status_json(StatusCode::OK, "ready")
+                } else {
+                    status_json(StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+                };
+                return Box::pin(async { Ok(resp) });
+            }
+            _ => {}
+        }
+        if let Err(e) = check(&req, self.max_body) {
+            return Box::pin(async { Err(e) });
+        }
+        let limit = self.max_body;
+        let tripped = BodyLimitTripped::default();
+        let flag = tripped.0.clone();
+        let mut req = req.map(|b| {
+            Body::new(Limited::new(b, limit as usize).map_err(move |e| {
+                if e.is::<LengthLimitError>() {
+                    flag.store(true, Ordering::Release);
+                }
+                axum_core::Error::new(e)
+            }))
+        });
+        req.extensions_mut().insert(tripped);
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move { inner.call(req).await })
+    }
+}
+
+fn status_json(status: StatusCode, s: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::from(format!("{{\"status\":\"{s}\"}}")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+fn bad(code: &'static str, message: &'static str) -> GatewayError {
+    GatewayError::BadRequest { code, message }
+}
+
+/// Every check that needs only the request head.
+pub fn check<B>(req: &Request<B>, max_body: u64) -> Result<(), GatewayError> {
+    check_method(req.method())?;
+    check_authority(req)?;
+    check_path(req.uri().path())?;
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(bad(
+            "ambiguous_length",
+            "a request may not carry both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if let Some(len) = h.get(header::CONTENT_LENGTH) {
+        let n: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("bad_content_length", "Content-Length is not a number"))?;
+        if n > max_body {
+            return Err(GatewayError::BodyTooLarge { limit: max_body });
+        }
+    }
+    Ok(())
+}
+
+fn check_method(m: &Method) -> Result<(), GatewayError> {
+    match *m {
+        Method::GET
+        | Method::HEAD
+        | Method::POST
+        | Method::PUT
+        | Method::PATCH
+        | Method::DELETE
+        | Method::OPTIONS => Ok(()),
+        _ => Err(bad(
+            "bad_method",
+            "method not allowed: use GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS",
+        )),
+    }
+}
+
+/// An absolute-form target (HTTP/1.1) must name the host the request was sent to.
+fn check_authority<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    if req.version() == http::Version::HTTP_2 {
+        return Ok(());
+    }
+    let Some(auth) = req.uri().authority() else {
+        return Ok(());
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if host.is_some_and(|h| h.eq_ignore_ascii_case(auth.as_str())) {
+        Ok(())
+    } else {
+        Err(bad(
+            "bad_target",
+            "absolute-form request targets must name this gateway",
+        ))
+    }
+}
+
+/// Only `/v1/...` paths made of plain segments are proxied.
+pub fn check_path(path: &str) -> Result<(), GatewayError> {
+    if path != "/v1" && !path.starts_with("/v1/") {
+        return Err(GatewayError::NotFound);
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(bad("bad_target", "the request path is too long"));
+    }
+    let bytes = path.as_bytes();
+    if bytes.iter().any(|&b| b == b'\\' || b < 0x20 || b == 0x7f) {
+        return Err(bad(
+            "bad_target",
+            "the request path contains a forbidden character",
+        ));
+    }
+    for w in bytes.windows(3) {
+        if w[0] == b'%' {
+            let enc = [w[1].to_ascii_lowercase(), w[2].to_ascii_lowercase()];
+            if matches!(&enc, b"2f" | b"5c" | b"2e" | b"00" | b"25") {
+                return Err(bad(
+                    "bad_target",
+                    "encoded '/', '\\', '.', '%' or NUL in the path is not allowed",
+                ));
+            }
+        }
+    }
+    for seg in path[1..].split('/') {
+        if seg == "." || seg == ".." {
+            return Err(bad(
+                "bad_target",
+                "dot segments in the path are not allowed",
+            ));
+        }
+    }
+    if path[1..].split('/').rev().skip(1).any(str::is_empty) {
+        return Err(bad("bad_target", "empty path segments are not allowed"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(p: &str) -> &'static str {
+        match check_path(p) {
+            Ok(()) => "ok",
+            Err(e) => e.code(),
+        }
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(code("/v1/patients"), "ok");
+        assert_eq!(code("/v1/patients/123/"), "ok");
+        assert_eq!(code("/v1"), "ok");
+        assert_eq!(code("/v2/patients"), "route_not_found");
+        assert_eq!(code("/"), "route_not_found");
+        assert_eq!(code("/v1x"), "route_not_found");
+        for bad in [
+            "/v1/../admin",
+            "/v1/./patients",
+            "/v1/%2e%2e/x",
+            "/v1/%2E%2e/x",
+            "/v1/a%2fb",
+            "/v1/a%5Cb",
+            "/v1/a\\b",
+            "/v1//evil",
+            "/v1/a%00",
+            "/v1/a%252e",
+        ] {
+            assert_eq!(code(bad), "bad_target", "{bad}");
+        }
+        assert_eq!(code(&format!("/v1/{}", "a".repeat(3000))), "bad_target");
+    }
+
+    #[test]
+    fn methods_and_framing() {
+        let r = Request::builder()
+            .method("TRACE")
+            .uri("/v1/x")
+            .body(())
+            .unwrap();
+        assert_eq!(check(&r, 10).unwrap_err().code(), "bad_method");
+        let r = Request::builder()
+            .method("POST")
+            .uri("/v1/x")
+            .header("content-length", "5")
+            .header("transfer-encoding", "chunked")
+            .body(())
+            .unwrap();
+        assert_eq!(check(&r, 10).unwrap_err().code(), "ambiguous_length");
+        let r = Request::builder()
+            .method("POST")
+            .uri("/v1/x")
+            .header("content-length", "11")
+            .body(())
+            .unwrap();
+        assert_eq!(check(&r, 10).unwrap_err().code(), "body_too_large");
+        let r = Request::builder()
+            .uri("http://evil.example/v1/x")
+            .header("host", "gw.local")
+            .body(())
+            .unwrap();
+        assert_eq!(check(&r, 10).unwrap_err().code(), "bad_target");
+        let r = Request::builder()
+            .uri("http://gw.local/v1/x")
+            .header("host", "gw.local")
+            .body(())
+            .unwrap();
+        assert!(check(&r, 10).is_ok());
+    }
+}

@@ -1,0 +1,269 @@
+//! The accept loop: TCP (optionally TLS) connections served by hyper-util's HTTP/1.1 + HTTP/2
+//! builder, each connection closed when idle, and a graceful drain on shutdown.
+//!
+//! Draining follows mini-redis: every connection task holds a clone of an mpsc sender; after
+//! the shutdown signal the server drops its own and waits (up to the grace period) until
+//! `recv()` returns `None`, i.e. every connection has finished its in-flight requests.
+
+use crate::body::{Body, BodyObserver, observe};
+use crate::config::ServerConfig;
+use http::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tower::{Service, ServiceExt};
+
+/// Inbound TLS (rustls, ALPN h2 + http/1.1) from the configured PEM files.
+pub fn tls_acceptor(cfg: &ServerConfig) -> Result<Option<TlsAcceptor>, crate::config::ConfigError> {
+    use crate::config::ConfigError;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) else {
+        return Ok(None);
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|_| {
+            ConfigError::new(
+                "server.tls_cert_file",
+                "cannot read PEM certificates",
+                "point it at a PEM certificate chain",
+            )
+        })?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|_| {
+        ConfigError::new(
+            "server.tls_key_file",
+            "cannot read a PEM private key",
+            "point it at the PEM key of the certificate",
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|_| {
+            ConfigError::new(
+                "server.tls_key_file",
+                "the key does not match the certificate or is unsupported",
+                "use the key that belongs to server.tls_cert_file",
+            )
+        })?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(tls))))
+}
+
+/// What a connection needs to know about limits.
+#[derive(Clone)]
+pub struct ConnSettings {
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl ConnSettings {
+    /// Builds the hyper connection builder with the configured bounds.
+    pub fn new(cfg: &ServerConfig, tls: Option<TlsAcceptor>) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            // Also bounds idle keep-alive: hyper restarts this timer while waiting for the next
+            // request head.
+            .header_read_timeout(cfg.header_read_timeout)
+            .max_buf_size(cfg.max_header_bytes)
+            .max_headers(cfg.max_headers);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        ConnSettings {
+            builder,
+            tls,
+            handshake_timeout: cfg.header_read_timeout,
+            idle_timeout: cfg.idle_timeout,
+        }
+    }
+}
+
+/// Runs the accept loop until `shutdown` flips to true, then drains for up to `grace`.
+pub async fn serve<S>(
+    listener: TcpListener,
+    settings: ConnSettings,
+    svc: S,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let for_conns = shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = stopped(&mut shutdown) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let conn = Connection {
+                        settings: settings.clone(),
+                        svc: svc.clone(),
+                        shutdown: for_conns.clone(),
+                        _alive: alive_tx.clone(),
+                    };
+                    tokio::spawn(conn.run(tcp));
+                }
+                // EMFILE and friends: back off briefly instead of spinning.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    drop(alive_tx);
+    if tokio::time::timeout(grace, alive_rx.recv()).await.is_err() {
+        tracing::warn!(
+            grace_s = grace.as_secs(),
+            "drain deadline passed; closing remaining connections"
+        );
+    }
+}
+
+/// Resolves once shutdown has been signalled (or the sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+struct Connection<S> {
+    settings: ConnSettings,
+    svc: S,
+    shutdown: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+}
+
+impl<S> Connection<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    async fn run(self, tcp: tokio::net::TcpStream) {
+        match self.settings.tls.clone() {
+            None => self.serve_io(tcp).await,
+            Some(acc) => {
+                match tokio::time::timeout(self.settings.handshake_timeout, acc.accept(tcp)).await {
+                    Ok(Ok(tls)) => self.serve_io(tls).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            }
+        }
+    }
+
+    async fn serve_io<I>(mut self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let idle = Arc::new(Idle::new());
+        let svc = self.svc.clone();
+        let tracker = idle.clone();
+        let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let busy = tracker.begin();
+            let svc = svc.clone();
+            async move {
+                let resp = svc.oneshot(req.map(Body::new)).await?;
+                Ok::<_, Infallible>(resp.map(|b| observe(b, busy)))
+            }
+        });
+        let conn = self
+            .settings
+            .builder
+            .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+        tokio::pin!(conn);
+        let idle_timeout = self.settings.idle_timeout;
+        let mut closing = false;
+        loop {
+            let wait = idle.remaining(idle_timeout);
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = stopped(&mut self.shutdown), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = tokio::time::sleep(wait), if !closing => {
+                    if idle.remaining(idle_timeout).is_zero() {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Per-connection idleness: no request in flight (response bodies included) for a while.
+struct Idle {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    last_done_ms: AtomicU64,
+}
+
+impl Idle {
+    fn new() -> Self {
+        Idle {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_done_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// Time left before the connection counts as idle (zero: idle now).
+    fn remaining(&self, timeout: Duration) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return timeout;
+        }
+        let since = Duration::from_millis(self.last_done_ms.load(Ordering::Acquire));
+        (since + timeout).saturating_sub(self.epoch.elapsed())
+    }
+}
+
+/// Held from the request's arrival until its response body is finished or dropped.
+struct Busy(Arc<Idle>);
+
+impl BodyObserver for Busy {}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let now = self.0.epoch.elapsed().as_millis() as u64;
+        self.0.last_done_ms.store(now, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}

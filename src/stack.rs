@@ -1,0 +1,53 @@
+//! The request's journey, outside to inside. Read top to bottom: each layer says why it sits
+//! where it does.
+
+use crate::access_log::AccessLogLayer;
+use crate::auth::{AuthLayer, Authenticator};
+use crate::body::Body;
+use crate::credentials::{Credentials, CredentialsLayer};
+use crate::guard::{GuardLayer, Readiness};
+use crate::request_id::RequestIdLayer;
+use crate::rescue::RescueLayer;
+use crate::upstream::forward::{Upstream, UpstreamService};
+use http::{Request, Response};
+use std::convert::Infallible;
+use std::sync::Arc;
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+
+/// The shared state the stack is built from (all built once at start-up).
+pub struct Parts {
+    /// JWT verification.
+    pub authn: Arc<Authenticator>,
+    /// The key store.
+    pub credentials: Arc<Credentials>,
+    /// The forwarder.
+    pub upstream: Arc<Upstream>,
+    /// Whether `/readyz` says ready.
+    pub readiness: Arc<dyn Readiness>,
+    /// Request body limit.
+    pub max_body: u64,
+}
+
+/// The whole gateway as one cloneable service.
+pub type GatewayService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+/// Assembles the stack.
+pub fn build(p: &Parts) -> GatewayService {
+    let svc = ServiceBuilder::new()
+        // First, so every response (errors included) and every log line carries the id.
+        .layer(RequestIdLayer)
+        // Outside the rescue so it logs the status the caller really got.
+        .layer(AccessLogLayer)
+        // Every error below becomes one JSON response here, and nowhere else.
+        .layer(RescueLayer)
+        // Cheap refusals before any crypto: local routes, bad targets, framing, body limit.
+        .layer(GuardLayer::new(p.max_body, p.readiness.clone()))
+        // Who is calling (401).
+        .layer(AuthLayer(p.authn.clone()))
+        // Which Cliniko key they use (403 no_credential).
+        .layer(CredentialsLayer(p.credentials.clone()))
+        // Header rewrite, pooled rustls client, link rewriting (502/504).
+        .service(UpstreamService(p.upstream.clone()));
+    BoxCloneSyncService::new(svc)
+}

@@ -1,0 +1,184 @@
+//! The innermost service: sends the request to the caller's shard with the stored key, and
+//! turns Cliniko's answer into the caller's.
+//!
+//! Cliniko's own statuses pass through unchanged, except 401: that means the *stored key* is
+//! wrong or revoked, which is not the caller's fault, so it becomes 502 `credential_rejected`
+//! and a warning with the key's fingerprint. JSON bodies and `Location` headers have Cliniko's
+//! absolute URLs rewritten onto the gateway's public base URL, streaming.
+
+use super::headers::{FixedHeaders, clean_response_headers, upstream_request_headers};
+use super::links::LinkRewriter;
+use super::{HttpClient, ShardRouter};
+use crate::access_log::facts;
+use crate::body::Body;
+use crate::credentials::Credential;
+use crate::error::GatewayError;
+use crate::guard::BodyLimitTripped;
+use crate::request_id::RequestId;
+use futures_util::future::BoxFuture;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use std::error::Error as _;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Everything the forwarder needs, built once at start-up.
+pub struct Upstream {
+    client: HttpClient,
+    router: ShardRouter,
+    fixed: FixedHeaders,
+    links: LinkRewriter,
+    timeout: Duration,
+    max_body: u64,
+}
+
+impl Upstream {
+    /// Assembles the forwarder.
+    pub fn new(
+        client: HttpClient,
+        router: ShardRouter,
+        fixed: FixedHeaders,
+        links: LinkRewriter,
+        timeout: Duration,
+        max_body: u64,
+    ) -> Self {
+        Upstream {
+            client,
+            router,
+            fixed,
+            links,
+            timeout,
+            max_body,
+        }
+    }
+
+    /// Forwards one authenticated request.
+    pub async fn forward(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+        let cred = req
+            .extensions()
+            .get::<Arc<Credential>>()
+            .cloned()
+            .ok_or(GatewayError::Internal)?;
+        let rid = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or(HeaderValue::from_static("-"));
+        let facts = facts(&req);
+        let body_limit = req.extensions().get::<BodyLimitTripped>().cloned();
+        let base = self
+            .router
+            .base(&cred.shard)
+            .ok_or(GatewayError::Internal)?;
+        if let Some(f) = &facts {
+            f.set_shard(cred.shard.as_str());
+        }
+
+        let (parts, body) = req.into_parts();
+        // The caller's path is `/v1/...`; the shard base already ends in its own prefix.
+        let rest = parts.uri.path().strip_prefix("/v1").unwrap_or("");
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{}{rest}?{q}", base.prefix),
+            None => format!("{}{rest}", base.prefix),
+        };
+        let uri = Uri::builder()
+            .scheme(base.scheme.clone())
+            .authority(base.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| GatewayError::BadRequest {
+                code: "bad_target",
+                message: "the request target cannot be forwarded",
+            })?;
+        let is_head = parts.method == Method::HEAD;
+        let mut up = Request::new(body);
+        *up.method_mut() = parts.method;
+        *up.uri_mut() = uri;
+        // The outbound connection negotiates its own version (ALPN); see rust-stack pitfall 13.
+        *up.version_mut() = Version::HTTP_11;
+        *up.headers_mut() =
+            upstream_request_headers(&parts.headers, &self.fixed, &cred.basic_auth_header(), &rid);
+
+        let resp = match tokio::time::timeout(self.timeout, self.client.request(up)).await {
+            Err(_) => return Err(GatewayError::UpstreamTimeout),
+            Ok(Err(_)) if body_limit.as_ref().is_some_and(BodyLimitTripped::tripped) => {
+                return Err(GatewayError::BodyTooLarge {
+                    limit: self.max_body,
+                });
+            }
+            Ok(Err(e)) => return Err(classify(&e)),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        if let Some(f) = &facts {
+            f.set_upstream_status(status.as_u16());
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            tracing::warn!(
+                request_id = rid.to_str().unwrap_or("-"),
+                key_fingerprint = &*cred.fingerprint,
+                shard = cred.shard.as_str(),
+                "Cliniko rejected a stored API key; rotate it"
+            );
+            return Err(GatewayError::CredentialRejected);
+        }
+        let (mut parts, body) = resp.into_parts();
+        clean_response_headers(&mut parts.headers);
+        if let Some(loc) = parts
+            .headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            && let Some(new) = self.links.rewrite_url(loc)
+            && let Ok(v) = HeaderValue::try_from(new)
+        {
+            parts.headers.insert(header::LOCATION, v);
+        }
+        let mut body = Body::new(body);
+        if !is_head && rewritable(&parts.headers) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            body = self.links.rewrite_body(body);
+        }
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// JSON in identity encoding is the only thing whose links we can rewrite.
+fn rewritable(h: &http::HeaderMap) -> bool {
+    let json = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.split(';').next().unwrap_or("").trim();
+            ct.eq_ignore_ascii_case("application/json") || ct.ends_with("+json")
+        });
+    let identity = h
+        .get(header::CONTENT_ENCODING)
+        .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    json && identity
+}
+
+/// Any other failed exchange means Cliniko could not be reached or talked to.
+fn classify(e: &hyper_util::client::legacy::Error) -> GatewayError {
+    let cause = e.source().map(ToString::to_string).unwrap_or_default();
+    tracing::warn!(connect = e.is_connect(), error = %e, cause, "upstream request failed");
+    GatewayError::UpstreamUnavailable
+}
+
+/// Layer-less service wrapper so the forwarder sits at the bottom of the tower stack.
+#[derive(Clone)]
+pub struct UpstreamService(pub Arc<Upstream>);
+
+impl tower::Service<Request<Body>> for UpstreamService {
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = BoxFuture<'static, Result<Response<Body>, GatewayError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let up = self.0.clone();
+        Box::pin(async move { up.forward(req).await })
+    }
+}

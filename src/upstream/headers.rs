@@ -1,0 +1,164 @@
+//! What crosses the proxy in each direction, header by header.
+//!
+//! Towards Cliniko only an allowlist of caller headers survives: the caller's `Authorization`,
+//! `Cookie`, `Host`, `Forwarded`/`X-Forwarded-*`, `Proxy-*` and hop-by-hop headers never reach
+//! Cliniko, whatever they are called. Then the gateway sets the key's Basic auth, the configured
+//! `User-Agent`, `Accept: application/json` and `Accept-Encoding: identity` (so links in the body
+//! can be rewritten without decompressing). Towards the caller, hop-by-hop headers (and those
+//! named in `Connection`) and `Set-Cookie` are dropped.
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+
+/// Caller headers that are forwarded to Cliniko; everything else is dropped.
+pub const FORWARDED_REQUEST_HEADERS: &[HeaderName] = &[
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::IF_NONE_MATCH,
+    header::IF_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+    header::ACCEPT_LANGUAGE,
+    header::CACHE_CONTROL,
+];
+
+/// W3C trace-context headers, forwarded so traces can span the gateway.
+const TRACE_HEADERS: &[&str] = &["traceparent", "tracestate"];
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers the gateway sets on every upstream request.
+#[derive(Clone, Debug)]
+pub struct FixedHeaders {
+    /// `User-Agent`, from config.
+    pub user_agent: HeaderValue,
+}
+
+/// Builds the upstream request headers from the caller's.
+pub fn upstream_request_headers(
+    caller: &HeaderMap,
+    fixed: &FixedHeaders,
+    basic_auth: &HeaderValue,
+    request_id: &HeaderValue,
+) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(12);
+    for name in FORWARDED_REQUEST_HEADERS {
+        for v in caller.get_all(name) {
+            out.append(name.clone(), v.clone());
+        }
+    }
+    for name in TRACE_HEADERS {
+        if let Some(v) = caller.get(*name) {
+            out.insert(HeaderName::from_static(name), v.clone());
+        }
+    }
+    out.insert(header::AUTHORIZATION, basic_auth.clone());
+    out.insert(header::USER_AGENT, fixed.user_agent.clone());
+    out.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    out.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    out.insert(crate::request_id::HEADER, request_id.clone());
+    out
+}
+
+/// Removes hop-by-hop headers, those named in `Connection`, and `Set-Cookie` from a response.
+pub fn clean_response_headers(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+    h.remove(header::SET_COOKIE);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_allowlisted_caller_headers_survive() {
+        let mut caller = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Basic c3RvbGVuOg=="),
+            ("cookie", "s=1"),
+            ("host", "evil.example"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "host=evil.example"),
+            ("proxy-authorization", "x"),
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("content-type", "application/json"),
+            ("if-none-match", "\"abc\""),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("accept", "text/html"),
+            ("accept-encoding", "gzip"),
+            ("user-agent", "curl/8"),
+        ] {
+            caller.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let fixed = FixedHeaders {
+            user_agent: HeaderValue::from_static("Gw (a@b.c)"),
+        };
+        let out = upstream_request_headers(
+            &caller,
+            &fixed,
+            &HeaderValue::from_static("Basic a2V5Og=="),
+            &HeaderValue::from_static("rid"),
+        );
+        assert_eq!(out["authorization"], "Basic a2V5Og==");
+        assert_eq!(out["user-agent"], "Gw (a@b.c)");
+        assert_eq!(out["accept"], "application/json");
+        assert_eq!(out["accept-encoding"], "identity");
+        assert_eq!(out["content-type"], "application/json");
+        assert_eq!(out["if-none-match"], "\"abc\"");
+        assert!(out.contains_key("traceparent"));
+        for gone in [
+            "cookie",
+            "host",
+            "x-forwarded-host",
+            "forwarded",
+            "proxy-authorization",
+            "x-secret",
+            "connection",
+        ] {
+            assert!(!out.contains_key(gone), "{gone} leaked");
+        }
+        assert_eq!(out.get_all("authorization").iter().count(), 1);
+    }
+
+    #[test]
+    fn response_cleanup() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("set-cookie", HeaderValue::from_static("_cliniko_session=1"));
+        h.insert("etag", HeaderValue::from_static("\"e\""));
+        clean_response_headers(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("etag"));
+    }
+}

@@ -1,0 +1,287 @@
+//! Decides whether a (possibly partial) string starts with an upstream origin.
+//!
+//! The decision is made on unescaped content so that `https:\/\/api...` is recognised; the
+//! caller maps the answer back onto raw bytes. Only an exact host at the host boundary counts:
+//! `api.au1.cliniko.com.evil.example` and `api.au1.cliniko.community` are refused, as is any
+//! port other than the scheme's default (or the configured one for an extra origin).
+
+/// Longest host the matcher will read before giving up (DNS names are at most 253 bytes).
+const MAX_HOST: usize = 253;
+
+/// What the matcher knows about a prefix of a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// The string does not start with an upstream origin.
+    NoMatch,
+    /// The prefix is too short to decide; feed more bytes or the end of the string.
+    NeedMore,
+    /// The first `n` unescaped bytes (origin, port and optional `/v1`) are to be replaced.
+    Match(usize),
+}
+
+/// A configured extra origin, e.g. a loopback stand-in for a shard.
+#[derive(Debug, Clone)]
+struct Extra {
+    https: bool,
+    /// Lower-case host, brackets kept for IPv6 literals.
+    host: Vec<u8>,
+    /// The port a link must carry (the scheme default may then be omitted).
+    port: u16,
+    /// Path prefix below the origin (no trailing slash, `/v1` removed), usually empty.
+    path: Vec<u8>,
+}
+
+/// The set of upstream origins: Cliniko's own hosts plus configured extras.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Origins {
+    extras: Vec<Extra>,
+    /// Longest prefix (in unescaped bytes) that can still be undecided; bounds held memory.
+    max_prefix: usize,
+}
+
+fn default_port(https: bool) -> u16 {
+    if https { 443 } else { 80 }
+}
+
+fn is_cliniko_host(host: &[u8]) -> bool {
+    if host == b"api.cliniko.com" {
+        return true;
+    }
+    match host
+        .strip_prefix(b"api.")
+        .and_then(|h| h.strip_suffix(b".cliniko.com"))
+        .and_then(|s| std::str::from_utf8(s).ok())
+    {
+        Some(shard) => crate::config::is_shard_name(shard),
+        None => false,
+    }
+}
+
+/// Reads the input one byte at a time; `None` means "ran out", which the caller interprets
+/// as end-of-string when the string is complete, or as "need more" otherwise.
+struct Cursor<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl Cursor<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    /// Consumes `lit` (ASCII case-insensitively if `ci`); `None` when the input ran out first.
+    fn eat(&mut self, lit: &[u8], ci: bool) -> Option<bool> {
+        for &want in lit {
+            let got = self.peek()?;
+            let same = if ci {
+                got.eq_ignore_ascii_case(&want)
+            } else {
+                got == want
+            };
+            if !same {
+                return Some(false);
+            }
+            self.i += 1;
+        }
+        Some(true)
+    }
+}
+
+/// Whether `b` ends an origin (or the `/v1` after it).
+fn is_boundary(b: Option<u8>) -> bool {
+    matches!(b, None | Some(b'/' | b'?' | b'#'))
+}
+
+impl Origins {
+    /// Builds the set; extra origins that are not `http(s)://host[:port][/path]` are skipped.
+    pub(crate) fn new(extra_origins: &[String]) -> Origins {
+        let mut extras: Vec<Extra> = extra_origins
+            .iter()
+            .filter_map(|o| parse_extra(o))
+            .collect();
+        // Longest path first so that the most specific configured origin wins.
+        extras.sort_by_key(|e| std::cmp::Reverse(e.path.len()));
+        let longest_path = extras.iter().map(|e| e.path.len()).max().unwrap_or(0);
+        // scheme + host + ":65535" + path + "/v1" + one boundary byte.
+        let max_prefix = "https://".len() + MAX_HOST + 6 + longest_path + 3 + 1;
+        Origins { extras, max_prefix }
+    }
+
+    /// The most unescaped bytes [`Origins::classify`] can need before deciding.
+    pub(crate) fn max_prefix(&self) -> usize {
+        self.max_prefix
+    }
+
+    /// Classifies `s`; `complete` says the string ends right after `s`.
+    pub(crate) fn classify(&self, s: &[u8], complete: bool) -> Decision {
+        let more = if complete {
+            Decision::NoMatch
+        } else {
+            Decision::NeedMore
+        };
+        let mut c = Cursor { s, i: 0 };
+        // Scheme: `http://` or `https://`, case-insensitive.
+        match c.eat(b"http", true) {
+            None => return more,
+            Some(false) => return Decision::NoMatch,
+            Some(true) => {}
+        }
+        let https = match c.peek() {
+            None => return more,
+            Some(b's' | b'S') => {
+                c.i += 1;
+                true
+            }
+            Some(_) => false,
+        };
+        match c.eat(b"://", true) {
+            None => return more,
+            Some(false) => return Decision::NoMatch,
+            Some(true) => {}
+        }
+        // Host: up to the first `/ ? # :` (an IPv6 literal runs to its `]`).
+        let host_start = c.i;
+        let bracketed = c.peek() == Some(b'[');
+        loop {
+            match c.peek() {
+                None if !complete => return Decision::NeedMore,
+                None => break,
+                Some(b']') if bracketed => {
+                    c.i += 1;
+                    break;
+                }
+                Some(b'/' | b'?' | b'#' | b':') if !bracketed => break,
+                Some(_) => c.i += 1,
+            }
+            if c.i - host_start > MAX_HOST {
+                return Decision::NoMatch;
+            }
+        }
+        let host: Vec<u8> = s[host_start..c.i].to_ascii_lowercase();
+        // Port: digits after `:`, compared numerically so `:0443` is still 443.
+        let port = if c.peek() == Some(b':') {
+            c.i += 1;
+            let start = c.i;
+            let mut value: u32 = 0;
+            while let Some(d @ b'0'..=b'9') = c.peek() {
+                value = value * 10 + u32::from(d - b'0');
+                c.i += 1;
+                if c.i - start > 5 {
+                    return Decision::NoMatch;
+                }
+            }
+            if c.peek().is_none() && !complete {
+                return Decision::NeedMore;
+            }
+            if c.i == start || value > u32::from(u16::MAX) {
+                return Decision::NoMatch;
+            }
+            Some(value as u16)
+        } else {
+            None
+        };
+        c.i = if is_cliniko_host(&host) {
+            match port {
+                Some(p) if p != default_port(https) => return Decision::NoMatch,
+                _ => c.i,
+            }
+        } else {
+            match self.match_extra(&c, https, &host, port, complete) {
+                ExtraMatch::Found(end) => end,
+                ExtraMatch::NotFound => return Decision::NoMatch,
+                ExtraMatch::NeedMore => return Decision::NeedMore,
+            }
+        };
+        if c.peek().is_none() && !complete {
+            return Decision::NeedMore;
+        }
+        if !is_boundary(c.peek()) {
+            return Decision::NoMatch;
+        }
+        // Optional `/v1`, only when it is a whole path segment.
+        let after_origin = c.i;
+        match c.eat(b"/v1", false) {
+            None if !complete => return Decision::NeedMore,
+            Some(true) => {
+                if c.peek().is_none() && !complete {
+                    return Decision::NeedMore;
+                }
+                if is_boundary(c.peek()) {
+                    return Decision::Match(c.i);
+                }
+            }
+            _ => {}
+        }
+        Decision::Match(after_origin)
+    }
+
+    /// Matches an extra origin's host, port and path at the cursor.
+    fn match_extra(
+        &self,
+        c: &Cursor<'_>,
+        https: bool,
+        host: &[u8],
+        port: Option<u16>,
+        complete: bool,
+    ) -> ExtraMatch {
+        let mut need_more = false;
+        for e in &self.extras {
+            if e.https != https || e.host != host {
+                continue;
+            }
+            let port_ok = match port {
+                Some(p) => p == e.port,
+                None => e.port == default_port(https),
+            };
+            if !port_ok {
+                continue;
+            }
+            let rest = &c.s[c.i..];
+            if rest.starts_with(&e.path) {
+                let end = c.i + e.path.len();
+                match c.s.get(end) {
+                    None if !complete => return ExtraMatch::NeedMore,
+                    next if is_boundary(next.copied()) => return ExtraMatch::Found(end),
+                    _ => continue,
+                }
+            }
+            if !complete && e.path.starts_with(rest) {
+                need_more = true;
+            }
+        }
+        if need_more {
+            ExtraMatch::NeedMore
+        } else {
+            ExtraMatch::NotFound
+        }
+    }
+}
+
+/// Outcome of matching the configured extra origins.
+enum ExtraMatch {
+    /// Origin (with its path prefix) ends at this unescaped offset.
+    Found(usize),
+    NotFound,
+    NeedMore,
+}
+
+fn parse_extra(origin: &str) -> Option<Extra> {
+    let uri: http::Uri = origin.trim().parse().ok()?;
+    let https = match uri.scheme_str()? {
+        s if s.eq_ignore_ascii_case("https") => true,
+        s if s.eq_ignore_ascii_case("http") => false,
+        _ => return None,
+    };
+    let authority = uri.authority()?;
+    let mut path = uri.path().trim_end_matches('/');
+    // Links carry `/v1` optionally, so the origin is whatever sits above it.
+    if let Some(p) = path.strip_suffix("/v1") {
+        path = p;
+    }
+    Some(Extra {
+        https,
+        host: authority.host().to_ascii_lowercase().into_bytes(),
+        port: authority.port_u16().unwrap_or(default_port(https)),
+        path: path.as_bytes().to_vec(),
+    })
+}

@@ -1,0 +1,213 @@
+//! Start-up configuration: the example parses, env overrides work, and every rejection names
+//! the field and never echoes a secret.
+
+use cliniko_gateway::config::{Env, load, load_str};
+use std::path::Path;
+
+const MASTER: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+const SECRET: &str = "an-hmac-secret-of-at-least-thirty-two-bytes";
+
+fn env(extra: &[(&str, &str)]) -> Env {
+    let mut m: std::collections::BTreeMap<String, String> = [
+        ("CLINIKO_GATEWAY_MASTER_KEY", MASTER),
+        ("CLINIKO_GATEWAY_HMAC_SECRET", SECRET),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in extra {
+        m.insert(k.to_string(), v.to_string());
+    }
+    Env(m)
+}
+
+const MINIMAL: &str = r#"
+[server]
+[auth]
+[keystore]
+path = "keys.json"
+[upstream]
+user_agent = "Acme (it@acme.example)"
+"#;
+
+fn field_of(text: &str, e: &Env) -> String {
+    match load_str(text, Path::new("/etc/gw"), e) {
+        Ok(_) => "ok".into(),
+        Err(err) => {
+            let msg = err.to_string();
+            assert!(
+                !msg.contains(SECRET) && !msg.contains(MASTER),
+                "secret echoed: {msg}"
+            );
+            assert!(msg.contains("fix:"), "no fix in: {msg}");
+            err.field
+        }
+    }
+}
+
+#[test]
+fn the_example_config_parses() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.example.toml");
+    let cfg = load(&p, &env(&[])).unwrap();
+    assert_eq!(
+        cfg.upstream.url_template,
+        "https://api.{shard}.cliniko.com/v1"
+    );
+    assert!(cfg.auth.hmac_secret.is_some());
+    assert!(cfg.keystore.path.is_absolute());
+}
+
+#[test]
+fn env_overrides_any_field_with_the_documented_names() {
+    let e = env(&[
+        ("CLINIKO_GATEWAY__SERVER__LISTEN", "0.0.0.0:9000"),
+        ("CLINIKO_GATEWAY__UPSTREAM__TIMEOUT", "7s"),
+        ("CLINIKO_GATEWAY__SERVER__MAX_BODY_BYTES", "1234"),
+        ("CLINIKO_GATEWAY__AUTH__AUDIENCES", "[\"a\", \"b\"]"),
+        (
+            "CLINIKO_GATEWAY__UPSTREAM__SHARDS__UK2",
+            "https://127.0.0.1:1/v1",
+        ),
+    ]);
+    let cfg = load_str(MINIMAL, Path::new("/etc/gw"), &e).unwrap();
+    assert_eq!(cfg.server.listen.port(), 9000);
+    assert_eq!(cfg.upstream.timeout.as_secs(), 7);
+    assert_eq!(cfg.server.max_body_bytes, 1234);
+    assert_eq!(cfg.auth.audiences, vec!["a", "b"]);
+    assert_eq!(cfg.upstream.shards["uk2"], "https://127.0.0.1:1/v1");
+    assert_eq!(cfg.keystore.path, Path::new("/etc/gw/keys.json"));
+}
+
+#[test]
+fn each_rejection_names_its_field() {
+    let e = env(&[]);
+    let with = |section: &str, line: &str| {
+        MINIMAL.replace(&format!("[{section}]\n"), &format!("[{section}]\n{line}\n"))
+    };
+    let cases: Vec<(String, Env, &str)> = vec![
+        (
+            MINIMAL.replace(
+                "user_agent = \"Acme (it@acme.example)\"",
+                "user_agent = \"curl/8\"",
+            ),
+            e.clone(),
+            "upstream.user_agent",
+        ),
+        (
+            with("auth", "hmac_secret = \"inline\""),
+            e.clone(),
+            "auth.hmac_secret",
+        ),
+        (
+            with("keystore", "master_key = \"inline\""),
+            e.clone(),
+            "keystore.master_key",
+        ),
+        (with("auth", "bogus = 1"), e.clone(), "auth"),
+        (
+            with("upstream", "timeout = \"0s\""),
+            e.clone(),
+            "upstream.timeout",
+        ),
+        (
+            with("upstream", "url_template = \"https://api.cliniko.com/v1\""),
+            e.clone(),
+            "upstream.url_template",
+        ),
+        (
+            with(
+                "upstream",
+                "url_template = \"http://api.{shard}.cliniko.com/v1\"",
+            ),
+            e.clone(),
+            "upstream.url_template",
+        ),
+        (
+            format!("{MINIMAL}[upstream.shards]\nEVIL = \"https://x/v1\"\n"),
+            e.clone(),
+            "upstream.shards.EVIL",
+        ),
+        (
+            format!("{MINIMAL}[upstream.shards]\nau1 = \"http://127.0.0.1:1/v1\"\n"),
+            e.clone(),
+            "upstream.shards.au1",
+        ),
+        (
+            with("auth", "hmac_algorithms = [\"RS256\"]"),
+            e.clone(),
+            "auth.hmac_algorithms",
+        ),
+        (
+            with("auth", "hmac_algorithms = [\"none\"]"),
+            e.clone(),
+            "auth.hmac_algorithms",
+        ),
+        (
+            format!("{MINIMAL}[auth.jwks]\nurl = \"http://idp/jwks\"\nalgorithms = [\"RS256\"]\n"),
+            e.clone(),
+            "auth.jwks.url",
+        ),
+        (
+            format!("{MINIMAL}[auth.jwks]\nurl = \"https://idp/jwks\"\nalgorithms = [\"HS256\"]\n"),
+            e.clone(),
+            "auth.jwks.algorithms",
+        ),
+        (
+            with("server", "tls_cert_file = \"c.pem\""),
+            e.clone(),
+            "server.tls_cert_file",
+        ),
+        (
+            with("server", "max_header_bytes = 100"),
+            e.clone(),
+            "server.max_header_bytes",
+        ),
+        (
+            with("server", "public_base_url = \"https://gw.example/api\""),
+            e.clone(),
+            "server.public_base_url",
+        ),
+        (
+            with("server", "listen = \"not an address\""),
+            e.clone(),
+            "server.listen",
+        ),
+        (
+            MINIMAL.to_string(),
+            env(&[("CLINIKO_GATEWAY_HMAC_SECRET", "short")]),
+            "auth.hmac_secret",
+        ),
+        (
+            MINIMAL.to_string(),
+            env(&[("CLINIKO_GATEWAY_MASTER_KEY", "not-a-key")]),
+            "CLINIKO_GATEWAY_MASTER_KEY",
+        ),
+        (
+            MINIMAL.to_string(),
+            env(&[("CLINIKO_GATEWAY__NOPE__X", "1")]),
+            "nope",
+        ),
+        (
+            MINIMAL.replace("[server]", ""),
+            {
+                let mut e = env(&[]);
+                e.0.remove("CLINIKO_GATEWAY_HMAC_SECRET");
+                e
+            },
+            "auth",
+        ),
+        (
+            MINIMAL.to_string(),
+            {
+                let mut e = env(&[]);
+                e.0.remove("CLINIKO_GATEWAY_MASTER_KEY");
+                e
+            },
+            "keystore.master_key",
+        ),
+    ];
+    for (text, e, want) in cases {
+        let got = field_of(&text, &e);
+        assert!(got.starts_with(want), "want {want}, got {got} for:\n{text}");
+    }
+}

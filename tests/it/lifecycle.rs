@@ -1,0 +1,212 @@
+//! The binary as ops run it: SIGHUP reloads keys, SIGTERM drains in-flight requests,
+//! `check-config` redacts secrets. Each test runs `cliniko-gateway` as a child process.
+
+use crate::support::*;
+use cliniko_gateway::credentials::{self, ApiKey};
+use cliniko_gateway::sandbox::{Fault, Sandbox, SandboxOptions};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+struct Proc {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    base: String,
+    dir: tempfile::TempDir,
+}
+
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().unwrap().to_string();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+impl Proc {
+    /// Waits (bounded) for a log line containing `needle`.
+    async fn wait_line(&mut self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(l)) if l.contains(needle) => return l,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("process exited before logging {needle:?}"),
+                Err(_) => panic!("no log line {needle:?} within 20s"),
+            }
+        }
+    }
+}
+
+async fn spawn(sb: &Sandbox, users: &[(&str, &str)]) -> Proc {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), sb.ca_pem()).unwrap();
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n[auth]\n[keystore]\npath = \"keys.json\"\n\
+         [upstream]\nuser_agent = \"Gateway Tests (tests@example.invalid)\"\nca_file = \"ca.pem\"\n\
+         [upstream.shards]\nau1 = \"{}\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n",
+        sb.base_url()
+    );
+    std::fs::write(dir.path().join("gw.toml"), cfg).unwrap();
+    let master = cliniko_gateway::config::parse_master_key(MASTER).unwrap();
+    for (u, k) in users {
+        credentials::add_key(
+            &dir.path().join("keys.json"),
+            &master,
+            u,
+            &ApiKey::new(k.to_string()),
+            None,
+        )
+        .unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cliniko-gateway"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("gw.toml"))
+        .env("CLINIKO_GATEWAY_HMAC_SECRET", HMAC)
+        .env("CLINIKO_GATEWAY_MASTER_KEY", MASTER)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    for out in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(out).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                let _ = tx.send(l);
+            }
+        });
+    }
+    let mut p = Proc {
+        child,
+        lines: rx,
+        base: String::new(),
+        dir,
+    };
+    let line = p.wait_line("gateway listening").await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    p.base = format!("http://{}", v["local_addr"].as_str().unwrap());
+    p
+}
+
+async fn get(base: &str, user: &str, path: &str) -> (u16, String) {
+    let client = plain_client();
+    let auth = format!("Bearer {}", token(user));
+    let req = http::Request::get(format!("{base}{path}"))
+        .header("authorization", auth)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    use http_body_util::BodyExt;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_key_store_without_a_restart() {
+    let sb = Sandbox::start(SandboxOptions {
+        accounts: vec![account(KEY_ALICE, "Alice")],
+        ..SandboxOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut p = spawn(&sb, &[("alice", KEY_ALICE)]).await;
+    assert_eq!(get(&p.base, "erin", "/v1/patients").await.0, 403);
+    let master = cliniko_gateway::config::parse_master_key(MASTER).unwrap();
+    credentials::add_key(
+        &p.dir.path().join("keys.json"),
+        &master,
+        "erin",
+        &ApiKey::new(KEY_ALICE.into()),
+        None,
+    )
+    .unwrap();
+    signal(&p.child, "-HUP");
+    p.wait_line("key store reloaded").await;
+    assert_eq!(get(&p.base, "erin", "/v1/patients").await.0, 200);
+    // A corrupted store on SIGHUP is refused and the old one keeps serving.
+    std::fs::write(p.dir.path().join("keys.json"), "{ not json").unwrap();
+    signal(&p.child, "-HUP");
+    p.wait_line("reload failed").await;
+    assert_eq!(get(&p.base, "erin", "/v1/patients").await.0, 200);
+    signal(&p.child, "-TERM");
+    assert!(p.child.wait().await.unwrap().success());
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish() {
+    let sb = Sandbox::start(SandboxOptions {
+        accounts: vec![account(KEY_ALICE, "Alice")],
+        ..SandboxOptions::default()
+    })
+    .await
+    .unwrap();
+    sb.set_fault("/v1/patients", Fault::Delay(Duration::from_millis(1500)));
+    let mut p = spawn(&sb, &[("alice", KEY_ALICE)]).await;
+    let base = p.base.clone();
+    let in_flight = tokio::spawn(async move { get(&base, "alice", "/v1/patients").await });
+    sb.wait_for_requests(1).await;
+    signal(&p.child, "-TERM");
+    p.wait_line("draining").await;
+    let (status, _) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "the in-flight request was cut off");
+    let exit = tokio::time::timeout(Duration::from_secs(20), p.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success());
+    // Nothing listens any more.
+    assert!(
+        tokio::net::TcpStream::connect(p.base.strip_prefix("http://").unwrap())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn check_config_prints_the_effective_config_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.example.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_cliniko-gateway"))
+        .args(["check-config", "--config"])
+        .arg(&example)
+        .env("CLINIKO_GATEWAY_HMAC_SECRET", HMAC)
+        .env("CLINIKO_GATEWAY_MASTER_KEY", MASTER)
+        .env("CLINIKO_GATEWAY__UPSTREAM__TIMEOUT", "42s")
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("42s"));
+    assert!(stdout.contains("auth.hmac_secret: set, redacted"));
+    assert!(!stdout.contains(HMAC) && !stdout.contains(MASTER));
+    // A bad config exits 64 and names the field.
+    let out = Command::new(env!("CARGO_BIN_EXE_cliniko-gateway"))
+        .args(["check-config", "--config"])
+        .arg(&example)
+        .env("CLINIKO_GATEWAY_HMAC_SECRET", HMAC)
+        .env("CLINIKO_GATEWAY_MASTER_KEY", MASTER)
+        .env("CLINIKO_GATEWAY__UPSTREAM__USER_AGENT", "curl/8")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("upstream.user_agent"));
+}

@@ -1,0 +1,299 @@
+//! Test harness: real Cliniko stand-ins over TLS, a real gateway on a loopback port, a real
+//! HTTP client. Nothing of ours is mocked.
+
+use bytes::Bytes;
+use cliniko_gateway::Gateway;
+use cliniko_gateway::auth::mint::mint_hs;
+use cliniko_gateway::config::{Env, load_str};
+use cliniko_gateway::credentials::{self, ApiKey};
+use cliniko_gateway::sandbox::{Account, Sandbox, SandboxOptions, TestPki};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use secrecy::SecretSlice;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The HMAC secret every harness uses (tests mint their own tokens with it).
+pub const HMAC: &str = "test-hmac-secret-that-is-long-enough-0123456789";
+/// Master key (hex, 32 bytes).
+pub const MASTER: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+/// Key of user alice (au1).
+pub const KEY_ALICE: &str = "alicekey0000000000000000-au1";
+/// Key of user carol (uk2, another shard).
+pub const KEY_CAROL: &str = "carolkey0000000000000000-uk2";
+
+/// What to start.
+pub struct Setup {
+    /// shard -> accounts served by that shard's stand-in.
+    pub shards: Vec<(&'static str, Vec<Account>)>,
+    /// user -> API key stored for them.
+    pub users: Vec<(&'static str, &'static str)>,
+    /// Extra `CLINIKO_GATEWAY__…` overrides.
+    pub overrides: Vec<(&'static str, String)>,
+    /// Extra TOML appended to the `[auth]` section; `{jwks_url}` names the au1 stand-in's JWKS.
+    pub auth_toml: String,
+    /// Files written into the config directory before loading (e.g. PEM keys).
+    pub files: Vec<(&'static str, String)>,
+    /// JWKS the au1 stand-in serves from the start.
+    pub jwks: Option<serde_json::Value>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            shards: vec![
+                ("au1", vec![account(KEY_ALICE, "Alice")]),
+                ("uk2", vec![account(KEY_CAROL, "Carol")]),
+            ],
+            users: vec![
+                ("alice", KEY_ALICE),
+                ("bob", KEY_ALICE),
+                ("carol", KEY_CAROL),
+            ],
+            overrides: vec![],
+            auth_toml: String::new(),
+            files: vec![],
+            jwks: None,
+        }
+    }
+}
+
+/// A Cliniko account of the stand-in.
+pub fn account(key: &str, label: &str) -> Account {
+    Account {
+        api_key: key.into(),
+        label: label.into(),
+    }
+}
+
+/// A running gateway in front of running stand-ins.
+pub struct Harness {
+    /// Held so the gateway runs as long as the harness (dropping it stops the server).
+    _gw: Gateway,
+    pub sandboxes: BTreeMap<&'static str, Sandbox>,
+    /// Held so the key store and CA files outlive the gateway.
+    _dir: tempfile::TempDir,
+    pub base: String,
+    pub client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// A response with its body collected.
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    /// The body as JSON (panics if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    /// The gateway error code of a JSON error body.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Harness {
+    /// Starts stand-ins and a gateway per `setup`.
+    pub async fn start(setup: Setup) -> Harness {
+        let pki = Arc::new(TestPki::new().unwrap());
+        let mut sandboxes = BTreeMap::new();
+        for (shard, accounts) in setup.shards {
+            let sb = Sandbox::start(SandboxOptions {
+                accounts,
+                pki: Some(pki.clone()),
+                shard: shard.into(),
+                ..SandboxOptions::default()
+            })
+            .await
+            .unwrap();
+            sandboxes.insert(shard, sb);
+        }
+        if let (Some(j), Some(sb)) = (&setup.jwks, sandboxes.get("au1")) {
+            sb.set_jwks(j.clone());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), pki.ca_pem()).unwrap();
+        for (name, contents) in &setup.files {
+            std::fs::write(dir.path().join(name), contents).unwrap();
+        }
+        let jwks_url = sandboxes
+            .get("au1")
+            .map(|s| {
+                format!(
+                    "https://localhost:{}/.well-known/jwks.json",
+                    s.addr().port()
+                )
+            })
+            .unwrap_or_default();
+        let mut shards_toml = String::new();
+        for (shard, sb) in &sandboxes {
+            shards_toml.push_str(&format!("{shard} = \"{}\"\n", sb.base_url()));
+        }
+        let config_text = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "10s"
+[auth]
+hmac_algorithms = ["HS256"]
+{auth}
+[keystore]
+path = "keys.json"
+[upstream]
+user_agent = "Gateway Tests (tests@example.invalid)"
+ca_file = "ca.pem"
+timeout = "5s"
+connect_timeout = "2s"
+[upstream.shards]
+{shards_toml}
+[log]
+format = "text"
+"#,
+            auth = setup.auth_toml.replace("{jwks_url}", &jwks_url)
+        );
+        let mut env: BTreeMap<String, String> = [
+            ("CLINIKO_GATEWAY_HMAC_SECRET".to_string(), HMAC.to_string()),
+            ("CLINIKO_GATEWAY_MASTER_KEY".to_string(), MASTER.to_string()),
+        ]
+        .into_iter()
+        .collect();
+        for (k, v) in setup.overrides {
+            env.insert(k.to_string(), v);
+        }
+        let cfg = load_str(&config_text, dir.path(), &Env(env)).unwrap();
+        let master = cfg.keystore.master_key.as_ref().unwrap();
+        for (user, key) in setup.users {
+            credentials::add_key(
+                &cfg.keystore.path,
+                master,
+                user,
+                &ApiKey::new(key.into()),
+                None,
+            )
+            .unwrap();
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gw = Gateway::start(cfg, listener).await.unwrap();
+        let client = plain_client();
+        Harness {
+            _gw: gw,
+            sandboxes,
+            _dir: dir,
+            base: format!("http://{addr}"),
+            client,
+        }
+    }
+
+    /// The stand-in for `shard`.
+    pub fn sandbox(&self, shard: &str) -> &Sandbox {
+        &self.sandboxes[shard]
+    }
+
+    /// A valid HS256 token for `sub`, valid for an hour.
+    pub fn token(&self, sub: &str) -> String {
+        token(sub)
+    }
+
+    /// Sends a request through the gateway.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Got {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let resp = self
+            .client
+            .request(b.body(Full::new(body.into())).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Got {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// GET with a token for `user`.
+    pub async fn get_as(&self, user: &str, path: &str) -> Got {
+        let auth = format!("Bearer {}", self.token(user));
+        self.send(Method::GET, path, &[("authorization", &auth)], Bytes::new())
+            .await
+    }
+
+    /// GET with an explicit Authorization header value.
+    pub async fn get_with_auth(&self, authorization: &str, path: &str) -> Got {
+        self.send(
+            Method::GET,
+            path,
+            &[("authorization", authorization)],
+            Bytes::new(),
+        )
+        .await
+    }
+
+    /// Total requests received by all stand-ins on `/v1` paths.
+    pub fn upstream_hits(&self) -> usize {
+        self.sandboxes
+            .values()
+            .map(|s| {
+                s.requests()
+                    .iter()
+                    .filter(|r| r.path_and_query.starts_with("/v1"))
+                    .count()
+            })
+            .sum()
+    }
+}
+
+/// A valid HS256 token for `sub` signed with [`HMAC`], valid for an hour.
+pub fn token(sub: &str) -> String {
+    mint_hs(
+        &SecretSlice::from(HMAC.as_bytes().to_vec()),
+        jsonwebtoken::Algorithm::HS256,
+        sub,
+        Duration::from_secs(3600),
+        serde_json::Map::new(),
+    )
+    .unwrap()
+}
+
+/// A plain-HTTP pooled client for talking to the gateway.
+pub fn plain_client() -> Client<HttpConnector, Full<Bytes>> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(http)
+}
+
+/// Sends raw bytes on a fresh TCP connection and returns everything read until close/timeout.
+pub async fn raw_exchange(addr: &str, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
