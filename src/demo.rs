@@ -28,7 +28,7 @@ fn random_b64(n: usize) -> String {
 pub async fn run(listen: SocketAddr) -> ExitCode {
     crate::cli::init_logging(LogFormat::Text, "info");
     match start(listen).await {
-        Ok((gw, _sandbox, _dir)) => match gw.run_until_signal().await {
+        Ok(demo) => match demo.print_and_run().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(_) => ExitCode::from(70),
         },
@@ -39,10 +39,21 @@ pub async fn run(listen: SocketAddr) -> ExitCode {
     }
 }
 
-/// Starts the stand-in and a gateway; keeps the temp dir alive as long as the returned guard.
-pub async fn start(
-    listen: SocketAddr,
-) -> Result<(Gateway, Sandbox, tempfile::TempDir), Box<dyn std::error::Error>> {
+/// A running demo: the gateway, the stand-in behind it, and a token for [`DEMO_USER`].
+pub struct Demo {
+    /// The gateway.
+    pub gateway: Gateway,
+    /// The Cliniko stand-in.
+    pub sandbox: Sandbox,
+    /// A one-hour token for the demo user.
+    pub token: String,
+    /// `http://<gateway address>`.
+    pub base: String,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the stand-in and a gateway in front of it.
+pub async fn start(listen: SocketAddr) -> Result<Demo, Box<dyn std::error::Error>> {
     let api_key = format!("{}-au1", random_b64(24));
     let sandbox = Sandbox::start(SandboxOptions {
         accounts: vec![Account {
@@ -98,10 +109,22 @@ format = "text"
         Duration::from_secs(3600),
         serde_json::Map::new(),
     )?;
-    let gw = Gateway::bind_and_start(cfg).await?;
-    let base = format!("http://{}", gw.local_addr());
-    println!(
-        r#"
+    let gateway = Gateway::bind_and_start(cfg).await?;
+    let base = format!("http://{}", gateway.local_addr());
+    Ok(Demo {
+        gateway,
+        sandbox,
+        token,
+        base,
+        _dir: dir,
+    })
+}
+
+impl Demo {
+    /// Prints the curl lines, then serves until Ctrl-C.
+    pub async fn print_and_run(self) -> std::io::Result<()> {
+        println!(
+            r#"
 cliniko-gateway demo is running at {base} (Ctrl-C to stop)
 A local Cliniko stand-in is at {up}; the gateway holds its API key, you hold only a JWT.
 
@@ -112,13 +135,17 @@ A local Cliniko stand-in is at {up}; the gateway holds its API key, you hold onl
   # follow the `next` link: it points back at the gateway, not at Cliniko
   curl -s -H "Authorization: Bearer $TOKEN" "{base}/v1/patients?page=2&per_page=5"
   # one appointment
-  curl -s -H "Authorization: Bearer $TOKEN" "{base}/v1/individual_appointments/1"
+  curl -s -H "Authorization: Bearer $TOKEN" "{base}/v1/individual_appointments/{appt}"
   # a bad token: 401 with a JSON error code
   curl -si -H "Authorization: Bearer not-a-jwt" "{base}/v1/patients"
   # readiness
   curl -s "{base}/readyz"
 "#,
-        up = sandbox.base_url()
-    );
-    Ok((gw, sandbox, dir))
+            base = self.base,
+            token = self.token,
+            up = self.sandbox.base_url(),
+            appt = crate::sandbox::seeded_appointment_id(0, 1),
+        );
+        self.gateway.run_until_signal().await
+    }
 }

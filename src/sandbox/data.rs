@@ -36,8 +36,12 @@ const USER_BASE: u64 = 336447129235883061;
 /// Created records get ids from here on, far from the seeded ones.
 const CREATED_OFFSET: u64 = 500_000;
 
-/// The id of seeded patient `n` (1-based) of account number `account` (0-based, in
-/// [`super::SandboxOptions::accounts`] order), as the JSON string the sandbox sends.
+/// Id of the `n`th (1-based) seeded appointment of account `account` (0-based).
+pub fn seeded_appointment_id(account: usize, n: u64) -> String {
+    (APPOINTMENT_BASE + account as u64 * 1_000_000 + n).to_string()
+}
+
+/// Id of the `n`th (1-based) seeded patient of account `account` (0-based).
 pub fn seeded_patient_id(account: usize, n: u64) -> String {
     (PATIENT_BASE + account as u64 * 1_000_000 + n).to_string()
 }

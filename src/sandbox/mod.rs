@@ -19,7 +19,7 @@ mod server;
 #[cfg(test)]
 mod tests;
 
-pub use data::{SEEDED_PATIENTS, seeded_patient_id};
+pub use data::{SEEDED_PATIENTS, seeded_appointment_id, seeded_patient_id};
 pub use pki::{IssuedCert, SigningKeyPair, TestPki, ec_keypair, ed25519_keypair, rsa_keypair};
 
 use server::State;

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 struct Proc {
     child: Child,
     lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
     base: String,
     dir: tempfile::TempDir,
 }
@@ -32,8 +33,12 @@ impl Proc {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(l)) if l.contains(needle) => return l,
-                Ok(Some(_)) => continue,
+                Ok(Some(l)) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
                 Ok(None) => panic!("process exited before logging {needle:?}"),
                 Err(_) => panic!("no log line {needle:?} within 20s"),
             }
@@ -89,6 +94,7 @@ async fn spawn(sb: &Sandbox, users: &[(&str, &str)]) -> Proc {
     let mut p = Proc {
         child,
         lines: rx,
+        seen: vec![],
         base: String::new(),
         dir,
     };
@@ -133,14 +139,35 @@ async fn sighup_reloads_the_key_store_without_a_restart() {
     .unwrap();
     signal(&p.child, "-HUP");
     p.wait_line("key store reloaded").await;
-    assert_eq!(get(&p.base, "erin", "/v1/patients").await.0, 200);
+    let (status, body) = get(&p.base, "erin", "/v1/patients?q[]=last_name:~~Lovelace%").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("Lovelace"));
+    // The access line: who, what, outcome; never the query string, a token or a key.
+    let line = p.wait_line("\"user\":\"erin\"").await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["target"], "access");
+    assert_eq!(v["path"], "/v1/patients");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["upstream_status"], 200);
+    assert_eq!(v["shard"], "au1");
+    assert!(v["bytes"].as_u64().unwrap() > 0);
     // A corrupted store on SIGHUP is refused and the old one keeps serving.
     std::fs::write(p.dir.path().join("keys.json"), "{ not json").unwrap();
     signal(&p.child, "-HUP");
     p.wait_line("reload failed").await;
     assert_eq!(get(&p.base, "erin", "/v1/patients").await.0, 200);
     signal(&p.child, "-TERM");
+    p.wait_line("gateway stopped").await;
     assert!(p.child.wait().await.unwrap().success());
+    let b64 = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{KEY_ALICE}:"),
+    );
+    for l in &p.seen {
+        for secret in [KEY_ALICE, b64.as_str(), "eyJ", "Lovelace", HMAC, MASTER] {
+            assert!(!l.contains(secret), "log line leaks {secret}: {l}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -4,5 +4,6 @@ mod auth;
 mod config;
 mod lifecycle;
 mod proxy;
+mod server;
 mod support;
 mod targets;
