@@ -363,3 +363,57 @@ async fn body_over_the_limit_is_413_declared_or_streamed() {
     assert!(out.starts_with("HTTP/1.1 413"), "{out}");
     assert!(out.contains("body_too_large"));
 }
+
+#[tokio::test]
+async fn an_upstream_with_an_untrusted_certificate_is_refused() {
+    // A stand-in whose certificate comes from a CA the gateway does not trust.
+    let foreign =
+        cliniko_gateway::sandbox::Sandbox::start(cliniko_gateway::sandbox::SandboxOptions {
+            accounts: vec![account("erinkey00000000000000000-ca1", "Erin")],
+            shard: "ca1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut s = Setup::default();
+    s.users.push(("erin", "erinkey00000000000000000-ca1"));
+    s.overrides
+        .push(("CLINIKO_GATEWAY__UPSTREAM__SHARDS__CA1", foreign.base_url()));
+    let h = Harness::start(s).await;
+    let got = h.get_as("erin", "/v1/patients").await;
+    assert_eq!(got.status, 502);
+    assert_eq!(got.code(), "upstream_unavailable");
+    assert_eq!(
+        foreign.request_count(),
+        0,
+        "no request may cross an unverified TLS session"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_certificate_for_another_name_is_refused() {
+    let pki = std::sync::Arc::new(cliniko_gateway::sandbox::TestPki::new().unwrap());
+    let wrong =
+        cliniko_gateway::sandbox::Sandbox::start(cliniko_gateway::sandbox::SandboxOptions {
+            accounts: vec![account("erinkey00000000000000000-ca1", "Erin")],
+            names: vec!["wrong.example".into()],
+            pki: Some(pki.clone()),
+            shard: "ca1".into(),
+        })
+        .await
+        .unwrap();
+    let mut s = Setup {
+        pki: Some(pki),
+        ..Setup::default()
+    };
+    s.users.push(("erin", "erinkey00000000000000000-ca1"));
+    // Reached as localhost with a CA the gateway trusts, but the certificate names wrong.example.
+    s.overrides.push((
+        "CLINIKO_GATEWAY__UPSTREAM__SHARDS__CA1",
+        format!("https://localhost:{}/v1", wrong.addr().port()),
+    ));
+    let h = Harness::start(s).await;
+    let got = h.get_as("erin", "/v1/patients").await;
+    assert_eq!(got.status, 502);
+    assert_eq!(wrong.request_count(), 0);
+}

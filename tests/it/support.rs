@@ -39,6 +39,8 @@ pub struct Setup {
     pub files: Vec<(&'static str, String)>,
     /// JWKS the au1 stand-in serves from the start.
     pub jwks: Option<serde_json::Value>,
+    /// The CA the gateway trusts (a fresh one when `None`).
+    pub pki: Option<Arc<TestPki>>,
 }
 
 impl Default for Setup {
@@ -57,6 +59,7 @@ impl Default for Setup {
             auth_toml: String::new(),
             files: vec![],
             jwks: None,
+            pki: None,
         }
     }
 }
@@ -109,7 +112,10 @@ impl Got {
 impl Harness {
     /// Starts stand-ins and a gateway per `setup`.
     pub async fn start(setup: Setup) -> Harness {
-        let pki = Arc::new(TestPki::new().unwrap());
+        let pki = match &setup.pki {
+            Some(p) => p.clone(),
+            None => Arc::new(TestPki::new().unwrap()),
+        };
         let mut sandboxes = BTreeMap::new();
         for (shard, accounts) in setup.shards {
             let sb = Sandbox::start(SandboxOptions {

@@ -1,0 +1,114 @@
+//! The operator commands, run as the real binary: keys add/list/remove, token mint.
+
+use crate::support::*;
+use std::process::{Output, Stdio};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+fn config(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("gw.toml");
+    std::fs::write(
+        &p,
+        "[auth]\n[keystore]\npath = \"keys.json\"\n[upstream]\nuser_agent = \"T (t@example.invalid)\"\n",
+    )
+    .unwrap();
+    p
+}
+
+async fn run(args: &[&str], cfg: &std::path::Path, stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cliniko-gateway"))
+        .args(args)
+        .arg("--config")
+        .arg(cfg)
+        .env("CLINIKO_GATEWAY_HMAC_SECRET", HMAC)
+        .env("CLINIKO_GATEWAY_MASTER_KEY", MASTER)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    child.wait_with_output().await.unwrap()
+}
+
+fn out(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test]
+async fn keys_add_list_remove_never_show_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let add = run(
+        &["keys", "add", "--user", "alice"],
+        &cfg,
+        &format!("{KEY_CAROL}\n"),
+    )
+    .await;
+    assert!(add.status.success(), "{}", out(&add));
+    let add = run(
+        &[
+            "keys",
+            "add",
+            "--user",
+            "bob",
+            "--cliniko-user",
+            "front-desk",
+        ],
+        &cfg,
+        KEY_CAROL,
+    )
+    .await;
+    assert!(add.status.success(), "{}", out(&add));
+    let list = run(&["keys", "list"], &cfg, "").await;
+    let text = out(&list);
+    assert!(list.status.success(), "{text}");
+    assert!(text.contains("alice") && text.contains("bob") && text.contains("uk2"));
+    assert!(text.contains("sha256:") && text.contains("front-desk"));
+    let file = std::fs::read_to_string(dir.path().join("keys.json")).unwrap();
+    for shown in [&text, &file, &out(&add)] {
+        assert!(!shown.contains("carolkey"), "a key was shown: {shown}");
+    }
+    let rm = run(&["keys", "remove", "--user", "alice"], &cfg, "").await;
+    assert!(rm.status.success());
+    let list = out(&run(&["keys", "list"], &cfg, "").await);
+    assert!(!list.contains("alice") && list.contains("bob"));
+    // A key whose shard suffix could pick a host is refused.
+    let bad = run(&["keys", "add", "--user", "eve"], &cfg, "abc-evil.example").await;
+    assert_eq!(bad.status.code(), Some(64), "{}", out(&bad));
+    assert!(!out(&bad).contains("abc-evil"));
+}
+
+#[tokio::test]
+async fn token_mint_makes_a_token_the_gateway_accepts() {
+    let h = Harness::start(Setup::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let minted = run(
+        &[
+            "token",
+            "mint",
+            "--sub",
+            "alice",
+            "--ttl",
+            "5m",
+            "--claim",
+            "scope=cliniko:read",
+        ],
+        &cfg,
+        "",
+    )
+    .await;
+    assert!(minted.status.success(), "{}", out(&minted));
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_string();
+    let got = h
+        .get_with_auth(&format!("Bearer {token}"), "/v1/patients?per_page=1")
+        .await;
+    assert_eq!(got.status, 200);
+}
