@@ -6,6 +6,7 @@
 
 use crate::body::{Body, BodyObserver, observe};
 use crate::request_id::RequestId;
+use crate::upstream::Shard;
 use futures_util::future::BoxFuture;
 use http::{Method, Request, Response};
 use std::convert::Infallible;
@@ -18,7 +19,7 @@ use std::time::Instant;
 #[derive(Default, Debug)]
 pub struct RequestFacts {
     user: OnceLock<Arc<str>>,
-    shard: OnceLock<String>,
+    shard: OnceLock<Shard>,
     upstream_status: AtomicU16,
 }
 
@@ -28,8 +29,8 @@ impl RequestFacts {
         let _ = self.user.set(user);
     }
     /// Records the shard the request went to.
-    pub fn set_shard(&self, shard: &str) {
-        let _ = self.shard.set(shard.to_string());
+    pub fn set_shard(&self, shard: &Shard) {
+        let _ = self.shard.set(shard.clone());
     }
     /// Records Cliniko's status.
     pub fn set_upstream_status(&self, s: u16) {
@@ -90,7 +91,7 @@ impl Drop for Line {
             path = %self.path,
             status = self.status,
             upstream_status = (up != 0).then_some(up),
-            shard = self.facts.shard.get().map(String::as_str),
+            shard = self.facts.shard.get().map(Shard::as_str),
             duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
             bytes = self.bytes,
         );
@@ -122,17 +123,20 @@ where
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let fut = self.inner.call(req);
+        // Built before awaiting: if the caller goes away first, dropping the future still
+        // writes the line, with nginx's 499 "client closed request".
+        let mut line = Line {
+            start,
+            request_id,
+            method,
+            path,
+            status: 499,
+            facts,
+            bytes: 0,
+        };
         Box::pin(async move {
             let resp = fut.await?;
-            let line = Line {
-                start,
-                request_id,
-                method,
-                path,
-                status: resp.status().as_u16(),
-                facts,
-                bytes: 0,
-            };
+            line.status = resp.status().as_u16();
             Ok(resp.map(|b| observe(b, line)))
         })
     }

@@ -222,8 +222,13 @@ fn keys(action: KeysAction) -> ExitCode {
                 return ExitCode::from(64);
             }
             let key = ApiKey::new(raw.trim().to_string());
-            credentials::add_key(&cfg.keystore.path, m, &user, &key, cliniko_user.as_deref())
-                .map(|_| println!("stored a key for {user}; send SIGHUP (or POST /admin/reload) to running gateways"))
+            credentials::add_key(&cfg.keystore.path, m, &user, &key, cliniko_user.as_deref()).map(
+                |_| {
+                    println!(
+                        "stored a key for {user}; send SIGHUP to running gateways so they reload"
+                    )
+                },
+            )
         }
         KeysAction::List { config } => {
             let cfg = match load(&config) {

@@ -49,7 +49,7 @@ impl AuthError {
 }
 
 /// Every way a proxied request can fail, each with a stable code and status.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     /// The request target or framing is unacceptable (nothing was sent upstream).
     #[error("{message}")]
@@ -85,9 +85,6 @@ pub enum GatewayError {
     /// Cliniko did not answer within the configured timeout.
     #[error("Cliniko did not answer in time")]
     UpstreamTimeout,
-    /// The gateway is not ready (starting or draining).
-    #[error("the gateway is not ready")]
-    NotReady,
     /// A bug; details go to the log, never to the caller.
     #[error("internal error")]
     Internal,
@@ -105,7 +102,6 @@ impl GatewayError {
             GatewayError::CredentialRejected => "credential_rejected",
             GatewayError::UpstreamUnavailable => "upstream_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
-            GatewayError::NotReady => "not_ready",
             GatewayError::Internal => "internal",
         }
     }
@@ -123,7 +119,6 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -183,7 +178,6 @@ mod tests {
             GatewayError::CredentialRejected.code(),
             GatewayError::UpstreamUnavailable.code(),
             GatewayError::UpstreamTimeout.code(),
-            GatewayError::NotReady.code(),
             GatewayError::Internal.code(),
             GatewayError::BodyTooLarge { limit: 1 }.code(),
         ];

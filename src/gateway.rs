@@ -50,6 +50,7 @@ pub struct Gateway {
     task: JoinHandle<()>,
     credentials: Arc<Credentials>,
     readiness: Arc<GatewayReadiness>,
+    shutdown_delay: std::time::Duration,
 }
 
 impl Gateway {
@@ -59,12 +60,21 @@ impl Gateway {
         let authn = Authenticator::new(&cfg.auth, http.clone())?;
         let credentials = Arc::new(Credentials::open(&cfg.keystore)?);
         let router = ShardRouter::new(&cfg.upstream)?;
-        let origins: Vec<String> = router
-            .override_bases()
-            .map(|b| format!("{}://{}", b.scheme, b.authority))
-            .collect();
+        let origins: Vec<String> = router.override_bases().map(|b| b.url()).collect();
         let local_addr = listener.local_addr()?;
-        let links = LinkRewriter::new(&cfg.server.public_base(local_addr), &origins);
+        let public_base = cfg.server.public_base(local_addr);
+        let links = LinkRewriter::new(&public_base, &origins);
+        let authority = public_base
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.authority().cloned())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "server.public_base_url",
+                    "has no host",
+                    "write it as https://host[:port]",
+                )
+            })?;
         let fixed = FixedHeaders {
             user_agent: HeaderValue::try_from(cfg.upstream.user_agent.as_str()).map_err(|_| {
                 ConfigError::new(
@@ -79,7 +89,7 @@ impl Gateway {
             router,
             fixed,
             links,
-            cfg.upstream.timeout,
+            (cfg.upstream.timeout, cfg.upstream.body_timeout),
             cfg.server.max_body_bytes,
         ));
         let tls = server::tls_acceptor(&cfg.server)?;
@@ -93,7 +103,10 @@ impl Gateway {
             credentials: credentials.clone(),
             upstream,
             readiness: readiness.clone(),
-            max_body: cfg.server.max_body_bytes,
+            limits: crate::guard::Limits {
+                max_body: cfg.server.max_body_bytes,
+                authority,
+            },
         });
         let (tx, rx) = watch::channel(false);
         let settings = ConnSettings::new(&cfg.server, tls);
@@ -106,6 +119,7 @@ impl Gateway {
             task,
             credentials,
             readiness,
+            shutdown_delay: cfg.server.shutdown_delay,
         })
     }
 
@@ -120,9 +134,14 @@ impl Gateway {
         self.local_addr
     }
 
-    /// Re-reads the key store; on error the old store keeps serving.
-    pub fn reload_credentials(&self) -> Result<usize, KeyStoreError> {
-        match self.credentials.reload() {
+    /// Re-reads the key store (file I/O and decryption off the async threads); on error the
+    /// old store keeps serving.
+    pub async fn reload_credentials(&self) -> Result<usize, KeyStoreError> {
+        let creds = self.credentials.clone();
+        let result = tokio::task::spawn_blocking(move || creds.reload())
+            .await
+            .unwrap_or(Err(KeyStoreError::Crypto("the reload task failed")));
+        match result {
             Ok(n) => {
                 tracing::info!(users = n, "key store reloaded");
                 Ok(n)
@@ -134,9 +153,11 @@ impl Gateway {
         }
     }
 
-    /// Fails readiness, stops accepting, and waits for in-flight requests (up to the grace).
+    /// Fails readiness, waits `shutdown_delay`, stops accepting, and waits for in-flight
+    /// requests (up to the grace); connections still open then are closed.
     pub async fn shutdown(self) {
         self.readiness.draining.store(true, Ordering::Release);
+        tokio::time::sleep(self.shutdown_delay).await;
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
         tracing::info!("gateway stopped");
@@ -150,7 +171,7 @@ impl Gateway {
         let mut int = signal(SignalKind::interrupt())?;
         loop {
             tokio::select! {
-                _ = hup.recv() => { let _ = self.reload_credentials(); }
+                _ = hup.recv() => { let _ = self.reload_credentials().await; }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }

@@ -28,6 +28,11 @@ impl BodyLimitTripped {
     }
 }
 
+/// Marks a request whose raw HTTP/1.1 head carried both Content-Length and
+/// Transfer-Encoding (set by the server from the framing watch).
+#[derive(Clone, Copy, Debug)]
+pub struct AmbiguousLength;
+
 /// Longest request path accepted.
 pub const MAX_PATH_BYTES: usize = 2048;
 
@@ -40,15 +45,25 @@ pub trait Readiness: Send + Sync + 'static {
 /// Layer that installs [`Guard`].
 #[derive(Clone)]
 pub struct GuardLayer {
-    max_body: u64,
+    limits: Arc<Limits>,
     readiness: Arc<dyn Readiness>,
 }
 
+/// What the guard checks requests against.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Request body limit in bytes.
+    pub max_body: u64,
+    /// The gateway's own authority (from the public base URL): the only one an absolute-form
+    /// target may name.
+    pub authority: http::uri::Authority,
+}
+
 impl GuardLayer {
-    /// `max_body` is the request body limit in bytes.
-    pub fn new(max_body: u64, readiness: Arc<dyn Readiness>) -> Self {
+    /// Builds the layer.
+    pub fn new(limits: Limits, readiness: Arc<dyn Readiness>) -> Self {
         GuardLayer {
-            max_body,
+            limits: Arc::new(limits),
             readiness,
         }
     }
@@ -59,7 +74,7 @@ impl<S> tower::Layer<S> for GuardLayer {
     fn layer(&self, inner: S) -> Guard<S> {
         Guard {
             inner,
-            max_body: self.max_body,
+            limits: self.limits.clone(),
             readiness: self.readiness.clone(),
         }
     }
@@ -69,7 +84,7 @@ impl<S> tower::Layer<S> for GuardLayer {
 #[derive(Clone)]
 pub struct Guard<S> {
     inner: S,
-    max_body: u64,
+    limits: Arc<Limits>,
     readiness: Arc<dyn Readiness>,
 }
 
@@ -102,10 +117,10 @@ where
             }
             _ => {}
         }
-        if let Err(e) = check(&req, self.max_body) {
+        if let Err(e) = check(&req, &self.limits) {
             return Box::pin(async { Err(e) });
         }
-        let limit = self.max_body;
+        let limit = self.limits.max_body;
         let tripped = BodyLimitTripped::default();
         let flag = tripped.0.clone();
         let mut req = req.map(|b| {
@@ -142,12 +157,14 @@ fn bad(code: &'static str, message: &'static str) -> GatewayError {
 }
 
 /// Every check that needs only the request head.
-pub fn check<B>(req: &Request<B>, max_body: u64) -> Result<(), GatewayError> {
+pub fn check<B>(req: &Request<B>, limits: &Limits) -> Result<(), GatewayError> {
+    let max_body = limits.max_body;
     check_method(req.method())?;
-    check_authority(req)?;
+    check_authority(req, &limits.authority)?;
     check_path(req.uri().path())?;
     let h = req.headers();
-    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+    let both = h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH);
+    if both || req.extensions().get::<AmbiguousLength>().is_some() {
         return Err(bad(
             "ambiguous_length",
             "a request may not carry both Content-Length and Transfer-Encoding",
@@ -182,25 +199,19 @@ fn check_method(m: &Method) -> Result<(), GatewayError> {
     }
 }
 
-/// An absolute-form target (HTTP/1.1) must name the host the request was sent to.
-fn check_authority<B>(req: &Request<B>) -> Result<(), GatewayError> {
+/// An absolute-form target (HTTP/1.1) must name this gateway (RFC 9112 §3.2.2 says to ignore
+/// `Host` then, so it is not what we compare with). HTTP/2's `:authority` is whatever name the
+/// caller used and is never used for routing, so it is not checked.
+fn check_authority<B>(req: &Request<B>, ours: &http::uri::Authority) -> Result<(), GatewayError> {
     if req.version() == http::Version::HTTP_2 {
         return Ok(());
     }
-    let Some(auth) = req.uri().authority() else {
-        return Ok(());
-    };
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok());
-    if host.is_some_and(|h| h.eq_ignore_ascii_case(auth.as_str())) {
-        Ok(())
-    } else {
-        Err(bad(
+    match req.uri().authority() {
+        Some(a) if !a.as_str().eq_ignore_ascii_case(ours.as_str()) => Err(bad(
             "bad_target",
             "absolute-form request targets must name this gateway",
-        ))
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -280,6 +291,13 @@ mod tests {
         assert_eq!(code(&format!("/v1/{}", "a".repeat(3000))), "bad_target");
     }
 
+    fn limits(max_body: u64) -> Limits {
+        Limits {
+            max_body,
+            authority: "gw.local".parse().unwrap(),
+        }
+    }
+
     #[test]
     fn methods_and_framing() {
         let r = Request::builder()
@@ -287,7 +305,7 @@ mod tests {
             .uri("/v1/x")
             .body(())
             .unwrap();
-        assert_eq!(check(&r, 10).unwrap_err().code(), "bad_method");
+        assert_eq!(check(&r, &limits(10)).unwrap_err().code(), "bad_method");
         let r = Request::builder()
             .method("POST")
             .uri("/v1/x")
@@ -295,25 +313,38 @@ mod tests {
             .header("transfer-encoding", "chunked")
             .body(())
             .unwrap();
-        assert_eq!(check(&r, 10).unwrap_err().code(), "ambiguous_length");
+        assert_eq!(
+            check(&r, &limits(10)).unwrap_err().code(),
+            "ambiguous_length"
+        );
         let r = Request::builder()
             .method("POST")
             .uri("/v1/x")
             .header("content-length", "11")
             .body(())
             .unwrap();
-        assert_eq!(check(&r, 10).unwrap_err().code(), "body_too_large");
+        assert_eq!(check(&r, &limits(10)).unwrap_err().code(), "body_too_large");
         let r = Request::builder()
             .uri("http://evil.example/v1/x")
             .header("host", "gw.local")
             .body(())
             .unwrap();
-        assert_eq!(check(&r, 10).unwrap_err().code(), "bad_target");
+        assert_eq!(check(&r, &limits(10)).unwrap_err().code(), "bad_target");
+        let r = Request::builder()
+            .uri("http://evil.example/v1/x")
+            .header("host", "evil.example")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            check(&r, &limits(10)).unwrap_err().code(),
+            "bad_target",
+            "Host must not vouch"
+        );
         let r = Request::builder()
             .uri("http://gw.local/v1/x")
             .header("host", "gw.local")
             .body(())
             .unwrap();
-        assert!(check(&r, 10).is_ok());
+        assert!(check(&r, &limits(10)).is_ok());
     }
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod credentials;
 pub mod demo;
 pub mod error;
+pub mod framing;
 pub mod gateway;
 pub mod guard;
 pub mod request_id;

@@ -40,18 +40,36 @@ where
     type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Our inner services are always ready; an error here would be a bug, surfaced per call.
+        // Our inner services are always ready; should one ever fail here, the next `call`
+        // reports it as a per-request error, so the connection stays usable.
         match self.inner.poll_ready(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(_) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => {
+                tracing::error!(error = %e, "inner service not ready");
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
         }
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let rid = req.extensions().get::<RequestId>().cloned();
-        let fut = AssertUnwindSafe(self.inner.call(req)).catch_unwind();
+        // A panic below must cost one request a 500, not the connection: both while building
+        // the future (layers do synchronous work in `call`) and while it runs. A panic while a
+        // response body streams is past this point; hyper then closes that connection.
+        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+            Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
+            Err(_) => {
+                tracing::error!(
+                    request_id = rid.as_ref().map(RequestId::as_str),
+                    "panic while handling a request"
+                );
+                let resp =
+                    GatewayError::Internal.into_response(rid.as_ref().map(RequestId::as_str));
+                return Box::pin(async move { Ok(resp) });
+            }
+        };
         Box::pin(async move {
-            // A panic below must cost one request a 500, not the connection.
             let result = fut.await.unwrap_or_else(|_| {
                 tracing::error!(
                     request_id = rid.as_ref().map(RequestId::as_str),
@@ -61,16 +79,72 @@ where
             });
             Ok(match result {
                 Ok(r) => r,
-                Err(e) => {
-                    if matches!(e, GatewayError::Internal) {
-                        tracing::error!(
-                            request_id = rid.as_ref().map(RequestId::as_str),
-                            "internal error"
-                        );
-                    }
-                    e.into_response(rid.as_ref().map(RequestId::as_str))
-                }
+                Err(e) => e.into_response(rid.as_ref().map(RequestId::as_str)),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Service, ServiceExt};
+
+    #[derive(Clone)]
+    struct PanicsInCall;
+
+    impl Service<Request<Body>> for PanicsInCall {
+        type Response = Response<Body>;
+        type Error = GatewayError;
+        type Future = BoxFuture<'static, Result<Response<Body>, GatewayError>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Request<Body>) -> Self::Future {
+            panic!("bug in call")
+        }
+    }
+
+    #[tokio::test]
+    async fn panics_become_500s() {
+        let resp = tower::Layer::layer(&RescueLayer, PanicsInCall)
+            .oneshot(Request::new(Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 500);
+        let in_future = tower::Layer::layer(
+            &RescueLayer,
+            tower::service_fn(|_: Request<Body>| async {
+                if true {
+                    panic!("bug in future");
+                }
+                Ok::<Response<Body>, GatewayError>(Response::new(Body::empty()))
+            }),
+        );
+        let resp = in_future
+            .oneshot(Request::new(Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 500);
+    }
+
+    #[tokio::test]
+    async fn errors_render_with_the_request_id() {
+        let svc = tower::Layer::layer(
+            &RescueLayer,
+            tower::service_fn(|_: Request<Body>| async {
+                Err::<Response<Body>, _>(GatewayError::NoCredential)
+            }),
+        );
+        let mut req = Request::new(Body::empty());
+        req.extensions_mut()
+            .insert(RequestId(http::HeaderValue::from_static("rid-1")));
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 403);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(std::str::from_utf8(&body).unwrap().contains("rid-1"));
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 
@@ -65,6 +65,9 @@ pub struct ConnSettings {
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
     idle_timeout: Duration,
+    max_connections: usize,
+    max_head_bytes: usize,
+    max_headers: usize,
 }
 
 impl ConnSettings {
@@ -91,6 +94,9 @@ impl ConnSettings {
             tls,
             handshake_timeout: cfg.header_read_timeout,
             idle_timeout: cfg.idle_timeout,
+            max_connections: cfg.max_connections,
+            max_head_bytes: cfg.max_header_bytes,
+            max_headers: cfg.max_headers,
         }
     }
 }
@@ -111,8 +117,19 @@ pub async fn serve<S>(
     S::Future: Send + 'static,
 {
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let (force_tx, force_rx) = watch::channel(false);
     let for_conns = shutdown.clone();
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
     loop {
+        // At the connection limit we stop accepting (the kernel backlog queues the rest)
+        // rather than accept and drop.
+        let slot = tokio::select! {
+            _ = stopped(&mut shutdown) => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
         tokio::select! {
             _ = stopped(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
@@ -122,7 +139,9 @@ pub async fn serve<S>(
                         settings: settings.clone(),
                         svc: svc.clone(),
                         shutdown: for_conns.clone(),
+                        force: force_rx.clone(),
                         _alive: alive_tx.clone(),
+                        _slot: slot,
                     };
                     tokio::spawn(conn.run(tcp));
                 }
@@ -138,9 +157,12 @@ pub async fn serve<S>(
     drop(alive_tx);
     if tokio::time::timeout(grace, alive_rx.recv()).await.is_err() {
         tracing::warn!(
-            grace_s = grace.as_secs(),
+            grace_ms = grace.as_millis() as u64,
             "drain deadline passed; closing remaining connections"
         );
+        let _ = force_tx.send(true);
+        // Connections drop at their next poll; this wait is only for their tasks to notice.
+        let _ = tokio::time::timeout(Duration::from_secs(5), alive_rx.recv()).await;
     }
 }
 
@@ -153,7 +175,10 @@ struct Connection<S> {
     settings: ConnSettings,
     svc: S,
     shutdown: watch::Receiver<bool>,
+    // Flips after the drain deadline: drop the connection, whatever it is doing.
+    force: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl<S> Connection<S>
@@ -185,11 +210,21 @@ where
         let idle = Arc::new(Idle::new());
         let svc = self.svc.clone();
         let tracker = idle.clone();
+        // hyper resolves Content-Length + Transfer-Encoding itself and drops the length before
+        // we see the request; the framing watch saw the raw head and tells us (see framing.rs).
+        let (io, framing) =
+            crate::framing::watch(io, self.settings.max_head_bytes, self.settings.max_headers);
         let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
             let busy = tracker.begin();
+            // Exactly once per request, in arrival order, before anything can reject it.
+            let ambiguous = framing.take_next();
             let svc = svc.clone();
             async move {
-                let resp = svc.oneshot(req.map(Body::new)).await?;
+                let mut req = req.map(Body::new);
+                if ambiguous {
+                    req.extensions_mut().insert(crate::guard::AmbiguousLength);
+                }
+                let resp = svc.oneshot(req).await?;
                 Ok::<_, Infallible>(resp.map(|b| observe(b, busy)))
             }
         });
@@ -207,6 +242,10 @@ where
                     if let Err(e) = res {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
+                    break;
+                }
+                _ = stopped(&mut self.force) => {
+                    tracing::debug!("connection closed at the drain deadline");
                     break;
                 }
                 _ = stopped(&mut self.shutdown), if !closing => {

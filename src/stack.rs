@@ -17,16 +17,16 @@ use tower::util::BoxCloneSyncService;
 
 /// The shared state the stack is built from (all built once at start-up).
 pub struct Parts {
-    /// JWT verification.
+    /// Verifies bearer tokens.
     pub authn: Arc<Authenticator>,
-    /// The key store.
+    /// Maps users to Cliniko keys (reloadable).
     pub credentials: Arc<Credentials>,
-    /// The forwarder.
+    /// Sends requests to Cliniko.
     pub upstream: Arc<Upstream>,
     /// Whether `/readyz` says ready.
     pub readiness: Arc<dyn Readiness>,
-    /// Request body limit.
-    pub max_body: u64,
+    /// What the guard checks against.
+    pub limits: crate::guard::Limits,
 }
 
 /// The whole gateway as one cloneable service.
@@ -42,7 +42,7 @@ pub fn build(p: &Parts) -> GatewayService {
         // Every error below becomes one JSON response here, and nowhere else.
         .layer(RescueLayer)
         // Cheap refusals before any crypto: local routes, bad targets, framing, body limit.
-        .layer(GuardLayer::new(p.max_body, p.readiness.clone()))
+        .layer(GuardLayer::new(p.limits.clone(), p.readiness.clone()))
         // Who is calling (401).
         .layer(AuthLayer(p.authn.clone()))
         // Which Cliniko key they use (403 no_credential).

@@ -86,7 +86,7 @@ pub fn load_str(text: &str, base_dir: &Path, env: &Env) -> Result<Config, Config
             let field = e.path().to_string();
             ConfigError::new(
                 field,
-                e.inner().message().to_string(),
+                without_values(e.inner().message()),
                 "see config/gateway.example.toml for every field and its type",
             )
         })?;
@@ -94,6 +94,24 @@ pub fn load_str(text: &str, base_dir: &Path, env: &Env) -> Result<Config, Config
     resolve_secrets(&mut cfg, env)?;
     super::validate::validate(&cfg)?;
     Ok(cfg)
+}
+
+/// serde quotes offending values (`invalid type: string "…"`); a value can be a secret set
+/// by mistake, so every double-quoted part is elided. Field names (in backticks) stay.
+fn without_values(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut inside = false;
+    for c in msg.chars() {
+        if c == '"' {
+            if !inside {
+                out.push_str("\"…\"");
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn refuse_inline_secrets(t: &toml::Table) -> Result<(), ConfigError> {
@@ -244,4 +262,18 @@ pub fn parse_master_key(s: &str) -> Option<SecretBox<[u8; 32]>> {
     };
     let arr: [u8; 32] = bytes.try_into().ok()?;
     Some(SecretBox::new(Box::new(arr)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_lose_quoted_values() {
+        assert_eq!(
+            without_values("invalid type: string \"s3cr3t\", expected u64"),
+            "invalid type: string \"…\", expected u64"
+        );
+        assert_eq!(without_values("unknown field `foo`"), "unknown field `foo`");
+    }
 }

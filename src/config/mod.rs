@@ -30,9 +30,68 @@ pub struct Config {
     pub keystore: KeyStoreConfig,
     /// How Cliniko is reached.
     pub upstream: UpstreamConfig,
+    /// The GET response cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+}
+
+/// The in-memory GET cache.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Master switch.
+    pub enabled: bool,
+    /// Total bytes (bodies + headers + keys) the cache may hold.
+    pub capacity_bytes: u64,
+    /// Larger responses stream through uncached.
+    pub max_entry_bytes: u64,
+    /// How long past its TTL an entry with an ETag is kept for revalidation.
+    #[serde(with = "humantime_serde")]
+    pub revalidate_window: Duration,
+    /// Which paths are cached and for how long; the longest matching prefix wins, TTL 0 = never.
+    pub rules: Vec<CacheRule>,
+}
+
+/// One cache rule.
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRule {
+    /// Path prefix, matched on whole segments (`/v1/patients` matches `/v1/patients/7`).
+    pub prefix: String,
+    /// Time to live; `0s` disables caching under this prefix.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        let rule = |prefix: &str, secs: u64| CacheRule {
+            prefix: prefix.into(),
+            ttl: Duration::from_secs(secs),
+        };
+        CacheConfig {
+            enabled: true,
+            capacity_bytes: 256 * 1024 * 1024,
+            max_entry_bytes: 1024 * 1024,
+            revalidate_window: Duration::from_secs(600),
+            rules: vec![
+                // Reference data changes rarely: minutes.
+                rule("/v1/practitioners", 300),
+                rule("/v1/businesses", 300),
+                rule("/v1/appointment_types", 300),
+                rule("/v1/billable_items", 300),
+                rule("/v1/services", 300),
+                rule("/v1/settings", 300),
+                // Patient and diary data changes all day: seconds.
+                rule("/v1/patients", 10),
+                rule("/v1/individual_appointments", 10),
+                rule("/v1/appointments", 10),
+            ],
+        }
+    }
 }
 
 /// Inbound listener settings.
@@ -62,6 +121,12 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// On SIGTERM/SIGINT, how long `/readyz` fails before the listener closes (lets load
+    /// balancers stop sending first).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Duration,
+    /// Most open inbound connections; beyond it the gateway stops accepting until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +142,8 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
+            max_connections: 10_000,
         }
     }
 }
@@ -202,6 +269,9 @@ pub struct UpstreamConfig {
     /// Time until Cliniko's response headers arrive (504 beyond).
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Longest pause between body chunks from Cliniko before the response is cut off.
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
     /// Idle pooled connections are closed after this long.
     #[serde(default = "default_pool_idle", with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
@@ -271,6 +341,9 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_upstream_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_pool_idle() -> Duration {
     Duration::from_secs(90)

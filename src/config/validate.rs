@@ -62,6 +62,20 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     if s.max_headers == 0 || s.max_headers > 1000 {
         return Err(err("server.max_headers", "out of range", "use 1 to 1000"));
     }
+    if s.max_connections == 0 {
+        return Err(err(
+            "server.max_connections",
+            "must be at least 1",
+            "use e.g. 10000",
+        ));
+    }
+    if s.public_base_url.is_none() && s.listen.ip().is_unspecified() {
+        return Err(err(
+            "server.public_base_url",
+            "must be set when listening on all interfaces (links would point at 0.0.0.0)",
+            "set it to the URL callers use, e.g. https://cliniko-gateway.internal",
+        ));
+    }
     if s.tls_cert_file.is_some() != s.tls_key_file.is_some() {
         return Err(err(
             "server.tls_cert_file",
@@ -185,6 +199,34 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
                 "auth.jwks.refresh_interval",
                 "must be longer than zero",
                 "use e.g. \"5m\"",
+            ));
+        }
+    }
+
+    let k = &c.cache;
+    if k.enabled && (k.max_entry_bytes == 0 || k.max_entry_bytes > k.capacity_bytes) {
+        return Err(err(
+            "cache.max_entry_bytes",
+            "must be between 1 and cache.capacity_bytes",
+            "use e.g. 1048576 (1 MiB) with a capacity of 268435456 (256 MiB)",
+        ));
+    }
+    if k.max_entry_bytes > u64::from(u32::MAX) {
+        return Err(err(
+            "cache.max_entry_bytes",
+            "too large",
+            "keep entries under 4 GiB (1 MiB is typical)",
+        ));
+    }
+    for (i, r) in k.rules.iter().enumerate() {
+        if !(r.prefix == "/v1" || r.prefix.starts_with("/v1/"))
+            || r.prefix.ends_with('/')
+            || r.prefix.contains('?')
+        {
+            return Err(err(
+                &format!("cache.rules[{i}].prefix"),
+                "must be a /v1/... path without a trailing slash or query",
+                "write it like \"/v1/practitioners\"",
             ));
         }
     }

@@ -68,6 +68,16 @@ pub(crate) async fn handle(
             }
             return Ok(resp);
         }
+        Some(Fault::Raw(s, headers, bytes)) => {
+            let mut resp = Response::new(Body::from(bytes));
+            *resp.status_mut() = status(s);
+            for (k, v) in headers {
+                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+                    resp.headers_mut().append(k, v);
+                }
+            }
+            return Ok(resp);
+        }
         Some(Fault::Stall) => {
             stopped(stop).await;
             return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "sandbox stopped"));

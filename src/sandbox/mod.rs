@@ -172,6 +172,8 @@ pub enum Fault {
     Json(u16, serde_json::Value),
     /// Answer this status with these extra headers and this body.
     WithHeaders(u16, Vec<(String, String)>, String),
+    /// Answer this status with exactly these headers and body bytes (e.g. a gzipped body).
+    Raw(u16, Vec<(String, String)>, bytes::Bytes),
 }
 
 /// A running Cliniko stand-in on `127.0.0.1:<random port>`; dropping it stops it.

@@ -11,9 +11,53 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The outbound client type.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub type HttpClient = Client<ConnectTimeout<HttpsConnector<HttpConnector>>, Body>;
+
+/// Bounds the whole connect: DNS, TCP *and* the TLS handshake. `HttpConnector`'s own timeout
+/// covers only TCP, so a peer that stalls the handshake would otherwise hold a request until
+/// the response timeout (and turn a 502 into a 504).
+#[derive(Clone, Debug)]
+pub struct ConnectTimeout<C> {
+    inner: C,
+    limit: Duration,
+}
+
+/// The connect did not finish in time.
+#[derive(Debug, thiserror::Error)]
+#[error("connecting to the upstream (TCP + TLS) timed out")]
+pub struct ConnectTimedOut;
+
+impl<C> tower::Service<http::Uri> for ConnectTimeout<C>
+where
+    C: tower::Service<http::Uri> + Send,
+    C::Future: Send + 'static,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = C::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = futures_util::future::BoxFuture<'static, Result<C::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let fut = self.inner.call(uri);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, fut).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(Box::new(ConnectTimedOut) as _),
+            }
+        })
+    }
+}
 
 /// Builds a rustls root store: Mozilla roots plus every certificate in `ca_file`.
 pub fn root_store(
@@ -71,10 +115,14 @@ pub fn build(cfg: &UpstreamConfig) -> Result<HttpClient, ConfigError> {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
+    let connector = ConnectTimeout {
+        inner: https,
+        limit: cfg.connect_timeout,
+    };
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(cfg.pool_idle_timeout)
         .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-        .build(https))
+        .build(connector))
 }

@@ -6,6 +6,7 @@
 //! and a warning with the key's fingerprint. JSON bodies and `Location` headers have Cliniko's
 //! absolute URLs rewritten onto the gateway's public base URL, streaming.
 
+use super::body::{Coding, decode, idle_limit};
 use super::headers::{FixedHeaders, clean_response_headers, upstream_request_headers};
 use super::links::LinkRewriter;
 use super::{HttpClient, ShardRouter};
@@ -29,17 +30,18 @@ pub struct Upstream {
     fixed: FixedHeaders,
     links: LinkRewriter,
     timeout: Duration,
+    body_timeout: Duration,
     max_body: u64,
 }
 
 impl Upstream {
-    /// Assembles the forwarder.
+    /// Assembles the forwarder; `timeouts` = (until response headers, between body frames).
     pub fn new(
         client: HttpClient,
         router: ShardRouter,
         fixed: FixedHeaders,
         links: LinkRewriter,
-        timeout: Duration,
+        timeouts: (Duration, Duration),
         max_body: u64,
     ) -> Self {
         Upstream {
@@ -47,18 +49,18 @@ impl Upstream {
             router,
             fixed,
             links,
-            timeout,
+            timeout: timeouts.0,
+            body_timeout: timeouts.1,
             max_body,
         }
     }
 
     /// Forwards one authenticated request.
     pub async fn forward(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
-        let cred = req
-            .extensions()
-            .get::<Arc<Credential>>()
-            .cloned()
-            .ok_or(GatewayError::Internal)?;
+        let Some(cred) = req.extensions().get::<Arc<Credential>>().cloned() else {
+            tracing::error!("request reached the forwarder without a credential");
+            return Err(GatewayError::Internal);
+        };
         let rid = req
             .extensions()
             .get::<RequestId>()
@@ -71,7 +73,7 @@ impl Upstream {
             .base(&cred.shard)
             .ok_or(GatewayError::Internal)?;
         if let Some(f) = &facts {
-            f.set_shard(cred.shard.as_str());
+            f.set_shard(&cred.shard);
         }
 
         let (parts, body) = req.into_parts();
@@ -94,7 +96,8 @@ impl Upstream {
         let mut up = Request::new(body);
         *up.method_mut() = parts.method;
         *up.uri_mut() = uri;
-        // The outbound connection negotiates its own version (ALPN); see rust-stack pitfall 13.
+        // The caller may have spoken HTTP/2; the pooled client picks h2 or HTTP/1.1 per
+        // connection by ALPN and refuses an h2-versioned request on an HTTP/1.1 connection.
         *up.version_mut() = Version::HTTP_11;
         *up.headers_mut() =
             upstream_request_headers(&parts.headers, &self.fixed, &cred.basic_auth_header(), &rid);
@@ -133,28 +136,45 @@ impl Upstream {
         {
             parts.headers.insert(header::LOCATION, v);
         }
-        let mut body = Body::new(body);
-        if !is_head && rewritable(&parts.headers) {
-            parts.headers.remove(header::CONTENT_LENGTH);
-            body = self.links.rewrite_body(body);
+        let mut body = idle_limit(Body::new(body), self.body_timeout);
+        if is_json(&parts.headers) {
+            let coding = parts
+                .headers
+                .get(header::CONTENT_ENCODING)
+                .map(|v| v.to_str().ok().and_then(Coding::parse));
+            let decodable = match coding {
+                None => true,
+                Some(Some(c)) => {
+                    // Asked for identity but got compressed anyway: undo it so links can be
+                    // rewritten, and tell the caller it is plain now.
+                    if !is_head {
+                        body = decode(body, c);
+                    }
+                    parts.headers.remove(header::CONTENT_ENCODING);
+                    true
+                }
+                Some(None) => false,
+            };
+            if decodable {
+                // The rewritten length differs; HEAD must agree with GET, so drop it there too.
+                parts.headers.remove(header::CONTENT_LENGTH);
+                if !is_head {
+                    body = self.links.rewrite_body(body);
+                }
+            }
         }
         Ok(Response::from_parts(parts, body))
     }
 }
 
-/// JSON in identity encoding is the only thing whose links we can rewrite.
-fn rewritable(h: &http::HeaderMap) -> bool {
-    let json = h
-        .get(header::CONTENT_TYPE)
+/// Only JSON carries links we rewrite; other bodies pass through byte for byte.
+fn is_json(h: &http::HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| {
             let ct = ct.split(';').next().unwrap_or("").trim();
             ct.eq_ignore_ascii_case("application/json") || ct.ends_with("+json")
-        });
-    let identity = h
-        .get(header::CONTENT_ENCODING)
-        .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    json && identity
+        })
 }
 
 /// Any other failed exchange means Cliniko could not be reached or talked to.

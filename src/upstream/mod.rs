@@ -1,5 +1,6 @@
 //! The innermost service: shard routing, header rewrite, the pooled client, link rewriting.
 
+pub mod body;
 pub mod client;
 pub mod forward;
 pub mod headers;

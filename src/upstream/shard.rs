@@ -4,7 +4,9 @@
 //! not `^[a-z]{2}[0-9]{1,2}$` is refused, so a crafted key can never choose the upstream host.
 
 use crate::config::{ConfigError, UpstreamConfig};
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, RwLock};
 
 /// A validated shard name such as `au1`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,10 +85,12 @@ impl ShardBase {
 }
 
 /// Maps shards to base URLs: explicit overrides first, then the template.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ShardRouter {
     template: String,
-    overrides: BTreeMap<Shard, ShardBase>,
+    overrides: BTreeMap<Shard, Arc<ShardBase>>,
+    // Template results, built once per shard seen (shards come only from stored keys).
+    derived: RwLock<HashMap<Shard, Arc<ShardBase>>>,
 }
 
 impl ShardRouter {
@@ -100,25 +104,35 @@ impl ShardRouter {
             let base = ShardBase::parse(url).ok_or_else(|| {
                 ConfigError::new(&field, "not a valid URL", "use https://host:port/v1")
             })?;
-            overrides.insert(shard, base);
+            overrides.insert(shard, Arc::new(base));
         }
         Ok(ShardRouter {
             template: cfg.url_template.clone(),
             overrides,
+            derived: RwLock::new(HashMap::new()),
         })
     }
 
     /// The base for `shard`. Template results are valid because shard names are `[a-z0-9]`.
-    pub fn base(&self, shard: &Shard) -> Option<ShardBase> {
+    pub fn base(&self, shard: &Shard) -> Option<Arc<ShardBase>> {
         if let Some(b) = self.overrides.get(shard) {
             return Some(b.clone());
         }
-        ShardBase::parse(&self.template.replace("{shard}", shard.as_str()))
+        if let Some(b) = self.derived.read().ok()?.get(shard) {
+            return Some(b.clone());
+        }
+        let b = Arc::new(ShardBase::parse(
+            &self.template.replace("{shard}", shard.as_str()),
+        )?);
+        if let Ok(mut m) = self.derived.write() {
+            m.insert(shard.clone(), b.clone());
+        }
+        Some(b)
     }
 
     /// Every explicitly configured base (used to recognise links to rewrite).
     pub fn override_bases(&self) -> impl Iterator<Item = &ShardBase> {
-        self.overrides.values()
+        self.overrides.values().map(|b| &**b)
     }
 }
 

@@ -23,6 +23,7 @@ fn env(extra: &[(&str, &str)]) -> Env {
 
 const MINIMAL: &str = r#"
 [server]
+[cache]
 [auth]
 [keystore]
 path = "keys.json"
@@ -61,6 +62,10 @@ fn the_example_config_parses() {
 fn env_overrides_any_field_with_the_documented_names() {
     let e = env(&[
         ("CLINIKO_GATEWAY__SERVER__LISTEN", "0.0.0.0:9000"),
+        (
+            "CLINIKO_GATEWAY__SERVER__PUBLIC_BASE_URL",
+            "https://gw.example",
+        ),
         ("CLINIKO_GATEWAY__UPSTREAM__TIMEOUT", "7s"),
         ("CLINIKO_GATEWAY__SERVER__MAX_BODY_BYTES", "1234"),
         ("CLINIKO_GATEWAY__AUTH__AUDIENCES", "[\"a\", \"b\"]"),

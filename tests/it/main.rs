@@ -3,6 +3,7 @@
 mod auth;
 mod cli;
 mod config;
+mod faults;
 mod lifecycle;
 mod proxy;
 mod server;

@@ -74,8 +74,8 @@ pub fn account(key: &str, label: &str) -> Account {
 
 /// A running gateway in front of running stand-ins.
 pub struct Harness {
-    /// Held so the gateway runs as long as the harness (dropping it stops the server).
-    _gw: Gateway,
+    /// The gateway; dropping it stops the server.
+    gw: Option<Gateway>,
     pub sandboxes: BTreeMap<&'static str, Sandbox>,
     /// Held so the key store and CA files outlive the gateway.
     _dir: tempfile::TempDir,
@@ -197,11 +197,18 @@ format = "text"
         let gw = Gateway::start(cfg, listener).await.unwrap();
         let client = plain_client();
         Harness {
-            _gw: gw,
+            gw: Some(gw),
             sandboxes,
             _dir: dir,
             base: format!("http://{addr}"),
             client,
+        }
+    }
+
+    /// Graceful shutdown, as on SIGTERM.
+    pub async fn shutdown(&mut self) {
+        if let Some(gw) = self.gw.take() {
+            gw.shutdown().await;
         }
     }
 

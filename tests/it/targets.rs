@@ -55,24 +55,24 @@ async fn hostile_targets_get_400_and_never_reach_cliniko() {
     assert_eq!(h.upstream_hits(), 0, "a hostile request reached Cliniko");
 }
 
-/// hyper resolves Content-Length + Transfer-Encoding as RFC 9112 §6.1 says (chunked wins, the
-/// length is dropped, the connection closes after the response), so bytes hidden behind the
-/// chunked terminator can never become a second request.
+/// Content-Length + Transfer-Encoding: 400 `ambiguous_length`, nothing upstream, and bytes
+/// hidden behind the chunked terminator never become a second request — in either header
+/// order, and on a connection that already carried a good request.
 #[tokio::test]
-async fn content_length_plus_chunked_cannot_smuggle_a_request() {
+async fn content_length_plus_chunked_is_refused_and_cannot_smuggle() {
     let h = Harness::start(Setup::default()).await;
     let smuggled =
         "GET /v1/patients?smuggled=1 HTTP/1.1\r\nHost: {host}\r\nAuthorization: {auth}\r\n\r\n";
-    let req = format!(
-        "POST /v1/echo HTTP/1.1\r\nHost: {{host}}\r\nAuthorization: {{auth}}\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}",
-        5 + smuggled.len()
-    );
-    let out = refused(&h, &req).await;
-    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
-    assert!(
-        h.sandbox("au1")
-            .requests()
-            .iter()
-            .all(|r| !r.path_and_query.contains("smuggled"))
-    );
+    let cl = format!("Content-Length: {}\r\n", 5 + smuggled.len());
+    let te = "Transfer-Encoding: chunked\r\n";
+    for (first, second) in [(cl.as_str(), te), (te, cl.as_str())] {
+        let req = format!(
+            "GET /healthz HTTP/1.1\r\nHost: {{host}}\r\n\r\nPOST /v1/echo HTTP/1.1\r\nHost: {{host}}\r\nAuthorization: {{auth}}\r\n{first}{second}\r\n0\r\n\r\n{smuggled}"
+        );
+        let out = refused(&h, &req).await;
+        assert_eq!(out.matches("HTTP/1.1 ").count(), 2, "{out}");
+        assert!(out.contains("HTTP/1.1 400"), "{out}");
+        assert!(out.contains("ambiguous_length"), "{out}");
+    }
+    assert_eq!(h.upstream_hits(), 0, "nothing may reach Cliniko");
 }

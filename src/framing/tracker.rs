@@ -1,0 +1,601 @@
+//! Byte-level shadow of hyper's HTTP/1.1 request framing.
+//!
+//! It follows request boundaries exactly as hyper 1's server does (role.rs head rules, decode.rs
+//! chunked grammar) so it can number requests the same way. Whenever it is unsure it stops
+//! (`Off`): from then on no request is flagged, and hyper's own handling applies.
+
+use httparse::Header;
+use std::mem::MaybeUninit;
+
+/// The longest chunk-size line extension we follow; hyper allows more, but real clients never
+/// send long extensions, and stopping early is always safe.
+const MAX_CHUNK_EXT: usize = 1024;
+
+/// Header slots kept on the stack; larger configured limits fall back to the heap.
+const INLINE_HEADERS: usize = 128;
+
+/// hyper refuses bodies this long or longer (`DecodedLength::MAX_LEN`).
+const MAX_BODY_LEN: u64 = u64::MAX - 2;
+
+/// What the tracker learned about one connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Seen {
+    /// Request heads completed so far (index of the next one).
+    pub requests: u64,
+    /// Index of the request whose head had both Content-Length and Transfer-Encoding. hyper
+    /// closes the connection after such a request, so there is at most one.
+    pub ambiguous: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Head,
+    Body(u64),
+    Chunked(Chunk),
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Start,
+    Size(u64),
+    SizeLws(u64),
+    Ext(u64, usize),
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// Trailer lines seen and their total bytes, carried through the trailer section.
+    EndCr(usize, usize),
+    Trailer(usize, usize),
+    TrailerLf(usize, usize),
+    EndLf,
+}
+
+enum ChunkStep {
+    More,
+    Done,
+    Off,
+}
+
+/// Follows request framing over every byte read from one connection.
+pub(super) struct Tracker {
+    state: State,
+    /// Only an incomplete head that spans reads is buffered here.
+    head: Vec<u8>,
+    max_head_bytes: usize,
+    max_headers: usize,
+    seen: Seen,
+}
+
+impl Tracker {
+    pub(super) fn new(max_head_bytes: usize, max_headers: usize) -> Self {
+        Tracker {
+            state: State::Head,
+            head: Vec::new(),
+            max_head_bytes,
+            max_headers,
+            seen: Seen::default(),
+        }
+    }
+
+    pub(super) fn is_off(&self) -> bool {
+        self.state == State::Off
+    }
+
+    pub(super) fn seen(&self) -> Seen {
+        self.seen
+    }
+
+    /// Feeds the next bytes read from the connection, in order.
+    pub(super) fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match self.state {
+                State::Off => return,
+                State::Body(n) => {
+                    let k = usize::try_from(n).unwrap_or(usize::MAX).min(data.len());
+                    data = &data[k..];
+                    let left = n - k as u64;
+                    self.state = if left == 0 {
+                        State::Head
+                    } else {
+                        State::Body(left)
+                    };
+                }
+                State::Head => data = self.feed_head(data),
+                State::Chunked(c) => {
+                    let (c, used, step) =
+                        feed_chunked(c, data, self.max_head_bytes, self.max_headers);
+                    data = &data[used..];
+                    self.state = match step {
+                        ChunkStep::More => State::Chunked(c),
+                        ChunkStep::Done => State::Head,
+                        ChunkStep::Off => State::Off,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Consumes head bytes; returns what follows the head (or nothing if it is incomplete).
+    fn feed_head<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
+        if self.head.is_empty() {
+            // httparse (so hyper) skips empty lines before a request line. Skipping any CR/LF
+            // run is looser, but only on input hyper rejects, which closes the connection.
+            let Some(start) = data.iter().position(|b| *b != b'\r' && *b != b'\n') else {
+                return &[];
+            };
+            let data = &data[start..];
+            if let Some(end) = head_end(data) {
+                if end > self.max_head_bytes {
+                    self.state = State::Off;
+                    return &[];
+                }
+                self.on_head(&data[..end]);
+                return &data[end..];
+            }
+            if data.len() > self.max_head_bytes {
+                self.state = State::Off;
+                return &[];
+            }
+            self.head.extend_from_slice(data);
+            return &[];
+        }
+        // Find where the head ends without copying what follows it: first an end marker
+        // straddling the boundary (its first LF is one of the last two buffered bytes), then
+        // one wholly inside the new data.
+        let old = self.head.len();
+        let tail = &self.head[old.saturating_sub(2)..];
+        let mut joint = [0u8; 4];
+        let lead = data.len().min(2);
+        joint[..tail.len()].copy_from_slice(tail);
+        joint[tail.len()..tail.len() + lead].copy_from_slice(&data[..lead]);
+        let end_in_data = match head_end(&joint[..tail.len() + lead]) {
+            Some(e) => Some(e - tail.len()),
+            None => head_end(data),
+        };
+        let Some(used) = end_in_data else {
+            if old + data.len() > self.max_head_bytes {
+                self.state = State::Off;
+            } else {
+                self.head.extend_from_slice(data);
+            }
+            return &[];
+        };
+        if old + used > self.max_head_bytes {
+            self.state = State::Off;
+            return &[];
+        }
+        self.head.extend_from_slice(&data[..used]);
+        let head = std::mem::take(&mut self.head);
+        self.on_head(&head);
+        // Keep the allocation for the next head that spans reads.
+        self.head = head;
+        self.head.clear();
+        &data[used..]
+    }
+
+    /// Records the verdict for a complete head and picks the body framing hyper will use.
+    fn on_head(&mut self, head: &[u8]) {
+        let parsed = if self.max_headers <= INLINE_HEADERS {
+            let mut slots = [const { MaybeUninit::uninit() }; INLINE_HEADERS];
+            parse_head(head, &mut slots[..self.max_headers])
+        } else {
+            let mut slots = Vec::new();
+            slots.resize_with(self.max_headers, MaybeUninit::uninit);
+            parse_head(head, &mut slots)
+        };
+        let Some(h) = parsed else {
+            self.state = State::Off;
+            return;
+        };
+        let index = self.seen.requests;
+        self.seen.requests += 1;
+        self.state = if h.has_cl && h.has_te {
+            // hyper picks chunked and closes after this request; nothing later is served.
+            self.seen.ambiguous = Some(index);
+            State::Off
+        } else if h.has_te {
+            if h.http10 || !h.te_chunked {
+                State::Off
+            } else {
+                State::Chunked(Chunk::Start)
+            }
+        } else if h.cl_invalid {
+            State::Off
+        } else {
+            match h.cl {
+                Some(n) if n >= MAX_BODY_LEN => State::Off,
+                Some(n) if n > 0 => State::Body(n),
+                _ => State::Head,
+            }
+        };
+    }
+}
+
+/// The framing facts of one head.
+struct HeadFacts {
+    http10: bool,
+    has_cl: bool,
+    has_te: bool,
+    te_chunked: bool,
+    cl: Option<u64>,
+    cl_invalid: bool,
+}
+
+/// Parses a complete head the way hyper does; `None` if hyper would not accept it as one.
+fn parse_head<'b>(head: &'b [u8], slots: &mut [MaybeUninit<Header<'b>>]) -> Option<HeadFacts> {
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, slots) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        _ => return None,
+    }
+    let mut f = HeadFacts {
+        http10: req.version != Some(1),
+        has_cl: false,
+        has_te: false,
+        te_chunked: false,
+        cl: None,
+        cl_invalid: false,
+    };
+    // Mirrors hyper's header loop: the last Transfer-Encoding line decides chunked, and a
+    // Content-Length after a Transfer-Encoding is not even validated.
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            f.has_te = true;
+            f.te_chunked = is_chunked(h.value);
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            f.has_cl = true;
+            if f.has_te {
+                continue;
+            }
+            match (digits(h.value), f.cl) {
+                (None, _) => f.cl_invalid = true,
+                (Some(n), Some(prev)) if n != prev => f.cl_invalid = true,
+                (Some(n), _) => f.cl = Some(n),
+            }
+        }
+    }
+    Some(f)
+}
+
+/// hyper's `is_chunked_`: the last comma-separated coding of a visible-ASCII value.
+fn is_chunked(value: &[u8]) -> bool {
+    if !value
+        .iter()
+        .all(|b| *b == b'\t' || (0x20..0x7f).contains(b))
+    {
+        return false;
+    }
+    let last = value.rsplit(|b| *b == b',').next().unwrap_or(value);
+    last.trim_ascii().eq_ignore_ascii_case(b"chunked")
+}
+
+/// hyper's `from_digits`: plain decimal, no sign, no spaces, no overflow.
+fn digits(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
+        return None;
+    }
+    value.iter().try_fold(0u64, |acc, b| match b {
+        b'0'..=b'9' => acc.checked_mul(10)?.checked_add(u64::from(b - b'0')),
+        _ => None,
+    })
+}
+
+/// Index just past the first empty line (`\n\n` or `\n\r\n`).
+///
+/// httparse accepts bare-LF line endings, and no valid head holds an empty line before its end.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    for p in memchr::memchr_iter(b'\n', buf) {
+        match buf.get(p + 1..p + 3) {
+            Some([b'\n', _]) => return Some(p + 2),
+            Some([b'\r', b'\n']) => return Some(p + 3),
+            Some(_) => {}
+            None if buf.get(p + 1) == Some(&b'\n') => return Some(p + 2),
+            None => {}
+        }
+    }
+    None
+}
+
+fn hex(b: u8) -> Option<u64> {
+    match b {
+        b'0'..=b'9' => Some(u64::from(b - b'0')),
+        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
+        b'A'..=b'F' => Some(u64::from(b - b'A' + 10)),
+        _ => None,
+    }
+}
+
+/// Advances hyper's chunked decoder grammar over `data`; returns the new state and bytes used.
+fn feed_chunked(
+    mut c: Chunk,
+    data: &[u8],
+    max_trailer: usize,
+    max_trailers: usize,
+) -> (Chunk, usize, ChunkStep) {
+    let mut i = 0;
+    while i < data.len() {
+        let rest = &data[i..];
+        c = match c {
+            Chunk::Data(n) => {
+                let k = usize::try_from(n).unwrap_or(usize::MAX).min(rest.len());
+                i += k;
+                let left = n - k as u64;
+                if left == 0 {
+                    Chunk::DataCr
+                } else {
+                    Chunk::Data(left)
+                }
+            }
+            Chunk::Ext(size, len) => match memchr::memchr2(b'\r', b'\n', rest) {
+                None if len + rest.len() > MAX_CHUNK_EXT => return (c, i, ChunkStep::Off),
+                None => {
+                    i = data.len();
+                    Chunk::Ext(size, len + rest.len())
+                }
+                Some(p) if len + p > MAX_CHUNK_EXT || rest[p] == b'\n' => {
+                    return (c, i, ChunkStep::Off);
+                }
+                Some(p) => {
+                    i += p + 1;
+                    Chunk::SizeLf(size)
+                }
+            },
+            // Like hyper, a trailer line runs to the next CR (a bare LF is just a byte in it).
+            Chunk::Trailer(lines, len) => match memchr::memchr(b'\r', rest) {
+                None if len + rest.len() > max_trailer => return (c, i, ChunkStep::Off),
+                None => {
+                    i = data.len();
+                    Chunk::Trailer(lines, len + rest.len())
+                }
+                Some(p) if len + p > max_trailer => return (c, i, ChunkStep::Off),
+                Some(p) => {
+                    i += p + 1;
+                    Chunk::TrailerLf(lines, len + p)
+                }
+            },
+            _ => {
+                let b = rest[0];
+                i += 1;
+                match (c, b) {
+                    (Chunk::Start, _) => match hex(b) {
+                        Some(v) => Chunk::Size(v),
+                        None => return (c, i, ChunkStep::Off),
+                    },
+                    (Chunk::Size(s), _) if hex(b).is_some() => {
+                        match s
+                            .checked_mul(16)
+                            .zip(hex(b))
+                            .and_then(|(s, v)| s.checked_add(v))
+                        {
+                            Some(s) => Chunk::Size(s),
+                            None => return (c, i, ChunkStep::Off),
+                        }
+                    }
+                    (Chunk::Size(s) | Chunk::SizeLws(s), b' ' | b'\t') => Chunk::SizeLws(s),
+                    (Chunk::Size(s) | Chunk::SizeLws(s), b';') => Chunk::Ext(s, 0),
+                    (Chunk::Size(s) | Chunk::SizeLws(s), b'\r') => Chunk::SizeLf(s),
+                    (Chunk::SizeLf(0), b'\n') => Chunk::EndCr(0, 0),
+                    (Chunk::SizeLf(s), b'\n') => Chunk::Data(s),
+                    (Chunk::DataCr, b'\r') => Chunk::DataLf,
+                    (Chunk::DataLf, b'\n') => Chunk::Start,
+                    (Chunk::EndCr(..), b'\r') => Chunk::EndLf,
+                    (Chunk::EndCr(lines, _), _) if lines >= max_trailers => {
+                        return (c, i, ChunkStep::Off);
+                    }
+                    (Chunk::EndCr(lines, len), _) => Chunk::Trailer(lines, len + 1),
+                    (Chunk::TrailerLf(lines, len), b'\n') => Chunk::EndCr(lines + 1, len),
+                    (Chunk::EndLf, b'\n') => return (c, i, ChunkStep::Done),
+                    _ => return (c, i, ChunkStep::Off),
+                }
+            }
+        };
+    }
+    (c, i, ChunkStep::More)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX_HEAD: usize = 8 * 1024;
+
+    /// Per-request verdicts and whether tracking stopped.
+    fn run(chunks: &[&[u8]]) -> (Vec<bool>, bool) {
+        let mut t = Tracker::new(MAX_HEAD, 100);
+        for c in chunks {
+            t.feed(c);
+        }
+        let seen = t.seen();
+        let verdicts = (0..seen.requests)
+            .map(|i| seen.ambiguous == Some(i))
+            .collect();
+        (verdicts, t.is_off())
+    }
+
+    /// Feeds `input` whole, split at every offset, and byte by byte; all must agree.
+    fn verdicts(input: &[u8]) -> (Vec<bool>, bool) {
+        let whole = run(&[input]);
+        for at in 0..=input.len() {
+            let (a, b) = input.split_at(at);
+            assert_eq!(run(&[a, b]), whole, "split at {at}");
+        }
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(run(&bytes), whole, "one byte at a time");
+        whole
+    }
+
+    #[test]
+    fn plain_get() {
+        let (v, off) = verdicts(b"GET /v1/patients HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(v, [false]);
+        assert!(!off);
+    }
+
+    #[test]
+    fn content_length_body_is_skipped() {
+        let req = b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\n\r\n";
+        assert_eq!(verdicts(req), (vec![false, false], false));
+    }
+
+    #[test]
+    fn chunked_with_extensions_and_trailers() {
+        let req = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+            5;name=value\r\nhello\r\n1A \t;x\r\nabcdefghijklmnopqrstuvwxyz\r\n\
+            0;last\r\nX-Trailer: 1\r\nX-Other: two\r\n\r\n\
+            GET / HTTP/1.1\r\n\r\n";
+        assert_eq!(verdicts(req), (vec![false, false], false));
+    }
+
+    #[test]
+    fn pipelined_mixed_requests() {
+        let req = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n\
+            POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc\
+            POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nxyz\r\n0\r\n\r\n\
+            GET /d HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(verdicts(req), (vec![false; 4], false));
+    }
+
+    #[test]
+    fn both_headers_flag_the_request_in_either_order_and_case() {
+        for req in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nCONTENT-LENGTH: 5\r\nTRANSFER-ENCODING: chunked\r\n\r\n",
+            // Not chunked-last, bad length, HTTP/1.0: hyper rejects these itself, still flagged.
+            b"POST / HTTP/1.1\r\nContent-Length: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"POST / HTTP/1.0\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(
+                verdicts(req),
+                (vec![true], true),
+                "{}",
+                String::from_utf8_lossy(req)
+            );
+        }
+    }
+
+    #[test]
+    fn ambiguous_request_after_others_gets_its_own_index() {
+        let req = b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nok\
+            POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n";
+        assert_eq!(verdicts(req), (vec![false, false, true], true));
+    }
+
+    #[test]
+    fn request_text_inside_a_body_is_not_a_request() {
+        let inner: &[u8] =
+            b"\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut cl =
+            format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", inner.len()).into_bytes();
+        cl.extend_from_slice(inner);
+        cl.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(verdicts(&cl), (vec![false, false], false));
+
+        let mut chunked = format!(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            inner.len()
+        )
+        .into_bytes();
+        chunked.extend_from_slice(inner);
+        chunked.extend_from_slice(b"\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+        assert_eq!(verdicts(&chunked), (vec![false, false], false));
+    }
+
+    #[test]
+    fn leading_empty_lines_and_bare_lf_heads_are_followed() {
+        let req = b"\r\n\r\nGET / HTTP/1.1\r\n\r\n\nGET / HTTP/1.1\nHost: a\n\n\
+            POST / HTTP/1.1\nContent-Length: 1\nTransfer-Encoding: chunked\n\n";
+        assert_eq!(verdicts(req), (vec![false, false, true], true));
+    }
+
+    #[test]
+    fn upgrade_requests_keep_the_count() {
+        // hyper only stops parsing after a 101 (or 2xx to CONNECT); verdicts counted past
+        // that point are never asked for, so following on is safe and catches more.
+        let req = b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n\
+            POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(verdicts(req), (vec![false, true], true));
+    }
+
+    #[test]
+    fn h2_preface_turns_tracking_off() {
+        let (v, off) = verdicts(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0");
+        assert!(v.is_empty() && off);
+    }
+
+    #[test]
+    fn oversized_head_turns_tracking_off() {
+        let mut req = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        req.resize(MAX_HEAD + 10, b'a');
+        req.extend_from_slice(b"\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let (v, off) = verdicts(&req);
+        assert!(v.is_empty() && off);
+        // Exactly at the limit is still followed.
+        let mut ok = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        ok.resize(MAX_HEAD - 4, b'a');
+        ok.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(run(&[&ok]), (vec![false], false));
+    }
+
+    #[test]
+    fn garbage_turns_tracking_off() {
+        for bad in [
+            &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;a\nb\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nxy",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n11111111111111111\r\n",
+        ] {
+            assert!(verdicts(bad).1, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn too_many_headers_turns_tracking_off() {
+        let mut t = Tracker::new(MAX_HEAD, 2);
+        t.feed(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n");
+        assert!(!t.is_off());
+        t.feed(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n");
+        assert!(t.is_off());
+        assert_eq!(t.seen().requests, 1);
+    }
+
+    #[test]
+    fn large_header_limit_uses_heap_slots() {
+        let mut t = Tracker::new(MAX_HEAD, 1000);
+        let mut req = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..200 {
+            req.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        req.extend_from_slice(b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n");
+        t.feed(&req);
+        assert_eq!(t.seen().ambiguous, Some(0));
+    }
+
+    #[test]
+    fn only_head_bytes_are_buffered_across_reads() {
+        let mut t = Tracker::new(MAX_HEAD, 100);
+        t.feed(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r");
+        assert_eq!(t.head.len(), 39);
+        t.feed(&[b'\n'; 51]);
+        assert!(t.head.is_empty());
+        assert_eq!(t.state, State::Body(50));
+    }
+
+    #[test]
+    fn long_body_is_skipped_in_one_step() {
+        let mut t = Tracker::new(MAX_HEAD, 100);
+        t.feed(b"PUT / HTTP/1.1\r\nContent-Length: 1000000000000\r\n\r\n");
+        assert_eq!(t.state, State::Body(1_000_000_000_000));
+        t.feed(&[b'x'; 4096]);
+        assert_eq!(t.state, State::Body(1_000_000_000_000 - 4096));
+    }
+}

@@ -1,0 +1,109 @@
+//! Cliniko's response body on its way to the caller: bounded waiting, and decoding when
+//! Cliniko compresses despite being asked not to (so links can still be rewritten).
+
+use crate::body::Body;
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+pin_project_lite::pin_project! {
+    /// Fails the body when Cliniko sends nothing for `limit` while we are waiting on it.
+    ///
+    /// The clock runs only while a frame is awaited, so a slow *caller* (who is not polling)
+    /// never trips it; a Cliniko that stalls mid-body does, and frees the connection.
+    struct IdleLimit {
+        #[pin]
+        inner: Body,
+        #[pin]
+        sleep: Sleep,
+        limit: Duration,
+        waiting: bool,
+    }
+}
+
+/// Wraps `body` so a stall of `limit` between frames ends it with an error.
+pub fn idle_limit(body: Body, limit: Duration) -> Body {
+    Body::new(IdleLimit {
+        inner: body,
+        sleep: tokio::time::sleep(limit),
+        limit,
+        waiting: false,
+    })
+}
+
+/// The error a stalled upstream body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("Cliniko stopped sending the response body")]
+pub struct BodyStalled;
+
+impl HttpBody for IdleLimit {
+    type Data = Bytes;
+    type Error = axum_core::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        if !*this.waiting {
+            let deadline = Instant::now() + *this.limit;
+            this.sleep.as_mut().reset(deadline);
+            *this.waiting = true;
+        }
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            *this.waiting = false;
+            return Poll::Ready(frame);
+        }
+        ready!(this.sleep.poll(cx));
+        tracing::warn!("upstream body stalled; closing the response");
+        Poll::Ready(Some(Err(axum_core::Error::new(BodyStalled))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A content coding the gateway can undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    /// `gzip` / `x-gzip`.
+    Gzip,
+    /// `deflate` (zlib-wrapped, as RFC 9110 defines it).
+    Deflate,
+    /// `br`.
+    Brotli,
+}
+
+impl Coding {
+    /// Parses a single `Content-Encoding` value; stacked or unknown codings are `None`.
+    pub fn parse(v: &str) -> Option<Coding> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "gzip" | "x-gzip" => Some(Coding::Gzip),
+            "deflate" => Some(Coding::Deflate),
+            "br" => Some(Coding::Brotli),
+            _ => None,
+        }
+    }
+}
+
+/// Decodes `body`, streaming.
+pub fn decode(body: Body, coding: Coding) -> Body {
+    use async_compression::tokio::bufread::{BrotliDecoder, GzipDecoder, ZlibDecoder};
+    use tokio_util::io::{ReaderStream, StreamReader};
+    let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    match coding {
+        Coding::Gzip => Body::from_stream(ReaderStream::new(GzipDecoder::new(reader))),
+        Coding::Deflate => Body::from_stream(ReaderStream::new(ZlibDecoder::new(reader))),
+        Coding::Brotli => Body::from_stream(ReaderStream::new(BrotliDecoder::new(reader))),
+    }
+}
