@@ -21,6 +21,7 @@ pub struct RequestFacts {
     user: OnceLock<Arc<str>>,
     shard: OnceLock<Shard>,
     upstream_status: AtomicU16,
+    cache: OnceLock<&'static str>,
 }
 
 impl RequestFacts {
@@ -31,6 +32,10 @@ impl RequestFacts {
     /// Records the shard the request went to.
     pub fn set_shard(&self, shard: &Shard) {
         let _ = self.shard.set(shard.clone());
+    }
+    /// Records how the cache handled the request (HIT, MISS, REVALIDATED, BYPASS).
+    pub fn set_cache(&self, how: &'static str) {
+        let _ = self.cache.set(how);
     }
     /// Records Cliniko's status.
     pub fn set_upstream_status(&self, s: u16) {
@@ -92,6 +97,7 @@ impl Drop for Line {
             status = self.status,
             upstream_status = (up != 0).then_some(up),
             shard = self.facts.shard.get().map(Shard::as_str),
+            cache = self.facts.cache.get().copied(),
             duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
             bytes = self.bytes,
         );

@@ -51,6 +51,7 @@ pub struct Gateway {
     credentials: Arc<Credentials>,
     readiness: Arc<GatewayReadiness>,
     shutdown_delay: std::time::Duration,
+    cache: Option<Arc<crate::cache::Cache>>,
 }
 
 impl Gateway {
@@ -98,9 +99,11 @@ impl Gateway {
             authn: authn.clone(),
             draining: AtomicBool::new(false),
         });
+        let cache = crate::cache::Cache::new(&cfg.cache);
         let svc = stack::build(&Parts {
             authn,
             credentials: credentials.clone(),
+            cache: cache.clone(),
             upstream,
             readiness: readiness.clone(),
             limits: crate::guard::Limits {
@@ -120,6 +123,7 @@ impl Gateway {
             credentials,
             readiness,
             shutdown_delay: cfg.server.shutdown_delay,
+            cache,
         })
     }
 
@@ -127,6 +131,11 @@ impl Gateway {
     pub async fn bind_and_start(cfg: Config) -> Result<Gateway, StartError> {
         let listener = TcpListener::bind(cfg.server.listen).await?;
         Gateway::start(cfg, listener).await
+    }
+
+    /// The GET cache, if enabled (for purges and stats).
+    pub fn cache(&self) -> Option<&Arc<crate::cache::Cache>> {
+        self.cache.as_ref()
     }
 
     /// The address actually bound.

@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod auth;
 pub mod body;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod credentials;

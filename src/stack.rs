@@ -4,6 +4,7 @@
 use crate::access_log::AccessLogLayer;
 use crate::auth::{AuthLayer, Authenticator};
 use crate::body::Body;
+use crate::cache::{Cache, CacheLayer};
 use crate::credentials::{Credentials, CredentialsLayer};
 use crate::guard::{GuardLayer, Readiness};
 use crate::request_id::RequestIdLayer;
@@ -21,6 +22,8 @@ pub struct Parts {
     pub authn: Arc<Authenticator>,
     /// Maps users to Cliniko keys (reloadable).
     pub credentials: Arc<Credentials>,
+    /// The GET cache (`None` when disabled).
+    pub cache: Option<Arc<Cache>>,
     /// Sends requests to Cliniko.
     pub upstream: Arc<Upstream>,
     /// Whether `/readyz` says ready.
@@ -47,6 +50,9 @@ pub fn build(p: &Parts) -> GatewayService {
         .layer(AuthLayer(p.authn.clone()))
         // Which Cliniko key they use (403 no_credential).
         .layer(CredentialsLayer(p.credentials.clone()))
+        // A hit answers here: after auth (so 401/403 never touch it), before rate limits (so
+        // a hit spends no Cliniko quota). Keyed by the credential, so keys never share.
+        .layer(CacheLayer(p.cache.clone()))
         // Header rewrite, pooled rustls client, link rewriting (502/504).
         .service(UpstreamService(p.upstream.clone()));
     BoxCloneSyncService::new(svc)

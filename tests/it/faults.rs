@@ -21,12 +21,13 @@ async fn a_body_that_stalls_after_the_headers_is_cut_off() {
         ..Setup::default()
     };
     let h = Harness::start(s).await;
+    // Not a cached path, so the body streams straight through and the cut shows mid-body.
     h.sandbox("au1")
-        .set_fault("/v1/patients", Fault::StallAfterHeaders);
+        .set_fault("/v1/invoices", Fault::StallAfterHeaders);
     let started = Instant::now();
     let resp = h
         .client
-        .request(get_req(&h, "alice", "/v1/patients"))
+        .request(get_req(&h, "alice", "/v1/invoices"))
         .await
         .unwrap();
     assert_eq!(resp.status(), 200, "headers were already on their way");
@@ -36,6 +37,12 @@ async fn a_body_that_stalls_after_the_headers_is_cut_off() {
         "the caller must see the body fail, not hang"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
+    // A cached path reads the body before answering, so the caller gets a clean 502 instead.
+    h.sandbox("au1")
+        .set_fault("/v1/patients", Fault::StallAfterHeaders);
+    let got = h.get_as("alice", "/v1/patients").await;
+    assert_eq!(got.status, 502);
+    assert_eq!(got.code(), "upstream_unavailable");
     assert_eq!(
         h.get_as("carol", "/v1/patients?per_page=1").await.status,
         200
@@ -156,10 +163,11 @@ async fn garbage_resets_and_5xx_from_cliniko() {
     let got = h.get_as("alice", "/v1/patients/2").await;
     assert_eq!(got.status, 503, "Cliniko's own 5xx passes through");
     assert!(!got.headers.contains_key("x-gateway-error"));
-    sb.set_fault("/v1/patients/3", Fault::ResetMidBody);
+    // Streamed (uncached) path: the caller sees the body fail, never a complete-looking one.
+    sb.set_fault("/v1/invoices/3", Fault::ResetMidBody);
     let resp = h
         .client
-        .request(get_req(&h, "alice", "/v1/patients/3"))
+        .request(get_req(&h, "alice", "/v1/invoices/3"))
         .await;
     if let Ok(resp) = resp {
         let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
@@ -167,6 +175,10 @@ async fn garbage_resets_and_5xx_from_cliniko() {
             .unwrap();
         assert!(body.is_err(), "a truncated body must not look complete");
     }
+    // Cached path: the body is read before answering, so the reset becomes a clean 502.
+    sb.set_fault("/v1/patients/3", Fault::ResetMidBody);
+    let got = h.get_as("alice", "/v1/patients/3").await;
+    assert_eq!(got.status, 502);
     assert_eq!(
         h.get_as("alice", "/v1/patients?per_page=1").await.status,
         200

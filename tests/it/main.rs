@@ -1,6 +1,7 @@
 //! One integration-test binary (one link step instead of many; it matters on 2 cores).
 
 mod auth;
+mod cache;
 mod cli;
 mod config;
 mod faults;

@@ -22,6 +22,8 @@ pub const HMAC: &str = "test-hmac-secret-that-is-long-enough-0123456789";
 pub const MASTER: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 /// Key of user alice (au1).
 pub const KEY_ALICE: &str = "alicekey0000000000000000-au1";
+/// Key of user dave: another account on the au1 stand-in.
+pub const KEY_DAVE: &str = "davekey00000000000000000-au1";
 /// Key of user carol (uk2, another shard).
 pub const KEY_CAROL: &str = "carolkey0000000000000000-uk2";
 
@@ -210,6 +212,14 @@ format = "text"
         if let Some(gw) = self.gw.take() {
             gw.shutdown().await;
         }
+    }
+
+    /// The gateway's cache (panics when disabled).
+    pub fn cache(&self) -> &std::sync::Arc<cliniko_gateway::cache::Cache> {
+        self.gw
+            .as_ref()
+            .and_then(|g| g.cache())
+            .expect("cache enabled")
     }
 
     /// The stand-in for `shard`.

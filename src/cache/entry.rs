@@ -1,0 +1,153 @@
+//! What the cache stores and under which key.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, header};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A keyed hash standing for one Cliniko API key (never the key itself).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CredentialId(pub [u8; 32]);
+
+impl std::fmt::Debug for CredentialId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CredentialId({})", hex::encode(&self.0[..4]))
+    }
+}
+
+/// Credential + target + `Accept`: two different keys can never share a key.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct CacheKey {
+    /// Who fetched it.
+    pub credential: CredentialId,
+    /// Path and query exactly as received (Cliniko's queries are not normalisable safely).
+    pub target: Arc<str>,
+    /// The caller's `Accept`, if any.
+    pub accept: Option<HeaderValue>,
+}
+
+impl CacheKey {
+    /// The path part of the target.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+}
+
+/// One stored 200 answer, links already rewritten.
+#[derive(Debug)]
+pub struct Entry {
+    /// Response headers (hop-by-hop and length headers removed).
+    pub headers: HeaderMap,
+    /// The body, shared without copying.
+    pub body: Bytes,
+    /// When it was fetched or last revalidated.
+    pub stored: Instant,
+    /// Fresh for this long.
+    pub ttl: Duration,
+    /// Kept this long past `ttl` when it has an ETag, for revalidation.
+    pub window: Duration,
+}
+
+impl Entry {
+    /// The entry's ETag, if Cliniko sent one.
+    pub fn etag(&self) -> Option<&HeaderValue> {
+        self.headers.get(header::ETAG)
+    }
+
+    /// Still within its TTL.
+    pub fn is_fresh(&self) -> bool {
+        self.stored.elapsed() < self.ttl
+    }
+
+    /// Seconds since it was fetched or revalidated, for `Age`.
+    pub fn age_secs(&self) -> u64 {
+        self.stored.elapsed().as_secs()
+    }
+
+    /// The same entry, confirmed fresh now (after a 304).
+    pub fn revalidated(&self) -> Entry {
+        Entry {
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            stored: Instant::now(),
+            ttl: self.ttl,
+            window: self.window,
+        }
+    }
+
+    /// Bytes charged against the capacity: body, headers, key, and bookkeeping.
+    pub fn weight(&self, key: &CacheKey) -> u32 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        let key_len = key.target.len() + key.accept.as_ref().map_or(0, HeaderValue::len) + 64;
+        let total = self.body.len() + headers + key_len + 128;
+        u32::try_from(total).unwrap_or(u32::MAX)
+    }
+
+    /// How long moka keeps it: the TTL, plus the revalidation window when it has an ETag.
+    fn lifetime(&self) -> Duration {
+        if self.etag().is_some() {
+            self.ttl + self.window
+        } else {
+            self.ttl
+        }
+    }
+}
+
+/// moka expiry policy: each entry lives for its own lifetime from its (re)insertion.
+pub(super) struct Lifetime;
+
+impl moka::Expiry<CacheKey, Arc<Entry>> for Lifetime {
+    fn expire_after_create(
+        &self,
+        _k: &CacheKey,
+        v: &Arc<Entry>,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(v.lifetime())
+    }
+
+    fn expire_after_update(
+        &self,
+        _k: &CacheKey,
+        v: &Arc<Entry>,
+        _now: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.lifetime())
+    }
+}
+
+/// Weak comparison of a caller's `If-None-Match` against an ETag (RFC 9110 §13.1.2).
+pub fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
+    let Ok(list) = if_none_match.to_str() else {
+        return false;
+    };
+    let Ok(etag) = etag.to_str() else {
+        return false;
+    };
+    let opaque = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    let ours = opaque(etag);
+    list.split(',')
+        .any(|t| t.trim() == "*" || opaque(t) == ours)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weak_etag_comparison() {
+        let e = HeaderValue::from_static("W/\"abc\"");
+        assert!(etag_matches(&HeaderValue::from_static("\"abc\""), &e));
+        assert!(etag_matches(
+            &HeaderValue::from_static("\"x\", W/\"abc\""),
+            &e
+        ));
+        assert!(etag_matches(&HeaderValue::from_static("*"), &e));
+        assert!(!etag_matches(&HeaderValue::from_static("\"abcd\""), &e));
+    }
+}

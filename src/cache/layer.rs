@@ -1,0 +1,401 @@
+//! The cache as a tower layer: answers hits, fills misses (single flight), revalidates stale
+//! entries with their ETag, and invalidates after writes.
+
+use super::Cache;
+use super::entry::{CacheKey, Entry, etag_matches};
+use super::flight::Landed;
+use crate::access_log::facts;
+use crate::body::Body;
+use crate::credentials::Credential;
+use crate::error::GatewayError;
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tower::{Service, ServiceExt};
+
+/// Response header saying how the cache handled a request.
+pub const X_CACHE: &str = "x-cache";
+
+/// Layer that installs [`CacheService`]; with no cache (disabled) it passes requests through.
+#[derive(Clone)]
+pub struct CacheLayer(pub Option<Arc<Cache>>);
+
+impl<S> tower::Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+    fn layer(&self, inner: S) -> CacheService<S> {
+        CacheService {
+            inner,
+            cache: self.0.clone(),
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Clone)]
+pub struct CacheService<S> {
+    inner: S,
+    cache: Option<Arc<Cache>>,
+}
+
+impl<S> Service<Request<Body>> for CacheService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = BoxFuture<'static, Result<Response<Body>, GatewayError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        match self.cache.clone() {
+            None => Box::pin(inner.oneshot(req)),
+            Some(cache) => Box::pin(handle(cache, inner, req)),
+        }
+    }
+}
+
+/// The caller's `Cache-Control` directives that matter to us.
+fn directives(h: &HeaderMap) -> (bool, bool) {
+    let mut no_cache = false;
+    let mut no_store = false;
+    for v in h.get_all(header::CACHE_CONTROL) {
+        for d in v.to_str().unwrap_or("").split(',') {
+            let d = d.trim();
+            no_cache |= d.eq_ignore_ascii_case("no-cache") || d.eq_ignore_ascii_case("max-age=0");
+            no_store |= d.eq_ignore_ascii_case("no-store");
+        }
+    }
+    (no_cache, no_store)
+}
+
+async fn handle<S>(
+    cache: Arc<Cache>,
+    inner: S,
+    req: Request<Body>,
+) -> Result<Response<Body>, GatewayError>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let method = req.method().clone();
+    if method != Method::GET && method != Method::HEAD {
+        let is_write = matches!(
+            method,
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        );
+        let path = req.uri().path().to_string();
+        let resp = inner.oneshot(req).await?;
+        if is_write && resp.status().is_success() {
+            cache.invalidate_after_write(&path);
+        }
+        return Ok(resp);
+    }
+    let (no_cache, no_store) = directives(req.headers());
+    let ttl = cache.ttl_for(req.uri().path());
+    let cred = req.extensions().get::<Arc<Credential>>().cloned();
+    let (Some(ttl), Some(cred), false) = (ttl, cred, no_store) else {
+        cache.stats.bypasses.fetch_add(1, Ordering::Relaxed);
+        return Ok(mark(inner.oneshot(req).await?, "BYPASS", None));
+    };
+    let key = CacheKey {
+        credential: cache.credential_id(cred.key.expose()),
+        target: req.uri().path_and_query().map_or("", |p| p.as_str()).into(),
+        accept: req.headers().get(header::ACCEPT).cloned(),
+    };
+    let is_head = method == Method::HEAD;
+    let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
+    let request_facts = facts(&req);
+    let template = Template::of(&req);
+    drop(req);
+
+    if !no_cache && let Some(entry) = cache.store.get(&key).await {
+        if entry.is_fresh() {
+            cache.stats.hits.fetch_add(1, Ordering::Relaxed);
+            note(&request_facts, "HIT");
+            return Ok(serve(&entry, "HIT", is_head, if_none_match.as_ref()));
+        }
+        if let Some(etag) = entry.etag().cloned() {
+            return revalidate(
+                &cache,
+                inner,
+                &template,
+                key,
+                &entry,
+                etag,
+                ttl,
+                is_head,
+                if_none_match,
+                &request_facts,
+            )
+            .await;
+        }
+    }
+
+    // Miss (or the caller asked for a fresh copy): one request upstream per key at a time.
+    cache.stats.misses.fetch_add(1, Ordering::Relaxed);
+    note(&request_facts, "MISS");
+    let mut own: Option<Response<Body>> = None;
+    let fetch = {
+        let (cache, key, runner, template, own_slot) = (
+            cache.clone(),
+            key.clone(),
+            inner.clone(),
+            &template,
+            &mut own,
+        );
+        move || async move {
+            // Someone may have filled it between our lookup and joining the flight.
+            if !no_cache
+                && let Some(e) = cache.store.get(&key).await
+                && e.is_fresh()
+            {
+                return Landed::Entry(e);
+            }
+            let epoch = cache.epoch.load(Ordering::Acquire);
+            match runner.oneshot(template.build(None)).await {
+                Err(e) => Landed::Failed(e),
+                Ok(resp) => match store(&cache, key.clone(), resp, ttl, epoch).await {
+                    Ok(entry) => Landed::Entry(entry),
+                    Err(NotStored::Pass(resp)) => {
+                        *own_slot = Some(resp);
+                        Landed::Uncacheable
+                    }
+                    Err(NotStored::Broken) => Landed::Failed(GatewayError::UpstreamUnavailable),
+                },
+            }
+        }
+    };
+    let landed = cache.flights.run(&key, fetch).await;
+    match landed {
+        Landed::Entry(e) => Ok(serve(&e, "MISS", is_head, if_none_match.as_ref())),
+        Landed::Failed(e) => Err(e),
+        Landed::Uncacheable => {
+            let resp = match own {
+                Some(resp) => resp,
+                // We waited on someone else's uncacheable answer: ask Cliniko ourselves.
+                None => inner.oneshot(template.build(if_none_match)).await?,
+            };
+            Ok(mark(headless(resp, is_head), "MISS", None))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn revalidate<S>(
+    cache: &Cache,
+    inner: S,
+    template: &Template,
+    key: CacheKey,
+    entry: &Entry,
+    etag: HeaderValue,
+    ttl: Duration,
+    is_head: bool,
+    if_none_match: Option<HeaderValue>,
+    request_facts: &Option<Arc<crate::access_log::RequestFacts>>,
+) -> Result<Response<Body>, GatewayError>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError> + Send + 'static,
+    S::Future: Send,
+{
+    let epoch = cache.epoch.load(Ordering::Acquire);
+    let resp = inner.oneshot(template.build(Some(etag))).await?;
+    if resp.status() == StatusCode::NOT_MODIFIED {
+        cache.stats.revalidated.fetch_add(1, Ordering::Relaxed);
+        note(request_facts, "REVALIDATED");
+        let fresh = Arc::new(entry.revalidated());
+        if cache.epoch.load(Ordering::Acquire) == epoch {
+            cache.store.insert(key, fresh.clone()).await;
+        }
+        return Ok(serve(
+            &fresh,
+            "REVALIDATED",
+            is_head,
+            if_none_match.as_ref(),
+        ));
+    }
+    cache.stats.misses.fetch_add(1, Ordering::Relaxed);
+    note(request_facts, "MISS");
+    match store(cache, key, resp, ttl, epoch).await {
+        Ok(e) => Ok(serve(&e, "MISS", is_head, if_none_match.as_ref())),
+        Err(NotStored::Pass(resp)) => Ok(mark(headless(resp, is_head), "MISS", None)),
+        Err(NotStored::Broken) => Err(GatewayError::UpstreamUnavailable),
+    }
+}
+
+/// What is needed to send the same GET again (bodies of cacheable GETs are ignored).
+struct Template {
+    uri: http::Uri,
+    headers: HeaderMap,
+    extensions: http::Extensions,
+}
+
+impl Template {
+    fn of(req: &Request<Body>) -> Template {
+        let mut headers = req.headers().clone();
+        // The fill must get a full 200, not a 304 to the caller's own validators.
+        headers.remove(header::IF_NONE_MATCH);
+        headers.remove(header::IF_MODIFIED_SINCE);
+        Template {
+            uri: req.uri().clone(),
+            headers,
+            extensions: req.extensions().clone(),
+        }
+    }
+
+    fn build(&self, if_none_match: Option<HeaderValue>) -> Request<Body> {
+        let mut r = Request::new(Body::empty());
+        *r.method_mut() = Method::GET;
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        if let Some(v) = if_none_match {
+            r.headers_mut().insert(header::IF_NONE_MATCH, v);
+        }
+        *r.extensions_mut() = self.extensions.clone();
+        r
+    }
+}
+
+/// Why a response was not stored.
+enum NotStored {
+    /// Not cacheable (status, `no-store`, too big): pass it on as it is, still streaming.
+    Pass(Response<Body>),
+    /// Cliniko's body failed before we sent anything: the caller gets a clean 502.
+    Broken,
+}
+
+/// Stores a 200 whose body fits; anything else comes back to be passed on.
+async fn store(
+    cache: &Cache,
+    key: CacheKey,
+    resp: Response<Body>,
+    ttl: Duration,
+    epoch: u64,
+) -> Result<Arc<Entry>, NotStored> {
+    let uncacheable = resp.status() != StatusCode::OK
+        || resp
+            .headers()
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .any(|v| v.to_str().unwrap_or("").contains("no-store"));
+    if uncacheable {
+        return Err(NotStored::Pass(resp));
+    }
+    let (mut parts, body) = resp.into_parts();
+    let body = match collect_limited(body, cache.max_entry).await {
+        Collected::Whole(b) => b,
+        Collected::TooBig(rest) => return Err(NotStored::Pass(Response::from_parts(parts, rest))),
+        Collected::Failed => return Err(NotStored::Broken),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts.headers.remove(header::AGE);
+    parts.headers.remove(X_CACHE);
+    let entry = Arc::new(Entry {
+        headers: parts.headers,
+        body,
+        stored: Instant::now(),
+        ttl,
+        window: cache.window,
+    });
+    // A write that landed while we fetched may have made this copy stale: serve, don't keep.
+    if cache.epoch.load(Ordering::Acquire) == epoch {
+        cache.store.insert(key, entry.clone()).await;
+    }
+    Ok(entry)
+}
+
+enum Collected {
+    Whole(Bytes),
+    /// Over the limit: the part read so far, chained with the rest, still streaming.
+    TooBig(Body),
+    /// The upstream body failed.
+    Failed,
+}
+
+async fn collect_limited(mut body: Body, max: usize) -> Collected {
+    let mut buf = BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return Collected::Whole(buf.freeze()),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > max {
+                        return Collected::TooBig(prepend(buf.freeze(), body));
+                    }
+                }
+            }
+            Some(Err(_)) => return Collected::Failed,
+        }
+    }
+}
+
+/// `head` followed by the rest of `tail`, streaming.
+fn prepend(head: Bytes, tail: Body) -> Body {
+    use futures_util::StreamExt;
+    let first = futures_util::stream::once(async move { Ok(http_body::Frame::data(head)) });
+    let rest = http_body_util::BodyStream::new(tail);
+    Body::new(http_body_util::StreamBody::new(first.chain(rest)))
+}
+
+/// Builds the answer from an entry: 304 when the caller's validator matches, else the body
+/// (shared, not copied); HEAD gets the headers only.
+fn serve(e: &Entry, how: &'static str, is_head: bool, inm: Option<&HeaderValue>) -> Response<Body> {
+    let not_modified = matches!((inm, e.etag()), (Some(i), Some(t)) if etag_matches(i, t));
+    let mut resp = if not_modified || is_head {
+        Response::new(Body::empty())
+    } else {
+        Response::new(Body::from(e.body.clone()))
+    };
+    *resp.headers_mut() = e.headers.clone();
+    if not_modified {
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        resp.headers_mut().remove(header::CONTENT_TYPE);
+    } else {
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(e.body.len()));
+    }
+    mark(resp, how, Some(e.age_secs()))
+}
+
+/// A HEAD caller answered from a GET gets the GET's headers and no body.
+fn headless(resp: Response<Body>, is_head: bool) -> Response<Body> {
+    if is_head {
+        resp.map(|_| Body::empty())
+    } else {
+        resp
+    }
+}
+
+fn mark(mut resp: Response<Body>, how: &'static str, age: Option<u64>) -> Response<Body> {
+    resp.headers_mut()
+        .insert(X_CACHE, HeaderValue::from_static(how));
+    if let Some(age) = age {
+        resp.headers_mut()
+            .insert(header::AGE, HeaderValue::from(age));
+    }
+    resp
+}
+
+fn note(f: &Option<Arc<crate::access_log::RequestFacts>>, how: &'static str) {
+    if let Some(f) = f {
+        f.set_cache(how);
+    }
+}

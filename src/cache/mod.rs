@@ -1,0 +1,239 @@
+//! Step 4 of the journey, after credentials and before rate limits: the in-memory GET cache.
+//!
+//! Patient data lives here, so isolation comes first: every entry is keyed by a keyed hash of
+//! the Cliniko API key that fetched it (HMAC-SHA256 under a per-process random key, never the
+//! key itself), plus path, query and `Accept`. Two users sharing one key share entries; users
+//! with different keys never do. Only 200 answers to GET on configured paths are stored, with
+//! links already rewritten, bounded in bytes (not entries). Concurrent misses for one key send
+//! one request upstream. A successful write drops every credential's entries of that resource
+//! type, and an epoch counter stops a fill that raced with a write from storing stale data.
+
+mod entry;
+mod flight;
+mod layer;
+
+pub use entry::{CacheKey, CredentialId, Entry};
+pub use layer::CacheLayer;
+
+use crate::config::{CacheConfig, CacheRule};
+use aws_lc_rs::hmac;
+use entry::Lifetime;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Counters for metrics and tests.
+#[derive(Default, Debug)]
+pub struct CacheStats {
+    /// Served from memory.
+    pub hits: AtomicU64,
+    /// Fetched upstream (stored or not).
+    pub misses: AtomicU64,
+    /// Stale entries confirmed by a 304.
+    pub revalidated: AtomicU64,
+    /// Requests the cache did not handle (path not enabled, `no-store`).
+    pub bypasses: AtomicU64,
+    /// Entries evicted to stay under the byte bound.
+    pub evictions: AtomicU64,
+}
+
+/// The cache: storage, rules, single flight and the write epoch. Built once at start-up.
+pub struct Cache {
+    store: moka::future::Cache<CacheKey, Arc<Entry>>,
+    rules: Vec<CacheRule>,
+    max_entry: usize,
+    window: Duration,
+    hmac: hmac::Key,
+    flights: flight::Flights,
+    epoch: AtomicU64,
+    stats: Arc<CacheStats>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("entries", &self.store.entry_count())
+            .field("weighted_size", &self.store.weighted_size())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    /// Builds the cache, or `None` when disabled.
+    pub fn new(cfg: &CacheConfig) -> Option<Arc<Cache>> {
+        if !cfg.enabled {
+            return None;
+        }
+        let stats = Arc::new(CacheStats::default());
+        let on_evict = stats.clone();
+        let store = moka::future::Cache::builder()
+            .max_capacity(cfg.capacity_bytes)
+            .weigher(|k: &CacheKey, v: &Arc<Entry>| v.weight(k))
+            .expire_after(Lifetime)
+            .support_invalidation_closures()
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    on_evict.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build();
+        let mut rules = cfg.rules.clone();
+        // Longest prefix first, so the most specific rule wins.
+        rules.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let hmac = hmac::Key::generate(hmac::HMAC_SHA256, &rng).ok()?;
+        Some(Arc::new(Cache {
+            store,
+            rules,
+            max_entry: usize::try_from(cfg.max_entry_bytes).unwrap_or(usize::MAX),
+            window: cfg.revalidate_window,
+            hmac,
+            flights: flight::Flights::default(),
+            epoch: AtomicU64::new(0),
+            stats,
+        }))
+    }
+
+    /// The TTL for `path`, or `None` when it is not cached.
+    pub fn ttl_for(&self, path: &str) -> Option<Duration> {
+        self.rules
+            .iter()
+            .find(|r| under(path, &r.prefix))
+            .map(|r| r.ttl)
+            .filter(|t| !t.is_zero())
+    }
+
+    /// The keyed hash that stands for an API key in cache keys.
+    pub fn credential_id(&self, api_key: &str) -> CredentialId {
+        let tag = hmac::sign(&self.hmac, api_key.as_bytes());
+        let mut id = [0u8; 32];
+        id.copy_from_slice(tag.as_ref());
+        CredentialId(id)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    /// Bytes currently held (after pending maintenance).
+    pub async fn weighted_size(&self) -> u64 {
+        self.store.run_pending_tasks().await;
+        self.store.weighted_size()
+    }
+
+    /// Number of entries (after pending maintenance).
+    pub async fn entry_count(&self) -> u64 {
+        self.store.run_pending_tasks().await;
+        self.store.entry_count()
+    }
+
+    /// Drops every entry.
+    pub fn purge_all(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.store.invalidate_all();
+    }
+
+    /// Drops every entry fetched with one API key.
+    pub fn purge_credential(&self, id: CredentialId) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let _ = self
+            .store
+            .invalidate_entries_if(move |k, _| k.credential == id);
+    }
+
+    /// Drops every entry (any credential) whose path is `prefix` or below it.
+    pub fn purge_prefix(&self, prefix: &str) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let prefix = prefix.trim_end_matches('/').to_string();
+        let _ = self
+            .store
+            .invalidate_entries_if(move |k, _| under(k.path(), &prefix));
+    }
+
+    /// After a successful write: drop the resource type for every credential, since other keys
+    /// may have cached the same record (e.g. PATCH /v1/patients/7 drops /v1/patients…).
+    pub fn invalidate_after_write(&self, path: &str) {
+        for prefix in write_scope(path) {
+            self.purge_prefix(&prefix);
+        }
+    }
+}
+
+/// `path` is `prefix` or below it on a segment boundary.
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+}
+
+/// The cached paths a write to `path` can make stale.
+fn write_scope(path: &str) -> Vec<String> {
+    let Some(resource) = path
+        .strip_prefix("/v1/")
+        .and_then(|p| p.split(['/', '?']).next())
+        .filter(|r| !r.is_empty())
+    else {
+        return vec![];
+    };
+    let mut scope = vec![format!("/v1/{resource}")];
+    // The legacy `/appointments` union shows every kind of appointment.
+    if matches!(
+        resource,
+        "individual_appointments" | "group_appointments" | "attendees" | "unavailable_blocks"
+    ) {
+        scope.push("/v1/appointments".into());
+        scope.push("/v1/bookings".into());
+    }
+    // Patients appear inside appointment and attendee answers only as links, which do not change.
+    scope
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_match_whole_segments_and_the_longest_wins() {
+        let mut cfg = CacheConfig::default();
+        cfg.rules.push(CacheRule {
+            prefix: "/v1/patients/export".into(),
+            ttl: Duration::ZERO,
+        });
+        let c = Cache::new(&cfg).unwrap();
+        assert_eq!(c.ttl_for("/v1/patients"), Some(Duration::from_secs(10)));
+        assert_eq!(c.ttl_for("/v1/patients/7"), Some(Duration::from_secs(10)));
+        assert_eq!(c.ttl_for("/v1/patientsx"), None);
+        assert_eq!(c.ttl_for("/v1/patients/export"), None);
+        assert_eq!(
+            c.ttl_for("/v1/practitioners/1"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(c.ttl_for("/v1/invoices"), None);
+    }
+
+    #[test]
+    fn credential_ids_are_keyed_and_distinct() {
+        let c = Cache::new(&CacheConfig::default()).unwrap();
+        let d = Cache::new(&CacheConfig::default()).unwrap();
+        assert_eq!(c.credential_id("k-au1"), c.credential_id("k-au1"));
+        assert_ne!(c.credential_id("k-au1"), c.credential_id("j-au1"));
+        assert_ne!(
+            c.credential_id("k-au1"),
+            d.credential_id("k-au1"),
+            "per-process key"
+        );
+    }
+
+    #[test]
+    fn writes_invalidate_their_resource_type() {
+        assert_eq!(write_scope("/v1/patients/7"), vec!["/v1/patients"]);
+        assert_eq!(write_scope("/v1/patients/7/archive"), vec!["/v1/patients"]);
+        assert!(
+            write_scope("/v1/individual_appointments/3/cancel")
+                .contains(&"/v1/appointments".to_string())
+        );
+        assert!(write_scope("/v1").is_empty());
+        assert!(under("/v1/patients?page=2", "/v1/patients"));
+        assert!(!under("/v1/patients_x", "/v1/patients"));
+    }
+}
