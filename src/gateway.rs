@@ -52,6 +52,7 @@ pub struct Gateway {
     readiness: Arc<GatewayReadiness>,
     shutdown_delay: std::time::Duration,
     cache: Option<Arc<crate::cache::Cache>>,
+    admin_addr: Option<SocketAddr>,
 }
 
 impl Gateway {
@@ -114,6 +115,19 @@ impl Gateway {
         let (tx, rx) = watch::channel(false);
         let settings = ConnSettings::new(&cfg.server, tls);
         let grace = cfg.server.shutdown_grace;
+        let admin_addr = match (
+            cfg.admin.listen,
+            crate::admin::Admin::new(&cfg.admin, credentials.clone(), cache.clone()),
+        ) {
+            (Some(addr), Some(admin)) => {
+                let l = TcpListener::bind(addr).await?;
+                let bound = l.local_addr()?;
+                tokio::spawn(admin.serve(l, rx.clone()));
+                tracing::info!(admin_addr = %bound, "admin listening");
+                Some(bound)
+            }
+            _ => None,
+        };
         let task = tokio::spawn(server::serve(listener, settings, svc, rx, grace));
         tracing::info!(%local_addr, "gateway listening");
         Ok(Gateway {
@@ -124,6 +138,7 @@ impl Gateway {
             readiness,
             shutdown_delay: cfg.server.shutdown_delay,
             cache,
+            admin_addr,
         })
     }
 
@@ -136,6 +151,11 @@ impl Gateway {
     /// The GET cache, if enabled (for purges and stats).
     pub fn cache(&self) -> Option<&Arc<crate::cache::Cache>> {
         self.cache.as_ref()
+    }
+
+    /// The admin listener's address, when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The address actually bound.

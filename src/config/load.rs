@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 pub const ENV_PREFIX: &str = "CLINIKO_GATEWAY__";
 /// Environment variable holding the JWT HMAC secret.
 pub const ENV_HMAC_SECRET: &str = "CLINIKO_GATEWAY_HMAC_SECRET";
+/// Environment variable holding the admin bearer token.
+pub const ENV_ADMIN_TOKEN: &str = "CLINIKO_GATEWAY_ADMIN_TOKEN";
 /// Environment variable holding the key-store master key (base64 or hex of 32 bytes).
 pub const ENV_MASTER_KEY: &str = "CLINIKO_GATEWAY_MASTER_KEY";
 
@@ -127,6 +129,13 @@ fn refuse_inline_secrets(t: &toml::Table) -> Result<(), ConfigError> {
             format!("set {ENV_HMAC_SECRET} or point auth.hmac_secret_file at a file"),
         ));
     }
+    if has("admin", "token") {
+        return Err(ConfigError::new(
+            "admin.token",
+            "secrets are never read from the config file",
+            format!("set {ENV_ADMIN_TOKEN} or point admin.token_file at a file"),
+        ));
+    }
     if has("keystore", "master_key") {
         return Err(ConfigError::new(
             "keystore.master_key",
@@ -197,6 +206,7 @@ fn resolve_paths(cfg: &mut Config, base: &Path) {
     fix(&mut cfg.keystore.path);
     fix_opt(&mut cfg.keystore.master_key_file);
     fix_opt(&mut cfg.upstream.ca_file);
+    fix_opt(&mut cfg.admin.token_file);
 }
 
 fn read_secret(
@@ -226,6 +236,18 @@ fn resolve_secrets(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
         env,
     )? {
         cfg.auth.hmac_secret = Some(SecretSlice::from(s.into_bytes()));
+    }
+    if cfg.admin.listen.is_some() {
+        let token = read_secret("admin.token_file", cfg.admin.token_file.as_deref(), ENV_ADMIN_TOKEN, env)?
+            .filter(|t| t.len() >= 32)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "admin.token",
+                    "the admin listener needs a bearer token of at least 32 characters",
+                    format!("set {ENV_ADMIN_TOKEN} (or admin.token_file), e.g. from `openssl rand -base64 32`"),
+                )
+            })?;
+        cfg.admin.token = Some(secrecy::SecretString::from(token));
     }
     let field = if cfg.keystore.master_key_file.is_some() {
         "keystore.master_key_file"

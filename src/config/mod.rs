@@ -33,9 +33,25 @@ pub struct Config {
     /// The GET response cache.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// The admin listener (off unless `listen` is set).
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+}
+
+/// The admin listener: separate address, own bearer token.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where admin routes listen (keep it on loopback or a private network); off when unset.
+    pub listen: Option<SocketAddr>,
+    /// File holding the admin bearer token (else `CLINIKO_GATEWAY_ADMIN_TOKEN`).
+    pub token_file: Option<PathBuf>,
+    /// Resolved at load. Never in the file.
+    #[serde(skip)]
+    pub token: Option<secrecy::SecretString>,
 }
 
 /// The in-memory GET cache.

@@ -62,6 +62,17 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     if s.max_headers == 0 || s.max_headers > 1000 {
         return Err(err("server.max_headers", "out of range", "use 1 to 1000"));
     }
+    // Port 0 means "any free port", so two zeros never collide.
+    if let Some(admin) = c.admin.listen
+        && admin == s.listen
+        && admin.port() != 0
+    {
+        return Err(err(
+            "admin.listen",
+            "must differ from server.listen: the proxy port never serves admin routes",
+            "use another port, e.g. 127.0.0.1:9901",
+        ));
+    }
     if s.max_connections == 0 {
         return Err(err(
             "server.max_connections",

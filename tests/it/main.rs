@@ -1,5 +1,6 @@
 //! One integration-test binary (one link step instead of many; it matters on 2 cores).
 
+mod admin;
 mod auth;
 mod cache;
 mod cli;

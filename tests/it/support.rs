@@ -214,6 +214,21 @@ format = "text"
         }
     }
 
+    /// `http://<admin address>` (panics when the admin listener is off).
+    pub fn admin_base(&self) -> String {
+        let addr = self
+            .gw
+            .as_ref()
+            .and_then(|g| g.admin_addr())
+            .expect("admin enabled");
+        format!("http://{addr}")
+    }
+
+    /// The config directory (key store, CA file).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// The gateway's cache (panics when disabled).
     pub fn cache(&self) -> &std::sync::Arc<cliniko_gateway::cache::Cache> {
         self.gw

@@ -1,0 +1,188 @@
+//! The admin surface: a separate listener (loopback by default) with its own bearer token.
+//! The proxy port never serves these routes.
+//!
+//! - `POST /admin/cache/purge?all=true` | `?user=<name>` | `?prefix=/v1/patients`
+//! - `POST /admin/reload`: re-read the key store (a bad file is refused; the old one stays)
+//! - `GET /admin/keys`: users, key ids, fingerprints and shards — never keys
+
+use crate::body::Body;
+use crate::cache::Cache;
+use crate::config::AdminConfig;
+use crate::credentials::Credentials;
+use http::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Everything the admin routes act on.
+pub struct Admin {
+    token: SecretString,
+    credentials: Arc<Credentials>,
+    cache: Option<Arc<Cache>>,
+}
+
+impl Admin {
+    /// Builds the admin state; the token comes from config resolution, never the file.
+    pub fn new(
+        cfg: &AdminConfig,
+        credentials: Arc<Credentials>,
+        cache: Option<Arc<Cache>>,
+    ) -> Option<Arc<Admin>> {
+        let token = cfg.token.as_ref()?.expose_secret().to_string();
+        Some(Arc::new(Admin {
+            token: SecretString::from(token),
+            credentials,
+            cache,
+        }))
+    }
+
+    /// Serves admin requests on `listener` until `shutdown` flips.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let (tcp, _) = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                },
+            };
+            let admin = self.clone();
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.handle(req).await) }
+            });
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    }
+
+    fn authorized<B>(&self, req: &Request<B>) -> bool {
+        let Some(given) = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        // Constant time: the token is a shared secret.
+        aws_lc_rs::constant_time::verify_slices_are_equal(
+            given.as_bytes(),
+            self.token.expose_secret().as_bytes(),
+        )
+        .is_ok()
+    }
+
+    async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+        if !self.authorized(&req) {
+            return reply(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": {"code": "admin_unauthorized", "message": "send Authorization: Bearer <admin token>"}}),
+            );
+        }
+        let query: Vec<(String, String)> =
+            form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
+        let arg = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        match (req.method(), req.uri().path()) {
+            (&Method::POST, "/admin/cache/purge") => {
+                self.purge(arg("all"), arg("user"), arg("prefix"))
+            }
+            (&Method::POST, "/admin/reload") => {
+                let creds = self.credentials.clone();
+                match tokio::task::spawn_blocking(move || creds.reload()).await {
+                    Ok(Ok(users)) => {
+                        tracing::info!(users, "key store reloaded (admin)");
+                        reply(StatusCode::OK, json!({"reloaded": true, "users": users}))
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "key store reload failed; keeping the previous store");
+                        reply(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            json!({"error": {"code": "reload_failed", "message": e.to_string()}}),
+                        )
+                    }
+                    Err(_) => reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        json!({"error": {"code": "internal"}}),
+                    ),
+                }
+            }
+            (&Method::GET, "/admin/keys") => {
+                let store = self.credentials.current();
+                let mut users: Vec<_> = store
+                    .users()
+                    .map(|(u, c)| json!({"user": u, "key_id": &*c.key_id, "fingerprint": &*c.fingerprint, "shard": c.shard.as_str(), "cliniko_user": c.cliniko_user.as_deref()}))
+                    .collect();
+                users.sort_by(|a, b| a["user"].as_str().cmp(&b["user"].as_str()));
+                reply(StatusCode::OK, json!({"users": users}))
+            }
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                json!({"error": {"code": "route_not_found"}}),
+            ),
+        }
+    }
+
+    fn purge(&self, all: Option<&str>, user: Option<&str>, prefix: Option<&str>) -> Response<Body> {
+        let Some(cache) = &self.cache else {
+            return reply(
+                StatusCode::CONFLICT,
+                json!({"error": {"code": "cache_disabled"}}),
+            );
+        };
+        match (all, user, prefix) {
+            (Some("true"), None, None) => {
+                cache.purge_all();
+                reply(StatusCode::OK, json!({"purged": "all"}))
+            }
+            (None, Some(u), None) => match self.credentials.lookup(u) {
+                Some(c) => {
+                    cache.purge_credential(cache.credential_id(c.key.expose()));
+                    reply(
+                        StatusCode::OK,
+                        json!({"purged": "credential", "key_id": &*c.key_id}),
+                    )
+                }
+                None => reply(
+                    StatusCode::NOT_FOUND,
+                    json!({"error": {"code": "no_credential"}}),
+                ),
+            },
+            (None, None, Some(p)) if p == "/v1" || p.starts_with("/v1/") => {
+                cache.purge_prefix(p);
+                reply(StatusCode::OK, json!({"purged": "prefix", "prefix": p}))
+            }
+            _ => reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": {"code": "bad_purge", "message": "give exactly one of all=true, user=<name>, prefix=/v1/..."}}),
+            ),
+        }
+    }
+}
+
+fn reply(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::from(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
+}
