@@ -88,9 +88,9 @@ enum KeysAction {
 enum TokenAction {
     /// Mint an HS-signed token with the configured HMAC secret (development only).
     Mint {
-        /// Config file.
+        /// Config file (for the HMAC secret; not needed with --signing-key).
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Subject (user).
         #[arg(long)]
         sub: String,
@@ -100,6 +100,18 @@ enum TokenAction {
         /// Extra claims as key=value (value parsed as JSON when possible).
         #[arg(long = "claim")]
         claims: Vec<String>,
+        /// Sign with this PEM private key instead of the HMAC secret (with --alg).
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+        /// Algorithm for --signing-key, e.g. RS256, ES256, EdDSA.
+        #[arg(long, default_value = "RS256")]
+        alg: String,
+        /// `kid` header to set.
+        #[arg(long)]
+        kid: Option<String>,
+        /// How many tokens to print, one per line, each with its own `jti` (for load tests).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
     },
 }
 
@@ -288,28 +300,11 @@ fn token(action: TokenAction) -> ExitCode {
         sub,
         ttl,
         claims,
+        signing_key,
+        alg,
+        kid,
+        count,
     } = action;
-    let cfg = match load(&config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let Some(secret) = &cfg.auth.hmac_secret else {
-        eprintln!(
-            "{}",
-            ConfigError::new(
-                "auth.hmac_secret",
-                "token mint needs the HMAC secret",
-                "set CLINIKO_GATEWAY_HMAC_SECRET"
-            )
-        );
-        return ExitCode::from(64);
-    };
-    let alg = cfg
-        .auth
-        .hmac_algorithms
-        .first()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(jsonwebtoken::Algorithm::HS256);
     let mut map = serde_json::Map::new();
     for c in claims {
         let Some((k, v)) = c.split_once('=') else {
@@ -319,14 +314,76 @@ fn token(action: TokenAction) -> ExitCode {
         let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.into()));
         map.insert(k.into(), v);
     }
-    match crate::auth::mint::mint_hs(secret, alg, &sub, ttl, map) {
-        Ok(t) => {
-            println!("{t}");
-            ExitCode::SUCCESS
+    let (key, alg) = match signing_key {
+        Some(path) => {
+            let Ok(alg) = alg.parse::<jsonwebtoken::Algorithm>() else {
+                eprintln!("--alg: unknown algorithm");
+                return ExitCode::from(64);
+            };
+            let key = std::fs::read(&path)
+                .ok()
+                .and_then(|pem| crate::auth::mint::signing_key(&pem, alg).ok());
+            let Some(key) = key else {
+                eprintln!(
+                    "--signing-key: cannot read a {alg:?} private key from {}",
+                    path.display()
+                );
+                return ExitCode::from(64);
+            };
+            (key, alg)
         }
-        Err(e) => {
-            eprintln!("cannot sign: {e}");
-            ExitCode::from(70)
+        None => {
+            let Some(config) = config else {
+                eprintln!("token mint needs --config (for the HMAC secret) or --signing-key");
+                return ExitCode::from(64);
+            };
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let Some(secret) = &cfg.auth.hmac_secret else {
+                eprintln!(
+                    "{}",
+                    ConfigError::new(
+                        "auth.hmac_secret",
+                        "token mint needs the HMAC secret (or --signing-key)",
+                        "set CLINIKO_GATEWAY_HMAC_SECRET"
+                    )
+                );
+                return ExitCode::from(64);
+            };
+            let alg = cfg
+                .auth
+                .hmac_algorithms
+                .first()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(jsonwebtoken::Algorithm::HS256);
+            use secrecy::ExposeSecret;
+            (
+                jsonwebtoken::EncodingKey::from_secret(secret.expose_secret()),
+                alg,
+            )
+        }
+    };
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = kid;
+    let mut out = String::new();
+    for i in 0..count {
+        let mut claims = map.clone();
+        if count > 1 {
+            claims.insert("jti".into(), format!("{}-{i}", uuid::Uuid::new_v4()).into());
+        }
+        match crate::auth::mint::mint(&key, header.clone(), &sub, ttl, claims) {
+            Ok(t) => {
+                out.push_str(&t);
+                out.push('\n');
+            }
+            Err(e) => {
+                eprintln!("cannot sign: {e}");
+                return ExitCode::from(70);
+            }
         }
     }
+    print!("{out}");
+    ExitCode::SUCCESS
 }

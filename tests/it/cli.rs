@@ -112,3 +112,59 @@ async fn token_mint_makes_a_token_the_gateway_accepts() {
         .await;
     assert_eq!(got.status, 200);
 }
+
+#[tokio::test]
+async fn token_mint_signs_with_a_private_key_and_mints_many() {
+    let kp = cliniko_gateway::sandbox::rsa_keypair().unwrap();
+    let h = Harness::start(Setup {
+        files: vec![("idp.pem", kp.public_pem.clone())],
+        auth_toml: "[[auth.public_keys]]\nfile = \"idp.pem\"\nalgorithms = [\"RS256\"]\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("idp-private.pem");
+    std::fs::write(&key, &kp.private_pem).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cliniko-gateway"))
+        .args([
+            "token",
+            "mint",
+            "--sub",
+            "alice",
+            "--alg",
+            "RS256",
+            "--count",
+            "3",
+            "--signing-key",
+        ])
+        .arg(&key)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tokens: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(tokens.len(), 3);
+    assert_eq!(
+        tokens
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        3
+    );
+    for t in &tokens {
+        assert_eq!(
+            h.get_with_auth(&format!("Bearer {t}"), "/v1/patients?per_page=1")
+                .await
+                .status,
+            200
+        );
+    }
+}
