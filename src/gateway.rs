@@ -52,6 +52,7 @@ pub struct Gateway {
     readiness: Arc<GatewayReadiness>,
     shutdown_delay: std::time::Duration,
     cache: Option<Arc<crate::cache::Cache>>,
+    ratelimits: Option<Arc<crate::ratelimit::RateLimits>>,
 }
 
 impl Gateway {
@@ -100,10 +101,12 @@ impl Gateway {
             draining: AtomicBool::new(false),
         });
         let cache = crate::cache::Cache::new(&cfg.cache);
+        let ratelimits = crate::ratelimit::RateLimits::new(&cfg.ratelimit)?;
         let svc = stack::build(&Parts {
             authn,
             credentials: credentials.clone(),
             cache: cache.clone(),
+            ratelimits: ratelimits.clone(),
             upstream,
             readiness: readiness.clone(),
             limits: crate::guard::Limits {
@@ -124,6 +127,7 @@ impl Gateway {
             readiness,
             shutdown_delay: cfg.server.shutdown_delay,
             cache,
+            ratelimits,
         })
     }
 
@@ -136,6 +140,11 @@ impl Gateway {
     /// The GET cache, if enabled (for purges and stats).
     pub fn cache(&self) -> Option<&Arc<crate::cache::Cache>> {
         self.cache.as_ref()
+    }
+
+    /// The rate limits, if enabled (for stats).
+    pub fn ratelimits(&self) -> Option<&Arc<crate::ratelimit::RateLimits>> {
+        self.ratelimits.as_ref()
     }
 
     /// The address actually bound.

@@ -33,6 +33,9 @@ pub struct Config {
     /// The GET response cache.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Rate limits (per user, per Cliniko key, shared through Redis).
+    #[serde(default)]
+    pub ratelimit: crate::ratelimit::RateLimitConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
