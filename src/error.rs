@@ -82,6 +82,15 @@ pub enum GatewayError {
     /// Could not connect to or talk to Cliniko.
     #[error("Cliniko could not be reached")]
     UpstreamUnavailable,
+    /// The connection to Cliniko failed before the request was sent (safe to resend).
+    #[error("Cliniko could not be reached")]
+    UpstreamConnect,
+    /// A rate limit refused the request (429; `limit` says which).
+    #[error("{0}")]
+    RateLimited(crate::ratelimit::Refusal),
+    /// The shared rate-limit store (Redis) is down and `ratelimit.redis_failure = "closed"`.
+    #[error("the rate limiter is unavailable; retry shortly")]
+    RateLimiterUnavailable,
     /// Cliniko did not answer within the configured timeout.
     #[error("Cliniko did not answer in time")]
     UpstreamTimeout,
@@ -100,7 +109,11 @@ impl GatewayError {
             GatewayError::Auth(e) => e.code(),
             GatewayError::NoCredential => "no_credential",
             GatewayError::CredentialRejected => "credential_rejected",
-            GatewayError::UpstreamUnavailable => "upstream_unavailable",
+            GatewayError::UpstreamUnavailable | GatewayError::UpstreamConnect => {
+                "upstream_unavailable"
+            }
+            GatewayError::RateLimited(_) => "rate_limited",
+            GatewayError::RateLimiterUnavailable => "rate_limiter_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::Internal => "internal",
         }
@@ -115,9 +128,11 @@ impl GatewayError {
             GatewayError::Auth(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Auth(_) => StatusCode::UNAUTHORIZED,
             GatewayError::NoCredential => StatusCode::FORBIDDEN,
-            GatewayError::CredentialRejected | GatewayError::UpstreamUnavailable => {
-                StatusCode::BAD_GATEWAY
-            }
+            GatewayError::CredentialRejected
+            | GatewayError::UpstreamUnavailable
+            | GatewayError::UpstreamConnect => StatusCode::BAD_GATEWAY,
+            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RateLimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -125,13 +140,17 @@ impl GatewayError {
 
     /// Renders the one JSON error shape; `request_id` is echoed so callers can quote it.
     pub fn into_response(self, request_id: Option<&str>) -> Response<Body> {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": {
                 "code": self.code(),
                 "message": self.to_string(),
                 "request_id": request_id,
             }
         });
+        if let GatewayError::RateLimited(r) = &self {
+            body["error"]["limit"] = r.limit.into();
+            body["error"]["retry_after"] = r.retry_after_secs.into();
+        }
         let mut resp = Response::new(Body::from(body.to_string()));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
@@ -141,6 +160,9 @@ impl GatewayError {
         );
         h.insert(GATEWAY_ERROR_HEADER, HeaderValue::from_static(self.code()));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let GatewayError::RateLimited(r) = &self {
+            crate::ratelimit::headers::apply(h, r);
+        }
         if let GatewayError::Auth(e) = &self
             && *e != AuthError::KeysUnavailable
         {
@@ -180,6 +202,14 @@ mod tests {
             GatewayError::UpstreamTimeout.code(),
             GatewayError::Internal.code(),
             GatewayError::BodyTooLarge { limit: 1 }.code(),
+            GatewayError::RateLimiterUnavailable.code(),
+            GatewayError::RateLimited(crate::ratelimit::Refusal {
+                limit: "key",
+                retry_after_secs: 1,
+                quota: 1,
+                window_secs: 1,
+            })
+            .code(),
         ];
         let set: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(set.len(), all.len());

@@ -53,6 +53,7 @@ pub struct Gateway {
     shutdown_delay: std::time::Duration,
     cache: Option<Arc<crate::cache::Cache>>,
     admin_addr: Option<SocketAddr>,
+    ratelimits: Option<Arc<crate::ratelimit::RateLimits>>,
 }
 
 impl Gateway {
@@ -101,10 +102,12 @@ impl Gateway {
             draining: AtomicBool::new(false),
         });
         let cache = crate::cache::Cache::new(&cfg.cache);
+        let ratelimits = crate::ratelimit::RateLimits::new(&cfg.ratelimit)?;
         let svc = stack::build(&Parts {
             authn,
             credentials: credentials.clone(),
             cache: cache.clone(),
+            ratelimits: ratelimits.clone(),
             upstream,
             readiness: readiness.clone(),
             limits: crate::guard::Limits {
@@ -139,6 +142,7 @@ impl Gateway {
             shutdown_delay: cfg.server.shutdown_delay,
             cache,
             admin_addr,
+            ratelimits,
         })
     }
 
@@ -156,6 +160,11 @@ impl Gateway {
     /// The admin listener's address, when enabled.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The rate limits, if enabled (for stats).
+    pub fn ratelimits(&self) -> Option<&Arc<crate::ratelimit::RateLimits>> {
+        self.ratelimits.as_ref()
     }
 
     /// The address actually bound.

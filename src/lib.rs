@@ -19,6 +19,7 @@ pub mod error;
 pub mod framing;
 pub mod gateway;
 pub mod guard;
+pub mod ratelimit;
 pub mod request_id;
 pub mod rescue;
 pub mod sandbox;

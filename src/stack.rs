@@ -7,6 +7,7 @@ use crate::body::Body;
 use crate::cache::{Cache, CacheLayer};
 use crate::credentials::{Credentials, CredentialsLayer};
 use crate::guard::{GuardLayer, Readiness};
+use crate::ratelimit::{RateLimitLayer, RateLimits};
 use crate::request_id::RequestIdLayer;
 use crate::rescue::RescueLayer;
 use crate::upstream::forward::{Upstream, UpstreamService};
@@ -24,6 +25,8 @@ pub struct Parts {
     pub credentials: Arc<Credentials>,
     /// The GET cache (`None` when disabled).
     pub cache: Option<Arc<Cache>>,
+    /// Rate limits (`None` when disabled).
+    pub ratelimits: Option<Arc<RateLimits>>,
     /// Sends requests to Cliniko.
     pub upstream: Arc<Upstream>,
     /// Whether `/readyz` says ready.
@@ -53,6 +56,9 @@ pub fn build(p: &Parts) -> GatewayService {
         // A hit answers here: after auth (so 401/403 never touch it), before rate limits (so
         // a hit spends no Cliniko quota). Keyed by the credential, so keys never share.
         .layer(CacheLayer(p.cache.clone()))
+        // Only what really goes to Cliniko gets here: per-user limit, key budget (waits up to
+        // max_wait), Cliniko's own 429s and connect failures (bodiless requests resent).
+        .layer(RateLimitLayer(p.ratelimits.clone()))
         // Header rewrite, pooled rustls client, link rewriting (502/504).
         .service(UpstreamService(p.upstream.clone()));
     BoxCloneSyncService::new(svc)

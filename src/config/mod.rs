@@ -36,6 +36,9 @@ pub struct Config {
     /// The admin listener (off unless `listen` is set).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Rate limits (per user, per Cliniko key, shared through Redis).
+    #[serde(default)]
+    pub ratelimit: crate::ratelimit::RateLimitConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,

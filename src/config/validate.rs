@@ -242,6 +242,8 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         }
     }
 
+    crate::ratelimit::validate(&c.ratelimit)?;
+
     let u = &c.upstream;
     if !valid_user_agent(&u.user_agent) {
         return Err(err(

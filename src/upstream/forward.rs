@@ -181,7 +181,12 @@ fn is_json(h: &http::HeaderMap) -> bool {
 fn classify(e: &hyper_util::client::legacy::Error) -> GatewayError {
     let cause = e.source().map(ToString::to_string).unwrap_or_default();
     tracing::warn!(connect = e.is_connect(), error = %e, cause, "upstream request failed");
-    GatewayError::UpstreamUnavailable
+    // Nothing was sent on a failed connect, so the rate-limit layer may resend.
+    if e.is_connect() {
+        GatewayError::UpstreamConnect
+    } else {
+        GatewayError::UpstreamUnavailable
+    }
 }
 
 /// Layer-less service wrapper so the forwarder sits at the bottom of the tower stack.

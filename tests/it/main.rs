@@ -8,6 +8,7 @@ mod config;
 mod faults;
 mod lifecycle;
 mod proxy;
+mod ratelimit;
 mod server;
 mod support;
 mod targets;

@@ -1,0 +1,128 @@
+//! Rate-limit headers: what our 429 says, and how long Cliniko's 429/503 asks us to wait.
+//!
+//! Our 429 carries, for the limit that refused (`user` or `key`):
+//!
+//! ```text
+//! Retry-After: <s>                          whole seconds, rounded up, >= 1
+//! RateLimit-Policy: "<limit>";q=<rate>;w=<window s>
+//! RateLimit: "<limit>";r=0;t=<s>           IETF draft (structured fields)
+//! X-RateLimit-Limit: <rate>                 requests per window
+//! X-RateLimit-Remaining: 0
+//! X-RateLimit-Reset: <unix seconds>         when to retry, like Cliniko's own header
+//! ```
+
+use super::Refusal;
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `RateLimit-Policy` (IETF draft).
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (IETF draft).
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// `X-RateLimit-Limit`.
+pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// `X-RateLimit-Remaining`.
+pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// `X-RateLimit-Reset` (unix seconds, as Cliniko sends it).
+pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+fn num(n: u64) -> HeaderValue {
+    HeaderValue::from(n)
+}
+
+/// Adds every header of our 429 for `r`.
+pub fn apply(h: &mut HeaderMap, r: &Refusal) {
+    let t = r.retry_after_secs.max(1);
+    h.insert(header::RETRY_AFTER, num(t));
+    if let Ok(v) =
+        HeaderValue::try_from(format!("\"{}\";q={};w={}", r.limit, r.quota, r.window_secs))
+    {
+        h.insert(RATELIMIT_POLICY, v);
+    }
+    if let Ok(v) = HeaderValue::try_from(format!("\"{}\";r=0;t={t}", r.limit)) {
+        h.insert(RATELIMIT, v);
+    }
+    h.insert(X_RATELIMIT_LIMIT, num(u64::from(r.quota)));
+    h.insert(X_RATELIMIT_REMAINING, num(0));
+    h.insert(X_RATELIMIT_RESET, num(unix_now().as_secs() + t));
+}
+
+/// How long Cliniko asks us to wait: `Retry-After` (seconds or an HTTP date) or
+/// `X-RateLimit-Reset` (unix seconds), the later of the two when both are present.
+pub fn upstream_wait(h: &HeaderMap) -> Option<Duration> {
+    let now = SystemTime::now();
+    let text = |n: &HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
+    let retry_after = text(&header::RETRY_AFTER).and_then(|v| match v.parse::<u64>() {
+        Ok(s) => Some(Duration::from_secs(s)),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()
+            .map(|at| at.duration_since(now).unwrap_or_default()),
+    });
+    let reset = text(&X_RATELIMIT_RESET)
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|s| {
+            (UNIX_EPOCH + Duration::from_secs(s))
+                .duration_since(now)
+                .unwrap_or_default()
+        });
+    match (retry_after, reset) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_429_headers() {
+        let mut h = HeaderMap::new();
+        apply(
+            &mut h,
+            &Refusal {
+                limit: "key",
+                retry_after_secs: 3,
+                quota: 190,
+                window_secs: 60,
+            },
+        );
+        assert_eq!(h[header::RETRY_AFTER], "3");
+        assert_eq!(h[RATELIMIT_POLICY], "\"key\";q=190;w=60");
+        assert_eq!(h[RATELIMIT], "\"key\";r=0;t=3");
+        assert_eq!(h[X_RATELIMIT_LIMIT], "190");
+        assert_eq!(h[X_RATELIMIT_REMAINING], "0");
+        let reset: u64 = h[X_RATELIMIT_RESET].to_str().unwrap().parse().unwrap();
+        assert!(reset.abs_diff(unix_now().as_secs() + 3) <= 1);
+    }
+
+    #[test]
+    fn clinikos_wait_from_either_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(upstream_wait(&h), None);
+        h.insert(header::RETRY_AFTER, num(2));
+        assert_eq!(upstream_wait(&h), Some(Duration::from_secs(2)));
+        let in_5 = unix_now().as_secs() + 5;
+        h.insert(X_RATELIMIT_RESET, num(in_5));
+        let w = upstream_wait(&h).unwrap();
+        assert!(
+            w > Duration::from_secs(3) && w <= Duration::from_secs(5),
+            "{w:?}"
+        );
+        h.remove(X_RATELIMIT_RESET);
+        let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(10));
+        h.insert(header::RETRY_AFTER, HeaderValue::try_from(date).unwrap());
+        let w = upstream_wait(&h).unwrap();
+        assert!(w > Duration::from_secs(8), "{w:?}");
+        // A reset in the past means "now".
+        h.remove(header::RETRY_AFTER);
+        h.insert(X_RATELIMIT_RESET, num(1));
+        assert_eq!(upstream_wait(&h), Some(Duration::ZERO));
+    }
+}

@@ -1,0 +1,382 @@
+//! The budget per Cliniko user: GCRA with reserved slots, waiting (shaping) up to `max_wait`.
+//!
+//! A budget is named by the credential: its key store `cliniko_user` label when there is one
+//! (every key of that Cliniko user shares it, as Cliniko counts per user), else its key id.
+//! With Redis configured the arithmetic runs in Redis ([`super::redis`]); the local table
+//! still counts who is waiting here, and holds the fallback budget (`key / replicas`) used
+//! while Redis is down and `redis_failure = "open"`. After a Redis failure the gateway does
+//! not ask Redis again for [`REDIS_DOWN_FOR`], so a dead Redis costs at most one timeout per
+//! second, never a hang.
+
+use super::gcra::{Decision, Gcra};
+use super::redis::SharedBudget;
+use super::{Quota, RateLimitConfig, RateLimitStats, RedisFailure, Refusal};
+use crate::credentials::Credential;
+use crate::error::GatewayError;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+// Tokio's clock, so tests can run on paused time; in production it is the monotonic clock.
+use tokio::time::Instant;
+
+/// How long Redis is left alone after a failed decision.
+pub const REDIS_DOWN_FOR: Duration = Duration::from_secs(1);
+
+/// Prune idle local entries every this many decisions.
+const PRUNE_EVERY: u64 = 1024;
+
+/// The name of the budget a credential spends.
+pub fn budget_id(cred: &Credential) -> String {
+    match &cred.cliniko_user {
+        Some(user) => format!("user:{user}"),
+        None => format!("key:{}", cred.key_id),
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    tat: u64,
+    waiting: usize,
+}
+
+/// Every key budget of this process (and its view of the shared ones).
+pub struct KeyBudgets {
+    quota: Quota,
+    local_quota: Quota,
+    local_gcra: Gcra,
+    max_wait: Duration,
+    max_waiting: usize,
+    failure: RedisFailure,
+    shared: Option<SharedBudget>,
+    table: Mutex<HashMap<String, Slot>>,
+    epoch: Instant,
+    /// µs since `epoch` until which Redis is not asked (0: ask).
+    down_until: AtomicU64,
+    ops: AtomicU64,
+    stats: Arc<RateLimitStats>,
+}
+
+/// Which arithmetic decided, so refusals quote the right quota.
+#[derive(Clone, Copy)]
+enum Where {
+    Shared,
+    Local,
+}
+
+/// Decrements the waiting count of one budget when the request stops waiting.
+struct Waiting<'a> {
+    budgets: &'a KeyBudgets,
+    id: &'a str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut t = self.budgets.table();
+        if let Some(s) = t.get_mut(self.id) {
+            s.waiting = s.waiting.saturating_sub(1);
+        }
+    }
+}
+
+impl KeyBudgets {
+    /// Builds the budgets; `shared` is the Redis side when configured.
+    pub(super) fn new(
+        cfg: &RateLimitConfig,
+        shared: Option<SharedBudget>,
+        stats: Arc<RateLimitStats>,
+    ) -> KeyBudgets {
+        // Without Redis every replica keeps its own budget: each gets its share.
+        let local_quota = cfg.key.divided(cfg.replicas);
+        KeyBudgets {
+            quota: cfg.key,
+            local_quota,
+            local_gcra: Gcra::of(&local_quota),
+            max_wait: cfg.max_wait,
+            max_waiting: cfg.max_waiting,
+            failure: cfg.redis_failure,
+            shared,
+            table: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+            down_until: AtomicU64::new(0),
+            ops: AtomicU64::new(0),
+            stats,
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+        // The table holds only counters; a panic elsewhere cannot leave it inconsistent.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn quota_of(&self, w: Where) -> &Quota {
+        match w {
+            Where::Shared => &self.quota,
+            Where::Local => &self.local_quota,
+        }
+    }
+
+    /// Waits for a slot of budget `id` (at most `max_wait`), or says why not.
+    pub async fn acquire(&self, id: &str) -> Result<(), GatewayError> {
+        let _waiting = {
+            let mut t = self.table();
+            let slot = t.entry(id.to_string()).or_default();
+            if slot.waiting >= self.max_waiting {
+                drop(t);
+                self.stats.refused_key.fetch_add(1, Ordering::Relaxed);
+                let q = self.quota_of(self.preferred());
+                return Err(GatewayError::RateLimited(Refusal::new(
+                    "key",
+                    q,
+                    self.max_wait,
+                )));
+            }
+            slot.waiting += 1;
+            Waiting { budgets: self, id }
+        };
+        let max_wait = micros(self.max_wait);
+        let (decision, place) = self.decide(id, max_wait, 0, true).await?;
+        match decision {
+            Decision::Admit(0) => Ok(()),
+            Decision::Admit(wait) => {
+                self.stats.shaped.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_micros(wait)).await;
+                Ok(())
+            }
+            Decision::Refuse(wait) => {
+                self.stats.refused_key.fetch_add(1, Ordering::Relaxed);
+                Err(GatewayError::RateLimited(Refusal::new(
+                    "key",
+                    self.quota_of(place),
+                    Duration::from_micros(wait),
+                )))
+            }
+        }
+    }
+
+    /// Cliniko asked for `pause`: nobody on budget `id` goes before it. With `reserve`, the
+    /// first slot after the pause is kept for the caller and its wait returned, if it is
+    /// within `pause + max_wait`.
+    pub async fn pause(
+        &self,
+        id: &str,
+        pause: Duration,
+        reserve: bool,
+    ) -> Result<Option<Duration>, GatewayError> {
+        let pause_us = micros(pause).max(1);
+        let limit = pause_us.saturating_add(micros(self.max_wait));
+        let (decision, _) = self.decide(id, limit, pause_us, reserve).await?;
+        Ok(match decision {
+            Decision::Admit(w) if reserve => Some(Duration::from_micros(w)),
+            _ => None,
+        })
+    }
+
+    /// Where decisions go while Redis is healthy.
+    fn preferred(&self) -> Where {
+        if self.shared.is_some() && !self.redis_down() {
+            Where::Shared
+        } else {
+            Where::Local
+        }
+    }
+
+    fn redis_down(&self) -> bool {
+        let until = self.down_until.load(Ordering::Acquire);
+        until != 0 && self.now_us() < until
+    }
+
+    async fn decide(
+        &self,
+        id: &str,
+        max_wait: u64,
+        pause: u64,
+        reserve: bool,
+    ) -> Result<(Decision, Where), GatewayError> {
+        if let Some(shared) = &self.shared {
+            if !self.redis_down() {
+                match shared.decide(id, max_wait, pause, reserve).await {
+                    Ok(d) => return Ok((d, Where::Shared)),
+                    Err(e) => {
+                        self.stats.redis_failures.fetch_add(1, Ordering::Relaxed);
+                        let until = self.now_us().saturating_add(micros(REDIS_DOWN_FOR));
+                        self.down_until.store(until, Ordering::Release);
+                        tracing::warn!(
+                            error = %e,
+                            fail = ?self.failure,
+                            "rate-limit Redis unavailable; not asking it again for 1s"
+                        );
+                    }
+                }
+            }
+            if self.failure == RedisFailure::Closed {
+                return Err(GatewayError::RateLimiterUnavailable);
+            }
+            self.stats.fail_open.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok((
+            self.decide_local(id, max_wait, pause, reserve),
+            Where::Local,
+        ))
+    }
+
+    fn decide_local(&self, id: &str, max_wait: u64, pause: u64, reserve: bool) -> Decision {
+        let now = self.now_us();
+        let g = self.local_gcra;
+        let mut t = self.table();
+        let slot = t.entry(id.to_string()).or_default();
+        if pause > 0 {
+            slot.tat = g.pause(slot.tat, now, pause);
+        }
+        let (d, tat) = g.decide(slot.tat, now, if reserve { max_wait } else { 0 });
+        let d = match (reserve, d) {
+            (true, d) => {
+                slot.tat = tat;
+                d
+            }
+            // A pause without a reservation only moves TAT.
+            (false, Decision::Admit(w) | Decision::Refuse(w)) => Decision::Refuse(w),
+        };
+        if self.ops.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            t.retain(|_, s| s.waiting > 0 || s.tat > now);
+        }
+        d
+    }
+
+    /// The full (shared) quota; for logs and headers.
+    pub fn quota(&self) -> &Quota {
+        &self.quota
+    }
+
+    /// Budgets currently tracked locally (for tests of the pruning).
+    pub fn tracked(&self) -> usize {
+        self.table().len()
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budgets(rate: u32, burst: u32, max_wait_ms: u64, max_waiting: usize) -> Arc<KeyBudgets> {
+        let cfg = RateLimitConfig {
+            key: Quota {
+                rate,
+                period: Duration::from_secs(1),
+                burst,
+            },
+            max_wait: Duration::from_millis(max_wait_ms),
+            max_waiting,
+            ..RateLimitConfig::default()
+        };
+        Arc::new(KeyBudgets::new(
+            &cfg,
+            None,
+            Arc::new(RateLimitStats::default()),
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bursts_go_then_requests_wait_their_slot_then_refuse() {
+        let b = budgets(10, 3, 250, 100);
+        for _ in 0..3 {
+            b.acquire("key:a").await.unwrap();
+        }
+        let started = Instant::now();
+        // Five at once: slots at +100 ms and +200 ms fit the 250 ms bound, the rest do not.
+        let tasks: Vec<_> = (0..5)
+            .map(|_| {
+                let b = b.clone();
+                tokio::spawn(async move { b.acquire("key:a").await.map(|_| started.elapsed()) })
+            })
+            .collect();
+        let mut waited = vec![];
+        let mut refused = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(w) => waited.push(w),
+                Err(GatewayError::RateLimited(r)) => {
+                    assert_eq!((r.limit, r.retry_after_secs, r.quota), ("key", 1, 10));
+                    refused += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        waited.sort();
+        assert_eq!(
+            waited,
+            vec![Duration::from_millis(100), Duration::from_millis(200)]
+        );
+        assert_eq!(refused, 3);
+        // Another key is independent.
+        let before = Instant::now();
+        b.acquire("key:b").await.unwrap();
+        assert_eq!(before.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn too_many_waiting_is_refused_at_once() {
+        let b = budgets(1, 1, 10_000, 2);
+        b.acquire("key:a").await.unwrap();
+        let mut waiting = vec![];
+        for _ in 0..2 {
+            let b = b.clone();
+            waiting.push(tokio::spawn(async move { b.acquire("key:a").await }));
+        }
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        let third = b.acquire("key:a").await;
+        assert!(
+            matches!(third, Err(GatewayError::RateLimited(_))),
+            "{third:?}"
+        );
+        for w in waiting {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(b.table()["key:a"].waiting, 0, "guards released");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_everyone_and_reserves_the_first_slot() {
+        let b = budgets(10, 5, 2000, 100);
+        let reserved = b
+            .pause("key:a", Duration::from_secs(1), true)
+            .await
+            .unwrap();
+        let w = reserved.unwrap();
+        assert!(w >= Duration::from_secs(1) && w < Duration::from_millis(1010));
+        let started = Instant::now();
+        b.acquire("key:a").await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(1100));
+        // Beyond max_wait nothing is reserved, but the pause still holds.
+        assert_eq!(
+            b.pause("key:b", Duration::from_secs(5), false)
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(b.acquire("key:b").await.is_err());
+    }
+
+    #[test]
+    fn budgets_are_named_by_cliniko_user_when_labelled() {
+        let c =
+            Credential::new(crate::credentials::ApiKey::new("k-au1".into()), "abc", None).unwrap();
+        assert_eq!(budget_id(&c), "key:abc");
+        let c = Credential::new(
+            crate::credentials::ApiKey::new("k-au1".into()),
+            "abc",
+            Some("jo".into()),
+        )
+        .unwrap();
+        assert_eq!(budget_id(&c), "user:jo");
+    }
+}
