@@ -13,7 +13,8 @@
 # Load: wrk -t1 -c$CONNS pinned to core 1; upstream and proxies share core 0 (taskset), 2 s
 # warm-up before each measured window. Prints one table (requests/s, p50, p99, ratios against
 # nginx measured in this run, the gateway's RSS, upstream TLS handshakes per 10k requests) and
-# writes it to target/bench/compare.md.
+# writes it to target/bench/compare.md. PROFILE=<part of a scenario name> records a perf
+# profile of the gateway during that scenario into target/bench/perf.data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -134,6 +135,13 @@ au1 = "https://localhost:$UP/v1"
 [[cache.rules]]
 prefix = "/v1/practitioners"
 ttl = "5m"
+# Limits stay on (their cost is part of the path) with budgets no benchmark reaches.
+[ratelimit.key]
+rate = 1000000
+period = "1s"
+burst = 1000000
+[ratelimit.user]
+default = { rate = 1000000, period = "1s", burst = 1000000 }
 [log]
 format = "json"
 level = "warn"
@@ -168,7 +176,13 @@ measure() { # name, url, extra wrk args...
   local name=$1 url=$2; shift 2
   taskset -c 1 wrk -t"$threads" -c"$conns" -d2s "$@" "$url" >/dev/null 2>&1
   : >"$w/up-conns.log"
+  local prof=""
+  if [ -n "${PROFILE:-}" ] && [[ "$name" == *"$PROFILE"* ]]; then
+    perf record -q -e cpu-clock -F 999 -g -p "$gwpid" -o target/bench/perf.data -- sleep "$secs" 2>/dev/null &
+    prof=$!
+  fi
   local out; out=$(taskset -c 1 wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "$@" "$url")
+  if [ -n "$prof" ]; then wait "$prof" || true; fi
   sleep 0.3  # let nginx flush its buffered connection log
   local rps p50 p99 hand bad
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")

@@ -157,7 +157,12 @@ impl Origins {
                 return Decision::NoMatch;
             }
         }
-        let host: Vec<u8> = s[host_start..c.i].to_ascii_lowercase();
+        // Lower-cased on the stack: this runs for every string that starts like a URL.
+        let mut buf = [0u8; MAX_HOST + 2];
+        let host = &mut buf[..c.i - host_start];
+        host.copy_from_slice(&s[host_start..c.i]);
+        host.make_ascii_lowercase();
+        let host: &[u8] = host;
         // Port: digits after `:`, compared numerically so `:0443` is still 443.
         let port = if c.peek() == Some(b':') {
             c.i += 1;
@@ -180,13 +185,13 @@ impl Origins {
         } else {
             None
         };
-        c.i = if is_cliniko_host(&host) {
+        c.i = if is_cliniko_host(host) {
             match port {
                 Some(p) if p != default_port(https) => return Decision::NoMatch,
                 _ => c.i,
             }
         } else {
-            match self.match_extra(&c, https, &host, port, complete) {
+            match self.match_extra(&c, https, host, port, complete) {
                 ExtraMatch::Found(end) => end,
                 ExtraMatch::NotFound => return Decision::NoMatch,
                 ExtraMatch::NeedMore => return Decision::NeedMore,

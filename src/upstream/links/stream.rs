@@ -127,13 +127,50 @@ impl RewriteStream {
         out.put_slice(&chunk[i..=q]);
         // Most strings cannot start a URL; skip the candidate bookkeeping for them.
         self.state = match chunk.get(q + 1) {
-            Some(b'h' | b'H' | b'\\') | None => {
+            Some(b'h' | b'H') => {
+                if let Some(next) = self.whole_string(chunk, q + 1, out) {
+                    return next;
+                }
+                self.reset_string();
+                State::Candidate
+            }
+            Some(b'\\') | None => {
                 self.reset_string();
                 State::Candidate
             }
             Some(_) => State::Plain { escaped: false },
         };
         q + 1
+    }
+
+    /// The common case, decided in one step: the string (no escapes) and the byte after it
+    /// that says key or value are both in this chunk. Anything else returns `None` and takes
+    /// the byte-by-byte path, which reaches the same output (the chunking tests hold it to that).
+    fn whole_string<B: BufMut>(&mut self, chunk: &[u8], start: usize, out: &mut B) -> Option<usize> {
+        let end = start + memchr::memchr2(b'"', b'\\', &chunk[start..])?;
+        if chunk[end] != b'"' || end - start >= MAX_HOLD {
+            return None;
+        }
+        let after = &chunk[end + 1..];
+        let ws = after
+            .iter()
+            .take(MAX_WS + 1)
+            .take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+            .count();
+        if ws > MAX_WS {
+            return None;
+        }
+        let is_key = *after.get(ws)? == b':';
+        let s = &chunk[start..end];
+        match self.inner.origins.classify(s, true) {
+            Decision::Match(k) if !is_key => {
+                out.put_slice(&self.inner.json_prefix);
+                out.put_slice(&s[k..]);
+            }
+            _ => out.put_slice(s),
+        }
+        out.put_u8(b'"');
+        Some(end + 1)
     }
 
     fn plain<B: BufMut>(
