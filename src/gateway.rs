@@ -103,6 +103,7 @@ impl Gateway {
         let cache = crate::cache::Cache::new(&cfg.cache);
         let svc = stack::build(&Parts {
             authn,
+            policy: Arc::new(crate::policy::Policy::new(&cfg.policy)),
             credentials: credentials.clone(),
             cache: cache.clone(),
             upstream,

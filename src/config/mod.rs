@@ -36,6 +36,9 @@ pub struct Config {
     /// The admin listener (off unless `listen` is set).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Least privilege: which claims grant which methods on which paths (deny by default).
+    #[serde(default)]
+    pub policy: crate::policy::PolicyConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
