@@ -135,6 +135,13 @@ au1 = "https://localhost:$UP/v1"
 [[cache.rules]]
 prefix = "/v1/practitioners"
 ttl = "5m"
+# The bench user may do anything (the policy check still runs on every request).
+[policy]
+claims = []
+default = ["all"]
+[policy.grants.all]
+methods = ["*"]
+paths = ["/v1"]
 # Limits stay on (their cost is part of the path) with budgets no benchmark reaches.
 [ratelimit.key]
 rate = 1000000

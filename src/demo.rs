@@ -83,6 +83,14 @@ ca_file = "sandbox-ca.pem"
 au1 = "{base}"
 [log]
 format = "text"
+# The demo's one user may do everything; a real deployment grants by scope or role and
+# refuses callers without one (the code default), see config/gateway.example.toml.
+[policy]
+claims = []
+default = ["demo:everything"]
+[policy.grants."demo:everything"]
+methods = ["*"]
+paths = ["/v1"]
 "#,
         base = sandbox.base_url()
     );

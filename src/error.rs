@@ -74,6 +74,12 @@ pub enum GatewayError {
     /// The verified user has no stored Cliniko key.
     #[error("no Cliniko API key is stored for this user; ask ops to add one")]
     NoCredential,
+    /// The caller's grants do not allow this call (the policy); nothing was sent upstream.
+    #[error("forbidden: needs a grant allowing {needed}")]
+    Forbidden {
+        /// Method and `/v1/<resource>` (plus grant names that would allow it).
+        needed: String,
+    },
     /// Cliniko answered 401 to the stored key: ops must rotate it.
     #[error(
         "Cliniko rejected the stored API key for this user; ops have been alerted to rotate it"
@@ -108,6 +114,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => "body_too_large",
             GatewayError::Auth(e) => e.code(),
             GatewayError::NoCredential => "no_credential",
+            GatewayError::Forbidden { .. } => "forbidden",
             GatewayError::CredentialRejected => "credential_rejected",
             GatewayError::UpstreamUnavailable | GatewayError::UpstreamConnect => {
                 "upstream_unavailable"
@@ -127,7 +134,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::Auth(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Auth(_) => StatusCode::UNAUTHORIZED,
-            GatewayError::NoCredential => StatusCode::FORBIDDEN,
+            GatewayError::NoCredential | GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
             GatewayError::CredentialRejected
             | GatewayError::UpstreamUnavailable
             | GatewayError::UpstreamConnect => StatusCode::BAD_GATEWAY,
@@ -197,6 +204,10 @@ mod tests {
         let all = [
             GatewayError::NotFound.code(),
             GatewayError::NoCredential.code(),
+            GatewayError::Forbidden {
+                needed: "GET /v1".into(),
+            }
+            .code(),
             GatewayError::CredentialRejected.code(),
             GatewayError::UpstreamUnavailable.code(),
             GatewayError::UpstreamTimeout.code(),

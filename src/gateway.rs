@@ -105,6 +105,7 @@ impl Gateway {
         let ratelimits = crate::ratelimit::RateLimits::new(&cfg.ratelimit)?;
         let svc = stack::build(&Parts {
             authn,
+            policy: Arc::new(crate::policy::Policy::new(&cfg.policy)),
             credentials: credentials.clone(),
             cache: cache.clone(),
             ratelimits: ratelimits.clone(),

@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod cache;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod framing;
 pub mod gateway;
 pub mod guard;
+pub mod policy;
 pub mod ratelimit;
 pub mod request_id;
 pub mod rescue;

@@ -2,11 +2,13 @@
 //! where it does.
 
 use crate::access_log::AccessLogLayer;
+use crate::audit::AuditLayer;
 use crate::auth::{AuthLayer, Authenticator};
 use crate::body::Body;
 use crate::cache::{Cache, CacheLayer};
 use crate::credentials::{Credentials, CredentialsLayer};
 use crate::guard::{GuardLayer, Readiness};
+use crate::policy::{Policy, PolicyLayer};
 use crate::ratelimit::{RateLimitLayer, RateLimits};
 use crate::request_id::RequestIdLayer;
 use crate::rescue::RescueLayer;
@@ -21,6 +23,8 @@ use tower::util::BoxCloneSyncService;
 pub struct Parts {
     /// Verifies bearer tokens.
     pub authn: Arc<Authenticator>,
+    /// What each caller may do.
+    pub policy: Arc<Policy>,
     /// Maps users to Cliniko keys (reloadable).
     pub credentials: Arc<Credentials>,
     /// The GET cache (`None` when disabled).
@@ -45,12 +49,16 @@ pub fn build(p: &Parts) -> GatewayService {
         .layer(RequestIdLayer)
         // Outside the rescue so it logs the status the caller really got.
         .layer(AccessLogLayer)
+        // Who did what, on its own target; outside the rescue so refusals are recorded too.
+        .layer(AuditLayer)
         // Every error below becomes one JSON response here, and nowhere else.
         .layer(RescueLayer)
         // Cheap refusals before any crypto: local routes, bad targets, framing, body limit.
         .layer(GuardLayer::new(p.limits.clone(), p.readiness.clone()))
         // Who is calling (401).
         .layer(AuthLayer(p.authn.clone()))
+        // What they may do (403 forbidden): before any key is looked up or anything is sent.
+        .layer(PolicyLayer(p.policy.clone()))
         // Which Cliniko key they use (403 no_credential).
         .layer(CredentialsLayer(p.credentials.clone()))
         // A hit answers here: after auth (so 401/403 never touch it), before rate limits (so

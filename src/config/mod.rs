@@ -39,6 +39,9 @@ pub struct Config {
     /// Rate limits (per user, per Cliniko key, shared through Redis).
     #[serde(default)]
     pub ratelimit: crate::ratelimit::RateLimitConfig,
+    /// Least privilege: which claims grant which methods on which paths (deny by default).
+    #[serde(default)]
+    pub policy: crate::policy::PolicyConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,

@@ -51,6 +51,7 @@ fn is_hmac(a: Algorithm) -> bool {
 }
 
 pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
+    crate::policy::validate(&c.policy)?;
     let s = &c.server;
     if !(8192..=1024 * 1024).contains(&s.max_header_bytes) {
         return Err(err(

@@ -9,6 +9,7 @@
 use super::body::{Coding, decode, idle_limit};
 use super::headers::{FixedHeaders, clean_response_headers, upstream_request_headers};
 use super::links::LinkRewriter;
+use super::shard::ShardBase;
 use super::{HttpClient, ShardRouter};
 use crate::access_log::facts;
 use crate::body::Body;
@@ -77,32 +78,42 @@ impl Upstream {
         }
 
         let (parts, body) = req.into_parts();
-        // The caller's path is `/v1/...`; the shard base already ends in its own prefix.
-        let rest = parts.uri.path().strip_prefix("/v1").unwrap_or("");
-        let pq = match parts.uri.query() {
-            Some(q) => format!("{}{rest}?{q}", base.prefix),
-            None => format!("{}{rest}", base.prefix),
-        };
-        let uri = Uri::builder()
-            .scheme(base.scheme.clone())
-            .authority(base.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| GatewayError::BadRequest {
-                code: "bad_target",
-                message: "the request target cannot be forwarded",
-            })?;
+        let uri = upstream_uri(&base, &parts.uri)?;
         let is_head = parts.method == Method::HEAD;
-        let mut up = Request::new(body);
-        *up.method_mut() = parts.method;
-        *up.uri_mut() = uri;
-        // The caller may have spoken HTTP/2; the pooled client picks h2 or HTTP/1.1 per
-        // connection by ALPN and refuses an h2-versioned request on an HTTP/1.1 connection.
-        *up.version_mut() = Version::HTTP_11;
-        *up.headers_mut() =
+        let headers =
             upstream_request_headers(&parts.headers, &self.fixed, &cred.basic_auth_header(), &rid);
+        // A bodiless GET/HEAD/OPTIONS may be sent again if a pooled connection dies under it
+        // (Cliniko closed it while idle): safe to repeat, and nothing was answered yet.
+        let replay = (matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
+            && http_body::Body::is_end_stream(&body))
+        .then(|| (parts.method.clone(), uri.clone(), headers.clone()));
+        let build = |method: Method, uri: Uri, headers: http::HeaderMap, body: Body| {
+            let mut up = Request::new(body);
+            *up.method_mut() = method;
+            *up.uri_mut() = uri;
+            // The caller may have spoken HTTP/2; the pooled client picks h2 or HTTP/1.1 per
+            // connection by ALPN and refuses an h2-versioned request on an HTTP/1.1 connection.
+            *up.version_mut() = Version::HTTP_11;
+            *up.headers_mut() = headers;
+            up
+        };
+        let up = build(parts.method, uri, headers, body);
+        let exchange = async {
+            match self.client.request(up).await {
+                Err(e) if is_stale_connection(&e) => match replay {
+                    Some((m, u, h)) => {
+                        tracing::debug!(
+                            "pooled upstream connection closed under a request; retrying once"
+                        );
+                        self.client.request(build(m, u, h, Body::empty())).await
+                    }
+                    None => Err(e),
+                },
+                other => other,
+            }
+        };
 
-        let resp = match tokio::time::timeout(self.timeout, self.client.request(up)).await {
+        let resp = match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => return Err(GatewayError::UpstreamTimeout),
             Ok(Err(_)) if body_limit.as_ref().is_some_and(BodyLimitTripped::tripped) => {
                 return Err(GatewayError::BodyTooLarge {
@@ -175,6 +186,53 @@ fn is_json(h: &http::HeaderMap) -> bool {
             let ct = ct.split(';').next().unwrap_or("").trim();
             ct.eq_ignore_ascii_case("application/json") || ct.ends_with("+json")
         })
+}
+
+/// The caller's `/v1/...` target on the shard: always the shard's scheme and authority, the
+/// shard's path prefix in place of `/v1`, the query byte for byte.
+pub fn upstream_uri(base: &ShardBase, caller: &Uri) -> Result<Uri, GatewayError> {
+    let rest = caller.path().strip_prefix("/v1").unwrap_or("");
+    let pq = match caller.query() {
+        Some(q) => format!("{}{rest}?{q}", base.prefix),
+        None => format!("{}{rest}", base.prefix),
+    };
+    Uri::builder()
+        .scheme(base.scheme.clone())
+        .authority(base.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| GatewayError::BadRequest {
+            code: "bad_target",
+            message: "the request target cannot be forwarded",
+        })
+}
+
+/// A connection that the peer closed (or reset) before answering; not a connect failure, a
+/// timeout or a garbled answer, which a retry would only repeat.
+fn is_stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
+    use std::io::ErrorKind;
+    if e.is_connect() {
+        return false;
+    }
+    let mut src = e.source();
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled())
+        {
+            return true;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::UnexpectedEof
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+            );
+        }
+        src = s.source();
+    }
+    false
 }
 
 /// Any other failed exchange means Cliniko could not be reached or talked to.

@@ -112,10 +112,12 @@ au1 = "{au1}"
 {extra_toml}
 [log]
 format = "text"
+{policy}
 [ratelimit]
 {ratelimit_toml}
 "#,
-            au1 = sb.base_url()
+            au1 = sb.base_url(),
+            policy = crate::support::ALLOW_ALL_POLICY,
         );
         let env = Env(BTreeMap::from([
             ("CLINIKO_GATEWAY_HMAC_SECRET".to_string(), HMAC.to_string()),

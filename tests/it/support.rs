@@ -27,6 +27,10 @@ pub const KEY_DAVE: &str = "davekey00000000000000000-au1";
 /// Key of user carol (uk2, another shard).
 pub const KEY_CAROL: &str = "carolkey0000000000000000-uk2";
 
+/// The harness's policy: one grant allowing everything, given to every caller, so tests that
+/// are not about the policy behave as before it existed (the code default denies).
+pub const ALLOW_ALL_POLICY: &str = "[policy]\nclaims = []\ndefault = [\"all\"]\n[policy.grants.all]\nmethods = [\"*\"]\npaths = [\"/v1\"]\n";
+
 /// What to start.
 pub struct Setup {
     /// shard -> accounts served by that shard's stand-in.
@@ -43,6 +47,8 @@ pub struct Setup {
     pub jwks: Option<serde_json::Value>,
     /// The CA the gateway trusts (a fresh one when `None`).
     pub pki: Option<Arc<TestPki>>,
+    /// The `[policy]` section (TOML); [`ALLOW_ALL_POLICY`] by default.
+    pub policy_toml: String,
 }
 
 impl Default for Setup {
@@ -62,6 +68,7 @@ impl Default for Setup {
             files: vec![],
             jwks: None,
             pki: None,
+            policy_toml: ALLOW_ALL_POLICY.into(),
         }
     }
 }
@@ -170,8 +177,10 @@ connect_timeout = "2s"
 {shards_toml}
 [log]
 format = "text"
+{policy}
 "#,
-            auth = setup.auth_toml.replace("{jwks_url}", &jwks_url)
+            auth = setup.auth_toml.replace("{jwks_url}", &jwks_url),
+            policy = setup.policy_toml,
         );
         let mut env: BTreeMap<String, String> = [
             ("CLINIKO_GATEWAY_HMAC_SECRET".to_string(), HMAC.to_string()),

@@ -146,7 +146,12 @@ impl RewriteStream {
     /// The common case, decided in one step: the string (no escapes) and the byte after it
     /// that says key or value are both in this chunk. Anything else returns `None` and takes
     /// the byte-by-byte path, which reaches the same output (the chunking tests hold it to that).
-    fn whole_string<B: BufMut>(&mut self, chunk: &[u8], start: usize, out: &mut B) -> Option<usize> {
+    fn whole_string<B: BufMut>(
+        &mut self,
+        chunk: &[u8],
+        start: usize,
+        out: &mut B,
+    ) -> Option<usize> {
         let end = start + memchr::memchr2(b'"', b'\\', &chunk[start..])?;
         if chunk[end] != b'"' || end - start >= MAX_HOLD {
             return None;

@@ -1,0 +1,188 @@
+//! The audit trail: one record per request addressed to the API (`/v1...`), on its own
+//! tracing target `audit`, so ops can route it apart from the access log.
+//!
+//! Sits just inside the access log, outside the rescue, so it records the status the caller
+//! really got, refusals included (401, 403 and 400 are what a reviewer looks for). Written when
+//! the response head is ready (or with 499 if the caller went away first). Fields: `time`,
+//! `request_id`, `user`, `app` (`azp`, else `client_id`), `method`, `resource`, `resource_id`,
+//! `sub_resource`, `status`, `code` (the gateway's error code) and `cache`. Never the query
+//! string, a body, a token or a key; path segments that are not plain words become `?`.
+
+use crate::access_log::{RequestFacts, facts};
+use crate::body::Body;
+use crate::error::GATEWAY_ERROR_HEADER;
+use crate::request_id::RequestId;
+use futures_util::future::BoxFuture;
+use http::{Method, Request, Response};
+use serde_json::{Map, Value};
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+/// The tracing target of audit records.
+pub const TARGET: &str = "audit";
+
+/// Longest path segment or claim value recorded as is.
+const MAX_FIELD: usize = 128;
+
+/// What inner layers tell the audit record (in request extensions).
+#[derive(Default, Debug)]
+pub struct AuditNote {
+    app: OnceLock<String>,
+}
+
+/// Records the calling app from the verified claims (`azp`, else `client_id`).
+pub fn note_app<B>(req: &Request<B>, claims: &Map<String, Value>) {
+    let Some(note) = req.extensions().get::<Arc<AuditNote>>() else {
+        return;
+    };
+    let app = ["azp", "client_id"]
+        .iter()
+        .find_map(|k| claims.get(*k).and_then(Value::as_str))
+        .filter(|s| !s.is_empty());
+    if let Some(a) = app {
+        let _ = note.app.set(plain(a).to_string());
+    }
+}
+
+/// The resource a `/v1` path names: `/v1/patients/7/appointments` → `patients`, `7`,
+/// `appointments`.
+#[derive(Debug, PartialEq, Eq, Default)]
+pub struct Resource<'a> {
+    /// Resource type, e.g. `patients`.
+    pub kind: Option<&'a str>,
+    /// Record id, e.g. `7`.
+    pub id: Option<&'a str>,
+    /// Nested collection or action, e.g. `appointments`.
+    pub sub: Option<&'a str>,
+}
+
+/// Parses the resource out of a path (never the query); odd segments become `?`.
+pub fn resource(path: &str) -> Resource<'_> {
+    let Some(rest) = path.strip_prefix("/v1/") else {
+        return Resource::default();
+    };
+    let mut segs = rest.split('/').filter(|s| !s.is_empty()).map(plain);
+    Resource {
+        kind: segs.next(),
+        id: segs.next(),
+        sub: segs.next(),
+    }
+}
+
+/// `s` if it is a plain token (`[A-Za-z0-9._~:@-]`, at most 128 bytes), else `?`: the record
+/// must not carry encoded bytes, control characters or anything built to confuse a reader.
+fn plain(s: &str) -> &str {
+    let ok = !s.is_empty()
+        && s.len() <= MAX_FIELD
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~:@-".contains(&b));
+    if ok { s } else { "?" }
+}
+
+/// Layer that installs [`Audit`].
+#[derive(Clone, Copy, Default)]
+pub struct AuditLayer;
+
+impl<S> tower::Layer<S> for AuditLayer {
+    type Service = Audit<S>;
+    fn layer(&self, inner: S) -> Audit<S> {
+        Audit { inner }
+    }
+}
+
+/// Writes one audit record per API request.
+#[derive(Clone)]
+pub struct Audit<S> {
+    inner: S,
+}
+
+struct Record {
+    request_id: String,
+    method: Method,
+    path: String,
+    facts: Option<Arc<RequestFacts>>,
+    note: Arc<AuditNote>,
+    status: u16,
+    code: Option<String>,
+    cache: Option<String>,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let r = resource(&self.path);
+        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        tracing::info!(
+            target: TARGET,
+            time = time.as_str(),
+            request_id = self.request_id.as_str(),
+            user = self.facts.as_ref().and_then(|f| f.user()),
+            app = self.note.app.get().map(String::as_str),
+            method = self.method.as_str(),
+            resource = r.kind,
+            resource_id = r.id,
+            sub_resource = r.sub,
+            status = self.status,
+            code = self.code.as_deref(),
+            cache = self.cache.as_deref(),
+        );
+    }
+}
+
+fn header(resp: &Response<Body>, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| plain(s).to_string())
+}
+
+impl<S> tower::Service<Request<Body>> for Audit<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        if path != "/v1" && !path.starts_with("/v1/") {
+            return Box::pin(self.inner.call(req));
+        }
+        let note = Arc::new(AuditNote::default());
+        req.extensions_mut().insert(note.clone());
+        // Built before awaiting so a caller that goes away still leaves a record (499).
+        let mut record = Record {
+            request_id: req
+                .extensions()
+                .get::<RequestId>()
+                .map_or("-", RequestId::as_str)
+                .to_string(),
+            method: req.method().clone(),
+            path,
+            facts: facts(&req),
+            note,
+            status: 499,
+            code: None,
+            cache: None,
+        };
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            record.status = resp.status().as_u16();
+            record.code = header(&resp, GATEWAY_ERROR_HEADER);
+            record.cache = header(&resp, "x-cache");
+            drop(record);
+            Ok(resp)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,101 @@
+use super::*;
+use std::io::Write;
+use std::sync::Mutex;
+use tower::ServiceExt;
+
+#[test]
+fn resources_are_parsed_from_the_path_only() {
+    let r = resource("/v1/patients/7/appointments");
+    assert_eq!(
+        r,
+        Resource {
+            kind: Some("patients"),
+            id: Some("7"),
+            sub: Some("appointments")
+        }
+    );
+    assert_eq!(resource("/v1/patients").kind, Some("patients"));
+    assert_eq!(resource("/v1/patients").id, None);
+    assert_eq!(resource("/v1"), Resource::default());
+    assert_eq!(resource("/v1/"), Resource::default());
+    assert_eq!(resource("/v1/patients/%41b").id, Some("?"));
+    assert_eq!(
+        resource(&format!("/v1/{}", "a".repeat(200))).kind,
+        Some("?")
+    );
+}
+
+#[derive(Clone, Default)]
+struct Buf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn one(req: Request<Body>, resp: Response<Body>) -> Vec<serde_json::Value> {
+    let buf = Buf::default();
+    let sink = buf.clone();
+    let sub = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(sub);
+    let slot = Mutex::new(Some(resp));
+    let svc = tower::Layer::layer(
+        &AuditLayer,
+        tower::service_fn(move |req: Request<Body>| {
+            let claims = serde_json::json!({"azp": "billing-app", "client_id": "x"});
+            note_app(&req, claims.as_object().unwrap());
+            let r = slot.lock().unwrap().take().unwrap();
+            async move { Ok::<_, Infallible>(r) }
+        }),
+    );
+    let _ = svc.oneshot(req).await;
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn one_record_with_the_stable_fields_and_no_query() {
+    let mut req = Request::builder()
+        .method("PATCH")
+        .uri("/v1/patients/7?q[]=last_name:~~Zebediah%25")
+        .body(Body::empty())
+        .unwrap();
+    req.extensions_mut()
+        .insert(RequestId(http::HeaderValue::from_static("rid-9")));
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = http::StatusCode::FORBIDDEN;
+    resp.headers_mut().insert(
+        GATEWAY_ERROR_HEADER,
+        http::HeaderValue::from_static("forbidden"),
+    );
+    let lines = one(req, resp).await;
+    assert_eq!(lines.len(), 1);
+    let v = &lines[0];
+    assert_eq!(v["target"], "audit");
+    assert_eq!(v["request_id"], "rid-9");
+    assert_eq!(v["app"], "billing-app");
+    assert_eq!(v["method"], "PATCH");
+    assert_eq!(v["resource"], "patients");
+    assert_eq!(v["resource_id"], "7");
+    assert_eq!(v["status"], 403);
+    assert_eq!(v["code"], "forbidden");
+    assert!(v["time"].as_str().unwrap().ends_with('Z'));
+    assert!(!v.to_string().contains("Zebediah"));
+}
+
+#[tokio::test]
+async fn local_routes_are_not_audited() {
+    let req = Request::get("/healthz").body(Body::empty()).unwrap();
+    assert!(one(req, Response::new(Body::empty())).await.is_empty());
+}

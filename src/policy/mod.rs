@@ -1,0 +1,204 @@
+//! Least privilege: in the journey right after auth and before credentials.
+//!
+//! Maps the verified token's claims (`scope` as a space-separated string or an array, `roles`,
+//! any custom claim; configurable) to named grants, each a set of methods and `/v1` path
+//! prefixes matched on whole segments. A request no grant of the caller allows is refused with
+//! 403 `forbidden` naming the missing permission; nothing is looked up in the key store,
+//! served from the cache or sent to Cliniko. A caller whose token carries none of the
+//! configured claims gets the `default` grants, which are none unless configured: the gateway
+//! fails closed.
+
+mod config;
+mod layer;
+#[cfg(test)]
+mod tests;
+
+pub use config::{GrantConfig, PolicyConfig, validate};
+pub use layer::PolicyLayer;
+
+use crate::error::GatewayError;
+use http::Method;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+
+/// The methods the guard lets through; `*` in a grant means all of them.
+const ALL_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
+/// One compiled grant.
+#[derive(Debug)]
+struct Grant {
+    name: String,
+    methods: Vec<Method>,
+    prefixes: Vec<String>,
+}
+
+impl Grant {
+    fn allows(&self, method: &Method, path: &str) -> bool {
+        self.methods.contains(method) && self.prefixes.iter().any(|p| under(path, p))
+    }
+}
+
+/// True when `path` is `prefix` or lies below it on a segment boundary
+/// (`/v1/appointments` covers `/v1/appointments/7`, not `/v1/appointments_archive`).
+pub fn under(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// The compiled policy, built once at start-up from a validated [`PolicyConfig`].
+#[derive(Debug)]
+pub struct Policy {
+    claims: Vec<String>,
+    default: Vec<usize>,
+    grants: Vec<Grant>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Policy {
+    /// Compiles `cfg` (already validated); warns loudly when it can never allow anything.
+    pub fn new(cfg: &PolicyConfig) -> Policy {
+        let mut grants = Vec::with_capacity(cfg.grants.len());
+        let mut by_name = HashMap::with_capacity(cfg.grants.len());
+        for (name, g) in &cfg.grants {
+            let methods = if g.methods.iter().any(|m| m == "*") {
+                ALL_METHODS.to_vec()
+            } else {
+                ALL_METHODS
+                    .iter()
+                    .filter(|m| g.methods.iter().any(|c| c == m.as_str()))
+                    .cloned()
+                    .collect()
+            };
+            by_name.insert(name.clone(), grants.len());
+            grants.push(Grant {
+                name: name.clone(),
+                methods,
+                prefixes: g.paths.clone(),
+            });
+        }
+        let default = cfg
+            .default
+            .iter()
+            .filter_map(|n| by_name.get(n).copied())
+            .collect();
+        if grants.is_empty() {
+            tracing::warn!(
+                "policy: no grants are configured, so every proxied request will be refused \
+                 with 403 forbidden; add [policy.grants.<name>] sections (see README, Security)"
+            );
+        }
+        Policy {
+            claims: cfg.claims.clone(),
+            default,
+            grants,
+            by_name,
+        }
+    }
+
+    /// The grants a token's claims give, by index (the default ones when it carries none of
+    /// the configured claims).
+    fn granted(&self, claims: &Map<String, Value>) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut any_claim = false;
+        for name in &self.claims {
+            let Some(v) = claim(claims, name) else {
+                continue;
+            };
+            // A present claim decides, even when empty or of the wrong type: falling back to
+            // the default then would turn a malformed claim into more access, not less.
+            any_claim = true;
+            let mut add = |s: &str| {
+                if let Some(&i) = self.by_name.get(s)
+                    && !out.contains(&i)
+                {
+                    out.push(i);
+                }
+            };
+            match v {
+                Value::String(s) => s.split_ascii_whitespace().for_each(&mut add),
+                Value::Array(items) => items.iter().filter_map(Value::as_str).for_each(&mut add),
+                _ => {}
+            }
+        }
+        if any_claim { out } else { self.default.clone() }
+    }
+
+    /// Allows the call, or says which permission is missing.
+    pub fn check(
+        &self,
+        claims: &Map<String, Value>,
+        method: &Method,
+        path: &str,
+    ) -> Result<(), GatewayError> {
+        let granted = self.granted(claims);
+        if granted.iter().any(|&i| self.grants[i].allows(method, path)) {
+            return Ok(());
+        }
+        let mut needed = format!("{method} {}", shown_prefix(path));
+        let would: Vec<&str> = self
+            .grants
+            .iter()
+            .filter(|g| g.allows(method, path))
+            .map(|g| g.name.as_str())
+            .take(5)
+            .collect();
+        if !would.is_empty() {
+            needed.push_str(&format!(
+                " (configured grants that do: {})",
+                would.join(", ")
+            ));
+        }
+        Err(GatewayError::Forbidden { needed })
+    }
+
+    /// The names of the grants a token's claims give (for diagnostics and tests).
+    pub fn grant_names(&self, claims: &Map<String, Value>) -> Vec<&str> {
+        self.granted(claims)
+            .into_iter()
+            .map(|i| self.grants[i].name.as_str())
+            .collect()
+    }
+}
+
+/// A claim by exact name, else by a dotted path into nested objects (`realm_access.roles`).
+/// Exact names come first because namespaced claims (`https://acme.example/roles`) contain dots.
+fn claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    if let Some(v) = claims.get(name) {
+        return Some(v);
+    }
+    let mut parts = name.split('.');
+    let mut v = claims.get(parts.next()?)?;
+    for p in parts {
+        v = v.as_object()?.get(p)?;
+    }
+    Some(v)
+}
+
+/// `/v1/<resource>` for the error message: enough to name the grant to ask for, without
+/// echoing ids or anything unusual the caller put in the path.
+fn shown_prefix(path: &str) -> String {
+    let seg = path
+        .strip_prefix("/v1/")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("");
+    let plain = !seg.is_empty()
+        && seg.len() <= 64
+        && seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        format!("/v1/{seg}")
+    } else {
+        "/v1".into()
+    }
+}
