@@ -185,7 +185,7 @@ measure() { # name, url, extra wrk args...
   : >"$w/up-conns.log"
   local prof=""
   if [ -n "${PROFILE:-}" ] && [[ "$name" == *"$PROFILE"* ]]; then
-    perf record -q -e cpu-clock -F 999 -g -p "$gwpid" -o target/bench/perf.data -- sleep "$secs" 2>/dev/null &
+    perf record -q -e cpu-clock -F 999 ${PERF_CALLGRAPH:--g} -p "$gwpid" -o target/bench/perf.data -- sleep "$secs" 2>/dev/null &
     prof=$!
   fi
   local out; out=$(taskset -c 1 wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "$@" "$url")
