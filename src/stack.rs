@@ -33,6 +33,8 @@ pub struct Parts {
     pub readiness: Arc<dyn Readiness>,
     /// What the guard checks against.
     pub limits: crate::guard::Limits,
+    /// Request metrics, recorded where the access line is written (`None`: not recorded).
+    pub metrics: Option<Arc<crate::metrics::HttpMetrics>>,
 }
 
 /// The whole gateway as one cloneable service.
@@ -44,7 +46,7 @@ pub fn build(p: &Parts) -> GatewayService {
         // First, so every response (errors included) and every log line carries the id.
         .layer(RequestIdLayer)
         // Outside the rescue so it logs the status the caller really got.
-        .layer(AccessLogLayer)
+        .layer(AccessLogLayer::new(p.metrics.clone()))
         // Every error below becomes one JSON response here, and nowhere else.
         .layer(RescueLayer)
         // Cheap refusals before any crypto: local routes, bad targets, framing, body limit.
