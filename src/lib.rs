@@ -27,6 +27,7 @@ pub mod rescue;
 pub mod sandbox;
 pub mod server;
 pub mod stack;
+pub mod tools;
 pub mod upstream;
 
 pub use gateway::{Gateway, StartError};
