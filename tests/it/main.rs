@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod faults;
 mod lifecycle;
+mod ops;
 mod proxy;
 mod ratelimit;
 mod server;
