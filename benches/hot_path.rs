@@ -37,15 +37,17 @@ fn list_body(n: usize) -> Vec<u8> {
 }
 
 fn config() -> cliniko_gateway::config::Config {
-    let text = "[auth]\n[keystore]\npath = \"k.json\"\n[upstream]\nuser_agent = \"Bench (b@e.x)\"\n";
-    let env = Env(
-        [
-            ("CLINIKO_GATEWAY_HMAC_SECRET".to_string(), "bench-hmac-secret-that-is-long-enough-0123".to_string()),
-            ("CLINIKO_GATEWAY_MASTER_KEY".to_string(), "00".repeat(32)),
-        ]
-        .into_iter()
-        .collect(),
-    );
+    let text =
+        "[auth]\n[keystore]\npath = \"k.json\"\n[upstream]\nuser_agent = \"Bench (b@e.x)\"\n";
+    let env = Env([
+        (
+            "CLINIKO_GATEWAY_HMAC_SECRET".to_string(),
+            "bench-hmac-secret-that-is-long-enough-0123".to_string(),
+        ),
+        ("CLINIKO_GATEWAY_MASTER_KEY".to_string(), "00".repeat(32)),
+    ]
+    .into_iter()
+    .collect());
     load_str(text, std::path::Path::new("/tmp"), &env).unwrap()
 }
 
@@ -92,9 +94,15 @@ fn headers(c: &mut Criterion) {
         ("cookie", "a=b"),
         ("x-request-id", "abc"),
         ("content-type", "application/json"),
-        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
     ] {
-        caller.insert(http::HeaderName::from_static(k), HeaderValue::from_static(v));
+        caller.insert(
+            http::HeaderName::from_static(k),
+            HeaderValue::from_static(v),
+        );
     }
     let fixed = FixedHeaders {
         user_agent: HeaderValue::from_static("Bench (b@e.x)"),
@@ -102,12 +110,22 @@ fn headers(c: &mut Criterion) {
     let basic = HeaderValue::from_static("Basic a2V5LWF1MTo=");
     let rid = HeaderValue::from_static("0c6a2b8e-5b2f-4f31-9a55-0e0b7a7e8e11");
     c.bench_function("headers/rewrite request", |b| {
-        b.iter(|| black_box(upstream_request_headers(black_box(&caller), &fixed, &basic, &rid)))
+        b.iter(|| {
+            black_box(upstream_request_headers(
+                black_box(&caller),
+                &fixed,
+                &basic,
+                &rid,
+            ))
+        })
     });
 }
 
 fn tokens(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let cfg = config();
     let http = cliniko_gateway::upstream::client::build(&cfg.upstream).unwrap();
     let secret = cfg.auth.hmac_secret.clone().unwrap();
@@ -125,15 +143,20 @@ fn tokens(c: &mut Criterion) {
     cold_cfg.auth.token_cache_size = 0;
     let cold = cliniko_gateway::auth::Authenticator::new(&cold_cfg.auth, http).unwrap();
     c.bench_function("jwt/HS256 cold (verify every time)", |b| {
-        b.to_async(&rt).iter(|| async { black_box(cold.authenticate(Some(&header)).await.unwrap()) })
+        b.to_async(&rt)
+            .iter(|| async { black_box(cold.authenticate(Some(&header)).await.unwrap()) })
     });
     c.bench_function("jwt/HS256 cached", |b| {
-        b.to_async(&rt).iter(|| async { black_box(cached.authenticate(Some(&header)).await.unwrap()) })
+        b.to_async(&rt)
+            .iter(|| async { black_box(cached.authenticate(Some(&header)).await.unwrap()) })
     });
 }
 
 fn cache(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let cfg = config();
     let cache = Cache::new(&cfg.cache).unwrap();
     let body = Bytes::from(list_body(36));
@@ -141,14 +164,17 @@ fn cache(c: &mut Criterion) {
         let body = body.clone();
         async move {
             let mut r = Response::new(Body::from(body));
-            r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
             Ok::<_, cliniko_gateway::error::GatewayError>(r)
         }
     });
     let svc = tower::Layer::layer(&CacheLayer(Some(cache)), inner);
     let cred = Arc::new(Credential::new(ApiKey::new("benchkey-au1".into()), "k1", None).unwrap());
     let req = || {
-        let mut r = Request::get("/v1/practitioners?per_page=50").body(Body::empty()).unwrap();
+        let mut r = Request::get("/v1/practitioners?per_page=50")
+            .body(Body::empty())
+            .unwrap();
         r.extensions_mut().insert(cred.clone());
         r
     };

@@ -5,6 +5,7 @@
 //! patient names), status, upstream status, shard, duration, bytes. Never a token, key or body.
 
 use crate::body::{Body, BodyObserver, observe};
+use crate::metrics::{HttpMetrics, RouteClass, method_label};
 use crate::request_id::RequestId;
 use crate::upstream::Shard;
 use futures_util::future::BoxFuture;
@@ -52,14 +53,27 @@ pub fn facts<B>(req: &Request<B>) -> Option<Arc<RequestFacts>> {
     req.extensions().get::<Arc<RequestFacts>>().cloned()
 }
 
-/// Layer that installs [`AccessLog`].
-#[derive(Clone, Copy, Default)]
-pub struct AccessLogLayer;
+/// Layer that installs [`AccessLog`]; with metrics, the same moment that writes the line
+/// also counts the request and observes its duration.
+#[derive(Clone, Default)]
+pub struct AccessLogLayer {
+    metrics: Option<Arc<HttpMetrics>>,
+}
+
+impl AccessLogLayer {
+    /// Logs every request and, when given, records request metrics.
+    pub fn new(metrics: Option<Arc<HttpMetrics>>) -> AccessLogLayer {
+        AccessLogLayer { metrics }
+    }
+}
 
 impl<S> tower::Layer<S> for AccessLogLayer {
     type Service = AccessLog<S>;
     fn layer(&self, inner: S) -> AccessLog<S> {
-        AccessLog { inner }
+        AccessLog {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
@@ -67,6 +81,7 @@ impl<S> tower::Layer<S> for AccessLogLayer {
 #[derive(Clone)]
 pub struct AccessLog<S> {
     inner: S,
+    metrics: Option<Arc<HttpMetrics>>,
 }
 
 struct Line {
@@ -77,6 +92,7 @@ struct Line {
     status: u16,
     facts: Arc<RequestFacts>,
     bytes: u64,
+    metrics: Option<Arc<HttpMetrics>>,
 }
 
 impl BodyObserver for Line {
@@ -88,6 +104,15 @@ impl BodyObserver for Line {
 impl Drop for Line {
     fn drop(&mut self) {
         let up = self.facts.upstream_status.load(Ordering::Relaxed);
+        let elapsed = self.start.elapsed();
+        if let Some(m) = &self.metrics {
+            m.finished(
+                RouteClass::of(&self.path),
+                method_label(&self.method),
+                self.status,
+                elapsed,
+            );
+        }
         tracing::info!(
             target: "access",
             request_id = self.request_id.as_str(),
@@ -98,7 +123,7 @@ impl Drop for Line {
             upstream_status = (up != 0).then_some(up),
             shard = self.facts.shard.get().map(Shard::as_str),
             cache = self.facts.cache.get().copied(),
-            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
             bytes = self.bytes,
         );
     }
@@ -129,6 +154,9 @@ where
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let fut = self.inner.call(req);
+        if let Some(m) = &self.metrics {
+            m.started();
+        }
         // Built before awaiting: if the caller goes away first, dropping the future still
         // writes the line, with nginx's 499 "client closed request".
         let mut line = Line {
@@ -139,6 +167,7 @@ where
             status: 499,
             facts,
             bytes: 0,
+            metrics: self.metrics.clone(),
         };
         Box::pin(async move {
             let resp = fut.await?;

@@ -4,11 +4,16 @@
 //! - `POST /admin/cache/purge?all=true` | `?user=<name>` | `?prefix=/v1/patients`
 //! - `POST /admin/reload`: re-read the key store (a bad file is refused; the old one stays)
 //! - `GET /admin/keys`: users, key ids, fingerprints and shards — never keys
+//! - `GET /metrics`: Prometheus text (OpenMetrics). Behind the same token as everything else
+//!   here: one rule for the whole port is simpler to audit than an exception, and Prometheus
+//!   sends a bearer token with `authorization.credentials_file` in its scrape config.
 
 use crate::body::Body;
 use crate::cache::Cache;
 use crate::config::AdminConfig;
 use crate::credentials::Credentials;
+use crate::metrics::{Metrics, ReloadTrigger};
+use crate::reload::KeyStoreReloader;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use secrecy::{ExposeSecret, SecretString};
@@ -23,6 +28,8 @@ pub struct Admin {
     token: SecretString,
     credentials: Arc<Credentials>,
     cache: Option<Arc<Cache>>,
+    reloader: Arc<KeyStoreReloader>,
+    metrics: Arc<Metrics>,
 }
 
 impl Admin {
@@ -31,12 +38,16 @@ impl Admin {
         cfg: &AdminConfig,
         credentials: Arc<Credentials>,
         cache: Option<Arc<Cache>>,
+        reloader: Arc<KeyStoreReloader>,
+        metrics: Arc<Metrics>,
     ) -> Option<Arc<Admin>> {
         let token = cfg.token.as_ref()?.expose_secret().to_string();
         Some(Arc::new(Admin {
             token: SecretString::from(token),
             credentials,
             cache,
+            reloader,
+            metrics,
         }))
     }
 
@@ -101,25 +112,32 @@ impl Admin {
                 self.purge(arg("all"), arg("user"), arg("prefix"))
             }
             (&Method::POST, "/admin/reload") => {
-                let creds = self.credentials.clone();
-                match tokio::task::spawn_blocking(move || creds.reload()).await {
-                    Ok(Ok(users)) => {
-                        tracing::info!(users, "key store reloaded (admin)");
-                        reply(StatusCode::OK, json!({"reloaded": true, "users": users}))
-                    }
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "key store reload failed; keeping the previous store");
-                        reply(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            json!({"error": {"code": "reload_failed", "message": e.to_string()}}),
-                        )
-                    }
-                    Err(_) => reply(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        json!({"error": {"code": "internal"}}),
+                match self.reloader.reload(ReloadTrigger::Admin).await {
+                    Ok(users) => reply(StatusCode::OK, json!({"reloaded": true, "users": users})),
+                    Err(e) => reply(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        json!({"error": {"code": "reload_failed", "message": e.to_string()}}),
                     ),
                 }
             }
+            (&Method::GET, "/metrics") => match self.metrics.render().await {
+                Ok(text) => {
+                    let mut r = Response::new(Body::from(text));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                    );
+                    r.headers_mut().insert(
+                        header::CACHE_CONTROL,
+                        http::HeaderValue::from_static("no-store"),
+                    );
+                    r
+                }
+                Err(_) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": {"code": "internal"}}),
+                ),
+            },
             (&Method::GET, "/admin/keys") => {
                 let store = self.credentials.current();
                 let mut users: Vec<_> = store

@@ -1,4 +1,5 @@
-//! The command line: `serve`, `demo`, `check-config`, `keys …` and `token mint`.
+//! The command line: `serve`, `demo`, `check-config`, `keys …`, `token mint`, `sandbox` and
+//! `healthcheck`.
 //!
 //! Exit codes: 0 ok, 64 bad configuration or usage, 70 runtime failure.
 
@@ -49,6 +50,40 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Run the Cliniko stand-in alone (compose, manual tests); prints its base URL.
+    Sandbox {
+        /// Where it listens.
+        #[arg(long, default_value = "127.0.0.1:9443")]
+        listen: std::net::SocketAddr,
+        /// Write the PEM of its CA here (give it to the gateway as upstream.ca_file).
+        #[arg(long)]
+        ca_out: Option<PathBuf>,
+        /// Accepted API keys with a data label, as KEY:LABEL,... (default: the demo key).
+        #[arg(long, value_delimiter = ',', value_parser = crate::tools::parse_account)]
+        accounts: Vec<crate::sandbox::Account>,
+        /// Host names in its certificate; the first one is used in its links.
+        #[arg(
+            long = "name",
+            value_delimiter = ',',
+            default_value = "localhost,127.0.0.1"
+        )]
+        names: Vec<String>,
+        /// Shard name shown in its data.
+        #[arg(long, default_value = "au1")]
+        shard: String,
+    },
+    /// Container health probe: exit 0 if the URL answers 2xx (or the TCP port accepts), else 1.
+    Healthcheck {
+        /// Plain-http URL to GET.
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+        /// Only check that this address accepts a TCP connection (e.g. the TLS sandbox).
+        #[arg(long)]
+        tcp: Option<std::net::SocketAddr>,
+        /// Give up after this long.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,6 +99,9 @@ enum KeysAction {
         /// Label of the Cliniko user owning the key (keys of one Cliniko user share a budget).
         #[arg(long)]
         cliniko_user: Option<String>,
+        /// Read the key from this file instead of stdin (for containers without a shell).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
     /// List users with key fingerprints and shards (never keys).
     List {
@@ -133,6 +171,18 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::Keys { action } => keys(action),
         Command::Token { action } => token(action),
+        Command::Sandbox {
+            listen,
+            ca_out,
+            accounts,
+            names,
+            shard,
+        } => rt.block_on(crate::tools::sandbox(
+            listen, ca_out, accounts, names, shard,
+        )),
+        Command::Healthcheck { url, tcp, timeout } => {
+            rt.block_on(crate::tools::healthcheck(url, tcp, timeout))
+        }
     }
 }
 
@@ -219,6 +269,7 @@ fn keys(action: KeysAction) -> ExitCode {
             config,
             user,
             cliniko_user,
+            key_file,
         } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
@@ -229,8 +280,12 @@ fn keys(action: KeysAction) -> ExitCode {
                 Err(code) => return code,
             };
             let mut raw = String::new();
-            if std::io::stdin().read_to_string(&mut raw).is_err() {
-                eprintln!("cannot read the API key from stdin");
+            let read = match &key_file {
+                Some(p) => std::fs::read_to_string(p).map(|s| raw = s),
+                None => std::io::stdin().read_to_string(&mut raw).map(|_| ()),
+            };
+            if read.is_err() {
+                eprintln!("cannot read the API key from stdin or --key-file");
                 return ExitCode::from(64);
             }
             let key = ApiKey::new(raw.trim().to_string());

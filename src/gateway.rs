@@ -4,6 +4,8 @@ use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
 use crate::credentials::{Credentials, KeyStoreError};
 use crate::guard::Readiness;
+use crate::metrics::{Metrics, ReloadTrigger, Sources};
+use crate::reload::KeyStoreReloader;
 use crate::server::{self, ConnSettings};
 use crate::stack::{self, Parts};
 use crate::upstream::forward::Upstream;
@@ -48,18 +50,20 @@ pub struct Gateway {
     local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
-    credentials: Arc<Credentials>,
     readiness: Arc<GatewayReadiness>,
     shutdown_delay: std::time::Duration,
     cache: Option<Arc<crate::cache::Cache>>,
     admin_addr: Option<SocketAddr>,
     ratelimits: Option<Arc<crate::ratelimit::RateLimits>>,
+    reloader: Arc<KeyStoreReloader>,
+    metrics: Arc<Metrics>,
 }
 
 impl Gateway {
     /// Builds every shared part from `cfg`, then serves on `listener` until shut down.
     pub async fn start(cfg: Config, listener: TcpListener) -> Result<Gateway, StartError> {
-        let http = client::build(&cfg.upstream)?;
+        let mut metrics = Metrics::new();
+        let http = client::build_counted(&cfg.upstream, metrics.tls_handshakes())?;
         let authn = Authenticator::new(&cfg.auth, http.clone())?;
         let credentials = Arc::new(Credentials::open(&cfg.keystore)?);
         let router = ShardRouter::new(&cfg.upstream)?;
@@ -87,14 +91,17 @@ impl Gateway {
                 )
             })?,
         };
-        let upstream = Arc::new(Upstream::new(
-            http,
-            router,
-            fixed,
-            links,
-            (cfg.upstream.timeout, cfg.upstream.body_timeout),
-            cfg.server.max_body_bytes,
-        ));
+        let upstream = Arc::new(
+            Upstream::new(
+                http,
+                router,
+                fixed,
+                links,
+                (cfg.upstream.timeout, cfg.upstream.body_timeout),
+                cfg.server.max_body_bytes,
+            )
+            .with_metrics(metrics.upstream()),
+        );
         let tls = server::tls_acceptor(&cfg.server)?;
         authn.start().await;
         let readiness = Arc::new(GatewayReadiness {
@@ -103,6 +110,14 @@ impl Gateway {
         });
         let cache = crate::cache::Cache::new(&cfg.cache);
         let ratelimits = crate::ratelimit::RateLimits::new(&cfg.ratelimit)?;
+        metrics.add_sources(Sources::new(
+            cache.clone(),
+            ratelimits.clone(),
+            authn.clone(),
+        ));
+        let reloader = KeyStoreReloader::new(credentials.clone(), metrics.reloads());
+        let http_metrics = Some(Arc::new(metrics.http()));
+        let metrics = Arc::new(metrics);
         let svc = stack::build(&Parts {
             authn,
             policy: Arc::new(crate::policy::Policy::new(&cfg.policy)),
@@ -115,13 +130,20 @@ impl Gateway {
                 max_body: cfg.server.max_body_bytes,
                 authority,
             },
+            metrics: http_metrics,
         });
         let (tx, rx) = watch::channel(false);
         let settings = ConnSettings::new(&cfg.server, tls);
         let grace = cfg.server.shutdown_grace;
         let admin_addr = match (
             cfg.admin.listen,
-            crate::admin::Admin::new(&cfg.admin, credentials.clone(), cache.clone()),
+            crate::admin::Admin::new(
+                &cfg.admin,
+                credentials.clone(),
+                cache.clone(),
+                reloader.clone(),
+                metrics.clone(),
+            ),
         ) {
             (Some(addr), Some(admin)) => {
                 let l = TcpListener::bind(addr).await?;
@@ -132,18 +154,26 @@ impl Gateway {
             }
             _ => None,
         };
+        if !cfg.keystore.watch_interval.is_zero() {
+            tokio::spawn(
+                reloader
+                    .clone()
+                    .watch_file(cfg.keystore.watch_interval, rx.clone()),
+            );
+        }
         let task = tokio::spawn(server::serve(listener, settings, svc, rx, grace));
         tracing::info!(%local_addr, "gateway listening");
         Ok(Gateway {
             local_addr,
             shutdown: tx,
             task,
-            credentials,
             readiness,
             shutdown_delay: cfg.server.shutdown_delay,
             cache,
             admin_addr,
             ratelimits,
+            reloader,
+            metrics,
         })
     }
 
@@ -176,26 +206,22 @@ impl Gateway {
     /// Re-reads the key store (file I/O and decryption off the async threads); on error the
     /// old store keeps serving.
     pub async fn reload_credentials(&self) -> Result<usize, KeyStoreError> {
-        let creds = self.credentials.clone();
-        let result = tokio::task::spawn_blocking(move || creds.reload())
-            .await
-            .unwrap_or(Err(KeyStoreError::Crypto("the reload task failed")));
-        match result {
-            Ok(n) => {
-                tracing::info!(users = n, "key store reloaded");
-                Ok(n)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "key store reload failed; keeping the previous store");
-                Err(e)
-            }
-        }
+        self.reloader.reload(ReloadTrigger::Signal).await
+    }
+
+    /// The metrics registry (what `/metrics` renders).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Fails readiness, waits `shutdown_delay`, stops accepting, and waits for in-flight
     /// requests (up to the grace); connections still open then are closed.
     pub async fn shutdown(self) {
         self.readiness.draining.store(true, Ordering::Release);
+        tracing::info!(
+            shutdown_delay_ms = u64::try_from(self.shutdown_delay.as_millis()).unwrap_or(u64::MAX),
+            "readiness now failing; the listener closes after shutdown_delay"
+        );
         tokio::time::sleep(self.shutdown_delay).await;
         let _ = self.shutdown.send(true);
         let _ = self.task.await;

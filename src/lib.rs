@@ -20,13 +20,16 @@ pub mod error;
 pub mod framing;
 pub mod gateway;
 pub mod guard;
+pub mod metrics;
 pub mod policy;
 pub mod ratelimit;
+pub mod reload;
 pub mod request_id;
 pub mod rescue;
 pub mod sandbox;
 pub mod server;
 pub mod stack;
+pub mod tools;
 pub mod upstream;
 
 pub use gateway::{Gateway, StartError};

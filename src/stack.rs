@@ -37,6 +37,8 @@ pub struct Parts {
     pub readiness: Arc<dyn Readiness>,
     /// What the guard checks against.
     pub limits: crate::guard::Limits,
+    /// Request metrics, recorded where the access line is written (`None`: not recorded).
+    pub metrics: Option<Arc<crate::metrics::HttpMetrics>>,
 }
 
 /// The whole gateway as one cloneable service.
@@ -48,7 +50,7 @@ pub fn build(p: &Parts) -> GatewayService {
         // First, so every response (errors included) and every log line carries the id.
         .layer(RequestIdLayer)
         // Outside the rescue so it logs the status the caller really got.
-        .layer(AccessLogLayer)
+        .layer(AccessLogLayer::new(p.metrics.clone()))
         // Who did what, on its own target; outside the rescue so refusals are recorded too.
         .layer(AuditLayer)
         // Every error below becomes one JSON response here, and nowhere else.

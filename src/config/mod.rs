@@ -263,6 +263,9 @@ pub struct KeyStoreConfig {
     pub path: PathBuf,
     /// File holding the master key (else `CLINIKO_GATEWAY_MASTER_KEY`).
     pub master_key_file: Option<PathBuf>,
+    /// How often the file is checked for changes (reloaded when changed); `0s` = off.
+    #[serde(default = "default_keystore_watch", with = "humantime_serde")]
+    pub watch_interval: Duration,
     /// Resolved at load: the 32-byte master key. Never in the file.
     #[serde(skip)]
     pub master_key: Option<MasterKey>,
@@ -354,6 +357,9 @@ fn default_jwks_unknown_kid_ttl() -> Duration {
 }
 fn default_jwks_timeout() -> Duration {
     Duration::from_secs(5)
+}
+fn default_keystore_watch() -> Duration {
+    Duration::from_secs(2)
 }
 fn default_url_template() -> String {
     "https://api.{shard}.cliniko.com/v1".into()

@@ -248,6 +248,7 @@ fn config(path: &Path, m: &MasterKey) -> KeyStoreConfig {
     KeyStoreConfig {
         path: path.to_path_buf(),
         master_key_file: None,
+        watch_interval: std::time::Duration::ZERO,
         master_key: Some(SecretBox::init_with(|| *m.expose_secret())),
     }
 }

@@ -91,6 +91,8 @@ pub struct SandboxOptions {
     pub pki: Option<Arc<TestPki>>,
     /// Shard name (e.g. `au1`), only used in data text.
     pub shard: String,
+    /// Where to listen; tests use `127.0.0.1:0`, the `sandbox` subcommand a fixed address.
+    pub listen: SocketAddr,
 }
 
 impl Default for SandboxOptions {
@@ -100,6 +102,7 @@ impl Default for SandboxOptions {
             names: vec!["localhost".to_string(), "127.0.0.1".to_string()],
             pki: None,
             shard: "au1".to_string(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 }
@@ -204,7 +207,7 @@ impl Sandbox {
         };
         let names: Vec<&str> = opts.names.iter().map(String::as_str).collect();
         let tls = pki.issue(&names)?.server_config()?;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let listener = tokio::net::TcpListener::bind(opts.listen).await?;
         let addr = listener.local_addr()?;
         let host = opts.names.first().map_or("localhost", String::as_str);
         let origin = if host.parse::<std::net::Ipv6Addr>().is_ok() {
@@ -226,7 +229,7 @@ impl Sandbox {
         })
     }
 
-    /// The listening address (always 127.0.0.1).
+    /// The listening address (127.0.0.1 unless `listen` said otherwise).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -8,6 +8,7 @@ use crate::config::{ConfigError, UpstreamConfig};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub type HttpClient = Client<ConnectTimeout<HttpsConnector<HttpConnector>>, Body
 pub struct ConnectTimeout<C> {
     inner: C,
     limit: Duration,
+    // Every connection is HTTPS (`https_only`), so each successful connect is one handshake.
+    handshakes: Counter,
 }
 
 /// The connect did not finish in time.
@@ -50,9 +53,14 @@ where
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let fut = self.inner.call(uri);
         let limit = self.limit;
+        let handshakes = self.handshakes.clone();
         Box::pin(async move {
             match tokio::time::timeout(limit, fut).await {
-                Ok(r) => r.map_err(Into::into),
+                Ok(Ok(conn)) => {
+                    handshakes.inc();
+                    Ok(conn)
+                }
+                Ok(Err(e)) => Err(e.into()),
                 Err(_) => Err(Box::new(ConnectTimedOut) as _),
             }
         })
@@ -98,6 +106,11 @@ pub fn root_store(
 
 /// Builds the pooled client from validated upstream config.
 pub fn build(cfg: &UpstreamConfig) -> Result<HttpClient, ConfigError> {
+    build_counted(cfg, Counter::default())
+}
+
+/// Like [`build`], bumping `handshakes` for every new (TLS) connection.
+pub fn build_counted(cfg: &UpstreamConfig, handshakes: Counter) -> Result<HttpClient, ConfigError> {
     let roots = root_store(cfg.ca_file.as_deref(), "upstream.ca_file")?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -118,6 +131,7 @@ pub fn build(cfg: &UpstreamConfig) -> Result<HttpClient, ConfigError> {
     let connector = ConnectTimeout {
         inner: https,
         limit: cfg.connect_timeout,
+        handshakes,
     };
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())

@@ -16,6 +16,7 @@ use crate::body::Body;
 use crate::credentials::Credential;
 use crate::error::GatewayError;
 use crate::guard::BodyLimitTripped;
+use crate::metrics::{UpstreamError, UpstreamMetrics};
 use crate::request_id::RequestId;
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
@@ -33,6 +34,7 @@ pub struct Upstream {
     timeout: Duration,
     body_timeout: Duration,
     max_body: u64,
+    metrics: Option<UpstreamMetrics>,
 }
 
 impl Upstream {
@@ -53,6 +55,19 @@ impl Upstream {
             timeout: timeouts.0,
             body_timeout: timeouts.1,
             max_body,
+            metrics: None,
+        }
+    }
+
+    /// Records latency and failures of each exchange into `m`.
+    pub fn with_metrics(mut self, m: UpstreamMetrics) -> Self {
+        self.metrics = Some(m);
+        self
+    }
+
+    fn count_error(&self, kind: UpstreamError) {
+        if let Some(m) = &self.metrics {
+            m.error(kind);
         }
     }
 
@@ -113,14 +128,25 @@ impl Upstream {
             }
         };
 
-        let resp = match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => return Err(GatewayError::UpstreamTimeout),
+        let sent = std::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, exchange).await;
+        if let Some(m) = &self.metrics {
+            m.observe(sent.elapsed());
+        }
+        let resp = match result {
+            Err(_) => {
+                self.count_error(UpstreamError::Timeout);
+                return Err(GatewayError::UpstreamTimeout);
+            }
             Ok(Err(_)) if body_limit.as_ref().is_some_and(BodyLimitTripped::tripped) => {
                 return Err(GatewayError::BodyTooLarge {
                     limit: self.max_body,
                 });
             }
-            Ok(Err(e)) => return Err(classify(&e)),
+            Ok(Err(e)) => {
+                self.count_error(error_kind(&e));
+                return Err(classify(&e));
+            }
             Ok(Ok(r)) => r,
         };
         let status = resp.status();
@@ -128,6 +154,7 @@ impl Upstream {
             f.set_upstream_status(status.as_u16());
         }
         if status == StatusCode::UNAUTHORIZED {
+            self.count_error(UpstreamError::CredentialRejected);
             tracing::warn!(
                 request_id = rid.to_str().unwrap_or("-"),
                 key_fingerprint = &*cred.fingerprint,
@@ -244,6 +271,31 @@ fn classify(e: &hyper_util::client::legacy::Error) -> GatewayError {
         GatewayError::UpstreamConnect
     } else {
         GatewayError::UpstreamUnavailable
+    }
+}
+
+/// The metric kind of a failed exchange: walks the cause chain for the connect timeout or a
+/// rustls error (`io::Error::source` skips its payload, so payloads are looked at directly).
+fn error_kind(e: &hyper_util::client::legacy::Error) -> UpstreamError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = e.source();
+    while let Some(c) = cause {
+        if c.is::<super::client::ConnectTimedOut>() {
+            return UpstreamError::ConnectTimeout;
+        }
+        if c.is::<rustls::Error>() {
+            return UpstreamError::Tls;
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && io.get_ref().is_some_and(|p| p.is::<rustls::Error>())
+        {
+            return UpstreamError::Tls;
+        }
+        cause = c.source();
+    }
+    if e.is_connect() {
+        UpstreamError::Connect
+    } else {
+        UpstreamError::Protocol
     }
 }
 

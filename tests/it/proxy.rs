@@ -399,6 +399,7 @@ async fn an_upstream_certificate_for_another_name_is_refused() {
             names: vec!["wrong.example".into()],
             pki: Some(pki.clone()),
             shard: "ca1".into(),
+            ..Default::default()
         })
         .await
         .unwrap();

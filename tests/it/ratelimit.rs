@@ -7,7 +7,9 @@
 //! for time windows to pass, which is what is being measured. Synchronisation is done with
 //! `wait_for_requests` and `RateLimits::wait_for_pauses`, never with sleeps.
 
-use crate::support::{HMAC, KEY_ALICE, KEY_DAVE, MASTER, account, plain_client, token};
+use crate::support::{
+    HMAC, KEY_ALICE, KEY_DAVE, MASTER, RedisServer, account, plain_client, token,
+};
 use bytes::Bytes;
 use cliniko_gateway::Gateway;
 use cliniko_gateway::auth::mint::mint_hs;
@@ -258,75 +260,6 @@ fn assert_within_budget(at: &[Instant], rate: f64, burst: usize, slack: usize) {
 }
 
 /// A `redis-server` of our own on a free loopback port; killed on drop.
-struct RedisServer {
-    child: Option<std::process::Child>,
-    url: String,
-}
-
-impl RedisServer {
-    fn start() -> Option<RedisServer> {
-        let found = std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("redis-server").is_file()));
-        if !found {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is not installed; .ci/run must install it"
-            );
-            eprintln!(
-                "\n\n*** SKIPPING a Redis rate-limit test: redis-server is not on PATH \
-                 (apt-get install redis-server) ***\n\n"
-            );
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let s = RedisServer {
-            child: Some(child),
-            url: format!("redis://127.0.0.1:{port}"),
-        };
-        // Readiness poll: the process needs a moment to bind before it answers PING.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !s.answers_ping() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(s)
-    }
-
-    fn answers_ping(&self) -> bool {
-        use std::io::{Read, Write};
-        let addr = self.url.trim_start_matches("redis://");
-        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Open-loop load: `n` GETs on `path`, one every `every`, each on its own task (so waiting
 /// ones do not hold the others back), alternating users of one key and the gateways. Returns
 /// every reply with the gateway that gave it. The schedule only spreads load over time; it

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use secrecy::SecretSlice;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The HMAC secret every harness uses (tests mint their own tokens with it).
 pub const HMAC: &str = "test-hmac-secret-that-is-long-enough-0123456789";
@@ -328,6 +328,20 @@ pub fn token(sub: &str) -> String {
     .unwrap()
 }
 
+/// Like [`token`], with a `scope` claim (for configs with a real policy, e.g. the deploy one).
+pub fn token_scoped(sub: &str, scope: &str) -> String {
+    let mut claims = serde_json::Map::new();
+    claims.insert("scope".into(), scope.into());
+    mint_hs(
+        &SecretSlice::from(HMAC.as_bytes().to_vec()),
+        jsonwebtoken::Algorithm::HS256,
+        sub,
+        Duration::from_secs(3600),
+        claims,
+    )
+    .unwrap()
+}
+
 /// A plain-HTTP pooled client for talking to the gateway.
 pub fn plain_client() -> Client<HttpConnector, Full<Bytes>> {
     let mut http = HttpConnector::new();
@@ -343,4 +357,77 @@ pub async fn raw_exchange(addr: &str, bytes: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A real `redis-server` on a free loopback port, killed on drop (ratelimit and ops tests).
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    /// `redis://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl RedisServer {
+    /// Starts one; `None` (after a loud SKIP) when redis-server is not installed outside CI.
+    pub fn start() -> Option<RedisServer> {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("redis-server").is_file()));
+        if !found {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not installed; .ci/run must install it"
+            );
+            eprintln!(
+                "\n\n*** SKIPPING a Redis test: redis-server is not on PATH \
+                 (apt-get install redis-server) ***\n\n"
+            );
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = RedisServer {
+            child: Some(child),
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        // Readiness poll: the process needs a moment to bind before it answers PING.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !s.answers_ping() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(s)
+    }
+
+    fn answers_ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let addr = self.url.trim_start_matches("redis://");
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// Stops it (as if Redis went down).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -1,0 +1,417 @@
+//! Prometheus metrics: one [`Registry`] built at start-up, handed down as small handles, and
+//! rendered on the admin listener's `/metrics`. Not in the request path itself: the access-log
+//! layer, the forwarder and the outbound connector record into pre-built handles.
+//!
+//! Label values are fixed words (`proxy`, `GET`, `connect`, …) or HTTP status codes, never user
+//! ids, paths, keys or anything a caller controls, so the number of series stays bounded.
+//! Per request: a few atomic adds, one read-locked map lookup for the request counter (labels
+//! are `Copy`, nothing is allocated) and one short mutex for each histogram observation.
+//! Cache, rate-limit and JWKS figures are read from their own counters at scrape time
+//! ([`sources`]), so those paths carry no metrics code at all.
+
+mod sources;
+
+pub use sources::Sources;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Every metric name starts with this.
+pub const PREFIX: &str = "cliniko_gateway";
+
+/// The `Content-Type` of the rendered text (OpenMetrics, which Prometheus reads natively).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Seconds; from sub-millisecond cache hits to the 60 s upstream timeout.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Which kind of route a request hit (bounded: three values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteClass {
+    /// `/v1` and below: proxied to Cliniko.
+    Proxy,
+    /// `/healthz`, `/readyz`.
+    Health,
+    /// Anything else (answered 404 or 400 by the guard).
+    Other,
+}
+
+impl RouteClass {
+    /// Classifies a request path.
+    pub fn of(path: &str) -> RouteClass {
+        match path {
+            "/healthz" | "/readyz" => RouteClass::Health,
+            p if p == "/v1" || p.starts_with("/v1/") => RouteClass::Proxy,
+            _ => RouteClass::Other,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            RouteClass::Proxy => "proxy",
+            RouteClass::Health => "health",
+            RouteClass::Other => "other",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A method as a label: Cliniko's seven, everything else `OTHER` (the guard refuses those).
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    trigger: &'static str,
+    result: &'static str,
+}
+
+fn latency() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// What the access-log layer records per request.
+#[derive(Clone, Debug)]
+pub struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+    /// Pre-resolved per [`RouteClass`], so observing needs no lookup.
+    durations: [Histogram; 3],
+    in_flight: Gauge,
+}
+
+impl HttpMetrics {
+    /// A request entered the gateway.
+    pub fn started(&self) {
+        self.in_flight.inc();
+    }
+
+    /// A request's response body was sent (or abandoned) after `elapsed`.
+    pub fn finished(
+        &self,
+        route: RouteClass,
+        method: &'static str,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        self.in_flight.dec();
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.label(),
+                method,
+                status,
+            })
+            .inc();
+        self.durations[route.index()].observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Why an exchange with Cliniko failed (bounded label values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// TCP connect (or DNS) failed.
+    Connect,
+    /// TCP + TLS did not finish within `upstream.connect_timeout`.
+    ConnectTimeout,
+    /// The TLS handshake failed (unknown CA, wrong name, protocol).
+    Tls,
+    /// No response headers within `upstream.timeout`.
+    Timeout,
+    /// The connection broke or spoke garbage after connecting.
+    Protocol,
+    /// Cliniko answered 401 to the stored key.
+    CredentialRejected,
+}
+
+impl UpstreamError {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamError::Connect => "connect",
+            UpstreamError::ConnectTimeout => "connect_timeout",
+            UpstreamError::Tls => "tls",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Protocol => "protocol",
+            UpstreamError::CredentialRejected => "credential_rejected",
+        }
+    }
+}
+
+/// What the forwarder records per exchange with Cliniko.
+#[derive(Clone, Debug)]
+pub struct UpstreamMetrics {
+    duration: Histogram,
+    errors: Family<KindLabels, Counter>,
+}
+
+impl UpstreamMetrics {
+    /// Time from sending the request to Cliniko's response headers (or the failure).
+    pub fn observe(&self, elapsed: Duration) {
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// One failed exchange.
+    pub fn error(&self, kind: UpstreamError) {
+        self.errors
+            .get_or_create(&KindLabels { kind: kind.label() })
+            .inc();
+    }
+}
+
+/// What triggered a key-store reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadTrigger {
+    /// SIGHUP.
+    Signal,
+    /// `POST /admin/reload`.
+    Admin,
+    /// The key-store file changed on disk.
+    File,
+}
+
+impl ReloadTrigger {
+    /// The label value (also used in log lines).
+    pub fn label(self) -> &'static str {
+        match self {
+            ReloadTrigger::Signal => "signal",
+            ReloadTrigger::Admin => "admin",
+            ReloadTrigger::File => "file",
+        }
+    }
+}
+
+/// Key-store reload outcomes.
+#[derive(Clone, Debug, Default)]
+pub struct ReloadMetrics {
+    reloads: Family<ReloadLabels, Counter>,
+    users: Gauge,
+}
+
+impl ReloadMetrics {
+    /// One reload attempt; `users` is the new store's size on success.
+    pub fn record(&self, trigger: ReloadTrigger, users: Option<usize>) {
+        let result = if users.is_some() { "ok" } else { "failed" };
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                trigger: trigger.label(),
+                result,
+            })
+            .inc();
+        if let Some(n) = users {
+            self.users.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Sets the user count (at start-up).
+    pub fn set_users(&self, n: usize) {
+        self.users.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+/// The registry and every handle into it; built once in `Gateway::start`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    http: HttpMetrics,
+    upstream: UpstreamMetrics,
+    handshakes: Counter,
+    reloads: ReloadMetrics,
+    sources: Option<Arc<Sources>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric the gateway records itself.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "Requests answered, by route class (proxy, health, other), method and status",
+            requests.clone(),
+        );
+        let duration_family =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency);
+        let durations = [RouteClass::Proxy, RouteClass::Health, RouteClass::Other]
+            .map(|r| duration_family.get_or_create_owned(&RouteLabels { route: r.label() }));
+        registry.register(
+            "http_request_duration_seconds",
+            "Whole request time, until the response body was sent, by route class",
+            duration_family,
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "Requests being handled right now",
+            in_flight.clone(),
+        );
+        let up_duration = latency();
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending a request to Cliniko until its response headers (or the failure)",
+            up_duration.clone(),
+        );
+        let up_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Failed exchanges with Cliniko by kind (connect, connect_timeout, tls, timeout, protocol, credential_rejected)",
+            up_errors.clone(),
+        );
+        let handshakes = Counter::default();
+        registry.register(
+            "upstream_tls_handshakes",
+            "New outbound TLS connections (Cliniko and JWKS); low means the pool is reused",
+            handshakes.clone(),
+        );
+        let reloads = ReloadMetrics::default();
+        registry.register(
+            "keystore_reloads",
+            "Key-store reload attempts by trigger (signal, admin, file) and result (ok, failed)",
+            reloads.reloads.clone(),
+        );
+        registry.register(
+            "keystore_users",
+            "Users in the key store now serving",
+            reloads.users.clone(),
+        );
+        Metrics {
+            registry,
+            http: HttpMetrics {
+                requests,
+                durations,
+                in_flight,
+            },
+            upstream: UpstreamMetrics {
+                duration: up_duration,
+                errors: up_errors,
+            },
+            handshakes,
+            reloads,
+            sources: None,
+        }
+    }
+
+    /// Adds the figures other parts keep themselves (cache, rate limits, JWKS), read at scrape.
+    pub fn add_sources(&mut self, sources: Sources) {
+        let sources = Arc::new(sources);
+        sources.register_gauges(&mut self.registry);
+        self.registry.register_collector(Box::new(sources.clone()));
+        self.sources = Some(sources);
+    }
+
+    /// Handle for the access-log layer.
+    pub fn http(&self) -> HttpMetrics {
+        self.http.clone()
+    }
+
+    /// Handle for the forwarder.
+    pub fn upstream(&self) -> UpstreamMetrics {
+        self.upstream.clone()
+    }
+
+    /// Counter the outbound connector bumps for each new TLS connection.
+    pub fn tls_handshakes(&self) -> Counter {
+        self.handshakes.clone()
+    }
+
+    /// Handle for key-store reloads.
+    pub fn reloads(&self) -> ReloadMetrics {
+        self.reloads.clone()
+    }
+
+    /// The text exposition (OpenMetrics); refreshes scrape-time gauges first.
+    pub async fn render(&self) -> Result<String, std::fmt::Error> {
+        if let Some(s) = &self.sources {
+            s.refresh().await;
+        }
+        let mut out = String::with_capacity(8 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_classified_into_three_bounded_values() {
+        assert_eq!(RouteClass::of("/v1/patients/7"), RouteClass::Proxy);
+        assert_eq!(RouteClass::of("/v1"), RouteClass::Proxy);
+        assert_eq!(RouteClass::of("/v1x"), RouteClass::Other);
+        assert_eq!(RouteClass::of("/readyz"), RouteClass::Health);
+        assert_eq!(RouteClass::of("/healthz"), RouteClass::Health);
+        assert_eq!(RouteClass::of("/admin"), RouteClass::Other);
+        assert_eq!(method_label(&http::Method::PATCH), "PATCH");
+        assert_eq!(method_label(&http::Method::TRACE), "OTHER");
+    }
+
+    #[tokio::test]
+    async fn recorded_values_show_up_with_bounded_labels() {
+        let m = Metrics::new();
+        let h = m.http();
+        h.started();
+        h.started();
+        h.finished(RouteClass::Proxy, "GET", 200, Duration::from_millis(3));
+        m.upstream().error(UpstreamError::Tls);
+        m.upstream().observe(Duration::from_millis(2));
+        m.tls_handshakes().inc();
+        m.reloads().record(ReloadTrigger::File, None);
+        m.reloads().record(ReloadTrigger::Signal, Some(4));
+        let text = m.render().await.unwrap();
+        let has = |s: &str| assert!(text.contains(s), "missing {s} in\n{text}");
+        has(r#"cliniko_gateway_http_requests_total{route="proxy",method="GET",status="200"} 1"#);
+        has("cliniko_gateway_http_requests_in_flight 1");
+        has(r#"cliniko_gateway_http_request_duration_seconds_bucket{le="0.005",route="proxy"} 1"#);
+        has(r#"cliniko_gateway_http_request_duration_seconds_count{route="health"} 0"#);
+        has(r#"cliniko_gateway_upstream_errors_total{kind="tls"} 1"#);
+        has("cliniko_gateway_upstream_duration_seconds_count 1");
+        has("cliniko_gateway_upstream_tls_handshakes_total 1");
+        has(r#"cliniko_gateway_keystore_reloads_total{trigger="file",result="failed"} 1"#);
+        has(r#"cliniko_gateway_keystore_reloads_total{trigger="signal",result="ok"} 1"#);
+        has("cliniko_gateway_keystore_users 4");
+    }
+}

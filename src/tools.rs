@@ -1,0 +1,156 @@
+//! Operations subcommands beside the request path: `sandbox` (the Cliniko stand-in on its own,
+//! for compose and manual tests) and `healthcheck` (a container probe for images without a
+//! shell or curl, such as distroless).
+
+use crate::sandbox::{Account, DEMO_API_KEY, Sandbox, SandboxOptions, TestPki};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Parses `KEY:LABEL` (the label is the part after the last `:`).
+pub fn parse_account(s: &str) -> Result<Account, String> {
+    match s.rsplit_once(':') {
+        Some((k, l)) if !k.is_empty() && !l.is_empty() => Ok(Account::new(k, l)),
+        _ => Err("write accounts as KEY:LABEL".into()),
+    }
+}
+
+/// `sandbox`: serves the stand-in on `listen` until SIGTERM/SIGINT.
+pub async fn sandbox(
+    listen: SocketAddr,
+    ca_out: Option<PathBuf>,
+    accounts: Vec<Account>,
+    names: Vec<String>,
+    shard: String,
+) -> ExitCode {
+    crate::cli::init_logging(crate::config::LogFormat::Json, "info");
+    let result = async {
+        let pki = Arc::new(TestPki::new()?);
+        // Written before the port opens: whoever sees the port up can read the CA.
+        if let Some(path) = &ca_out {
+            std::fs::write(path, pki.ca_pem())?;
+        }
+        let accounts = if accounts.is_empty() {
+            vec![Account::new(DEMO_API_KEY, "demo")]
+        } else {
+            accounts
+        };
+        let sb = Sandbox::start(SandboxOptions {
+            accounts,
+            names,
+            pki: Some(pki),
+            shard,
+            listen,
+        })
+        .await?;
+        Ok::<_, Box<dyn std::error::Error>>(sb)
+    }
+    .await;
+    let sb = match result {
+        Ok(sb) => sb,
+        Err(e) => {
+            eprintln!("sandbox failed to start: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    println!("{}", sb.base_url());
+    tracing::info!(base_url = %sb.base_url(), addr = %sb.addr(), "sandbox listening");
+    if let Err(e) = until_signal().await {
+        eprintln!("signal handling failed: {e}");
+        return ExitCode::from(70);
+    }
+    sb.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn until_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// `healthcheck`: exit 0 when `url` (plain http) answers 2xx, or when `tcp` accepts a
+/// connection, within `timeout`; else 1 (what Docker's HEALTHCHECK expects).
+pub async fn healthcheck(url: String, tcp: Option<SocketAddr>, timeout: Duration) -> ExitCode {
+    let outcome = tokio::time::timeout(timeout, async {
+        if let Some(addr) = tcp {
+            return tokio::net::TcpStream::connect(addr)
+                .await
+                .map(|_| "accepting".to_string())
+                .map_err(|e| e.to_string());
+        }
+        probe(&url).await
+    })
+    .await
+    .unwrap_or_else(|_| Err("timed out".into()));
+    match outcome {
+        Ok(what) => {
+            println!("healthy: {what}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn probe(url: &str) -> Result<String, String> {
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::{Client, connect::HttpConnector};
+    let uri: http::Uri = url.parse().map_err(|_| "not a URL".to_string())?;
+    if uri.scheme_str() != Some("http") {
+        return Err(
+            "only http:// URLs (probe the plain listener from inside the container)".into(),
+        );
+    }
+    let client: Client<HttpConnector, Empty<bytes::Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build(HttpConnector::new());
+    let resp = client.get(uri).await.map_err(|e| e.to_string())?;
+    if resp.status().is_success() {
+        Ok(resp.status().to_string())
+    } else {
+        Err(resp.status().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_are_key_colon_label() {
+        let a = parse_account("abc-def-au1:alice").unwrap();
+        assert_eq!(
+            (a.api_key.as_str(), a.label.as_str()),
+            ("abc-def-au1", "alice")
+        );
+        assert!(parse_account("nolabel").is_err());
+        assert!(parse_account("key:").is_err());
+    }
+
+    #[tokio::test]
+    async fn healthcheck_fails_on_a_closed_port_and_passes_on_a_listening_one() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let ok = healthcheck(String::new(), Some(addr), Duration::from_secs(2)).await;
+        assert_eq!(ok, ExitCode::SUCCESS);
+        drop(l);
+        let bad = healthcheck(
+            format!("http://{addr}/healthz"),
+            None,
+            Duration::from_secs(2),
+        )
+        .await;
+        assert_eq!(bad, ExitCode::from(1));
+        let bad = healthcheck("https://127.0.0.1:1/".into(), None, Duration::from_secs(2)).await;
+        assert_eq!(bad, ExitCode::from(1));
+    }
+}
