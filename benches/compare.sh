@@ -66,18 +66,19 @@ ua="Gateway Bench (bench@example.invalid)"
 mkdir -p "$w/cache"
 # Workers must read the temp dir; as root, keep them root rather than loosen permissions.
 user_line=""; if [ "$(id -u)" = 0 ]; then user_line="user root;"; fi
-cat >"$w/nginx.conf" <<NGINX
-$user_line
+# Two nginx instances, as in production: the upstream is another machine, so the proxy must
+# not share an event loop (and skip context switches) with it. Both run on core 0.
+common="$user_line
 worker_processes 1;
 daemon off;
-pid $w/nginx.pid;
-error_log $w/nginx-error.log warn;
-events { worker_connections 4096; }
+events { worker_connections 4096; }"
+cat >"$w/upstream.conf" <<NGINX
+$common
+pid $w/upstream.pid;
+error_log $w/upstream-error.log warn;
 http {
   access_log off;
   log_format conn '\$connection';
-  proxy_cache_path $w/cache levels=1:2 keys_zone=c:10m max_size=100m inactive=10m use_temp_path=off;
-  upstream cliniko { server 127.0.0.1:$UP; keepalive 64; keepalive_requests 1000000; }
   server {
     listen 127.0.0.1:$UP ssl;
     ssl_certificate $w/up.pem; ssl_certificate_key $w/up.key; ssl_protocols TLSv1.3;
@@ -85,30 +86,37 @@ http {
     access_log $w/up-conns.log conn buffer=64k flush=50ms;
     location / { default_type application/json; etag on; root $w; try_files /list.json =404; }
   }
+}
+NGINX
+proxy_block="proxy_pass https://cliniko; proxy_http_version 1.1; proxy_set_header Connection \"\";
+      proxy_set_header Host localhost; proxy_set_header Authorization \"Basic $basic\";
+      proxy_set_header User-Agent \"$ua\"; proxy_set_header Accept application/json;
+      proxy_ssl_server_name on; proxy_ssl_name localhost; proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate $w/ca.pem; proxy_ssl_session_reuse on; proxy_ssl_protocols TLSv1.3;"
+cat >"$w/proxy.conf" <<NGINX
+$common
+pid $w/proxy.pid;
+error_log $w/proxy-error.log warn;
+http {
+  access_log off;
+  proxy_cache_path $w/cache levels=1:2 keys_zone=c:10m max_size=100m inactive=10m use_temp_path=off;
+  upstream cliniko { server 127.0.0.1:$UP; keepalive 64; keepalive_requests 1000000; }
   server {
     listen 127.0.0.1:$NGX; keepalive_requests 1000000;
-    location / {
-      proxy_pass https://cliniko; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header Host localhost; proxy_set_header Authorization "Basic $basic";
-      proxy_set_header User-Agent "$ua"; proxy_set_header Accept application/json;
-      proxy_ssl_server_name on; proxy_ssl_name localhost; proxy_ssl_verify on;
-      proxy_ssl_trusted_certificate $w/ca.pem; proxy_ssl_session_reuse on; proxy_ssl_protocols TLSv1.3;
-    }
+    location / { $proxy_block }
   }
   server {
     listen 127.0.0.1:$NGXC; keepalive_requests 1000000;
     location / {
       proxy_cache c; proxy_cache_valid 200 5m; proxy_ignore_headers Cache-Control Expires Set-Cookie;
-      proxy_pass https://cliniko; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header Host localhost; proxy_set_header Authorization "Basic $basic";
-      proxy_set_header User-Agent "$ua"; proxy_set_header Accept application/json;
-      proxy_ssl_server_name on; proxy_ssl_name localhost; proxy_ssl_verify on;
-      proxy_ssl_trusted_certificate $w/ca.pem; proxy_ssl_session_reuse on; proxy_ssl_protocols TLSv1.3;
+      $proxy_block
     }
   }
 }
 NGINX
-taskset -c 0 nginx -c "$w/nginx.conf" -p "$w" &
+taskset -c 0 nginx -c "$w/upstream.conf" -p "$w" &
+pids+=($!)
+taskset -c 0 nginx -c "$w/proxy.conf" -p "$w" &
 pids+=($!)
 
 # --- the gateways ---------------------------------------------------------------------------

@@ -83,6 +83,27 @@ fn links(c: &mut Criterion) {
     }
 }
 
+fn links_extra_origin(c: &mut Criterion) {
+    // As in benches/compare.sh: links point at a configured shard override on loopback.
+    let rw = LinkRewriter::new(
+        "http://127.0.0.1:8080",
+        &["https://localhost:19443/v1".to_string()],
+    );
+    let body = String::from_utf8(list_body(36))
+        .unwrap()
+        .replace(UPSTREAM, "https://localhost:19443/v1");
+    c.bench_function("links/rewrite 15KB, extra origin", |b| {
+        let mut out = Vec::with_capacity(body.len() + 4096);
+        b.iter(|| {
+            out.clear();
+            let mut s = rw.stream();
+            s.push(black_box(body.as_bytes()), &mut out);
+            s.finish(&mut out);
+            black_box(out.len())
+        })
+    });
+}
+
 fn headers(c: &mut Criterion) {
     let mut caller = HeaderMap::new();
     for (k, v) in [
@@ -188,5 +209,5 @@ fn cache(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, links, headers, tokens, cache);
+criterion_group!(benches, links, links_extra_origin, headers, tokens, cache);
 criterion_main!(benches);

@@ -20,6 +20,7 @@ use crate::metrics::{UpstreamError, UpstreamMetrics};
 use crate::request_id::RequestId;
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::BodyExt;
 use std::error::Error as _;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -195,15 +196,40 @@ impl Upstream {
             };
             if decodable {
                 // The rewritten length differs; HEAD must agree with GET, so drop it there too.
-                parts.headers.remove(header::CONTENT_LENGTH);
+                let declared = parts.headers.remove(header::CONTENT_LENGTH);
+                let small = declared
+                    .filter(|_| coding.is_none())
+                    .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                    .filter(|n| *n <= SMALL_BODY);
                 if !is_head {
-                    body = self.links.rewrite_body(body);
+                    body = match small {
+                        // A page of Cliniko JSON: rewrite it whole and send it with a length,
+                        // one write instead of chunked frames (measured: fewer syscalls per
+                        // request on the miss path). Nothing has been sent yet, so a failed
+                        // read is still a clean 502.
+                        Some(n) => {
+                            let whole = body
+                                .collect()
+                                .await
+                                .map_err(|_| GatewayError::UpstreamUnavailable)?
+                                .to_bytes();
+                            let out = self.links.rewrite_bytes(&whole, n);
+                            parts
+                                .headers
+                                .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+                            Body::from(out)
+                        }
+                        None => self.links.rewrite_body(body),
+                    };
                 }
             }
         }
         Ok(Response::from_parts(parts, body))
     }
 }
+
+/// JSON bodies up to this size (declared by Cliniko) are rewritten whole rather than streamed.
+const SMALL_BODY: usize = 256 * 1024;
 
 /// Only JSON carries links we rewrite; other bodies pass through byte for byte.
 fn is_json(h: &http::HeaderMap) -> bool {

@@ -35,6 +35,9 @@ struct Extra {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Origins {
     extras: Vec<Extra>,
+    /// Exact lower-case spellings of the extra origins (`https://host:port/path`, and without
+    /// the port when it is the scheme's default), for [`Origins::quick`].
+    spelled: Vec<Vec<u8>>,
     /// Longest prefix (in unescaped bytes) that can still be undecided; bounds held memory.
     max_prefix: usize,
 }
@@ -104,7 +107,46 @@ impl Origins {
         let longest_path = extras.iter().map(|e| e.path.len()).max().unwrap_or(0);
         // scheme + host + ":65535" + path + "/v1" + one boundary byte.
         let max_prefix = "https://".len() + MAX_HOST + 6 + longest_path + 3 + 1;
-        Origins { extras, max_prefix }
+        let mut spelled = vec![];
+        for e in &extras {
+            let scheme: &[u8] = if e.https { b"https://" } else { b"http://" };
+            let with_port = [scheme, &e.host, format!(":{}", e.port).as_bytes(), &e.path].concat();
+            spelled.push(with_port);
+            if e.port == default_port(e.https) {
+                spelled.push([scheme, &e.host, &e.path].concat());
+            }
+        }
+        Origins {
+            extras,
+            spelled,
+            max_prefix,
+        }
+    }
+
+    /// The common spellings, decided without parsing: Cliniko's `https://api.<shard>.cliniko.com`
+    /// and the configured origins exactly as configured (lower case). `None` means "not one of
+    /// those", not "no match": [`Origins::classify`] then decides (upper case, ports, escapes).
+    /// Whenever this says `Some(k)`, `classify(s, true)` says `Match(k)` too (a test holds it).
+    pub(crate) fn quick(&self, s: &[u8]) -> Option<usize> {
+        let origin_end = if let Some(rest) = s.strip_prefix(b"https://api.") {
+            let dot = memchr::memchr(b'.', rest.get(..5)?)?;
+            let shard = std::str::from_utf8(&rest[..dot]).ok()?;
+            if !crate::config::is_shard_name(shard) || !rest[dot..].starts_with(b".cliniko.com") {
+                return None;
+            }
+            "https://api.".len() + dot + ".cliniko.com".len()
+        } else {
+            self.spelled.iter().find(|p| s.starts_with(p))?.len()
+        };
+        if !is_boundary(s.get(origin_end).copied()) {
+            return None;
+        }
+        let rest = &s[origin_end..];
+        if rest.starts_with(b"/v1") && is_boundary(rest.get(3).copied()) {
+            Some(origin_end + 3)
+        } else {
+            Some(origin_end)
+        }
     }
 
     /// The most unescaped bytes [`Origins::classify`] can need before deciding.

@@ -76,6 +76,15 @@ impl LinkRewriter {
         crate::body::Body::new(body::RewriteBody::new(body, self.stream()))
     }
 
+    /// Rewrites a whole body held in memory (the same state machine, one chunk).
+    pub fn rewrite_bytes(&self, body: &[u8], size_hint: usize) -> bytes::Bytes {
+        let mut out = Vec::with_capacity(size_hint + size_hint / 8 + 64);
+        let mut s = self.stream();
+        s.push(body, &mut out);
+        s.finish(&mut out);
+        bytes::Bytes::from(out)
+    }
+
     /// A fresh streaming rewriter for one body (for tests, benches and the body wrapper).
     pub fn stream(&self) -> RewriteStream {
         RewriteStream::new(Arc::clone(&self.inner))

@@ -248,3 +248,53 @@ proptest! {
         }
     }
 }
+
+/// Pieces of URL-like strings around the spellings the quick path knows.
+const URL_PIECES: &[&str] = &[
+    "https://",
+    "http://",
+    "HTTPS://",
+    "api.",
+    "au1",
+    "uk12",
+    "xx123",
+    ".cliniko.com",
+    ".cliniko.community",
+    "localhost",
+    ":8443",
+    ":443",
+    "/v1",
+    "/v10",
+    "/",
+    "?",
+    "#",
+    "patients",
+    "7",
+    ".",
+    "-",
+    "A",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The quick path never disagrees with the full matcher.
+    #[test]
+    fn quick_agrees_with_classify(
+        s in prop_oneof![
+            bytes_from(URL_PIECES),
+            (
+                proptest::sample::select(&["https://", "http://", "HTTPS://", "https:/"][..]),
+                proptest::sample::select(&["api.au1.cliniko.com", "api.uk12.cliniko.com", "api.xx123.cliniko.com",
+                    "api.cliniko.com", "api.au1.cliniko.community", "localhost", "LOCALHOST", "localhostx"][..]),
+                proptest::sample::select(&["", ":8443", ":443", ":80", ":"][..]),
+                proptest::sample::select(&["", "/v1", "/v10", "/v1/patients/7", "?page=2", "#f", "/", "x"][..]),
+            ).prop_map(|(a, b, c, d)| format!("{a}{b}{c}{d}").into_bytes()),
+        ]
+    ) {
+        let origins = super::matcher::Origins::new(&["https://localhost:8443/v1".to_string()]);
+        if let Some(k) = origins.quick(&s) {
+            prop_assert_eq!(origins.classify(&s, true), super::matcher::Decision::Match(k));
+        }
+    }
+}

@@ -167,7 +167,11 @@ impl RewriteStream {
         }
         let is_key = *after.get(ws)? == b':';
         let s = &chunk[start..end];
-        match self.inner.origins.classify(s, true) {
+        let decision = match self.inner.origins.quick(s) {
+            Some(k) => Decision::Match(k),
+            None => self.inner.origins.classify(s, true),
+        };
+        match decision {
             Decision::Match(k) if !is_key => {
                 out.put_slice(&self.inner.json_prefix);
                 out.put_slice(&s[k..]);

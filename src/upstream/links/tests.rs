@@ -345,3 +345,28 @@ async fn body_errors_pass_through() {
     let err = body.frame().await.unwrap().unwrap_err();
     assert!(err.to_string().contains("upstream reset"));
 }
+
+#[test]
+fn the_quick_path_covers_the_common_spellings() {
+    let o = super::matcher::Origins::new(&["https://localhost:8443/v1".to_string()]);
+    for (s, k) in [
+        ("https://api.au1.cliniko.com/v1/patients/7", 30),
+        ("https://api.uk12.cliniko.com/patients", 28),
+        ("https://localhost:8443/v1?page=2", 25),
+        ("https://localhost:8443", 22),
+    ] {
+        assert_eq!(o.quick(s.as_bytes()), Some(k), "{s}");
+        assert_eq!(
+            o.classify(s.as_bytes(), true),
+            super::matcher::Decision::Match(k),
+            "{s}"
+        );
+    }
+    for s in [
+        "https://api.au1.cliniko.com.evil.example/",
+        "https://localhost:9999/v1",
+        "HTTPS://api.au1.cliniko.com/",
+    ] {
+        assert_eq!(o.quick(s.as_bytes()), None, "{s}");
+    }
+}
