@@ -4,6 +4,11 @@
 #   docker compose -f deploy/compose.yaml up
 
 FROM rust:1.95-slim-bookworm AS build
+# jemalloc (the global allocator) is built from source by tikv-jemalloc-sys and needs make.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Manifests first: the dependency layer is rebuilt only when they change.
 COPY Cargo.toml Cargo.lock ./
