@@ -11,7 +11,6 @@ use cliniko_gateway::sandbox::{Fault, Sandbox, SandboxOptions};
 use http_body_util::{BodyExt, Full};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const POLICY: &str = "[policy]\nclaims = [\"scope\"]\n[policy.grants.read]\nmethods = [\"GET\", \"HEAD\"]\npaths = [\"/v1\"]\n[policy.grants.write]\nmethods = [\"POST\", \"PATCH\"]\npaths = [\"/v1/patients\"]\n";
@@ -73,32 +72,10 @@ async fn nothing_secret_appears_in_trace_logs_bodies_or_headers() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    for out in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut r = BufReader::new(out).lines();
-            while let Ok(Some(l)) = r.next_line().await {
-                let _ = tx.send(l);
-            }
-        });
-    }
-    drop(tx);
-    let mut logs: Vec<String> = Vec::new();
-    let base = loop {
-        let l = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-            .await
-            .expect("no listening line within 20s")
-            .expect("exited before listening");
-        logs.push(l.clone());
-        if l.contains("gateway listening") {
-            let v: serde_json::Value = serde_json::from_str(&l).unwrap();
-            break format!("http://{}", v["local_addr"].as_str().unwrap());
-        }
-    };
+    let mut logs = ChildLogs::capture(&mut child);
+    let listening = logs.wait_line("gateway listening").await;
+    let v: serde_json::Value = serde_json::from_str(&listening).unwrap();
+    let base = format!("http://{}", v["local_addr"].as_str().unwrap());
 
     let reader = scoped("alice", "read");
     let writer = scoped("alice", "read write");
@@ -254,22 +231,14 @@ async fn nothing_secret_appears_in_trace_logs_bodies_or_headers() {
     ] {
         seen.push(raw_exchange(addr, raw.as_bytes()).await);
     }
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&child, "-TERM");
     let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
         .unwrap()
         .unwrap();
     assert!(exit.success());
-    while let Ok(Some(l)) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
-        logs.push(l);
-    }
+    logs.drain(Duration::from_secs(10)).await;
+    let logs = logs.seen;
     assert!(
         logs.len() > 50,
         "TRACE logging was not on: {} lines",

@@ -6,43 +6,19 @@ use cliniko_gateway::credentials::{self, ApiKey};
 use cliniko_gateway::sandbox::{Fault, Sandbox, SandboxOptions};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 
 struct Proc {
     child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
+    logs: ChildLogs,
     base: String,
     dir: tempfile::TempDir,
-}
-
-fn signal(child: &Child, sig: &str) {
-    let pid = child.id().unwrap().to_string();
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid])
-        .status()
-        .unwrap();
-    assert!(ok.success());
 }
 
 impl Proc {
     /// Waits (bounded) for a log line containing `needle`.
     async fn wait_line(&mut self, needle: &str) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(l)) => {
-                    self.seen.push(l.clone());
-                    if l.contains(needle) {
-                        return l;
-                    }
-                }
-                Ok(None) => panic!("process exited before logging {needle:?}"),
-                Err(_) => panic!("no log line {needle:?} within 20s"),
-            }
-        }
+        self.logs.wait_line(needle).await
     }
 }
 
@@ -78,23 +54,10 @@ async fn spawn(sb: &Sandbox, users: &[(&str, &str)]) -> Proc {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    for out in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut r = BufReader::new(out).lines();
-            while let Ok(Some(l)) = r.next_line().await {
-                let _ = tx.send(l);
-            }
-        });
-    }
+    let logs = ChildLogs::capture(&mut child);
     let mut p = Proc {
         child,
-        lines: rx,
-        seen: vec![],
+        logs,
         base: String::new(),
         dir,
     };
@@ -164,7 +127,7 @@ async fn sighup_reloads_the_key_store_without_a_restart() {
         &base64::engine::general_purpose::STANDARD,
         format!("{KEY_ALICE}:"),
     );
-    for l in &p.seen {
+    for l in &p.logs.seen {
         for secret in [KEY_ALICE, b64.as_str(), "eyJ", "Lovelace", HMAC, MASTER] {
             assert!(!l.contains(secret), "log line leaks {secret}: {l}");
         }

@@ -5,7 +5,9 @@
 //! from the admin port; SIGTERM fails readiness before the listener closes; a changed key-store
 //! file is reloaded and a bad one refused.
 
-use crate::support::{HMAC, KEY_ALICE, MASTER, RedisServer, account, plain_client, token_scoped};
+use crate::support::{
+    ChildLogs, HMAC, KEY_ALICE, MASTER, RedisServer, account, plain_client, signal, token_scoped,
+};
 use bytes::Bytes;
 use cliniko_gateway::credentials::{self, ApiKey};
 use cliniko_gateway::sandbox::{Sandbox, SandboxOptions};
@@ -13,9 +15,7 @@ use http_body_util::{BodyExt, Full};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 
 const ADMIN_TOKEN: &str = "ops-test-admin-token-of-at-least-32-chars";
 
@@ -47,7 +47,7 @@ fn secrets_dir(sb: &Sandbox, users: &[&str]) -> tempfile::TempDir {
 
 struct Replica {
     child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
+    logs: ChildLogs,
     base: String,
     admin: String,
 }
@@ -78,22 +78,10 @@ impl Replica {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
-        for out in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut r = BufReader::new(out).lines();
-                while let Ok(Some(l)) = r.next_line().await {
-                    let _ = tx.send(l);
-                }
-            });
-        }
+        let logs = ChildLogs::capture(&mut child);
         let mut r = Replica {
             child,
-            lines: rx,
+            logs,
             base: String::new(),
             admin: String::new(),
         };
@@ -106,26 +94,11 @@ impl Replica {
 
     /// Waits (bounded) for a JSON log line containing `needle`.
     async fn wait_line(&mut self, needle: &str) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(l)) if l.contains(needle) => return l,
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("process exited before logging {needle:?}"),
-                Err(_) => panic!("no log line {needle:?} within 20s"),
-            }
-        }
+        self.logs.wait_line(needle).await
     }
 
     fn signal(&self, sig: &str) {
-        let pid = self.child.id().unwrap().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        signal(&self.child, sig);
     }
 
     async fn metrics(&self) -> String {

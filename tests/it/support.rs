@@ -431,3 +431,66 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// What a child process writes to stdout and stderr, line by line, as it comes.
+pub struct ChildLogs {
+    rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Every line read so far.
+    pub seen: Vec<String>,
+}
+
+impl ChildLogs {
+    /// Takes the child's piped stdout and stderr and starts reading them.
+    pub fn capture(child: &mut tokio::process::Child) -> ChildLogs {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let outs: [Box<dyn tokio::io::AsyncRead + Unpin + Send>; 2] = [
+            Box::new(child.stdout.take().expect("stdout piped")),
+            Box::new(child.stderr.take().expect("stderr piped")),
+        ];
+        for out in outs {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(out).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    let _ = tx.send(l);
+                }
+            });
+        }
+        ChildLogs { rx, seen: vec![] }
+    }
+
+    /// Waits (at most 20 s) for a line containing `needle`.
+    pub async fn wait_line(&mut self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(l)) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Ok(None) => panic!("process exited before logging {needle:?}"),
+                Err(_) => panic!("no log line {needle:?} within 20s"),
+            }
+        }
+    }
+
+    /// Reads until the process has closed its output (it exited), at most `bound`.
+    pub async fn drain(&mut self, bound: Duration) {
+        while let Ok(Some(l)) = tokio::time::timeout(bound, self.rx.recv()).await {
+            self.seen.push(l);
+        }
+    }
+}
+
+/// Sends `sig` (e.g. "-HUP") to the child with `kill`.
+pub fn signal(child: &tokio::process::Child, sig: &str) {
+    let pid = child.id().expect("running").to_string();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
