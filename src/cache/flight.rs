@@ -2,7 +2,8 @@
 //!
 //! Each caller joins a `OnceCell` for its key; the first to arrive runs its own fetch and the
 //! others wait for that result. If the runner is cancelled (its caller went away), tokio hands
-//! the job to the next waiter, so nobody is left hanging.
+//! the job to the next waiter, so nobody is left hanging; and whoever leaves last, finished or
+//! cancelled, takes the cell out of the map, so abandoned keys cannot pile up.
 
 use super::entry::{CacheKey, Entry};
 use crate::error::GatewayError;
@@ -16,10 +17,11 @@ use tokio::sync::OnceCell;
 pub enum Landed {
     /// Stored (or storable): serve it.
     Entry(Arc<Entry>),
-    /// Cliniko answered something not cacheable (the runner keeps that answer; waiters must
-    /// ask Cliniko themselves).
+    /// Not shareable: the runner keeps its own answer (a non-cacheable response, or a refusal
+    /// that concerns only its caller, like a per-user 429); waiters ask for themselves.
     Uncacheable,
-    /// The upstream failed: everybody gets the same error, and nothing is cached.
+    /// Cliniko could not be reached or refused the key: the same for every caller on this key,
+    /// so everybody gets it, and nothing is cached.
     Failed(GatewayError),
 }
 
@@ -29,6 +31,25 @@ type Cell = Arc<OnceCell<Landed>>;
 #[derive(Default)]
 pub struct Flights {
     cells: Mutex<HashMap<CacheKey, Cell>>,
+}
+
+/// Removes the cell when its last participant leaves (normally or by cancellation).
+struct Leave<'a> {
+    flights: &'a Flights,
+    key: &'a CacheKey,
+    cell: Cell,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.flights.cells.lock()
+            && m.get(self.key).is_some_and(|c| Arc::ptr_eq(c, &self.cell))
+            // The map's reference and ours: nobody else is waiting on it.
+            && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 2)
+        {
+            m.remove(self.key);
+        }
+    }
 }
 
 impl Flights {
@@ -43,12 +64,56 @@ impl Flights {
             // A poisoned map only costs coalescing, never correctness.
             Err(_) => Arc::new(OnceCell::new()),
         };
-        let landed = cell.get_or_init(fetch).await.clone();
-        if let Ok(mut m) = self.cells.lock()
-            && m.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell))
-        {
-            m.remove(key);
-        }
+        // The guard holds our only reference, so its count check sees exactly who is waiting.
+        let leave = Leave {
+            flights: self,
+            key,
+            cell,
+        };
+        let landed = leave.cell.get_or_init(fetch).await.clone();
+        drop(leave);
         landed
+    }
+
+    /// Flights currently tracked.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.cells.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// No flight is tracked.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::CredentialId;
+
+    fn key(n: usize) -> CacheKey {
+        CacheKey {
+            credential: CredentialId([0; 32]),
+            target: format!("/v1/patients?x={n}").into(),
+            accept: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn cancelled_flights_leave_nothing_behind() {
+        let flights = Flights::default();
+        for n in 0..200 {
+            let k = key(n);
+            let run = flights.run(&k, std::future::pending::<Landed>);
+            // Polled once (the cell is in the map), then dropped as a disconnecting caller would.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(1), run).await;
+        }
+        assert_eq!(flights.len(), 0);
+        let k = key(1);
+        let landed = flights.run(&k, || async { Landed::Uncacheable }).await;
+        assert!(matches!(landed, Landed::Uncacheable));
+        assert!(flights.is_empty());
     }
 }

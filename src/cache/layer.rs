@@ -125,39 +125,28 @@ where
     let template = Template::of(&req);
     drop(req);
 
+    // A stale entry with an ETag is revalidated rather than refetched.
+    let mut stale: Option<Arc<Entry>> = None;
     if !no_cache && let Some(entry) = cache.store.get(&key).await {
         if entry.is_fresh() {
             cache.stats.hits.fetch_add(1, Ordering::Relaxed);
             note(&request_facts, "HIT");
             return Ok(serve(&entry, "HIT", is_head, if_none_match.as_ref()));
         }
-        if let Some(etag) = entry.etag().cloned() {
-            return revalidate(
-                &cache,
-                inner,
-                &template,
-                key,
-                &entry,
-                etag,
-                ttl,
-                is_head,
-                if_none_match,
-                &request_facts,
-            )
-            .await;
+        if entry.etag().is_some() {
+            stale = Some(entry);
         }
     }
 
-    // Miss (or the caller asked for a fresh copy): one request upstream per key at a time.
-    cache.stats.misses.fetch_add(1, Ordering::Relaxed);
-    note(&request_facts, "MISS");
-    let mut own: Option<Response<Body>> = None;
+    // Miss, refresh or revalidation: one request upstream per key at a time.
+    let mut own: Option<Result<Response<Body>, GatewayError>> = None;
     let fetch = {
-        let (cache, key, runner, template, own_slot) = (
+        let (cache, key, runner, template, stale, own_slot) = (
             cache.clone(),
             key.clone(),
             inner.clone(),
             &template,
+            stale.clone(),
             &mut own,
         );
         move || async move {
@@ -169,12 +158,28 @@ where
                 return Landed::Entry(e);
             }
             let epoch = cache.epoch.load(Ordering::Acquire);
-            match runner.oneshot(template.build(None)).await {
-                Err(e) => Landed::Failed(e),
+            let validator = stale.as_ref().and_then(|e| e.etag().cloned());
+            match runner.oneshot(template.build(validator)).await {
+                // Cliniko unreachable or the key refused: the same for every caller on it.
+                Err(e) if shared_failure(&e) => Landed::Failed(e),
+                // A refusal about our caller alone (e.g. their own rate limit) stays theirs.
+                Err(e) => {
+                    *own_slot = Some(Err(e));
+                    Landed::Uncacheable
+                }
+                Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED && stale.is_some() => {
+                    let Some(old) = stale else {
+                        return Landed::Uncacheable;
+                    };
+                    cache.stats.revalidated.fetch_add(1, Ordering::Relaxed);
+                    let fresh = Arc::new(old.revalidated());
+                    keep(&cache, key.clone(), fresh.clone(), epoch).await;
+                    Landed::Entry(fresh)
+                }
                 Ok(resp) => match store(&cache, key.clone(), resp, ttl, epoch).await {
                     Ok(entry) => Landed::Entry(entry),
                     Err(NotStored::Pass(resp)) => {
-                        *own_slot = Some(resp);
+                        *own_slot = Some(Ok(resp));
                         Landed::Uncacheable
                     }
                     Err(NotStored::Broken) => Landed::Failed(GatewayError::UpstreamUnavailable),
@@ -184,11 +189,24 @@ where
     };
     let landed = cache.flights.run(&key, fetch).await;
     match landed {
-        Landed::Entry(e) => Ok(serve(&e, "MISS", is_head, if_none_match.as_ref())),
+        Landed::Entry(e) => {
+            // Same body bytes as the stale copy: Cliniko confirmed it (304).
+            let confirmed = stale
+                .as_ref()
+                .is_some_and(|s| s.body.as_ptr() == e.body.as_ptr());
+            let how = if confirmed { "REVALIDATED" } else { "MISS" };
+            if !confirmed {
+                cache.stats.misses.fetch_add(1, Ordering::Relaxed);
+            }
+            note(&request_facts, how);
+            Ok(serve(&e, how, is_head, if_none_match.as_ref()))
+        }
         Landed::Failed(e) => Err(e),
         Landed::Uncacheable => {
+            cache.stats.misses.fetch_add(1, Ordering::Relaxed);
+            note(&request_facts, "MISS");
             let resp = match own {
-                Some(resp) => resp,
+                Some(result) => result?,
                 // We waited on someone else's uncacheable answer: ask Cliniko ourselves.
                 None => inner.oneshot(template.build(if_none_match)).await?,
             };
@@ -197,45 +215,26 @@ where
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn revalidate<S>(
-    cache: &Cache,
-    inner: S,
-    template: &Template,
-    key: CacheKey,
-    entry: &Entry,
-    etag: HeaderValue,
-    ttl: Duration,
-    is_head: bool,
-    if_none_match: Option<HeaderValue>,
-    request_facts: &Option<Arc<crate::access_log::RequestFacts>>,
-) -> Result<Response<Body>, GatewayError>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError> + Send + 'static,
-    S::Future: Send,
-{
-    let epoch = cache.epoch.load(Ordering::Acquire);
-    let resp = inner.oneshot(template.build(Some(etag))).await?;
-    if resp.status() == StatusCode::NOT_MODIFIED {
-        cache.stats.revalidated.fetch_add(1, Ordering::Relaxed);
-        note(request_facts, "REVALIDATED");
-        let fresh = Arc::new(entry.revalidated());
-        if cache.epoch.load(Ordering::Acquire) == epoch {
-            cache.store.insert(key, fresh.clone()).await;
-        }
-        return Ok(serve(
-            &fresh,
-            "REVALIDATED",
-            is_head,
-            if_none_match.as_ref(),
-        ));
+/// Failures that depend only on Cliniko and the key, so every caller on the key shares them.
+fn shared_failure(e: &GatewayError) -> bool {
+    matches!(
+        e,
+        GatewayError::UpstreamUnavailable
+            | GatewayError::UpstreamConnect
+            | GatewayError::UpstreamTimeout
+            | GatewayError::CredentialRejected
+    )
+}
+
+/// Inserts `entry` unless a write landed since `epoch`; a write that lands during the insert
+/// is caught by re-checking after it (moka's invalidation predicates skip later inserts).
+async fn keep(cache: &Cache, key: CacheKey, entry: Arc<Entry>, epoch: u64) {
+    if cache.epoch.load(Ordering::Acquire) != epoch {
+        return;
     }
-    cache.stats.misses.fetch_add(1, Ordering::Relaxed);
-    note(request_facts, "MISS");
-    match store(cache, key, resp, ttl, epoch).await {
-        Ok(e) => Ok(serve(&e, "MISS", is_head, if_none_match.as_ref())),
-        Err(NotStored::Pass(resp)) => Ok(mark(headless(resp, is_head), "MISS", None)),
-        Err(NotStored::Broken) => Err(GatewayError::UpstreamUnavailable),
+    cache.store.insert(key.clone(), entry).await;
+    if cache.epoch.load(Ordering::Acquire) != epoch {
+        cache.store.invalidate(&key).await;
     }
 }
 
@@ -252,6 +251,10 @@ impl Template {
         // The fill must get a full 200, not a 304 to the caller's own validators.
         headers.remove(header::IF_NONE_MATCH);
         headers.remove(header::IF_MODIFIED_SINCE);
+        // Replays carry no body, so they must not announce one.
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::TRANSFER_ENCODING);
+        headers.remove(header::CONTENT_TYPE);
         Template {
             uri: req.uri().clone(),
             headers,
@@ -315,9 +318,7 @@ async fn store(
         window: cache.window,
     });
     // A write that landed while we fetched may have made this copy stale: serve, don't keep.
-    if cache.epoch.load(Ordering::Acquire) == epoch {
-        cache.store.insert(key, entry.clone()).await;
-    }
+    keep(cache, key, entry.clone(), epoch).await;
     Ok(entry)
 }
 
@@ -410,5 +411,121 @@ fn mark(mut resp: Response<Body>, how: &'static str, age: Option<u64>) -> Respon
 fn note(f: &Option<Arc<crate::access_log::RequestFacts>>, how: &'static str) {
     if let Some(f) = f {
         f.set_cache(how);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CacheConfig, CacheRule};
+    use crate::credentials::ApiKey;
+    use std::sync::atomic::AtomicUsize;
+
+    fn cache(ttl: Duration) -> Arc<Cache> {
+        let cfg = CacheConfig {
+            rules: vec![CacheRule {
+                prefix: "/v1/practitioners".into(),
+                ttl,
+            }],
+            ..CacheConfig::default()
+        };
+        Cache::new(&cfg).unwrap()
+    }
+
+    fn req(cred: &Arc<Credential>) -> Request<Body> {
+        let mut r = Request::get("/v1/practitioners")
+            .body(Body::empty())
+            .unwrap();
+        r.extensions_mut().insert(cred.clone());
+        r
+    }
+
+    fn ok_json(etag: &'static str) -> Response<Body> {
+        let mut r = Response::new(Body::from("{\"practitioners\":[]}"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r.headers_mut()
+            .insert(header::ETAG, HeaderValue::from_static(etag));
+        r
+    }
+
+    #[tokio::test]
+    async fn a_runners_own_refusal_is_not_handed_to_waiters() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (c, g) = (calls.clone(), gate.clone());
+        let inner = tower::service_fn(move |_r: Request<Body>| {
+            let (c, g) = (c.clone(), g.clone());
+            async move {
+                if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                    // The runner: held until the waiters have joined, then refused on its own.
+                    g.notified().await;
+                    return Err(GatewayError::Forbidden { needed: "x".into() });
+                }
+                Ok(ok_json("\"e\""))
+            }
+        });
+        let svc = tower::Layer::layer(&CacheLayer(Some(cache(Duration::from_secs(60)))), inner);
+        let cred = Arc::new(Credential::new(ApiKey::new("k-au1".into()), "k", None).unwrap());
+        let runner = tokio::spawn(svc.clone().oneshot(req(&cred)));
+        while calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let waiters: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(svc.clone().oneshot(req(&cred))))
+            .collect();
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_one();
+        assert!(
+            runner.await.unwrap().is_err(),
+            "the runner keeps its refusal"
+        );
+        for w in waiters {
+            assert_eq!(
+                w.await.unwrap().unwrap().status(),
+                200,
+                "waiters ask for themselves"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn stale_entries_are_revalidated_once_for_many_callers() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let inner = tower::service_fn(move |r: Request<Body>| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                if r.headers().contains_key(header::IF_NONE_MATCH) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let mut resp = Response::new(Body::empty());
+                    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+                    return Ok::<_, GatewayError>(resp);
+                }
+                Ok(ok_json("\"e\""))
+            }
+        });
+        let svc = tower::Layer::layer(&CacheLayer(Some(cache(Duration::from_millis(1)))), inner);
+        let cred = Arc::new(Credential::new(ApiKey::new("k-au1".into()), "k", None).unwrap());
+        svc.clone().oneshot(req(&cred)).await.unwrap();
+        // Let the 1 ms TTL run out (the cache's clock, not another task).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let many: Vec<_> = (0..30)
+            .map(|_| tokio::spawn(svc.clone().oneshot(req(&cred))))
+            .collect();
+        for m in many {
+            let resp = m.await.unwrap().unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "one fill, one revalidation"
+        );
     }
 }

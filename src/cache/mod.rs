@@ -95,10 +95,22 @@ impl Cache {
     }
 
     /// The TTL for `path`, or `None` when it is not cached.
+    ///
+    /// A rule covers its prefix and one segment below it (`/v1/patients`, `/v1/patients/7`),
+    /// not deeper paths: `/v1/patients/7/treatment_notes` or
+    /// `/v1/practitioners/5/appointments` are other resources, changed by writes elsewhere,
+    /// and are cached only if a rule names them.
     pub fn ttl_for(&self, path: &str) -> Option<Duration> {
         self.rules
             .iter()
-            .find(|r| under(path, &r.prefix))
+            .find(|r| {
+                under(path, &r.prefix)
+                    && path[r.prefix.len()..]
+                        .trim_start_matches('/')
+                        .split('/')
+                        .count()
+                        <= 1
+            })
             .map(|r| r.ttl)
             .filter(|t| !t.is_zero())
     }
@@ -209,6 +221,14 @@ mod tests {
             Some(Duration::from_secs(300))
         );
         assert_eq!(c.ttl_for("/v1/invoices"), None);
+        // Nested resources are not their parent's.
+        assert_eq!(c.ttl_for("/v1/patients/7/treatment_notes"), None);
+        assert_eq!(c.ttl_for("/v1/patients/7/attachment_presigned_post"), None);
+        assert_eq!(c.ttl_for("/v1/practitioners/5/appointments"), None);
+        assert_eq!(
+            c.ttl_for("/v1/businesses/1/practitioners/2/appointment_types/3/available_times"),
+            None
+        );
     }
 
     #[test]

@@ -53,8 +53,13 @@ pub fn apply(h: &mut HeaderMap, r: &Refusal) {
     h.insert(X_RATELIMIT_RESET, num(unix_now().as_secs() + t));
 }
 
+/// The longest pause Cliniko's headers can impose on a key: a wild `Retry-After` or reset time
+/// must not park a key for days (Cliniko's window is a minute).
+pub const MAX_UPSTREAM_WAIT: Duration = Duration::from_secs(3600);
+
 /// How long Cliniko asks us to wait: `Retry-After` (seconds or an HTTP date) or
-/// `X-RateLimit-Reset` (unix seconds), the later of the two when both are present.
+/// `X-RateLimit-Reset` (unix seconds), the later of the two when both are present, at most
+/// [`MAX_UPSTREAM_WAIT`].
 pub fn upstream_wait(h: &HeaderMap) -> Option<Duration> {
     let now = SystemTime::now();
     let text = |n: &HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
@@ -67,18 +72,34 @@ pub fn upstream_wait(h: &HeaderMap) -> Option<Duration> {
     let reset = text(&X_RATELIMIT_RESET)
         .and_then(|v| v.parse::<u64>().ok())
         .map(|s| {
-            (UNIX_EPOCH + Duration::from_secs(s))
-                .duration_since(now)
-                .unwrap_or_default()
+            UNIX_EPOCH
+                .checked_add(Duration::from_secs(s))
+                .map_or(MAX_UPSTREAM_WAIT, |at| {
+                    at.duration_since(now).unwrap_or_default()
+                })
         });
-    match (retry_after, reset) {
+    let wait = match (retry_after, reset) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
-    }
+    };
+    wait.map(|w| w.min(MAX_UPSTREAM_WAIT))
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn absurd_waits_are_capped_and_never_panic() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_RATELIMIT_RESET,
+            http::HeaderValue::from_static("18446744073709551615"),
+        );
+        assert_eq!(upstream_wait(&h), Some(MAX_UPSTREAM_WAIT));
+        let mut h = HeaderMap::new();
+        h.insert(header::RETRY_AFTER, http::HeaderValue::from_static("86400"));
+        assert_eq!(upstream_wait(&h), Some(MAX_UPSTREAM_WAIT));
+    }
+
     use super::*;
 
     #[test]

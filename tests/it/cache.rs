@@ -326,3 +326,35 @@ async fn purges_by_everything_credential_and_prefix() {
         "MISS"
     );
 }
+
+#[tokio::test]
+async fn a_get_with_a_body_on_a_cached_path_still_works() {
+    let h = Harness::start(two_accounts_on_au1(vec![])).await;
+    let auth = format!("Bearer {}", h.token("alice"));
+    let got = h
+        .send(
+            Method::GET,
+            "/v1/practitioners",
+            &[("authorization", &auth), ("content-type", "text/plain")],
+            "hello",
+        )
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let seen = h.sandbox("au1").requests();
+    assert!(seen[0].body.is_empty(), "the cache's fetch sends no body");
+    assert!(
+        !seen[0].headers.contains_key("content-length") || seen[0].headers["content-length"] == "0"
+    );
+}
+
+#[tokio::test]
+async fn nested_resources_are_not_cached_under_their_parent() {
+    let h = Harness::start(two_accounts_on_au1(vec![])).await;
+    let id = seeded_patient_id(0, 1);
+    for _ in 0..2 {
+        let got = h
+            .get_as("alice", &format!("/v1/patients/{id}/appointments"))
+            .await;
+        assert_eq!(xcache(&got), "BYPASS");
+    }
+}
