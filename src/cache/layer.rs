@@ -101,11 +101,14 @@ where
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE
         );
         let path = req.uri().path().to_string();
-        let resp = inner.oneshot(req).await?;
-        if is_write && resp.status().is_success() {
+        let result = inner.oneshot(req).await;
+        // Only a refusal proves the write did not happen; after a success, a timeout or a
+        // broken exchange Cliniko may hold new data, so the copies go.
+        let refused = matches!(&result, Ok(r) if r.status().is_client_error());
+        if is_write && !refused {
             cache.invalidate_after_write(&path);
         }
-        return Ok(resp);
+        return result;
     }
     let (no_cache, no_store) = directives(req.headers());
     let ttl = cache.ttl_for(req.uri().path());

@@ -358,3 +358,33 @@ async fn nested_resources_are_not_cached_under_their_parent() {
         assert_eq!(xcache(&got), "BYPASS");
     }
 }
+
+#[tokio::test]
+async fn a_write_that_timed_out_still_drops_the_copies() {
+    let h = Harness::start(two_accounts_on_au1(vec![(
+        "CLINIKO_GATEWAY__UPSTREAM__TIMEOUT",
+        "1s".into(),
+    )]))
+    .await;
+    let path = format!("/v1/patients/{}", seeded_patient_id(0, 3));
+    h.get_as("alice", &path).await;
+    assert_eq!(xcache(&h.get_as("alice", &path).await), "HIT");
+    // Cliniko may have applied a write it never answered: the cached copy must not outlive it.
+    h.sandbox("au1")
+        .set_fault(&path, Fault::Delay(Duration::from_secs(3)));
+    let auth = format!("Bearer {}", h.token("alice"));
+    let patched = h
+        .send(
+            Method::PATCH,
+            &path,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            r#"{"first_name":"X"}"#,
+        )
+        .await;
+    assert_eq!(patched.status, 504);
+    h.sandbox("au1").clear_fault(&path);
+    assert_eq!(xcache(&h.get_as("alice", &path).await), "MISS");
+}
