@@ -90,10 +90,12 @@ async fn a_hundred_concurrent_misses_send_one_request() {
     h.sandbox("au1")
         .set_fault("/v1/businesses", Fault::Delay(Duration::from_millis(300)));
     let mut tasks = vec![];
-    for _ in 0..100 {
+    for i in 0..100 {
         let h = h.clone();
+        // alice and bob share one key, so they share one fetch too.
+        let user = if i % 2 == 0 { "alice" } else { "bob" };
         tasks.push(tokio::spawn(async move {
-            h.get_as("alice", "/v1/businesses").await
+            h.get_as(user, "/v1/businesses").await
         }));
     }
     let mut bodies = std::collections::HashSet::new();
@@ -387,4 +389,38 @@ async fn a_write_that_timed_out_still_drops_the_copies() {
     assert_eq!(patched.status, 504);
     h.sandbox("au1").clear_fault(&path);
     assert_eq!(xcache(&h.get_as("alice", &path).await), "MISS");
+}
+
+#[tokio::test]
+async fn entries_without_an_etag_expire_to_a_miss() {
+    let rules = r#"[{prefix = "/v1/practitioners", ttl = "1s"}]"#.to_string();
+    let h = Harness::start(two_accounts_on_au1(vec![(
+        "CLINIKO_GATEWAY__CACHE__RULES",
+        rules,
+    )]))
+    .await;
+    h.sandbox("au1").set_fault(
+        "/v1/practitioners",
+        Fault::WithHeaders(
+            200,
+            vec![("content-type".into(), "application/json".into())],
+            r#"{"practitioners":[]}"#.into(),
+        ),
+    );
+    assert_eq!(
+        xcache(&h.get_as("alice", "/v1/practitioners").await),
+        "MISS"
+    );
+    assert_eq!(xcache(&h.get_as("alice", "/v1/practitioners").await), "HIT");
+    // Let the 1 s TTL run out (the cache's clock, not another task).
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let again = h.get_as("alice", "/v1/practitioners").await;
+    assert_eq!(
+        xcache(&again),
+        "MISS",
+        "no ETag: nothing to revalidate with"
+    );
+    let seen = h.sandbox("au1").requests();
+    assert_eq!(seen.len(), 2);
+    assert!(!seen[1].headers.contains_key("if-none-match"));
 }
