@@ -408,7 +408,9 @@ async fn hostile_tokens_are_refused_and_never_reach_cliniko() {
         ),
         (
             "signature truncated",
-            valid_hs[..valid_hs.len() - 4].to_string(),
+            // 43 base64url characters cut to 41 (≡ 1 mod 4) can never decode, whatever the
+            // bytes; other cuts decode a quarter of the time and make this case flaky.
+            valid_hs[..valid_hs.len() - 2].to_string(),
             401,
             "token_malformed",
         ),
