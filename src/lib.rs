@@ -29,6 +29,7 @@ pub mod rescue;
 pub mod sandbox;
 pub mod server;
 pub mod stack;
+pub mod step;
 pub mod tools;
 pub mod upstream;
 

@@ -5,13 +5,14 @@ use crate::access_log::AccessLogLayer;
 use crate::audit::AuditLayer;
 use crate::auth::{AuthLayer, Authenticator};
 use crate::body::Body;
-use crate::cache::{Cache, CacheLayer};
+use crate::cache::Cache;
 use crate::credentials::{Credentials, CredentialsLayer};
 use crate::guard::{GuardLayer, Readiness};
 use crate::policy::{Policy, PolicyLayer};
-use crate::ratelimit::{RateLimitLayer, RateLimits};
+use crate::ratelimit::RateLimits;
 use crate::request_id::RequestIdLayer;
 use crate::rescue::RescueLayer;
+use crate::step::OptionalLayer;
 use crate::upstream::forward::{Upstream, UpstreamService};
 use http::{Request, Response};
 use std::convert::Infallible;
@@ -65,10 +66,10 @@ pub fn build(p: &Parts) -> GatewayService {
         .layer(CredentialsLayer(p.credentials.clone()))
         // A hit answers here: after auth (so 401/403 never touch it), before rate limits (so
         // a hit spends no Cliniko quota). Keyed by the credential, so keys never share.
-        .layer(CacheLayer(p.cache.clone()))
+        .layer(OptionalLayer(p.cache.clone()))
         // Only what really goes to Cliniko gets here: per-user limit, key budget (waits up to
         // max_wait), Cliniko's own 429s and connect failures (bodiless requests resent).
-        .layer(RateLimitLayer(p.ratelimits.clone()))
+        .layer(OptionalLayer(p.ratelimits.clone()))
         // Header rewrite, pooled rustls client, link rewriting (502/504).
         .service(UpstreamService(p.upstream.clone()));
     BoxCloneSyncService::new(svc)

@@ -9,62 +9,30 @@ use crate::body::Body;
 use crate::credentials::Credential;
 use crate::error::GatewayError;
 use bytes::{Bytes, BytesMut};
-use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tower::{Service, ServiceExt};
 
 /// Response header saying how the cache handled a request.
 pub const X_CACHE: &str = "x-cache";
 
-/// Layer that installs [`CacheService`]; with no cache (disabled) it passes requests through.
-#[derive(Clone)]
-pub struct CacheLayer(pub Option<Arc<Cache>>);
-
-impl<S> tower::Layer<S> for CacheLayer {
-    type Service = CacheService<S>;
-    fn layer(&self, inner: S) -> CacheService<S> {
-        CacheService {
-            inner,
-            cache: self.0.clone(),
-        }
-    }
-}
-
-/// See the module docs.
-#[derive(Clone)]
-pub struct CacheService<S> {
-    inner: S,
-    cache: Option<Arc<Cache>>,
-}
-
-impl<S> Service<Request<Body>> for CacheService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = Response<Body>;
-    type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<Response<Body>, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        match self.cache.clone() {
-            None => Box::pin(inner.oneshot(req)),
-            Some(cache) => Box::pin(handle(cache, inner, req)),
-        }
+impl crate::step::Step for Cache {
+    fn run<S>(
+        self: Arc<Self>,
+        inner: S,
+        req: Request<Body>,
+    ) -> impl std::future::Future<Output = Result<Response<Body>, GatewayError>> + Send
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
+        handle(self, inner, req)
     }
 }
 
@@ -422,6 +390,7 @@ mod tests {
     use super::*;
     use crate::config::{CacheConfig, CacheRule};
     use crate::credentials::ApiKey;
+    use crate::step::OptionalLayer;
     use std::sync::atomic::AtomicUsize;
 
     fn cache(ttl: Duration) -> Arc<Cache> {
@@ -470,7 +439,7 @@ mod tests {
                 Ok(ok_json("\"e\""))
             }
         });
-        let svc = tower::Layer::layer(&CacheLayer(Some(cache(Duration::from_secs(60)))), inner);
+        let svc = tower::Layer::layer(&OptionalLayer(Some(cache(Duration::from_secs(60)))), inner);
         let cred = Arc::new(Credential::new(ApiKey::new("k-au1".into()), "k", None).unwrap());
         let runner = tokio::spawn(svc.clone().oneshot(req(&cred)));
         while calls.load(Ordering::SeqCst) == 0 {
@@ -513,7 +482,7 @@ mod tests {
                 Ok(ok_json("\"e\""))
             }
         });
-        let svc = tower::Layer::layer(&CacheLayer(Some(cache(Duration::from_millis(1)))), inner);
+        let svc = tower::Layer::layer(&OptionalLayer(Some(cache(Duration::from_millis(1)))), inner);
         let cred = Arc::new(Credential::new(ApiKey::new("k-au1".into()), "k", None).unwrap());
         svc.clone().oneshot(req(&cred)).await.unwrap();
         // Let the 1 ms TTL run out (the cache's clock, not another task).

@@ -13,7 +13,6 @@ mod flight;
 mod layer;
 
 pub use entry::{CacheKey, CredentialId, Entry};
-pub use layer::CacheLayer;
 
 use crate::config::{CacheConfig, CacheRule};
 use aws_lc_rs::hmac;

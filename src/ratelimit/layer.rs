@@ -14,12 +14,10 @@ use crate::auth::User;
 use crate::body::Body;
 use crate::credentials::Credential;
 use crate::error::GatewayError;
-use futures_util::future::BoxFuture;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Service, ServiceExt};
 
@@ -29,50 +27,20 @@ pub const CONNECT_BACKOFF: Duration = Duration::from_millis(100);
 /// Cliniko's 429 without `Retry-After` or `X-RateLimit-Reset`: pause the key this long.
 pub const DEFAULT_UPSTREAM_PAUSE: Duration = Duration::from_secs(5);
 
-/// Layer that installs [`RateLimitService`]; with no limits (disabled) it passes through.
-#[derive(Clone)]
-pub struct RateLimitLayer(pub Option<Arc<RateLimits>>);
-
-impl<S> tower::Layer<S> for RateLimitLayer {
-    type Service = RateLimitService<S>;
-    fn layer(&self, inner: S) -> RateLimitService<S> {
-        RateLimitService {
-            inner,
-            limits: self.0.clone(),
-        }
-    }
-}
-
-/// See the module docs.
-#[derive(Clone)]
-pub struct RateLimitService<S> {
-    inner: S,
-    limits: Option<Arc<RateLimits>>,
-}
-
-impl<S> Service<Request<Body>> for RateLimitService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = Response<Body>;
-    type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<Response<Body>, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        match self.limits.clone() {
-            None => Box::pin(inner.oneshot(req)),
-            Some(l) => Box::pin(handle(l, inner, req)),
-        }
+impl crate::step::Step for RateLimits {
+    fn run<S>(
+        self: Arc<Self>,
+        inner: S,
+        req: Request<Body>,
+    ) -> impl std::future::Future<Output = Result<Response<Body>, GatewayError>> + Send
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
+        handle(self, inner, req)
     }
 }
 

@@ -23,8 +23,6 @@ pub mod layer;
 pub mod redis;
 pub mod user_limit;
 
-pub use layer::RateLimitLayer;
-
 use crate::config::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

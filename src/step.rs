@@ -1,0 +1,90 @@
+//! The shape shared by the journey's optional, stateful steps (the cache, the rate limits): a
+//! layer holding `Option<Arc<State>>` that hands each request to the state, or straight on to
+//! the rest of the stack when the feature is switched off.
+
+use crate::body::Body;
+use crate::error::GatewayError;
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Service, ServiceExt};
+
+/// What a step does with a request, given the rest of the stack (`inner`).
+pub trait Step: Send + Sync + 'static {
+    /// Handles one request.
+    fn run<S>(
+        self: Arc<Self>,
+        inner: S,
+        req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Body>, GatewayError>> + Send
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send;
+}
+
+/// Installs a [`Step`]; `None` (feature off) passes requests through untouched.
+pub struct OptionalLayer<T>(pub Option<Arc<T>>);
+
+impl<T> Clone for OptionalLayer<T> {
+    fn clone(&self) -> Self {
+        OptionalLayer(self.0.clone())
+    }
+}
+
+impl<S, T> tower::Layer<S> for OptionalLayer<T> {
+    type Service = OptionalService<S, T>;
+    fn layer(&self, inner: S) -> OptionalService<S, T> {
+        OptionalService {
+            inner,
+            step: self.0.clone(),
+        }
+    }
+}
+
+/// The service an [`OptionalLayer`] installs.
+pub struct OptionalService<S, T> {
+    inner: S,
+    step: Option<Arc<T>>,
+}
+
+impl<S: Clone, T> Clone for OptionalService<S, T> {
+    fn clone(&self) -> Self {
+        OptionalService {
+            inner: self.inner.clone(),
+            step: self.step.clone(),
+        }
+    }
+}
+
+impl<S, T> Service<Request<Body>> for OptionalService<S, T>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    T: Step,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = BoxFuture<'static, Result<Response<Body>, GatewayError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // The ready clone goes into the future; a fresh clone stays for the next call.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        match self.step.clone() {
+            None => Box::pin(inner.oneshot(req)),
+            Some(step) => Box::pin(step.run(inner, req)),
+        }
+    }
+}
