@@ -6,13 +6,13 @@ use crate::audit::AuditLayer;
 use crate::auth::{AuthLayer, Authenticator};
 use crate::body::Body;
 use crate::cache::Cache;
-use crate::credentials::{Credentials, CredentialsLayer};
+use crate::credentials::Credentials;
 use crate::guard::{GuardLayer, Readiness};
-use crate::policy::{Policy, PolicyLayer};
+use crate::policy::Policy;
 use crate::ratelimit::RateLimits;
 use crate::request_id::RequestIdLayer;
 use crate::rescue::RescueLayer;
-use crate::step::OptionalLayer;
+use crate::step::{CheckLayer, OptionalLayer};
 use crate::upstream::forward::{Upstream, UpstreamService};
 use http::{Request, Response};
 use std::convert::Infallible;
@@ -61,9 +61,9 @@ pub fn build(p: &Parts) -> GatewayService {
         // Who is calling (401).
         .layer(AuthLayer(p.authn.clone()))
         // What they may do (403 forbidden): before any key is looked up or anything is sent.
-        .layer(PolicyLayer(p.policy.clone()))
+        .layer(CheckLayer(p.policy.clone()))
         // Which Cliniko key they use (403 no_credential).
-        .layer(CredentialsLayer(p.credentials.clone()))
+        .layer(CheckLayer(p.credentials.clone()))
         // A hit answers here: after auth (so 401/403 never touch it), before rate limits (so
         // a hit spends no Cliniko quota). Keyed by the credential, so keys never share.
         .layer(OptionalLayer(p.cache.clone()))

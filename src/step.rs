@@ -1,6 +1,7 @@
-//! The shape shared by the journey's optional, stateful steps (the cache, the rate limits): a
-//! layer holding `Option<Arc<State>>` that hands each request to the state, or straight on to
-//! the rest of the stack when the feature is switched off.
+//! The two shapes the journey's own steps take, so each step is only its logic:
+//! - [`Check`] (policy, credentials): decided at once, annotate the request or refuse it;
+//! - [`Step`] behind an [`OptionalLayer`] (cache, rate limits): asynchronous and stateful, and
+//!   passed over entirely when the feature is switched off.
 
 use crate::body::Body;
 use crate::error::GatewayError;
@@ -85,6 +86,68 @@ where
         match self.step.clone() {
             None => Box::pin(inner.oneshot(req)),
             Some(step) => Box::pin(step.run(inner, req)),
+        }
+    }
+}
+
+/// A step decided without waiting: it inspects (and may annotate) the request, or refuses it.
+pub trait Check: Send + Sync + 'static {
+    /// `Ok` lets the request on to the rest of the stack; `Err` answers it here.
+    fn check(&self, req: &mut Request<Body>) -> Result<(), GatewayError>;
+}
+
+/// Installs a [`Check`].
+pub struct CheckLayer<T>(pub Arc<T>);
+
+impl<T> Clone for CheckLayer<T> {
+    fn clone(&self) -> Self {
+        CheckLayer(self.0.clone())
+    }
+}
+
+impl<S, T> tower::Layer<S> for CheckLayer<T> {
+    type Service = Checked<S, T>;
+    fn layer(&self, inner: S) -> Checked<S, T> {
+        Checked {
+            inner,
+            check: self.0.clone(),
+        }
+    }
+}
+
+/// The service a [`CheckLayer`] installs.
+pub struct Checked<S, T> {
+    inner: S,
+    check: Arc<T>,
+}
+
+impl<S: Clone, T> Clone for Checked<S, T> {
+    fn clone(&self) -> Self {
+        Checked {
+            inner: self.inner.clone(),
+            check: self.check.clone(),
+        }
+    }
+}
+
+impl<S, T> Service<Request<Body>> for Checked<S, T>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>,
+    S::Future: Send + 'static,
+    T: Check,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = BoxFuture<'static, Result<Response<Body>, GatewayError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        match self.check.check(&mut req) {
+            Ok(()) => Box::pin(self.inner.call(req)),
+            Err(e) => Box::pin(async { Err(e) }),
         }
     }
 }

@@ -52,7 +52,6 @@ mod tests;
 
 pub use crypto::generate_master_key;
 pub use edit::{AddOutcome, ListedUser, add_key, list, remove_user};
-pub use layer::CredentialsLayer;
 pub use store::{Credentials, KeyStore};
 
 use crate::upstream::Shard;

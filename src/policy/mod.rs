@@ -14,7 +14,6 @@ mod layer;
 mod tests;
 
 pub use config::{GrantConfig, PolicyConfig, validate};
-pub use layer::PolicyLayer;
 
 use crate::error::GatewayError;
 use http::Method;
