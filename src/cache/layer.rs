@@ -93,8 +93,6 @@ where
     let is_head = method == Method::HEAD;
     let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
     let request_facts = facts(&req);
-    let template = Template::of(&req);
-    drop(req);
 
     // A stale entry with an ETag is revalidated rather than refetched.
     let mut stale: Option<Arc<Entry>> = None;
@@ -108,6 +106,9 @@ where
             stale = Some(entry);
         }
     }
+    // Only a miss needs to send the request again: hits skip copying its head.
+    let template = Template::of(&req);
+    drop(req);
 
     // Miss, refresh or revalidation: one request upstream per key at a time.
     let mut own: Option<Result<Response<Body>, GatewayError>> = None;
