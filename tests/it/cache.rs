@@ -191,33 +191,30 @@ async fn caller_cache_control_and_validators() {
     let etag = first.headers["etag"].to_str().unwrap().to_string();
     // no-cache: refetch and refresh.
     let got = h
-        .send(
-            Method::GET,
+        .get_as_with(
+            "alice",
             "/v1/appointment_types",
-            &[("authorization", &auth), ("cache-control", "no-cache")],
-            Bytes::new(),
+            &[("cache-control", "no-cache")],
         )
         .await;
     assert_eq!(xcache(&got), "MISS");
     assert_eq!(h.sandbox("au1").request_count(), 2);
     // no-store: straight through.
     let got = h
-        .send(
-            Method::GET,
+        .get_as_with(
+            "alice",
             "/v1/appointment_types",
-            &[("authorization", &auth), ("cache-control", "no-store")],
-            Bytes::new(),
+            &[("cache-control", "no-store")],
         )
         .await;
     assert_eq!(xcache(&got), "BYPASS");
     assert_eq!(h.sandbox("au1").request_count(), 3);
     // A matching If-None-Match is answered 304 from memory.
     let got = h
-        .send(
-            Method::GET,
+        .get_as_with(
+            "alice",
             "/v1/appointment_types",
-            &[("authorization", &auth), ("if-none-match", &etag)],
-            Bytes::new(),
+            &[("if-none-match", &etag)],
         )
         .await;
     assert_eq!(got.status, 304);

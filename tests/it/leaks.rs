@@ -6,7 +6,6 @@
 use crate::support::*;
 use base64::Engine;
 use bytes::Bytes;
-use cliniko_gateway::credentials::{self, ApiKey};
 use cliniko_gateway::sandbox::{Fault, Sandbox, SandboxOptions};
 use http_body_util::{BodyExt, Full};
 use std::process::Stdio;
@@ -41,26 +40,12 @@ async fn nothing_secret_appears_in_trace_logs_bodies_or_headers() {
         "/v1/invoices",
         Fault::Status(401, "HTTP Basic: Access denied.".into()),
     );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), sb.ca_pem()).unwrap();
-    let cfg = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 4096\n[auth]\n[keystore]\npath = \"keys.json\"\n\
-         [upstream]\nuser_agent = \"Gateway Tests (tests@example.invalid)\"\nca_file = \"ca.pem\"\n\
-         [upstream.shards]\nau1 = \"{}\"\n[log]\nformat = \"json\"\n{POLICY}",
-        sb.base_url()
+    let dir = process_config_dir(
+        &sb,
+        "max_body_bytes = 4096",
+        POLICY,
+        &[("alice", KEY_ALICE), ("bob", KEY_ALICE)],
     );
-    std::fs::write(dir.path().join("gw.toml"), cfg).unwrap();
-    let master = cliniko_gateway::config::parse_master_key(MASTER).unwrap();
-    for u in ["alice", "bob"] {
-        credentials::add_key(
-            &dir.path().join("keys.json"),
-            &master,
-            u,
-            &ApiKey::new(KEY_ALICE.into()),
-            None,
-        )
-        .unwrap();
-    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_cliniko-gateway"))
         .args(["serve", "--config"])
         .arg(dir.path().join("gw.toml"))

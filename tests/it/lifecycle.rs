@@ -23,26 +23,12 @@ impl Proc {
 }
 
 async fn spawn(sb: &Sandbox, users: &[(&str, &str)]) -> Proc {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), sb.ca_pem()).unwrap();
-    let cfg = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n[auth]\n[keystore]\npath = \"keys.json\"\n\
-         [upstream]\nuser_agent = \"Gateway Tests (tests@example.invalid)\"\nca_file = \"ca.pem\"\n\
-         [upstream.shards]\nau1 = \"{}\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n{ALLOW_ALL_POLICY}",
-        sb.base_url()
+    let dir = process_config_dir(
+        sb,
+        "shutdown_grace = \"20s\"",
+        &format!("level = \"info\"\n{ALLOW_ALL_POLICY}"),
+        users,
     );
-    std::fs::write(dir.path().join("gw.toml"), cfg).unwrap();
-    let master = cliniko_gateway::config::parse_master_key(MASTER).unwrap();
-    for (u, k) in users {
-        credentials::add_key(
-            &dir.path().join("keys.json"),
-            &master,
-            u,
-            &ApiKey::new(k.to_string()),
-            None,
-        )
-        .unwrap();
-    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_cliniko-gateway"))
         .args(["serve", "--config"])
         .arg(dir.path().join("gw.toml"))

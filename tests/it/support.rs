@@ -291,6 +291,14 @@ format = "text"
             .await
     }
 
+    /// GET as `user` with extra headers.
+    pub async fn get_as_with(&self, user: &str, path: &str, extra: &[(&str, &str)]) -> Got {
+        let auth = format!("Bearer {}", self.token(user));
+        let mut headers = vec![("authorization", auth.as_str())];
+        headers.extend_from_slice(extra);
+        self.send(Method::GET, path, &headers, Bytes::new()).await
+    }
+
     /// GET with an explicit Authorization header value.
     pub async fn get_with_auth(&self, authorization: &str, path: &str) -> Got {
         self.send(
@@ -493,4 +501,36 @@ pub fn signal(child: &tokio::process::Child, sig: &str) {
         .status()
         .unwrap();
     assert!(ok.success());
+}
+
+/// A config directory for running the real binary against stand-in `sb`: its CA, `gw.toml`
+/// (`server_extra` lines under `[server]`, `tail` after the JSON `[log]` section) and a key
+/// store holding `users`.
+pub fn process_config_dir(
+    sb: &Sandbox,
+    server_extra: &str,
+    tail: &str,
+    users: &[(&str, &str)],
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), sb.ca_pem()).unwrap();
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n[auth]\n[keystore]\npath = \"keys.json\"\n\
+         [upstream]\nuser_agent = \"Gateway Tests (tests@example.invalid)\"\nca_file = \"ca.pem\"\n\
+         [upstream.shards]\nau1 = \"{}\"\n[log]\nformat = \"json\"\n{tail}",
+        sb.base_url()
+    );
+    std::fs::write(dir.path().join("gw.toml"), cfg).unwrap();
+    let master = cliniko_gateway::config::parse_master_key(MASTER).unwrap();
+    for (user, key) in users {
+        credentials::add_key(
+            &dir.path().join("keys.json"),
+            &master,
+            user,
+            &ApiKey::new(key.to_string()),
+            None,
+        )
+        .unwrap();
+    }
+    dir
 }
