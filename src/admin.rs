@@ -9,11 +9,10 @@
 //!   sends a bearer token with `authorization.credentials_file` in its scrape config.
 
 use crate::body::Body;
-use crate::cache::Cache;
 use crate::config::AdminConfig;
 use crate::credentials::Credentials;
 use crate::metrics::{Metrics, ReloadTrigger};
-use crate::reload::KeyStoreReloader;
+use crate::reload::Reloader;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use secrecy::{ExposeSecret, SecretString};
@@ -27,8 +26,7 @@ use tokio::sync::watch;
 pub struct Admin {
     token: SecretString,
     credentials: Arc<Credentials>,
-    cache: Option<Arc<Cache>>,
-    reloader: Arc<KeyStoreReloader>,
+    reloader: Arc<Reloader>,
     metrics: Arc<Metrics>,
 }
 
@@ -37,15 +35,13 @@ impl Admin {
     pub fn new(
         cfg: &AdminConfig,
         credentials: Arc<Credentials>,
-        cache: Option<Arc<Cache>>,
-        reloader: Arc<KeyStoreReloader>,
+        reloader: Arc<Reloader>,
         metrics: Arc<Metrics>,
     ) -> Option<Arc<Admin>> {
         let token = cfg.token.as_ref()?.expose_secret().to_string();
         Some(Arc::new(Admin {
             token: SecretString::from(token),
             credentials,
-            cache,
             reloader,
             metrics,
         }))
@@ -113,7 +109,10 @@ impl Admin {
             }
             (&Method::POST, "/admin/reload") => {
                 match self.reloader.reload(ReloadTrigger::Admin).await {
-                    Ok(users) => reply(StatusCode::OK, json!({"reloaded": true, "users": users})),
+                    Ok(r) => reply(
+                        StatusCode::OK,
+                        json!({"reloaded": true, "users": r.users, "changed": r.changed, "restart_needed": r.restart_needed}),
+                    ),
                     Err(e) => reply(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         json!({"error": {"code": "reload_failed", "message": e.to_string()}}),
@@ -155,7 +154,8 @@ impl Admin {
     }
 
     fn purge(&self, all: Option<&str>, user: Option<&str>, prefix: Option<&str>) -> Response<Body> {
-        let Some(cache) = &self.cache else {
+        let live = self.reloader.current();
+        let Some(cache) = &live.cache else {
             return reply(
                 StatusCode::CONFLICT,
                 json!({"error": {"code": "cache_disabled"}}),

@@ -3,19 +3,18 @@
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
 use crate::credentials::{Credentials, KeyStoreError};
-use crate::guard::Readiness;
+use crate::live::{Current, Fixed, GatewayReadiness, Live, Shared};
 use crate::metrics::{Metrics, ReloadTrigger, Sources};
-use crate::reload::KeyStoreReloader;
+use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::server::{self, ConnSettings};
-use crate::stack::{self, Parts};
 use crate::upstream::forward::Upstream;
 use crate::upstream::headers::FixedHeaders;
 use crate::upstream::links::LinkRewriter;
 use crate::upstream::{ShardRouter, client};
+use arc_swap::ArcSwap;
 use http::HeaderValue;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -34,17 +33,6 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-struct GatewayReadiness {
-    authn: Arc<Authenticator>,
-    draining: AtomicBool,
-}
-
-impl Readiness for GatewayReadiness {
-    fn ready(&self) -> bool {
-        !self.draining.load(Ordering::Acquire) && self.authn.ready()
-    }
-}
-
 /// A running gateway.
 pub struct Gateway {
     local_addr: SocketAddr,
@@ -52,10 +40,8 @@ pub struct Gateway {
     task: JoinHandle<()>,
     readiness: Arc<GatewayReadiness>,
     shutdown_delay: std::time::Duration,
-    cache: Option<Arc<crate::cache::Cache>>,
     admin_addr: Option<SocketAddr>,
-    ratelimits: Option<Arc<crate::ratelimit::RateLimits>>,
-    reloader: Arc<KeyStoreReloader>,
+    reloader: Arc<Reloader>,
     metrics: Arc<Metrics>,
 }
 
@@ -93,7 +79,7 @@ impl Gateway {
         };
         let upstream = Arc::new(
             Upstream::new(
-                http,
+                http.clone(),
                 router,
                 fixed,
                 links,
@@ -104,34 +90,34 @@ impl Gateway {
         );
         let tls = server::tls_acceptor(&cfg.server)?;
         authn.start().await;
-        let readiness = Arc::new(GatewayReadiness {
-            authn: authn.clone(),
-            draining: AtomicBool::new(false),
-        });
-        let cache = crate::cache::Cache::new(&cfg.cache);
-        let ratelimits = crate::ratelimit::RateLimits::new(&cfg.ratelimit)?;
-        metrics.add_sources(Sources::new(
-            cache.clone(),
-            ratelimits.clone(),
-            authn.clone(),
-        ));
-        let reloader = KeyStoreReloader::new(credentials.clone(), metrics.reloads());
-        let http_metrics = Some(Arc::new(metrics.http()));
-        let metrics = Arc::new(metrics);
-        let svc = stack::build(&Parts {
-            authn,
-            policy: Arc::new(crate::policy::Policy::new(&cfg.policy)),
+        let readiness = GatewayReadiness::new(authn.clone());
+        let fixed = Fixed {
             credentials: credentials.clone(),
-            cache: cache.clone(),
-            ratelimits: ratelimits.clone(),
             upstream,
             readiness: readiness.clone(),
             limits: crate::guard::Limits {
                 max_body: cfg.server.max_body_bytes,
                 authority,
             },
-            metrics: http_metrics,
-        });
+            metrics: Some(Arc::new(metrics.http())),
+            http,
+        };
+        let live: Shared = Arc::new(ArcSwap::from_pointee(Live::assemble(
+            &fixed,
+            authn,
+            Arc::new(crate::policy::Policy::new(&cfg.policy)),
+            crate::cache::Cache::new(&cfg.cache),
+            crate::ratelimit::RateLimits::new(&cfg.ratelimit)?,
+        )));
+        metrics.add_sources(Sources::new(live.clone()));
+        let reloader = Reloader::new(
+            credentials.clone(),
+            live.clone(),
+            fixed,
+            cfg.source.is_some().then(|| (cfg.clone(), cfg.clone())),
+            metrics.reloads(),
+        );
+        let metrics = Arc::new(metrics);
         let (tx, rx) = watch::channel(false);
         let settings = ConnSettings::new(&cfg.server, tls);
         let grace = cfg.server.shutdown_grace;
@@ -140,7 +126,6 @@ impl Gateway {
             crate::admin::Admin::new(
                 &cfg.admin,
                 credentials.clone(),
-                cache.clone(),
                 reloader.clone(),
                 metrics.clone(),
             ),
@@ -158,10 +143,10 @@ impl Gateway {
             tokio::spawn(
                 reloader
                     .clone()
-                    .watch_file(cfg.keystore.watch_interval, rx.clone()),
+                    .watch_files(cfg.keystore.watch_interval, rx.clone()),
             );
         }
-        let task = tokio::spawn(server::serve(listener, settings, svc, rx, grace));
+        let task = tokio::spawn(server::serve(listener, settings, Current(live), rx, grace));
         tracing::info!(%local_addr, "gateway listening");
         Ok(Gateway {
             local_addr,
@@ -169,9 +154,7 @@ impl Gateway {
             task,
             readiness,
             shutdown_delay: cfg.server.shutdown_delay,
-            cache,
             admin_addr,
-            ratelimits,
             reloader,
             metrics,
         })
@@ -183,9 +166,9 @@ impl Gateway {
         Gateway::start(cfg, listener).await
     }
 
-    /// The GET cache, if enabled (for purges and stats).
-    pub fn cache(&self) -> Option<&Arc<crate::cache::Cache>> {
-        self.cache.as_ref()
+    /// The GET cache now serving, if enabled (for purges and stats).
+    pub fn cache(&self) -> Option<Arc<crate::cache::Cache>> {
+        self.reloader.current().cache.clone()
     }
 
     /// The admin listener's address, when enabled.
@@ -193,9 +176,9 @@ impl Gateway {
         self.admin_addr
     }
 
-    /// The rate limits, if enabled (for stats).
-    pub fn ratelimits(&self) -> Option<&Arc<crate::ratelimit::RateLimits>> {
-        self.ratelimits.as_ref()
+    /// The rate limits now serving, if enabled (for stats).
+    pub fn ratelimits(&self) -> Option<Arc<crate::ratelimit::RateLimits>> {
+        self.reloader.current().ratelimits.clone()
     }
 
     /// The address actually bound.
@@ -206,6 +189,12 @@ impl Gateway {
     /// Re-reads the key store (file I/O and decryption off the async threads); on error the
     /// old store keeps serving.
     pub async fn reload_credentials(&self) -> Result<usize, KeyStoreError> {
+        self.reloader.reload_keys(ReloadTrigger::Signal).await
+    }
+
+    /// What SIGHUP does: re-reads the config file (when the gateway was started from one)
+    /// and the key store; each part that fails keeps serving its previous state.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
         self.reloader.reload(ReloadTrigger::Signal).await
     }
 
@@ -217,7 +206,7 @@ impl Gateway {
     /// Fails readiness, waits `shutdown_delay`, stops accepting, and waits for in-flight
     /// requests (up to the grace); connections still open then are closed.
     pub async fn shutdown(self) {
-        self.readiness.draining.store(true, Ordering::Release);
+        self.readiness.drain();
         tracing::info!(
             shutdown_delay_ms = u64::try_from(self.shutdown_delay.as_millis()).unwrap_or(u64::MAX),
             "readiness now failing; the listener closes after shutdown_delay"
@@ -228,7 +217,7 @@ impl Gateway {
         tracing::info!("gateway stopped");
     }
 
-    /// Serves until SIGTERM/SIGINT (then drains); SIGHUP reloads the key store.
+    /// Serves until SIGTERM/SIGINT (then drains); SIGHUP reloads the config and the key store.
     pub async fn run_until_signal(self) -> std::io::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut hup = signal(SignalKind::hangup())?;
@@ -236,7 +225,7 @@ impl Gateway {
         let mut int = signal(SignalKind::interrupt())?;
         loop {
             tokio::select! {
-                _ = hup.recv() => { let _ = self.reload_credentials().await; }
+                _ = hup.recv() => { let _ = self.reload().await; }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }

@@ -20,6 +20,7 @@ pub mod error;
 pub mod framing;
 pub mod gateway;
 pub mod guard;
+pub mod live;
 pub mod metrics;
 pub mod policy;
 pub mod ratelimit;

@@ -60,10 +60,15 @@ impl std::fmt::Debug for Cache {
 impl Cache {
     /// Builds the cache, or `None` when disabled.
     pub fn new(cfg: &CacheConfig) -> Option<Arc<Cache>> {
+        Cache::new_after(cfg, None)
+    }
+
+    /// Builds an empty cache for a reloaded `cfg` whose counters carry on from `prev`'s.
+    pub fn new_after(cfg: &CacheConfig, prev: Option<&Cache>) -> Option<Arc<Cache>> {
         if !cfg.enabled {
             return None;
         }
-        let stats = Arc::new(CacheStats::default());
+        let stats = prev.map_or_else(Arc::default, |p| p.stats.clone());
         let on_evict = stats.clone();
         let store = moka::future::Cache::builder()
             .max_capacity(cfg.capacity_bytes)

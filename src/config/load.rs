@@ -45,8 +45,38 @@ impl ConfigError {
 }
 
 /// The environment the config is read against; injectable so tests never touch the process env.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Env(pub BTreeMap<String, String>);
+
+/// Names only: values can be secrets.
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// Where a config was read from, so a reload reads it again the same way.
+#[derive(Clone)]
+pub struct ConfigSource {
+    /// The config file.
+    pub path: PathBuf,
+    env: Env,
+}
+
+impl std::fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigSource")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConfigSource {
+    /// Reads and validates the file again (secrets files included).
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        load(&self.path, &self.env)
+    }
+}
 
 impl Env {
     /// The process environment.
@@ -69,7 +99,12 @@ pub fn load(path: &Path, env: &Env) -> Result<Config, ConfigError> {
         )
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    load_str(&text, base, env)
+    let mut cfg = load_str(&text, base, env)?;
+    cfg.source = Some(ConfigSource {
+        path: path.to_path_buf(),
+        env: env.clone(),
+    });
+    Ok(cfg)
 }
 
 /// Parses config text; relative paths inside are taken relative to `base_dir`.

@@ -10,15 +10,26 @@ mod validate;
 pub use validate::{is_shard_name, parse_alg, valid_user_agent};
 
 pub use load::{
-    ConfigError, ENV_HMAC_SECRET, ENV_MASTER_KEY, ENV_PREFIX, Env, load, load_str, parse_master_key,
+    ConfigError, ConfigSource, ENV_HMAC_SECRET, ENV_MASTER_KEY, ENV_PREFIX, Env, load, load_str,
+    parse_master_key,
 };
 
 use secrecy::{SecretBox, SecretSlice};
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
+/// Whether two values of a config section are the same (compared as the TOML they serialise
+/// to; fields skipped by serde, i.e. resolved secrets, are not compared).
+pub fn same<T: Serialize>(a: &T, b: &T) -> bool {
+    match (toml::Value::try_from(a), toml::Value::try_from(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        // Cannot tell: treat as changed, which rebuilds the part (the safe direction).
+        _ => false,
+    }
+}
+
 /// Everything the gateway needs to run.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Inbound listener.
@@ -45,10 +56,13 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The file this was read from (`None` for text loaded directly): what reloads re-read.
+    #[serde(skip)]
+    pub source: Option<ConfigSource>,
 }
 
 /// The admin listener: separate address, own bearer token.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Where admin routes listen (keep it on loopback or a private network); off when unset.
@@ -61,7 +75,7 @@ pub struct AdminConfig {
 }
 
 /// The in-memory GET cache.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// Master switch.
@@ -117,7 +131,7 @@ impl Default for CacheConfig {
 }
 
 /// Inbound listener settings.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address to listen on.
@@ -188,7 +202,7 @@ impl ServerConfig {
 }
 
 /// JWT verification settings.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// The claim that names the user (looked up in the key store).
@@ -222,7 +236,7 @@ pub struct AuthConfig {
 }
 
 /// One PEM public key.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublicKeyConfig {
     /// PEM file (RSA, EC or Ed25519 public key).
@@ -234,7 +248,7 @@ pub struct PublicKeyConfig {
 }
 
 /// A JWKS endpoint.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwksConfig {
     /// `https://` URL of the key set.
@@ -271,11 +285,28 @@ pub struct KeyStoreConfig {
     pub master_key: Option<MasterKey>,
 }
 
+// By hand: `SecretBox<[u8; 32]>` is not `Clone`, on purpose; the one copy made here is
+// another `SecretBox`, zeroed on drop like the first.
+impl Clone for KeyStoreConfig {
+    fn clone(&self) -> Self {
+        use secrecy::ExposeSecret;
+        KeyStoreConfig {
+            path: self.path.clone(),
+            master_key_file: self.master_key_file.clone(),
+            watch_interval: self.watch_interval,
+            master_key: self
+                .master_key
+                .as_ref()
+                .map(|k| SecretBox::new(Box::new(*k.expose_secret()))),
+        }
+    }
+}
+
 /// The key-store master key (AES-256-GCM), unprintable.
 pub type MasterKey = SecretBox<[u8; 32]>;
 
 /// How Cliniko is reached.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Sent as `User-Agent`; Cliniko requires `App name (contact email)`.
@@ -306,7 +337,7 @@ pub struct UpstreamConfig {
 }
 
 /// Log output.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `json` (one object per line) or `text`.

@@ -196,14 +196,14 @@ impl UpstreamMetrics {
     }
 }
 
-/// What triggered a key-store reload.
+/// What triggered a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadTrigger {
     /// SIGHUP.
     Signal,
     /// `POST /admin/reload`.
     Admin,
-    /// The key-store file changed on disk.
+    /// A watched file (key store, config, secret, PEM key) changed on disk.
     File,
 }
 
@@ -223,6 +223,8 @@ impl ReloadTrigger {
 pub struct ReloadMetrics {
     reloads: Family<ReloadLabels, Counter>,
     users: Gauge,
+    config_reloads: Family<ReloadLabels, Counter>,
+    restart_pending: Gauge,
 }
 
 impl ReloadMetrics {
@@ -237,6 +239,20 @@ impl ReloadMetrics {
             .inc();
         if let Some(n) = users {
             self.users.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// One config reload attempt; `restart_pending`: sections changed that need a restart.
+    pub fn record_config(&self, trigger: ReloadTrigger, ok: bool, restart_pending: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.config_reloads
+            .get_or_create(&ReloadLabels {
+                trigger: trigger.label(),
+                result,
+            })
+            .inc();
+        if ok {
+            self.restart_pending.set(i64::from(restart_pending));
         }
     }
 
@@ -316,6 +332,16 @@ impl Metrics {
             "keystore_users",
             "Users in the key store now serving",
             reloads.users.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reload attempts by trigger (signal, admin, file) and result (ok, failed)",
+            reloads.config_reloads.clone(),
+        );
+        registry.register(
+            "config_restart_pending",
+            "1 when the last reloaded config changed a section that only applies after a restart",
+            reloads.restart_pending.clone(),
         );
         Metrics {
             registry,

@@ -1,80 +1,63 @@
 //! Figures other parts already keep as plain atomics (cache, rate limits, JWKS), turned into
 //! metrics when Prometheus scrapes, so their hot paths carry no metrics code.
 
-use crate::auth::Authenticator;
-use crate::cache::Cache;
-use crate::ratelimit::RateLimits;
+use crate::live::Shared;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The parts whose own counters are exported.
+/// The parts whose own counters are exported: always those of the set serving now, so the
+/// figures follow a config reload.
 pub struct Sources {
-    /// The GET cache, when enabled.
-    pub cache: Option<Arc<Cache>>,
-    /// The rate limits, when enabled.
-    pub ratelimits: Option<Arc<RateLimits>>,
-    /// JWT verification (JWKS fetch counters).
-    pub authn: Arc<Authenticator>,
+    live: Shared,
     cache_bytes: Gauge,
     cache_entries: Gauge,
 }
 
 impl std::fmt::Debug for Sources {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sources")
-            .field("cache", &self.cache.is_some())
-            .field("ratelimits", &self.ratelimits.is_some())
-            .finish_non_exhaustive()
+        f.debug_struct("Sources").finish_non_exhaustive()
     }
 }
 
 impl Sources {
-    /// Exports these parts' counters.
-    pub fn new(
-        cache: Option<Arc<Cache>>,
-        ratelimits: Option<Arc<RateLimits>>,
-        authn: Arc<Authenticator>,
-    ) -> Sources {
+    /// Exports the counters of whatever set `live` holds when scraped.
+    pub fn new(live: Shared) -> Sources {
         Sources {
-            cache,
-            ratelimits,
-            authn,
+            live,
             cache_bytes: Gauge::default(),
             cache_entries: Gauge::default(),
         }
     }
 
     pub(super) fn register_gauges(&self, r: &mut Registry) {
-        if self.cache.is_some() {
-            r.register(
-                "cache_weighted_bytes",
-                "Bytes held by the GET cache (bodies, headers and keys)",
-                self.cache_bytes.clone(),
-            );
-            r.register(
-                "cache_entries",
-                "Entries held by the GET cache",
-                self.cache_entries.clone(),
-            );
-        }
+        r.register(
+            "cache_weighted_bytes",
+            "Bytes held by the GET cache (bodies, headers and keys)",
+            self.cache_bytes.clone(),
+        );
+        r.register(
+            "cache_entries",
+            "Entries held by the GET cache",
+            self.cache_entries.clone(),
+        );
     }
 
     /// moka's sizes lag until its maintenance runs, which is async: done before encoding.
     pub(super) async fn refresh(&self) {
-        if let Some(c) = &self.cache {
-            let bytes = c.weighted_size().await;
-            let entries = c.entry_count().await;
-            self.cache_bytes
-                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-            self.cache_entries
-                .set(i64::try_from(entries).unwrap_or(i64::MAX));
-        }
+        let live = self.live.load_full();
+        let (bytes, entries) = match &live.cache {
+            Some(c) => (c.weighted_size().await, c.entry_count().await),
+            None => (0, 0),
+        };
+        self.cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 }
 
@@ -110,7 +93,8 @@ fn counter(
 
 impl Collector for Sources {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        if let Some(c) = &self.cache {
+        let live = self.live.load();
+        if let Some(c) = &live.cache {
             let s = c.stats();
             family(
                 &mut enc,
@@ -131,7 +115,7 @@ impl Collector for Sources {
                 load(&s.evictions),
             )?;
         }
-        if let Some(r) = &self.ratelimits {
+        if let Some(r) = &live.ratelimits {
             let s = r.stats();
             family(
                 &mut enc,
@@ -185,8 +169,8 @@ impl Collector for Sources {
             "JWKS fetches by result (ok, failed)",
             "result",
             &[
-                ("ok", self.authn.jwks_fetches_ok()),
-                ("failed", self.authn.jwks_fetches_failed()),
+                ("ok", live.authn.jwks_fetches_ok()),
+                ("failed", live.authn.jwks_fetches_failed()),
             ],
         )
     }

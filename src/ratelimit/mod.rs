@@ -31,6 +31,36 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio::sync::watch;
 
+fn key_budgets(
+    cfg: &RateLimitConfig,
+    stats: Arc<RateLimitStats>,
+) -> Result<Arc<key_budget::KeyBudgets>, ConfigError> {
+    let shared = match &cfg.redis_url {
+        Some(url) => Some(redis::SharedBudget::new(&url.0, cfg)?),
+        None => None,
+    };
+    Ok(Arc::new(key_budget::KeyBudgets::new(cfg, shared, stats)))
+}
+
+fn user_limits(cfg: &RateLimitConfig) -> Option<Arc<user_limit::UserLimits>> {
+    cfg.user
+        .enabled
+        .then(|| Arc::new(user_limit::UserLimits::new(&cfg.user)))
+}
+
+/// Whether two configs give the same key budgets (everything but the per-user part and the
+/// connect retries, which the budgets do not hold).
+fn same_budget(a: &RateLimitConfig, b: &RateLimitConfig) -> bool {
+    let budget_part = |c: &RateLimitConfig| RateLimitConfig {
+        user: UserLimitConfig::default(),
+        connect_retries: 0,
+        redis_url: None,
+        ..c.clone()
+    };
+    let url = |c: &RateLimitConfig| c.redis_url.as_ref().map(|u| u.0.clone());
+    url(a) == url(b) && crate::config::same(&budget_part(a), &budget_part(b))
+}
+
 /// `[ratelimit]`: every limit the gateway keeps.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -333,8 +363,8 @@ pub struct RateLimitStats {
 /// Everything the rate-limit layer shares, built once at start-up.
 pub struct RateLimits {
     cfg: RateLimitConfig,
-    users: Option<user_limit::UserLimits>,
-    budget: key_budget::KeyBudgets,
+    users: Option<Arc<user_limit::UserLimits>>,
+    budget: Arc<key_budget::KeyBudgets>,
     stats: Arc<RateLimitStats>,
     pauses: watch::Sender<u64>,
 }
@@ -356,20 +386,44 @@ impl RateLimits {
         }
         validate(cfg)?;
         let stats = Arc::new(RateLimitStats::default());
-        let shared = match &cfg.redis_url {
-            Some(url) => Some(redis::SharedBudget::new(&url.0, cfg)?),
-            None => None,
+        Ok(Some(Arc::new(RateLimits {
+            cfg: cfg.clone(),
+            users: user_limits(cfg),
+            budget: key_budgets(cfg, stats.clone())?,
+            stats,
+            pauses: watch::Sender::new(0),
+        })))
+    }
+
+    /// The limits for a reloaded `cfg`, keeping `prev`'s state wherever its part of the
+    /// config is unchanged: the key budgets (a reload must not let a fresh burst through to
+    /// Cliniko) and the per-user limits. Counters carry on across the reload.
+    pub fn reconfigure(
+        cfg: &RateLimitConfig,
+        prev: Option<&Arc<RateLimits>>,
+    ) -> Result<Option<Arc<RateLimits>>, ConfigError> {
+        let Some(prev) = prev else {
+            return RateLimits::new(cfg);
         };
-        let budget = key_budget::KeyBudgets::new(cfg, shared, stats.clone());
-        let users = cfg
-            .user
-            .enabled
-            .then(|| user_limit::UserLimits::new(&cfg.user));
+        if !cfg.enabled {
+            return Ok(None);
+        }
+        validate(cfg)?;
+        let budget = if same_budget(&prev.cfg, cfg) {
+            prev.budget.clone()
+        } else {
+            key_budgets(cfg, prev.stats.clone())?
+        };
+        let users = if crate::config::same(&prev.cfg.user, &cfg.user) {
+            prev.users.clone()
+        } else {
+            user_limits(cfg)
+        };
         Ok(Some(Arc::new(RateLimits {
             cfg: cfg.clone(),
             users,
             budget,
-            stats,
+            stats: prev.stats.clone(),
             pauses: watch::Sender::new(0),
         })))
     }

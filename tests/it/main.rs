@@ -14,6 +14,7 @@ mod policy;
 mod props;
 mod proxy;
 mod ratelimit;
+mod reload;
 mod resilience;
 mod server;
 mod support;

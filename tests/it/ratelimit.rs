@@ -155,7 +155,7 @@ format = "text"
         }
     }
 
-    fn limits(&self, i: usize) -> &Arc<RateLimits> {
+    fn limits(&self, i: usize) -> Arc<RateLimits> {
         self.gws[i].ratelimits().expect("rate limits enabled")
     }
 
@@ -470,7 +470,8 @@ burst = 5
         bob.at.duration_since(first.at) >= Duration::from_secs(1),
         "bob's request waited for the pause"
     );
-    let stats = rig.limits(0).stats();
+    let limits = rig.limits(0);
+    let stats = limits.stats();
     assert_eq!(stats.upstream_retries.load(Ordering::Relaxed), 1);
 }
 
@@ -537,7 +538,8 @@ async fn two_gateways_sharing_redis_stay_within_one_budget() {
             .iter()
             .filter(|(g, r)| *g == gw && r.status == 200)
             .count();
-        let s = rig.limits(gw).stats();
+        let limits = rig.limits(gw);
+        let s = limits.stats();
         assert!(
             served > 0,
             "gateway {gw} served nothing (ok {ok}, refused {}, shaped {}, redis failures {})",
@@ -552,7 +554,8 @@ async fn two_gateways_sharing_redis_stay_within_one_budget() {
     assert!(ok >= 15, "only {ok} got through");
     let mut refused = 0;
     for i in 0..2 {
-        let s = rig.limits(i).stats();
+        let limits = rig.limits(i);
+        let s = limits.stats();
         assert_eq!(s.redis_failures.load(Ordering::Relaxed), 0);
         refused += s.refused_key.load(Ordering::Relaxed);
     }
@@ -595,7 +598,8 @@ async fn redis_killed_mid_run_fails_open_within_the_local_budget() {
         (ok as f64) <= 2.0 + 5.0 * span + 1.0,
         "{ok} in {span:.2}s is over the local budget"
     );
-    let s = rig.limits(0).stats();
+    let limits = rig.limits(0);
+    let s = limits.stats();
     assert!(s.redis_failures.load(Ordering::Relaxed) >= 1);
     assert!(s.fail_open.load(Ordering::Relaxed) >= 1);
 }

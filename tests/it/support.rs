@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use cliniko_gateway::Gateway;
 use cliniko_gateway::auth::mint::mint_hs;
-use cliniko_gateway::config::{Env, load_str};
+use cliniko_gateway::config::{Env, load};
 use cliniko_gateway::credentials::{self, ApiKey};
 use cliniko_gateway::sandbox::{Account, Sandbox, SandboxOptions, TestPki};
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -191,7 +191,10 @@ format = "text"
         for (k, v) in setup.overrides {
             env.insert(k.to_string(), v);
         }
-        let cfg = load_str(&config_text, dir.path(), &Env(env)).unwrap();
+        // Loaded from a file, as `serve` does, so reloads re-read it.
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, &config_text).unwrap();
+        let cfg = load(&config_path, &Env(env)).unwrap();
         let master = cfg.keystore.master_key.as_ref().unwrap();
         for (user, key) in setup.users {
             credentials::add_key(
@@ -214,6 +217,23 @@ format = "text"
             base: format!("http://{addr}"),
             client,
         }
+    }
+
+    /// The running gateway.
+    pub fn gateway(&self) -> &Gateway {
+        self.gw.as_ref().expect("gateway running")
+    }
+
+    /// The config file the gateway was started from (rewrite it, then reload).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("gateway.toml")
+    }
+
+    /// Rewrites the config file with `edit` applied to its text.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let path = self.config_path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, edit(text)).unwrap();
     }
 
     /// Graceful shutdown, as on SIGTERM.
@@ -239,7 +259,7 @@ format = "text"
     }
 
     /// The gateway's cache (panics when disabled).
-    pub fn cache(&self) -> &std::sync::Arc<cliniko_gateway::cache::Cache> {
+    pub fn cache(&self) -> std::sync::Arc<cliniko_gateway::cache::Cache> {
         self.gw
             .as_ref()
             .and_then(|g| g.cache())

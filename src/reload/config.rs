@@ -1,0 +1,186 @@
+//! Applying a re-read config: which parts to rebuild, which to keep, which changes wait for a
+//! restart.
+//!
+//! A part whose section did not change is kept as it is, state and all (the cache's entries,
+//! the rate limits' budgets, the verifier's token cache and JWKS). A changed part is rebuilt
+//! from the new section; only then is the whole set swapped, so a new config that fails
+//! half-way changes nothing.
+
+use crate::auth::Authenticator;
+use crate::cache::Cache;
+use crate::config::{Config, ConfigError, same};
+use crate::live::{Fixed, Live};
+use crate::policy::Policy;
+use crate::ratelimit::RateLimits;
+use aws_lc_rs::digest;
+use secrecy::ExposeSecret;
+use std::sync::Arc;
+
+/// Sections whose change needs a restart: they shape the listener, the upstream client, the
+/// key store's location and key, the admin listener and logging, all set up once.
+pub const RESTART_ONLY: &[&str] = &["server", "upstream", "keystore", "admin", "log"];
+
+/// A new set built from a new config, and what changed.
+pub struct Applied {
+    /// The set to swap in.
+    pub live: Live,
+    /// Reloadable sections that changed (and were rebuilt).
+    pub changed: Vec<&'static str>,
+}
+
+/// Builds the set for `new`, reusing from `cur` every part whose section is the same in `old`.
+///
+/// A changed `[auth]` gets a new verifier whose JWKS (if any) must answer now: a key set that
+/// cannot be fetched is refused rather than swapped in unable to verify anything.
+pub async fn rebuild(
+    fixed: &Fixed,
+    old: &Config,
+    new: &Config,
+    cur: &Live,
+) -> Result<Applied, ConfigError> {
+    let mut changed = Vec::new();
+    let authn = if auth_identity(old) == auth_identity(new) {
+        cur.authn.clone()
+    } else {
+        changed.push("auth");
+        let authn = Authenticator::new(&new.auth, fixed.http.clone())?;
+        authn.start().await;
+        if !authn.ready() {
+            return Err(ConfigError::new(
+                "auth.jwks.url",
+                "the new key set could not be fetched",
+                "check the URL and that the identity provider answers; the previous keys keep serving",
+            ));
+        }
+        authn
+    };
+    if !same(&old.policy, &new.policy) {
+        changed.push("policy");
+    }
+    // Cheap and stateless: always rebuilt, so the swap never shares it across configs.
+    let policy = Arc::new(Policy::new(&new.policy));
+    let cache = if same(&old.cache, &new.cache) {
+        cur.cache.clone()
+    } else {
+        changed.push("cache");
+        // New rules apply to every answer from now on: entries stored under the old TTLs go.
+        Cache::new_after(&new.cache, cur.cache.as_deref())
+    };
+    let ratelimits = if same_limits(old, new) {
+        cur.ratelimits.clone()
+    } else {
+        changed.push("ratelimit");
+        RateLimits::reconfigure(&new.ratelimit, cur.ratelimits.as_ref())?
+    };
+    Ok(Applied {
+        live: Live::assemble(fixed, authn, policy, cache, ratelimits),
+        changed,
+    })
+}
+
+/// The sections in [`RESTART_ONLY`] that differ between the running config and `new`.
+pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
+    let secret = |k: Option<&[u8]>| k.map(|k| digest::digest(&digest::SHA256, k));
+    let mut out = Vec::new();
+    if !same(&running.server, &new.server) {
+        out.push("server");
+    }
+    if !same(&running.upstream, &new.upstream) {
+        out.push("upstream");
+    }
+    let master = |c: &Config| {
+        secret(
+            c.keystore
+                .master_key
+                .as_ref()
+                .map(|k| &k.expose_secret()[..]),
+        )
+        .map(|d| d.as_ref().to_vec())
+    };
+    if !same(&running.keystore, &new.keystore) || master(running) != master(new) {
+        out.push("keystore");
+    }
+    let token = |c: &Config| {
+        secret(c.admin.token.as_ref().map(|t| t.expose_secret().as_bytes()))
+            .map(|d| d.as_ref().to_vec())
+    };
+    if !same(&running.admin, &new.admin) || token(running) != token(new) {
+        out.push("admin");
+    }
+    if !same(&running.log, &new.log) {
+        out.push("log");
+    }
+    out
+}
+
+fn same_limits(a: &Config, b: &Config) -> bool {
+    let url = |c: &Config| c.ratelimit.redis_url.as_ref().map(|u| u.0.clone());
+    url(a) == url(b) && same(&a.ratelimit, &b.ratelimit)
+}
+
+/// A digest of everything token verification depends on: the section, the HMAC secret and
+/// the PEM files' contents (a rotated key file at the same path is a change). A digest, so no
+/// copy of the secret is kept to compare against.
+fn auth_identity(c: &Config) -> Vec<u8> {
+    let mut d = digest::Context::new(&digest::SHA256);
+    d.update(
+        toml::to_string(&c.auth)
+            .unwrap_or_else(|_| String::from("?"))
+            .as_bytes(),
+    );
+    if let Some(s) = &c.auth.hmac_secret {
+        d.update(b"\0hmac\0");
+        d.update(s.expose_secret());
+    }
+    for k in &c.auth.public_keys {
+        d.update(b"\0pem\0");
+        // Unreadable: the verifier's own load reports it with the field name.
+        d.update(&std::fs::read(&k.file).unwrap_or_default());
+    }
+    d.finish().as_ref().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Env, load_str};
+
+    fn cfg(extra: &str, secret: &str) -> Config {
+        let text = format!(
+            "[auth]\n[keystore]\npath = \"k.json\"\n[upstream]\nuser_agent = \"T (t@example.invalid)\"\n{extra}"
+        );
+        let env = Env([
+            (
+                "CLINIKO_GATEWAY_HMAC_SECRET".to_string(),
+                secret.to_string(),
+            ),
+            (
+                "CLINIKO_GATEWAY_MASTER_KEY".to_string(),
+                "0000000000000000000000000000000000000000000000000000000000000000".into(),
+            ),
+        ]
+        .into_iter()
+        .collect());
+        load_str(&text, std::path::Path::new("/tmp"), &env).unwrap()
+    }
+
+    #[test]
+    fn a_new_hmac_secret_is_an_auth_change_even_with_the_same_file() {
+        let a = cfg("", "a-secret-of-at-least-32-bytes-long!!");
+        let b = cfg("", "another-secret-of-at-least-32-bytes!");
+        assert_eq!(auth_identity(&a), auth_identity(&a));
+        assert_ne!(auth_identity(&a), auth_identity(&b));
+    }
+
+    #[test]
+    fn only_restart_sections_are_reported_as_needing_a_restart() {
+        let s = "a-secret-of-at-least-32-bytes-long!!";
+        let a = cfg("", s);
+        let b = cfg(
+            "[cache]\nenabled = false\n[server]\nmax_body_bytes = 1024\n[log]\nlevel = \"debug\"\n",
+            s,
+        );
+        assert_eq!(restart_needed(&a, &b), vec!["server", "log"]);
+        assert!(restart_needed(&a, &cfg("", s)).is_empty());
+    }
+}

@@ -1,0 +1,262 @@
+//! Reloading without downtime, from any trigger: SIGHUP, `POST /admin/reload`, or a change
+//! seen by polling the files. Two things reload, each swapped atomically (requests in flight
+//! keep what they started with):
+//! - the key store, in place;
+//! - the reloadable parts of the config (`[auth]` keys and claims, `[policy]`, `[ratelimit]`,
+//!   `[cache]`): the config file is read and validated again and a new stack set is swapped
+//!   in (see [`config`]). Other sections need a restart: a change there is logged, shown by
+//!   `config_restart_pending` and in the admin reply, and otherwise ignored.
+//!
+//! A file that does not load completely (bad TOML, a bad field, wrong master key, tampered
+//! entry, an unreachable new JWKS) is refused: the old state keeps serving, an error line is
+//! logged and `*_reloads_total{result="failed"}` counts it.
+//!
+//! Why polling and not inotify: in containers the file usually arrives through a bind mount
+//! or a Kubernetes Secret volume, which is updated by swapping a symlink; inotify on the file
+//! misses that, and polling one `stat` every couple of seconds is cheap and always works.
+
+pub mod config;
+
+use crate::config::{Config, ConfigError};
+use crate::credentials::{Credentials, KeyStoreError};
+use crate::live::{Fixed, Live, Shared};
+use crate::metrics::{ReloadMetrics, ReloadTrigger};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{Mutex, watch};
+
+/// Why a reload was refused (the previous state keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The key store did not load.
+    #[error("key store: {0}")]
+    KeyStore(#[from] KeyStoreError),
+    /// The config did not load, validate or build.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// What a successful reload did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Users in the key store now serving (`None`: the key store was not reloaded).
+    pub users: Option<usize>,
+    /// Reloadable config sections that changed and were swapped in.
+    pub changed: Vec<&'static str>,
+    /// Sections that differ from the running config but only apply after a restart.
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// The configs a reload compares against.
+struct Configs {
+    /// What the process started with: the reference for restart-only sections.
+    started: Config,
+    /// What built the current set: the reference for reloadable sections.
+    applied: Config,
+}
+
+/// Reloads the key store and the config, and records the outcomes; shared by every trigger.
+pub struct Reloader {
+    credentials: Arc<Credentials>,
+    live: Shared,
+    fixed: Fixed,
+    // Also serialises reloads: two triggers at once would otherwise race to swap.
+    configs: Mutex<Option<Configs>>,
+    metrics: ReloadMetrics,
+}
+
+impl Reloader {
+    /// A reloader for the key store and, when `cfg` came from a file, for the config too.
+    pub fn new(
+        credentials: Arc<Credentials>,
+        live: Shared,
+        fixed: Fixed,
+        cfg: Option<(Config, Config)>,
+        metrics: ReloadMetrics,
+    ) -> Arc<Reloader> {
+        metrics.set_users(credentials.current().len());
+        Arc::new(Reloader {
+            credentials,
+            live,
+            fixed,
+            configs: Mutex::new(cfg.map(|(started, applied)| Configs { started, applied })),
+            metrics,
+        })
+    }
+
+    /// The set serving now.
+    pub fn current(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Reloads the config (when it came from a file) and the key store; each part that fails
+    /// keeps its previous state. The first failure is returned.
+    pub async fn reload(&self, trigger: ReloadTrigger) -> Result<Reloaded, ReloadError> {
+        let config = self.reload_config(trigger).await;
+        let users = self.reload_keys(trigger).await;
+        let mut out = config?;
+        out.users = Some(users?);
+        Ok(out)
+    }
+
+    /// Re-reads the key store (off the async threads); on error the old store keeps serving.
+    pub async fn reload_keys(&self, trigger: ReloadTrigger) -> Result<usize, KeyStoreError> {
+        let creds = self.credentials.clone();
+        let result = tokio::task::spawn_blocking(move || creds.reload())
+            .await
+            .unwrap_or(Err(KeyStoreError::Crypto("the reload task failed")));
+        match &result {
+            Ok(n) => {
+                tracing::info!(users = n, trigger = trigger.label(), "key store reloaded");
+                self.metrics.record(trigger, Some(*n));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, trigger = trigger.label(), "key store reload failed; keeping the previous store");
+                self.metrics.record(trigger, None);
+            }
+        }
+        result
+    }
+
+    /// Re-reads the config file and swaps in what changed; a no-op when the config did not
+    /// come from a file.
+    pub async fn reload_config(&self, trigger: ReloadTrigger) -> Result<Reloaded, ReloadError> {
+        let mut guard = self.configs.lock().await;
+        let Some(configs) = guard.as_mut() else {
+            return Ok(Reloaded::default());
+        };
+        let result = self.apply(configs).await;
+        match &result {
+            Ok(r) => {
+                tracing::info!(
+                    trigger = trigger.label(),
+                    changed = ?r.changed,
+                    restart_needed = ?r.restart_needed,
+                    "config reloaded"
+                );
+                if !r.restart_needed.is_empty() {
+                    tracing::warn!(sections = ?r.restart_needed, "these config sections changed but only apply after a restart");
+                }
+                self.metrics
+                    .record_config(trigger, true, !r.restart_needed.is_empty());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, trigger = trigger.label(), "config reload failed; keeping the previous config");
+                self.metrics.record_config(trigger, false, false);
+            }
+        }
+        result.map_err(ReloadError::from)
+    }
+
+    async fn apply(&self, configs: &mut Configs) -> Result<Reloaded, ConfigError> {
+        let Some(source) = configs.applied.source.clone() else {
+            return Ok(Reloaded::default());
+        };
+        let new = tokio::task::spawn_blocking(move || source.load())
+            .await
+            .map_err(|_| ConfigError::new("(reload)", "the reload task failed", "try again"))??;
+        let restart_needed = config::restart_needed(&configs.started, &new);
+        let current = self.live.load_full();
+        let applied = config::rebuild(&self.fixed, &configs.applied, &new, &current).await?;
+        if applied.changed.contains(&"auth") {
+            self.fixed.readiness.set_authn(applied.live.authn.clone());
+        }
+        self.live.store(Arc::new(applied.live));
+        configs.applied = new;
+        Ok(Reloaded {
+            users: None,
+            changed: applied.changed,
+            restart_needed,
+        })
+    }
+
+    /// Polls the key-store file and the config's files every `every` until `shutdown`
+    /// flips: a changed key store reloads the keys, a changed config file (or secret or PEM
+    /// file it names) reloads the config. A change is a different size, modification time or
+    /// inode (an atomic rename, a Kubernetes volume's symlink swap).
+    pub async fn watch_files(
+        self: Arc<Self>,
+        every: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let keys = self.credentials.path().to_path_buf();
+        let mut config_files = self.watched_config_files().await;
+        let mut seen_keys = signature(&keys);
+        let mut seen_config = signatures(&config_files);
+        let mut missing_logged = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let now = signatures(&config_files);
+            if now != seen_config && now.iter().all(Option::is_some) {
+                // Remembered whatever the outcome: a bad file is reported once, not every poll.
+                let _ = self.reload_config(ReloadTrigger::File).await;
+                // The new config may name other secret or key files.
+                config_files = self.watched_config_files().await;
+                seen_config = signatures(&config_files);
+            }
+            let now = signature(&keys);
+            if now.is_none() {
+                if !missing_logged {
+                    tracing::warn!(path = %keys.display(), "key-store file is missing; keeping the current store");
+                    missing_logged = true;
+                }
+                continue;
+            }
+            missing_logged = false;
+            if now != seen_keys {
+                seen_keys = now;
+                let _ = self.reload_keys(ReloadTrigger::File).await;
+            }
+        }
+    }
+
+    /// The config file and the secret and key files it names (empty: not from a file).
+    async fn watched_config_files(&self) -> Vec<PathBuf> {
+        let guard = self.configs.lock().await;
+        let Some(c) = guard.as_ref().map(|c| &c.applied) else {
+            return Vec::new();
+        };
+        let Some(source) = &c.source else {
+            return Vec::new();
+        };
+        let mut files = vec![source.path.clone()];
+        files.extend(c.auth.hmac_secret_file.clone());
+        files.extend(c.auth.public_keys.iter().map(|k| k.file.clone()));
+        files
+    }
+}
+
+fn signatures(paths: &[PathBuf]) -> Vec<Option<(u64, Option<SystemTime>, u64)>> {
+    paths.iter().map(|p| signature(p)).collect()
+}
+
+/// What identifies one version of the file without reading it.
+fn signature(path: &Path) -> Option<(u64, Option<SystemTime>, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok(), m.ino()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rename_over_the_file_changes_the_signature() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("keys.json");
+        assert!(signature(&p).is_none());
+        std::fs::write(&p, "{}").unwrap();
+        let a = signature(&p);
+        let tmp = dir.path().join("new");
+        std::fs::write(&tmp, "{}").unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+        let b = signature(&p);
+        assert!(a.is_some() && b.is_some());
+        assert_ne!(a, b, "same size and maybe same mtime, but a new inode");
+    }
+}

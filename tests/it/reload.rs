@@ -1,0 +1,264 @@
+//! Config reload without a restart: policies, rate limits, cache rules and JWT keys swap in on
+//! reload; a bad file changes nothing; restart-only sections are reported, not applied.
+
+use crate::support::*;
+use bytes::Bytes;
+use cliniko_gateway::auth::mint::mint_hs;
+use cliniko_gateway::reload::ReloadError;
+use http::Method;
+use http_body_util::{BodyExt, Full};
+use secrecy::SecretSlice;
+use std::time::Duration;
+
+const ADMIN_TOKEN: &str = "admin-token-of-at-least-32-characters!!";
+
+fn with_sections(extra: &str) -> Setup {
+    Setup {
+        policy_toml: format!("{ALLOW_ALL_POLICY}{extra}"),
+        ..Setup::default()
+    }
+}
+
+fn x_cache(g: &Got) -> &str {
+    g.headers
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+async fn metrics_text(h: &Harness) -> String {
+    h.gateway().metrics().render().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_policy_change_applies_to_the_next_request_on_the_same_connection() {
+    let h = Harness::start(Setup::default()).await;
+    assert_eq!(h.get_as("alice", "/v1/patients").await.status, 200);
+    h.edit_config(|t| {
+        t.replace(
+            "paths = [\"/v1\"]",
+            "paths = [\"/v1/practitioners\", \"/v1/user\"]",
+        )
+    });
+    let r = h.gateway().reload().await.unwrap();
+    assert_eq!(r.changed, vec!["policy"]);
+    assert!(r.restart_needed.is_empty());
+    // The harness client keeps its connection: the swap reaches open connections too.
+    let denied = h.get_as("alice", "/v1/patients").await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.code(), "forbidden");
+    assert_eq!(h.get_as("alice", "/v1/practitioners").await.status, 200);
+    assert!(
+        metrics_text(&h)
+            .await
+            .contains(r#"cliniko_gateway_config_reloads_total{trigger="signal",result="ok"} 1"#)
+    );
+}
+
+#[tokio::test]
+async fn a_bad_config_is_refused_and_the_previous_one_keeps_serving() {
+    let h = Harness::start(Setup::default()).await;
+    let good = std::fs::read_to_string(h.config_path()).unwrap();
+    for (bad, field) in [
+        (
+            good.replace("paths = [\"/v1\"]", "paths = [\"/v1\"]\nmethods_typo = 1"),
+            "policy",
+        ),
+        (
+            format!("{good}\n[cache]\ncapacity_bytes = \"lots\"\n"),
+            "cache.capacity_bytes",
+        ),
+        (format!("{good}\n[[[ not toml"), "(file)"),
+    ] {
+        std::fs::write(h.config_path(), &bad).unwrap();
+        match h.gateway().reload().await {
+            Err(ReloadError::Config(e)) => {
+                assert!(e.field.starts_with(field), "{field}: got {}", e.field)
+            }
+            other => panic!("{field}: expected a config error, got {other:?}"),
+        }
+        assert_eq!(h.get_as("alice", "/v1/patients").await.status, 200);
+    }
+    assert!(
+        metrics_text(&h).await.contains(
+            r#"cliniko_gateway_config_reloads_total{trigger="signal",result="failed"} 3"#
+        )
+    );
+    // Fixed again: the next reload applies.
+    std::fs::write(h.config_path(), good).unwrap();
+    assert!(h.gateway().reload().await.is_ok());
+}
+
+#[tokio::test]
+async fn a_rotated_hmac_secret_file_swaps_the_jwt_keys() {
+    let h = Harness::start(Setup {
+        auth_toml: "hmac_secret_file = \"hmac.txt\"".into(),
+        files: vec![("hmac.txt", HMAC.into())],
+        ..Setup::default()
+    })
+    .await;
+    assert_eq!(h.get_as("alice", "/v1/user").await.status, 200);
+    let new_secret = "a-brand-new-hmac-secret-of-40-characters";
+    std::fs::write(h.dir().join("hmac.txt"), new_secret).unwrap();
+    let r = h.gateway().reload().await.unwrap();
+    assert_eq!(r.changed, vec!["auth"]);
+    let old = h.get_as("alice", "/v1/user").await;
+    assert_eq!(old.status, 401, "a token signed with the old secret");
+    let fresh = mint_hs(
+        &SecretSlice::from(new_secret.as_bytes().to_vec()),
+        jsonwebtoken::Algorithm::HS256,
+        "alice",
+        Duration::from_secs(600),
+        serde_json::Map::new(),
+    )
+    .unwrap();
+    let got = h
+        .get_with_auth(&format!("Bearer {fresh}"), "/v1/user")
+        .await;
+    assert_eq!(got.status, 200);
+}
+
+const USER_LIMIT_1: &str = r#"
+[ratelimit]
+max_wait = "0s"
+[ratelimit.key]
+rate = 1
+period = "1h"
+burst = 3
+[ratelimit.user]
+default = { rate = 1, period = "1h", burst = 1 }
+"#;
+
+#[tokio::test]
+async fn a_new_user_limit_applies_and_the_key_budget_keeps_its_state() {
+    let h = Harness::start(with_sections(USER_LIMIT_1)).await;
+    assert_eq!(h.get_as("alice", "/v1/user").await.status, 200);
+    let refused = h.get_as("alice", "/v1/user").await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["error"]["limit"], "user");
+    // A larger per-user limit; the key budget (burst 3, one already spent) is unchanged.
+    h.edit_config(|t| {
+        t.replace(
+            "default = { rate = 1, period = \"1h\", burst = 1 }",
+            "default = { rate = 100, period = \"1h\", burst = 100 }",
+        )
+    });
+    let r = h.gateway().reload().await.unwrap();
+    assert_eq!(r.changed, vec!["ratelimit"]);
+    assert_eq!(h.get_as("alice", "/v1/user").await.status, 200);
+    assert_eq!(h.get_as("bob", "/v1/user").await.status, 200);
+    // Three went to Cliniko on alice's key: the kept budget is spent. A rebuilt one would
+    // have let a fresh burst through.
+    let over = h.get_as("alice", "/v1/user").await;
+    assert_eq!(over.status, 429);
+    assert_eq!(over.json()["error"]["limit"], "key");
+    let refusals = metrics_text(&h).await;
+    assert!(
+        refusals.contains(r#"cliniko_gateway_ratelimit_refusals_total{limit="user"} 1"#),
+        "counters carry on across the reload:\n{refusals}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_cache_ttl_applies_and_scrapes_follow_the_new_cache() {
+    let h = Harness::start(with_sections(
+        "[cache]\nrules = [{ prefix = \"/v1/patients\", ttl = \"60s\" }]\n",
+    ))
+    .await;
+    let first = h.get_as("alice", "/v1/patients").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(x_cache(&h.get_as("alice", "/v1/patients").await), "HIT");
+    h.edit_config(|t| t.replace("ttl = \"60s\"", "ttl = \"0s\""));
+    assert_eq!(h.gateway().reload().await.unwrap().changed, vec!["cache"]);
+    let before = h.upstream_hits();
+    let after = h.get_as("alice", "/v1/patients").await;
+    assert_eq!(after.status, 200);
+    assert_ne!(x_cache(&after), "HIT");
+    assert_eq!(
+        h.upstream_hits(),
+        before + 1,
+        "no longer cached: it went to Cliniko"
+    );
+    let text = metrics_text(&h).await;
+    assert!(
+        text.contains(r#"cliniko_gateway_cache_lookups_total{result="hit"} 1"#),
+        "the hit before the reload is still counted:\n{text}"
+    );
+    assert!(text.contains("cliniko_gateway_cache_entries 0"), "{text}");
+}
+
+#[tokio::test]
+async fn restart_only_sections_are_reported_and_not_applied() {
+    let h = Harness::start(Setup {
+        overrides: vec![
+            ("CLINIKO_GATEWAY__ADMIN__LISTEN", "127.0.0.1:0".into()),
+            ("CLINIKO_GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN.into()),
+        ],
+        ..Setup::default()
+    })
+    .await;
+    h.edit_config(|t| {
+        t.replace("[server]\n", "[server]\nmax_body_bytes = 10\n")
+            .replace("format = \"text\"", "format = \"json\"")
+    });
+    let req = http::Request::builder()
+        .method(Method::POST)
+        .uri(format!("{}/admin/reload", h.admin_base()))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = h.client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["restart_needed"], serde_json::json!(["server", "log"]));
+    assert_eq!(body["changed"], serde_json::json!([]));
+    assert_eq!(body["users"], 3);
+    // The running limit is still the old one (a 10-byte limit would refuse this).
+    let auth = format!("Bearer {}", h.token("alice"));
+    let big = h
+        .send(
+            Method::POST,
+            "/v1/patients",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            "{\"first_name\":\"Ann\"}",
+        )
+        .await;
+    assert_ne!(big.status, 413);
+    assert!(
+        metrics_text(&h)
+            .await
+            .contains("cliniko_gateway_config_restart_pending 1")
+    );
+}
+
+#[tokio::test]
+async fn a_changed_config_file_is_picked_up_without_a_signal() {
+    let h = Harness::start(Setup {
+        overrides: vec![("CLINIKO_GATEWAY__KEYSTORE__WATCH_INTERVAL", "50ms".into())],
+        ..Setup::default()
+    })
+    .await;
+    assert_eq!(h.get_as("alice", "/v1/patients").await.status, 200);
+    h.edit_config(|t| t.replace("paths = [\"/v1\"]", "paths = [\"/v1/user\"]"));
+    // Poll what a caller sees, with a deadline; the watcher checks every 50 ms.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if h.get_as("alice", "/v1/patients").await.status == 403 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the changed file was never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        metrics_text(&h)
+            .await
+            .contains(r#"cliniko_gateway_config_reloads_total{trigger="file",result="ok"} 1"#)
+    );
+}
