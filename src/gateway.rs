@@ -57,12 +57,14 @@ pub struct Gateway {
     ratelimits: Option<Arc<crate::ratelimit::RateLimits>>,
     reloader: Arc<KeyStoreReloader>,
     metrics: Arc<Metrics>,
+    telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl Gateway {
     /// Builds every shared part from `cfg`, then serves on `listener` until shut down.
     pub async fn start(cfg: Config, listener: TcpListener) -> Result<Gateway, StartError> {
         let mut metrics = Metrics::new();
+        let telemetry = crate::telemetry::start(&cfg.telemetry)?;
         let http = client::build_counted(&cfg.upstream, metrics.tls_handshakes())?;
         let authn = Authenticator::new(&cfg.auth, http.clone())?;
         let credentials = Arc::new(Credentials::open(&cfg.keystore)?);
@@ -131,6 +133,7 @@ impl Gateway {
                 authority,
             },
             metrics: http_metrics,
+            telemetry: telemetry.clone(),
         });
         let (tx, rx) = watch::channel(false);
         let settings = ConnSettings::new(&cfg.server, tls);
@@ -174,6 +177,7 @@ impl Gateway {
             ratelimits,
             reloader,
             metrics,
+            telemetry,
         })
     }
 
@@ -225,6 +229,10 @@ impl Gateway {
         tokio::time::sleep(self.shutdown_delay).await;
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        if let Some(t) = self.telemetry {
+            // Exports what is still queued; blocking, so off the async threads.
+            let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+        }
         tracing::info!("gateway stopped");
     }
 

@@ -18,3 +18,4 @@ mod resilience;
 mod server;
 mod support;
 mod targets;
+mod telemetry;
