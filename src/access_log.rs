@@ -42,6 +42,10 @@ impl RequestFacts {
     pub fn set_upstream_status(&self, s: u16) {
         self.upstream_status.store(s, Ordering::Relaxed);
     }
+    /// How the cache handled the request, once known.
+    pub fn cache(&self) -> Option<&'static str> {
+        self.cache.get().copied()
+    }
     /// The verified user, if any.
     pub fn user(&self) -> Option<&str> {
         self.user.get().map(|u| &**u)

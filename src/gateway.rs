@@ -43,12 +43,14 @@ pub struct Gateway {
     admin_addr: Option<SocketAddr>,
     reloader: Arc<Reloader>,
     metrics: Arc<Metrics>,
+    telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl Gateway {
     /// Builds every shared part from `cfg`, then serves on `listener` until shut down.
     pub async fn start(cfg: Config, listener: TcpListener) -> Result<Gateway, StartError> {
         let mut metrics = Metrics::new();
+        let telemetry = crate::telemetry::start(&cfg.telemetry)?;
         let http = client::build_counted(&cfg.upstream, metrics.tls_handshakes())?;
         let authn = Authenticator::new(&cfg.auth, http.clone())?;
         let credentials = Arc::new(Credentials::open(&cfg.keystore)?);
@@ -101,6 +103,7 @@ impl Gateway {
             },
             metrics: Some(Arc::new(metrics.http())),
             http,
+            telemetry: telemetry.clone(),
         };
         let live: Shared = Arc::new(ArcSwap::from_pointee(Live::assemble(
             &fixed,
@@ -157,6 +160,7 @@ impl Gateway {
             admin_addr,
             reloader,
             metrics,
+            telemetry,
         })
     }
 
@@ -214,6 +218,10 @@ impl Gateway {
         tokio::time::sleep(self.shutdown_delay).await;
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        if let Some(t) = self.telemetry {
+            // Exports what is still queued; blocking, so off the async threads.
+            let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+        }
         tracing::info!("gateway stopped");
     }
 

@@ -31,6 +31,7 @@ pub mod sandbox;
 pub mod server;
 pub mod stack;
 pub mod step;
+pub mod telemetry;
 pub mod tools;
 pub mod upstream;
 

@@ -41,6 +41,8 @@ pub struct Fixed {
     pub metrics: Option<Arc<HttpMetrics>>,
     /// The outbound client a new JWKS fetcher uses.
     pub http: HttpClient,
+    /// Trace export (`None`: off).
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 /// One consistent set of reloadable parts and the stack built from them.
@@ -75,6 +77,7 @@ impl Live {
             readiness: fixed.readiness.clone(),
             limits: fixed.limits.clone(),
             metrics: fixed.metrics.clone(),
+            telemetry: fixed.telemetry.clone(),
         });
         Live {
             authn,

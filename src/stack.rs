@@ -13,6 +13,7 @@ use crate::ratelimit::RateLimits;
 use crate::request_id::RequestIdLayer;
 use crate::rescue::RescueLayer;
 use crate::step::{CheckLayer, OptionalLayer};
+use crate::telemetry::{Telemetry, TraceLayer};
 use crate::upstream::forward::{Upstream, UpstreamService};
 use http::{Request, Response};
 use std::convert::Infallible;
@@ -40,6 +41,8 @@ pub struct Parts {
     pub limits: crate::guard::Limits,
     /// Request metrics, recorded where the access line is written (`None`: not recorded).
     pub metrics: Option<Arc<crate::metrics::HttpMetrics>>,
+    /// Trace export (`None`: off, and the trace layer is not in the stack at all).
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 /// The whole gateway as one cloneable service.
@@ -52,6 +55,9 @@ pub fn build(p: &Parts) -> GatewayService {
         .layer(RequestIdLayer)
         // Outside the rescue so it logs the status the caller really got.
         .layer(AccessLogLayer::new(p.metrics.clone()))
+        // The server span: inside the access log (it sees the request id and cache outcome),
+        // outside the rescue (it records the status the caller got). Absent when off.
+        .option_layer(p.telemetry.clone().map(TraceLayer))
         // Who did what, on its own target; outside the rescue so refusals are recorded too.
         .layer(AuditLayer)
         // Every error below becomes one JSON response here, and nowhere else.

@@ -56,9 +56,35 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// OpenTelemetry trace export (off unless `otlp_endpoint` is set).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// The file this was read from (`None` for text loaded directly): what reloads re-read.
     #[serde(skip)]
     pub source: Option<ConfigSource>,
+}
+
+/// OpenTelemetry: one server span per request, a client span per Cliniko call, exported over
+/// OTLP/HTTP (protobuf). Setting `otlp_endpoint` is the one switch that turns it on.
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Collector base URL, e.g. `http://127.0.0.1:4318` (spans go to `<it>/v1/traces`).
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of new traces kept (0..=1); a caller's sampled flag is always followed.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: "cliniko-gateway".into(),
+            sample_ratio: 1.0,
+        }
+    }
 }
 
 /// The admin listener: separate address, own bearer token.

@@ -1,6 +1,6 @@
 //! Rules that the types alone cannot express; each names the field and the fix.
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, TelemetryConfig};
 use jsonwebtoken::Algorithm;
 use std::str::FromStr;
 
@@ -52,6 +52,7 @@ fn is_hmac(a: Algorithm) -> bool {
 
 pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     crate::policy::validate(&c.policy)?;
+    validate_telemetry(&c.telemetry)?;
     let s = &c.server;
     if !(8192..=1024 * 1024).contains(&s.max_header_bytes) {
         return Err(err(
@@ -278,6 +279,51 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+fn validate_telemetry(t: &TelemetryConfig) -> Result<(), ConfigError> {
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        return Err(err(
+            "telemetry.sample_ratio",
+            "must be between 0 and 1",
+            "use e.g. 1.0 (keep every trace) or 0.1 (keep one in ten)",
+        ));
+    }
+    if t.service_name.trim().is_empty() {
+        return Err(err(
+            "telemetry.service_name",
+            "is empty",
+            "name the service, e.g. \"cliniko-gateway\"",
+        ));
+    }
+    let Some(url) = &t.otlp_endpoint else {
+        return Ok(());
+    };
+    if !cfg!(feature = "otel") {
+        return Err(err(
+            "telemetry.otlp_endpoint",
+            "this binary was built without OpenTelemetry support",
+            "rebuild with `--features otel` (a default feature), or unset telemetry.otlp_endpoint",
+        ));
+    }
+    let uri: http::Uri = url.parse().map_err(|_| {
+        err(
+            "telemetry.otlp_endpoint",
+            "not a valid URL",
+            "write the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318",
+        )
+    })?;
+    if !matches!(uri.scheme_str(), Some("http" | "https"))
+        || uri.authority().is_none()
+        || uri.query().is_some()
+    {
+        return Err(err(
+            "telemetry.otlp_endpoint",
+            "must be an absolute http:// or https:// URL without a query",
+            "write the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318",
+        ));
+    }
+    Ok(())
+}
+
 /// `Name (something@host)`: Cliniko's documented User-Agent form.
 pub fn valid_user_agent(ua: &str) -> bool {
     let Some((name, rest)) = ua.split_once(" (") else {
@@ -306,6 +352,67 @@ mod tests {
         for bad in ["", "au", "AU1", "a1", "au123", "au1.evil", "1au", "au-1"] {
             assert!(!is_shard_name(bad), "{bad}");
         }
+    }
+
+    fn telemetry(endpoint: Option<&str>, ratio: f64) -> TelemetryConfig {
+        TelemetryConfig {
+            otlp_endpoint: endpoint.map(String::from),
+            sample_ratio: ratio,
+            ..TelemetryConfig::default()
+        }
+    }
+
+    #[test]
+    fn telemetry_off_by_default_and_valid() {
+        let t = TelemetryConfig::default();
+        assert!(t.otlp_endpoint.is_none());
+        assert!(validate_telemetry(&t).is_ok());
+    }
+
+    #[test]
+    fn telemetry_sample_ratio_must_be_a_share() {
+        for bad in [-0.1, 1.5, f64::NAN] {
+            let e = validate_telemetry(&telemetry(None, bad))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("telemetry.sample_ratio"), "{e}");
+        }
+        for ok in [0.0, 0.25, 1.0] {
+            assert!(validate_telemetry(&telemetry(None, ok)).is_ok(), "{ok}");
+        }
+    }
+
+    #[cfg(feature = "otel")]
+    #[test]
+    fn telemetry_endpoint_must_be_an_http_url() {
+        for bad in [
+            "127.0.0.1:4318",
+            "not a url",
+            "ftp://collector:4318",
+            "http://collector:4318/?token=x",
+            "/v1/traces",
+        ] {
+            let e = validate_telemetry(&telemetry(Some(bad), 1.0))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("telemetry.otlp_endpoint"), "{bad}: {e}");
+            assert!(!e.contains("token=x"), "the value is not echoed: {e}");
+        }
+        for ok in ["http://127.0.0.1:4318", "https://otel.internal/otlp"] {
+            assert!(
+                validate_telemetry(&telemetry(Some(ok), 1.0)).is_ok(),
+                "{ok}"
+            );
+        }
+    }
+
+    #[cfg(not(feature = "otel"))]
+    #[test]
+    fn telemetry_endpoint_needs_the_feature() {
+        let e = validate_telemetry(&telemetry(Some("http://127.0.0.1:4318"), 1.0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--features otel"), "{e}");
     }
 
     #[test]

@@ -55,7 +55,8 @@ impl RouteClass {
         }
     }
 
-    fn label(self) -> &'static str {
+    /// The bounded label (`proxy`, `health`, `other`) used by metrics and spans.
+    pub fn label(self) -> &'static str {
         match self {
             RouteClass::Proxy => "proxy",
             RouteClass::Health => "health",

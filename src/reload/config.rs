@@ -18,7 +18,14 @@ use std::sync::Arc;
 
 /// Sections whose change needs a restart: they shape the listener, the upstream client, the
 /// key store's location and key, the admin listener and logging, all set up once.
-pub const RESTART_ONLY: &[&str] = &["server", "upstream", "keystore", "admin", "log"];
+pub const RESTART_ONLY: &[&str] = &[
+    "server",
+    "upstream",
+    "keystore",
+    "admin",
+    "log",
+    "telemetry",
+];
 
 /// A new set built from a new config, and what changed.
 pub struct Applied {
@@ -109,6 +116,9 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     }
     if !same(&running.log, &new.log) {
         out.push("log");
+    }
+    if !same(&running.telemetry, &new.telemetry) {
+        out.push("telemetry");
     }
     out
 }

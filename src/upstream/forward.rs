@@ -96,8 +96,11 @@ impl Upstream {
         let (parts, body) = req.into_parts();
         let uri = upstream_uri(&base, &parts.uri)?;
         let is_head = parts.method == Method::HEAD;
-        let headers =
+        let mut headers =
             upstream_request_headers(&parts.headers, &self.fixed, &cred.basic_auth_header(), &rid);
+        // Traced requests send Cliniko a traceparent naming this call's client span.
+        let span =
+            crate::telemetry::upstream_span(&parts.extensions, &parts.method, &uri, &mut headers);
         // A bodiless GET/HEAD/OPTIONS may be sent again if a pooled connection dies under it
         // (Cliniko closed it while idle): safe to repeat, and nothing was answered yet.
         let replay = (matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
@@ -137,20 +140,33 @@ impl Upstream {
         let resp = match result {
             Err(_) => {
                 self.count_error(UpstreamError::Timeout);
+                if let Some(s) = &span {
+                    s.fail(UpstreamError::Timeout.label());
+                }
                 return Err(GatewayError::UpstreamTimeout);
             }
             Ok(Err(_)) if body_limit.as_ref().is_some_and(BodyLimitTripped::tripped) => {
+                if let Some(s) = &span {
+                    s.fail("body_too_large");
+                }
                 return Err(GatewayError::BodyTooLarge {
                     limit: self.max_body,
                 });
             }
             Ok(Err(e)) => {
-                self.count_error(error_kind(&e));
+                let kind = error_kind(&e);
+                self.count_error(kind);
+                if let Some(s) = &span {
+                    s.fail(kind.label());
+                }
                 return Err(classify(&e));
             }
             Ok(Ok(r)) => r,
         };
         let status = resp.status();
+        if let Some(s) = &span {
+            s.status(status.as_u16());
+        }
         if let Some(f) = &facts {
             f.set_upstream_status(status.as_u16());
         }

@@ -19,3 +19,4 @@ mod resilience;
 mod server;
 mod support;
 mod targets;
+mod telemetry;

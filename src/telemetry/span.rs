@@ -1,0 +1,198 @@
+//! The server span around a request and the client span around its call to Cliniko.
+
+use super::Telemetry;
+use crate::access_log::RequestFacts;
+use crate::body::{Body, BodyObserver, observe};
+use crate::metrics::{RouteClass, method_label};
+use crate::request_id::RequestId;
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, TraceFlags, Tracer};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_http::HeaderExtractor;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracer;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// The request's server span, in request extensions, for the forwarder's client span.
+#[derive(Clone)]
+pub struct RequestTrace {
+    cx: Context,
+    tracer: SdkTracer,
+}
+
+/// The `traceparent` naming the active span of `cx` (none when it has no valid span).
+fn traceparent(cx: &Context) -> Option<HeaderValue> {
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
+        return None;
+    }
+    let flags = sc.trace_flags() & TraceFlags::SAMPLED;
+    HeaderValue::try_from(format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        flags.to_u8()
+    ))
+    .ok()
+}
+
+impl RequestTrace {
+    /// Starts the client span and rewrites the trace headers bound for Cliniko to name it.
+    pub fn upstream(&self, method: &Method, uri: &Uri, headers: &mut HeaderMap) -> ClientSpan {
+        let m = method_label(method);
+        let mut attrs = vec![KeyValue::new("http.request.method", m)];
+        if let Some(host) = uri.host() {
+            attrs.push(KeyValue::new("server.address", host.to_owned()));
+        }
+        let span = self
+            .tracer
+            .span_builder(format!("HTTP {m}"))
+            .with_kind(SpanKind::Client)
+            .with_attributes(attrs)
+            .start_with_context(&self.tracer, &self.cx);
+        let cx = self.cx.with_span(span);
+        // The caller's headers were copied verbatim; ours replace them. The trace state is the
+        // caller's (inherited through the parent), empty when their traceparent was invalid.
+        headers.remove(TRACEPARENT);
+        headers.remove(TRACESTATE);
+        if let Some(v) = traceparent(&cx) {
+            headers.insert(TRACEPARENT, v);
+            let state = cx.span().span_context().trace_state().header();
+            if !state.is_empty()
+                && let Ok(v) = HeaderValue::try_from(state)
+            {
+                headers.insert(TRACESTATE, v);
+            }
+        }
+        ClientSpan { cx }
+    }
+}
+
+/// The span around one call to Cliniko; ends when dropped.
+pub struct ClientSpan {
+    cx: Context,
+}
+
+impl ClientSpan {
+    /// Records Cliniko's status (4xx and 5xx mark the call failed, as the conventions say).
+    pub fn status(&self, status: u16) {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        if status >= 400 {
+            span.set_attribute(KeyValue::new("error.type", status.to_string()));
+            span.set_status(Status::error(""));
+        }
+    }
+
+    /// Records why the call failed (`timeout`, `connect`, ...).
+    pub fn fail(&self, kind: &'static str) {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new("error.type", kind));
+        span.set_status(Status::error(kind));
+    }
+}
+
+impl Drop for ClientSpan {
+    fn drop(&mut self) {
+        self.cx.span().end();
+    }
+}
+
+/// Ends the server span when the response body is done (or abandoned).
+struct ServerSpan {
+    cx: Context,
+    facts: Option<Arc<RequestFacts>>,
+    answered: bool,
+}
+
+impl BodyObserver for ServerSpan {}
+
+impl Drop for ServerSpan {
+    fn drop(&mut self) {
+        let span = self.cx.span();
+        if let Some(how) = self.facts.as_ref().and_then(|f| f.cache()) {
+            span.set_attribute(KeyValue::new("cliniko_gateway.cache", how));
+        }
+        if !self.answered {
+            span.set_attribute(KeyValue::new("error.type", "client_closed"));
+        }
+        span.end();
+    }
+}
+
+/// Handles one request under a server span (health probes pass through untraced).
+pub(super) fn call<S>(
+    t: &Telemetry,
+    inner: &mut S,
+    mut req: Request<Body>,
+) -> BoxFuture<'static, Result<Response<Body>, Infallible>>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    let route = RouteClass::of(req.uri().path());
+    if route == RouteClass::Health {
+        return Box::pin(inner.call(req));
+    }
+    let method = method_label(req.method());
+    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(req.headers()));
+    let mut attrs = vec![
+        KeyValue::new("http.request.method", method),
+        KeyValue::new("http.route", route.label()),
+    ];
+    if let Some(id) = req.extensions().get::<RequestId>() {
+        attrs.push(KeyValue::new(
+            "cliniko_gateway.request_id",
+            id.as_str().to_owned(),
+        ));
+    }
+    let span = t
+        .tracer
+        .span_builder(format!("HTTP {method}"))
+        .with_kind(SpanKind::Server)
+        .with_attributes(attrs)
+        .start_with_context(&t.tracer, &parent);
+    let cx = parent.with_span(span);
+    let header = traceparent(&cx);
+    let mut done = ServerSpan {
+        cx: cx.clone(),
+        facts: crate::access_log::facts(&req),
+        answered: false,
+    };
+    req.extensions_mut().insert(RequestTrace {
+        cx,
+        tracer: t.tracer.clone(),
+    });
+    let fut = inner.call(req);
+    Box::pin(async move {
+        let mut resp = fut.await?;
+        let status = resp.status().as_u16();
+        {
+            let span = done.cx.span();
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+            if status >= 500 {
+                span.set_attribute(KeyValue::new("error.type", status.to_string()));
+                span.set_status(Status::error(""));
+            }
+        }
+        done.answered = true;
+        // "And back": a caller without tracing of its own can still find the trace.
+        if let Some(v) = header {
+            resp.headers_mut().insert(TRACEPARENT, v);
+        }
+        Ok(resp.map(|b| observe(b, done)))
+    })
+}
