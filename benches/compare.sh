@@ -8,19 +8,24 @@
 #   - nginx proxy doing the same job as the gateway as closely as it can (sets Authorization,
 #     User-Agent, Accept; TLS to the upstream with verification; upstream keep-alive), and a
 #     second nginx server with proxy_cache
-#   - the gateway (release build), and a second gateway with the verified-token cache off for
-#     the RS256 scenario (every request a different token: no token-cache hit)
+#   - the gateway (release build), a second gateway with the verified-token cache off for
+#     the RS256 scenario (every request a different token: no token-cache hit), and a third
+#     talking HTTP/2 to the same upstream server (a second port of it that offers h2)
 # Load: wrk -t1 -c$CONNS pinned to core 1; upstream and proxies share core 0 (taskset), 2 s
 # warm-up before each measured window. Prints one table (requests/s, p50, p99, ratios against
 # nginx measured in this run, the gateway's RSS, upstream TLS handshakes per 10k requests) and
 # writes it to target/bench/compare.md. PROFILE=<part of a scenario name> records a perf
-# profile of the gateway during that scenario into target/bench/perf.data.
+# profile of the gateway during that scenario into target/bench/perf.data (PERF_CALLGRAPH=
+# "--call-graph dwarf" for full stacks); ONLY=<regex> runs only the scenarios it matches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 conns=${CONNS:-32}
 threads=${THREADS:-1}
 UP=${UP_PORT:-19443} NGX=${NGX_PORT:-19080} NGXC=${NGXC_PORT:-19081} GW=${GW_PORT:-19090} GWR=${GWR_PORT:-19091}
+# The same upstream server also listens here offering HTTP/2 (ALPN), as Cliniko's edge does;
+# nginx cannot proxy to an h2 upstream, the gateway negotiates it.
+UP2=${UP2_PORT:-19444} GW2=${GW2_PORT:-19092}
 
 source "$(dirname "$0")/lib.sh"
 
@@ -57,14 +62,17 @@ pids+=($!)
 
 gw_config "$GW" 10000 >"$w/gw.toml"
 gw_config "$GWR" 0 >"$w/gw-rs.toml"
+gw_config "$GW2" 10000 "$UP2" >"$w/gw-h2.toml"
 add_bench_key "$w/gw.toml"
 taskset -c 0 "$bin" serve --config "$w/gw.toml" >"$w/gw.log" 2>&1 &
 gwpid=$!; pids+=($gwpid)
 taskset -c 0 "$bin" serve --config "$w/gw-rs.toml" >"$w/gw-rs.log" 2>&1 &
 pids+=($!)
+taskset -c 0 "$bin" serve --config "$w/gw-h2.toml" >"$w/gw-h2.log" 2>&1 &
+gw2pid=$!; pids+=($gw2pid)
 hs=$("$bin" token mint --config "$w/gw.toml" --sub bench --ttl 2h)
 "$bin" token mint --sub bench --ttl 2h --signing-key "$w/rs.key" --alg RS256 --count 3000 >"$w/rs-tokens.txt"
-wait_ports "$UP" "$NGX" "$NGXC" "$GW" "$GWR"
+wait_ports "$UP" "$UP2" "$NGX" "$NGXC" "$GW" "$GWR" "$GW2"
 
 cat >"$w/tokens.lua" <<LUA
 local tokens = {}
@@ -80,11 +88,14 @@ LUA
 results=()
 measure() { # name, url, extra wrk args...
   local name=$1 url=$2; shift 2
+  if [ -n "${ONLY:-}" ] && ! [[ "$name" =~ $ONLY ]]; then return; fi
   taskset -c 1 wrk -t"$threads" -c"$conns" -d2s "$@" "$url" >/dev/null 2>&1
   : >"$w/up-conns.log"
   local prof=""
   if [ -n "${PROFILE:-}" ] && [[ "$name" == *"$PROFILE"* ]]; then
-    perf record -q -e cpu-clock -F 999 ${PERF_CALLGRAPH:--g} -p "$gwpid" -o target/bench/perf.data -- sleep "$secs" 2>/dev/null &
+    local target=$gwpid
+    if [[ "$url" == *":$GW2/"* ]]; then target=$gw2pid; fi
+    perf record -q -e cpu-clock -F 999 ${PERF_CALLGRAPH:--g} -p "$target" -o target/bench/perf.data -- sleep "$secs" 2>/dev/null &
     prof=$!
   fi
   local out; out=$(taskset -c 1 wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "$@" "$url")
@@ -107,6 +118,7 @@ auth=(-H "Authorization: Bearer $hs")
 measure "direct to upstream (ceiling)" "https://localhost:$UP/v1/patients"
 measure "nginx proxy" "http://127.0.0.1:$NGX/v1/patients"
 measure "gateway, full path, cache miss" "http://127.0.0.1:$GW/v1/patients" "${auth[@]}"
+measure "gateway, full path, cache miss, h2 upstream" "http://127.0.0.1:$GW2/v1/patients" "${auth[@]}"
 measure "nginx proxy_cache hit" "http://127.0.0.1:$NGXC/v1/practitioners"
 measure "gateway cache hit (JWT verified)" "http://127.0.0.1:$GW/v1/practitioners" "${auth[@]}"
 measure "gateway, RS256, new token each request" "http://127.0.0.1:$GWR/v1/patients" -s "$w/tokens.lua"

@@ -68,6 +68,10 @@ fn links(c: &mut Criterion) {
                 black_box(out.len())
             })
         });
+        let whole = bytes::Bytes::from(body.clone());
+        g.bench_function("whole body (fast path)", |b| {
+            b.iter(|| black_box(rw.rewrite_whole(black_box(whole.clone())).len()))
+        });
         g.bench_function("16 KiB chunks", |b| {
             let mut out = Vec::with_capacity(body.len() + 4096);
             b.iter(|| {

@@ -80,6 +80,7 @@ http {
   log_format conn '\$connection';
   server {
     listen 127.0.0.1:$UP ssl;
+    ${UP2:+listen 127.0.0.1:$UP2 ssl http2;}
     ssl_certificate $w/up.pem; ssl_certificate_key $w/up.key; ssl_protocols TLSv1.3;
     keepalive_requests 1000000;
     access_log $w/up-conns.log conn buffer=64k flush=50ms;
@@ -95,7 +96,7 @@ pids+=($!)
 # --- the gateways ---------------------------------------------------------------------------
 export CLINIKO_GATEWAY_HMAC_SECRET=bench-hmac-secret-that-is-long-enough-0123456789
 export CLINIKO_GATEWAY_MASTER_KEY=$("$bin" keys gen-master-key)
-gw_config() { # port, token cache size
+gw_config() { # port, token cache size[, upstream port (default $UP)]
   cat <<TOML
 [server]
 listen = "127.0.0.1:$1"
@@ -112,7 +113,7 @@ path = "keys.json"
 user_agent = "$ua"
 ca_file = "ca.pem"
 [upstream.shards]
-au1 = "https://localhost:$UP/v1"
+au1 = "https://localhost:${3:-$UP}/v1"
 [[cache.rules]]
 prefix = "/v1/practitioners"
 ttl = "5m"

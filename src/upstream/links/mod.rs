@@ -11,6 +11,7 @@
 mod body;
 mod matcher;
 mod stream;
+mod whole;
 
 #[cfg(test)]
 mod proptests;
@@ -76,9 +77,19 @@ impl LinkRewriter {
         crate::body::Body::new(body::RewriteBody::new(body, self.stream()))
     }
 
-    /// Rewrites a whole body held in memory (the same state machine, one chunk).
-    pub fn rewrite_bytes(&self, body: &[u8], size_hint: usize) -> bytes::Bytes {
-        let mut out = Vec::with_capacity(size_hint + size_hint / 8 + 64);
+    /// Rewrites a whole body held in memory: the fast path when it can decide, else the
+    /// streaming state machine over one chunk (same output either way). A body with nothing
+    /// to rewrite is returned as it is, without a copy.
+    pub fn rewrite_whole(&self, body: bytes::Bytes) -> bytes::Bytes {
+        match whole::rewrite(&self.inner, &body) {
+            Ok(None) => body,
+            Ok(Some(out)) => bytes::Bytes::from(out),
+            Err(()) => self.rewrite_streaming(&body),
+        }
+    }
+
+    fn rewrite_streaming(&self, body: &[u8]) -> bytes::Bytes {
+        let mut out = Vec::with_capacity(body.len() + body.len() / 8 + 64);
         let mut s = self.stream();
         s.push(body, &mut out);
         s.finish(&mut out);

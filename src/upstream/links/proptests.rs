@@ -60,6 +60,30 @@ const PIECES: &[&str] = &[
     "patients",
 ];
 
+/// Like [`PIECES`] without escapes: what the whole-body fast path decides on its own.
+const UNESCAPED_PIECES: &[&str] = &[
+    "\"",
+    "\"h",
+    "\"https://api.au1.cliniko.com/v1/p\"",
+    "\"https://localhost:8443/v1\"",
+    "\"https://acme.cliniko.com/t\"",
+    ":",
+    ",",
+    "{",
+    "}",
+    "[",
+    "]",
+    " ",
+    "\n",
+    "https://",
+    "HTTPS://",
+    "/v1",
+    ":443",
+    "api.au1.cliniko.com",
+    "localhost",
+    "x",
+];
+
 /// Like [`PIECES`] but without any host that could form an upstream origin.
 const SAFE_PIECES: &[&str] = &[
     "\"",
@@ -204,6 +228,35 @@ proptest! {
     }
 
     #[test]
+    fn the_whole_body_fast_path_agrees_with_the_stream(
+        input in bytes_from(PIECES),
+    ) {
+        let r = rewriter();
+        let streamed = run(&r, &input, &[]);
+        match super::whole::rewrite(&r.inner, &input) {
+            Ok(Some(out)) => prop_assert_eq!(&out, &streamed),
+            Ok(None) => prop_assert_eq!(&input, &streamed),
+            Err(()) => {}
+        }
+        prop_assert_eq!(r.rewrite_whole(bytes::Bytes::from(input)).to_vec(), streamed);
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_stream_on_unescaped_input(
+        pieces in proptest::collection::vec(proptest::sample::select(UNESCAPED_PIECES), 0..40),
+    ) {
+        let input = pieces.concat().into_bytes();
+        let r = rewriter();
+        let streamed = run(&r, &input, &[]);
+        match super::whole::rewrite(&r.inner, &input) {
+            Ok(Some(out)) => prop_assert_eq!(&out, &streamed),
+            Ok(None) => prop_assert_eq!(&input, &streamed),
+            Err(()) => {}
+        }
+        prop_assert_eq!(r.rewrite_whole(bytes::Bytes::from(input)).to_vec(), streamed);
+    }
+
+    #[test]
     fn input_without_origins_is_unchanged(
         input in bytes_from(SAFE_PIECES),
         raw in proptest::collection::vec(any::<proptest::sample::Index>(), 0..8),
@@ -231,6 +284,11 @@ proptest! {
         let out = run(&r, text.as_bytes(), &cuts(text.len(), raw));
         let got: Value = serde_json::from_slice(&out).unwrap();
         prop_assert_eq!(&got, &expected(&r, &v));
+        prop_assert_eq!(r.rewrite_whole(bytes::Bytes::from(text.clone())).to_vec(), out.clone());
+        if !escape_slashes && !text.contains('\\') && (v.is_object() || v.is_array()) {
+            // Pages without escapes are exactly what the fast path is for: it decides.
+            prop_assert!(super::whole::rewrite(&r.inner, text.as_bytes()).is_ok());
+        }
 
         let (mut before, mut keys_before) = (Vec::new(), Vec::new());
         strings(&v, &mut before, &mut keys_before);

@@ -13,9 +13,9 @@ use bytes::BufMut;
 use std::sync::Arc;
 
 /// A matched string longer than this is committed as a value without waiting for its end.
-const MAX_HOLD: usize = 8 * 1024;
+pub(super) const MAX_HOLD: usize = 8 * 1024;
 /// Whitespace held between a matched string and the byte that says key or value.
-const MAX_WS: usize = 64;
+pub(super) const MAX_WS: usize = 64;
 /// Stands for an escape that decodes to non-ASCII or is invalid; matches no origin byte.
 const OPAQUE: u8 = 0xFF;
 

@@ -370,3 +370,39 @@ fn the_quick_path_covers_the_common_spellings() {
         assert_eq!(o.quick(s.as_bytes()), None, "{s}");
     }
 }
+
+#[test]
+fn a_cliniko_page_takes_the_fast_path_and_matches_the_stream() {
+    let r = rewriter();
+    let mut page = String::from("{\"patients\":[");
+    for i in 0..50 {
+        page.push_str(&format!(
+            "{{\"id\":\"{i}\",\"first_name\":\"Ann\",\"notes\":\"said \\\"hi\\\" \\\\ https://api.au1.cliniko.com/v1/x\",\"links\":{{\"self\":\"https://api.au1.cliniko.com/v1/patients/{i}\"}},\"appointments\":{{\"links\":{{\"self\":\"https://api.au1.cliniko.com/v1/patients/{i}/appointments\"}}}},\"https://api.au1.cliniko.com/key\":1}},"
+        ));
+    }
+    page.push_str("{}],\"links\":{\"self\":\"https://api.au1.cliniko.com/v1/patients?page=1\"}}");
+    let streamed = chunked(&r, &[page.as_bytes()]);
+    let fast = super::whole::rewrite(&r.inner, page.as_bytes())
+        .expect("decided without the stream")
+        .expect("links were rewritten");
+    assert_eq!(fast, streamed);
+    let text = String::from_utf8(fast).unwrap();
+    assert_eq!(
+        text.matches("http://127.0.0.1:8080/v1/patients/").count(),
+        100
+    );
+    // Keys and text inside other strings stay as they were.
+    assert_eq!(
+        text.matches("\"https://api.au1.cliniko.com/key\"").count(),
+        50
+    );
+    assert_eq!(
+        text.matches("\\\\ https://api.au1.cliniko.com/v1/x")
+            .count(),
+        50
+    );
+    // Nothing to rewrite: the same buffer back, no copy.
+    let plain = bytes::Bytes::from_static(b"{\"a\":\"hello\"}");
+    let back = r.rewrite_whole(plain.clone());
+    assert_eq!(back.as_ptr(), plain.as_ptr());
+}
