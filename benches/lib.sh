@@ -27,9 +27,11 @@ openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$w/rs.key" 2>
 openssl pkey -in "$w/rs.key" -pubout -out "$w/rs.pub"
 
 # --- the upstream's answer: a ~15 KB list with absolute links, like GET /v1/patients ------
+# Links name Cliniko's own host, as real answers do, so every gateway (h1 or h2 upstream port)
+# rewrites the same 74 links.
 python3 - "$UP" >"$w/list.json" <<'PY'
 import json, sys
-base = f"https://localhost:{sys.argv[1]}/v1"
+base = "https://api.au1.cliniko.com/v1"  # what Cliniko writes, whichever port served it
 pts = [{"id": str(836447129235883061 + i), "first_name": f"Ada{i}", "last_name": "Lovelace",
         "date_of_birth": "1941-02-02", "email": f"ada{i}@example.invalid",
         "telehealth_url": f"https://acme.cliniko.com/telehealth/{i}",
@@ -46,7 +48,7 @@ ua="Gateway Bench (bench@example.invalid)"
 # A small answer (~1.5 KB, like /v1/businesses) for filling the cache with many entries.
 python3 - "$UP" >"$w/small.json" <<'PY'
 import json, sys
-base = f"https://localhost:{sys.argv[1]}/v1"
+base = "https://api.au1.cliniko.com/v1"  # what Cliniko writes, whichever port served it
 bs = [{"id": str(636447129235883061 + i), "business_name": f"Clinic {i}",
        "links": {"self": f"{base}/businesses/{636447129235883061 + i}"}} for i in range(8)]
 print(json.dumps({"businesses": bs, "total_entries": 8, "links": {"self": f"{base}/businesses"}}))
@@ -54,7 +56,7 @@ PY
 # A 25 MiB export streamed through (not cached): many records, every one with a link.
 python3 - "$UP" >"$w/big.json" <<'PY'
 import sys
-base = f"https://localhost:{sys.argv[1]}/v1"
+base = "https://api.au1.cliniko.com/v1"  # what Cliniko writes, whichever port served it
 out = sys.stdout
 out.write('{"patients":[')
 n = 25 * 1024 * 1024 // 95

@@ -46,6 +46,9 @@ pub struct Cache {
     flights: flight::Flights,
     epoch: AtomicU64,
     stats: Arc<CacheStats>,
+    /// The cache a config reload put in this one's place: writes still finishing on the old
+    /// stack invalidate there too, or a fill on the new stack could keep pre-write data.
+    successor: std::sync::OnceLock<std::sync::Weak<Cache>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -63,7 +66,8 @@ impl Cache {
         Cache::new_after(cfg, None)
     }
 
-    /// Builds an empty cache for a reloaded `cfg` whose counters carry on from `prev`'s.
+    /// Builds an empty cache for a reloaded `cfg` whose counters carry on from `prev`'s, and
+    /// to which `prev` forwards the invalidations of writes still in flight on the old stack.
     pub fn new_after(cfg: &CacheConfig, prev: Option<&Cache>) -> Option<Arc<Cache>> {
         if !cfg.enabled {
             return None;
@@ -86,7 +90,7 @@ impl Cache {
         rules.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let hmac = hmac::Key::generate(hmac::HMAC_SHA256, &rng).ok()?;
-        Some(Arc::new(Cache {
+        let cache = Arc::new(Cache {
             store,
             rules,
             max_entry: usize::try_from(cfg.max_entry_bytes).unwrap_or(usize::MAX),
@@ -95,7 +99,12 @@ impl Cache {
             flights: flight::Flights::default(),
             epoch: AtomicU64::new(0),
             stats,
-        }))
+            successor: std::sync::OnceLock::new(),
+        });
+        if let Some(p) = prev {
+            let _ = p.successor.set(Arc::downgrade(&cache));
+        }
+        Some(cache)
     }
 
     /// The TTL for `path`, or `None` when it is not cached.
@@ -172,6 +181,9 @@ impl Cache {
     pub fn invalidate_after_write(&self, path: &str) {
         for prefix in write_scope(path) {
             self.purge_prefix(&prefix);
+        }
+        if let Some(next) = self.successor.get().and_then(std::sync::Weak::upgrade) {
+            next.invalidate_after_write(path);
         }
     }
 }

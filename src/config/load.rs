@@ -2,7 +2,7 @@
 
 use super::Config;
 use base64::Engine;
-use secrecy::{SecretBox, SecretSlice};
+use secrecy::{ExposeSecret, SecretBox, SecretSlice};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -55,12 +55,25 @@ impl std::fmt::Debug for Env {
     }
 }
 
+// So a copy kept for reloads can live in a `SecretBox` (zeroed on drop).
+impl secrecy::zeroize::Zeroize for Env {
+    fn zeroize(&mut self) {
+        for v in self.0.values_mut() {
+            v.zeroize();
+        }
+        self.0.clear();
+    }
+}
+
+impl secrecy::CloneableSecret for Env {}
+
 /// Where a config was read from, so a reload reads it again the same way.
 #[derive(Clone)]
 pub struct ConfigSource {
     /// The config file.
     pub path: PathBuf,
-    env: Env,
+    /// Only the gateway's own variables (they include secrets), zeroed when dropped.
+    env: SecretBox<Env>,
 }
 
 impl std::fmt::Debug for ConfigSource {
@@ -74,7 +87,7 @@ impl std::fmt::Debug for ConfigSource {
 impl ConfigSource {
     /// Reads and validates the file again (secrets files included).
     pub fn load(&self) -> Result<Config, ConfigError> {
-        load(&self.path, &self.env)
+        load(&self.path, self.env.expose_secret())
     }
 }
 
@@ -100,9 +113,15 @@ pub fn load(path: &Path, env: &Env) -> Result<Config, ConfigError> {
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut cfg = load_str(&text, base, env)?;
+    let own = env
+        .0
+        .iter()
+        .filter(|(k, _)| k.starts_with("CLINIKO_GATEWAY"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     cfg.source = Some(ConfigSource {
         path: path.to_path_buf(),
-        env: env.clone(),
+        env: SecretBox::new(Box::new(Env(own))),
     });
     Ok(cfg)
 }

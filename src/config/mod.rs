@@ -73,7 +73,7 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     /// `service.name` of the exported spans.
     pub service_name: String,
-    /// Share of new traces kept (0..=1); a caller's sampled flag is always followed.
+    /// Share of traces kept (0..=1), decided by trace id (a caller's sampled flag is not trusted).
     pub sample_ratio: f64,
 }
 

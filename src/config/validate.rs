@@ -312,12 +312,12 @@ fn validate_telemetry(t: &TelemetryConfig) -> Result<(), ConfigError> {
         )
     })?;
     if !matches!(uri.scheme_str(), Some("http" | "https"))
-        || uri.authority().is_none()
+        || uri.authority().is_none_or(|a| a.as_str().contains('@'))
         || uri.query().is_some()
     {
         return Err(err(
             "telemetry.otlp_endpoint",
-            "must be an absolute http:// or https:// URL without a query",
+            "must be an absolute http:// or https:// URL without credentials or a query (it is printed by check-config)",
             "write the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318",
         ));
     }
@@ -390,6 +390,7 @@ mod tests {
             "not a url",
             "ftp://collector:4318",
             "http://collector:4318/?token=x",
+            "https://user:token=x@collector:4318",
             "/v1/traces",
         ] {
             let e = validate_telemetry(&telemetry(Some(bad), 1.0))

@@ -49,7 +49,8 @@ pub struct KeyBudgets {
     max_waiting: usize,
     failure: RedisFailure,
     shared: Option<SharedBudget>,
-    table: Mutex<HashMap<String, Slot>>,
+    // Shared with the budgets a reload replaces: spent bursts and Cliniko pauses carry over.
+    table: Arc<Mutex<HashMap<String, Slot>>>,
     epoch: Instant,
     /// µs since `epoch` until which Redis is not asked (0: ask).
     down_until: AtomicU64,
@@ -80,11 +81,15 @@ impl Drop for Waiting<'_> {
 }
 
 impl KeyBudgets {
-    /// Builds the budgets; `shared` is the Redis side when configured.
+    /// Builds the budgets (`shared`: the Redis side when configured). After a reload, `prev`
+    /// hands over its per-key state (when each budget is free again, which also holds a
+    /// Cliniko pause): the new quota applies from where each key stands, so a reload never
+    /// hands out a fresh burst.
     pub(super) fn new(
         cfg: &RateLimitConfig,
         shared: Option<SharedBudget>,
         stats: Arc<RateLimitStats>,
+        prev: Option<&KeyBudgets>,
     ) -> KeyBudgets {
         // Without Redis every replica keeps its own budget: each gets its share.
         let local_quota = cfg.key.divided(cfg.replicas);
@@ -96,8 +101,8 @@ impl KeyBudgets {
             max_waiting: cfg.max_waiting,
             failure: cfg.redis_failure,
             shared,
-            table: Mutex::new(HashMap::new()),
-            epoch: Instant::now(),
+            table: prev.map_or_else(Arc::default, |p| p.table.clone()),
+            epoch: prev.map_or_else(Instant::now, |p| p.epoch),
             down_until: AtomicU64::new(0),
             ops: AtomicU64::new(0),
             stats,
@@ -281,6 +286,7 @@ mod tests {
             &cfg,
             None,
             Arc::new(RateLimitStats::default()),
+            None,
         ))
     }
 

@@ -34,12 +34,15 @@ use tokio::sync::watch;
 fn key_budgets(
     cfg: &RateLimitConfig,
     stats: Arc<RateLimitStats>,
+    prev: Option<&key_budget::KeyBudgets>,
 ) -> Result<Arc<key_budget::KeyBudgets>, ConfigError> {
     let shared = match &cfg.redis_url {
         Some(url) => Some(redis::SharedBudget::new(&url.0, cfg)?),
         None => None,
     };
-    Ok(Arc::new(key_budget::KeyBudgets::new(cfg, shared, stats)))
+    Ok(Arc::new(key_budget::KeyBudgets::new(
+        cfg, shared, stats, prev,
+    )))
 }
 
 fn user_limits(cfg: &RateLimitConfig) -> Option<Arc<user_limit::UserLimits>> {
@@ -389,15 +392,15 @@ impl RateLimits {
         Ok(Some(Arc::new(RateLimits {
             cfg: cfg.clone(),
             users: user_limits(cfg),
-            budget: key_budgets(cfg, stats.clone())?,
+            budget: key_budgets(cfg, stats.clone(), None)?,
             stats,
             pauses: watch::Sender::new(0),
         })))
     }
 
-    /// The limits for a reloaded `cfg`, keeping `prev`'s state wherever its part of the
-    /// config is unchanged: the key budgets (a reload must not let a fresh burst through to
-    /// Cliniko) and the per-user limits. Counters carry on across the reload.
+    /// The limits for a reloaded `cfg`, keeping `prev`'s state: the key budgets' per-key state
+    /// always (a reload must not let a fresh burst through to Cliniko, nor end a Cliniko
+    /// pause), the per-user limits when `[ratelimit.user]` is unchanged, and the counters.
     pub fn reconfigure(
         cfg: &RateLimitConfig,
         prev: Option<&Arc<RateLimits>>,
@@ -412,7 +415,7 @@ impl RateLimits {
         let budget = if same_budget(&prev.cfg, cfg) {
             prev.budget.clone()
         } else {
-            key_budgets(cfg, prev.stats.clone())?
+            key_budgets(cfg, prev.stats.clone(), Some(&prev.budget))?
         };
         let users = if crate::config::same(&prev.cfg.user, &cfg.user) {
             prev.users.clone()

@@ -37,16 +37,19 @@ pub struct Applied {
 
 /// Builds the set for `new`, reusing from `cur` every part whose section is the same in `old`.
 ///
-/// A changed `[auth]` gets a new verifier whose JWKS (if any) must answer now: a key set that
-/// cannot be fetched is refused rather than swapped in unable to verify anything.
+/// `auth_changed` compares [`auth_identity`] of `new` with the digest taken when the current
+/// verifier was built (not with `old`: a key file rotated in place reads the same through
+/// both configs). A changed `[auth]` gets a new verifier whose JWKS (if any) must answer now:
+/// a key set that cannot be fetched is refused rather than swapped in unable to verify.
 pub async fn rebuild(
     fixed: &Fixed,
     old: &Config,
     new: &Config,
     cur: &Live,
+    auth_changed: bool,
 ) -> Result<Applied, ConfigError> {
     let mut changed = Vec::new();
-    let authn = if auth_identity(old) == auth_identity(new) {
+    let authn = if !auth_changed {
         cur.authn.clone()
     } else {
         changed.push("auth");
@@ -128,10 +131,11 @@ fn same_limits(a: &Config, b: &Config) -> bool {
     url(a) == url(b) && same(&a.ratelimit, &b.ratelimit)
 }
 
-/// A digest of everything token verification depends on: the section, the HMAC secret and
+/// A digest of everything token verification depends on (reads the key files: call it off
+/// the async threads): the section, the HMAC secret and
 /// the PEM files' contents (a rotated key file at the same path is a change). A digest, so no
 /// copy of the secret is kept to compare against.
-fn auth_identity(c: &Config) -> Vec<u8> {
+pub fn auth_identity(c: &Config) -> Vec<u8> {
     let mut d = digest::Context::new(&digest::SHA256);
     d.update(
         toml::to_string(&c.auth)

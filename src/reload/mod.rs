@@ -54,6 +54,9 @@ struct Configs {
     started: Config,
     /// What built the current set: the reference for reloadable sections.
     applied: Config,
+    /// Digest of what the current token verifier was built from (section, secret, key files'
+    /// bytes as read then): a key file rotated in place differs from it.
+    auth: Vec<u8>,
 }
 
 /// Reloads the key store and the config, and records the outcomes; shared by every trigger.
@@ -80,7 +83,11 @@ impl Reloader {
             credentials,
             live,
             fixed,
-            configs: Mutex::new(cfg.map(|(started, applied)| Configs { started, applied })),
+            configs: Mutex::new(cfg.map(|(started, applied)| Configs {
+                auth: config::auth_identity(&applied),
+                started,
+                applied,
+            })),
             metrics,
         })
     }
@@ -153,17 +160,25 @@ impl Reloader {
         let Some(source) = configs.applied.source.clone() else {
             return Ok(Reloaded::default());
         };
-        let new = tokio::task::spawn_blocking(move || source.load())
-            .await
-            .map_err(|_| ConfigError::new("(reload)", "the reload task failed", "try again"))??;
+        let (new, auth) = tokio::task::spawn_blocking(move || {
+            source.load().map(|c| {
+                let auth = config::auth_identity(&c);
+                (c, auth)
+            })
+        })
+        .await
+        .map_err(|_| ConfigError::new("(reload)", "the reload task failed", "try again"))??;
         let restart_needed = config::restart_needed(&configs.started, &new);
         let current = self.live.load_full();
-        let applied = config::rebuild(&self.fixed, &configs.applied, &new, &current).await?;
+        let auth_changed = auth != configs.auth;
+        let applied =
+            config::rebuild(&self.fixed, &configs.applied, &new, &current, auth_changed).await?;
         if applied.changed.contains(&"auth") {
             self.fixed.readiness.set_authn(applied.live.authn.clone());
         }
         self.live.store(Arc::new(applied.live));
         configs.applied = new;
+        configs.auth = auth;
         Ok(Reloaded {
             users: None,
             changed: applied.changed,
@@ -191,12 +206,26 @@ impl Reloader {
                 _ = tokio::time::sleep(every) => {}
             }
             let now = signatures(&config_files);
-            if now != seen_config && now.iter().all(Option::is_some) {
-                // Remembered whatever the outcome: a bad file is reported once, not every poll.
+            // Any change counts, a deleted key file too (the new config may no longer name
+            // it); only a missing config file itself waits for the file to come back.
+            if now != seen_config && now.first().is_some_and(Option::is_some) {
+                // Taken before the reload and kept whatever its outcome: a bad file is reported
+                // once, and a write that lands during the reload is seen on the next poll.
+                seen_config = now;
                 let _ = self.reload_config(ReloadTrigger::File).await;
-                // The new config may name other secret or key files.
-                config_files = self.watched_config_files().await;
-                seen_config = signatures(&config_files);
+                let files = self.watched_config_files().await;
+                if files != config_files {
+                    // The new config names other files: keep the snapshot for those still
+                    // watched, take the new ones as they are now.
+                    seen_config = files
+                        .iter()
+                        .map(|f| match config_files.iter().position(|o| o == f) {
+                            Some(i) => seen_config[i],
+                            None => signature(f),
+                        })
+                        .collect();
+                    config_files = files;
+                }
             }
             let now = signature(&keys);
             if now.is_none() {

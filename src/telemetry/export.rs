@@ -55,9 +55,10 @@ pub(super) fn start(cfg: &TelemetryConfig) -> Result<Option<Telemetry>, ConfigEr
         .map_err(|_| field_err("the OTLP exporter cannot be built for this URL"))?;
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            cfg.sample_ratio,
-        ))))
+        // A caller's sampled flag is not trusted on its own: it arrives before authentication,
+        // so anyone could force every request into the export queue. Remote parents are
+        // sampled by the same ratio (by trace id, so one trace stays whole across replicas).
+        .with_sampler(Sampler::TraceIdRatioBased(cfg.sample_ratio))
         .with_resource(
             Resource::builder()
                 .with_service_name(cfg.service_name.clone())

@@ -3,8 +3,9 @@
 
 use crate::support::*;
 use bytes::Bytes;
-use cliniko_gateway::auth::mint::mint_hs;
+use cliniko_gateway::auth::mint::{mint, mint_hs};
 use cliniko_gateway::reload::ReloadError;
+use cliniko_gateway::sandbox::{Fault, SigningKeyPair, ec_keypair, seeded_patient_id};
 use http::Method;
 use http_body_util::{BodyExt, Full};
 use secrecy::SecretSlice;
@@ -260,5 +261,170 @@ async fn a_changed_config_file_is_picked_up_without_a_signal() {
         metrics_text(&h)
             .await
             .contains(r#"cliniko_gateway_config_reloads_total{trigger="file",result="ok"} 1"#)
+    );
+}
+
+fn es256(kp: &SigningKeyPair, sub: &str) -> String {
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(kp.private_pem.as_bytes()).unwrap();
+    mint(
+        &key,
+        jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        sub,
+        Duration::from_secs(600),
+        serde_json::Map::new(),
+    )
+    .unwrap()
+}
+
+async fn status_with(h: &Harness, token: &str) -> u16 {
+    h.get_with_auth(&format!("Bearer {token}"), "/v1/user")
+        .await
+        .status
+        .as_u16()
+}
+
+/// Polls what a caller sees until `want`, with a deadline (the watcher checks every 50 ms).
+async fn until_status(h: &Harness, token: &str, want: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while status_with(h, token).await != want {
+        assert!(tokio::time::Instant::now() < deadline, "never got {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const TWO_PEM_KEYS: &str = "[[auth.public_keys]]\nfile = \"a.pem\"\nalgorithms = [\"ES256\"]\n[[auth.public_keys]]\nfile = \"b.pem\"\nalgorithms = [\"ES256\"]\n";
+
+#[tokio::test]
+async fn a_pem_key_rotated_in_place_is_picked_up() {
+    let (a, b) = (ec_keypair().unwrap(), ec_keypair().unwrap());
+    let h = Harness::start(Setup {
+        auth_toml: TWO_PEM_KEYS.into(),
+        files: vec![
+            ("a.pem", a.public_pem.clone()),
+            ("b.pem", b.public_pem.clone()),
+        ],
+        ..Setup::default()
+    })
+    .await;
+    assert_eq!(status_with(&h, &es256(&a, "alice")).await, 200);
+    // Same path, new key: the config text does not change at all.
+    let a2 = ec_keypair().unwrap();
+    std::fs::write(h.dir().join("a.pem"), &a2.public_pem).unwrap();
+    let r = h.gateway().reload().await.unwrap();
+    assert_eq!(r.changed, vec!["auth"]);
+    assert_eq!(
+        status_with(&h, &es256(&a, "alice")).await,
+        401,
+        "the retired key"
+    );
+    assert_eq!(status_with(&h, &es256(&a2, "alice")).await, 200);
+    assert_eq!(status_with(&h, &es256(&b, "alice")).await, 200);
+}
+
+#[tokio::test]
+async fn a_key_file_removed_with_its_config_entry_is_noticed_by_the_watcher() {
+    let (a, b) = (ec_keypair().unwrap(), ec_keypair().unwrap());
+    let h = Harness::start(Setup {
+        auth_toml: TWO_PEM_KEYS.into(),
+        files: vec![
+            ("a.pem", a.public_pem.clone()),
+            ("b.pem", b.public_pem.clone()),
+        ],
+        overrides: vec![("CLINIKO_GATEWAY__KEYSTORE__WATCH_INTERVAL", "50ms".into())],
+        ..Setup::default()
+    })
+    .await;
+    let retired = es256(&b, "alice");
+    assert_eq!(status_with(&h, &retired).await, 200);
+    h.edit_config(|t| {
+        t.replace(
+            "[[auth.public_keys]]\nfile = \"b.pem\"\nalgorithms = [\"ES256\"]\n",
+            "",
+        )
+    });
+    std::fs::remove_file(h.dir().join("b.pem")).unwrap();
+    until_status(&h, &retired, 401).await;
+    assert_eq!(status_with(&h, &es256(&a, "alice")).await, 200);
+}
+
+const KEY_BURST_2: &str = r#"
+[ratelimit]
+max_wait = "0s"
+[ratelimit.key]
+rate = 1
+period = "1h"
+burst = 2
+[ratelimit.user]
+enabled = false
+"#;
+
+#[tokio::test]
+async fn a_new_key_quota_applies_from_where_each_key_stands() {
+    let h = Harness::start(with_sections(KEY_BURST_2)).await;
+    assert_eq!(h.get_as("alice", "/v1/user").await.status, 200);
+    assert_eq!(h.get_as("bob", "/v1/user").await.status, 200);
+    assert_eq!(h.get_as("alice", "/v1/user").await.status, 429);
+    // The budget itself changes (a higher rate, a longer wait): its state must carry over.
+    h.edit_config(|t| {
+        t.replace("rate = 1\nperiod = \"1h\"", "rate = 2\nperiod = \"1h\"")
+            .replace("max_wait = \"0s\"", "max_wait = \"10ms\"")
+    });
+    assert_eq!(
+        h.gateway().reload().await.unwrap().changed,
+        vec!["ratelimit"]
+    );
+    let after = h.get_as("alice", "/v1/user").await;
+    assert_eq!(
+        after.status, 429,
+        "a fresh burst would have let this through"
+    );
+    assert_eq!(after.json()["error"]["limit"], "key");
+}
+
+#[tokio::test]
+async fn a_write_in_flight_across_a_cache_swap_still_invalidates_the_new_cache() {
+    let h = Harness::start(with_sections(
+        "[cache]\nrules = [{ prefix = \"/v1/patients\", ttl = \"60s\" }]\n",
+    ))
+    .await;
+    let path = format!("/v1/patients/{}", seeded_patient_id(0, 1));
+    h.sandbox("au1")
+        .set_fault(&path, Fault::Delay(Duration::from_millis(400)));
+    let auth = format!("Bearer {}", h.token("alice"));
+    let (url, client) = (format!("{}{path}", h.base), h.client.clone());
+    let write = tokio::spawn(async move {
+        let req = http::Request::builder()
+            .method(Method::PATCH)
+            .uri(url)
+            .header("authorization", auth)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(b"{\"first_name\":\"Zed\"}")))
+            .unwrap();
+        client.request(req).await.unwrap().status()
+    });
+    // The write has reached Cliniko (and is held there) before the cache is swapped.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !h
+        .sandbox("au1")
+        .requests()
+        .iter()
+        .any(|r| r.method == "PATCH")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the write never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    h.edit_config(|t| t.replace("ttl = \"60s\"", "ttl = \"30s\""));
+    assert_eq!(h.gateway().reload().await.unwrap().changed, vec!["cache"]);
+    // A read on the new stack fills the new cache while the write is still in flight.
+    assert_eq!(h.get_as("alice", &path).await.status, 200);
+    assert_eq!(write.await.unwrap(), 200);
+    let next = h.get_as("alice", &path).await;
+    assert_ne!(
+        x_cache(&next),
+        "HIT",
+        "the write on the old stack invalidated the new cache"
     );
 }

@@ -61,8 +61,8 @@ fn find_edits(inner: &Inner, body: &[u8]) -> Result<Vec<Edit>, ()> {
         }
         let start = open + 1;
         let Some(close) = memchr::memchr(b'"', &body[start..]).map(|p| start + p) else {
-            // Unterminated: given back as it came either way.
-            return Ok(edits);
+            // Unterminated: the stream commits a long one as a value; let it decide.
+            return Err(());
         };
         at = close + 1;
         if let Some(edit) = decide(inner, body, start, close)? {
@@ -122,8 +122,9 @@ fn find_edits_escaped(inner: &Inner, body: &[u8]) -> Result<Vec<Edit>, ()> {
             skip_to = p + 2;
         }
         let Some(close) = close else {
-            // Unterminated: given back as it came either way, nothing to edit.
-            return Ok(edits);
+            // Unterminated: an ordinary string is given back as it came; a possible link is
+            // committed by the stream once long enough, so it decides.
+            return if candidate { Err(()) } else { Ok(edits) };
         };
         if candidate && let Some(edit) = decide(inner, body, start, close)? {
             edits.push(edit);
