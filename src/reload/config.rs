@@ -53,7 +53,11 @@ pub async fn rebuild(
         cur.authn.clone()
     } else {
         changed.push("auth");
-        let authn = Authenticator::new(&new.auth, fixed.http.clone())?;
+        // Reads PEM files: off the async threads.
+        let (auth, http) = (new.auth.clone(), fixed.http.clone());
+        let authn = tokio::task::spawn_blocking(move || Authenticator::new(&auth, http))
+            .await
+            .map_err(|_| ConfigError::new("auth", "the reload task failed", "try again"))??;
         authn.start().await;
         if !authn.ready() {
             return Err(ConfigError::new(

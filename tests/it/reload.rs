@@ -428,3 +428,34 @@ async fn a_write_in_flight_across_a_cache_swap_still_invalidates_the_new_cache()
         "the write on the old stack invalidated the new cache"
     );
 }
+
+#[tokio::test]
+async fn admin_purges_reach_the_cache_a_reload_swapped_in() {
+    let h = Harness::start(Setup {
+        overrides: vec![
+            ("CLINIKO_GATEWAY__ADMIN__LISTEN", "127.0.0.1:0".into()),
+            ("CLINIKO_GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN.into()),
+        ],
+        policy_toml: format!(
+            "{ALLOW_ALL_POLICY}[cache]\nrules = [{{ prefix = \"/v1/patients\", ttl = \"60s\" }}]\n"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    h.edit_config(|t| t.replace("ttl = \"60s\"", "ttl = \"120s\""));
+    assert_eq!(h.gateway().reload().await.unwrap().changed, vec!["cache"]);
+    h.get_as("alice", "/v1/patients").await;
+    assert_eq!(x_cache(&h.get_as("alice", "/v1/patients").await), "HIT");
+    let req = http::Request::builder()
+        .method(Method::POST)
+        .uri(format!("{}/admin/cache/purge?all=true", h.admin_base()))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(h.client.request(req).await.unwrap().status(), 200);
+    assert_ne!(
+        x_cache(&h.get_as("alice", "/v1/patients").await),
+        "HIT",
+        "the purge emptied the cache now serving, not the one the admin started with"
+    );
+}
