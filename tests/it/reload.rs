@@ -459,3 +459,61 @@ async fn admin_purges_reach_the_cache_a_reload_swapped_in() {
         "the purge emptied the cache now serving, not the one the admin started with"
     );
 }
+
+#[tokio::test]
+async fn a_new_jwks_must_answer_before_it_is_swapped_in() {
+    let h = Harness::start(Setup::default()).await;
+    let idp = ec_keypair().unwrap();
+    let enc = jsonwebtoken::EncodingKey::from_ec_pem(idp.private_pem.as_bytes()).unwrap();
+    let mut jwk =
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&enc, jsonwebtoken::Algorithm::ES256).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    h.sandbox("au1")
+        .set_jwks(serde_json::json!({"keys": [serde_json::to_value(jwk).unwrap()]}));
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("k1".into());
+    let token = mint(
+        &enc,
+        header,
+        "alice",
+        Duration::from_secs(600),
+        serde_json::Map::new(),
+    )
+    .unwrap();
+    let with_jwks = |url: &str| {
+        let url = url.to_string();
+        move |t: String| {
+            t.replace(
+                "hmac_algorithms = [\"HS256\"]\n",
+                &format!("hmac_algorithms = [\"HS256\"]\n[auth.jwks]\nurl = \"{url}\"\nalgorithms = [\"ES256\"]\ntimeout = \"2s\"\n"),
+            )
+        }
+    };
+    let good = std::fs::read_to_string(h.config_path()).unwrap();
+    // Nothing listens there: refused, the old verifier keeps serving, still ready.
+    h.edit_config(with_jwks("https://localhost:1/.well-known/jwks.json"));
+    match h.gateway().reload().await {
+        Err(ReloadError::Config(e)) => assert_eq!(e.field, "auth.jwks.url"),
+        other => panic!("expected the JWKS to be refused, got {other:?}"),
+    }
+    assert_eq!(h.get_as("alice", "/v1/user").await.status, 200);
+    assert_eq!(status_with(&h, &token).await, 401);
+    let ready = h.send(Method::GET, "/readyz", &[], Bytes::new()).await;
+    assert_eq!(ready.status, 200);
+    // The identity provider's real key set: swapped in, ready, and its tokens verify.
+    std::fs::write(h.config_path(), good).unwrap();
+    let url = format!(
+        "https://localhost:{}/.well-known/jwks.json",
+        h.sandbox("au1").addr().port()
+    );
+    h.edit_config(with_jwks(&url));
+    assert_eq!(h.gateway().reload().await.unwrap().changed, vec!["auth"]);
+    assert_eq!(status_with(&h, &token).await, 200);
+    assert_eq!(
+        h.get_as("alice", "/v1/user").await.status,
+        200,
+        "HMAC still on"
+    );
+    let ready = h.send(Method::GET, "/readyz", &[], Bytes::new()).await;
+    assert_eq!(ready.status, 200);
+}
