@@ -75,6 +75,13 @@ pub(crate) struct Jwks {
     /// Value of `generation` after the last successful fetch.
     good_generation: AtomicU64,
     unknown: moka::future::Cache<String, ()>,
+    counts: Arc<FetchCounts>,
+}
+
+/// JWKS fetch outcomes, shared by the verifiers a config reload replaces so the exported
+/// counters never go backwards.
+#[derive(Debug, Default)]
+pub struct FetchCounts {
     /// Successful fetches.
     pub ok: AtomicU64,
     /// Failed fetches.
@@ -86,7 +93,11 @@ struct FetchError(Cow<'static, str>);
 
 impl Jwks {
     /// Prepares the source; nothing is fetched yet.
-    pub fn new(cfg: &JwksConfig, http: HttpClient) -> Result<Self, ConfigError> {
+    pub fn new(
+        cfg: &JwksConfig,
+        http: HttpClient,
+        counts: Arc<FetchCounts>,
+    ) -> Result<Self, ConfigError> {
         let uri: http::Uri = cfg.url.parse().map_err(|_| {
             ConfigError::new(
                 "auth.jwks.url",
@@ -117,8 +128,7 @@ impl Jwks {
                 .max_capacity(MAX_UNKNOWN_KIDS)
                 .time_to_live(cfg.unknown_kid_ttl)
                 .build(),
-            ok: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
+            counts,
         })
     }
 
@@ -192,7 +202,7 @@ impl Jwks {
                 tracing::debug!(url = %self.log_url, keys = set.all.len(), "JWKS fetched");
                 // Store before bumping the generation so waiters that see it also see the set.
                 self.set.store(Some(Arc::new(set)));
-                self.ok.fetch_add(1, Ordering::SeqCst);
+                self.counts.ok.fetch_add(1, Ordering::SeqCst);
                 true
             }
             Err(FetchError(why)) => {
@@ -202,7 +212,7 @@ impl Jwks {
                     keeping_previous = self.ready(),
                     "JWKS fetch failed"
                 );
-                self.failed.fetch_add(1, Ordering::SeqCst);
+                self.counts.failed.fetch_add(1, Ordering::SeqCst);
                 false
             }
         };

@@ -55,13 +55,24 @@ pub struct Authenticator {
     rules: verify::ClaimRules,
     cache: moka::future::Cache<cache::TokenHash, cache::Cached>,
     refresher: Mutex<Option<JoinHandle<()>>>,
+    fetch_counts: Arc<jwks::FetchCounts>,
 }
 
 impl Authenticator {
     /// Builds key sources (reading PEM files); a JWKS is not fetched until [`Self::start`].
     pub fn new(cfg: &AuthConfig, http: HttpClient) -> Result<Arc<Authenticator>, ConfigError> {
+        Authenticator::new_after(cfg, http, None)
+    }
+
+    /// Like [`Self::new`] for a reloaded `cfg`: JWKS fetch counters carry on from `prev`'s.
+    pub fn new_after(
+        cfg: &AuthConfig,
+        http: HttpClient,
+        prev: Option<&Authenticator>,
+    ) -> Result<Arc<Authenticator>, ConfigError> {
+        let fetch_counts = prev.map_or_else(Arc::default, |p| p.fetch_counts.clone());
         let jwks = match &cfg.jwks {
-            Some(j) => Some(Arc::new(jwks::Jwks::new(j, http)?)),
+            Some(j) => Some(Arc::new(jwks::Jwks::new(j, http, fetch_counts.clone())?)),
             None => None,
         };
         Ok(Arc::new(Authenticator {
@@ -70,6 +81,7 @@ impl Authenticator {
             rules: verify::ClaimRules::new(cfg)?,
             cache: cache::build(cfg.token_cache_size),
             refresher: Mutex::new(None),
+            fetch_counts,
         }))
     }
 
@@ -134,16 +146,12 @@ impl Authenticator {
 
     /// Successful JWKS fetches so far.
     pub fn jwks_fetches_ok(&self) -> u64 {
-        self.jwks
-            .as_ref()
-            .map_or(0, |j| j.ok.load(Ordering::SeqCst))
+        self.fetch_counts.ok.load(Ordering::SeqCst)
     }
 
     /// Failed JWKS fetches so far.
     pub fn jwks_fetches_failed(&self) -> u64 {
-        self.jwks
-            .as_ref()
-            .map_or(0, |j| j.failed.load(Ordering::SeqCst))
+        self.fetch_counts.failed.load(Ordering::SeqCst)
     }
 
     async fn verify(&self, token: &str) -> Result<User, AuthError> {

@@ -54,10 +54,11 @@ pub async fn rebuild(
     } else {
         changed.push("auth");
         // Reads PEM files: off the async threads.
-        let (auth, http) = (new.auth.clone(), fixed.http.clone());
-        let authn = tokio::task::spawn_blocking(move || Authenticator::new(&auth, http))
-            .await
-            .map_err(|_| ConfigError::new("auth", "the reload task failed", "try again"))??;
+        let (auth, http, prev) = (new.auth.clone(), fixed.http.clone(), cur.authn.clone());
+        let authn =
+            tokio::task::spawn_blocking(move || Authenticator::new_after(&auth, http, Some(&prev)))
+                .await
+                .map_err(|_| ConfigError::new("auth", "the reload task failed", "try again"))??;
         authn.start().await;
         if !authn.ready() {
             return Err(ConfigError::new(

@@ -516,4 +516,12 @@ async fn a_new_jwks_must_answer_before_it_is_swapped_in() {
     );
     let ready = h.send(Method::GET, "/readyz", &[], Bytes::new()).await;
     assert_eq!(ready.status, 200);
+    // Fetch counters span the verifiers: the refused attempt's failure is still counted.
+    let text = metrics_text(&h).await;
+    for line in [
+        r#"cliniko_gateway_jwks_refreshes_total{result="ok"} 1"#,
+        r#"cliniko_gateway_jwks_refreshes_total{result="failed"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
 }
