@@ -16,7 +16,8 @@
 # nginx measured in this run, the gateway's RSS, upstream TLS handshakes per 10k requests) and
 # writes it to target/bench/compare.md. PROFILE=<part of a scenario name> records a perf
 # profile of the gateway during that scenario into target/bench/perf.data (PERF_CALLGRAPH=
-# "--call-graph dwarf" for full stacks); ONLY=<regex> runs only the scenarios it matches.
+# "--call-graph dwarf" for full stacks, or build with frame pointers: CARGO_TARGET_DIR=<dir>
+# RUSTFLAGS="-C force-frame-pointers=yes"); ONLY=<regex> runs only the scenarios it matches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}

@@ -5,7 +5,7 @@
 need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
 need nginx nginx; need wrk wrk; need openssl openssl; need taskset util-linux
 cargo build --release --quiet
-bin=$PWD/target/release/cliniko-gateway
+bin=${CARGO_TARGET_DIR:-$PWD/target}/release/cliniko-gateway
 mkdir -p target/bench
 w=$(mktemp -d)
 pids=()
