@@ -198,9 +198,15 @@ pub fn init_logging(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let b = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Json => b.json().flatten_event(true).try_init(),
-        LogFormat::Text => b.try_init(),
+    let text = match format {
+        LogFormat::Text => true,
+        LogFormat::Json => false,
+        LogFormat::Auto => std::io::IsTerminal::is_terminal(&std::io::stdout()),
+    };
+    let _ = if text {
+        b.try_init()
+    } else {
+        b.json().flatten_event(true).try_init()
     };
 }
 

@@ -366,7 +366,7 @@ pub struct UpstreamConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// `json` (one object per line) or `text`.
+    /// `auto` (text on a terminal, else JSON), `json` (one object per line) or `text`.
     pub format: LogFormat,
     /// Filter, e.g. `info` or `cliniko_gateway=debug`; `RUST_LOG` wins when set.
     pub level: String,
@@ -375,7 +375,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            format: LogFormat::Json,
+            format: LogFormat::Auto,
             level: "info".into(),
         }
     }
@@ -385,6 +385,8 @@ impl Default for LogConfig {
 #[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Text when stdout is a terminal, JSON otherwise (a container, a pipe, a file).
+    Auto,
     /// One JSON object per line.
     Json,
     /// Human-readable.

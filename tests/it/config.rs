@@ -216,3 +216,25 @@ fn each_rejection_names_its_field() {
         assert!(got.starts_with(want), "want {want}, got {got} for:\n{text}");
     }
 }
+
+#[test]
+fn logs_are_json_unless_stdout_is_a_terminal_by_default() {
+    use cliniko_gateway::config::LogFormat;
+    let e = env(&[]);
+    let cfg = load_str(MINIMAL, Path::new("/etc/gw"), &e).unwrap();
+    assert_eq!(cfg.log.format, LogFormat::Auto);
+    for (text, want) in [
+        ("json", LogFormat::Json),
+        ("text", LogFormat::Text),
+        ("auto", LogFormat::Auto),
+    ] {
+        let e = env(&[("CLINIKO_GATEWAY__LOG__FORMAT", text)]);
+        assert_eq!(
+            load_str(MINIMAL, Path::new("/etc/gw"), &e)
+                .unwrap()
+                .log
+                .format,
+            want
+        );
+    }
+}
