@@ -52,6 +52,12 @@ impl Gateway {
         let mut metrics = Metrics::new();
         let telemetry = crate::telemetry::start(&cfg.telemetry)?;
         let http = client::build_counted(&cfg.upstream, metrics.tls_handshakes())?;
+        // Taken before the verifier reads the key files, so a file rotated in between is seen
+        // as a change by the next reload.
+        let auth_digest = cfg
+            .source
+            .is_some()
+            .then(|| crate::reload::config::auth_identity(&cfg));
         let authn = Authenticator::new(&cfg.auth, http.clone())?;
         let credentials = Arc::new(Credentials::open(&cfg.keystore)?);
         let router = ShardRouter::new(&cfg.upstream)?;
@@ -117,7 +123,7 @@ impl Gateway {
             credentials.clone(),
             live.clone(),
             fixed,
-            cfg.source.is_some().then(|| (cfg.clone(), cfg.clone())),
+            auth_digest.map(|d| (cfg.clone(), d)),
             metrics.reloads(),
         );
         let metrics = Arc::new(metrics);

@@ -48,7 +48,9 @@ pub struct Cache {
     stats: Arc<CacheStats>,
     /// The cache a config reload put in this one's place: writes still finishing on the old
     /// stack invalidate there too, or a fill on the new stack could keep pre-write data.
-    successor: std::sync::OnceLock<std::sync::Weak<Cache>>,
+    /// A strong link, so a chain of reloads stays whole while an old write is in flight
+    /// (it only points forward: no cycle; it lives as long as this cache does).
+    successor: std::sync::OnceLock<Arc<Cache>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -66,8 +68,7 @@ impl Cache {
         Cache::new_after(cfg, None)
     }
 
-    /// Builds an empty cache for a reloaded `cfg` whose counters carry on from `prev`'s, and
-    /// to which `prev` forwards the invalidations of writes still in flight on the old stack.
+    /// Builds an empty cache for a reloaded `cfg` whose counters carry on from `prev`'s.
     pub fn new_after(cfg: &CacheConfig, prev: Option<&Cache>) -> Option<Arc<Cache>> {
         if !cfg.enabled {
             return None;
@@ -101,10 +102,15 @@ impl Cache {
             stats,
             successor: std::sync::OnceLock::new(),
         });
-        if let Some(p) = prev {
-            let _ = p.successor.set(Arc::downgrade(&cache));
-        }
         Some(cache)
+    }
+
+    /// Called once `next` serves in this cache's place (after a successful reload): writes
+    /// still in flight here invalidate `next` too.
+    pub fn hand_over_to(&self, next: Arc<Cache>) {
+        if !std::ptr::eq(self, Arc::as_ptr(&next)) {
+            let _ = self.successor.set(next);
+        }
     }
 
     /// The TTL for `path`, or `None` when it is not cached.
@@ -182,7 +188,7 @@ impl Cache {
         for prefix in write_scope(path) {
             self.purge_prefix(&prefix);
         }
-        if let Some(next) = self.successor.get().and_then(std::sync::Weak::upgrade) {
+        if let Some(next) = self.successor.get() {
             next.invalidate_after_write(path);
         }
     }

@@ -58,9 +58,101 @@ impl Gcra {
     }
 }
 
+impl Gcra {
+    /// A budget's state under this quota, restated under quota `to` (a config reload): the
+    /// share of the burst in use is kept, and a key that had to wait (spent, or paused by
+    /// Cliniko) waits no less for its next slot. So a reload never hands out a fresh burst
+    /// nor ends a pause early.
+    pub fn carry(&self, to: &Gcra, tat: u64, now: u64) -> u64 {
+        let debt = tat.saturating_sub(now);
+        if debt == 0 {
+            return tat;
+        }
+        let full = self.interval.saturating_mul(self.burst).max(1);
+        let full_to = to.interval.saturating_mul(to.burst);
+        let used = u128::from(debt.min(full)) * u128::from(full_to) / u128::from(full);
+        let scaled = u64::try_from(used).unwrap_or(u64::MAX);
+        let wait = debt.saturating_sub(self.interval.saturating_mul(self.burst - 1));
+        let debt_to = if wait == 0 {
+            scaled
+        } else {
+            scaled.max(wait.saturating_add(to.interval.saturating_mul(to.burst - 1)))
+        };
+        now.saturating_add(debt_to)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const H: u64 = 3_600_000_000;
+
+    /// Time until the next slot for state `tat` at `now`.
+    fn wait(g: &Gcra, tat: u64, now: u64) -> u64 {
+        match g.decide(tat, now, u64::MAX).0 {
+            Decision::Admit(w) | Decision::Refuse(w) => w,
+        }
+    }
+
+    #[test]
+    fn a_new_quota_keeps_spent_keys_spent_and_pauses_paused() {
+        let now = 10 * H;
+        // 1/h burst 2, both spent: next slot in 1 h; at 2/h it is still 1 h, not later.
+        let (a, b) = (
+            Gcra {
+                interval: H,
+                burst: 2,
+            },
+            Gcra {
+                interval: H / 2,
+                burst: 2,
+            },
+        );
+        let tat = now + 2 * H;
+        assert_eq!(wait(&a, tat, now), H);
+        assert_eq!(wait(&b, a.carry(&b, tat, now), now), H);
+        // 100/min burst 100 spent, lowered to 10/min: no fresh burst (one slot per 6 s).
+        let m = 60_000_000;
+        let (a, b) = (
+            Gcra {
+                interval: m / 100,
+                burst: 100,
+            },
+            Gcra {
+                interval: m / 10,
+                burst: 100,
+            },
+        );
+        let tat = now + m;
+        assert!(wait(&b, a.carry(&b, tat, now), now) >= m / 10);
+        // A 60 s Cliniko pause survives a larger burst.
+        let (a, b) = (
+            Gcra {
+                interval: 300_000,
+                burst: 5,
+            },
+            Gcra {
+                interval: 300_000,
+                burst: 200,
+            },
+        );
+        let tat = a.pause(0, now, 60_000_000);
+        assert_eq!(wait(&b, a.carry(&b, tat, now), now), 60_000_000);
+        // Half a burst used stays half used; an idle key stays idle.
+        let (a, b) = (
+            Gcra {
+                interval: 1000,
+                burst: 100,
+            },
+            Gcra {
+                interval: 1000,
+                burst: 10,
+            },
+        );
+        assert_eq!(a.carry(&b, now + 50_000, now), now + 5_000);
+        assert_eq!(a.carry(&b, now - 1, now), now - 1);
+    }
 
     const T: u64 = 100_000; // 10/s
 

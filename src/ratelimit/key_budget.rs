@@ -93,10 +93,20 @@ impl KeyBudgets {
     ) -> KeyBudgets {
         // Without Redis every replica keeps its own budget: each gets its share.
         let local_quota = cfg.key.divided(cfg.replicas);
+        let local_gcra = Gcra::of(&local_quota);
+        if let Some(p) = prev
+            && (p.local_gcra.interval, p.local_gcra.burst)
+                != (local_gcra.interval, local_gcra.burst)
+        {
+            let now = p.now_us();
+            for slot in p.table().values_mut() {
+                slot.tat = p.local_gcra.carry(&local_gcra, slot.tat, now);
+            }
+        }
         KeyBudgets {
             quota: cfg.key,
             local_quota,
-            local_gcra: Gcra::of(&local_quota),
+            local_gcra,
             max_wait: cfg.max_wait,
             max_waiting: cfg.max_waiting,
             failure: cfg.redis_failure,

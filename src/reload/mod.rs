@@ -67,15 +67,17 @@ pub struct Reloader {
     // Also serialises reloads: two triggers at once would otherwise race to swap.
     configs: Mutex<Option<Configs>>,
     metrics: ReloadMetrics,
+    last_cache: std::sync::Mutex<std::sync::Weak<crate::cache::Cache>>,
 }
 
 impl Reloader {
-    /// A reloader for the key store and, when `cfg` came from a file, for the config too.
+    /// A reloader for the key store and, when the config came from a file, for the config
+    /// too: `cfg` is it with the [`config::auth_identity`] taken before its verifier was built.
     pub fn new(
         credentials: Arc<Credentials>,
         live: Shared,
         fixed: Fixed,
-        cfg: Option<(Config, Config)>,
+        cfg: Option<(Config, Vec<u8>)>,
         metrics: ReloadMetrics,
     ) -> Arc<Reloader> {
         metrics.set_users(credentials.current().len());
@@ -83,12 +85,13 @@ impl Reloader {
             credentials,
             live,
             fixed,
-            configs: Mutex::new(cfg.map(|(started, applied)| Configs {
-                auth: config::auth_identity(&applied),
-                started,
+            configs: Mutex::new(cfg.map(|(applied, auth)| Configs {
+                started: applied.clone(),
                 applied,
+                auth,
             })),
             metrics,
+            last_cache: std::sync::Mutex::new(std::sync::Weak::new()),
         })
     }
 
@@ -176,6 +179,21 @@ impl Reloader {
         if applied.changed.contains(&"auth") {
             self.fixed.readiness.set_authn(applied.live.authn.clone());
         }
+        // Writes still in flight on the old stack must invalidate the new cache too. The last
+        // cache is remembered (weakly: alive only while old requests hold it) across a reload
+        // that turns caching off, so turning it on again still links them.
+        let last = current
+            .cache
+            .clone()
+            .or_else(|| self.last_cache.lock().ok().and_then(|w| w.upgrade()));
+        if let (Some(old), Some(new)) = (&last, &applied.live.cache) {
+            old.hand_over_to(new.clone());
+        }
+        if let Ok(mut w) = self.last_cache.lock()
+            && let Some(c) = applied.live.cache.as_ref().or(last.as_ref())
+        {
+            *w = Arc::downgrade(c);
+        }
         self.live.store(Arc::new(applied.live));
         configs.applied = new;
         configs.auth = auth;
@@ -216,12 +234,14 @@ impl Reloader {
                 let files = self.watched_config_files().await;
                 if files != config_files {
                     // The new config names other files: keep the snapshot for those still
-                    // watched, take the new ones as they are now.
+                    // watched.
+                    // A newly named file starts unseen: the next poll reloads once more, which
+                    // rebuilds nothing if it did not change, and misses no edit made meanwhile.
                     seen_config = files
                         .iter()
                         .map(|f| match config_files.iter().position(|o| o == f) {
                             Some(i) => seen_config[i],
-                            None => signature(f),
+                            None => None,
                         })
                         .collect();
                     config_files = files;
