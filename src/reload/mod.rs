@@ -11,20 +11,17 @@
 //! entry, an unreachable new JWKS) is refused: the old state keeps serving, an error line is
 //! logged and `*_reloads_total{result="failed"}` counts it.
 //!
-//! Why polling and not inotify: in containers the file usually arrives through a bind mount
-//! or a Kubernetes Secret volume, which is updated by swapping a symlink; inotify on the file
-//! misses that, and polling one `stat` every couple of seconds is cheap and always works.
+//! Files are watched by polling (`watch.rs`).
 
 pub mod config;
+mod watch;
 
 use crate::config::{Config, ConfigError};
 use crate::credentials::{Credentials, KeyStoreError};
 use crate::live::{Fixed, Live, Shared};
 use crate::metrics::{ReloadMetrics, ReloadTrigger};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::Mutex;
 
 /// Why a reload was refused (the previous state keeps serving).
 #[derive(Debug, thiserror::Error)]
@@ -202,110 +199,5 @@ impl Reloader {
             changed: applied.changed,
             restart_needed,
         })
-    }
-
-    /// Polls the key-store file and the config's files every `every` until `shutdown`
-    /// flips: a changed key store reloads the keys, a changed config file (or secret or PEM
-    /// file it names) reloads the config. A change is a different size, modification time or
-    /// inode (an atomic rename, a Kubernetes volume's symlink swap).
-    pub async fn watch_files(
-        self: Arc<Self>,
-        every: Duration,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        let keys = self.credentials.path().to_path_buf();
-        let mut config_files = self.watched_config_files().await;
-        let mut seen_keys = signature(&keys);
-        let mut seen_config = signatures(&config_files);
-        let mut missing_logged = false;
-        loop {
-            tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return,
-                _ = tokio::time::sleep(every) => {}
-            }
-            let now = signatures(&config_files);
-            // Any change counts, a deleted key file too (the new config may no longer name
-            // it); only a missing config file itself waits for the file to come back.
-            if now != seen_config && now.first().is_some_and(Option::is_some) {
-                // Taken before the reload and kept whatever its outcome: a bad file is reported
-                // once, and a write that lands during the reload is seen on the next poll.
-                seen_config = now;
-                let _ = self.reload_config(ReloadTrigger::File).await;
-                let files = self.watched_config_files().await;
-                if files != config_files {
-                    // The new config names other files: keep the snapshot for those still
-                    // watched.
-                    // A newly named file starts unseen: the next poll reloads once more, which
-                    // rebuilds nothing if it did not change, and misses no edit made meanwhile.
-                    seen_config = files
-                        .iter()
-                        .map(|f| match config_files.iter().position(|o| o == f) {
-                            Some(i) => seen_config[i],
-                            None => None,
-                        })
-                        .collect();
-                    config_files = files;
-                }
-            }
-            let now = signature(&keys);
-            if now.is_none() {
-                if !missing_logged {
-                    tracing::warn!(path = %keys.display(), "key-store file is missing; keeping the current store");
-                    missing_logged = true;
-                }
-                continue;
-            }
-            missing_logged = false;
-            if now != seen_keys {
-                seen_keys = now;
-                let _ = self.reload_keys(ReloadTrigger::File).await;
-            }
-        }
-    }
-
-    /// The config file and the secret and key files it names (empty: not from a file).
-    async fn watched_config_files(&self) -> Vec<PathBuf> {
-        let guard = self.configs.lock().await;
-        let Some(c) = guard.as_ref().map(|c| &c.applied) else {
-            return Vec::new();
-        };
-        let Some(source) = &c.source else {
-            return Vec::new();
-        };
-        let mut files = vec![source.path.clone()];
-        files.extend(c.auth.hmac_secret_file.clone());
-        files.extend(c.auth.public_keys.iter().map(|k| k.file.clone()));
-        files
-    }
-}
-
-fn signatures(paths: &[PathBuf]) -> Vec<Option<(u64, Option<SystemTime>, u64)>> {
-    paths.iter().map(|p| signature(p)).collect()
-}
-
-/// What identifies one version of the file without reading it.
-fn signature(path: &Path) -> Option<(u64, Option<SystemTime>, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.len(), m.modified().ok(), m.ino()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_rename_over_the_file_changes_the_signature() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("keys.json");
-        assert!(signature(&p).is_none());
-        std::fs::write(&p, "{}").unwrap();
-        let a = signature(&p);
-        let tmp = dir.path().join("new");
-        std::fs::write(&tmp, "{}").unwrap();
-        std::fs::rename(&tmp, &p).unwrap();
-        let b = signature(&p);
-        assert!(a.is_some() && b.is_some());
-        assert_ne!(a, b, "same size and maybe same mtime, but a new inode");
     }
 }
