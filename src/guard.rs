@@ -90,11 +90,7 @@ pub struct Guard<S> {
 
 impl<S> tower::Service<Request<Body>> for Guard<S>
 where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: crate::step::Next,
 {
     type Response = Response<Body>;
     type Error = GatewayError;

@@ -12,6 +12,24 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Service, ServiceExt};
 
+/// The rest of the stack below a step: answers a request or fails with a [`GatewayError`]
+/// (turned into a response by the rescue layer), and can be cloned into a spawned future.
+pub trait Next:
+    Service<Request<Body>, Response = Response<Body>, Error = GatewayError, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Next for S where
+    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError, Future: Send>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
 /// What a step does with a request, given the rest of the stack (`inner`).
 pub trait Step: Send + Sync + 'static {
     /// Handles one request.
@@ -21,11 +39,7 @@ pub trait Step: Send + Sync + 'static {
         req: Request<Body>,
     ) -> impl Future<Output = Result<Response<Body>, GatewayError>> + Send
     where
-        S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send;
+        S: crate::step::Next;
 }
 
 /// Installs a [`Step`]; `None` (feature off) passes requests through untouched.
@@ -64,11 +78,7 @@ impl<S: Clone, T> Clone for OptionalService<S, T> {
 
 impl<S, T> Service<Request<Body>> for OptionalService<S, T>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: crate::step::Next,
     T: Step,
 {
     type Response = Response<Body>;

@@ -33,11 +33,7 @@ pub struct Authenticate<S> {
 
 impl<S> tower::Service<Request<Body>> for Authenticate<S>
 where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: crate::step::Next,
 {
     type Response = Response<Body>;
     type Error = GatewayError;

@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 
 /// Response header saying how the cache handled a request.
 pub const X_CACHE: &str = "x-cache";
@@ -26,11 +26,7 @@ impl crate::step::Step for Cache {
         req: Request<Body>,
     ) -> impl std::future::Future<Output = Result<Response<Body>, GatewayError>> + Send
     where
-        S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send,
+        S: crate::step::Next,
     {
         handle(self, inner, req)
     }
@@ -56,11 +52,7 @@ async fn handle<S>(
     req: Request<Body>,
 ) -> Result<Response<Body>, GatewayError>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: crate::step::Next,
 {
     let method = req.method().clone();
     if method != Method::GET && method != Method::HEAD {

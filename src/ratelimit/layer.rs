@@ -34,11 +34,7 @@ impl crate::step::Step for RateLimits {
         req: Request<Body>,
     ) -> impl std::future::Future<Output = Result<Response<Body>, GatewayError>> + Send
     where
-        S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send,
+        S: crate::step::Next,
     {
         handle(self, inner, req)
     }
@@ -50,11 +46,7 @@ async fn handle<S>(
     req: Request<Body>,
 ) -> Result<Response<Body>, GatewayError>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: crate::step::Next,
 {
     if let (Some(users), Some(user)) = (&l.users, req.extensions().get::<User>())
         && let Err(r) = users.check(user)
