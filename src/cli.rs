@@ -261,11 +261,17 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn master(cfg: &Config) -> Result<&config::MasterKey, ExitCode> {
-    cfg.keystore.master_key.as_ref().ok_or_else(|| {
+/// Runs `f` on the key store named by the config at `config` (its path and master key).
+fn with_store<T>(
+    config: &std::path::Path,
+    f: impl FnOnce(&std::path::Path, &config::MasterKey) -> T,
+) -> Result<T, ExitCode> {
+    let cfg = load(config)?;
+    let m = cfg.keystore.master_key.as_ref().ok_or_else(|| {
         eprintln!("no master key: set CLINIKO_GATEWAY_MASTER_KEY");
         ExitCode::from(64)
-    })
+    })?;
+    Ok(f(&cfg.keystore.path, m))
 }
 
 fn keys(action: KeysAction) -> ExitCode {
@@ -277,14 +283,6 @@ fn keys(action: KeysAction) -> ExitCode {
             cliniko_user,
             key_file,
         } => {
-            let cfg = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let m = match master(&cfg) {
-                Ok(m) => m,
-                Err(code) => return code,
-            };
             let mut raw = String::new();
             let read = match &key_file {
                 Some(p) => std::fs::read_to_string(p).map(|s| raw = s),
@@ -295,24 +293,24 @@ fn keys(action: KeysAction) -> ExitCode {
                 return ExitCode::from(64);
             }
             let key = ApiKey::new(raw.trim().to_string());
-            credentials::add_key(&cfg.keystore.path, m, &user, &key, cliniko_user.as_deref()).map(
-                |_| {
+            let added = with_store(&config, |path, m| {
+                credentials::add_key(path, m, &user, &key, cliniko_user.as_deref())
+            });
+            match added {
+                Ok(r) => r.map(|_| {
                     println!(
-                        "stored a key for {user}; send SIGHUP to running gateways so they reload"
+                        "stored a key for {user}; running gateways reload it (file watch or SIGHUP)"
                     )
-                },
-            )
+                }),
+                Err(code) => return code,
+            }
         }
         KeysAction::List { config } => {
-            let cfg = match load(&config) {
-                Ok(c) => c,
+            let listed = match with_store(&config, credentials::list) {
+                Ok(r) => r,
                 Err(code) => return code,
             };
-            let m = match master(&cfg) {
-                Ok(m) => m,
-                Err(code) => return code,
-            };
-            credentials::list(&cfg.keystore.path, m).map(|users| {
+            listed.map(|users| {
                 println!(
                     "{:<32} {:<6} {:<26} cliniko_user",
                     "user", "shard", "fingerprint"
@@ -329,15 +327,12 @@ fn keys(action: KeysAction) -> ExitCode {
             })
         }
         KeysAction::Remove { config, user } => {
-            let cfg = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let m = match master(&cfg) {
-                Ok(m) => m,
-                Err(code) => return code,
-            };
-            credentials::remove_user(&cfg.keystore.path, m, &user).map(|found| {
+            let removed =
+                match with_store(&config, |path, m| credentials::remove_user(path, m, &user)) {
+                    Ok(r) => r,
+                    Err(code) => return code,
+                };
+            removed.map(|found| {
                 if found {
                     println!("removed {user}");
                 } else {
