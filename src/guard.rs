@@ -128,9 +128,7 @@ where
             }))
         });
         req.extensions_mut().insert(tripped);
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move { inner.call(req).await })
+        Box::pin(self.inner.call(req))
     }
 }
 
