@@ -16,7 +16,7 @@ impl std::fmt::Debug for CredentialId {
 }
 
 /// Credential + target + `Accept`: two different keys can never share a key.
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     /// Who fetched it.
     pub credential: CredentialId,
@@ -33,8 +33,17 @@ impl CacheKey {
     }
 }
 
+// By hand: a query string can carry patient names (`q[]=last_name:=…`); only the path shows.
+impl std::fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheKey")
+            .field("credential", &self.credential)
+            .field("path", &self.path())
+            .finish_non_exhaustive()
+    }
+}
+
 /// One stored 200 answer, links already rewritten.
-#[derive(Debug)]
 pub struct Entry {
     /// Response headers (hop-by-hop and length headers removed).
     pub headers: HeaderMap,
@@ -46,6 +55,17 @@ pub struct Entry {
     pub ttl: Duration,
     /// Kept this long past `ttl` when it has an ETag, for revalidation.
     pub window: Duration,
+}
+
+// By hand: the body and headers are patient data; a Debug print shows only their size.
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("headers", &self.headers.len())
+            .field("body_bytes", &self.body.len())
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Entry {

@@ -152,20 +152,48 @@ pub fn load_str(text: &str, base_dir: &Path, env: &Env) -> Result<Config, Config
     Ok(cfg)
 }
 
-/// serde quotes offending values (`invalid type: string "…"`); a value can be a secret set
-/// by mistake, so every double-quoted part is elided. Field names (in backticks) stay.
+/// serde quotes offending values (`invalid type: string "…"`, ``unknown variant `…` ``,
+/// ``invalid value: integer `…` ``); a value can be a secret set by mistake, so every
+/// double-quoted part is elided, and so is every backticked part except names: a field
+/// (``unknown field `x` ``, ``missing field `x` ``) or the list after ``expected one of``.
 fn without_values(msg: &str) -> String {
+    /// Inside what, if anything.
+    enum In {
+        Text,
+        Quoted,
+        Ticked,
+        Name,
+    }
     let mut out = String::with_capacity(msg.len());
-    let mut inside = false;
+    let mut at = In::Text;
     for c in msg.chars() {
-        if c == '"' {
-            if !inside {
+        at = match (at, c) {
+            (In::Text, '"') => {
                 out.push_str("\"…\"");
+                In::Quoted
             }
-            inside = !inside;
-        } else if !inside {
-            out.push(c);
-        }
+            (In::Text, '`') => {
+                let name =
+                    out.ends_with("field ") || out.ends_with("one of ") || out.ends_with(", ");
+                out.push('`');
+                if name {
+                    In::Name
+                } else {
+                    out.push_str("…`");
+                    In::Ticked
+                }
+            }
+            (In::Quoted, '"') | (In::Ticked, '`') => In::Text,
+            (In::Name, '`') => {
+                out.push('`');
+                In::Text
+            }
+            (at @ (In::Text | In::Name), c) => {
+                out.push(c);
+                at
+            }
+            (at, _) => at,
+        };
     }
     out
 }
@@ -351,5 +379,17 @@ mod tests {
             "invalid type: string \"…\", expected u64"
         );
         assert_eq!(without_values("unknown field `foo`"), "unknown field `foo`");
+        assert_eq!(
+            without_values("unknown variant `s3cr3t`, expected one of `json`, `text`"),
+            "unknown variant `…`, expected one of `json`, `text`"
+        );
+        assert_eq!(
+            without_values("invalid value: integer `123456`, expected u16"),
+            "invalid value: integer `…`, expected u16"
+        );
+        assert_eq!(
+            without_values("missing field `user_agent`"),
+            "missing field `user_agent`"
+        );
     }
 }

@@ -32,6 +32,14 @@ fn check_https_url(field: &str, url: &str) -> Result<http::Uri, ConfigError> {
             "Cliniko and identity providers are only reached over TLS; use https://",
         ));
     }
+    // The URL is logged and printed by check-config: no place for a credential.
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) || uri.query().is_some() {
+        return Err(err(
+            field,
+            "must not carry credentials or a query string",
+            "write it as https://host[:port]/path",
+        ));
+    }
     Ok(uri)
 }
 
@@ -422,5 +430,20 @@ mod tests {
         assert!(!valid_user_agent("curl/8"));
         assert!(!valid_user_agent("Acme (nobody)"));
         assert!(!valid_user_agent(" (a@b.c)"));
+    }
+
+    #[test]
+    fn urls_that_would_print_a_credential_are_refused_without_echoing_it() {
+        for bad in [
+            "https://user:s3cr3t@idp.example/jwks.json",
+            "https://idp.example/jwks.json?token=s3cr3t",
+        ] {
+            let e = check_https_url("auth.jwks.url", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("auth.jwks.url"), "{e}");
+            assert!(!e.contains("s3cr3t"), "{e}");
+        }
+        assert!(check_https_url("auth.jwks.url", "https://idp.example:8443/jwks.json").is_ok());
     }
 }
