@@ -97,6 +97,7 @@ pub struct Credential {
     /// Which Cliniko user owns the key, if labelled.
     pub cliniko_user: Option<Arc<str>>,
     auth_header: http::HeaderValue,
+    budget: Arc<str>,
 }
 
 impl Credential {
@@ -109,19 +110,32 @@ impl Credential {
         let shard = Shard::from_key(key.expose())?;
         let fingerprint = crypto::fingerprint(key.expose()).into();
         let auth_header = basic_header(&key);
+        let key_id: Arc<str> = key_id.into();
+        // Labelled keys of one Cliniko user share a budget; Cliniko counts per user.
+        let budget = match &cliniko_user {
+            Some(user) => format!("user:{user}"),
+            None => format!("key:{key_id}"),
+        }
+        .into();
         Ok(Credential {
             key,
             shard,
             fingerprint,
-            key_id: key_id.into(),
+            key_id,
             cliniko_user,
             auth_header,
+            budget,
         })
     }
 
     /// `Basic base64(key + ":")`, marked sensitive so HTTP/2 never indexes it.
     pub fn basic_auth_header(&self) -> http::HeaderValue {
         self.auth_header.clone()
+    }
+
+    /// The key budget this credential spends (`user:<cliniko user>` or `key:<key id>`).
+    pub fn budget_id(&self) -> &str {
+        &self.budget
     }
 }
 

@@ -11,7 +11,6 @@
 use super::gcra::{Decision, Gcra};
 use super::redis::SharedBudget;
 use super::{Quota, RateLimitConfig, RateLimitStats, RedisFailure, Refusal};
-use crate::credentials::Credential;
 use crate::error::GatewayError;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,14 +24,6 @@ pub const REDIS_DOWN_FOR: Duration = Duration::from_secs(1);
 
 /// Prune idle local entries every this many decisions.
 const PRUNE_EVERY: u64 = 1024;
-
-/// The name of the budget a credential spends.
-pub fn budget_id(cred: &Credential) -> String {
-    match &cred.cliniko_user {
-        Some(user) => format!("user:{user}"),
-        None => format!("key:{}", cred.key_id),
-    }
-}
 
 #[derive(Default)]
 struct Slot {
@@ -384,15 +375,19 @@ mod tests {
 
     #[test]
     fn budgets_are_named_by_cliniko_user_when_labelled() {
-        let c =
-            Credential::new(crate::credentials::ApiKey::new("k-au1".into()), "abc", None).unwrap();
-        assert_eq!(budget_id(&c), "key:abc");
-        let c = Credential::new(
+        let c = crate::credentials::Credential::new(
+            crate::credentials::ApiKey::new("k-au1".into()),
+            "abc",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.budget_id(), "key:abc");
+        let c = crate::credentials::Credential::new(
             crate::credentials::ApiKey::new("k-au1".into()),
             "abc",
             Some("jo".into()),
         )
         .unwrap();
-        assert_eq!(budget_id(&c), "user:jo");
+        assert_eq!(c.budget_id(), "user:jo");
     }
 }

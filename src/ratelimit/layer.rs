@@ -8,7 +8,6 @@
 //! answered is never resent.
 
 use super::headers::upstream_wait;
-use super::key_budget::budget_id;
 use super::{RateLimits, ceil_secs};
 use crate::auth::User;
 use crate::body::Body;
@@ -57,8 +56,8 @@ where
     let Some(cred) = req.extensions().get::<Arc<Credential>>().cloned() else {
         return inner.oneshot(req).await;
     };
-    let id = budget_id(&cred);
-    l.budget.acquire(&id).await?;
+    let id = cred.budget_id();
+    l.budget.acquire(id).await?;
 
     let replay = Replay::of(&req);
     let safe = matches!(*req.method(), Method::GET | Method::HEAD);
@@ -68,7 +67,7 @@ where
     };
     l.stats.upstream_throttled.fetch_add(1, Ordering::Relaxed);
     let retry = safe && replay.is_some() && wait <= l.cfg.max_wait;
-    let slot = pause(&l, &id, wait, retry).await;
+    let slot = pause(&l, id, wait, retry).await;
     let (Some(slot), Some(replay)) = (slot.filter(|_| retry), replay) else {
         return Ok(with_retry_after(resp, wait));
     };
@@ -82,7 +81,7 @@ where
         None => Ok(again),
         Some(wait) => {
             l.stats.upstream_throttled.fetch_add(1, Ordering::Relaxed);
-            pause(&l, &id, wait, false).await;
+            pause(&l, id, wait, false).await;
             Ok(with_retry_after(again, wait))
         }
     }
