@@ -11,6 +11,7 @@
 use crate::access_log::{RequestFacts, facts};
 use crate::body::Body;
 use crate::error::GATEWAY_ERROR_HEADER;
+use crate::metrics::RouteClass;
 use crate::request_id::RequestId;
 use futures_util::future::BoxFuture;
 use http::{Method, Request, Response};
@@ -106,7 +107,6 @@ struct Record {
     note: Arc<AuditNote>,
     status: u16,
     code: Option<String>,
-    cache: Option<String>,
 }
 
 impl Drop for Record {
@@ -125,7 +125,7 @@ impl Drop for Record {
             sub_resource = r.sub,
             status = self.status,
             code = self.code.as_deref(),
-            cache = self.cache.as_deref(),
+            cache = self.facts.as_ref().and_then(|f| f.cache()),
         );
     }
 }
@@ -151,10 +151,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let path = req.uri().path().to_string();
-        if path != "/v1" && !path.starts_with("/v1/") {
+        if RouteClass::of(req.uri().path()) != RouteClass::Proxy {
             return Box::pin(self.inner.call(req));
         }
+        let path = req.uri().path().to_string();
         let note = Arc::new(AuditNote::default());
         req.extensions_mut().insert(note.clone());
         // Built before awaiting so a caller that goes away still leaves a record (499).
@@ -170,14 +170,12 @@ where
             note,
             status: 499,
             code: None,
-            cache: None,
         };
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
             record.status = resp.status().as_u16();
             record.code = header(&resp, GATEWAY_ERROR_HEADER);
-            record.cache = header(&resp, "x-cache");
             drop(record);
             Ok(resp)
         })

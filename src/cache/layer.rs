@@ -75,6 +75,7 @@ where
     let cred = req.extensions().get::<Arc<Credential>>().cloned();
     let (Some(ttl), Some(cred), false) = (ttl, cred, no_store) else {
         cache.stats.bypasses.fetch_add(1, Ordering::Relaxed);
+        note(&facts(&req), "BYPASS");
         return Ok(mark(inner.oneshot(req).await?, "BYPASS", None));
     };
     let key = CacheKey {
