@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod policy;
 pub mod ratelimit;
 pub mod reload;
+pub mod replay;
 pub mod request_id;
 pub mod rescue;
 pub mod sandbox;

@@ -8,6 +8,7 @@ use crate::access_log::facts;
 use crate::body::Body;
 use crate::credentials::Credential;
 use crate::error::GatewayError;
+use crate::replay::Replay;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -100,7 +101,7 @@ where
         }
     }
     // Only a miss needs to send the request again: hits skip copying its head.
-    let template = Template::of(&req);
+    let template = template(&req);
     drop(req);
 
     // Miss, refresh or revalidation: one request upstream per key at a time.
@@ -124,7 +125,7 @@ where
             }
             let epoch = cache.epoch.load(Ordering::Acquire);
             let validator = stale.as_ref().and_then(|e| e.etag().cloned());
-            match runner.oneshot(template.build(validator)).await {
+            match runner.oneshot(fill_request(template, validator)).await {
                 // Cliniko unreachable or the key refused: the same for every caller on it.
                 Err(e) if shared_failure(&e) => Landed::Failed(e),
                 // A refusal about our caller alone (e.g. their own rate limit) stays theirs.
@@ -173,7 +174,11 @@ where
             let resp = match own {
                 Some(result) => result?,
                 // We waited on someone else's uncacheable answer: ask Cliniko ourselves.
-                None => inner.oneshot(template.build(if_none_match)).await?,
+                None => {
+                    inner
+                        .oneshot(fill_request(&template, if_none_match))
+                        .await?
+                }
             };
             Ok(mark(headless(resp, is_head), "MISS", None))
         }
@@ -203,41 +208,23 @@ async fn keep(cache: &Cache, key: CacheKey, entry: Arc<Entry>, epoch: u64) {
     }
 }
 
-/// What is needed to send the same GET again (bodies of cacheable GETs are ignored).
-struct Template {
-    uri: http::Uri,
-    headers: HeaderMap,
-    extensions: http::Extensions,
+/// The fill's request: the caller's GET (or HEAD, filled with a GET) without its body and
+/// without the caller's own validators (the fill must get a full 200, not a 304).
+fn template(req: &Request<Body>) -> Replay {
+    let mut t = Replay::without_body(req);
+    t.method = Method::GET;
+    t.headers.remove(header::IF_NONE_MATCH);
+    t.headers.remove(header::IF_MODIFIED_SINCE);
+    t
 }
 
-impl Template {
-    fn of(req: &Request<Body>) -> Template {
-        let mut headers = req.headers().clone();
-        // The fill must get a full 200, not a 304 to the caller's own validators.
-        headers.remove(header::IF_NONE_MATCH);
-        headers.remove(header::IF_MODIFIED_SINCE);
-        // Replays carry no body, so they must not announce one.
-        headers.remove(header::CONTENT_LENGTH);
-        headers.remove(header::TRANSFER_ENCODING);
-        headers.remove(header::CONTENT_TYPE);
-        Template {
-            uri: req.uri().clone(),
-            headers,
-            extensions: req.extensions().clone(),
-        }
+/// The fill's request, revalidating with `if_none_match` when given.
+fn fill_request(t: &Replay, if_none_match: Option<HeaderValue>) -> Request<Body> {
+    let mut r = t.build();
+    if let Some(v) = if_none_match {
+        r.headers_mut().insert(header::IF_NONE_MATCH, v);
     }
-
-    fn build(&self, if_none_match: Option<HeaderValue>) -> Request<Body> {
-        let mut r = Request::new(Body::empty());
-        *r.method_mut() = Method::GET;
-        *r.uri_mut() = self.uri.clone();
-        *r.headers_mut() = self.headers.clone();
-        if let Some(v) = if_none_match {
-            r.headers_mut().insert(header::IF_NONE_MATCH, v);
-        }
-        *r.extensions_mut() = self.extensions.clone();
-        r
-    }
+    r
 }
 
 /// Why a response was not stored.

@@ -13,8 +13,8 @@ use crate::auth::User;
 use crate::body::Body;
 use crate::credentials::Credential;
 use crate::error::GatewayError;
+use crate::replay::Replay;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body::Body as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -162,37 +162,6 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// What is needed to send a bodiless request again.
-struct Replay {
-    method: Method,
-    uri: http::Uri,
-    version: http::Version,
-    headers: http::HeaderMap,
-    extensions: http::Extensions,
-}
-
-impl Replay {
-    /// Only requests that carry no body can be sent twice.
-    fn of(req: &Request<Body>) -> Option<Replay> {
-        (req.body().size_hint().exact() == Some(0)).then(|| Replay {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            headers: req.headers().clone(),
-            extensions: req.extensions().clone(),
-        })
-    }
-
-    fn build(&self) -> Request<Body> {
-        let mut r = Request::new(Body::empty());
-        *r.method_mut() = self.method.clone();
-        *r.uri_mut() = self.uri.clone();
-        *r.version_mut() = self.version;
-        *r.headers_mut() = self.headers.clone();
-        *r.extensions_mut() = self.extensions.clone();
-        r
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
