@@ -1,51 +1,11 @@
 //! The admin listener: its own port, its own token; purges, reload, key listing.
 
 use crate::support::*;
-use bytes::Bytes;
 use cliniko_gateway::credentials::{self, ApiKey};
 use http::Method;
-use http_body_util::{BodyExt, Full};
-
-const ADMIN_TOKEN: &str = "admin-token-of-at-least-32-characters!!";
-
-async fn admin(
-    h: &Harness,
-    method: Method,
-    path_and_query: &str,
-    token: Option<&str>,
-) -> (u16, serde_json::Value) {
-    let mut b = http::Request::builder()
-        .method(method)
-        .uri(format!("{}{path_and_query}", h.admin_base()));
-    if let Some(t) = token {
-        b = b.header("authorization", format!("Bearer {t}"));
-    }
-    let resp = h
-        .client
-        .request(b.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&body).unwrap_or_default())
-}
 
 async fn start() -> Harness {
-    Harness::start(Setup {
-        overrides: vec![
-            ("CLINIKO_GATEWAY__ADMIN__LISTEN", "127.0.0.1:0".into()),
-            ("CLINIKO_GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN.into()),
-        ],
-        ..Setup::default()
-    })
-    .await
-}
-
-fn xcache(g: &Got) -> String {
-    g.headers
-        .get("x-cache")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default()
+    Harness::start(with_admin(Setup::default())).await
 }
 
 #[tokio::test]

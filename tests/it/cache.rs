@@ -19,10 +19,6 @@ fn two_accounts_on_au1(overrides: Vec<(&'static str, String)>) -> Setup {
     }
 }
 
-fn xcache(g: &Got) -> &str {
-    g.headers.get("x-cache").map_or("", |v| v.to_str().unwrap())
-}
-
 #[tokio::test]
 async fn different_keys_never_share_entries_even_under_concurrency() {
     let h = std::sync::Arc::new(Harness::start(two_accounts_on_au1(vec![])).await);

@@ -7,24 +7,15 @@ use cliniko_gateway::auth::mint::{mint, mint_hs};
 use cliniko_gateway::reload::ReloadError;
 use cliniko_gateway::sandbox::{Fault, SigningKeyPair, ec_keypair, seeded_patient_id};
 use http::Method;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use secrecy::SecretSlice;
 use std::time::Duration;
-
-const ADMIN_TOKEN: &str = "admin-token-of-at-least-32-characters!!";
 
 fn with_sections(extra: &str) -> Setup {
     Setup {
         policy_toml: format!("{ALLOW_ALL_POLICY}{extra}"),
         ..Setup::default()
     }
-}
-
-fn x_cache(g: &Got) -> &str {
-    g.headers
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
 }
 
 async fn metrics_text(h: &Harness) -> String {
@@ -168,13 +159,13 @@ async fn a_new_cache_ttl_applies_and_scrapes_follow_the_new_cache() {
     .await;
     let first = h.get_as("alice", "/v1/patients").await;
     assert_eq!(first.status, 200);
-    assert_eq!(x_cache(&h.get_as("alice", "/v1/patients").await), "HIT");
+    assert_eq!(xcache(&h.get_as("alice", "/v1/patients").await), "HIT");
     h.edit_config(|t| t.replace("ttl = \"60s\"", "ttl = \"0s\""));
     assert_eq!(h.gateway().reload().await.unwrap().changed, vec!["cache"]);
     let before = h.upstream_hits();
     let after = h.get_as("alice", "/v1/patients").await;
     assert_eq!(after.status, 200);
-    assert_ne!(x_cache(&after), "HIT");
+    assert_ne!(xcache(&after), "HIT");
     assert_eq!(
         h.upstream_hits(),
         before + 1,
@@ -190,28 +181,13 @@ async fn a_new_cache_ttl_applies_and_scrapes_follow_the_new_cache() {
 
 #[tokio::test]
 async fn restart_only_sections_are_reported_and_not_applied() {
-    let h = Harness::start(Setup {
-        overrides: vec![
-            ("CLINIKO_GATEWAY__ADMIN__LISTEN", "127.0.0.1:0".into()),
-            ("CLINIKO_GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN.into()),
-        ],
-        ..Setup::default()
-    })
-    .await;
+    let h = Harness::start(with_admin(Setup::default())).await;
     h.edit_config(|t| {
         t.replace("[server]\n", "[server]\nmax_body_bytes = 10\n")
             .replace("format = \"text\"", "format = \"json\"")
     });
-    let req = http::Request::builder()
-        .method(Method::POST)
-        .uri(format!("{}/admin/reload", h.admin_base()))
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = h.client.request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: serde_json::Value =
-        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let (status, body) = admin(&h, Method::POST, "/admin/reload", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
     assert_eq!(body["restart_needed"], serde_json::json!(["server", "log"]));
     assert_eq!(body["changed"], serde_json::json!([]));
     assert_eq!(body["users"], 3);
@@ -423,7 +399,7 @@ async fn a_write_in_flight_across_a_cache_swap_still_invalidates_the_new_cache()
     assert_eq!(write.await.unwrap(), 200);
     let next = h.get_as("alice", &path).await;
     assert_ne!(
-        x_cache(&next),
+        xcache(&next),
         "HIT",
         "the write on the old stack invalidated the new cache"
     );
@@ -431,30 +407,27 @@ async fn a_write_in_flight_across_a_cache_swap_still_invalidates_the_new_cache()
 
 #[tokio::test]
 async fn admin_purges_reach_the_cache_a_reload_swapped_in() {
-    let h = Harness::start(Setup {
-        overrides: vec![
-            ("CLINIKO_GATEWAY__ADMIN__LISTEN", "127.0.0.1:0".into()),
-            ("CLINIKO_GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN.into()),
-        ],
+    let h = Harness::start(with_admin(Setup {
         policy_toml: format!(
             "{ALLOW_ALL_POLICY}[cache]\nrules = [{{ prefix = \"/v1/patients\", ttl = \"60s\" }}]\n"
         ),
         ..Setup::default()
-    })
+    }))
     .await;
     h.edit_config(|t| t.replace("ttl = \"60s\"", "ttl = \"120s\""));
     assert_eq!(h.gateway().reload().await.unwrap().changed, vec!["cache"]);
     h.get_as("alice", "/v1/patients").await;
-    assert_eq!(x_cache(&h.get_as("alice", "/v1/patients").await), "HIT");
-    let req = http::Request::builder()
-        .method(Method::POST)
-        .uri(format!("{}/admin/cache/purge?all=true", h.admin_base()))
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    assert_eq!(h.client.request(req).await.unwrap().status(), 200);
+    assert_eq!(xcache(&h.get_as("alice", "/v1/patients").await), "HIT");
+    let (status, _) = admin(
+        &h,
+        Method::POST,
+        "/admin/cache/purge?all=true",
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200);
     assert_ne!(
-        x_cache(&h.get_as("alice", "/v1/patients").await),
+        xcache(&h.get_as("alice", "/v1/patients").await),
         "HIT",
         "the purge emptied the cache now serving, not the one the admin started with"
     );

@@ -554,3 +554,43 @@ pub fn process_config_dir(
     }
     dir
 }
+
+/// How the cache handled a response (`X-Cache`), empty when absent.
+pub fn xcache(g: &Got) -> &str {
+    g.headers.get("x-cache").map_or("", |v| v.to_str().unwrap())
+}
+
+/// The admin token of [`with_admin`] setups.
+pub const ADMIN_TOKEN: &str = "admin-token-of-at-least-32-characters!!";
+
+/// `setup` with the admin listener on (loopback, [`ADMIN_TOKEN`]).
+pub fn with_admin(mut setup: Setup) -> Setup {
+    setup.overrides.extend([
+        ("CLINIKO_GATEWAY__ADMIN__LISTEN", "127.0.0.1:0".into()),
+        ("CLINIKO_GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN.into()),
+    ]);
+    setup
+}
+
+/// One admin request: status and JSON body (`Null` when not JSON).
+pub async fn admin(
+    h: &Harness,
+    method: Method,
+    path_and_query: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("{}{path_and_query}", h.admin_base()));
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = h
+        .client
+        .request(b.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or_default())
+}
