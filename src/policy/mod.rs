@@ -104,10 +104,10 @@ impl Policy {
         }
     }
 
-    /// The grants a token's claims give, by index (the default ones when it carries none of
-    /// the configured claims).
-    fn granted(&self, claims: &Map<String, Value>) -> Vec<usize> {
-        let mut out = Vec::new();
+    /// Calls `f` with each grant a token's claims give (the default ones when it carries none
+    /// of the configured claims) until `f` says true; whether it did. Nothing is collected:
+    /// this runs on every request.
+    fn any_granted(&self, claims: &Map<String, Value>, mut f: impl FnMut(usize) -> bool) -> bool {
         let mut any_claim = false;
         for name in &self.claims {
             let Some(v) = claim(claims, name) else {
@@ -116,20 +116,17 @@ impl Policy {
             // A present claim decides, even when empty or of the wrong type: falling back to
             // the default then would turn a malformed claim into more access, not less.
             any_claim = true;
-            let mut add = |s: &str| {
-                if let Some(&i) = self.by_name.get(s)
-                    && !out.contains(&i)
-                {
-                    out.push(i);
-                }
+            let mut hit = |s: &str| self.by_name.get(s).is_some_and(|&i| f(i));
+            let found = match v {
+                Value::String(s) => s.split_ascii_whitespace().any(&mut hit),
+                Value::Array(items) => items.iter().filter_map(Value::as_str).any(&mut hit),
+                _ => false,
             };
-            match v {
-                Value::String(s) => s.split_ascii_whitespace().for_each(&mut add),
-                Value::Array(items) => items.iter().filter_map(Value::as_str).for_each(&mut add),
-                _ => {}
+            if found {
+                return true;
             }
         }
-        if any_claim { out } else { self.default.clone() }
+        !any_claim && self.default.iter().any(|&i| f(i))
     }
 
     /// Allows the call, or says which permission is missing.
@@ -139,8 +136,7 @@ impl Policy {
         method: &Method,
         path: &str,
     ) -> Result<(), GatewayError> {
-        let granted = self.granted(claims);
-        if granted.iter().any(|&i| self.grants[i].allows(method, path)) {
+        if self.any_granted(claims, |i| self.grants[i].allows(method, path)) {
             return Ok(());
         }
         let mut needed = format!("{method} {}", shown_prefix(path));
@@ -162,7 +158,14 @@ impl Policy {
 
     /// The names of the grants a token's claims give (for diagnostics and tests).
     pub fn grant_names(&self, claims: &Map<String, Value>) -> Vec<&str> {
-        self.granted(claims)
+        let mut found: Vec<usize> = Vec::new();
+        self.any_granted(claims, |i| {
+            if !found.contains(&i) {
+                found.push(i);
+            }
+            false
+        });
+        found
             .into_iter()
             .map(|i| self.grants[i].name.as_str())
             .collect()
