@@ -23,12 +23,17 @@ pub struct RequestFacts {
     shard: OnceLock<Shard>,
     upstream_status: AtomicU16,
     cache: OnceLock<&'static str>,
+    app: OnceLock<String>,
 }
 
 impl RequestFacts {
     /// Records the verified user.
     pub fn set_user(&self, user: Arc<str>) {
         let _ = self.user.set(user);
+    }
+    /// Records the calling app (from the verified token).
+    pub fn set_app(&self, app: String) {
+        let _ = self.app.set(app);
     }
     /// Records the shard the request went to.
     pub fn set_shard(&self, shard: &Shard) {
@@ -45,6 +50,10 @@ impl RequestFacts {
     /// How the cache handled the request, once known.
     pub fn cache(&self) -> Option<&'static str> {
         self.cache.get().copied()
+    }
+    /// The calling app, if the token named one.
+    pub fn app(&self) -> Option<&str> {
+        self.app.get().map(String::as_str)
     }
     /// The verified user, if any.
     pub fn user(&self) -> Option<&str> {

@@ -17,7 +17,7 @@ use futures_util::future::BoxFuture;
 use http::{Method, Request, Response};
 use serde_json::{Map, Value};
 use std::convert::Infallible;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -27,24 +27,13 @@ pub const TARGET: &str = "audit";
 /// Longest path segment or claim value recorded as is.
 const MAX_FIELD: usize = 128;
 
-/// What inner layers tell the audit record (in request extensions).
-#[derive(Default, Debug)]
-pub struct AuditNote {
-    app: OnceLock<String>,
-}
-
-/// Records the calling app from the verified claims (`azp`, else `client_id`).
-pub fn note_app<B>(req: &Request<B>, claims: &Map<String, Value>) {
-    let Some(note) = req.extensions().get::<Arc<AuditNote>>() else {
-        return;
-    };
-    let app = ["azp", "client_id"]
+/// The calling app from verified claims (`azp`, else `client_id`), as the audit records it.
+pub fn app_of(claims: &Map<String, Value>) -> Option<String> {
+    ["azp", "client_id"]
         .iter()
         .find_map(|k| claims.get(*k).and_then(Value::as_str))
-        .filter(|s| !s.is_empty());
-    if let Some(a) = app {
-        let _ = note.app.set(plain(a).to_string());
-    }
+        .filter(|s| !s.is_empty())
+        .map(|a| plain(a).to_string())
 }
 
 /// The resource a `/v1` path names: `/v1/patients/7/appointments` → `patients`, `7`,
@@ -104,7 +93,6 @@ struct Record {
     method: Method,
     path: String,
     facts: Option<Arc<RequestFacts>>,
-    note: Arc<AuditNote>,
     status: u16,
     code: Option<String>,
 }
@@ -118,7 +106,7 @@ impl Drop for Record {
             time = time.as_str(),
             request_id = self.request_id.as_str(),
             user = self.facts.as_ref().and_then(|f| f.user()),
-            app = self.note.app.get().map(String::as_str),
+            app = self.facts.as_ref().and_then(|f| f.app()),
             method = self.method.as_str(),
             resource = r.kind,
             resource_id = r.id,
@@ -150,13 +138,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         if RouteClass::of(req.uri().path()) != RouteClass::Proxy {
             return Box::pin(self.inner.call(req));
         }
         let path = req.uri().path().to_string();
-        let note = Arc::new(AuditNote::default());
-        req.extensions_mut().insert(note.clone());
         // Built before awaiting so a caller that goes away still leaves a record (499).
         let mut record = Record {
             request_id: req
@@ -167,7 +153,6 @@ where
             method: req.method().clone(),
             path,
             facts: facts(&req),
-            note,
             status: 499,
             code: None,
         };

@@ -38,7 +38,10 @@ impl Write for Buf {
     }
 }
 
-async fn one(req: Request<Body>, resp: Response<Body>) -> Vec<serde_json::Value> {
+async fn one(mut req: Request<Body>, resp: Response<Body>) -> Vec<serde_json::Value> {
+    // The access log (outside the audit) installs the facts the audit reads.
+    req.extensions_mut()
+        .insert(Arc::new(crate::access_log::RequestFacts::default()));
     let buf = Buf::default();
     let sink = buf.clone();
     let sub = tracing_subscriber::fmt()
@@ -51,8 +54,11 @@ async fn one(req: Request<Body>, resp: Response<Body>) -> Vec<serde_json::Value>
     let svc = tower::Layer::layer(
         &AuditLayer,
         tower::service_fn(move |req: Request<Body>| {
+            // What the auth layer records from the token.
             let claims = serde_json::json!({"azp": "billing-app", "client_id": "x"});
-            note_app(&req, claims.as_object().unwrap());
+            if let (Some(f), Some(app)) = (facts(&req), app_of(claims.as_object().unwrap())) {
+                f.set_app(app);
+            }
             let r = slot.lock().unwrap().take().unwrap();
             async move { Ok::<_, Infallible>(r) }
         }),

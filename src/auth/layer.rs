@@ -53,6 +53,9 @@ where
                 .await?;
             if let Some(f) = facts(&req) {
                 f.set_user(user.id.clone());
+                if let Some(app) = crate::audit::app_of(&user.claims) {
+                    f.set_app(app);
+                }
             }
             req.extensions_mut().insert(user);
             inner.call(req).await

@@ -16,7 +16,6 @@ impl Check for Policy {
             tracing::error!("request reached the policy without a verified user");
             return Err(GatewayError::Internal);
         };
-        crate::audit::note_app(req, &user.claims);
         Policy::check(self, &user.claims, req.method(), req.uri().path())
     }
 }
