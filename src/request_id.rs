@@ -68,7 +68,8 @@ where
             _ => HeaderValue::try_from(uuid::Uuid::new_v4().to_string())
                 .unwrap_or(HeaderValue::from_static("unknown")),
         };
-        req.headers_mut().insert(HEADER, id.clone());
+        // Inner layers read the extension (the forwarder sends it on); the caller's header,
+        // plain or not, is never forwarded as it came.
         req.extensions_mut().insert(RequestId(id.clone()));
         let fut = self.inner.call(req);
         Box::pin(async move {
