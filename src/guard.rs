@@ -211,7 +211,7 @@ fn check_authority<B>(req: &Request<B>, ours: &http::uri::Authority) -> Result<(
 
 /// Only `/v1/...` paths made of plain segments are proxied.
 pub fn check_path(path: &str) -> Result<(), GatewayError> {
-    if path != "/v1" && !path.starts_with("/v1/") {
+    if crate::metrics::RouteClass::of(path) != crate::metrics::RouteClass::Proxy {
         return Err(GatewayError::NotFound);
     }
     if path.len() > MAX_PATH_BYTES {
