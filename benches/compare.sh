@@ -11,11 +11,16 @@
 #   - the gateway (release build), a second gateway with the verified-token cache off for
 #     the RS256 scenario (every request a different token: no token-cache hit), and a third
 #     talking HTTP/2 to the same upstream server (a second port of it that offers h2)
+#   - the stack's floor (`benches/stack_floor.rs`): the same hyper/rustls/tokio client and
+#     server doing only what nginx does, over h1 and h2: what the gateway's own work costs is
+#     the difference
 # Load: wrk -t1 -c$CONNS pinned to core 1; upstream and proxies share core 0 (taskset), 2 s
 # warm-up before each measured window. Prints one table (requests/s, p50, p99, ratios against
-# nginx measured in this run, the gateway's RSS, upstream TLS handshakes per 10k requests) and
+# nginx measured in this run, the gateway's RSS, upstream TLS handshakes per 10k requests, CPU
+# time per request of the proxy and of the upstream, from /proc) and
 # writes it to target/bench/compare.md. PROFILE=<part of a scenario name> records a perf
-# profile of the gateway during that scenario into target/bench/perf.data (PERF_CALLGRAPH=
+# profile of the proxy (gateway, nginx or floor) during each scenario it matches into
+# target/bench/perf-<scenario>.data (PERF_CALLGRAPH=
 # "--call-graph dwarf" for full stacks, or build with frame pointers: CARGO_TARGET_DIR=<dir>
 # RUSTFLAGS="-C force-frame-pointers=yes"); ONLY=<regex> runs only the scenarios it matches.
 set -euo pipefail
@@ -26,7 +31,7 @@ threads=${THREADS:-1}
 UP=${UP_PORT:-19443} NGX=${NGX_PORT:-19080} NGXC=${NGXC_PORT:-19081} GW=${GW_PORT:-19090} GWR=${GWR_PORT:-19091}
 # The same upstream server also listens here offering HTTP/2 (ALPN), as Cliniko's edge does;
 # nginx cannot proxy to an h2 upstream, the gateway negotiates it.
-UP2=${UP2_PORT:-19444} GW2=${GW2_PORT:-19092}
+UP2=${UP2_PORT:-19444} GW2=${GW2_PORT:-19092} FL1=${FL1_PORT:-19093} FL2=${FL2_PORT:-19094}
 
 source "$(dirname "$0")/lib.sh"
 
@@ -59,7 +64,7 @@ http {
 }
 NGINX
 taskset -c 0 nginx -c "$w/proxy.conf" -p "$w" &
-pids+=($!)
+ngxpid=$!; pids+=($ngxpid)
 
 gw_config "$GW" 10000 >"$w/gw.toml"
 gw_config "$GWR" 0 >"$w/gw-rs.toml"
@@ -68,12 +73,18 @@ add_bench_key "$w/gw.toml"
 taskset -c 0 "$bin" serve --config "$w/gw.toml" >"$w/gw.log" 2>&1 &
 gwpid=$!; pids+=($gwpid)
 taskset -c 0 "$bin" serve --config "$w/gw-rs.toml" >"$w/gw-rs.log" 2>&1 &
-pids+=($!)
+gwrpid=$!; pids+=($gwrpid)
 taskset -c 0 "$bin" serve --config "$w/gw-h2.toml" >"$w/gw-h2.log" 2>&1 &
 gw2pid=$!; pids+=($gw2pid)
+cargo build --release --quiet --example stack_floor
+floor=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/stack_floor
+taskset -c 0 "$floor" "127.0.0.1:$FL1" "https://localhost:$UP/v1" "$w/ca.pem" &
+fl1pid=$!; pids+=($fl1pid)
+taskset -c 0 "$floor" "127.0.0.1:$FL2" "https://localhost:$UP2/v1" "$w/ca.pem" &
+fl2pid=$!; pids+=($fl2pid)
 hs=$("$bin" token mint --config "$w/gw.toml" --sub bench --ttl 2h)
 "$bin" token mint --sub bench --ttl 2h --signing-key "$w/rs.key" --alg RS256 --count 3000 >"$w/rs-tokens.txt"
-wait_ports "$UP" "$UP2" "$NGX" "$NGXC" "$GW" "$GWR" "$GW2"
+wait_ports "$UP" "$UP2" "$NGX" "$NGXC" "$GW" "$GWR" "$GW2" "$FL1" "$FL2"
 
 cat >"$w/tokens.lua" <<LUA
 local tokens = {}
@@ -92,14 +103,26 @@ measure() { # name, url, extra wrk args...
   if [ -n "${ONLY:-}" ] && ! [[ "$name" =~ $ONLY ]]; then return; fi
   taskset -c 1 wrk -t"$threads" -c"$conns" -d2s "$@" "$url" >/dev/null 2>&1
   : >"$w/up-conns.log"
+  local proxy=""
+  case "$url" in
+    *":$NGX/"* | *":$NGXC/"*) proxy=$ngxpid ;;
+    *":$GW/"*) proxy=$gwpid ;;
+    *":$GWR/"*) proxy=$gwrpid ;;
+    *":$GW2/"*) proxy=$gw2pid ;;
+    *":$FL1/"*) proxy=$fl1pid ;;
+    *":$FL2/"*) proxy=$fl2pid ;;
+  esac
   local prof=""
-  if [ -n "${PROFILE:-}" ] && [[ "$name" == *"$PROFILE"* ]]; then
-    local target=$gwpid
-    if [[ "$url" == *":$GW2/"* ]]; then target=$gw2pid; fi
-    perf record -q -e cpu-clock -F 999 ${PERF_CALLGRAPH:--g} -p "$target" -o target/bench/perf.data -- sleep "$secs" 2>/dev/null &
+  if [ -n "${PROFILE:-}" ] && [[ "$name" == *"$PROFILE"* ]] && [ -n "$proxy" ]; then
+    # nginx does the work in its worker, a child of the process started here.
+    local target; target=$(pgrep -P "$proxy" | paste -sd, || true); target=${target:-$proxy}
+    local file; file=target/bench/perf-$(tr -c 'a-z0-9\n' - <<<"$name" | tr -s -).data
+    perf record -q -e cpu-clock -F 999 ${PERF_CALLGRAPH:--g} -p "$target,$proxy" -o "$file" -- sleep "$secs" 2>/dev/null &
     prof=$!
   fi
+  local up0 px0=0; up0=$(cpu_ticks "$uppid"); [ -n "$proxy" ] && px0=$(cpu_ticks "$proxy")
   local out; out=$(taskset -c 1 wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "$@" "$url")
+  local up1 px1=0; up1=$(cpu_ticks "$uppid"); [ -n "$proxy" ] && px1=$(cpu_ticks "$proxy")
   if [ -n "$prof" ]; then wait "$prof" || true; fi
   sleep 0.3  # let nginx flush its buffered connection log
   local rps p50 p99 hand bad
@@ -112,7 +135,13 @@ measure() { # name, url, extra wrk args...
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   hand=$(awk '{n++; c[$1]=1} END {k=0; for (x in c) k++; if (n) printf "%.1f", k*10000/n; else print "-"}' "$w/up-conns.log")
-  results+=("$name|$rps|$p50|$p99|$hand")
+  # CPU per request in microseconds (clock ticks are 1/100 s here: getconf CLK_TCK).
+  local n hz; hz=$(getconf CLK_TCK)
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  local pxus upus
+  pxus=$(awk -v d=$((px1 - px0)) -v n="$n" -v hz="$hz" -v p="$proxy" 'BEGIN { if (p == "" || n == 0) print "-"; else printf "%.1f", d * 1e6 / hz / n }')
+  upus=$(awk -v d=$((up1 - up0)) -v n="$n" -v hz="$hz" 'BEGIN { if (n == 0) print "-"; else printf "%.1f", d * 1e6 / hz / n }')
+  results+=("$name|$rps|$p50|$p99|$hand|$pxus|$upus")
   printf '.' >&2
 }
 auth=(-H "Authorization: Bearer $hs")
@@ -120,6 +149,8 @@ measure "direct to upstream (ceiling)" "https://localhost:$UP/v1/patients"
 measure "nginx proxy" "http://127.0.0.1:$NGX/v1/patients"
 measure "gateway, full path, cache miss" "http://127.0.0.1:$GW/v1/patients" "${auth[@]}"
 measure "gateway, full path, cache miss, h2 upstream" "http://127.0.0.1:$GW2/v1/patients" "${auth[@]}"
+measure "stack floor: hyper proxy, nothing else (h1 upstream)" "http://127.0.0.1:$FL1/v1/patients"
+measure "stack floor: hyper proxy, nothing else (h2 upstream)" "http://127.0.0.1:$FL2/v1/patients"
 measure "nginx proxy_cache hit" "http://127.0.0.1:$NGXC/v1/practitioners"
 measure "gateway cache hit (JWT verified)" "http://127.0.0.1:$GW/v1/practitioners" "${auth[@]}"
 measure "gateway, RS256, new token each request" "http://127.0.0.1:$GWR/v1/patients" -s "$w/tokens.lua"
@@ -133,16 +164,16 @@ nginx_plain=$(rps_of "nginx proxy"); nginx_cache=$(rps_of "nginx proxy_cache hit
 {
   echo "## compare.sh $(date -u '+%F %H:%M') UTC — $(nproc) cores, ${secs}s per scenario, wrk -t$threads -c$conns on core 1, servers on core 0"
   echo
-  echo "| scenario | requests/s | p50 | p99 | vs nginx | upstream TLS handshakes / 10k req |"
-  echo "|---|---:|---:|---:|---:|---:|"
+  echo "| scenario | requests/s | p50 | p99 | vs nginx | upstream TLS handshakes / 10k req | proxy CPU µs/req | upstream CPU µs/req |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
   for r in "${results[@]}"; do
-    IFS='|' read -r n v p50 p99 hand <<<"$r"
+    IFS='|' read -r n v p50 p99 hand pxus upus <<<"$r"
     case "$n" in
       *cache\ hit*) base=$nginx_cache ;;
       *) base=$nginx_plain ;;
     esac
     ratio=$(awk -v a="$v" -v b="$base" 'BEGIN { if (b > 0) printf "%.2fx", a/b; else print "-" }')
-    echo "| $n | $v | $p50 | $p99 | $ratio | $hand |"
+    echo "| $n | $v | $p50 | $p99 | $ratio | $hand | $pxus | $upus |"
   done
   echo
   echo "Gateway RSS after the run: $rss. Ratios: cache-hit rows against nginx proxy_cache hit, the rest against nginx proxy."

@@ -93,7 +93,7 @@ http {
 }
 NGINX
 taskset -c 0 nginx -c "$w/upstream.conf" -p "$w" &
-pids+=($!)
+uppid=$!; pids+=($uppid)
 
 # --- the gateways ---------------------------------------------------------------------------
 export CLINIKO_GATEWAY_HMAC_SECRET=bench-hmac-secret-that-is-long-enough-0123456789
@@ -143,6 +143,14 @@ TOML
 }
 # Stores the bench key for user `bench` in the key store named by the config $1.
 add_bench_key() { printf '%s' "$key" | "$bin" keys add --config "$1" --user bench >/dev/null; }
+# CPU time (clock ticks, user + system) of the processes given and their children.
+cpu_ticks() {
+  local t=0 p
+  for p in "$@" $(pgrep -P "$(printf '%s,' "$@" | sed 's/,$//')" 2>/dev/null); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
 # Waits until every port given accepts connections.
 wait_ports() {
   for port in "$@"; do
