@@ -117,7 +117,7 @@ measure() { # name, url, extra wrk args...
     # nginx does the work in its worker, a child of the process started here.
     local target; target=$(pgrep -P "$proxy" | paste -sd, || true); target=${target:-$proxy}
     local file; file=target/bench/perf-$(tr -c 'a-z0-9\n' - <<<"$name" | tr -s -).data
-    perf record -q -e cpu-clock -F 999 ${PERF_CALLGRAPH:--g} -p "$target,$proxy" -o "$file" -- sleep "$secs" 2>/dev/null &
+    perf record -q -e cpu-clock -F ${PERF_FREQ:-999} ${PERF_CALLGRAPH:--g} -p "$target,$proxy" -o "$file" -- sleep "$secs" 2>/dev/null &
     prof=$!
   fi
   local up0 px0=0; up0=$(cpu_ticks "$uppid"); [ -n "$proxy" ] && px0=$(cpu_ticks "$proxy")

@@ -65,8 +65,12 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let id = match req.headers().get(&HEADER) {
             Some(v) if acceptable(v) => v.clone(),
-            _ => HeaderValue::try_from(uuid::Uuid::new_v4().to_string())
-                .unwrap_or(HeaderValue::from_static("unknown")),
+            // Formatted on the stack: no `Display` machinery and no String per request.
+            _ => {
+                let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+                HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("unknown"))
+            }
         };
         // Inner layers read the extension (the forwarder sends it on); the caller's header,
         // plain or not, is never forwarded as it came.
