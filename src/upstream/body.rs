@@ -50,14 +50,16 @@ impl HttpBody for IdleLimit {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let mut this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            *this.waiting = false;
+            return Poll::Ready(frame);
+        }
+        // The clock starts at the first wait: a frame that is already there (most of them,
+        // on a page that arrived whole) costs no clock read and no timer update.
         if !*this.waiting {
             let deadline = Instant::now() + *this.limit;
             this.sleep.as_mut().reset(deadline);
             *this.waiting = true;
-        }
-        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            *this.waiting = false;
-            return Poll::Ready(frame);
         }
         ready!(this.sleep.poll(cx));
         tracing::warn!("upstream body stalled; closing the response");
