@@ -129,12 +129,24 @@ impl Origins {
     /// Whenever this says `Some(k)`, `classify(s, true)` says `Match(k)` too (a test holds it).
     pub(crate) fn quick(&self, s: &[u8]) -> Option<usize> {
         let origin_end = if let Some(rest) = s.strip_prefix(b"https://api.") {
-            let dot = memchr::memchr(b'.', rest.get(..5)?)?;
-            let shard = std::str::from_utf8(&rest[..dot]).ok()?;
-            if !crate::config::is_shard_name(shard) || !rest[dot..].starts_with(b".cliniko.com") {
+            // The shard, two lower-case letters and one or two digits (`is_shard_name`), read
+            // in place: most candidates on a page are these, so a few compares, no UTF-8 check.
+            let shard = match rest {
+                [a, b, c, d, ..]
+                    if a.is_ascii_lowercase() && b.is_ascii_lowercase() && c.is_ascii_digit() =>
+                {
+                    if d.is_ascii_digit() {
+                        4
+                    } else {
+                        3
+                    }
+                }
+                _ => return None,
+            };
+            if !rest[shard..].starts_with(b".cliniko.com") {
                 return None;
             }
-            "https://api.".len() + dot + ".cliniko.com".len()
+            "https://api.".len() + shard + ".cliniko.com".len()
         } else {
             self.spelled.iter().find(|p| s.starts_with(p))?.len()
         };

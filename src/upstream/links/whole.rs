@@ -276,7 +276,7 @@ fn decide(inner: &Inner, body: &[u8], start: usize, close: usize) -> Result<Opti
     if next == b':' {
         return Ok(None);
     }
-    let decision = match cliniko_link(s).or_else(|| inner.origins.quick(s)) {
+    let decision = match inner.origins.quick(s) {
         Some(k) => Decision::Match(k),
         None => inner.origins.classify(s, true),
     };
@@ -286,41 +286,11 @@ fn decide(inner: &Inner, body: &[u8], start: usize, close: usize) -> Result<Opti
     })
 }
 
-/// The length to replace in a link spelled exactly as Cliniko writes its own,
-/// `https://api.<shard>.cliniko.com[/v1]` then `/`, `?`, `#` or the end; `None` for anything
-/// else (which [`super::matcher::Origins`] then decides). Most candidates on a page are
-/// these, and this costs a few compares (a test holds it to `Origins::classify`).
-fn cliniko_link(s: &[u8]) -> Option<usize> {
-    const HEAD: &[u8] = b"https://api.";
-    const HOST_TAIL: &[u8] = b".cliniko.com";
-    let rest = s.strip_prefix(HEAD)?;
-    // The shard: two lower-case letters and one or two digits (`config::is_shard_name`).
-    let shard = match rest {
-        [a, b, c, d, ..]
-            if a.is_ascii_lowercase() && b.is_ascii_lowercase() && c.is_ascii_digit() =>
-        {
-            if d.is_ascii_digit() { 4 } else { 3 }
-        }
-        _ => return None,
-    };
-    let after_host = rest[shard..].strip_prefix(HOST_TAIL)?;
-    let origin = HEAD.len() + shard + HOST_TAIL.len();
-    let boundary = |b: Option<&u8>| matches!(b, None | Some(b'/' | b'?' | b'#'));
-    if !boundary(after_host.first()) {
-        return None;
-    }
-    if after_host.starts_with(b"/v1") && boundary(after_host.get(3)) {
-        Some(origin + 3)
-    } else {
-        Some(origin)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::LinkRewriter;
     use super::super::matcher::{Decision, Origins};
-    use super::{BLOCK, Masks, block_masks, block_masks_portable, cliniko_link, prefix_xor};
+    use super::{BLOCK, Masks, block_masks, block_masks_portable, prefix_xor};
     use proptest::prelude::*;
 
     /// The reference: one byte at a time.
@@ -506,7 +476,7 @@ mod tests {
     }
 
     #[test]
-    fn cliniko_link_takes_the_usual_spellings() {
+    fn quick_takes_the_usual_spellings() {
         let cases: &[(&str, Option<usize>)] = &[
             ("https://api.au1.cliniko.com/v1/patients/7", Some(30)),
             ("https://api.uk12.cliniko.com/v1", Some(31)),
@@ -529,7 +499,7 @@ mod tests {
             ("https://api.au1", None),
         ];
         for &(s, want) in cases {
-            assert_eq!(cliniko_link(s.as_bytes()), want, "{s}");
+            assert_eq!(Origins::default().quick(s.as_bytes()), want, "{s}");
         }
     }
 
@@ -565,7 +535,7 @@ mod tests {
 
         /// Whenever the shortcut answers, the full matcher gives the same answer.
         #[test]
-        fn cliniko_link_agrees_with_classify(
+        fn quick_agrees_with_classify(
             s in prop_oneof![
                 (
                     proptest::collection::vec(proptest::sample::select(PARTS), 0..10),
@@ -577,11 +547,11 @@ mod tests {
             ],
         ) {
             let origins = Origins::new(&["https://localhost:8443/v1".to_string()]);
-            if let Some(k) = cliniko_link(&s) {
+            if let Some(k) = origins.quick(&s) {
                 prop_assert_eq!(origins.classify(&s, true), Decision::Match(k));
             }
             let link = [b"https://api.au1.cliniko.com".as_slice(), &s].concat();
-            if let Some(k) = cliniko_link(&link) {
+            if let Some(k) = origins.quick(&link) {
                 prop_assert_eq!(origins.classify(&link, true), Decision::Match(k));
             }
         }
