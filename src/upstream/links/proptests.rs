@@ -331,10 +331,18 @@ const URL_PIECES: &[&str] = &[
     ".",
     "-",
     "A",
+    "a",
+    "1",
+    "12",
+    "https://api.",
+    "cliniko",
+    ".com",
+    "x",
 ];
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    // Near misses are narrow targets: more cases than the other properties.
+    #![proptest_config(ProptestConfig::with_cases(2048))]
 
     /// The quick path never disagrees with the full matcher.
     #[test]
@@ -348,11 +356,18 @@ proptest! {
                 proptest::sample::select(&["", ":8443", ":443", ":80", ":"][..]),
                 proptest::sample::select(&["", "/v1", "/v10", "/v1/patients/7", "?page=2", "#f", "/", "x"][..]),
             ).prop_map(|(a, b, c, d)| format!("{a}{b}{c}{d}").into_bytes()),
+            // Near misses of Cliniko's own spelling: every shard shape, then what may follow.
+            "https://api\\.[a-zA-Z0-9.]{0,6}\\.cliniko\\.com[a-z0-9:/?#.]{0,6}"
+                .prop_map(String::into_bytes),
         ]
     ) {
         let origins = super::matcher::Origins::new(&["https://localhost:8443/v1".to_string()]);
         if let Some(k) = origins.quick(&s) {
             prop_assert_eq!(origins.classify(&s, true), super::matcher::Decision::Match(k));
+        }
+        let link = [b"https://api.au1.cliniko.com".as_slice(), &s].concat();
+        if let Some(k) = origins.quick(&link) {
+            prop_assert_eq!(origins.classify(&link, true), super::matcher::Decision::Match(k));
         }
     }
 }

@@ -406,3 +406,35 @@ fn a_cliniko_page_takes_the_fast_path_and_matches_the_stream() {
     let back = r.rewrite_whole(plain.clone());
     assert_eq!(back.as_ptr(), plain.as_ptr());
 }
+
+#[test]
+fn quick_takes_the_usual_spellings() {
+    let cases: &[(&str, Option<usize>)] = &[
+        ("https://api.au1.cliniko.com/v1/patients/7", Some(30)),
+        ("https://api.uk12.cliniko.com/v1", Some(31)),
+        ("https://api.au1.cliniko.com", Some(27)),
+        ("https://api.au1.cliniko.com?x", Some(27)),
+        ("https://api.au1.cliniko.com/v10", Some(27)),
+        ("https://api.au1.cliniko.com/v1#f", Some(30)),
+        // Left to the matcher: other hosts, ports, case, look-alikes.
+        ("https://api.au1.cliniko.com.evil.example/v1", None),
+        ("https://api.au1.cliniko.community", None),
+        ("https://api.au1.cliniko.com:443/v1", None),
+        ("https://api.cliniko.com/v1", None),
+        ("https://api.au123.cliniko.com/v1", None),
+        ("https://api.aux.cliniko.com/v1", None),
+        ("https://api.a12.cliniko.com/v1", None),
+        ("https://api.au1x.cliniko.com/v1", None),
+        ("https://api.Au1.cliniko.com/v1", None),
+        ("HTTPS://api.au1.cliniko.com/v1", None),
+        ("https://acme.cliniko.com/t/1", None),
+        ("https://api.au1", None),
+    ];
+    for &(s, want) in cases {
+        assert_eq!(
+            super::matcher::Origins::default().quick(s.as_bytes()),
+            want,
+            "{s}"
+        );
+    }
+}
