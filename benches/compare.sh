@@ -137,7 +137,7 @@ measure() { # name, url, extra wrk args...
   hand=$(awk '{n++; c[$1]=1} END {k=0; for (x in c) k++; if (n) printf "%.1f", k*10000/n; else print "-"}' "$w/up-conns.log")
   # CPU per request in microseconds (clock ticks are 1/100 s here: getconf CLK_TCK).
   local n hz; hz=$(getconf CLK_TCK)
-  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  n=$(awk '/requests in/ {print $1}' <<<"$out"); n=${n:-0}
   local pxus upus
   pxus=$(awk -v d=$((px1 - px0)) -v n="$n" -v hz="$hz" -v p="$proxy" 'BEGIN { if (p == "" || n == 0) print "-"; else printf "%.1f", d * 1e6 / hz / n }')
   upus=$(awk -v d=$((up1 - up0)) -v n="$n" -v hz="$hz" 'BEGIN { if (n == 0) print "-"; else printf "%.1f", d * 1e6 / hz / n }')

@@ -109,3 +109,38 @@ pub fn decode(body: Body, coding: Coding) -> Body {
         Coding::Brotli => Body::from_stream(ReaderStream::new(BrotliDecoder::new(reader))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A body fed by hand, one `Bytes` at a time.
+    fn fed() -> (
+        tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+        Body,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        (tx, Body::from_stream(stream))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_wait_for_cliniko_counts_not_the_callers_pace() {
+        let (tx, body) = fed();
+        let mut b = idle_limit(body, Duration::from_secs(5));
+        tx.send(Ok(Bytes::from_static(b"a"))).await.unwrap();
+        let first = b.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"a"));
+        // The caller is slow to ask for more: that time is not Cliniko's.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let asked = Instant::now();
+        // Bounded, so a missing limit fails here instead of hanging the test.
+        let next = tokio::time::timeout(Duration::from_secs(60), b.frame())
+            .await
+            .expect("a stalled body must be cut off by the idle limit");
+        assert!(next.unwrap().is_err(), "the stall is an error frame");
+        assert_eq!(Instant::now() - asked, Duration::from_secs(5));
+        drop(tx);
+    }
+}
