@@ -153,30 +153,16 @@ impl RewriteStream {
         out: &mut B,
     ) -> Option<usize> {
         let end = start + memchr::memchr2(b'"', b'\\', &chunk[start..])?;
-        if chunk[end] != b'"' || end - start >= MAX_HOLD {
+        if chunk[end] != b'"' {
             return None;
         }
-        let after = &chunk[end + 1..];
-        let ws = after
-            .iter()
-            .take(MAX_WS + 1)
-            .take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-            .count();
-        if ws > MAX_WS {
-            return None;
-        }
-        let is_key = *after.get(ws)? == b':';
         let s = &chunk[start..end];
-        let decision = match self.inner.origins.quick(s) {
-            Some(k) => Decision::Match(k),
-            None => self.inner.origins.classify(s, true),
-        };
-        match decision {
-            Decision::Match(k) if !is_key => {
+        match decide_string(&self.inner, s, &chunk[end + 1..])? {
+            Some(k) => {
                 out.put_slice(&self.inner.json_prefix);
                 out.put_slice(&s[k..]);
             }
-            _ => out.put_slice(s),
+            None => out.put_slice(s),
         }
         out.put_u8(b'"');
         Some(end + 1)
@@ -414,4 +400,31 @@ impl RewriteStream {
         }
         self.raw.clear();
     }
+}
+
+/// How a whole string `s` (no escapes, closing quote seen) is rewritten, given the bytes
+/// `after` its closing quote: `Some(Some(k))` when it is a value whose first `k` bytes are an
+/// upstream origin, `Some(None)` when it stays as it is (a key, or not a link), `None` when it
+/// cannot be decided from what is in sight (too long to hold, or the byte that says key or
+/// value is not there yet). The stream and the whole-body fast path both decide through here.
+pub(super) fn decide_string(inner: &Inner, s: &[u8], after: &[u8]) -> Option<Option<usize>> {
+    if s.len() >= MAX_HOLD {
+        return None;
+    }
+    let ws = after
+        .iter()
+        .take(MAX_WS + 1)
+        .take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .count();
+    if ws > MAX_WS || *after.get(ws)? == b':' {
+        return if ws > MAX_WS { None } else { Some(None) };
+    }
+    let decision = match inner.origins.quick(s) {
+        Some(k) => Decision::Match(k),
+        None => inner.origins.classify(s, true),
+    };
+    Some(match decision {
+        Decision::Match(k) => Some(k),
+        Decision::NoMatch | Decision::NeedMore => None,
+    })
 }

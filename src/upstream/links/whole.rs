@@ -23,8 +23,7 @@
 //! streaming path. Property tests hold both to the same output on arbitrary input.
 
 use super::Inner;
-use super::matcher::Decision;
-use super::stream::{MAX_HOLD, MAX_WS};
+use super::stream::decide_string;
 
 /// One replacement: `body[start..end]` becomes the JSON prefix.
 struct Edit {
@@ -257,33 +256,10 @@ fn find_edits_escaped(inner: &Inner, body: &[u8]) -> Result<Vec<Edit>, ()> {
 /// `h`/`H` and has no escapes: the end of the bytes to replace if it is a link, `Err` when
 /// the stream would not decide it in one step. (Small enough to come back in registers.)
 fn decide(inner: &Inner, body: &[u8], start: usize, close: usize) -> Result<Option<usize>, ()> {
-    let s = &body[start..close];
-    if s.len() >= MAX_HOLD {
-        return Err(());
+    match decide_string(inner, &body[start..close], &body[close + 1..]) {
+        Some(k) => Ok(k.map(|k| start + k)),
+        None => Err(()),
     }
-    let after = &body[close + 1..];
-    let ws = after
-        .iter()
-        .take(MAX_WS + 1)
-        .take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-        .count();
-    let Some(&next) = after.get(ws) else {
-        return Err(());
-    };
-    if ws > MAX_WS {
-        return Err(());
-    }
-    if next == b':' {
-        return Ok(None);
-    }
-    let decision = match inner.origins.quick(s) {
-        Some(k) => Decision::Match(k),
-        None => inner.origins.classify(s, true),
-    };
-    Ok(match decision {
-        Decision::Match(k) => Some(start + k),
-        Decision::NoMatch | Decision::NeedMore => None,
-    })
 }
 
 #[cfg(test)]
