@@ -270,18 +270,27 @@ async fn until_status(h: &Harness, token: &str, want: u16) {
 
 const TWO_PEM_KEYS: &str = "[[auth.public_keys]]\nfile = \"a.pem\"\nalgorithms = [\"ES256\"]\n[[auth.public_keys]]\nfile = \"b.pem\"\nalgorithms = [\"ES256\"]\n";
 
-#[tokio::test]
-async fn a_pem_key_rotated_in_place_is_picked_up() {
-    let (a, b) = (ec_keypair().unwrap(), ec_keypair().unwrap());
-    let h = Harness::start(Setup {
+/// Two ES256 public keys in `a.pem` and `b.pem`.
+fn two_pem_keys(
+    a: &SigningKeyPair,
+    b: &SigningKeyPair,
+    overrides: Vec<(&'static str, String)>,
+) -> Setup {
+    Setup {
         auth_toml: TWO_PEM_KEYS.into(),
         files: vec![
             ("a.pem", a.public_pem.clone()),
             ("b.pem", b.public_pem.clone()),
         ],
+        overrides,
         ..Setup::default()
-    })
-    .await;
+    }
+}
+
+#[tokio::test]
+async fn a_pem_key_rotated_in_place_is_picked_up() {
+    let (a, b) = (ec_keypair().unwrap(), ec_keypair().unwrap());
+    let h = Harness::start(two_pem_keys(&a, &b, vec![])).await;
     assert_eq!(status_with(&h, &es256(&a, "alice")).await, 200);
     // Same path, new key: the config text does not change at all.
     let a2 = ec_keypair().unwrap();
@@ -300,16 +309,8 @@ async fn a_pem_key_rotated_in_place_is_picked_up() {
 #[tokio::test]
 async fn a_key_file_removed_with_its_config_entry_is_noticed_by_the_watcher() {
     let (a, b) = (ec_keypair().unwrap(), ec_keypair().unwrap());
-    let h = Harness::start(Setup {
-        auth_toml: TWO_PEM_KEYS.into(),
-        files: vec![
-            ("a.pem", a.public_pem.clone()),
-            ("b.pem", b.public_pem.clone()),
-        ],
-        overrides: vec![("CLINIKO_GATEWAY__KEYSTORE__WATCH_INTERVAL", "50ms".into())],
-        ..Setup::default()
-    })
-    .await;
+    let watch = ("CLINIKO_GATEWAY__KEYSTORE__WATCH_INTERVAL", "50ms".into());
+    let h = Harness::start(two_pem_keys(&a, &b, vec![watch])).await;
     let retired = es256(&b, "alice");
     assert_eq!(status_with(&h, &retired).await, 200);
     h.edit_config(|t| {
