@@ -152,50 +152,37 @@ pub fn load_str(text: &str, base_dir: &Path, env: &Env) -> Result<Config, Config
     Ok(cfg)
 }
 
-/// serde quotes offending values (`invalid type: string "…"`, ``unknown variant `…` ``,
-/// ``invalid value: integer `…` ``); a value can be a secret set by mistake, so every
-/// double-quoted part is elided, and so is every backticked part except names: a field
-/// (``unknown field `x` ``, ``missing field `x` ``) or the list after ``expected one of``.
+/// A serde message without the offending value, which can be a secret set by mistake.
+///
+/// Why rebuilt rather than filtered: the value is printed as Rust debug text (`"a\"b"`) or in
+/// backticks with no escaping at all, so no scan of the quotes can know where it ends. serde
+/// writes `<what>: <kind> <value>, expected <type>`: the start and the text after the last
+/// `, expected ` come from the types, never from the input, so only they are kept. Field
+/// names (`unknown field`, `missing field`) are keys, kept whole; anything else (a custom
+/// message that may echo the value) becomes `invalid value`.
 fn without_values(msg: &str) -> String {
-    /// Inside what, if anything.
-    enum In {
-        Text,
-        Quoted,
-        Ticked,
-        Name,
+    const NAMES: [&str; 3] = ["unknown field", "missing field", "duplicate field"];
+    const GENERATED: [&str; 4] = [
+        "invalid type: ",
+        "invalid value: ",
+        "invalid length ",
+        "unknown variant ",
+    ];
+    if NAMES.iter().any(|p| msg.starts_with(p)) {
+        return msg.to_string();
     }
-    let mut out = String::with_capacity(msg.len());
-    let mut at = In::Text;
-    for c in msg.chars() {
-        at = match (at, c) {
-            (In::Text, '"') => {
-                out.push_str("\"…\"");
-                In::Quoted
-            }
-            (In::Text, '`') => {
-                let name =
-                    out.ends_with("field ") || out.ends_with("one of ") || out.ends_with(", ");
-                out.push('`');
-                if name {
-                    In::Name
-                } else {
-                    out.push_str("…`");
-                    In::Ticked
-                }
-            }
-            (In::Quoted, '"') | (In::Ticked, '`') => In::Text,
-            (In::Name, '`') => {
-                out.push('`');
-                In::Text
-            }
-            (at @ (In::Text | In::Name), c) => {
-                out.push(c);
-                at
-            }
-            (at, _) => at,
-        };
+    let (head, tail) = msg
+        .rfind(", expected ")
+        .map_or((msg, ""), |i| (&msg[..i], &msg[i..]));
+    let generated = GENERATED.iter().any(|p| head.starts_with(p));
+    match head.find(['"', '`']) {
+        Some(j) if generated => {
+            let quote = &head[j..=j];
+            format!("{}{quote}…{quote}{tail}", &head[..j])
+        }
+        None if head.starts_with("invalid length ") => msg.to_string(),
+        _ => format!("invalid value{tail}"),
     }
-    out
 }
 
 fn refuse_inline_secrets(t: &toml::Table) -> Result<(), ConfigError> {
@@ -391,5 +378,35 @@ mod tests {
             without_values("missing field `user_agent`"),
             "missing field `user_agent`"
         );
+    }
+
+    #[test]
+    fn values_that_hold_quotes_or_backticks_are_elided_whole() {
+        for msg in [
+            "invalid type: string \"pa\\\"SECRET\", expected a duration",
+            "unknown variant `pa`SECRET`, expected one of `json`, `text`",
+            "invalid value: string \"5x\\\"SECRET\", expected a duration",
+            "unknown time unit \"SECRET\", supported units: ns, us, ms",
+            "SECRET, expected u64",
+        ] {
+            let out = without_values(msg);
+            assert!(!out.contains("SECRET"), "{msg} -> {out}");
+        }
+        assert_eq!(
+            without_values("unknown variant `pa`SECRET`, expected one of `json`, `text`"),
+            "unknown variant `…`, expected one of `json`, `text`"
+        );
+    }
+
+    #[test]
+    fn a_secret_with_a_quote_in_a_typed_field_never_reaches_the_error() {
+        let text = "[auth]\n[keystore]\npath = \"k.json\"\nwatch_interval = 'x\"SECRETF\"'\n[upstream]\nuser_agent = \"A (a@b.c)\"\n";
+        let env = Env([(ENV_HMAC_SECRET.to_string(), "h".repeat(40))]
+            .into_iter()
+            .collect());
+        let e = load_str(text, std::path::Path::new("/tmp"), &env).unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.contains("keystore.watch_interval"), "{shown}");
+        assert!(!shown.contains("SECRETF"), "{shown}");
     }
 }
