@@ -134,7 +134,7 @@ impl Credential {
     }
 
     /// The key budget this credential spends (`user:<cliniko user>` or `key:<key id>`).
-    pub fn budget_id(&self) -> &str {
+    pub fn budget_id(&self) -> &Arc<str> {
         &self.budget
     }
 }

@@ -41,7 +41,8 @@ pub struct KeyBudgets {
     failure: RedisFailure,
     shared: Option<SharedBudget>,
     // Shared with the budgets a reload replaces: spent bursts and Cliniko pauses carry over.
-    table: Arc<Mutex<HashMap<String, Slot>>>,
+    // Keyed by the credential's own `Arc<str>`: finding or adding a slot copies no id.
+    table: Arc<Mutex<HashMap<Arc<str>, Slot>>>,
     epoch: Instant,
     /// µs since `epoch` until which Redis is not asked (0: ask).
     down_until: AtomicU64,
@@ -110,7 +111,7 @@ impl KeyBudgets {
         }
     }
 
-    fn table(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+    fn table(&self) -> MutexGuard<'_, HashMap<Arc<str>, Slot>> {
         // The table holds only counters; a panic elsewhere cannot leave it inconsistent.
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -127,10 +128,10 @@ impl KeyBudgets {
     }
 
     /// Waits for a slot of budget `id` (at most `max_wait`), or says why not.
-    pub async fn acquire(&self, id: &str) -> Result<(), GatewayError> {
+    pub async fn acquire(&self, id: &Arc<str>) -> Result<(), GatewayError> {
         let _waiting = {
             let mut t = self.table();
-            let slot = t.entry(id.to_string()).or_default();
+            let slot = t.entry(Arc::clone(id)).or_default();
             if slot.waiting >= self.max_waiting {
                 drop(t);
                 self.stats.refused_key.fetch_add(1, Ordering::Relaxed);
@@ -169,7 +170,7 @@ impl KeyBudgets {
     /// within `pause + max_wait`.
     pub async fn pause(
         &self,
-        id: &str,
+        id: &Arc<str>,
         pause: Duration,
         reserve: bool,
     ) -> Result<Option<Duration>, GatewayError> {
@@ -198,7 +199,7 @@ impl KeyBudgets {
 
     async fn decide(
         &self,
-        id: &str,
+        id: &Arc<str>,
         max_wait: u64,
         pause: u64,
         reserve: bool,
@@ -230,11 +231,11 @@ impl KeyBudgets {
         ))
     }
 
-    fn decide_local(&self, id: &str, max_wait: u64, pause: u64, reserve: bool) -> Decision {
+    fn decide_local(&self, id: &Arc<str>, max_wait: u64, pause: u64, reserve: bool) -> Decision {
         let now = self.now_us();
         let g = self.local_gcra;
         let mut t = self.table();
-        let slot = t.entry(id.to_string()).or_default();
+        let slot = t.entry(Arc::clone(id)).or_default();
         if pause > 0 {
             slot.tat = g.pause(slot.tat, now, pause);
         }
@@ -295,14 +296,16 @@ mod tests {
     async fn bursts_go_then_requests_wait_their_slot_then_refuse() {
         let b = budgets(10, 3, 250, 100);
         for _ in 0..3 {
-            b.acquire("key:a").await.unwrap();
+            b.acquire(&"key:a".into()).await.unwrap();
         }
         let started = Instant::now();
         // Five at once: slots at +100 ms and +200 ms fit the 250 ms bound, the rest do not.
         let tasks: Vec<_> = (0..5)
             .map(|_| {
                 let b = b.clone();
-                tokio::spawn(async move { b.acquire("key:a").await.map(|_| started.elapsed()) })
+                tokio::spawn(
+                    async move { b.acquire(&"key:a".into()).await.map(|_| started.elapsed()) },
+                )
             })
             .collect();
         let mut waited = vec![];
@@ -325,22 +328,24 @@ mod tests {
         assert_eq!(refused, 3);
         // Another key is independent.
         let before = Instant::now();
-        b.acquire("key:b").await.unwrap();
+        b.acquire(&"key:b".into()).await.unwrap();
         assert_eq!(before.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
     async fn too_many_waiting_is_refused_at_once() {
         let b = budgets(1, 1, 10_000, 2);
-        b.acquire("key:a").await.unwrap();
+        b.acquire(&"key:a".into()).await.unwrap();
         let mut waiting = vec![];
         for _ in 0..2 {
             let b = b.clone();
-            waiting.push(tokio::spawn(async move { b.acquire("key:a").await }));
+            waiting.push(tokio::spawn(
+                async move { b.acquire(&"key:a".into()).await },
+            ));
         }
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
-        let third = b.acquire("key:a").await;
+        let third = b.acquire(&"key:a".into()).await;
         assert!(
             matches!(third, Err(GatewayError::RateLimited(_))),
             "{third:?}"
@@ -355,22 +360,22 @@ mod tests {
     async fn a_pause_holds_everyone_and_reserves_the_first_slot() {
         let b = budgets(10, 5, 2000, 100);
         let reserved = b
-            .pause("key:a", Duration::from_secs(1), true)
+            .pause(&"key:a".into(), Duration::from_secs(1), true)
             .await
             .unwrap();
         let w = reserved.unwrap();
         assert!(w >= Duration::from_secs(1) && w < Duration::from_millis(1010));
         let started = Instant::now();
-        b.acquire("key:a").await.unwrap();
+        b.acquire(&"key:a".into()).await.unwrap();
         assert!(started.elapsed() >= Duration::from_millis(1100));
         // Beyond max_wait nothing is reserved, but the pause still holds.
         assert_eq!(
-            b.pause("key:b", Duration::from_secs(5), false)
+            b.pause(&"key:b".into(), Duration::from_secs(5), false)
                 .await
                 .unwrap(),
             None
         );
-        assert!(b.acquire("key:b").await.is_err());
+        assert!(b.acquire(&"key:b".into()).await.is_err());
     }
 
     #[test]
@@ -381,13 +386,13 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(c.budget_id(), "key:abc");
+        assert_eq!(&**c.budget_id(), "key:abc");
         let c = crate::credentials::Credential::new(
             crate::credentials::ApiKey::new("k-au1".into()),
             "abc",
             Some("jo".into()),
         )
         .unwrap();
-        assert_eq!(c.budget_id(), "user:jo");
+        assert_eq!(&**c.budget_id(), "user:jo");
     }
 }

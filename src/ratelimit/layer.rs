@@ -101,7 +101,7 @@ fn throttled(resp: &Response<Body>) -> Option<Duration> {
 
 /// Pauses the key budget (best effort: if Redis is down and fail-closed, the pause is lost,
 /// and the caller still gets Cliniko's answer).
-async fn pause(l: &RateLimits, id: &str, wait: Duration, reserve: bool) -> Option<Duration> {
+async fn pause(l: &RateLimits, id: &Arc<str>, wait: Duration, reserve: bool) -> Option<Duration> {
     let r = l.budget.pause(id, wait, reserve).await;
     l.note_pause();
     match r {
