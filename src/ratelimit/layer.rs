@@ -18,7 +18,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 
 /// First backoff after a connection failure; doubles per retry, jittered down to half.
 pub const CONNECT_BACKOFF: Duration = Duration::from_millis(100);
@@ -130,7 +130,7 @@ async fn send<S>(
     replay: Option<&Replay>,
 ) -> Result<Response<Body>, GatewayError>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError> + Clone,
+    S: crate::step::Next,
 {
     let mut attempt: u32 = 0;
     let mut next = Some(req);
@@ -161,7 +161,6 @@ fn backoff(attempt: u32) -> Duration {
     full / 2 + full * u32::from(r) / 512
 }
 
-/// What is needed to send a bodiless request again.
 #[cfg(test)]
 mod tests {
     use super::*;

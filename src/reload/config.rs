@@ -16,17 +16,6 @@ use aws_lc_rs::digest;
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 
-/// Sections whose change needs a restart: they shape the listener, the upstream client, the
-/// key store's location and key, the admin listener and logging, all set up once.
-pub const RESTART_ONLY: &[&str] = &[
-    "server",
-    "upstream",
-    "keystore",
-    "admin",
-    "log",
-    "telemetry",
-];
-
 /// A new set built from a new config, and what changed.
 pub struct Applied {
     /// The set to swap in.
@@ -93,7 +82,9 @@ pub async fn rebuild(
     })
 }
 
-/// The sections in [`RESTART_ONLY`] that differ between the running config and `new`.
+/// The sections that need a restart and differ between the running config and `new`: they
+/// shape the listener, the upstream client, the key store's location and key, the admin
+/// listener, logging and telemetry, all set up once.
 pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     let secret = |k: Option<&[u8]>| k.map(|k| digest::digest(&digest::SHA256, k));
     let mut out = Vec::new();
