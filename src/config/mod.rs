@@ -7,7 +7,7 @@
 
 mod load;
 mod validate;
-pub use validate::{is_shard_name, parse_alg, valid_user_agent};
+pub use validate::{is_shard_name, is_shard_name_bytes, parse_alg, valid_user_agent};
 
 pub use load::{
     ConfigError, ConfigSource, ENV_HMAC_SECRET, ENV_MASTER_KEY, ENV_PREFIX, Env, load, load_str,

@@ -6,7 +6,12 @@ use std::str::FromStr;
 
 /// True when `s` is a Cliniko shard name (`au1`, `uk2`, ...).
 pub fn is_shard_name(s: &str) -> bool {
-    let b = s.as_bytes();
+    is_shard_name_bytes(s.as_bytes())
+}
+
+/// [`is_shard_name`] on raw bytes (link rewriting reads them straight from a body).
+#[inline]
+pub fn is_shard_name_bytes(b: &[u8]) -> bool {
     b.len() >= 3
         && b.len() <= 4
         && b[..2].iter().all(u8::is_ascii_lowercase)

@@ -50,14 +50,9 @@ fn is_cliniko_host(host: &[u8]) -> bool {
     if host == b"api.cliniko.com" {
         return true;
     }
-    match host
-        .strip_prefix(b"api.")
+    host.strip_prefix(b"api.")
         .and_then(|h| h.strip_suffix(b".cliniko.com"))
-        .and_then(|s| std::str::from_utf8(s).ok())
-    {
-        Some(shard) => crate::config::is_shard_name(shard),
-        None => false,
-    }
+        .is_some_and(crate::config::is_shard_name_bytes)
 }
 
 /// Reads the input one byte at a time; `None` means "ran out", which the caller interprets
@@ -129,20 +124,19 @@ impl Origins {
     /// Whenever this says `Some(k)`, `classify(s, true)` says `Match(k)` too (a test holds it).
     pub(crate) fn quick(&self, s: &[u8]) -> Option<usize> {
         let origin_end = if let Some(rest) = s.strip_prefix(b"https://api.") {
-            // The shard, two lower-case letters and one or two digits (`is_shard_name`), read
-            // in place: most candidates on a page are these, so a few compares, no UTF-8 check.
-            let shard = match rest {
-                [a, b, c, d, ..]
-                    if a.is_ascii_lowercase() && b.is_ascii_lowercase() && c.is_ascii_digit() =>
-                {
-                    if d.is_ascii_digit() {
-                        4
-                    } else {
-                        3
-                    }
-                }
-                _ => return None,
+            // The shard is three or four bytes (two letters, one or two digits), read in place:
+            // most candidates on a page are these, so no UTF-8 check and no search.
+            let shard = if rest.get(3).is_some_and(u8::is_ascii_digit) {
+                4
+            } else {
+                3
             };
+            if !rest
+                .get(..shard)
+                .is_some_and(crate::config::is_shard_name_bytes)
+            {
+                return None;
+            }
             if !rest[shard..].starts_with(b".cliniko.com") {
                 return None;
             }
