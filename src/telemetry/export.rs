@@ -18,7 +18,6 @@ use opentelemetry_http::{HttpClient, HttpError};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// How long one export may take (connect, send, read the answer).
@@ -88,14 +87,7 @@ impl ExportClient {
             .enable_all()
             .build()
             .map_err(|_| field_err("cannot start the exporter's runtime"))?;
-        let roots = crate::upstream::client::root_store(None, "telemetry.otlp_endpoint")?;
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|_| field_err("TLS setup failed"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = crate::upstream::client::tls_config(None, "telemetry.otlp_endpoint")?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()

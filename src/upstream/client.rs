@@ -195,6 +195,21 @@ pub fn root_store(
     Ok(roots)
 }
 
+/// The outbound TLS settings: aws-lc-rs (the only provider built in), rustls's safe protocol
+/// versions, the roots of [`root_store`]; `field` names the CA setting in errors.
+pub fn tls_config(
+    ca_file: Option<&Path>,
+    field: &str,
+) -> Result<rustls::ClientConfig, ConfigError> {
+    let roots = root_store(ca_file, field)?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|_| ConfigError::new(field, "TLS setup failed", "report this as a bug"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// Builds the pooled client from validated upstream config.
 pub fn build(cfg: &UpstreamConfig) -> Result<HttpClient, ConfigError> {
     build_counted(cfg, Counter::default())
@@ -202,13 +217,7 @@ pub fn build(cfg: &UpstreamConfig) -> Result<HttpClient, ConfigError> {
 
 /// Like [`build`], bumping `handshakes` for every new (TLS) connection.
 pub fn build_counted(cfg: &UpstreamConfig, handshakes: Counter) -> Result<HttpClient, ConfigError> {
-    let roots = root_store(cfg.ca_file.as_deref(), "upstream.ca_file")?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|_| ConfigError::new("upstream", "TLS setup failed", "report this as a bug"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = tls_config(cfg.ca_file.as_deref(), "upstream.ca_file")?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(cfg.connect_timeout));
