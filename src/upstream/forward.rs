@@ -72,6 +72,14 @@ impl Upstream {
         }
     }
 
+    /// An exchange that got no answer: counted, and the client span (if traced) says why.
+    fn failed(&self, span: Option<&crate::telemetry::ClientSpan>, kind: UpstreamError) {
+        self.count_error(kind);
+        if let Some(s) = span {
+            s.fail(kind.label());
+        }
+    }
+
     /// Forwards one authenticated request.
     pub async fn forward(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
         let Some(cred) = req.extensions().get::<Arc<Credential>>().cloned() else {
@@ -139,10 +147,7 @@ impl Upstream {
         }
         let resp = match result {
             Err(_) => {
-                self.count_error(UpstreamError::Timeout);
-                if let Some(s) = &span {
-                    s.fail(UpstreamError::Timeout.label());
-                }
+                self.failed(span.as_ref(), UpstreamError::Timeout);
                 return Err(GatewayError::UpstreamTimeout);
             }
             Ok(Err(_)) if body_limit.as_ref().is_some_and(BodyLimitTripped::tripped) => {
@@ -154,11 +159,7 @@ impl Upstream {
                 });
             }
             Ok(Err(e)) => {
-                let kind = error_kind(&e);
-                self.count_error(kind);
-                if let Some(s) = &span {
-                    s.fail(kind.label());
-                }
+                self.failed(span.as_ref(), error_kind(&e));
                 return Err(classify(&e));
             }
             Ok(Ok(r)) => r,
