@@ -23,7 +23,7 @@ pub struct RequestFacts {
     shard: OnceLock<Shard>,
     upstream_status: AtomicU16,
     cache: OnceLock<&'static str>,
-    app: OnceLock<String>,
+    app: OnceLock<Arc<str>>,
 }
 
 impl RequestFacts {
@@ -32,7 +32,7 @@ impl RequestFacts {
         let _ = self.user.set(user);
     }
     /// Records the calling app (from the verified token).
-    pub fn set_app(&self, app: String) {
+    pub fn set_app(&self, app: Arc<str>) {
         let _ = self.app.set(app);
     }
     /// Records the shard the request went to.
@@ -53,7 +53,7 @@ impl RequestFacts {
     }
     /// The calling app, if the token named one.
     pub fn app(&self) -> Option<&str> {
-        self.app.get().map(String::as_str)
+        self.app.get().map(|a| &**a)
     }
     /// The verified user, if any.
     pub fn user(&self) -> Option<&str> {

@@ -57,7 +57,7 @@ async fn one(mut req: Request<Body>, resp: Response<Body>) -> Vec<serde_json::Va
             // What the auth layer records from the token.
             let claims = serde_json::json!({"azp": "billing-app", "client_id": "x"});
             if let (Some(f), Some(app)) = (facts(&req), app_of(claims.as_object().unwrap())) {
-                f.set_app(app);
+                f.set_app(app.into());
             }
             let r = slot.lock().unwrap().take().unwrap();
             async move { Ok::<_, Infallible>(r) }

@@ -53,8 +53,8 @@ where
                 .await?;
             if let Some(f) = facts(&req) {
                 f.set_user(user.id.clone());
-                if let Some(app) = crate::audit::app_of(&user.claims) {
-                    f.set_app(app);
+                if let Some(app) = &user.app {
+                    f.set_app(app.clone());
                 }
             }
             req.extensions_mut().insert(user);

@@ -37,6 +37,9 @@ pub struct User {
     pub id: Arc<str>,
     /// All claims of the token.
     pub claims: Arc<serde_json::Map<String, serde_json::Value>>,
+    /// The calling app named by the claims ([`crate::audit::app_of`]), worked out once per
+    /// token rather than per request.
+    pub app: Option<Arc<str>>,
 }
 
 impl fmt::Debug for User {
@@ -164,6 +167,7 @@ impl Authenticator {
         let id = self.rules.user_id(&claims)?;
         Ok(User {
             id: id.into(),
+            app: crate::audit::app_of(&claims).map(Arc::from),
             claims: Arc::new(claims),
         })
     }

@@ -129,6 +129,7 @@ mod tests {
         User {
             id: id.into(),
             claims: Arc::new(claims),
+            app: None,
         }
     }
 
