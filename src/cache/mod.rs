@@ -68,12 +68,13 @@ impl Cache {
         Cache::new_after(cfg, None)
     }
 
-    /// Builds an empty cache for a reloaded `cfg` whose counters carry on from `prev`'s.
-    pub fn new_after(cfg: &CacheConfig, prev: Option<&Cache>) -> Option<Arc<Cache>> {
+    /// Builds an empty cache for a reloaded `cfg` counting into `stats` (a previous cache's,
+    /// so the counters carry on).
+    pub fn new_after(cfg: &CacheConfig, stats: Option<Arc<CacheStats>>) -> Option<Arc<Cache>> {
         if !cfg.enabled {
             return None;
         }
-        let stats = prev.map_or_else(Arc::default, |p| p.stats.clone());
+        let stats = stats.unwrap_or_default();
         let on_evict = stats.clone();
         let store = moka::future::Cache::builder()
             .max_capacity(cfg.capacity_bytes)
@@ -143,7 +144,7 @@ impl Cache {
     }
 
     /// Counters.
-    pub fn stats(&self) -> &CacheStats {
+    pub fn stats(&self) -> &Arc<CacheStats> {
         &self.stats
     }
 

@@ -7,7 +7,7 @@
 //! half-way changes nothing.
 
 use crate::auth::Authenticator;
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheStats};
 use crate::config::{Config, ConfigError, same};
 use crate::live::{Fixed, Live};
 use crate::policy::Policy;
@@ -24,7 +24,8 @@ pub struct Applied {
     pub changed: Vec<&'static str>,
 }
 
-/// Builds the set for `new`, reusing from `cur` every part whose section is the same in `old`.
+/// Builds the set for `new`, reusing from `cur` every part whose section is the same in `old`;
+/// a new cache counts on into `cache_stats` (those of the cache that served last).
 ///
 /// `auth_changed` compares [`auth_identity`] of `new` with the digest taken when the current
 /// verifier was built (not with `old`: a key file rotated in place reads the same through
@@ -32,10 +33,10 @@ pub struct Applied {
 /// a key set that cannot be fetched is refused rather than swapped in unable to verify.
 pub async fn rebuild(
     fixed: &Fixed,
-    old: &Config,
-    new: &Config,
+    (old, new): (&Config, &Config),
     cur: &Live,
     auth_changed: bool,
+    cache_stats: Option<Arc<CacheStats>>,
 ) -> Result<Applied, ConfigError> {
     let mut changed = Vec::new();
     let authn = if !auth_changed {
@@ -68,7 +69,8 @@ pub async fn rebuild(
     } else {
         changed.push("cache");
         // New rules apply to every answer from now on: entries stored under the old TTLs go.
-        Cache::new_after(&new.cache, cur.cache.as_deref())
+        // Counters carry on from the cache that served last, even across caching off and on.
+        Cache::new_after(&new.cache, cache_stats)
     };
     let ratelimits = if same_limits(old, new) {
         cur.ratelimits.clone()

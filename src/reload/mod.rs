@@ -54,6 +54,11 @@ struct Configs {
     /// Digest of what the current token verifier was built from (section, secret, key files'
     /// bytes as read then): a key file rotated in place differs from it.
     auth: Vec<u8>,
+    /// The cache that served last, weakly (alive only while old requests hold it), kept across
+    /// a reload that turns caching off: turning it on again still links in-flight writes.
+    last_cache: std::sync::Weak<crate::cache::Cache>,
+    /// Its counters, kept (small) so that caching off then on does not reset them.
+    cache_stats: Option<Arc<crate::cache::CacheStats>>,
 }
 
 /// Reloads the key store and the config, and records the outcomes; shared by every trigger.
@@ -64,7 +69,6 @@ pub struct Reloader {
     // Also serialises reloads: two triggers at once would otherwise race to swap.
     configs: Mutex<Option<Configs>>,
     metrics: ReloadMetrics,
-    last_cache: std::sync::Mutex<std::sync::Weak<crate::cache::Cache>>,
 }
 
 impl Reloader {
@@ -86,9 +90,10 @@ impl Reloader {
                 started: applied.clone(),
                 applied,
                 auth,
+                last_cache: std::sync::Weak::new(),
+                cache_stats: None,
             })),
             metrics,
-            last_cache: std::sync::Mutex::new(std::sync::Weak::new()),
         })
     }
 
@@ -171,26 +176,40 @@ impl Reloader {
         let restart_needed = config::restart_needed(&configs.started, &new);
         let current = self.live.load_full();
         let auth_changed = auth != configs.auth;
-        let applied =
-            config::rebuild(&self.fixed, &configs.applied, &new, &current, auth_changed).await?;
-        if applied.changed.contains(&"auth") {
-            self.fixed.readiness.set_authn(applied.live.authn.clone());
-        }
-        // Writes still in flight on the old stack must invalidate the new cache too. The last
-        // cache is remembered (weakly: alive only while old requests hold it) across a reload
-        // that turns caching off, so turning it on again still links them.
         let last = current
             .cache
             .clone()
-            .or_else(|| self.last_cache.lock().ok().and_then(|w| w.upgrade()));
+            .or_else(|| configs.last_cache.upgrade());
+        let stats = current
+            .cache
+            .as_ref()
+            .map(|c| c.stats().clone())
+            .or_else(|| configs.cache_stats.clone());
+        let applied = config::rebuild(
+            &self.fixed,
+            (&configs.applied, &new),
+            &current,
+            auth_changed,
+            stats.clone(),
+        )
+        .await?;
+        if applied.changed.contains(&"auth") {
+            self.fixed.readiness.set_authn(applied.live.authn.clone());
+        }
+        // Writes still in flight on the old stack must invalidate the new cache too: linked
+        // only now, once the new set is sure to serve.
         if let (Some(old), Some(new)) = (&last, &applied.live.cache) {
             old.hand_over_to(new.clone());
         }
-        if let Ok(mut w) = self.last_cache.lock()
-            && let Some(c) = applied.live.cache.as_ref().or(last.as_ref())
-        {
-            *w = Arc::downgrade(c);
+        if let Some(c) = applied.live.cache.as_ref().or(last.as_ref()) {
+            configs.last_cache = Arc::downgrade(c);
         }
+        configs.cache_stats = applied
+            .live
+            .cache
+            .as_ref()
+            .map(|c| c.stats().clone())
+            .or(stats);
         self.live.store(Arc::new(applied.live));
         configs.applied = new;
         configs.auth = auth;

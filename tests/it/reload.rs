@@ -152,6 +152,25 @@ async fn a_new_user_limit_applies_and_the_key_budget_keeps_its_state() {
 }
 
 #[tokio::test]
+async fn cache_counters_carry_over_when_caching_is_turned_off_and_on_again() {
+    let h = Harness::start(with_sections(
+        "[cache]\nrules = [{ prefix = \"/v1/patients\", ttl = \"60s\" }]\n",
+    ))
+    .await;
+    assert_eq!(h.get_as("alice", "/v1/patients").await.status, 200);
+    assert_eq!(xcache(&h.get_as("alice", "/v1/patients").await), "HIT");
+    h.edit_config(|t| t.replace("[cache]\n", "[cache]\nenabled = false\n"));
+    assert_eq!(h.gateway().reload().await.unwrap().changed, vec!["cache"]);
+    h.edit_config(|t| t.replace("enabled = false\n", ""));
+    assert_eq!(h.gateway().reload().await.unwrap().changed, vec!["cache"]);
+    let text = metrics_text(&h).await;
+    assert!(
+        text.contains(r#"cliniko_gateway_cache_lookups_total{result="hit"} 1"#),
+        "the hit from before caching was off is still counted:\n{text}"
+    );
+}
+
+#[tokio::test]
 async fn a_new_cache_ttl_applies_and_scrapes_follow_the_new_cache() {
     let h = Harness::start(with_sections(
         "[cache]\nrules = [{ prefix = \"/v1/patients\", ttl = \"60s\" }]\n",
