@@ -37,8 +37,7 @@ fn check_https_url(field: &str, url: &str) -> Result<http::Uri, ConfigError> {
             "Cliniko and identity providers are only reached over TLS; use https://",
         ));
     }
-    // The URL is logged and printed by check-config: no place for a credential.
-    if uri.authority().is_some_and(|a| a.as_str().contains('@')) || uri.query().is_some() {
+    if carries_secrets(&uri) {
         return Err(err(
             field,
             "must not carry credentials or a query string",
@@ -46,6 +45,12 @@ fn check_https_url(field: &str, url: &str) -> Result<http::Uri, ConfigError> {
         ));
     }
     Ok(uri)
+}
+
+/// Userinfo or a query in a configured URL: refused, because URLs are logged and printed by
+/// check-config and there is no place there for a credential.
+fn carries_secrets(uri: &http::Uri) -> bool {
+    uri.authority().is_some_and(|a| a.as_str().contains('@')) || uri.query().is_some()
 }
 
 /// Parses an algorithm name, naming `field` when it is unknown.
@@ -325,8 +330,8 @@ fn validate_telemetry(t: &TelemetryConfig) -> Result<(), ConfigError> {
         )
     })?;
     if !matches!(uri.scheme_str(), Some("http" | "https"))
-        || uri.authority().is_none_or(|a| a.as_str().contains('@'))
-        || uri.query().is_some()
+        || uri.authority().is_none()
+        || carries_secrets(&uri)
     {
         return Err(err(
             "telemetry.otlp_endpoint",
