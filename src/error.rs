@@ -5,6 +5,12 @@
 //! with a stable `code` and an `X-Gateway-Error` marker header, so callers can tell our answers
 //! from Cliniko's (which pass through unchanged). Messages never echo a token, key or query.
 
+mod refusal;
+pub use refusal::{
+    Limit, RATELIMIT, RATELIMIT_POLICY, Refusal, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
+    X_RATELIMIT_RESET, ceil_secs,
+};
+
 use crate::body::Body;
 use http::{HeaderValue, Response, StatusCode, header};
 
@@ -93,7 +99,7 @@ pub enum GatewayError {
     UpstreamConnect,
     /// A rate limit refused the request (429; `limit` says which).
     #[error("{0}")]
-    RateLimited(crate::ratelimit::Refusal),
+    RateLimited(Refusal),
     /// The shared rate-limit store (Redis) is down and `ratelimit.redis_failure = "closed"`.
     #[error("the rate limiter is unavailable; retry shortly")]
     RateLimiterUnavailable,
@@ -155,7 +161,7 @@ impl GatewayError {
             }
         });
         if let GatewayError::RateLimited(r) = &self {
-            body["error"]["limit"] = r.limit.into();
+            body["error"]["limit"] = r.limit.as_str().into();
             body["error"]["retry_after"] = r.retry_after_secs.into();
         }
         let mut resp = Response::new(Body::from(body.to_string()));
@@ -168,7 +174,7 @@ impl GatewayError {
         h.insert(GATEWAY_ERROR_HEADER, HeaderValue::from_static(self.code()));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let GatewayError::RateLimited(r) = &self {
-            crate::ratelimit::headers::apply(h, r);
+            refusal::apply(h, r);
         }
         if let GatewayError::Auth(e) = &self
             && *e != AuthError::KeysUnavailable
@@ -214,8 +220,8 @@ mod tests {
             GatewayError::Internal.code(),
             GatewayError::BodyTooLarge { limit: 1 }.code(),
             GatewayError::RateLimiterUnavailable.code(),
-            GatewayError::RateLimited(crate::ratelimit::Refusal {
-                limit: "key",
+            GatewayError::RateLimited(Refusal {
+                limit: Limit::Key,
                 retry_after_secs: 1,
                 quota: 1,
                 window_secs: 1,

@@ -6,7 +6,11 @@
 //! `CLINIKO_GATEWAY_MASTER_KEY` or from files named in the config.
 
 mod load;
+pub mod policy;
+pub mod ratelimit;
 mod validate;
+pub use policy::{GrantConfig, PolicyConfig};
+pub use ratelimit::{Quota, RateLimitConfig, RedisFailure, RedisUrl, UserLimitConfig};
 pub use validate::{is_shard_name, is_shard_name_bytes, parse_alg, valid_user_agent};
 
 pub use load::{
@@ -49,10 +53,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Rate limits (per user, per Cliniko key, shared through Redis).
     #[serde(default)]
-    pub ratelimit: crate::ratelimit::RateLimitConfig,
+    pub ratelimit: RateLimitConfig,
     /// Least privilege: which claims grant which methods on which paths (deny by default).
     #[serde(default)]
-    pub policy: crate::policy::PolicyConfig,
+    pub policy: PolicyConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,

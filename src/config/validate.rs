@@ -69,7 +69,7 @@ fn is_hmac(a: Algorithm) -> bool {
 }
 
 pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
-    crate::policy::validate(&c.policy)?;
+    super::policy::validate(&c.policy)?;
     validate_telemetry(&c.telemetry)?;
     let s = &c.server;
     if !(8192..=1024 * 1024).contains(&s.max_header_bytes) {
@@ -262,7 +262,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         }
     }
 
-    crate::ratelimit::validate(&c.ratelimit)?;
+    super::ratelimit::validate(&c.ratelimit)?;
 
     let u = &c.upstream;
     if !valid_user_agent(&u.user_agent) {

@@ -8,12 +8,11 @@
 //! configured claims gets the `default` grants, which are none unless configured: the gateway
 //! fails closed.
 
-mod config;
 mod layer;
 #[cfg(test)]
 mod tests;
 
-pub use config::{GrantConfig, PolicyConfig, validate};
+use crate::config::PolicyConfig;
 
 use crate::error::GatewayError;
 use http::Method;

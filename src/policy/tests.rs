@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::policy::validate;
 use proptest::prelude::*;
 use serde_json::json;
 

@@ -26,7 +26,7 @@ pub struct Gcra {
 
 impl Gcra {
     /// From a quota.
-    pub fn of(q: &super::Quota) -> Gcra {
+    pub fn of(q: &crate::config::Quota) -> Gcra {
         Gcra {
             interval: u64::try_from(q.interval().as_micros())
                 .unwrap_or(u64::MAX)

@@ -1,57 +1,9 @@
-//! Rate-limit headers: what our 429 says, and how long Cliniko's 429/503 asks us to wait.
-//!
-//! Our 429 carries, for the limit that refused (`user` or `key`):
-//!
-//! ```text
-//! Retry-After: <s>                          whole seconds, rounded up, >= 1
-//! RateLimit-Policy: "<limit>";q=<rate>;w=<window s>
-//! RateLimit: "<limit>";r=0;t=<s>           IETF draft (structured fields)
-//! X-RateLimit-Limit: <rate>                 requests per window
-//! X-RateLimit-Remaining: 0
-//! X-RateLimit-Reset: <unix seconds>         when to retry, like Cliniko's own header
-//! ```
+//! How long Cliniko's 429/503 asks us to wait (our own 429's headers are in
+//! `crate::error::refusal`).
 
-use super::Refusal;
-use http::{HeaderMap, HeaderName, HeaderValue, header};
+use crate::error::X_RATELIMIT_RESET;
+use http::{HeaderMap, HeaderName, header};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// `RateLimit-Policy` (IETF draft).
-pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-/// `RateLimit` (IETF draft).
-pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-/// `X-RateLimit-Limit`.
-pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-/// `X-RateLimit-Remaining`.
-pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-/// `X-RateLimit-Reset` (unix seconds, as Cliniko sends it).
-pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-
-fn unix_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-}
-
-fn num(n: u64) -> HeaderValue {
-    HeaderValue::from(n)
-}
-
-/// Adds every header of our 429 for `r`.
-pub fn apply(h: &mut HeaderMap, r: &Refusal) {
-    let t = r.retry_after_secs.max(1);
-    h.insert(header::RETRY_AFTER, num(t));
-    if let Ok(v) =
-        HeaderValue::try_from(format!("\"{}\";q={};w={}", r.limit, r.quota, r.window_secs))
-    {
-        h.insert(RATELIMIT_POLICY, v);
-    }
-    if let Ok(v) = HeaderValue::try_from(format!("\"{}\";r=0;t={t}", r.limit)) {
-        h.insert(RATELIMIT, v);
-    }
-    h.insert(X_RATELIMIT_LIMIT, num(u64::from(r.quota)));
-    h.insert(X_RATELIMIT_REMAINING, num(0));
-    h.insert(X_RATELIMIT_RESET, num(unix_now().as_secs() + t));
-}
 
 /// The longest pause Cliniko's headers can impose on a key: a wild `Retry-After` or reset time
 /// must not park a key for days (Cliniko's window is a minute).
@@ -101,26 +53,14 @@ mod tests {
     }
 
     use super::*;
+    use http::HeaderValue;
 
-    #[test]
-    fn our_429_headers() {
-        let mut h = HeaderMap::new();
-        apply(
-            &mut h,
-            &Refusal {
-                limit: "key",
-                retry_after_secs: 3,
-                quota: 190,
-                window_secs: 60,
-            },
-        );
-        assert_eq!(h[header::RETRY_AFTER], "3");
-        assert_eq!(h[RATELIMIT_POLICY], "\"key\";q=190;w=60");
-        assert_eq!(h[RATELIMIT], "\"key\";r=0;t=3");
-        assert_eq!(h[X_RATELIMIT_LIMIT], "190");
-        assert_eq!(h[X_RATELIMIT_REMAINING], "0");
-        let reset: u64 = h[X_RATELIMIT_RESET].to_str().unwrap().parse().unwrap();
-        assert!(reset.abs_diff(unix_now().as_secs() + 3) <= 1);
+    fn num(n: u64) -> HeaderValue {
+        HeaderValue::from(n)
+    }
+
+    fn unix_now() -> Duration {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap()
     }
 
     #[test]

@@ -8,10 +8,12 @@
 //! not ask Redis again for [`REDIS_DOWN_FOR`], so a dead Redis costs at most one timeout per
 //! second, never a hang.
 
+use super::RateLimitStats;
 use super::gcra::{Decision, Gcra};
 use super::redis::SharedBudget;
-use super::{Quota, RateLimitConfig, RateLimitStats, RedisFailure, Refusal};
+use crate::config::{Quota, RateLimitConfig, RedisFailure};
 use crate::error::GatewayError;
+use crate::error::{Limit, Refusal};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -137,7 +139,7 @@ impl KeyBudgets {
                 self.stats.refused_key.fetch_add(1, Ordering::Relaxed);
                 let q = self.quota_of(self.preferred());
                 return Err(GatewayError::RateLimited(Refusal::new(
-                    "key",
+                    Limit::Key,
                     q,
                     self.max_wait,
                 )));
@@ -157,7 +159,7 @@ impl KeyBudgets {
             Decision::Refuse(wait) => {
                 self.stats.refused_key.fetch_add(1, Ordering::Relaxed);
                 Err(GatewayError::RateLimited(Refusal::new(
-                    "key",
+                    Limit::Key,
                     self.quota_of(place),
                     Duration::from_micros(wait),
                 )))
@@ -314,7 +316,7 @@ mod tests {
             match t.await.unwrap() {
                 Ok(w) => waited.push(w),
                 Err(GatewayError::RateLimited(r)) => {
-                    assert_eq!((r.limit, r.retry_after_secs, r.quota), ("key", 1, 10));
+                    assert_eq!((r.limit, r.retry_after_secs, r.quota), (Limit::Key, 1, 10));
                     refused += 1;
                 }
                 Err(e) => panic!("{e}"),

@@ -7,12 +7,13 @@
 //! exponential backoff from [`CONNECT_BACKOFF`]). A POST/PUT/PATCH/DELETE that Cliniko
 //! answered is never resent.
 
+use super::RateLimits;
 use super::headers::upstream_wait;
-use super::{RateLimits, ceil_secs};
 use crate::auth::User;
 use crate::body::Body;
 use crate::credentials::Credential;
 use crate::error::GatewayError;
+use crate::error::ceil_secs;
 use crate::replay::Replay;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use std::sync::Arc;

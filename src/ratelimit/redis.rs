@@ -6,9 +6,9 @@
 //! expiry just past it so idle budgets vanish. Every call is bounded by `redis_timeout`; a
 //! timeout or error is reported to the caller, which fails open or closed.
 
-use super::RateLimitConfig;
 use super::gcra::{Decision, Gcra};
 use crate::config::ConfigError;
+use crate::config::RateLimitConfig;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
 

@@ -8,8 +8,9 @@
 //! groups named in the token's `group_claim` (a string or an array of strings), else the
 //! default. Keyed state is pruned with `retain_recent` every [`RETAIN_EVERY`] checks.
 
-use super::{Quota, Refusal, UserLimitConfig};
 use crate::auth::User;
+use crate::config::{Quota, UserLimitConfig};
+use crate::error::{Limit, Refusal};
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota as GovQuota};
 use std::collections::HashMap;
@@ -98,7 +99,7 @@ impl UserLimits {
             Ok(()) => Ok(()),
             Err(not_until) => {
                 let wait = not_until.wait_time_from(tier.limiter.clock().now());
-                Err(Refusal::new("user", &tier.quota, wait))
+                Err(Refusal::new(Limit::User, &tier.quota, wait))
             }
         }
     }
@@ -159,7 +160,7 @@ mod tests {
         assert_eq!(count(&user("etl", "sync".into())), 4);
         // Refusals name the user limit and round the wait up.
         let r = l.check(&user("a", serde_json::Value::Null)).unwrap_err();
-        assert_eq!((r.limit, r.quota, r.window_secs), ("user", 60, 60));
+        assert_eq!((r.limit, r.quota, r.window_secs), (Limit::User, 60, 60));
         assert!((1..=2).contains(&r.retry_after_secs));
     }
 

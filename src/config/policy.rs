@@ -1,6 +1,6 @@
 //! The `[policy]` section and its validation (called from `config::validate`).
 
-use crate::config::ConfigError;
+use super::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
