@@ -104,7 +104,11 @@ fn broken_links(file: &Path, text: &str) -> Vec<String> {
             continue;
         }
         let (path, anchor) = target.split_once('#').unwrap_or((&target, ""));
-        let linked = if path.is_empty() { file.to_path_buf() } else { dir.join(path) };
+        let linked = if path.is_empty() {
+            file.to_path_buf()
+        } else {
+            dir.join(path)
+        };
         let problem = if !linked.exists() {
             "no such file"
         } else if anchor.is_empty() {
@@ -116,7 +120,8 @@ fn broken_links(file: &Path, text: &str) -> Vec<String> {
         } else {
             continue;
         };
-        broken.push(format!("{}: ({target}): {problem}", file.display()));
+        let shown = file.strip_prefix(root()).unwrap_or(file);
+        broken.push(format!("{}: ({target}): {problem}", shown.display()));
     }
     broken
 }
@@ -124,7 +129,10 @@ fn broken_links(file: &Path, text: &str) -> Vec<String> {
 #[test]
 fn every_relative_link_in_the_docs_resolves() {
     let files = doc_files();
-    assert!(files.len() >= 7, "README, CONTRIBUTING and the docs/ pages: {files:?}");
+    assert!(
+        files.len() >= 7,
+        "README, CONTRIBUTING and the docs/ pages: {files:?}"
+    );
     let mut links = 0;
     let mut broken = Vec::new();
     for file in &files {
@@ -159,7 +167,10 @@ fn anchors_follow_github_slugs() {
         "tests",
         "tests-1",
     ];
-    assert_eq!(anchors(text), expected.iter().map(|a| a.to_string()).collect());
+    assert_eq!(
+        anchors(text),
+        expected.iter().map(|a| a.to_string()).collect()
+    );
 }
 
 #[test]
