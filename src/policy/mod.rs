@@ -92,7 +92,8 @@ impl Policy {
         if grants.is_empty() {
             tracing::warn!(
                 "policy: no grants are configured, so every proxied request will be refused \
-                 with 403 forbidden; add [policy.grants.<name>] sections (see README, Security)"
+                 with 403 forbidden; add [policy.grants.<name>] sections \
+                 (see docs/security.md, Least privilege)"
             );
         }
         Policy {
