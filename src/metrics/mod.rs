@@ -2,8 +2,9 @@
 //! rendered on the admin listener's `/metrics`. Not in the request path itself: the access-log
 //! layer, the forwarder and the outbound connector record into pre-built handles.
 //!
-//! Label values are fixed words (`proxy`, `GET`, `connect`, …) or HTTP status codes, never user
-//! ids, paths, keys or anything a caller controls, so the number of series stays bounded.
+//! Label values are fixed words (`proxy`, `GET`, `connect`, …), HTTP status codes or the
+//! fingerprint of a stored key Cliniko rejected, never user ids, paths, keys or anything a
+//! caller controls, so the number of series stays bounded.
 //! Per request: a few atomic adds, one read-locked map lookup for the request counter (labels
 //! are `Copy`, nothing is allocated) and one short mutex for each histogram observation.
 //! Cache, rate-limit and JWKS figures are read from their own counters at scrape time
