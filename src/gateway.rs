@@ -3,6 +3,7 @@
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
 use crate::credentials::{Credentials, KeyStoreError};
+use crate::guard::Readiness as _;
 use crate::live::{Current, Fixed, GatewayReadiness, Live, Shared};
 use crate::metrics::{Metrics, ReloadTrigger, Sources};
 use crate::reload::{ReloadError, Reloaded, Reloader};
@@ -119,6 +120,23 @@ impl Gateway {
             crate::ratelimit::RateLimits::new(&cfg.ratelimit)?,
         )));
         metrics.add_sources(Sources::new(live.clone()));
+        let settings = ConnSettings::new(&cfg.server, tls);
+        let ready = readiness.clone();
+        metrics.add_gauge_fn("ready", "1 while /readyz answers 200", move || {
+            u64::from(ready.ready())
+        });
+        let open = settings.open_connections();
+        metrics.add_gauge_fn(
+            "connections_open",
+            "Inbound connections open now",
+            move || open() as u64,
+        );
+        let max = cfg.server.max_connections as u64;
+        metrics.add_gauge_fn(
+            "connections_max",
+            "server.max_connections: at this many open, new connections wait in the backlog",
+            move || max,
+        );
         let reloader = Reloader::new(
             credentials.clone(),
             live.clone(),
@@ -128,7 +146,6 @@ impl Gateway {
         );
         let metrics = Arc::new(metrics);
         let (tx, rx) = watch::channel(false);
-        let settings = ConnSettings::new(&cfg.server, tls);
         let grace = cfg.server.shutdown_grace;
         let admin_addr = match (
             cfg.admin.listen,

@@ -68,6 +68,7 @@ pub struct ConnSettings {
     max_connections: usize,
     max_head_bytes: usize,
     max_headers: usize,
+    open: Arc<AtomicUsize>,
 }
 
 impl ConnSettings {
@@ -97,7 +98,30 @@ impl ConnSettings {
             max_connections: cfg.max_connections,
             max_head_bytes: cfg.max_header_bytes,
             max_headers: cfg.max_headers,
+            open: Arc::default(),
         }
+    }
+
+    /// Reads how many inbound connections are open now (for metrics).
+    pub fn open_connections(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let open = self.open.clone();
+        move || open.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a connection as open from accept until its task ends.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(n: &Arc<AtomicUsize>) -> Open {
+        n.fetch_add(1, Ordering::Relaxed);
+        Open(n.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -136,6 +160,7 @@ pub async fn serve<S>(
                 Ok((tcp, _peer)) => {
                     let _ = tcp.set_nodelay(true);
                     let conn = Connection {
+                        _open: Open::new(&settings.open),
                         settings: settings.clone(),
                         svc: svc.clone(),
                         shutdown: for_conns.clone(),
@@ -179,6 +204,7 @@ struct Connection<S> {
     force: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
     _slot: OwnedSemaphorePermit,
+    _open: Open,
 }
 
 impl<S> Connection<S>

@@ -2,13 +2,15 @@
 //! rendered on the admin listener's `/metrics`. Not in the request path itself: the access-log
 //! layer, the forwarder and the outbound connector record into pre-built handles.
 //!
-//! Label values are fixed words (`proxy`, `GET`, `connect`, …) or HTTP status codes, never user
-//! ids, paths, keys or anything a caller controls, so the number of series stays bounded.
+//! Label values are fixed words (`proxy`, `GET`, `connect`, …), HTTP status codes or the
+//! fingerprint of a stored key Cliniko rejected, never user ids, paths, keys or anything a
+//! caller controls, so the number of series stays bounded.
 //! Per request: a few atomic adds, one read-locked map lookup for the request counter (labels
 //! are `Copy`, nothing is allocated) and one short mutex for each histogram observation.
 //! Cache, rate-limit and JWKS figures are read from their own counters at scrape time
 //! ([`sources`]), so those paths carry no metrics code at all.
 
+mod process;
 mod sources;
 
 pub use sources::Sources;
@@ -100,6 +102,13 @@ struct KindLabels {
     kind: &'static str,
 }
 
+/// A stored key's fingerprint (`sha256:` + 16 hex digits of its hash, as `keys list` prints
+/// it): not the key, and bounded by the key store's size.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabels {
+    key_fingerprint: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     trigger: &'static str,
@@ -181,6 +190,7 @@ impl UpstreamError {
 pub struct UpstreamMetrics {
     duration: Histogram,
     errors: Family<KindLabels, Counter>,
+    rejected: Family<KeyLabels, Counter>,
 }
 
 impl UpstreamMetrics {
@@ -193,6 +203,17 @@ impl UpstreamMetrics {
     pub fn error(&self, kind: UpstreamError) {
         self.errors
             .get_or_create(&KindLabels { kind: kind.label() })
+            .inc();
+    }
+
+    /// Cliniko answered 401 to the stored key with this fingerprint: counted as an error and
+    /// per key, so on-call can tell which key to rotate.
+    pub fn credential_rejected(&self, fingerprint: &str) {
+        self.error(UpstreamError::CredentialRejected);
+        self.rejected
+            .get_or_create(&KeyLabels {
+                key_fingerprint: fingerprint.to_owned(),
+            })
             .inc();
     }
 }
@@ -219,13 +240,17 @@ impl ReloadTrigger {
     }
 }
 
-/// Key-store reload outcomes.
+/// Key-store and config reload outcomes.
 #[derive(Clone, Debug, Default)]
 pub struct ReloadMetrics {
     reloads: Family<ReloadLabels, Counter>,
     users: Gauge,
     config_reloads: Family<ReloadLabels, Counter>,
     restart_pending: Gauge,
+    // 0 from a refused reload until the next one succeeds: the state alerts need ("the old
+    // one is still serving"), which the counters only tell for a while.
+    keystore_ok: Gauge,
+    config_ok: Gauge,
 }
 
 impl ReloadMetrics {
@@ -238,6 +263,7 @@ impl ReloadMetrics {
                 result,
             })
             .inc();
+        self.keystore_ok.set(i64::from(users.is_some()));
         if let Some(n) = users {
             self.users.set(i64::try_from(n).unwrap_or(i64::MAX));
         }
@@ -252,6 +278,7 @@ impl ReloadMetrics {
                 result,
             })
             .inc();
+        self.config_ok.set(i64::from(ok));
         if ok {
             self.restart_pending.set(i64::from(restart_pending));
         }
@@ -317,6 +344,12 @@ impl Metrics {
             "Failed exchanges with Cliniko by kind (connect, connect_timeout, tls, timeout, protocol, credential_rejected)",
             up_errors.clone(),
         );
+        let rejected = Family::<KeyLabels, Counter>::default();
+        registry.register(
+            "upstream_credential_rejected",
+            "Cliniko 401s to a stored key, by the key's fingerprint (rotate that key)",
+            rejected.clone(),
+        );
         let handshakes = Counter::default();
         registry.register(
             "upstream_tls_handshakes",
@@ -344,6 +377,19 @@ impl Metrics {
             "1 when the last reloaded config changed a section that only applies after a restart",
             reloads.restart_pending.clone(),
         );
+        reloads.keystore_ok.set(1);
+        registry.register(
+            "keystore_last_reload_successful",
+            "0 after a refused key-store reload (the previous store keeps serving) until one succeeds",
+            reloads.keystore_ok.clone(),
+        );
+        reloads.config_ok.set(1);
+        registry.register(
+            "config_last_reload_successful",
+            "0 after a refused config reload (the previous config keeps serving) until one succeeds",
+            reloads.config_ok.clone(),
+        );
+        process::register(&mut registry);
         Metrics {
             registry,
             http: HttpMetrics {
@@ -354,6 +400,7 @@ impl Metrics {
             upstream: UpstreamMetrics {
                 duration: up_duration,
                 errors: up_errors,
+                rejected,
             },
             handshakes,
             reloads,
@@ -367,6 +414,18 @@ impl Metrics {
         sources.register_gauges(&mut self.registry);
         self.registry.register_collector(Box::new(sources.clone()));
         self.sources = Some(sources);
+    }
+
+    /// A gauge read from `read` at each scrape (for state kept elsewhere, e.g. readiness).
+    pub fn add_gauge_fn(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        let read = Box::new(read);
+        self.registry
+            .register_collector(Box::new(sources::FnGauge { name, help, read }));
     }
 
     /// Handle for the access-log layer.
@@ -428,6 +487,9 @@ mod tests {
         m.tls_handshakes().inc();
         m.reloads().record(ReloadTrigger::File, None);
         m.reloads().record(ReloadTrigger::Signal, Some(4));
+        m.reloads()
+            .record_config(ReloadTrigger::Admin, false, false);
+        m.upstream().credential_rejected("sha256:0011223344556677");
         let text = m.render().await.unwrap();
         let has = |s: &str| assert!(text.contains(s), "missing {s} in\n{text}");
         has(r#"cliniko_gateway_http_requests_total{route="proxy",method="GET",status="200"} 1"#);
@@ -440,5 +502,16 @@ mod tests {
         has(r#"cliniko_gateway_keystore_reloads_total{trigger="file",result="failed"} 1"#);
         has(r#"cliniko_gateway_keystore_reloads_total{trigger="signal",result="ok"} 1"#);
         has("cliniko_gateway_keystore_users 4");
+        // The last key-store reload succeeded, the last config reload was refused.
+        has("cliniko_gateway_keystore_last_reload_successful 1");
+        has("cliniko_gateway_config_last_reload_successful 0");
+        has(r#"cliniko_gateway_upstream_errors_total{kind="credential_rejected"} 1"#);
+        has(concat!(
+            "cliniko_gateway_upstream_credential_rejected_total",
+            r#"{key_fingerprint="sha256:0011223344556677"} 1"#
+        ));
+        has("cliniko_gateway_start_time_seconds ");
+        #[cfg(target_os = "linux")]
+        has("cliniko_gateway_process_resident_memory_bytes ");
     }
 }

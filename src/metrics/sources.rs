@@ -6,7 +6,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -91,6 +91,35 @@ fn counter(
     ConstCounter::new(n).encode(m)
 }
 
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    n: u64,
+) -> Result<(), std::fmt::Error> {
+    let m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(m)
+}
+
+/// A gauge whose value is read from elsewhere at scrape time (readiness, open connections).
+pub(super) struct FnGauge {
+    pub(super) name: &'static str,
+    pub(super) help: &'static str,
+    pub(super) read: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for FnGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FnGauge").field("name", &self.name).finish()
+    }
+}
+
+impl Collector for FnGauge {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        gauge(&mut enc, self.name, self.help, (self.read)())
+    }
+}
+
 impl Collector for Sources {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let live = self.live.load();
@@ -133,6 +162,12 @@ impl Collector for Sources {
                 "Requests that waited for a slot (shaping) by limit",
                 "limit",
                 &[("key", load(&s.shaped))],
+            )?;
+            gauge(
+                &mut enc,
+                "ratelimit_waiting",
+                "Requests waiting on a key budget now",
+                load(&s.waiting),
             )?;
             counter(
                 &mut enc,

@@ -71,6 +71,7 @@ impl Drop for Waiting<'_> {
         if let Some(s) = t.get_mut(self.id) {
             s.waiting = s.waiting.saturating_sub(1);
         }
+        self.budgets.stats.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -145,6 +146,7 @@ impl KeyBudgets {
                 )));
             }
             slot.waiting += 1;
+            self.stats.waiting.fetch_add(1, Ordering::Relaxed);
             Waiting { budgets: self, id }
         };
         let max_wait = micros(self.max_wait);

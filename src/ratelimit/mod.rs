@@ -70,6 +70,8 @@ pub struct RateLimitStats {
     pub refused_key: AtomicU64,
     /// Waited for a key-budget slot.
     pub shaped: AtomicU64,
+    /// Requests waiting on a key budget now (deciding or shaped).
+    pub waiting: AtomicU64,
     /// Decisions that could not ask Redis (timeout, refused, error).
     pub redis_failures: AtomicU64,
     /// Decisions made on the local budget because Redis was down (fail-open).

@@ -172,7 +172,9 @@ impl Upstream {
             f.set_upstream_status(status.as_u16());
         }
         if status == StatusCode::UNAUTHORIZED {
-            self.count_error(UpstreamError::CredentialRejected);
+            if let Some(m) = &self.metrics {
+                m.credential_rejected(&cred.fingerprint);
+            }
             tracing::warn!(
                 request_id = rid.to_str().unwrap_or("-"),
                 key_fingerprint = &*cred.fingerprint,

@@ -10,6 +10,7 @@ mod faults;
 mod hostile;
 mod leaks;
 mod lifecycle;
+mod monitoring;
 mod ops;
 mod policy;
 mod props;
