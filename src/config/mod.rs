@@ -256,6 +256,10 @@ pub struct AuthConfig {
     /// How many verified tokens to remember (until their `exp`).
     #[serde(default = "default_token_cache")]
     pub token_cache_size: u64,
+    /// Also take the JWT from `Authorization: Basic base64(<JWT>:)`, the form clients written
+    /// for Cliniko send (the JWT where they put the API key).
+    #[serde(default = "default_true")]
+    pub accept_basic: bool,
     /// Resolved at load: the HMAC secret, if any. Never in the file.
     #[serde(skip)]
     pub hmac_secret: Option<SecretSlice<u8>>,
@@ -401,6 +405,9 @@ fn default_leeway() -> Duration {
 }
 fn default_hmac_algs() -> Vec<String> {
     vec!["HS256".into()]
+}
+fn default_true() -> bool {
+    true
 }
 fn default_token_cache() -> u64 {
     10_000
