@@ -5,6 +5,7 @@ mod auth;
 mod cache;
 mod cli;
 mod config;
+mod dropin;
 mod faults;
 mod hostile;
 mod leaks;
