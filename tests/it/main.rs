@@ -2,6 +2,7 @@
 
 mod admin;
 mod auth;
+mod browser;
 mod cache;
 mod cli;
 mod config;
