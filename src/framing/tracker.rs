@@ -66,6 +66,10 @@ pub(super) struct Tracker {
     state: State,
     /// Only an incomplete head that spans reads is buffered here.
     head: Vec<u8>,
+    /// How much of `head` hyper has already read: the method and its space go on at once (so
+    /// hyper-util can tell HTTP/1 from an HTTP/2 preface and hyper's header timer runs); from
+    /// the target on, bytes wait until the head is complete.
+    head_sent: usize,
     max_head_bytes: usize,
     max_headers: usize,
     seen: Seen,
@@ -76,6 +80,7 @@ impl Tracker {
         Tracker {
             state: State::Head,
             head: Vec::new(),
+            head_sent: 0,
             max_head_bytes,
             max_headers,
             seen: Seen::default(),
@@ -135,7 +140,9 @@ impl Tracker {
     /// gets them as they came and judges the incomplete head itself).
     pub(super) fn stop(&mut self) -> Vec<u8> {
         self.state = State::Off;
-        std::mem::take(&mut self.head)
+        let held = self.head.split_off(self.head_sent.min(self.head.len()));
+        self.head.clear();
+        held
     }
 
     /// Consumes head bytes from `at`; returns where what follows the head starts (or the end
@@ -156,15 +163,16 @@ impl Tracker {
                     self.state = State::Off;
                     return end_of_input;
                 }
-                self.complete_head(edit, (start, start + end), &data[..end], true);
+                self.head_sent = 0;
+                self.complete_head(edit, (start, start + end), &data[..end], 0);
                 return start + end;
             }
             if data.len() > self.max_head_bytes {
                 self.state = State::Off;
                 return end_of_input;
             }
-            self.head.extend_from_slice(data);
-            edit.replace(start, end_of_input, b"");
+            self.head_sent = 0;
+            self.hold(edit, start);
             return end_of_input;
         }
         // Find where the head ends without copying what follows it: first an end marker
@@ -185,8 +193,7 @@ impl Tracker {
             if old + data.len() > self.max_head_bytes {
                 self.give_up(edit, at);
             } else {
-                self.head.extend_from_slice(data);
-                edit.replace(at, end_of_input, b"");
+                self.hold(edit, at);
             }
             return end_of_input;
         };
@@ -196,11 +203,28 @@ impl Tracker {
         }
         self.head.extend_from_slice(&data[..used]);
         let head = std::mem::take(&mut self.head);
-        self.complete_head(edit, (at, at + used), &head, false);
+        self.complete_head(edit, (at, at + used), &head, old);
         // Keep the allocation for the next head that spans reads.
         self.head = head;
         self.head.clear();
         at + used
+    }
+
+    /// Buffers `input[from..]`, the rest of an incomplete head: up to the first space it goes
+    /// on to hyper at once, after it hyper gets nothing until the head is complete.
+    fn hold(&mut self, edit: &mut Edit<'_>, from: usize) {
+        let data = &edit.input[from..];
+        let mut pass = 0;
+        // Until the first space has gone on, everything has (the space ends what may).
+        let space_sent = self.head[..self.head_sent].last() == Some(&b' ');
+        if !space_sent {
+            pass = memchr::memchr(b' ', data).map_or(data.len(), |p| p + 1);
+            self.head_sent += pass;
+        }
+        self.head.extend_from_slice(data);
+        if pass < data.len() {
+            edit.replace(from + pass, edit.input.len(), b"");
+        }
     }
 
     /// Stops watching; the held head bytes go to hyper as they came, before `input[at..]`.
@@ -209,20 +233,23 @@ impl Tracker {
         edit.replace(at, at, &held);
     }
 
-    /// A complete head replacing `input[range]` (in place: it is exactly those bytes; else
-    /// it was held back and those bytes are only its end): fixes its target and records it.
+    /// A complete head whose last bytes are `input[from..to]` (`buffered` bytes of it came in
+    /// earlier reads, of which hyper has `head_sent`): hyper gets the rest, with its target
+    /// fixed ([`super::target`]); the head is recorded.
     fn complete_head(
         &mut self,
         edit: &mut Edit<'_>,
         (from, to): (usize, usize),
         head: &[u8],
-        in_place: bool,
+        buffered: usize,
     ) {
         let fixed = super::target::fix_head(head, self.max_head_bytes);
         let head = fixed.as_ref().map_or(head, |f| &f.head);
-        if fixed.is_some() || !in_place {
-            edit.replace(from, to, head);
+        // A fix never touches the method and its space, the only part hyper may have read.
+        if fixed.is_some() || self.head_sent < buffered {
+            edit.replace(from, to, &head[self.head_sent..]);
         }
+        self.head_sent = 0;
         let index = self.seen.requests;
         self.on_head(head);
         if fixed.is_some_and(|f| f.bad) && self.seen.requests > index {
@@ -571,14 +598,24 @@ mod tests {
         let mut t = Tracker::new(MAX_HEAD, 100);
         let mut out = Vec::new();
         assert!(t.feed(b"GET /v1/p?q=<", &mut out));
-        assert!(out.is_empty(), "held back until the head is complete");
-        assert_eq!(t.stop(), b"GET /v1/p?q=<");
+        assert_eq!(
+            out, b"GET ",
+            "the method goes on, the target waits for the head"
+        );
+        out.clear();
+        assert!(t.feed(b" HTTP/1.1\r\nHost: a", &mut out));
+        assert!(out.is_empty());
+        assert_eq!(t.stop(), b"/v1/p?q=< HTTP/1.1\r\nHost: a");
+        // A method that has not ended yet goes on as it comes.
+        let mut t = Tracker::new(MAX_HEAD, 100);
+        assert!(!t.feed(b"GE", &mut out));
+        assert!(t.feed(b"T /x", &mut out));
+        assert_eq!(out, b"T ");
         // Past the head limit: what was held goes on unchanged and tracking stops.
         let mut t = Tracker::new(64, 100);
         let first = b"GET /v1/p?q=< HTTP/1.1\r\n";
         let mut out = Vec::new();
         assert!(t.feed(first, &mut out));
-        out.clear();
         assert!(t.feed(&[b'a'; 64], &mut out));
         assert_eq!(out, [&first[..], &[b'a'; 64]].concat());
         assert!(t.is_off());
