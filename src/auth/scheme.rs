@@ -113,8 +113,8 @@ fn jwt_shaped(token: &str) -> Result<&str, AuthError> {
     Ok(token)
 }
 
-/// Refuses `s` if it has the shape of a Cliniko API key: a body of base64 characters and a
-/// shard suffix (`…-au2`), see docs/cliniko-api facts. A JWT never matches (it has dots).
+/// Refuses `s` if it has the shape of a Cliniko API key: at least 16 base64 characters and a
+/// shard suffix (`…-au2`). A JWT never matches (it has dots).
 fn not_a_key(s: &str) -> Result<(), Refused> {
     let Some((body, shard)) = s.rsplit_once('-') else {
         return Ok(());
