@@ -17,12 +17,34 @@ use http::{HeaderValue, Response, StatusCode, header};
 /// Header that marks a response the gateway made itself.
 pub const GATEWAY_ERROR_HEADER: &str = "x-gateway-error";
 
-/// Why a bearer token was refused (always a 401, except `KeysUnavailable`).
+/// Why the caller's credentials were refused (a 401, except `Ambiguous` and `KeysUnavailable`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    /// No `Authorization: Bearer` header.
-    #[error("no bearer token: send Authorization: Bearer <JWT>")]
+    /// No `Authorization` header.
+    #[error(
+        "no credentials: send Authorization: Bearer <JWT>, or Basic credentials with the JWT as \
+         the username and an empty password"
+    )]
     Missing,
+    /// More than one `Authorization` header: which one was meant cannot be told.
+    #[error("more than one Authorization header: send exactly one")]
+    Ambiguous,
+    /// No scheme, or one other than Bearer and Basic (or Basic while it is turned off); the
+    /// text names the accepted forms.
+    #[error("{0}")]
+    UnsupportedScheme(&'static str),
+    /// A Cliniko API key was sent where the JWT goes (it is never forwarded).
+    #[error("this gateway holds the Cliniko keys: send your JWT, not a Cliniko API key")]
+    ClinikoKeySent,
+    /// Basic credentials with a password: the JWT is the username, the password stays empty.
+    #[error(
+        "Basic credentials must have an empty password: send the JWT as the username and \
+         nothing after the colon"
+    )]
+    PasswordNotEmpty,
+    /// Basic credentials that are not base64 of `user:password` in UTF-8.
+    #[error("the Basic credentials are not base64 of <JWT>:")]
+    BasicMalformed,
     /// Not three base64url parts, bad JSON header, or an unreadable claim set.
     #[error("the token is not a well-formed JWT")]
     Malformed,
@@ -45,11 +67,28 @@ impl AuthError {
     pub fn code(&self) -> &'static str {
         match self {
             AuthError::Missing => "token_missing",
-            AuthError::Malformed => "token_malformed",
+            AuthError::Ambiguous => "ambiguous_credentials",
+            AuthError::UnsupportedScheme(_) => "unsupported_scheme",
+            AuthError::ClinikoKeySent => "cliniko_key_sent",
+            AuthError::PasswordNotEmpty => "password_not_empty",
+            AuthError::Malformed | AuthError::BasicMalformed => "token_malformed",
             AuthError::Expired => "token_expired",
             AuthError::NotYetValid => "token_not_yet_valid",
             AuthError::Invalid(_) => "token_invalid",
             AuthError::KeysUnavailable => "auth_unavailable",
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge of a 401: always Bearer, so a browser never offers
+    /// its Basic login box, even to callers that sent Basic. An error code only when a
+    /// credential was there to be wrong (RFC 6750 §3.1).
+    fn challenge(&self) -> Option<HeaderValue> {
+        match self {
+            AuthError::KeysUnavailable | AuthError::Ambiguous => None,
+            AuthError::Missing | AuthError::UnsupportedScheme(_) => {
+                Some(HeaderValue::from_static("Bearer"))
+            }
+            _ => Some(HeaderValue::from_static("Bearer error=\"invalid_token\"")),
         }
     }
 }
@@ -139,6 +178,7 @@ impl GatewayError {
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::Auth(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Auth(AuthError::Ambiguous) => StatusCode::BAD_REQUEST,
             GatewayError::Auth(_) => StatusCode::UNAUTHORIZED,
             GatewayError::NoCredential | GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
             GatewayError::CredentialRejected
@@ -177,13 +217,8 @@ impl GatewayError {
             refusal::apply(h, r);
         }
         if let GatewayError::Auth(e) = &self
-            && *e != AuthError::KeysUnavailable
+            && let Some(v) = e.challenge()
         {
-            let v = if *e == AuthError::Missing {
-                HeaderValue::from_static("Bearer")
-            } else {
-                HeaderValue::from_static("Bearer error=\"invalid_token\"")
-            };
             h.insert(header::WWW_AUTHENTICATE, v);
         }
         resp
@@ -206,8 +241,44 @@ mod tests {
     }
 
     #[test]
+    fn credential_errors_keep_a_bearer_challenge_and_their_status() {
+        for (e, status, challenge) in [
+            (AuthError::Missing, 401, Some("Bearer")),
+            (AuthError::UnsupportedScheme("x"), 401, Some("Bearer")),
+            (
+                AuthError::ClinikoKeySent,
+                401,
+                Some("Bearer error=\"invalid_token\""),
+            ),
+            (
+                AuthError::PasswordNotEmpty,
+                401,
+                Some("Bearer error=\"invalid_token\""),
+            ),
+            (AuthError::Ambiguous, 400, None),
+            (AuthError::KeysUnavailable, 503, None),
+        ] {
+            let r = GatewayError::Auth(e.clone()).into_response(None);
+            assert_eq!(r.status(), status, "{e:?}");
+            assert_eq!(
+                r.headers()
+                    .get(header::WWW_AUTHENTICATE)
+                    .map(|v| v.to_str().unwrap()),
+                challenge,
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
     fn codes_are_distinct() {
         let all = [
+            AuthError::Ambiguous.code(),
+            AuthError::UnsupportedScheme("").code(),
+            AuthError::ClinikoKeySent.code(),
+            AuthError::PasswordNotEmpty.code(),
+            AuthError::Malformed.code(),
+            AuthError::Missing.code(),
             GatewayError::NotFound.code(),
             GatewayError::NoCredential.code(),
             GatewayError::Forbidden {

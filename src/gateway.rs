@@ -116,8 +116,11 @@ impl Gateway {
             &fixed,
             authn,
             Arc::new(crate::policy::Policy::new(&cfg.policy)),
-            crate::cache::Cache::new(&cfg.cache),
-            crate::ratelimit::RateLimits::new(&cfg.ratelimit)?,
+            (
+                crate::cache::Cache::new(&cfg.cache),
+                crate::ratelimit::RateLimits::new(&cfg.ratelimit)?,
+            ),
+            crate::cors::Cors::new(&cfg.cors),
         )));
         metrics.add_sources(Sources::new(live.clone()));
         let settings = ConnSettings::new(&cfg.server, tls);

@@ -4,7 +4,8 @@
 //! Answers `/healthz` and `/readyz` locally; everything outside `/v1/` is a 404. Refuses (400,
 //! nothing sent upstream) CONNECT/TRACE and unknown methods, absolute-form targets naming
 //! another host, paths with dot segments, empty segments, backslashes, NUL or encoded
-//! `/` `\` `.`, and requests carrying both Content-Length and Transfer-Encoding. Bodies over the
+//! `/` `\` `.`, targets the server had to make parseable (see [`crate::framing`]), and requests
+//! carrying both Content-Length and Transfer-Encoding. Bodies over the
 //! configured limit get a 413, up front when declared, mid-stream otherwise.
 
 use crate::body::Body;
@@ -32,6 +33,11 @@ impl BodyLimitTripped {
 /// Transfer-Encoding (set by the server from the framing watch).
 #[derive(Clone, Copy, Debug)]
 pub struct AmbiguousLength;
+
+/// Marks a request whose raw HTTP/1.1 target held bytes no URI may hold where they were (a
+/// `<` in the path, a control byte): the server rewrote it only so that it parses.
+#[derive(Clone, Copy, Debug)]
+pub struct UnusableTarget;
 
 /// Longest request path accepted.
 pub const MAX_PATH_BYTES: usize = 2048;
@@ -101,6 +107,10 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // First: the path it shows is only a stand-in for what was sent.
+        if req.extensions().get::<UnusableTarget>().is_some() {
+            return Box::pin(async { Err(unusable_target()) });
+        }
         match req.uri().path() {
             "/healthz" => return Box::pin(async { Ok(status_json(StatusCode::OK, "live")) }),
             "/readyz" => {
@@ -144,6 +154,14 @@ fn status_json(status: StatusCode, s: &'static str) -> Response<Body> {
         http::HeaderValue::from_static("no-store"),
     );
     r
+}
+
+fn unusable_target() -> GatewayError {
+    bad(
+        "bad_target",
+        "the request target holds a byte that must be percent-encoded there: a control byte, \
+         or in the path a space, '<', '>', '`' or a byte that is not UTF-8",
+    )
 }
 
 fn bad(code: &'static str, message: &'static str) -> GatewayError {

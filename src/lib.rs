@@ -14,6 +14,7 @@ pub mod body;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod cors;
 pub mod credentials;
 pub mod demo;
 pub mod error;

@@ -1,5 +1,5 @@
 //! The parts of the stack a config reload may replace (token verification, policy, cache,
-//! rate limits), held as one set behind an atomic pointer, and the service that sends each
+//! rate limits, CORS), held as one set behind an atomic pointer, and the service that sends each
 //! request through whichever set is current when the request arrives.
 //!
 //! Why the whole stack is rebuilt rather than each part made swappable inside: a request then
@@ -10,6 +10,7 @@
 use crate::auth::Authenticator;
 use crate::body::Body;
 use crate::cache::Cache;
+use crate::cors::Cors;
 use crate::credentials::Credentials;
 use crate::guard::Readiness;
 use crate::metrics::HttpMetrics;
@@ -55,6 +56,8 @@ pub struct Live {
     pub cache: Option<Arc<Cache>>,
     /// Rate limits (`None` when disabled).
     pub ratelimits: Option<Arc<RateLimits>>,
+    /// CORS (`None` when off).
+    pub cors: Option<Cors>,
     service: GatewayService,
 }
 
@@ -64,8 +67,8 @@ impl Live {
         fixed: &Fixed,
         authn: Arc<Authenticator>,
         policy: Arc<Policy>,
-        cache: Option<Arc<Cache>>,
-        ratelimits: Option<Arc<RateLimits>>,
+        (cache, ratelimits): (Option<Arc<Cache>>, Option<Arc<RateLimits>>),
+        cors: Option<Cors>,
     ) -> Live {
         let service = stack::build(&Parts {
             authn: authn.clone(),
@@ -78,12 +81,14 @@ impl Live {
             limits: fixed.limits.clone(),
             metrics: fixed.metrics.clone(),
             telemetry: fixed.telemetry.clone(),
+            cors: cors.clone(),
         });
         Live {
             authn,
             policy,
             cache,
             ratelimits,
+            cors,
             service,
         }
     }

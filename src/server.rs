@@ -7,7 +7,7 @@
 
 use crate::body::{Body, BodyObserver, observe};
 use crate::config::ServerConfig;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -243,14 +243,22 @@ where
         let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
             let busy = tracker.begin();
             // Exactly once per request, in arrival order, before anything can reject it.
-            let ambiguous = framing.take_next();
+            let seen = framing.take_next();
             let svc = svc.clone();
             async move {
                 let mut req = req.map(Body::new);
-                if ambiguous {
+                if seen.ambiguous_length {
                     req.extensions_mut().insert(crate::guard::AmbiguousLength);
                 }
-                let resp = svc.oneshot(req).await?;
+                if seen.bad_target {
+                    req.extensions_mut().insert(crate::guard::UnusableTarget);
+                }
+                let mut resp = svc.oneshot(req).await?;
+                if seen.bad_target {
+                    // The watch only names the first such request of a connection: end it.
+                    resp.headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 Ok::<_, Infallible>(resp.map(|b| observe(b, busy)))
             }
         });

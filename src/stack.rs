@@ -6,6 +6,7 @@ use crate::audit::AuditLayer;
 use crate::auth::{AuthLayer, Authenticator};
 use crate::body::Body;
 use crate::cache::Cache;
+use crate::cors::Cors;
 use crate::credentials::Credentials;
 use crate::guard::{GuardLayer, Readiness};
 use crate::policy::Policy;
@@ -43,6 +44,8 @@ pub struct Parts {
     pub metrics: Option<Arc<crate::metrics::HttpMetrics>>,
     /// Trace export (`None`: off, and the trace layer is not in the stack at all).
     pub telemetry: Option<Arc<Telemetry>>,
+    /// CORS for browser apps (`None`: off).
+    pub cors: Option<Cors>,
 }
 
 /// The whole gateway as one cloneable service.
@@ -58,6 +61,10 @@ pub fn build(p: &Parts) -> GatewayService {
         // The server span: inside the access log (it sees the request id and cache outcome),
         // outside the rescue (it records the status the caller got). Absent when off.
         .option_layer(p.telemetry.clone().map(TraceLayer))
+        // Browser apps (tower-http's CorsLayer, gated to listed origins): outside the rescue,
+        // so errors carry CORS headers and a browser app can read its 401 or 429; a preflight
+        // is answered here, before the audit, the guard, auth or any budget. Absent when off.
+        .option_layer(p.cors.clone())
         // Who did what, on its own target; outside the rescue so refusals are recorded too.
         .layer(AuditLayer)
         // Every error below becomes one JSON response here, and nowhere else.

@@ -1,4 +1,4 @@
-//! Step 2 of the journey: the bearer token becomes a verified [`User`] in request extensions.
+//! Step 2 of the journey: the caller's JWT becomes a verified [`User`] in request extensions.
 //! Anything else is a 401 before any key is looked up.
 
 use super::{Authenticator, User};
@@ -6,7 +6,7 @@ use crate::access_log::facts;
 use crate::body::Body;
 use crate::error::GatewayError;
 use futures_util::future::BoxFuture;
-use http::{Request, Response, header};
+use http::{Request, Response};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -48,9 +48,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let user: User = authn
-                .authenticate(req.headers().get(header::AUTHORIZATION))
-                .await?;
+            let user: User = authn.authenticate(req.headers()).await?;
             if let Some(f) = facts(&req) {
                 f.set_user(user.id.clone());
                 if let Some(app) = &user.app {

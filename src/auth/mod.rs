@@ -1,6 +1,8 @@
-//! Step 6 of the request's journey: `Authorization: Bearer <JWT>` → a verified [`User`].
+//! Step 6 of the request's journey: `Authorization: Bearer <JWT>` (or `Basic base64(<JWT>:)`,
+//! see [`scheme`]) → a verified [`User`].
 //!
-//! Rejects (401): a missing or non-Bearer header, tokens over 8 KiB, malformed JWTs, `alg: none`
+//! Rejects (401): a missing header or another scheme, tokens over 8 KiB, a Cliniko API key sent
+//! instead of a JWT (logged by fingerprint, counted), malformed JWTs, `alg: none`
 //! and any algorithm not allowlisted for the key that would check it, bad signatures, expired or
 //! not-yet-valid tokens, wrong `iss`/`aud`, unknown `kid`s, and tokens without a usable user
 //! claim. Answers 503 (`KeysUnavailable`) while a needed JWKS has never been fetched.
@@ -11,6 +13,7 @@ mod jwks;
 mod keys;
 mod layer;
 pub mod mint;
+mod scheme;
 mod verify;
 
 pub use layer::AuthLayer;
@@ -23,7 +26,7 @@ use crate::error::AuthError;
 use crate::upstream::HttpClient;
 use jsonwebtoken::{AlgorithmFamily, Header, decode_header};
 use std::fmt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::task::JoinHandle;
 
@@ -59,6 +62,9 @@ pub struct Authenticator {
     cache: moka::future::Cache<cache::TokenHash, cache::Cached>,
     refresher: Mutex<Option<JoinHandle<()>>>,
     fetch_counts: Arc<jwks::FetchCounts>,
+    accept_basic: bool,
+    /// Cliniko API keys refused (carried across reloads, like the fetch counts).
+    cliniko_keys_refused: Arc<AtomicU64>,
 }
 
 impl Authenticator {
@@ -67,13 +73,15 @@ impl Authenticator {
         Authenticator::new_after(cfg, http, None)
     }
 
-    /// Like [`Self::new`] for a reloaded `cfg`: JWKS fetch counters carry on from `prev`'s.
+    /// Like [`Self::new`] for a reloaded `cfg`: counters carry on from `prev`'s.
     pub fn new_after(
         cfg: &AuthConfig,
         http: HttpClient,
         prev: Option<&Authenticator>,
     ) -> Result<Arc<Authenticator>, ConfigError> {
         let fetch_counts = prev.map_or_else(Arc::default, |p| p.fetch_counts.clone());
+        let cliniko_keys_refused =
+            prev.map_or_else(Arc::default, |p| p.cliniko_keys_refused.clone());
         let jwks = match &cfg.jwks {
             Some(j) => Some(Arc::new(jwks::Jwks::new(j, http, fetch_counts.clone())?)),
             None => None,
@@ -85,6 +93,8 @@ impl Authenticator {
             cache: cache::build(cfg.token_cache_size),
             refresher: Mutex::new(None),
             fetch_counts,
+            accept_basic: cfg.accept_basic,
+            cliniko_keys_refused,
         }))
     }
 
@@ -105,12 +115,23 @@ impl Authenticator {
         }
     }
 
-    /// Verifies the `Authorization` header value (`None` = header absent).
-    pub async fn authenticate(
-        &self,
-        header: Option<&http::HeaderValue>,
-    ) -> Result<User, AuthError> {
-        let token = bearer_token(header)?;
+    /// Verifies the token of the request's `Authorization` header (Bearer, or Basic when
+    /// `auth.accept_basic`).
+    pub async fn authenticate(&self, headers: &http::HeaderMap) -> Result<User, AuthError> {
+        let token = match scheme::token(headers, self.accept_basic) {
+            Ok(t) => t,
+            Err(scheme::Refused::Auth(e)) => return Err(e),
+            Err(scheme::Refused::ClinikoKey(fingerprint)) => {
+                self.cliniko_keys_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    key_fingerprint = %fingerprint,
+                    "a caller sent a Cliniko API key instead of a JWT; refused, nothing \
+                     forwarded. The key has left its owner's hands: rotate it in Cliniko"
+                );
+                return Err(AuthError::ClinikoKeySent);
+            }
+        };
+        let token = &*token;
         let key = cache::hash(token);
         if let Some(hit) = self.cache.get(&key).await {
             // The entry's TTL already ends at `exp`; re-check in case clocks or config disagree.
@@ -155,6 +176,11 @@ impl Authenticator {
     /// Failed JWKS fetches so far.
     pub fn jwks_fetches_failed(&self) -> u64 {
         self.fetch_counts.failed.load(Ordering::SeqCst)
+    }
+
+    /// Requests refused because they carried a Cliniko API key instead of a JWT.
+    pub fn cliniko_keys_refused(&self) -> u64 {
+        self.cliniko_keys_refused.load(Ordering::Relaxed)
     }
 
     async fn verify(&self, token: &str) -> Result<User, AuthError> {
@@ -269,26 +295,4 @@ async fn refresh_loop(jwks: Weak<jwks::Jwks>, mut last_ok: bool) {
         let Some(j) = jwks.upgrade() else { return };
         last_ok = j.refresh().await;
     }
-}
-
-/// Extracts the token from `Bearer <token>`; refuses anything else before parsing it.
-fn bearer_token(header: Option<&http::HeaderValue>) -> Result<&str, AuthError> {
-    let value = header.ok_or(AuthError::Missing)?;
-    if value.len() > MAX_TOKEN_BYTES + "Bearer ".len() {
-        return Err(AuthError::Malformed);
-    }
-    let value = value.to_str().map_err(|_| AuthError::Malformed)?;
-    let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AuthError::Malformed);
-    }
-    let is_jwt_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
-    if token.is_empty()
-        || token.len() > MAX_TOKEN_BYTES
-        || !token.bytes().all(is_jwt_char)
-        || token.bytes().filter(|b| *b == b'.').count() != 2
-    {
-        return Err(AuthError::Malformed);
-    }
-    Ok(token)
 }

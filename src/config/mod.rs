@@ -63,6 +63,9 @@ pub struct Config {
     /// OpenTelemetry trace export (off unless `otlp_endpoint` is set).
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// CORS for browser apps (off unless `allowed_origins` is set).
+    #[serde(default)]
+    pub cors: CorsConfig,
     /// The file this was read from (`None` for text loaded directly): what reloads re-read.
     #[serde(skip)]
     pub source: Option<ConfigSource>,
@@ -87,6 +90,41 @@ impl Default for TelemetryConfig {
             otlp_endpoint: None,
             service_name: "cliniko-gateway".into(),
             sample_ratio: 1.0,
+        }
+    }
+}
+
+/// CORS: which web origins may call the gateway from a browser. Off while `allowed_origins`
+/// is empty; then browsers keep other origins out, as they would without a gateway.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Exact origins, `scheme://host[:port]` as browsers send them
+    /// (`https://app.example.com`); no wildcards, no path.
+    pub allowed_origins: Vec<String>,
+    /// Methods a preflight allows.
+    pub allowed_methods: Vec<String>,
+    /// Request headers a preflight allows.
+    pub allowed_headers: Vec<String>,
+    /// How long a browser may keep a preflight's answer.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        CorsConfig {
+            allowed_origins: vec![],
+            allowed_methods: strings(&["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
+            allowed_headers: strings(&[
+                "authorization",
+                "accept",
+                "content-type",
+                "if-none-match",
+                "x-request-id",
+            ]),
+            max_age: Duration::from_secs(600),
         }
     }
 }
@@ -260,6 +298,10 @@ pub struct AuthConfig {
     /// How many verified tokens to remember (until their `exp`).
     #[serde(default = "default_token_cache")]
     pub token_cache_size: u64,
+    /// Also take the JWT from `Authorization: Basic base64(<JWT>:)`, the form clients written
+    /// for Cliniko send (the JWT where they put the API key).
+    #[serde(default = "default_true")]
+    pub accept_basic: bool,
     /// Resolved at load: the HMAC secret, if any. Never in the file.
     #[serde(skip)]
     pub hmac_secret: Option<SecretSlice<u8>>,
@@ -405,6 +447,9 @@ fn default_leeway() -> Duration {
 }
 fn default_hmac_algs() -> Vec<String> {
     vec!["HS256".into()]
+}
+fn default_true() -> bool {
+    true
 }
 fn default_token_cache() -> u64 {
     10_000

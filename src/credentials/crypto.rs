@@ -42,7 +42,7 @@ fn cipher(master: &[u8; 32]) -> Result<LessSafeKey, KeyStoreError> {
 }
 
 /// `sha256:` + the first 16 hex characters of SHA-256(key).
-pub(super) fn fingerprint(key: &str) -> String {
+pub fn fingerprint(key: &str) -> String {
     let d = digest::digest(&digest::SHA256, key.as_bytes());
     format!("sha256:{}", hex::encode(&d.as_ref()[..8]))
 }

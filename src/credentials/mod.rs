@@ -50,7 +50,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use crypto::generate_master_key;
+pub use crypto::{fingerprint, generate_master_key};
 pub use edit::{AddOutcome, ListedUser, add_key, list, remove_user};
 pub use store::{Credentials, KeyStore};
 

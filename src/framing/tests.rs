@@ -31,7 +31,7 @@ async fn serve_one() -> (std::net::SocketAddr, Arc<Mutex<Vec<Seen>>>) {
         let (tcp, _) = listener.accept().await.unwrap();
         let (io, watch) = watch(tcp, 16 * 1024, 100);
         let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-            let ambiguous = watch.take_next();
+            let ambiguous = watch.take_next().ambiguous_length;
             let log = server_log.clone();
             async move {
                 let has_content_length = req.headers().contains_key("content-length");
@@ -160,4 +160,98 @@ fn wrapper_and_watch_fit_hyper_and_tokio_tasks() {
     fn send_sync<T: Send + Sync + Clone + 'static>() {}
     send_unpin::<super::Watched<TcpStream>>();
     send_sync::<super::FramingWatch>();
+}
+
+/// Serves one watched connection; records each request's target and verdict.
+async fn serve_targets() -> (
+    std::net::SocketAddr,
+    Arc<Mutex<Vec<(String, super::Verdict)>>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let server_log = log.clone();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (io, watch) = watch(tcp, 16 * 1024, 100);
+        let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+            let verdict = watch.take_next();
+            server_log
+                .lock()
+                .unwrap()
+                .push((req.uri().to_string(), verdict));
+            async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+        });
+        let _ = auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(io), svc)
+            .await;
+    });
+    (addr, log)
+}
+
+#[tokio::test]
+async fn raw_filter_bytes_reach_the_service_encoded_even_byte_by_byte() {
+    let (addr, log) = serve_targets().await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let req = b"GET /v1/p?q[]=a:>=1&q[]=b:<2&q[]=last_name:\"O'Brien\" HTTP/1.1\r\nHost: x\r\n\r\n";
+    // One byte per segment, so hyper's reads end inside the head again and again.
+    for b in req.chunks(1) {
+        tcp.write_all(b).await.unwrap();
+        tcp.flush().await.unwrap();
+    }
+    let resp = read_responses(&mut tcp, 1).await;
+    assert!(resp.starts_with(b"HTTP/1.1 200"));
+    // Then one hyper cannot parse at all, made parseable and flagged.
+    tcp.write_all(b"GET /v1/a<b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_responses(&mut tcp, 1).await;
+    let log = log.lock().unwrap();
+    assert_eq!(
+        log[0],
+        (
+            "/v1/p?q[]=a:%3E=1&q[]=b:%3C2&q[]=last_name:%22O'Brien%22".to_string(),
+            super::Verdict::default()
+        )
+    );
+    assert_eq!(log[1].0, "/v1/a%3Cb");
+    assert!(log[1].1.bad_target);
+}
+
+/// Yields its bytes one per read.
+struct Trickle(Vec<u8>, usize);
+
+impl tokio::io::AsyncRead for Trickle {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Some(&b) = self.0.get(self.1) {
+            buf.put_slice(&[b]);
+            self.1 += 1;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_rewritten_head_larger_than_the_read_buffer_is_handed_over_in_parts() {
+    let body = b"POST /v1/p?q=<<<<<<<<<< HTTP/1.1\r\nContent-Length: 2\r\n\r\n<>";
+    let want =
+        b"POST /v1/p?q=%3C%3C%3C%3C%3C%3C%3C%3C%3C%3C HTTP/1.1\r\nContent-Length: 2\r\n\r\n<>";
+    let (mut io, _) = watch(Trickle(body.to_vec(), 0), 1024, 10);
+    let mut got = Vec::new();
+    let mut small = [0u8; 5];
+    loop {
+        let n = io.read(&mut small).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&small[..n]);
+    }
+    assert_eq!(
+        String::from_utf8(got).unwrap(),
+        String::from_utf8(want.to_vec()).unwrap()
+    );
 }

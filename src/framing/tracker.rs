@@ -25,6 +25,9 @@ pub(super) struct Seen {
     /// Index of the request whose head had both Content-Length and Transfer-Encoding. hyper
     /// closes the connection after such a request, so there is at most one.
     pub ambiguous: Option<u64>,
+    /// Index of the first request whose target was unusable (see [`super::target`]). The
+    /// server closes the connection after answering it, so later ones are never asked about.
+    pub bad_target: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +66,10 @@ pub(super) struct Tracker {
     state: State,
     /// Only an incomplete head that spans reads is buffered here.
     head: Vec<u8>,
+    /// How much of `head` hyper has already read: the method and its space go on at once (so
+    /// hyper-util can tell HTTP/1 from an HTTP/2 preface and hyper's header timer runs); from
+    /// the target on, bytes wait until the head is complete.
+    head_sent: usize,
     max_head_bytes: usize,
     max_headers: usize,
     seen: Seen,
@@ -73,6 +80,7 @@ impl Tracker {
         Tracker {
             state: State::Head,
             head: Vec::new(),
+            head_sent: 0,
             max_head_bytes,
             max_headers,
             seen: Seen::default(),
@@ -87,14 +95,24 @@ impl Tracker {
         self.seen
     }
 
-    /// Feeds the next bytes read from the connection, in order.
-    pub(super) fn feed(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
+    /// Feeds the next bytes read from the connection, in order. Returns true when hyper must
+    /// read `out` (appended to) instead of `input`: a head is held back until it is complete,
+    /// then passed on with its request target made parseable ([`super::target`]).
+    pub(super) fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> bool {
+        let mut edit = Edit {
+            input,
+            out,
+            done: 0,
+            changed: false,
+        };
+        let mut at = 0;
+        while at < input.len() {
+            let data = &input[at..];
             match self.state {
-                State::Off => return,
+                State::Off => break,
                 State::Body(n) => {
                     let k = usize::try_from(n).unwrap_or(usize::MAX).min(data.len());
-                    data = &data[k..];
+                    at += k;
                     let left = n - k as u64;
                     self.state = if left == 0 {
                         State::Head
@@ -102,11 +120,11 @@ impl Tracker {
                         State::Body(left)
                     };
                 }
-                State::Head => data = self.feed_head(data),
+                State::Head => at = self.feed_head(&mut edit, at),
                 State::Chunked(c) => {
                     let (c, used, step) =
                         feed_chunked(c, data, self.max_head_bytes, self.max_headers);
-                    data = &data[used..];
+                    at += used;
                     self.state = match step {
                         ChunkStep::More => State::Chunked(c),
                         ChunkStep::Done => State::Head,
@@ -115,35 +133,52 @@ impl Tracker {
                 }
             }
         }
+        edit.finish()
     }
 
-    /// Consumes head bytes; returns what follows the head (or nothing if it is incomplete).
-    fn feed_head<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
+    /// The connection ended: stops watching and returns the head bytes still held back (hyper
+    /// gets them as they came and judges the incomplete head itself).
+    pub(super) fn stop(&mut self) -> Vec<u8> {
+        self.state = State::Off;
+        let held = self.head.split_off(self.head_sent.min(self.head.len()));
+        self.head.clear();
+        held
+    }
+
+    /// Consumes head bytes from `at`; returns where what follows the head starts (or the end
+    /// of the input if the head is incomplete).
+    fn feed_head(&mut self, edit: &mut Edit<'_>, at: usize) -> usize {
+        let input = edit.input;
+        let end_of_input = input.len();
         if self.head.is_empty() {
             // httparse (so hyper) skips empty lines before a request line. Skipping any CR/LF
             // run is looser, but only on input hyper rejects, which closes the connection.
-            let Some(start) = data.iter().position(|b| *b != b'\r' && *b != b'\n') else {
-                return &[];
+            let Some(skip) = input[at..].iter().position(|b| *b != b'\r' && *b != b'\n') else {
+                return end_of_input;
             };
-            let data = &data[start..];
+            let start = at + skip;
+            let data = &input[start..];
             if let Some(end) = head_end(data) {
                 if end > self.max_head_bytes {
                     self.state = State::Off;
-                    return &[];
+                    return end_of_input;
                 }
-                self.on_head(&data[..end]);
-                return &data[end..];
+                self.head_sent = 0;
+                self.complete_head(edit, (start, start + end), &data[..end], 0);
+                return start + end;
             }
             if data.len() > self.max_head_bytes {
                 self.state = State::Off;
-                return &[];
+                return end_of_input;
             }
-            self.head.extend_from_slice(data);
-            return &[];
+            self.head_sent = 0;
+            self.hold(edit, start);
+            return end_of_input;
         }
         // Find where the head ends without copying what follows it: first an end marker
         // straddling the boundary (its first LF is one of the last two buffered bytes), then
         // one wholly inside the new data.
+        let data = &input[at..];
         let old = self.head.len();
         let tail = &self.head[old.saturating_sub(2)..];
         let mut joint = [0u8; 4];
@@ -156,23 +191,70 @@ impl Tracker {
         };
         let Some(used) = end_in_data else {
             if old + data.len() > self.max_head_bytes {
-                self.state = State::Off;
+                self.give_up(edit, at);
             } else {
-                self.head.extend_from_slice(data);
+                self.hold(edit, at);
             }
-            return &[];
+            return end_of_input;
         };
         if old + used > self.max_head_bytes {
-            self.state = State::Off;
-            return &[];
+            self.give_up(edit, at);
+            return end_of_input;
         }
         self.head.extend_from_slice(&data[..used]);
         let head = std::mem::take(&mut self.head);
-        self.on_head(&head);
+        self.complete_head(edit, (at, at + used), &head, old);
         // Keep the allocation for the next head that spans reads.
         self.head = head;
         self.head.clear();
-        &data[used..]
+        at + used
+    }
+
+    /// Buffers `input[from..]`, the rest of an incomplete head: up to the first space it goes
+    /// on to hyper at once, after it hyper gets nothing until the head is complete.
+    fn hold(&mut self, edit: &mut Edit<'_>, from: usize) {
+        let data = &edit.input[from..];
+        let mut pass = 0;
+        // Until the first space has gone on, everything has (the space ends what may).
+        let space_sent = self.head[..self.head_sent].last() == Some(&b' ');
+        if !space_sent {
+            pass = memchr::memchr(b' ', data).map_or(data.len(), |p| p + 1);
+            self.head_sent += pass;
+        }
+        self.head.extend_from_slice(data);
+        if pass < data.len() {
+            edit.replace(from + pass, edit.input.len(), b"");
+        }
+    }
+
+    /// Stops watching; the held head bytes go to hyper as they came, before `input[at..]`.
+    fn give_up(&mut self, edit: &mut Edit<'_>, at: usize) {
+        let held = self.stop();
+        edit.replace(at, at, &held);
+    }
+
+    /// A complete head whose last bytes are `input[from..to]` (`buffered` bytes of it came in
+    /// earlier reads, of which hyper has `head_sent`): hyper gets the rest, with its target
+    /// fixed ([`super::target`]); the head is recorded.
+    fn complete_head(
+        &mut self,
+        edit: &mut Edit<'_>,
+        (from, to): (usize, usize),
+        head: &[u8],
+        buffered: usize,
+    ) {
+        let fixed = super::target::fix_head(head, self.max_head_bytes);
+        let head = fixed.as_ref().map_or(head, |f| &f.head);
+        // A fix never touches the method and its space, the only part hyper may have read.
+        if fixed.is_some() || self.head_sent < buffered {
+            edit.replace(from, to, &head[self.head_sent..]);
+        }
+        self.head_sent = 0;
+        let index = self.seen.requests;
+        self.on_head(head);
+        if fixed.is_some_and(|f| f.bad) && self.seen.requests > index {
+            self.seen.bad_target.get_or_insert(index);
+        }
     }
 
     /// Records the verdict for a complete head and picks the body framing hyper will use.
@@ -210,6 +292,34 @@ impl Tracker {
                 _ => State::Head,
             }
         };
+    }
+}
+
+/// The bytes hyper reads for one read off the connection: the input itself until something
+/// differs, then `out`, built from the input's unchanged stretches and the replacements.
+struct Edit<'a> {
+    input: &'a [u8],
+    out: &'a mut Vec<u8>,
+    /// Input before this is accounted for in `out` (once `changed`).
+    done: usize,
+    changed: bool,
+}
+
+impl Edit<'_> {
+    /// Hyper reads `with` in place of `input[from..to]`.
+    fn replace(&mut self, from: usize, to: usize, with: &[u8]) {
+        let kept = if self.changed { self.done } else { 0 };
+        self.out.extend_from_slice(&self.input[kept..from]);
+        self.out.extend_from_slice(with);
+        self.done = to;
+        self.changed = true;
+    }
+
+    fn finish(self) -> bool {
+        if self.changed {
+            self.out.extend_from_slice(&self.input[self.done..]);
+        }
+        self.changed
     }
 }
 
@@ -401,17 +511,32 @@ mod tests {
 
     const MAX_HEAD: usize = 8 * 1024;
 
-    /// Per-request verdicts and whether tracking stopped.
-    fn run(chunks: &[&[u8]]) -> (Vec<bool>, bool) {
+    /// Feeds `chunks` in order: the bytes hyper reads (held bytes flushed as at the end of
+    /// the connection), what was seen, and whether tracking had stopped before that.
+    fn run_full(chunks: &[&[u8]]) -> (Vec<u8>, Seen, bool) {
         let mut t = Tracker::new(MAX_HEAD, 100);
+        let mut read = Vec::new();
         for c in chunks {
-            t.feed(c);
+            let mut out = Vec::new();
+            if t.feed(c, &mut out) {
+                read.extend_from_slice(&out);
+            } else {
+                read.extend_from_slice(c);
+            }
         }
-        let seen = t.seen();
+        let off = t.is_off();
+        read.extend_from_slice(&t.stop());
+        (read, t.seen(), off)
+    }
+
+    /// Per-request verdicts and whether tracking stopped; hyper reads the input unchanged.
+    fn run(chunks: &[&[u8]]) -> (Vec<bool>, bool) {
+        let (read, seen, off) = run_full(chunks);
+        assert_eq!(read, chunks.concat(), "nothing here needs rewriting");
         let verdicts = (0..seen.requests)
             .map(|i| seen.ambiguous == Some(i))
             .collect();
-        (verdicts, t.is_off())
+        (verdicts, off)
     }
 
     /// Feeds `input` whole, split at every offset, and byte by byte; all must agree.
@@ -424,6 +549,76 @@ mod tests {
         let bytes: Vec<&[u8]> = input.chunks(1).collect();
         assert_eq!(run(&bytes), whole, "one byte at a time");
         whole
+    }
+
+    /// What hyper reads and what was seen for `input`, the same however it is split.
+    fn rewritten(input: &[u8]) -> (Vec<u8>, Seen) {
+        let (read, seen, _) = run_full(&[input]);
+        for at in 0..=input.len() {
+            let (a, b) = input.split_at(at);
+            let (r, s, _) = run_full(&[a, b]);
+            assert_eq!((&r, s), (&read, seen), "split at {at}");
+        }
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        let (r, s, _) = run_full(&bytes);
+        assert_eq!((&r, s), (&read, seen), "one byte at a time");
+        (read, seen)
+    }
+
+    #[test]
+    fn raw_filter_bytes_are_encoded_in_pipelined_heads() {
+        let input = b"GET /v1/p?q[]=a:>1 HTTP/1.1\r\nHost: a\r\n\r\n\
+            POST /v1/p?q[]=b:\"O'B\" HTTP/1.1\r\nContent-Length: 3\r\n\r\n<a>\
+            GET /v1/p HTTP/1.1\r\n\r\n";
+        let (read, seen) = rewritten(input);
+        assert_eq!(
+            String::from_utf8(read).unwrap(),
+            "GET /v1/p?q[]=a:%3E1 HTTP/1.1\r\nHost: a\r\n\r\n\
+             POST /v1/p?q[]=b:%22O'B%22 HTTP/1.1\r\nContent-Length: 3\r\n\r\n<a>\
+             GET /v1/p HTTP/1.1\r\n\r\n",
+            "bodies stay as sent"
+        );
+        assert_eq!((seen.requests, seen.bad_target), (3, None));
+    }
+
+    #[test]
+    fn first_unusable_target_is_flagged_by_index() {
+        let input =
+            b"GET /ok HTTP/1.1\r\n\r\nGET /v1/a<b HTTP/1.1\r\n\r\nGET /v1/\x01 HTTP/1.1\r\n\r\n";
+        let (read, seen) = rewritten(input);
+        assert_eq!(
+            read,
+            b"GET /ok HTTP/1.1\r\n\r\nGET /v1/a%3Cb HTTP/1.1\r\n\r\nGET /v1/%01 HTTP/1.1\r\n\r\n"
+        );
+        assert_eq!((seen.requests, seen.bad_target), (3, Some(1)));
+    }
+
+    #[test]
+    fn incomplete_head_is_held_then_flushed_as_sent() {
+        let mut t = Tracker::new(MAX_HEAD, 100);
+        let mut out = Vec::new();
+        assert!(t.feed(b"GET /v1/p?q=<", &mut out));
+        assert_eq!(
+            out, b"GET ",
+            "the method goes on, the target waits for the head"
+        );
+        out.clear();
+        assert!(t.feed(b" HTTP/1.1\r\nHost: a", &mut out));
+        assert!(out.is_empty());
+        assert_eq!(t.stop(), b"/v1/p?q=< HTTP/1.1\r\nHost: a");
+        // A method that has not ended yet goes on as it comes.
+        let mut t = Tracker::new(MAX_HEAD, 100);
+        assert!(!t.feed(b"GE", &mut out));
+        assert!(t.feed(b"T /x", &mut out));
+        assert_eq!(out, b"T ");
+        // Past the head limit: what was held goes on unchanged and tracking stops.
+        let mut t = Tracker::new(64, 100);
+        let first = b"GET /v1/p?q=< HTTP/1.1\r\n";
+        let mut out = Vec::new();
+        assert!(t.feed(first, &mut out));
+        assert!(t.feed(&[b'a'; 64], &mut out));
+        assert_eq!(out, [&first[..], &[b'a'; 64]].concat());
+        assert!(t.is_off());
     }
 
     #[test]
@@ -561,9 +756,12 @@ mod tests {
     #[test]
     fn too_many_headers_turns_tracking_off() {
         let mut t = Tracker::new(MAX_HEAD, 2);
-        t.feed(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n");
+        t.feed(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n", &mut Vec::new());
         assert!(!t.is_off());
-        t.feed(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n");
+        t.feed(
+            b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n",
+            &mut Vec::new(),
+        );
         assert!(t.is_off());
         assert_eq!(t.seen().requests, 1);
     }
@@ -576,16 +774,19 @@ mod tests {
             req.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
         }
         req.extend_from_slice(b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n");
-        t.feed(&req);
+        t.feed(&req, &mut Vec::new());
         assert_eq!(t.seen().ambiguous, Some(0));
     }
 
     #[test]
     fn only_head_bytes_are_buffered_across_reads() {
         let mut t = Tracker::new(MAX_HEAD, 100);
-        t.feed(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r");
+        t.feed(
+            b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r",
+            &mut Vec::new(),
+        );
         assert_eq!(t.head.len(), 39);
-        t.feed(&[b'\n'; 51]);
+        t.feed(&[b'\n'; 51], &mut Vec::new());
         assert!(t.head.is_empty());
         assert_eq!(t.state, State::Body(50));
     }
@@ -593,9 +794,13 @@ mod tests {
     #[test]
     fn long_body_is_skipped_in_one_step() {
         let mut t = Tracker::new(MAX_HEAD, 100);
-        t.feed(b"PUT / HTTP/1.1\r\nContent-Length: 1000000000000\r\n\r\n");
+        let mut out = Vec::new();
+        t.feed(
+            b"PUT / HTTP/1.1\r\nContent-Length: 1000000000000\r\n\r\n",
+            &mut out,
+        );
         assert_eq!(t.state, State::Body(1_000_000_000_000));
-        t.feed(&[b'x'; 4096]);
+        assert!(!t.feed(&[b'x'; 4096], &mut out), "a body is never copied");
         assert_eq!(t.state, State::Body(1_000_000_000_000 - 4096));
     }
 }

@@ -198,6 +198,13 @@ impl Collector for Sources {
                 ],
             )?;
         }
+        counter(
+            &mut enc,
+            "auth_cliniko_keys_refused",
+            "Requests refused because they carried a Cliniko API key instead of a JWT (rotate \
+             that key: the warning log line has its fingerprint)",
+            live.authn.cliniko_keys_refused(),
+        )?;
         family(
             &mut enc,
             "jwks_refreshes",

@@ -78,8 +78,13 @@ pub async fn rebuild(
         changed.push("ratelimit");
         RateLimits::reconfigure(&new.ratelimit, cur.ratelimits.as_ref())?
     };
+    if !same(&old.cors, &new.cors) {
+        changed.push("cors");
+    }
+    // Stateless: always rebuilt, like the policy.
+    let cors = crate::cors::Cors::new(&new.cors);
     Ok(Applied {
-        live: Live::assemble(fixed, authn, policy, cache, ratelimits),
+        live: Live::assemble(fixed, authn, policy, (cache, ratelimits), cors),
         changed,
     })
 }

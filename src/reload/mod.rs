@@ -3,7 +3,7 @@
 //! keep what they started with):
 //! - the key store, in place;
 //! - the reloadable parts of the config (`[auth]` keys and claims, `[policy]`, `[ratelimit]`,
-//!   `[cache]`): the config file is read and validated again and a new stack set is swapped
+//!   `[cache]`, `[cors]`): the config file is read and validated again and a new stack set is swapped
 //!   in (see [`config`]). Other sections need a restart: a change there is logged, shown by
 //!   `config_restart_pending` and in the admin reply, and otherwise ignored.
 //!

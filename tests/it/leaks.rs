@@ -1,7 +1,7 @@
 //! Secrets never leak: the real binary, logging at TRACE (every dependency included), serves
 //! the suite's kinds of request; no log line, error body or response header may contain an
-//! API key (or its Basic form), a token (or its signature), the HMAC secret, the master key,
-//! or a patient name that was only ever in a query string or a body.
+//! API key (or its Basic form), a token (or its signature, or its Basic form), the HMAC
+//! secret, the master key, or a patient name that was only ever in a query string or a body.
 
 use crate::support::*;
 use base64::Engine;
@@ -197,6 +197,31 @@ async fn nothing_secret_appears_in_trace_logs_bodies_or_headers() {
             seen.push(text);
         }
     }
+    // The Basic form (the JWT as the username), a Cliniko key sent in its place, and a
+    // password: the JWT and the key must never show up, the key only by its fingerprint.
+    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    for (auth, status) in [
+        (format!("Basic {}", b64(format!("{reader}:"))), 200),
+        (format!("Basic {}", b64(format!("{wrong_secret}:"))), 401),
+        (format!("Basic {}", b64(format!("{KEY_ALICE}:"))), 401),
+        (
+            format!("Basic {}", b64(format!("{reader}:{KEY_ALICE}"))),
+            401,
+        ),
+        (format!("Basic {}", b64(format!("{reader}:Zebediah"))), 401),
+    ] {
+        let req = http::Request::get(format!("{base}/v1/patients?q[]=last_name:Zebediah&basic=1"))
+            .header("authorization", auth)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), status);
+        seen.push(format!("{:?}", resp.headers()));
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        if status != 200 {
+            seen.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+    }
     // Raw hostile requests carrying a token.
     let addr = base.strip_prefix("http://").unwrap();
     for raw in [
@@ -212,6 +237,13 @@ async fn nothing_secret_appears_in_trace_logs_bodies_or_headers() {
         ),
         format!(
             "GET /v1/patients?q=Zebediah HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {reader}\r\nX-Fold: a\r\n b\r\nConnection: close\r\n\r\n"
+        ),
+        // Cliniko's filter typed raw, and a target only the gateway's rewrite makes parseable.
+        format!(
+            "GET /v1/user?q[]=last_name:\"Zebediah\" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {reader}\r\nConnection: close\r\n\r\n"
+        ),
+        format!(
+            "GET /v1/pat<ients?q=Zebediah HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {reader}\r\nConnection: close\r\n\r\n"
         ),
     ] {
         seen.push(raw_exchange(addr, raw.as_bytes()).await);
@@ -238,6 +270,20 @@ async fn nothing_secret_appears_in_trace_logs_bodies_or_headers() {
         "no credential warning"
     );
 
+    // The refused key is named by its fingerprint, and the bad target has its access line.
+    let fingerprint = cliniko_gateway::credentials::fingerprint(KEY_ALICE);
+    assert!(
+        logs.iter().any(|l| l.contains(&fingerprint)
+            && l.contains("WARN")
+            && l.contains("Cliniko API key")),
+        "no warning naming the key's fingerprint"
+    );
+    assert!(
+        logs.iter().any(|l| l.contains("\"target\":\"access\"")
+            && l.contains("/v1/pat%3Cients")
+            && l.contains("400")),
+        "no access line for the bad target"
+    );
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{KEY_ALICE}:"));
     let mut secrets: Vec<(String, String)> = vec![
         ("API key".into(), KEY_ALICE.into()),
@@ -253,6 +299,10 @@ async fn nothing_secret_appears_in_trace_logs_bodies_or_headers() {
     ];
     for t in tokens {
         secrets.push(("token".into(), t.to_string()));
+        secrets.push((
+            "token as Basic".into(),
+            base64::engine::general_purpose::STANDARD.encode(format!("{t}:")),
+        ));
         secrets.push((
             "token signature".into(),
             t.rsplit('.').next().unwrap().to_string(),

@@ -2,10 +2,12 @@
 
 mod admin;
 mod auth;
+mod browser;
 mod cache;
 mod cli;
 mod config;
 mod docs;
+mod dropin;
 mod faults;
 mod hostile;
 mod leaks;

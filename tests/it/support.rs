@@ -387,6 +387,32 @@ pub async fn raw_exchange(addr: &str, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The first candidate that runs (`check` args succeed), for tests driving a real client
+/// program; `None` after a loud SKIP when there is none outside CI. In CI (`CI` set) a missing
+/// program fails the test: `.ci/run` installs it (`what` says how).
+pub fn real_tool(
+    candidates: &[std::path::PathBuf],
+    check: &[&str],
+    what: &str,
+) -> Option<std::path::PathBuf> {
+    let found = candidates.iter().find(|c| {
+        std::process::Command::new(c)
+            .args(check)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{what} is missing; .ci/run must install it"
+        );
+        eprintln!("\n\n*** SKIPPING a real-client test: {what} is missing ***\n\n");
+    }
+    found.cloned()
+}
+
 /// A real `redis-server` on a free loopback port, killed on drop (ratelimit and ops tests).
 pub struct RedisServer {
     child: Option<std::process::Child>,

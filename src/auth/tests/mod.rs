@@ -6,6 +6,7 @@ mod pem;
 use super::*;
 use crate::config::UpstreamConfig;
 use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64_STD;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{Algorithm, EncodingKey, encode};
 use serde_json::{Value, json};
@@ -52,6 +53,7 @@ fn base_cfg() -> AuthConfig {
         public_keys: vec![],
         jwks: None,
         token_cache_size: 100,
+        accept_basic: true,
         hmac_secret: Some(SECRET.to_vec().into()),
     }
 }
@@ -82,12 +84,19 @@ fn hs(claims: &Value) -> String {
     .unwrap()
 }
 
-fn bearer(t: &str) -> http::HeaderValue {
-    http::HeaderValue::from_str(&format!("Bearer {t}")).unwrap()
+/// Headers with `Authorization: <value>`.
+fn auth_header(value: &str) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_str(value).unwrap(),
+    );
+    h
 }
 
 async fn check(a: &Authenticator, token: &str) -> Result<User, AuthError> {
-    a.authenticate(Some(&bearer(token))).await
+    a.authenticate(&auth_header(&format!("Bearer {token}")))
+        .await
 }
 
 /// A generated key pair: the private half signs, the public PEM is what the gateway gets.
@@ -146,25 +155,73 @@ async fn valid_hs256_yields_the_user() {
 async fn header_parsing() {
     let a = authn(&base_cfg());
     let t = hs(&claims("alice"));
-    assert_eq!(a.authenticate(None).await.unwrap_err(), AuthError::Missing);
-    let v = |s: String| http::HeaderValue::from_str(&s).unwrap();
+    let empty = http::HeaderMap::new();
+    assert_eq!(
+        a.authenticate(&empty).await.unwrap_err(),
+        AuthError::Missing
+    );
     assert!(
-        a.authenticate(Some(&v(format!("bEaReR {t}"))))
+        a.authenticate(&auth_header(&format!("bEaReR {t}")))
             .await
             .is_ok()
     );
     for bad in [
-        format!("Basic {t}"),
         format!("Bearer  {t}"),
         format!("Bearer {t} x"),
         "Bearer".to_string(),
         "Bearer ".to_string(),
-        String::new(),
-        format!("Bearer{t}"),
     ] {
-        let got = a.authenticate(Some(&v(bad.clone()))).await;
+        let got = a.authenticate(&auth_header(&bad)).await;
         assert_eq!(got.unwrap_err(), AuthError::Malformed, "{bad:?}");
     }
+    for bad in [String::new(), format!("Bearer{t}"), format!("Token {t}")] {
+        let got = a.authenticate(&auth_header(&bad)).await.unwrap_err();
+        assert_eq!(got.code(), "unsupported_scheme", "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn basic_form_is_verified_and_cached_like_bearer() {
+    let a = authn(&base_cfg());
+    let t = hs(&claims("alice"));
+    let basic = format!("Basic {}", B64_STD.encode(format!("{t}:")));
+    let u = a.authenticate(&auth_header(&basic)).await.unwrap();
+    assert_eq!(&*u.id, "alice");
+    // One cache for both forms: the entry Basic made serves Bearer.
+    a.cache.run_pending_tasks().await;
+    assert_eq!(a.cache.entry_count(), 1);
+    check(&a, &t).await.unwrap();
+    a.cache.run_pending_tasks().await;
+    assert_eq!(a.cache.entry_count(), 1);
+    // The same verification: a bad signature is refused in either form.
+    let forged = format!("{}x", &t[..t.len() - 1]);
+    let forged_basic = format!("Basic {}", B64_STD.encode(format!("{forged}:")));
+    assert!(a.authenticate(&auth_header(&forged_basic)).await.is_err());
+    // Off: only Bearer.
+    let off = authn(&AuthConfig {
+        accept_basic: false,
+        ..base_cfg()
+    });
+    let got = off.authenticate(&auth_header(&basic)).await.unwrap_err();
+    assert_eq!(got.code(), "unsupported_scheme");
+    assert!(got.to_string().contains("turned off"), "{got}");
+    check(&off, &t).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cliniko_key_is_counted_and_refused() {
+    let a = authn(&base_cfg());
+    let key = format!(
+        "Basic {}",
+        B64_STD.encode("MS0xMjM0NTY3ODkwMTIzNDU2Nzg5-au1:")
+    );
+    for _ in 0..2 {
+        let got = a.authenticate(&auth_header(&key)).await.unwrap_err();
+        assert_eq!(got, AuthError::ClinikoKeySent);
+    }
+    assert_eq!(a.cliniko_keys_refused(), 2);
+    let next = Authenticator::new_after(&base_cfg(), client(None), Some(&a)).unwrap();
+    assert_eq!(next.cliniko_keys_refused(), 2, "carried across a reload");
 }
 
 #[tokio::test]

@@ -620,15 +620,6 @@ async fn hostile_tokens_are_refused_and_never_reach_cliniko() {
             "token_malformed",
         ),
         (
-            "Basic first, Bearer second",
-            vec![
-                ("authorization", "Basic YWxpY2U6".into()),
-                ("authorization", format!("Bearer {valid_hs}")),
-            ],
-            "/v1/patients",
-            "token_malformed",
-        ),
-        (
             "token in a cookie",
             vec![("cookie", format!("access_token={valid_hs}"))],
             "/v1/patients",

@@ -3,9 +3,10 @@
 //! nothing. Where hyper answers before our code runs (malformed HTTP/1.1), there is no JSON
 //! body: those cases assert the status and that no `X-Gateway-Error` was made up.
 //!
-//! Grouped by what is attacked: [`jwt`], [`framing`], [`targets`], [`credentials`] and
-//! [`headers`] (headers that try to reach Cliniko).
+//! Grouped by what is attacked: [`jwt`], [`basic`] (the Basic credential form), [`framing`],
+//! [`targets`], [`credentials`] and [`headers`] (headers that try to reach Cliniko).
 
+mod basic;
 mod credentials;
 mod framing;
 mod headers;
