@@ -3,13 +3,17 @@
 //! nothing. Where hyper answers before our code runs (malformed HTTP/1.1), there is no JSON
 //! body: those cases assert the status and that no `X-Gateway-Error` was made up.
 //!
-//! Grouped by what is attacked: [`jwt`], [`framing`], [`targets`], [`credentials`] and
-//! [`headers`] (headers that try to reach Cliniko).
+//! Grouped by what is attacked: [`jwt`], [`framing`], [`targets`], [`credentials`],
+//! [`headers`] (headers that try to reach Cliniko), [`protocol`] (RFC strictness: `iss`
+//! arrays, `Host`, encoded unreserved characters) and [`tamper`] (the key store and secret
+//! files on disk).
 
 mod credentials;
 mod framing;
 mod headers;
 mod jwt;
+mod protocol;
+mod tamper;
 mod targets;
 
 use crate::support::*;
@@ -52,6 +56,7 @@ fn parse(text: &str) -> Raw {
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
     let status = head
         .strip_prefix("HTTP/1.1 ")
+        .or_else(|| head.strip_prefix("HTTP/1.0 "))
         .and_then(|r| r.get(..3))
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
