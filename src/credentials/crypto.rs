@@ -207,7 +207,10 @@ mod tests {
     fn document_mac_covers_every_byte_and_the_master_key() {
         let doc = br#"{"version":2,"keys":{},"users":{"bob":"k1"}}"#;
         let mac = document_mac(&M1, doc).unwrap();
-        assert!(mac.starts_with("hmac-sha256:") && mac.len() == 12 + 64, "{mac}");
+        assert!(
+            mac.starts_with("hmac-sha256:") && mac.len() == 12 + 64,
+            "{mac}"
+        );
         assert!(verify_document_mac(&M1, doc, &mac).unwrap());
         assert!(!verify_document_mac(&M2, doc, &mac).unwrap());
         let edited = br#"{"version":2,"keys":{},"users":{"bob":"k2"}}"#;

@@ -179,7 +179,10 @@ pub(super) enum Integrity {
     Mismatch,
 }
 
-pub(super) fn integrity(doc: &file::Document, master: &MasterKey) -> Result<Integrity, KeyStoreError> {
+pub(super) fn integrity(
+    doc: &file::Document,
+    master: &MasterKey,
+) -> Result<Integrity, KeyStoreError> {
     if doc.version == file::UNSIGNED_VERSION {
         return Ok(Integrity::Unsigned);
     }
@@ -187,7 +190,11 @@ pub(super) fn integrity(doc: &file::Document, master: &MasterKey) -> Result<Inte
         return Ok(Integrity::Mismatch);
     };
     let ok = crypto::verify_document_mac(master.expose_secret(), &doc.canonical(), mac)?;
-    Ok(if ok { Integrity::Signed } else { Integrity::Mismatch })
+    Ok(if ok {
+        Integrity::Signed
+    } else {
+        Integrity::Mismatch
+    })
 }
 
 fn is_key_id(s: &str) -> bool {

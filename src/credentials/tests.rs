@@ -380,7 +380,8 @@ fn editing_users_or_labels_without_the_master_key_is_refused() {
     add_key(&path, &m, "bob", &key(KEY_B), None).unwrap();
     let original = json(&path);
     let alice_id = original["users"]["alice"].clone();
-    let edits: [(&str, fn(&mut serde_json::Value, &serde_json::Value)); 5] = [
+    type Edit = fn(&mut serde_json::Value, &serde_json::Value);
+    let edits: [(&str, Edit); 5] = [
         ("bob -> alice's key", |v, a| v["users"]["bob"] = a.clone()),
         ("new user on alice's key", |v, a| {
             v["users"]["mallory"] = a.clone()
@@ -400,8 +401,14 @@ fn editing_users_or_labels_without_the_master_key_is_refused() {
         edit(&mut v, &alice_id);
         write_json(&path, &v);
         let err = KeyStore::load(&path, &m).unwrap_err();
-        assert!(matches!(err, KeyStoreError::Tampered { .. }), "{name}: {err}");
-        assert!(err.to_string().contains("keys reseal --accept-edits"), "{err}");
+        assert!(
+            matches!(err, KeyStoreError::Tampered { .. }),
+            "{name}: {err}"
+        );
+        assert!(
+            err.to_string().contains("keys reseal --accept-edits"),
+            "{err}"
+        );
         // Edits through the CLI refuse to launder it too.
         assert!(matches!(
             add_key(&path, &m, "carol", &key(KEY_A), None),
@@ -458,7 +465,10 @@ fn reseal_accepts_an_edit_only_when_asked() {
         reseal(&path, &m, false),
         Err(KeyStoreError::Tampered { .. })
     ));
-    assert!(KeyStore::load(&path, &m).is_err(), "a refusal writes nothing");
+    assert!(
+        KeyStore::load(&path, &m).is_err(),
+        "a refusal writes nothing"
+    );
     assert_eq!(reseal(&path, &m, true).unwrap(), Resealed::AcceptedEdits);
     let store = KeyStore::load(&path, &m).unwrap();
     assert_eq!(store.get("bob").unwrap().key.expose(), KEY_A);
@@ -473,7 +483,10 @@ fn reload_refuses_a_tampered_store_and_keeps_the_old_one() {
     let mut v = json(&path);
     v["users"]["bob"] = v["users"]["alice"].clone();
     write_json(&path, &v);
-    assert!(matches!(creds.reload(), Err(KeyStoreError::Tampered { .. })));
+    assert!(matches!(
+        creds.reload(),
+        Err(KeyStoreError::Tampered { .. })
+    ));
     assert_eq!(creds.lookup("bob").unwrap().key.expose(), KEY_B);
     assert!(matches!(
         Credentials::open(&config(&path, &m)),

@@ -34,7 +34,10 @@ fn claims_with_iss(iss: Value) -> Value {
 async fn refuses_issuer_shapes(h: &Harness) {
     for (name, iss) in [
         ("array holding only ours", json!([ISS])),
-        ("array of ours and another", json!([ISS, "https://evil.example/"])),
+        (
+            "array of ours and another",
+            json!([ISS, "https://evil.example/"]),
+        ),
         ("empty array", json!([])),
         ("object", json!({"iss": ISS})),
         ("number", json!(1)),
@@ -59,7 +62,9 @@ async fn an_issuer_array_is_refused_even_when_it_holds_ours() {
     })
     .await;
     let ok = hs(&claims_with_iss(json!(ISS)));
-    let got = h.get_with_auth(&format!("Bearer {ok}"), "/v1/patients").await;
+    let got = h
+        .get_with_auth(&format!("Bearer {ok}"), "/v1/patients")
+        .await;
     assert_eq!(got.status, 200, "the string form is fine: {}", got.text());
     refuses_issuer_shapes(&h).await;
 
@@ -115,7 +120,10 @@ async fn http1_requests_without_exactly_one_host_get_400() {
             "one Host",
             format!("GET /v1/patients HTTP/1.1\r\nHost: {}\r\n", addr(&h)),
         ),
-        ("HTTP/1.0 without Host", "GET /v1/patients HTTP/1.0\r\n".into()),
+        (
+            "HTTP/1.0 without Host",
+            "GET /v1/patients HTTP/1.0\r\n".into(),
+        ),
     ] {
         let req = format!("{req}Authorization: {bearer}\r\nConnection: close\r\n\r\n");
         let got = raw(&addr(&h), req.as_bytes(), Duration::from_secs(5)).await;
@@ -127,11 +135,9 @@ async fn http1_requests_without_exactly_one_host_get_400() {
 async fn http2_carries_authority_not_host_and_is_served() {
     let h = Harness::start(Setup::default()).await;
     // hyper's client adds `Host` on HTTP/1 connections only: this h2c request has none.
-    let client = hyper_util::client::legacy::Client::builder(
-        hyper_util::rt::TokioExecutor::new(),
-    )
-    .http2_only(true)
-    .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
     let req = http::Request::get(format!("{}/v1/patients", h.base))
         .header("authorization", format!("Bearer {}", h.token("alice")))
         .body(http_body_util::Full::new(bytes::Bytes::new()))
@@ -153,7 +159,10 @@ async fn percent_encoded_unreserved_characters_in_the_path_are_refused() {
         ("encoded '-'", "GET /v1/patients%2Dx"),
         ("encoded '_'", "GET /v1/patient_%5Fx"),
         ("encoded '~'", "GET /v1/patients%7e"),
-        ("a write, sidestepping invalidation", "DELETE /v1/%70atients/7"),
+        (
+            "a write, sidestepping invalidation",
+            "DELETE /v1/%70atients/7",
+        ),
         ("a write with a body", "PATCH /v1/patients/%31"),
     ] {
         expect_raw(&h, name, &format!("{target}{TAIL}"), 400, "bad_target").await;

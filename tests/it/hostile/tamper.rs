@@ -189,7 +189,10 @@ async fn a_user_map_edited_while_serving_is_refused_and_the_old_store_keeps_serv
     let v: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["trigger"], "file", "{line}");
     assert_eq!(v["integrity"], true, "{line}");
-    assert!(v["error"].as_str().unwrap().contains("integrity check"), "{line}");
+    assert!(
+        v["error"].as_str().unwrap().contains("integrity check"),
+        "{line}"
+    );
     bob_is_still_bob(&gw.base).await;
     assert_eq!(metric(&gw.admin, integrity).await, 1.0);
     let failed = "cliniko_gateway_keystore_reloads_total{trigger=\"file\",result=\"failed\"}";
@@ -254,7 +257,10 @@ async fn keys_reseal_migrates_a_store_written_before_the_mac() {
     assert!(err.contains("--accept-edits"), "{err}");
     let (code, out, err) = run(binary(dir.path(), &["keys", "reseal", "--accept-edits"])).await;
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("edits included") && out.contains("erin"), "{out}");
+    assert!(
+        out.contains("edits included") && out.contains("erin"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
