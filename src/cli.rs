@@ -118,6 +118,17 @@ enum KeysAction {
         #[arg(long)]
         user: String,
     },
+    /// Sign the key store with its integrity MAC: migrates a file written by an older gateway
+    /// (version 1), then lists the users it now vouches for.
+    Reseal {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Also sign a file that fails its MAC (edited without the master key): only after you
+        /// have reviewed the edit.
+        #[arg(long)]
+        accept_edits: bool,
+    },
     /// Print a new random master key (base64) for CLINIKO_GATEWAY_MASTER_KEY.
     GenMasterKey,
 }
@@ -310,20 +321,31 @@ fn keys(action: KeysAction) -> ExitCode {
                 Ok(r) => r,
                 Err(code) => return code,
             };
-            listed.map(|users| {
+            listed.map(print_users)
+        }
+        KeysAction::Reseal {
+            config,
+            accept_edits,
+        } => {
+            let resealed = with_store(&config, |path, m| {
+                let done = credentials::reseal(path, m, accept_edits)?;
+                Ok::<_, credentials::KeyStoreError>((done, credentials::list(path, m)?))
+            });
+            let resealed = match resealed {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            resealed.map(|(done, users)| {
+                use credentials::Resealed;
                 println!(
-                    "{:<32} {:<6} {:<26} cliniko_user",
-                    "user", "shard", "fingerprint"
+                    "{}",
+                    match done {
+                        Resealed::AlreadySigned => "the key store is already signed; nothing to do",
+                        Resealed::Migrated => "signed the key store (version 1 -> 2)",
+                        Resealed::AcceptedEdits => "signed the key store as it is, edits included",
+                    }
                 );
-                for u in users {
-                    println!(
-                        "{:<32} {:<6} {:<26} {}",
-                        u.user,
-                        u.shard,
-                        u.fingerprint,
-                        u.cliniko_user.as_deref().unwrap_or("-")
-                    );
-                }
+                print_users(users);
             })
         }
         KeysAction::Remove { config, user } => {
@@ -347,6 +369,22 @@ fn keys(action: KeysAction) -> ExitCode {
             eprintln!("{e}");
             ExitCode::from(64)
         }
+    }
+}
+
+fn print_users(users: Vec<credentials::ListedUser>) {
+    println!(
+        "{:<32} {:<6} {:<26} cliniko_user",
+        "user", "shard", "fingerprint"
+    );
+    for u in users {
+        println!(
+            "{:<32} {:<6} {:<26} {}",
+            u.user,
+            u.shard,
+            u.fingerprint,
+            u.cliniko_user.as_deref().unwrap_or("-")
+        );
     }
 }
 

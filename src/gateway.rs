@@ -50,6 +50,7 @@ pub struct Gateway {
 impl Gateway {
     /// Builds every shared part from `cfg`, then serves on `listener` until shut down.
     pub async fn start(cfg: Config, listener: TcpListener) -> Result<Gateway, StartError> {
+        warn_readable_secrets(&cfg);
         let mut metrics = Metrics::new();
         let telemetry = crate::telemetry::start(&cfg.telemetry)?;
         let http = client::build_counted(&cfg.upstream, metrics.tls_handshakes())?;
@@ -267,5 +268,51 @@ impl Gateway {
         tracing::info!("shutdown signal received; draining");
         self.shutdown().await;
         Ok(())
+    }
+}
+
+/// Logs a warning per secret file that other local users can read: any file readable by
+/// others, or readable by its group unless root owns it. The exception is PostgreSQL's rule
+/// for key files, and what a Kubernetes Secret volume with `defaultMode: 0440` and an
+/// `fsGroup` looks like (root-owned, group = the pod's own group). Never reads the file.
+fn warn_readable_secrets(cfg: &Config) {
+    use std::os::unix::fs::MetadataExt as _;
+    for (field, path) in cfg.secret_files() {
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue;
+        };
+        let mode = meta.mode() & 0o777;
+        if too_open(mode, meta.uid()) {
+            tracing::warn!(
+                field,
+                path = %path.display(),
+                mode = format!("{mode:o}").as_str(),
+                fix = format!("chmod 600 {}", path.display()).as_str(),
+                "a secret file is readable by group or others"
+            );
+        }
+    }
+}
+
+fn too_open(mode: u32, owner: u32) -> bool {
+    mode & 0o004 != 0 || (mode & 0o040 != 0 && owner != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn readable_by_others_or_by_a_non_root_group_is_too_open() {
+        for (mode, owner, open) in [
+            (0o600, 1000, false),
+            (0o400, 1000, false),
+            (0o644, 1000, true),
+            (0o604, 0, true),
+            (0o640, 1000, true),
+            // A Kubernetes Secret volume: root:fsGroup 0440.
+            (0o440, 0, false),
+            (0o640, 0, false),
+        ] {
+            assert_eq!(super::too_open(mode, owner), open, "{mode:o} uid {owner}");
+        }
     }
 }

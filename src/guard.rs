@@ -3,10 +3,13 @@
 //!
 //! Answers `/healthz` and `/readyz` locally; everything outside `/v1/` is a 404. Refuses (400,
 //! nothing sent upstream) CONNECT/TRACE and unknown methods, absolute-form targets naming
-//! another host, paths with dot segments, empty segments, backslashes, NUL or encoded
-//! `/` `\` `.`, targets the server had to make parseable (see [`crate::framing`]), and requests
-//! carrying both Content-Length and Transfer-Encoding. Bodies over the
-//! configured limit get a 413, up front when declared, mid-stream otherwise.
+//! another host, HTTP/1.x requests without exactly one `Host`, paths with dot segments, empty
+//! segments, backslashes, NUL, encoded `/` `\` `%` NUL or encoded unreserved characters
+//! (`%70atients`, `%2e`), targets the server had to make parseable (see [`crate::framing`]),
+//! and requests carrying both Content-Length and Transfer-Encoding.
+//! Bodies over the configured limit get a 413, up front when declared, mid-stream otherwise.
+//! The `Host` rule (400 `bad_host`) applies to the local routes too: it is about the message,
+//! not the route.
 
 use crate::body::Body;
 use crate::error::GatewayError;
@@ -111,6 +114,9 @@ where
         if req.extensions().get::<UnusableTarget>().is_some() {
             return Box::pin(async { Err(unusable_target()) });
         }
+        if let Err(e) = check_host(&req) {
+            return Box::pin(async { Err(e) });
+        }
         match req.uri().path() {
             "/healthz" => return Box::pin(async { Ok(status_json(StatusCode::OK, "live")) }),
             "/readyz" => {
@@ -211,6 +217,30 @@ fn check_method(m: &Method) -> Result<(), GatewayError> {
     }
 }
 
+/// RFC 9112 §3.2: 400 for an HTTP/1.1 request without `Host` and for any HTTP/1.x request
+/// with more than one. HTTP/2 carries `:authority` instead and is not checked.
+pub fn check_host<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    let v = req.version();
+    if v != http::Version::HTTP_11 && v != http::Version::HTTP_10 {
+        return Ok(());
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(bad(
+            "bad_host",
+            "the request carries more than one Host header",
+        ));
+    }
+    if first.is_none() && v == http::Version::HTTP_11 {
+        return Err(bad(
+            "bad_host",
+            "an HTTP/1.1 request must carry a Host header",
+        ));
+    }
+    Ok(())
+}
+
 /// An absolute-form target (HTTP/1.1) must name this gateway (RFC 9112 §3.2.2 says to ignore
 /// `Host` then, so it is not what we compare with). HTTP/2's `:authority` is whatever name the
 /// caller used and is never used for routing, so it is not checked.
@@ -243,14 +273,26 @@ pub fn check_path(path: &str) -> Result<(), GatewayError> {
         ));
     }
     for w in bytes.windows(3) {
-        if w[0] == b'%' {
-            let enc = [w[1].to_ascii_lowercase(), w[2].to_ascii_lowercase()];
-            if matches!(&enc, b"2f" | b"5c" | b"2e" | b"00" | b"25") {
-                return Err(bad(
-                    "bad_target",
-                    "encoded '/', '\\', '.', '%' or NUL in the path is not allowed",
-                ));
-            }
+        if w[0] != b'%' {
+            continue;
+        }
+        let enc = [w[1].to_ascii_lowercase(), w[2].to_ascii_lowercase()];
+        if matches!(&enc, b"2f" | b"5c" | b"00" | b"25") {
+            return Err(bad(
+                "bad_target",
+                "encoded '/', '\\', '%' or NUL in the path is not allowed",
+            ));
+        }
+        // RFC 3986 §2.3: an encoded unreserved character means the same as the character, and
+        // Cliniko decodes it (`%70atients` is `patients` to Rails) while the policy, cache and
+        // audit would see another path. Refused rather than normalised: no conforming client
+        // sends it, and a refusal cannot disagree with Cliniko about what was meant.
+        let decoded = hex::decode(enc).ok().map(|b| b[0]);
+        if decoded.is_some_and(|c| c.is_ascii_alphanumeric() || b"-._~".contains(&c)) {
+            return Err(bad(
+                "bad_target",
+                "percent-encoded letters, digits, '-', '.', '_' or '~' in the path are not allowed: send them unencoded",
+            ));
         }
     }
     for seg in path[1..].split('/') {
@@ -297,10 +339,37 @@ mod tests {
             "/v1//evil",
             "/v1/a%00",
             "/v1/a%252e",
+            "/v1/%70atients/7",
+            "/v1/patients/%37",
+            "/v1/PATIENTS%5F",
+            "/v1/a%2Db",
+            "/v1/a%7e",
         ] {
             assert_eq!(code(bad), "bad_target", "{bad}");
         }
         assert_eq!(code(&format!("/v1/{}", "a".repeat(3000))), "bad_target");
+        // Encoded reserved or non-ASCII characters mean something else: left to Cliniko.
+        for fine in ["/v1/a%20b", "/v1/a%3Ab", "/v1/caf%C3%A9", "/v1/a%2Bb"] {
+            assert_eq!(code(fine), "ok", "{fine}");
+        }
+    }
+
+    #[test]
+    fn host_must_be_single_on_http1_only() {
+        let req = |v: http::Version, hosts: &[&str]| {
+            let mut b = Request::builder().version(v).uri("/v1/x");
+            for h in hosts {
+                b = b.header("host", *h);
+            }
+            check_host(&b.body(()).unwrap()).map_err(|e| e.code())
+        };
+        use http::Version as V;
+        assert_eq!(req(V::HTTP_11, &["gw"]), Ok(()));
+        assert_eq!(req(V::HTTP_11, &[]), Err("bad_host"));
+        assert_eq!(req(V::HTTP_11, &["gw", "gw"]), Err("bad_host"));
+        assert_eq!(req(V::HTTP_10, &[]), Ok(()));
+        assert_eq!(req(V::HTTP_10, &["a", "b"]), Err("bad_host"));
+        assert_eq!(req(V::HTTP_2, &[]), Ok(()), ":authority, no Host");
     }
 
     fn limits(max_body: u64) -> Limits {

@@ -142,7 +142,11 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let ok = healthcheck(String::new(), Some(addr), Duration::from_secs(2)).await;
         assert_eq!(ok, ExitCode::SUCCESS);
-        drop(l);
+        // Bound but not listening: refuses for as long as it is held (a dropped listener's
+        // port could be taken by a parallel test).
+        let closed = tokio::net::TcpSocket::new_v4().unwrap();
+        closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = closed.local_addr().unwrap();
         let bad = healthcheck(
             format!("http://{addr}/healthz"),
             None,

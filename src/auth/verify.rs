@@ -1,8 +1,9 @@
 //! Signature and claim checks for one token against one candidate key.
 //!
 //! Rejects: bad signatures, algorithms outside the key's allowlist, missing or wrongly typed
-//! `exp`, `nbf` in the future, `iss`/`aud` outside the configured lists, and a user claim that is
-//! not a short non-empty string. jsonwebtoken's errors are mapped onto [`AuthError`] here.
+//! `exp`, `nbf` in the future, `iss`/`aud` outside the configured lists, an `iss` that is not a
+//! string (an array, even of allowed issuers), and a user claim that is not a short non-empty
+//! string. jsonwebtoken's errors are mapped onto [`AuthError`] here.
 
 use crate::config::{AuthConfig, ConfigError};
 use crate::error::AuthError;
@@ -73,7 +74,13 @@ impl ClaimRules {
         let mut v = self.base.clone();
         // Exactly one algorithm: jsonwebtoken refuses a list spanning families.
         v.algorithms = vec![alg];
-        decode::<Claims>(token, key, &v).map(|d| d.claims)
+        let claims = decode::<Claims>(token, key, &v)?.claims;
+        // RFC 7519 §4.1.1: `iss` is one StringOrURI. jsonwebtoken also accepts an array and
+        // passes it when any element is allowed; an issuer list is not a thing we trust.
+        if claims.get("iss").is_some_and(|iss| !iss.is_string()) {
+            return Err(ErrorKind::InvalidIssuer.into());
+        }
+        Ok(claims)
     }
 
     /// The user id named by the configured claim.

@@ -32,6 +32,26 @@ pub fn same<T: Serialize>(a: &T, b: &T) -> bool {
     }
 }
 
+impl Config {
+    /// Every configured file that holds a secret, with the field naming it: the HMAC secret,
+    /// the master key, the key store, the admin token and the inbound TLS private key.
+    pub fn secret_files(&self) -> Vec<(&'static str, &std::path::Path)> {
+        let mut out = vec![("keystore.path", self.keystore.path.as_path())];
+        let optional = [
+            ("auth.hmac_secret_file", &self.auth.hmac_secret_file),
+            ("keystore.master_key_file", &self.keystore.master_key_file),
+            ("admin.token_file", &self.admin.token_file),
+            ("server.tls_key_file", &self.server.tls_key_file),
+        ];
+        out.extend(
+            optional
+                .into_iter()
+                .filter_map(|(f, p)| p.as_deref().map(|p| (f, p))),
+        );
+        out
+    }
+}
+
 /// Everything the gateway needs to run.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

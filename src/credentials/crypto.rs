@@ -1,12 +1,13 @@
-//! Sealing and opening API keys (AES-256-GCM), key ids and fingerprints.
+//! Sealing and opening API keys (AES-256-GCM), key ids, fingerprints and the whole-document MAC.
 //!
 //! Rejects any sealed blob that fails authentication: wrong master key, edited bytes, or a blob
-//! moved to another key id (the id is in the associated data).
+//! moved to another key id (the id is in the associated data); and any document whose MAC does
+//! not match its canonical form (an edited `users` map or `cliniko_user` label).
 
 use super::{ApiKey, KeyStoreError};
 use aws_lc_rs::{
     aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
-    digest, hmac,
+    digest, hkdf, hmac,
 };
 use base64::Engine as _;
 use secrecy::zeroize::Zeroize as _;
@@ -14,6 +15,12 @@ use secrecy::zeroize::Zeroize as _;
 const AAD_PREFIX: &str = "cliniko-gateway/v1/";
 const KEY_ID_DOMAIN: &[u8] = b"cliniko-gateway/v1/key-id\0";
 const TAG_LEN: usize = 16;
+/// HKDF-SHA256 salt and info for the document MAC key: the MAC never uses the master key (the
+/// AES key) itself, and no other derivation uses this label.
+const MAC_SALT: &[u8] = b"cliniko-gateway";
+const MAC_INFO: &[u8] = b"cliniko-gateway/v2/keystore-mac";
+/// Prefix of the stored MAC (names the algorithm, so a later change is visible).
+const MAC_PREFIX: &str = "hmac-sha256:";
 /// Hex characters in a derived key id (48 bits: collisions are checked, not assumed away).
 const KEY_ID_HEX: usize = 12;
 
@@ -57,6 +64,37 @@ pub(super) fn derive_key_id(master: &[u8; 32], key: &ApiKey) -> String {
     let mut id = hex::encode(tag.as_ref());
     id.truncate(KEY_ID_HEX);
     id
+}
+
+/// The document MAC key: HKDF-SHA256(master, salt, info) with the MAC's own label.
+fn mac_key(master: &[u8; 32]) -> Result<hmac::Key, KeyStoreError> {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, MAC_SALT).extract(master);
+    let info = [MAC_INFO];
+    let okm = prk
+        .expand(&info, hmac::HMAC_SHA256)
+        .map_err(|_| KeyStoreError::Crypto("HKDF expansion failed"))?;
+    Ok(hmac::Key::from(okm))
+}
+
+/// `hmac-sha256:<hex>` of the document's canonical bytes.
+pub(super) fn document_mac(master: &[u8; 32], canonical: &[u8]) -> Result<String, KeyStoreError> {
+    let tag = hmac::sign(&mac_key(master)?, canonical);
+    Ok(format!("{MAC_PREFIX}{}", hex::encode(tag.as_ref())))
+}
+
+/// True when `mac` is the document MAC of `canonical` (compared in constant time).
+pub(super) fn verify_document_mac(
+    master: &[u8; 32],
+    canonical: &[u8],
+    mac: &str,
+) -> Result<bool, KeyStoreError> {
+    let Some(tag) = mac
+        .strip_prefix(MAC_PREFIX)
+        .and_then(|h| hex::decode(h).ok())
+    else {
+        return Ok(false);
+    };
+    Ok(hmac::verify(&mac_key(master)?, canonical, &tag).is_ok())
 }
 
 /// Encrypts `key` for entry `key_id`: base64(nonce || ciphertext || tag).
@@ -163,6 +201,26 @@ mod tests {
         assert_eq!(id, derive_key_id(&M1, &key));
         assert_ne!(id, derive_key_id(&M2, &key));
         assert_ne!(id, derive_key_id(&M1, &ApiKey::new("abd-au1".into())));
+    }
+
+    #[test]
+    fn document_mac_covers_every_byte_and_the_master_key() {
+        let doc = br#"{"version":2,"keys":{},"users":{"bob":"k1"}}"#;
+        let mac = document_mac(&M1, doc).unwrap();
+        assert!(
+            mac.starts_with("hmac-sha256:") && mac.len() == 12 + 64,
+            "{mac}"
+        );
+        assert!(verify_document_mac(&M1, doc, &mac).unwrap());
+        assert!(!verify_document_mac(&M2, doc, &mac).unwrap());
+        let edited = br#"{"version":2,"keys":{},"users":{"bob":"k2"}}"#;
+        assert!(!verify_document_mac(&M1, edited, &mac).unwrap());
+        for junk in ["", "hmac-sha256:", "hmac-sha256:zz", &mac[12..]] {
+            assert!(!verify_document_mac(&M1, doc, junk).unwrap(), "{junk}");
+        }
+        // A distinct key from the AES key and the key-id HMAC: not HMAC(master, doc).
+        let plain = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &M1), doc);
+        assert_ne!(mac[12..], hex::encode(plain.as_ref()));
     }
 
     #[test]

@@ -1,12 +1,16 @@
-//! Editing the store file for the `keys` CLI: add a user's key, remove a user, list users.
+//! Editing the store file for the `keys` CLI: add a user's key, remove a user, list users,
+//! reseal (sign a version-1 file, or accept a reviewed hand edit).
 //!
 //! Rejects a master key that does not open every existing entry (so one file never mixes
-//! master keys), invalid user names, and API keys that are empty, contain whitespace or
-//! control characters, or whose shard suffix is not a shard name.
+//! master keys), a file that fails its integrity MAC (edits never launder a tampered file;
+//! only `reseal --accept-edits` does, on purpose), invalid user names, and API keys that are
+//! empty, contain whitespace or control characters, or whose shard suffix is not a shard name.
+//! Every write signs the whole document.
 
 use super::{
     ApiKey, KeyStore, KeyStoreError, crypto,
     file::{self, Document, KeyEntry},
+    store::{Integrity, integrity},
     validate_name, validate_user,
 };
 use crate::config::MasterKey;
@@ -68,8 +72,11 @@ pub fn add_key(
     let shard = check_api_key(key)?;
     let existing = file::read(path)?;
     let created_file = existing.is_none();
+    let store = match &existing {
+        Some(doc) => KeyStore::from_document(path, doc, master)?,
+        None => KeyStore::default(),
+    };
     let mut doc = existing.unwrap_or_else(Document::empty);
-    let store = KeyStore::from_document(path, &doc, master)?;
 
     let same = store
         .keys()
@@ -100,7 +107,7 @@ pub fn add_key(
         .insert(user.to_string(), key_id.clone())
         .filter(|prev| *prev != key_id);
     let dropped_key_ids = drop_unreferenced(&mut doc);
-    file::write_atomic(path, &doc)?;
+    file::write_signed(path, &mut doc, master.expose_secret())?;
     Ok(AddOutcome {
         key_id,
         fingerprint,
@@ -122,8 +129,45 @@ pub fn remove_user(path: &Path, master: &MasterKey, user: &str) -> Result<bool, 
         return Ok(false);
     }
     drop_unreferenced(&mut doc);
-    file::write_atomic(path, &doc)?;
+    file::write_signed(path, &mut doc, master.expose_secret())?;
     Ok(true)
+}
+
+/// What [`reseal`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resealed {
+    /// The file already carried a valid MAC; nothing was written.
+    AlreadySigned,
+    /// A version-1 file was signed and written as version 2.
+    Migrated,
+    /// A file that failed its MAC was signed as it is (`--accept-edits`).
+    AcceptedEdits,
+}
+
+/// Signs the store with its whole-document MAC: migrates a version-1 file, or (only with
+/// `accept_edits`) accepts a file changed without the master key. Every entry must still open
+/// with `master`.
+pub fn reseal(
+    path: &Path,
+    master: &MasterKey,
+    accept_edits: bool,
+) -> Result<Resealed, KeyStoreError> {
+    let mut doc = file::read(path)?.ok_or_else(|| KeyStoreError::NotFound {
+        path: path.to_path_buf(),
+    })?;
+    KeyStore::open_entries(path, &doc, master)?;
+    let outcome = match integrity(&doc, master)? {
+        Integrity::Signed => return Ok(Resealed::AlreadySigned),
+        Integrity::Unsigned => Resealed::Migrated,
+        Integrity::Mismatch if accept_edits => Resealed::AcceptedEdits,
+        Integrity::Mismatch => {
+            return Err(KeyStoreError::Tampered {
+                path: path.to_path_buf(),
+            });
+        }
+    };
+    file::write_signed(path, &mut doc, master.expose_secret())?;
+    Ok(outcome)
 }
 
 /// Every user with their key's id, fingerprint, shard and label, sorted by user.

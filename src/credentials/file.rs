@@ -1,7 +1,9 @@
-//! The on-disk JSON document (version 1) and its atomic replacement.
+//! The on-disk JSON document (version 2, and version 1 for `keys reseal`) and its atomic
+//! replacement.
 //!
 //! Rejects unknown fields, other versions and malformed JSON; error messages give the position
-//! and category only, because serde's own messages can quote file content.
+//! and category only, because serde's own messages can quote file content. The integrity MAC
+//! is checked by the store, over [`Document::canonical`].
 
 use super::KeyStoreError;
 use serde::{Deserialize, Serialize};
@@ -12,8 +14,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// The only version this gateway reads and writes.
-pub(super) const VERSION: u32 = 1;
+/// The version this gateway writes: version 1 plus the whole-document `mac`.
+pub(super) const VERSION: u32 = 2;
+/// The version before the MAC: read only so that `keys reseal` can sign it.
+pub(super) const UNSIGNED_VERSION: u32 = 1;
 
 /// The whole file. `BTreeMap`s keep the output sorted, hence stable diffs.
 #[derive(Debug, Serialize, Deserialize)]
@@ -24,6 +28,17 @@ pub(super) struct Document {
     pub keys: BTreeMap<String, KeyEntry>,
     #[serde(default)]
     pub users: BTreeMap<String, String>,
+    /// `hmac-sha256:<hex>` over [`Document::canonical`]; absent in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// What the MAC covers: everything but the MAC itself.
+#[derive(Serialize)]
+struct Signed<'a> {
+    version: u32,
+    keys: &'a BTreeMap<String, KeyEntry>,
+    users: &'a BTreeMap<String, String>,
 }
 
 impl Document {
@@ -32,7 +47,22 @@ impl Document {
             version: VERSION,
             keys: BTreeMap::new(),
             users: BTreeMap::new(),
+            mac: None,
         }
+    }
+
+    /// The bytes the MAC is computed over: `{"version":…,"keys":{…},"users":{…}}` as compact
+    /// JSON, map keys in byte order, entry fields in declaration order, `cliniko_user` always
+    /// present (`null` when absent). Being re-serialised from the parsed document, it ignores
+    /// whitespace and key order in the file but covers every value the gateway uses.
+    pub fn canonical(&self) -> Vec<u8> {
+        let signed = Signed {
+            version: self.version,
+            keys: &self.keys,
+            users: &self.users,
+        };
+        // Serialising strings, integers and maps into a Vec cannot fail.
+        serde_json::to_vec(&signed).unwrap_or_default()
     }
 }
 
@@ -65,11 +95,11 @@ pub(super) fn read(path: &Path) -> Result<Option<Document>, KeyStoreError> {
         .map_err(|e| format_error(path, describe(e.inner(), Some(e.path()))))?;
     de.end()
         .map_err(|e| format_error(path, describe(&e, None)))?;
-    if doc.version != VERSION {
+    if doc.version != VERSION && doc.version != UNSIGNED_VERSION {
         return Err(format_error(
             path,
             format!(
-                "unsupported version {}; this gateway reads version {VERSION}",
+                "unsupported version {}; this gateway reads version {VERSION} (and {UNSIGNED_VERSION} for `keys reseal`)",
                 doc.version
             ),
         ));
@@ -148,8 +178,19 @@ fn is_safe_label(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'))
 }
 
+/// Signs `doc` under `master` (as the current version) and replaces `path` with it.
+pub(super) fn write_signed(
+    path: &Path,
+    doc: &mut Document,
+    master: &[u8; 32],
+) -> Result<(), KeyStoreError> {
+    doc.version = VERSION;
+    doc.mac = Some(super::crypto::document_mac(master, &doc.canonical())?);
+    write_atomic(path, doc)
+}
+
 /// Replaces `path` with `doc`: temp file (0600) in the same directory, fsync, rename, fsync dir.
-pub(super) fn write_atomic(path: &Path, doc: &Document) -> Result<(), KeyStoreError> {
+fn write_atomic(path: &Path, doc: &Document) -> Result<(), KeyStoreError> {
     let mut json = serde_json::to_vec_pretty(doc).map_err(|e| KeyStoreError::Io {
         op: "serialise",
         path: path.to_path_buf(),
@@ -247,8 +288,8 @@ mod tests {
         assert!(p.contains("users.<name>"), "{p}");
         let p = problem("{\"version\": 1,");
         assert!(p.contains("ends early"), "{p}");
-        let p = problem(r#"{"version": 2}"#);
-        assert!(p.contains("unsupported version 2"), "{p}");
+        let p = problem(r#"{"version": 3}"#);
+        assert!(p.contains("unsupported version 3"), "{p}");
         let p = problem(r#"{"version": 1} trailing"#);
         assert!(p.contains("malformed JSON"), "{p}");
     }

@@ -4,16 +4,18 @@
 //! step calls [`Credentials::lookup`] (lock-free) and puts the [`Credential`] (key, shard,
 //! precomputed `Authorization: Basic` header) into the request; a user with no stored key is
 //! refused (403 `no_credential`) before anything reaches Cliniko. At load it rejects a wrong master
-//! key or a tampered entry ([`KeyStoreError::Decrypt`]), malformed JSON ([`KeyStoreError::Format`])
-//! and a key whose shard suffix could steer the upstream host ([`KeyStoreError::BadShard`]).
+//! key or a tampered entry ([`KeyStoreError::Decrypt`]), a document changed without the master
+//! key ([`KeyStoreError::Tampered`]), an unsigned version-1 file ([`KeyStoreError::Unsigned`]),
+//! malformed JSON ([`KeyStoreError::Format`]) and a key whose shard suffix could steer the
+//! upstream host ([`KeyStoreError::BadShard`]).
 //!
-//! # File format (version 1)
+//! # File format (version 2)
 //!
 //! A JSON document, pretty-printed with sorted keys so it diffs well in version control:
 //!
 //! ```json
 //! {
-//!   "version": 1,
+//!   "version": 2,
 //!   "keys": {
 //!     "3f9a0c1b2d4e": {
 //!       "shard": "au1",
@@ -22,7 +24,8 @@
 //!       "sealed": "<base64 of nonce(12) || ciphertext || tag(16)>"
 //!     }
 //!   },
-//!   "users": { "alice": "3f9a0c1b2d4e", "bob": "3f9a0c1b2d4e" }
+//!   "users": { "alice": "3f9a0c1b2d4e", "bob": "3f9a0c1b2d4e" },
+//!   "mac": "hmac-sha256:<64 hex>"
 //! }
 //! ```
 //!
@@ -30,6 +33,11 @@
 //! - `sealed` is AES-256-GCM under the master key with a fresh random 96-bit nonce and the
 //!   associated data `cliniko-gateway/v1/<key_id>`, so a blob copied under another id fails to
 //!   decrypt.
+//! - `mac` is HMAC-SHA256 over the document's canonical form (`file::Document::canonical`:
+//!   compact JSON of `version`, `keys`, `users`, maps in byte order) under a key derived from
+//!   the master key with HKDF-SHA256 (info `cliniko-gateway/v2/keystore-mac`). It binds the
+//!   `users` map and the `cliniko_user` labels, which the sealed blobs do not: pointing bob at
+//!   alice's key id needs the master key.
 //! - A key id is the first 12 hex characters of HMAC-SHA256(master key,
 //!   `cliniko-gateway/v1/key-id\0` + API key): adding the same key twice reuses its entry, and the
 //!   id reveals nothing about the key without the master key.
@@ -38,9 +46,14 @@
 //!   `sha256:` + the first 16 hex characters of SHA-256(key), safe to log.
 //! - `cliniko_user` optionally labels which Cliniko user owns the key (rate limits group by it).
 //!
-//! Edits ([`add_key`], [`remove_user`]) check the master key against every existing entry first,
-//! then replace the file atomically (temp file with mode 0600 in the same directory, fsync,
-//! rename). A running gateway picks the change up on [`Credentials::reload`] (SIGHUP).
+//! Version 1 is the same without `mac`. It is refused at start-up and reload until
+//! [`reseal`] (`keys reseal`) has signed it; the other edits refuse it too, so nothing signs an
+//! unreviewed file by the way.
+//!
+//! Edits ([`add_key`], [`remove_user`], [`reseal`]) check the master key against every
+//! existing entry and the MAC first, then sign and replace the file atomically (temp file with
+//! mode 0600 in the same directory, fsync, rename). A running gateway picks the change up on
+//! [`Credentials::reload`] (SIGHUP or the file watch).
 
 mod crypto;
 mod edit;
@@ -51,7 +64,7 @@ mod store;
 mod tests;
 
 pub use crypto::{fingerprint, generate_master_key};
-pub use edit::{AddOutcome, ListedUser, add_key, list, remove_user};
+pub use edit::{AddOutcome, ListedUser, Resealed, add_key, list, remove_user, reseal};
 pub use store::{Credentials, KeyStore};
 
 use crate::upstream::Shard;
@@ -202,6 +215,24 @@ pub enum KeyStoreError {
     Decrypt {
         /// The entry that failed.
         key_id: String,
+    },
+    /// The file is version 1, written before the whole-document MAC existed.
+    #[error(
+        "the key store {} has no integrity MAC (version 1, written by an older gateway): sign it once with `cliniko-gateway keys reseal --config <gateway.toml>`",
+        path.display()
+    )]
+    Unsigned {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The whole-document MAC does not match: the file changed without the master key.
+    #[error(
+        "the key store {} fails its integrity check: it was changed without the master key (or this is not the master key that wrote it); restore the last good file, or, if the edit is yours, review it and sign it with `cliniko-gateway keys reseal --accept-edits`",
+        path.display()
+    )]
+    Tampered {
+        /// The file.
+        path: PathBuf,
     },
     /// A stored key's shard suffix is not a shard name.
     #[error("key {key_id}: the API key's shard suffix is not a valid shard name")]

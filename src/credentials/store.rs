@@ -1,7 +1,8 @@
 //! The decrypted, immutable user -> credential map, and the live handle that swaps it on reload.
 //!
-//! Rejects, at load, any file that does not decrypt completely and consistently: one bad entry
-//! fails the whole load, so a running gateway keeps its previous store instead.
+//! Rejects, at load, any file that does not decrypt completely and consistently or whose
+//! whole-document MAC does not match (an unsigned version-1 file included): one bad entry fails
+//! the whole load, so a running gateway keeps its previous store instead.
 
 use super::{Credential, KeyStoreError, crypto, file, validate_name};
 use crate::config::{KeyStoreConfig, MasterKey};
@@ -50,7 +51,27 @@ impl KeyStore {
         store
     }
 
+    /// Opens every entry and checks the document MAC (last, so that a wrong master key is
+    /// reported as such rather than as an edit).
     pub(super) fn from_document(
+        path: &Path,
+        doc: &file::Document,
+        master: &MasterKey,
+    ) -> Result<KeyStore, KeyStoreError> {
+        let store = KeyStore::open_entries(path, doc, master)?;
+        match integrity(doc, master)? {
+            Integrity::Signed => Ok(store),
+            Integrity::Unsigned => Err(KeyStoreError::Unsigned {
+                path: path.to_path_buf(),
+            }),
+            Integrity::Mismatch => Err(KeyStoreError::Tampered {
+                path: path.to_path_buf(),
+            }),
+        }
+    }
+
+    /// Decrypts and cross-checks every entry and user, without looking at the MAC.
+    pub(super) fn open_entries(
         path: &Path,
         doc: &file::Document,
         master: &MasterKey,
@@ -145,6 +166,35 @@ impl fmt::Debug for KeyStore {
             .field("keys", &self.keys.len())
             .finish()
     }
+}
+
+/// Where a document stands with its MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Integrity {
+    /// Version 2 with a MAC that matches.
+    Signed,
+    /// Version 1: written before the MAC existed.
+    Unsigned,
+    /// Version 2 whose MAC is missing or does not match: changed without the master key.
+    Mismatch,
+}
+
+pub(super) fn integrity(
+    doc: &file::Document,
+    master: &MasterKey,
+) -> Result<Integrity, KeyStoreError> {
+    if doc.version == file::UNSIGNED_VERSION {
+        return Ok(Integrity::Unsigned);
+    }
+    let Some(mac) = &doc.mac else {
+        return Ok(Integrity::Mismatch);
+    };
+    let ok = crypto::verify_document_mac(master.expose_secret(), &doc.canonical(), mac)?;
+    Ok(if ok {
+        Integrity::Signed
+    } else {
+        Integrity::Mismatch
+    })
 }
 
 fn is_key_id(s: &str) -> bool {

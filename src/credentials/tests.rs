@@ -81,7 +81,8 @@ fn add_then_load_round_trip() {
     assert_eq!(c.cliniko_user.as_deref(), Some("dr-smith"));
     assert!(store.get("bob").is_none());
     let v = json(&path);
-    assert_eq!(v["version"], 1);
+    assert_eq!(v["version"], 2);
+    assert!(v["mac"].as_str().unwrap().starts_with("hmac-sha256:"));
     assert_eq!(v["users"]["alice"], out.key_id.as_str());
     assert_eq!(v["keys"][&out.key_id]["shard"], "uk2");
 }
@@ -365,4 +366,130 @@ fn in_memory_store_serves_lookups() {
     let store = KeyStore::from_users([("alice".to_string(), c.clone())]);
     assert!(Arc::ptr_eq(&store.get("alice").unwrap(), &c));
     assert_eq!(store.users().map(|(u, _)| u).collect::<Vec<_>>(), ["alice"]);
+}
+
+/// Writes `v` back as the attacker would: pretty JSON, MAC untouched.
+fn write_json(path: &Path, v: &serde_json::Value) {
+    fs::write(path, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+}
+
+#[test]
+fn editing_users_or_labels_without_the_master_key_is_refused() {
+    let (_d, path, m) = setup();
+    add_key(&path, &m, "alice", &key(KEY_A), None).unwrap();
+    add_key(&path, &m, "bob", &key(KEY_B), None).unwrap();
+    let original = json(&path);
+    let alice_id = original["users"]["alice"].clone();
+    type Edit = fn(&mut serde_json::Value, &serde_json::Value);
+    let edits: [(&str, Edit); 5] = [
+        ("bob -> alice's key", |v, a| v["users"]["bob"] = a.clone()),
+        ("new user on alice's key", |v, a| {
+            v["users"]["mallory"] = a.clone()
+        }),
+        ("user removed", |v, _| {
+            v["users"].as_object_mut().unwrap().remove("bob");
+        }),
+        ("label set", |v, a| {
+            v["keys"][a.as_str().unwrap()]["cliniko_user"] = "owner".into()
+        }),
+        ("mac removed", |v, _| {
+            v.as_object_mut().unwrap().remove("mac");
+        }),
+    ];
+    for (name, edit) in edits {
+        let mut v = original.clone();
+        edit(&mut v, &alice_id);
+        write_json(&path, &v);
+        let err = KeyStore::load(&path, &m).unwrap_err();
+        assert!(
+            matches!(err, KeyStoreError::Tampered { .. }),
+            "{name}: {err}"
+        );
+        assert!(
+            err.to_string().contains("keys reseal --accept-edits"),
+            "{err}"
+        );
+        // Edits through the CLI refuse to launder it too.
+        assert!(matches!(
+            add_key(&path, &m, "carol", &key(KEY_A), None),
+            Err(KeyStoreError::Tampered { .. })
+        ));
+        assert!(matches!(
+            remove_user(&path, &m, "alice"),
+            Err(KeyStoreError::Tampered { .. })
+        ));
+    }
+    // Layout is not content: re-indented, keys reordered, the MAC still holds.
+    let mut compact = original.to_string();
+    compact.push_str("\n\n");
+    fs::write(&path, compact).unwrap();
+    assert_eq!(KeyStore::load(&path, &m).unwrap().len(), 2);
+}
+
+#[test]
+fn a_version_1_file_is_refused_until_resealed() {
+    let (_d, path, m) = setup();
+    add_key(&path, &m, "alice", &key(KEY_A), None).unwrap();
+    let mut v = json(&path);
+    v["version"] = 1.into();
+    v.as_object_mut().unwrap().remove("mac");
+    write_json(&path, &v);
+    let err = KeyStore::load(&path, &m).unwrap_err();
+    assert!(matches!(err, KeyStoreError::Unsigned { .. }), "{err}");
+    assert!(err.to_string().contains("keys reseal"), "{err}");
+    assert!(matches!(
+        add_key(&path, &m, "bob", &key(KEY_B), None),
+        Err(KeyStoreError::Unsigned { .. })
+    ));
+    // The wrong master key cannot sign it.
+    assert!(matches!(
+        reseal(&path, &master(2), false),
+        Err(KeyStoreError::Decrypt { .. })
+    ));
+    assert_eq!(reseal(&path, &m, false).unwrap(), Resealed::Migrated);
+    let after = json(&path);
+    assert_eq!(after["version"], 2);
+    assert_eq!(after["users"], v["users"]);
+    assert_eq!(KeyStore::load(&path, &m).unwrap().len(), 1);
+    assert_eq!(reseal(&path, &m, false).unwrap(), Resealed::AlreadySigned);
+}
+
+#[test]
+fn reseal_accepts_an_edit_only_when_asked() {
+    let (_d, path, m) = setup();
+    add_key(&path, &m, "alice", &key(KEY_A), None).unwrap();
+    let mut v = json(&path);
+    v["users"]["bob"] = v["users"]["alice"].clone();
+    write_json(&path, &v);
+    assert!(matches!(
+        reseal(&path, &m, false),
+        Err(KeyStoreError::Tampered { .. })
+    ));
+    assert!(
+        KeyStore::load(&path, &m).is_err(),
+        "a refusal writes nothing"
+    );
+    assert_eq!(reseal(&path, &m, true).unwrap(), Resealed::AcceptedEdits);
+    let store = KeyStore::load(&path, &m).unwrap();
+    assert_eq!(store.get("bob").unwrap().key.expose(), KEY_A);
+}
+
+#[test]
+fn reload_refuses_a_tampered_store_and_keeps_the_old_one() {
+    let (_d, path, m) = setup();
+    add_key(&path, &m, "alice", &key(KEY_A), None).unwrap();
+    add_key(&path, &m, "bob", &key(KEY_B), None).unwrap();
+    let creds = Credentials::open(&config(&path, &m)).unwrap();
+    let mut v = json(&path);
+    v["users"]["bob"] = v["users"]["alice"].clone();
+    write_json(&path, &v);
+    assert!(matches!(
+        creds.reload(),
+        Err(KeyStoreError::Tampered { .. })
+    ));
+    assert_eq!(creds.lookup("bob").unwrap().key.expose(), KEY_B);
+    assert!(matches!(
+        Credentials::open(&config(&path, &m)),
+        Err(KeyStoreError::Tampered { .. })
+    ));
 }

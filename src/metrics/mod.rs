@@ -251,9 +251,16 @@ pub struct ReloadMetrics {
     // one is still serving"), which the counters only tell for a while.
     keystore_ok: Gauge,
     config_ok: Gauge,
+    integrity: Counter,
 }
 
 impl ReloadMetrics {
+    /// A key-store file refused because its integrity MAC is missing or wrong (also counted
+    /// as a failed reload): an edit made without the master key, worth an alert of its own.
+    pub fn record_integrity_failure(&self) {
+        self.integrity.inc();
+    }
+
     /// One reload attempt; `users` is the new store's size on success.
     pub fn record(&self, trigger: ReloadTrigger, users: Option<usize>) {
         let result = if users.is_some() { "ok" } else { "failed" };
@@ -371,6 +378,11 @@ impl Metrics {
             "config_reloads",
             "Config reload attempts by trigger (signal, admin, file) and result (ok, failed)",
             reloads.config_reloads.clone(),
+        );
+        registry.register(
+            "keystore_integrity_failures",
+            "Key-store files refused on reload because their integrity MAC is missing or wrong (changed without the master key)",
+            reloads.integrity.clone(),
         );
         registry.register(
             "config_restart_pending",

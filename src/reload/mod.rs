@@ -8,8 +8,9 @@
 //!   `config_restart_pending` and in the admin reply, and otherwise ignored.
 //!
 //! A file that does not load completely (bad TOML, a bad field, wrong master key, tampered
-//! entry, an unreachable new JWKS) is refused: the old state keeps serving, an error line is
-//! logged and `*_reloads_total{result="failed"}` counts it.
+//! entry or a key store failing its integrity MAC, an unreachable new JWKS) is refused: the
+//! old state keeps serving, an error line is logged and `*_reloads_total{result="failed"}`
+//! counts it (an integrity failure also `keystore_integrity_failures_total`).
 //!
 //! Files are watched by polling (`watch.rs`).
 
@@ -124,8 +125,15 @@ impl Reloader {
                 self.metrics.record(trigger, Some(*n));
             }
             Err(e) => {
-                tracing::error!(error = %e, trigger = trigger.label(), "key store reload failed; keeping the previous store");
+                let integrity = matches!(
+                    e,
+                    KeyStoreError::Tampered { .. } | KeyStoreError::Unsigned { .. }
+                );
+                tracing::error!(error = %e, trigger = trigger.label(), integrity, "key store reload failed; keeping the previous store");
                 self.metrics.record(trigger, None);
+                if integrity {
+                    self.metrics.record_integrity_failure();
+                }
             }
         }
         result

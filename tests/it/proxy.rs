@@ -285,14 +285,12 @@ async fn a_large_response_streams_through() {
 
 #[tokio::test]
 async fn upstream_down_is_502() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let (_held, port) = refusing_port();
     let mut s = Setup::default();
     s.users.push(("erin", "erinkey00000000000000000-ca1"));
     s.overrides.push((
         "CLINIKO_GATEWAY__UPSTREAM__SHARDS__CA1",
-        format!("https://localhost:{port}/v1"),
+        format!("https://127.0.0.1:{port}/v1"),
     ));
     let h = Harness::start(s).await;
     let got = h.get_as("erin", "/v1/patients").await;

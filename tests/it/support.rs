@@ -370,6 +370,16 @@ pub fn token_scoped(sub: &str, scope: &str) -> String {
     .unwrap()
 }
 
+/// A loopback port that is certain to refuse connections while the socket is held: bound
+/// (so no other test can take the port) but never listening, so a connect gets RST at once on
+/// Linux. Dropping a listener instead would free the port for a parallel test.
+pub fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
+}
+
 /// A plain-HTTP pooled client for talking to the gateway.
 pub fn plain_client() -> Client<HttpConnector, Full<Bytes>> {
     let mut http = HttpConnector::new();

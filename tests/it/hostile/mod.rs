@@ -4,13 +4,17 @@
 //! body: those cases assert the status and that no `X-Gateway-Error` was made up.
 //!
 //! Grouped by what is attacked: [`jwt`], [`basic`] (the Basic credential form), [`framing`],
-//! [`targets`], [`credentials`] and [`headers`] (headers that try to reach Cliniko).
+//! [`targets`], [`credentials`], [`headers`] (headers that try to reach Cliniko), [`protocol`]
+//! (RFC strictness: `iss` arrays, `Host`, encoded unreserved characters) and [`tamper`] (the
+//! key store and secret files on disk).
 
 mod basic;
 mod credentials;
 mod framing;
 mod headers;
 mod jwt;
+mod protocol;
+mod tamper;
 mod targets;
 
 use crate::support::*;
@@ -53,6 +57,7 @@ fn parse(text: &str) -> Raw {
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
     let status = head
         .strip_prefix("HTTP/1.1 ")
+        .or_else(|| head.strip_prefix("HTTP/1.0 "))
         .and_then(|r| r.get(..3))
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
