@@ -218,6 +218,21 @@ impl UpstreamMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+/// What one listener's accept loop records: open connections, and those it closed because
+/// the caller stopped taking its responses (`server.send_timeout`).
+#[derive(Clone, Debug, Default)]
+pub struct ConnMetrics {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections closed for making no progress.
+    pub stalled: Counter,
+}
+
 /// What triggered a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadTrigger {
@@ -305,6 +320,8 @@ pub struct Metrics {
     upstream: UpstreamMetrics,
     handshakes: Counter,
     reloads: ReloadMetrics,
+    connections: Family<ListenerLabels, Gauge>,
+    stalled: Family<ListenerLabels, Counter>,
     sources: Option<Arc<Sources>>,
 }
 
@@ -402,6 +419,18 @@ impl Metrics {
             reloads.config_ok.clone(),
         );
         process::register(&mut registry);
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Open inbound connections by listener (public, admin)",
+            connections.clone(),
+        );
+        let stalled = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_stalled",
+            "Connections closed because the caller took none of a response for server.send_timeout",
+            stalled.clone(),
+        );
         Metrics {
             registry,
             http: HttpMetrics {
@@ -416,6 +445,8 @@ impl Metrics {
             },
             handshakes,
             reloads,
+            connections,
+            stalled,
             sources: None,
         }
     }
@@ -453,6 +484,15 @@ impl Metrics {
     /// Counter the outbound connector bumps for each new TLS connection.
     pub fn tls_handshakes(&self) -> Counter {
         self.handshakes.clone()
+    }
+
+    /// Handles for the accept loop of `listener` (`public` or `admin`).
+    pub fn connections(&self, listener: &'static str) -> ConnMetrics {
+        let l = ListenerLabels { listener };
+        ConnMetrics {
+            open: self.connections.get_or_create_owned(&l),
+            stalled: self.stalled.get_or_create_owned(&l),
+        }
     }
 
     /// Handle for key-store reloads.

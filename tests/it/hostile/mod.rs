@@ -5,8 +5,9 @@
 //!
 //! Grouped by what is attacked: [`jwt`], [`basic`] (the Basic credential form), [`framing`],
 //! [`targets`], [`credentials`], [`headers`] (headers that try to reach Cliniko), [`protocol`]
-//! (RFC strictness: `iss` arrays, `Host`, encoded unreserved characters) and [`tamper`] (the
-//! key store and secret files on disk).
+//! (RFC strictness: `iss` arrays, `Host`, encoded unreserved characters), [`tamper`] (the
+//! key store and secret files on disk) and [`stall`]: callers who stop reading (one must slow
+//! only itself; none may hold a port).
 
 mod basic;
 mod credentials;
@@ -15,6 +16,7 @@ mod headers;
 mod jwt;
 mod protocol;
 mod tamper;
+mod stall;
 mod targets;
 
 use crate::support::*;
