@@ -138,8 +138,7 @@ impl Gateway {
         );
         let metrics = Arc::new(metrics);
         let (tx, rx) = watch::channel(false);
-        let settings =
-            ConnSettings::public(&cfg.server, tls).with_metrics(metrics.connections("public"));
+        let settings = ConnSettings::public(&cfg.server, tls).with_metrics(&metrics);
         let grace = cfg.server.shutdown_grace;
         let mut tasks = Vec::new();
         let admin_addr = match (
@@ -154,8 +153,8 @@ impl Gateway {
             (Some(addr), Some(admin)) => {
                 let l = TcpListener::bind(addr).await?;
                 let bound = l.local_addr()?;
-                let admin_settings = ConnSettings::admin(&cfg.server, &cfg.admin)
-                    .with_metrics(metrics.connections("admin"));
+                let admin_settings =
+                    ConnSettings::admin(&cfg.server, &cfg.admin).with_metrics(&metrics);
                 let svc = admin.service();
                 tasks.push(tokio::spawn(server::serve(
                     l,

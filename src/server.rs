@@ -88,6 +88,8 @@ const ADMIN_MAX_STREAMS: u32 = 16;
 /// What a listener's connections need to know: the hyper builder, TLS, limits and metrics.
 #[derive(Clone)]
 pub struct ConnSettings {
+    /// `public` or `admin`: names the listener in logs and metrics.
+    listener: &'static str,
     builder: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
     limits: Limits,
@@ -109,6 +111,7 @@ impl ConnSettings {
             },
             tls,
         )
+        .named("public")
     }
 
     /// The admin port: the `[server]` timeouts, `admin.max_connections`, small fixed head and
@@ -126,11 +129,17 @@ impl ConnSettings {
             },
             None,
         )
+        .named("admin")
     }
 
-    /// Records open and stalled connections into `m`.
-    pub fn with_metrics(mut self, m: ConnMetrics) -> Self {
-        self.metrics = m;
+    /// Records open and stalled connections into `m`, labelled with the listener.
+    pub fn with_metrics(mut self, m: &crate::metrics::Metrics) -> Self {
+        self.metrics = m.connections(self.listener);
+        self
+    }
+
+    fn named(mut self, listener: &'static str) -> Self {
+        self.listener = listener;
         self
     }
 
@@ -154,6 +163,7 @@ impl ConnSettings {
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
         ConnSettings {
+            listener: "public",
             builder,
             tls,
             limits,
@@ -220,6 +230,7 @@ pub async fn serve<S>(
             // wait (doubling, up to a second) instead of spinning a core on the error.
             Err(e) => {
                 tracing::warn!(
+                    listener = settings.listener,
                     error = %e,
                     retry_in_ms = backoff.as_millis() as u64,
                     "accept failed; backing off"
@@ -361,6 +372,7 @@ where
             if stalled >= limits.send_timeout {
                 self.settings.metrics.stalled.inc();
                 tracing::debug!(
+                    listener = self.settings.listener,
                     stalled_ms = stalled.as_millis() as u64,
                     "closing a connection whose caller stopped taking responses"
                 );

@@ -97,11 +97,14 @@ pub struct H2Stalled {
     pub ended: JoinHandle<Instant>,
     /// Responses whose bodies are never read.
     held: Vec<http::Response<Incoming>>,
+    /// When the last response head arrived (its stall began a little before).
+    pub last_head: Instant,
 }
 
 impl H2Stalled {
     pub async fn open(addr: &str) -> H2Stalled {
         let tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
         let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(0)
             .handshake(TokioIo::new(tcp))
@@ -116,6 +119,7 @@ impl H2Stalled {
             send,
             ended,
             held: vec![],
+            last_head: Instant::now(),
         }
     }
 
@@ -130,6 +134,7 @@ impl H2Stalled {
             .await
             .expect("no response head")
             .expect("request failed");
+        self.last_head = Instant::now();
         let status = resp.status().as_u16();
         self.held.push(resp);
         status
