@@ -415,7 +415,22 @@ struct Progress {
     epoch: Instant,
     in_flight: AtomicUsize,
     last_done_ms: AtomicU64,
-    waits: Mutex<Vec<Arc<Wait>>>,
+    waits: Mutex<Waits>,
+}
+
+/// The registered waits; finished ones are forgotten when the watchdog looks, or when the
+/// list has doubled since the last clean-up (a busy connection between two looks).
+struct Waits {
+    list: Vec<Arc<Wait>>,
+    prune_at: usize,
+}
+
+impl Waits {
+    /// Drops the stamps only this list still holds (their response is finished).
+    fn prune(&mut self) {
+        self.list.retain(|w| Arc::strong_count(w) > 1);
+        self.prune_at = (2 * self.list.len()).max(64);
+    }
 }
 
 /// When a wait on the caller began: ms since the connection's epoch plus one; 0 = not waiting.
@@ -428,7 +443,10 @@ impl Progress {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_done_ms: AtomicU64::new(0),
-            waits: Mutex::new(Vec::new()),
+            waits: Mutex::new(Waits {
+                list: Vec::new(),
+                prune_at: 64,
+            }),
         }
     }
 
@@ -439,7 +457,11 @@ impl Progress {
 
     fn waiter(&self) -> Arc<Wait> {
         let w = Arc::new(Wait::default());
-        lock(&self.waits).push(w.clone());
+        let mut waits = lock(&self.waits);
+        if waits.list.len() >= waits.prune_at {
+            waits.prune();
+        }
+        waits.list.push(w.clone());
         w
     }
 
@@ -454,9 +476,9 @@ impl Progress {
     /// How long the oldest current wait on the caller has lasted (zero: nothing waits).
     fn longest_wait(&self) -> Duration {
         let mut waits = lock(&self.waits);
-        // Only this list holds a finished response's stamp: forget it.
-        waits.retain(|w| Arc::strong_count(w) > 1);
+        waits.prune();
         let oldest = waits
+            .list
             .iter()
             .map(|w| w.0.load(Ordering::Acquire))
             .filter(|&t| t != 0)
@@ -596,5 +618,45 @@ impl<I: tokio::io::AsyncWrite> tokio::io::AsyncWrite for WriteWatch<I> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let polled = self.as_mut().project().io.poll_shutdown(cx);
         self.note(polled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_responses_do_not_pile_up_between_two_looks() {
+        let p = Progress::new();
+        let held: Vec<_> = (0..10).map(|_| p.waiter()).collect();
+        for _ in 0..10_000 {
+            drop(p.waiter());
+        }
+        let len = lock(&p.waits).list.len();
+        assert!((10..=128).contains(&len), "{len} stamps kept");
+        drop(held);
+    }
+
+    #[test]
+    fn the_oldest_wait_counts_until_hyper_asks_again() {
+        // A connection two seconds old, so stamps can lie in its past.
+        let p = Arc::new(Progress {
+            epoch: Instant::now() - Duration::from_secs(2),
+            ..Progress::new()
+        });
+        assert_eq!(p.longest_wait(), Duration::ZERO);
+        let mut busy = p.begin().handed_over();
+        // Stamped one second ago: the caller has taken nothing since.
+        let stamp = p.now() - 1000;
+        busy.wait
+            .as_ref()
+            .unwrap()
+            .0
+            .store(stamp, Ordering::Release);
+        assert!(p.longest_wait() >= Duration::from_millis(900));
+        busy.on_poll();
+        assert_eq!(p.longest_wait(), Duration::ZERO);
+        drop(busy);
+        assert_eq!(p.in_flight.load(Ordering::Acquire), 0);
     }
 }
