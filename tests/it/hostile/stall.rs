@@ -125,19 +125,31 @@ impl H2Stalled {
 
     /// Sends a GET and waits (bounded) for its response head only; returns the status.
     pub async fn get(&mut self, path: &str, auth: Option<&str>) -> u16 {
-        let mut b = http::Request::get(format!("http://{}{path}", self.addr));
-        if let Some(a) = auth {
-            b = b.header("authorization", a);
-        }
-        let req = b.body(Empty::new()).unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.send.send_request(req))
+        self.get_many(path, auth, 1).await[0]
+    }
+
+    /// Sends `n` GETs at once and waits (bounded) for their response heads; their statuses.
+    pub async fn get_many(&mut self, path: &str, auth: Option<&str>, n: usize) -> Vec<u16> {
+        let sends = (0..n).map(|_| {
+            let mut b = http::Request::get(format!("http://{}{path}", self.addr));
+            if let Some(a) = auth {
+                b = b.header("authorization", a);
+            }
+            let mut send = self.send.clone();
+            async move { send.send_request(b.body(Empty::new()).unwrap()).await }
+        });
+        let all = futures_util::future::join_all(sends);
+        let resps = tokio::time::timeout(Duration::from_secs(10), all)
             .await
-            .expect("no response head")
-            .expect("request failed");
+            .expect("no response head");
         self.last_head = Instant::now();
-        let status = resp.status().as_u16();
-        self.held.push(resp);
-        status
+        let mut statuses = vec![];
+        for r in resps {
+            let resp = r.expect("request failed");
+            statuses.push(resp.status().as_u16());
+            self.held.push(resp);
+        }
+        statuses
     }
 }
 
