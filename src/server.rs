@@ -100,6 +100,7 @@ impl ConnSettings {
     /// The public port: every bound from `[server]`.
     pub fn public(cfg: &ServerConfig, tls: Option<TlsAcceptor>) -> Self {
         ConnSettings::new(
+            "public",
             Limits {
                 head_timeout: cfg.header_read_timeout,
                 idle_timeout: cfg.idle_timeout,
@@ -111,13 +112,13 @@ impl ConnSettings {
             },
             tls,
         )
-        .named("public")
     }
 
     /// The admin port: the `[server]` timeouts, `admin.max_connections`, small fixed head and
     /// stream limits, plain HTTP.
     pub fn admin(server: &ServerConfig, admin: &AdminConfig) -> Self {
         ConnSettings::new(
+            "admin",
             Limits {
                 head_timeout: server.header_read_timeout,
                 idle_timeout: server.idle_timeout,
@@ -129,7 +130,6 @@ impl ConnSettings {
             },
             None,
         )
-        .named("admin")
     }
 
     /// Records open and stalled connections into `m`, labelled with the listener.
@@ -138,12 +138,7 @@ impl ConnSettings {
         self
     }
 
-    fn named(mut self, listener: &'static str) -> Self {
-        self.listener = listener;
-        self
-    }
-
-    fn new(limits: Limits, tls: Option<TlsAcceptor>) -> Self {
+    fn new(listener: &'static str, limits: Limits, tls: Option<TlsAcceptor>) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -163,7 +158,7 @@ impl ConnSettings {
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
         ConnSettings {
-            listener: "public",
+            listener,
             builder,
             tls,
             limits,
