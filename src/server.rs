@@ -214,8 +214,8 @@ pub async fn serve<S>(
                     shutdown: for_conns.clone(),
                     force: force_rx.clone(),
                     _alive: alive_tx.clone(),
-                    _slot: slot,
                     _open: Open::new(&settings.metrics),
+                    _slot: slot,
                 };
                 tokio::spawn(conn.run(tcp));
             }
@@ -288,8 +288,10 @@ struct Connection<S> {
     // Flips after the drain deadline: drop the connection, whatever it is doing.
     force: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
-    _slot: OwnedSemaphorePermit,
+    // Fields drop in order: the gauge goes down before the slot can be given to a new
+    // connection, so it never shows more than the limit.
     _open: Open,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl<S> Connection<S>
