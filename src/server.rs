@@ -134,7 +134,7 @@ impl ConnSettings {
 
     /// Records open and stalled connections into `m`, labelled with the listener.
     pub fn with_metrics(mut self, m: &crate::metrics::Metrics) -> Self {
-        self.metrics = m.connections(self.listener);
+        self.metrics = m.connections(self.listener, self.limits.max_connections);
         self
     }
 

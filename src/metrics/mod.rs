@@ -321,6 +321,7 @@ pub struct Metrics {
     handshakes: Counter,
     reloads: ReloadMetrics,
     connections: Family<ListenerLabels, Gauge>,
+    connections_max: Family<ListenerLabels, Gauge>,
     stalled: Family<ListenerLabels, Counter>,
     sources: Option<Arc<Sources>>,
 }
@@ -425,6 +426,12 @@ impl Metrics {
             "Open inbound connections by listener (public, admin)",
             connections.clone(),
         );
+        let connections_max = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_max",
+            "The listener's connection limit (server.max_connections, admin.max_connections): at this many open, new connections wait in the backlog",
+            connections_max.clone(),
+        );
         let stalled = Family::<ListenerLabels, Counter>::default();
         registry.register(
             "connections_stalled",
@@ -446,6 +453,7 @@ impl Metrics {
             handshakes,
             reloads,
             connections,
+            connections_max,
             stalled,
             sources: None,
         }
@@ -486,9 +494,12 @@ impl Metrics {
         self.handshakes.clone()
     }
 
-    /// Handles for the accept loop of `listener` (`public` or `admin`).
-    pub fn connections(&self, listener: &'static str) -> ConnMetrics {
+    /// Handles for the accept loop of `listener` (`public` or `admin`), whose limit is `max`.
+    pub fn connections(&self, listener: &'static str, max: usize) -> ConnMetrics {
         let l = ListenerLabels { listener };
+        self.connections_max
+            .get_or_create(&l)
+            .set(i64::try_from(max).unwrap_or(i64::MAX));
         ConnMetrics {
             open: self.connections.get_or_create_owned(&l),
             stalled: self.stalled.get_or_create_owned(&l),
