@@ -17,8 +17,8 @@ mod framing;
 mod headers;
 mod jwt;
 mod protocol;
-mod tamper;
 mod stall;
+mod tamper;
 mod targets;
 
 use crate::support::*;
