@@ -1,5 +1,7 @@
-//! The admin surface: a separate listener (loopback by default) with its own bearer token.
-//! The proxy port never serves these routes.
+//! The admin surface: a separate listener (loopback by default) with its own bearer token,
+//! served by the same accept loop as the public port ([`crate::server::serve`]), so it has the
+//! same timeouts, a connection limit and accept back-off. The proxy port never serves these
+//! routes.
 //!
 //! - `POST /admin/cache/purge?all=true` | `?user=<name>` | `?prefix=/v1/patients`
 //! - `POST /admin/reload`: re-read the key store (a bad file is refused; the old one stays)
@@ -14,13 +16,10 @@ use crate::credentials::Credentials;
 use crate::metrics::{Metrics, ReloadTrigger};
 use crate::reload::Reloader;
 use http::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use std::convert::Infallible;
 use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 /// Everything the admin routes act on.
 pub struct Admin {
@@ -47,31 +46,22 @@ impl Admin {
         }))
     }
 
-    /// Serves admin requests on `listener` until `shutdown` flips.
-    pub async fn serve(
+    /// The admin routes as a service, for [`crate::server::serve`] on the admin listener.
+    pub fn service(
         self: Arc<Self>,
-        listener: TcpListener,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        loop {
-            let (tcp, _) = tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => break,
-                a = listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(_) => continue,
-                },
-            };
+    ) -> impl tower::Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+    > + Clone
+    + Send
+    + Sync
+    + 'static {
+        tower::service_fn(move |req: Request<Body>| {
             let admin = self.clone();
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(req).await) }
-            });
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
+            async move { Ok::<_, Infallible>(admin.handle(req).await) }
+        })
     }
 
     fn authorized<B>(&self, req: &Request<B>) -> bool {

@@ -14,6 +14,8 @@ use std::task::{Context, Poll};
 /// Watches a body as it streams: sees each data frame; its `Drop` marks the end of the body
 /// (finished, failed or abandoned by the client), which is where per-request bookkeeping ends.
 pub trait BodyObserver: Send + 'static {
+    /// Called when the body is asked for its next frame (before the inner body is polled).
+    fn on_poll(&mut self) {}
     /// Called for every data frame with its length.
     fn on_data(&mut self, _len: usize) {}
 }
@@ -44,6 +46,7 @@ impl<O: BodyObserver> HttpBody for Observed<O> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
+        this.observer.on_poll();
         let polled = this.inner.poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()

@@ -38,7 +38,8 @@ pub enum StartError {
 pub struct Gateway {
     local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    /// The accept loops (public, and admin when on); each drains its own connections.
+    tasks: Vec<JoinHandle<()>>,
     readiness: Arc<GatewayReadiness>,
     shutdown_delay: std::time::Duration,
     admin_addr: Option<SocketAddr>,
@@ -124,23 +125,10 @@ impl Gateway {
             crate::cors::Cors::new(&cfg.cors),
         )));
         metrics.add_sources(Sources::new(live.clone()));
-        let settings = ConnSettings::new(&cfg.server, tls);
         let ready = readiness.clone();
         metrics.add_gauge_fn("ready", "1 while /readyz answers 200", move || {
             u64::from(ready.ready())
         });
-        let open = settings.open_connections();
-        metrics.add_gauge_fn(
-            "connections_open",
-            "Inbound connections open now",
-            move || open() as u64,
-        );
-        let max = cfg.server.max_connections as u64;
-        metrics.add_gauge_fn(
-            "connections_max",
-            "server.max_connections: at this many open, new connections wait in the backlog",
-            move || max,
-        );
         let reloader = Reloader::new(
             credentials.clone(),
             live.clone(),
@@ -150,7 +138,9 @@ impl Gateway {
         );
         let metrics = Arc::new(metrics);
         let (tx, rx) = watch::channel(false);
+        let settings = ConnSettings::public(&cfg.server, tls).with_metrics(&metrics);
         let grace = cfg.server.shutdown_grace;
+        let mut tasks = Vec::new();
         let admin_addr = match (
             cfg.admin.listen,
             crate::admin::Admin::new(
@@ -163,7 +153,16 @@ impl Gateway {
             (Some(addr), Some(admin)) => {
                 let l = TcpListener::bind(addr).await?;
                 let bound = l.local_addr()?;
-                tokio::spawn(admin.serve(l, rx.clone()));
+                let admin_settings =
+                    ConnSettings::admin(&cfg.server, &cfg.admin).with_metrics(&metrics);
+                let svc = admin.service();
+                tasks.push(tokio::spawn(server::serve(
+                    l,
+                    admin_settings,
+                    svc,
+                    rx.clone(),
+                    grace,
+                )));
                 tracing::info!(admin_addr = %bound, "admin listening");
                 Some(bound)
             }
@@ -176,12 +175,18 @@ impl Gateway {
                     .watch_files(cfg.keystore.watch_interval, rx.clone()),
             );
         }
-        let task = tokio::spawn(server::serve(listener, settings, Current(live), rx, grace));
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            settings,
+            Current(live),
+            rx,
+            grace,
+        )));
         tracing::info!(%local_addr, "gateway listening");
         Ok(Gateway {
             local_addr,
             shutdown: tx,
-            task,
+            tasks,
             readiness,
             shutdown_delay: cfg.server.shutdown_delay,
             admin_addr,
@@ -244,7 +249,9 @@ impl Gateway {
         );
         tokio::time::sleep(self.shutdown_delay).await;
         let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
         if let Some(t) = self.telemetry {
             // Exports what is still queued; blocking, so off the async threads.
             let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;

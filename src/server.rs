@@ -1,19 +1,24 @@
-//! The accept loop: TCP (optionally TLS) connections served by hyper-util's HTTP/1.1 + HTTP/2
-//! builder, each connection closed when idle, and a graceful drain on shutdown.
+//! The accept loop of every listener (the public port and the admin port, each with its own
+//! [`ConnSettings`]): TCP (optionally TLS) connections served by hyper-util's HTTP/1.1 + HTTP/2
+//! builder, a connection limit, back-off on accept errors, each connection closed when idle or
+//! when its caller stops taking its responses, and a graceful drain on shutdown.
 //!
 //! Draining follows mini-redis: every connection task holds a clone of an mpsc sender; after
 //! the shutdown signal the server drops its own and waits (up to the grace period) until
 //! `recv()` returns `None`, i.e. every connection has finished its in-flight requests.
 
 use crate::body::{Body, BodyObserver, observe};
-use crate::config::ServerConfig;
+use crate::config::{AdminConfig, ServerConfig};
+use crate::metrics::ConnMetrics;
 use http::{HeaderValue, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -58,72 +63,112 @@ pub fn tls_acceptor(cfg: &ServerConfig) -> Result<Option<TlsAcceptor>, crate::co
     Ok(Some(TlsAcceptor::from(Arc::new(tls))))
 }
 
-/// What a connection needs to know about limits.
-#[derive(Clone)]
-pub struct ConnSettings {
-    builder: auto::Builder<TokioExecutor>,
-    tls: Option<TlsAcceptor>,
-    handshake_timeout: Duration,
+/// The bounds one listener's connections live under.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    head_timeout: Duration,
     idle_timeout: Duration,
+    send_timeout: Duration,
     max_connections: usize,
     max_head_bytes: usize,
     max_headers: usize,
-    open: Arc<AtomicUsize>,
+    max_streams: u32,
+}
+
+/// Bytes of response one HTTP/2 stream may queue inside hyper beyond what the caller's window
+/// lets out (hyper's default is 400 KiB): with the stream limit, it bounds a connection's
+/// memory when its caller stops reading.
+const SEND_BUF_PER_STREAM: usize = 64 * 1024;
+
+/// Admin requests are a bearer token and a path: fixed, small head and stream limits.
+const ADMIN_HEAD_BYTES: usize = 16 * 1024;
+const ADMIN_MAX_HEADERS: usize = 100;
+const ADMIN_MAX_STREAMS: u32 = 16;
+
+/// What a listener's connections need to know: the hyper builder, TLS, limits and metrics.
+#[derive(Clone)]
+pub struct ConnSettings {
+    /// `public` or `admin`: names the listener in logs and metrics.
+    listener: &'static str,
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    metrics: ConnMetrics,
 }
 
 impl ConnSettings {
-    /// Builds the hyper connection builder with the configured bounds.
-    pub fn new(cfg: &ServerConfig, tls: Option<TlsAcceptor>) -> Self {
+    /// The public port: every bound from `[server]`.
+    pub fn public(cfg: &ServerConfig, tls: Option<TlsAcceptor>) -> Self {
+        ConnSettings::new(
+            "public",
+            Limits {
+                head_timeout: cfg.header_read_timeout,
+                idle_timeout: cfg.idle_timeout,
+                send_timeout: cfg.send_timeout,
+                max_connections: cfg.max_connections,
+                max_head_bytes: cfg.max_header_bytes,
+                max_headers: cfg.max_headers,
+                max_streams: cfg.max_streams_per_connection,
+            },
+            tls,
+        )
+    }
+
+    /// The admin port: the `[server]` timeouts, `admin.max_connections`, small fixed head and
+    /// stream limits, plain HTTP.
+    pub fn admin(server: &ServerConfig, admin: &AdminConfig) -> Self {
+        ConnSettings::new(
+            "admin",
+            Limits {
+                head_timeout: server.header_read_timeout,
+                idle_timeout: server.idle_timeout,
+                send_timeout: server.send_timeout,
+                max_connections: admin.max_connections,
+                max_head_bytes: ADMIN_HEAD_BYTES,
+                max_headers: ADMIN_MAX_HEADERS,
+                max_streams: ADMIN_MAX_STREAMS,
+            },
+            None,
+        )
+    }
+
+    /// Records open and stalled connections into `m`, labelled with the listener.
+    pub fn with_metrics(mut self, m: &crate::metrics::Metrics) -> Self {
+        self.metrics = m.connections(self.listener, self.limits.max_connections);
+        self
+    }
+
+    fn new(listener: &'static str, limits: Limits, tls: Option<TlsAcceptor>) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
             // Also bounds idle keep-alive: hyper restarts this timer while waiting for the next
             // request head.
-            .header_read_timeout(cfg.header_read_timeout)
-            .max_buf_size(cfg.max_header_bytes)
-            .max_headers(cfg.max_headers);
+            .header_read_timeout(limits.head_timeout)
+            // Bounds both the read buffer (heads, pipelined requests) and the write buffer.
+            .max_buf_size(limits.max_head_bytes)
+            .max_headers(limits.max_headers);
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256)
+            .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(limits.max_streams)
+            .max_send_buf_size(SEND_BUF_PER_STREAM)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
         ConnSettings {
+            listener,
             builder,
             tls,
-            handshake_timeout: cfg.header_read_timeout,
-            idle_timeout: cfg.idle_timeout,
-            max_connections: cfg.max_connections,
-            max_head_bytes: cfg.max_header_bytes,
-            max_headers: cfg.max_headers,
-            open: Arc::default(),
+            limits,
+            metrics: ConnMetrics::default(),
         }
     }
-
-    /// Reads how many inbound connections are open now (for metrics).
-    pub fn open_connections(&self) -> impl Fn() -> usize + Send + Sync + 'static {
-        let open = self.open.clone();
-        move || open.load(Ordering::Relaxed)
-    }
 }
 
-/// Counts a connection as open from accept until its task ends.
-struct Open(Arc<AtomicUsize>);
-
-impl Open {
-    fn new(n: &Arc<AtomicUsize>) -> Open {
-        n.fetch_add(1, Ordering::Relaxed);
-        Open(n.clone())
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+/// First and longest pause after a failed `accept`.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
 /// Runs the accept loop until `shutdown` flips to true, then drains for up to `grace`.
 pub async fn serve<S>(
@@ -143,7 +188,8 @@ pub async fn serve<S>(
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let (force_tx, force_rx) = watch::channel(false);
     let for_conns = shutdown.clone();
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let slots = Arc::new(Semaphore::new(settings.limits.max_connections));
+    let mut backoff = ACCEPT_BACKOFF.0;
     loop {
         // At the connection limit we stop accepting (the kernel backlog queues the rest)
         // rather than accept and drop.
@@ -154,27 +200,41 @@ pub async fn serve<S>(
                 Err(_) => break,
             },
         };
-        tokio::select! {
+        let accepted = tokio::select! {
             _ = stopped(&mut shutdown) => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    let conn = Connection {
-                        _open: Open::new(&settings.open),
-                        settings: settings.clone(),
-                        svc: svc.clone(),
-                        shutdown: for_conns.clone(),
-                        force: force_rx.clone(),
-                        _alive: alive_tx.clone(),
-                        _slot: slot,
-                    };
-                    tokio::spawn(conn.run(tcp));
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, _peer)) => {
+                backoff = ACCEPT_BACKOFF.0;
+                let _ = tcp.set_nodelay(true);
+                let conn = Connection {
+                    settings: settings.clone(),
+                    svc: svc.clone(),
+                    shutdown: for_conns.clone(),
+                    force: force_rx.clone(),
+                    _alive: alive_tx.clone(),
+                    _open: Open::new(&settings.metrics),
+                    _slot: slot,
+                };
+                tokio::spawn(conn.run(tcp));
+            }
+            // The peer gave up between its connect and our accept: nothing to wait for.
+            Err(e) if peer_gone(&e) => {}
+            // EMFILE, ENFILE, ENOBUFS...: accept keeps failing until something is freed, so
+            // wait (doubling, up to a second) instead of spinning a core on the error.
+            Err(e) => {
+                tracing::warn!(
+                    listener = settings.listener,
+                    error = %e,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "accept failed; backing off"
+                );
+                tokio::select! {
+                    _ = stopped(&mut shutdown) => break,
+                    _ = tokio::time::sleep(backoff) => {}
                 }
-                // EMFILE and friends: back off briefly instead of spinning.
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
             }
         }
     }
@@ -191,9 +251,34 @@ pub async fn serve<S>(
     }
 }
 
+/// An accept error that concerns only the connection being accepted.
+fn peer_gone(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    )
+}
+
 /// Resolves once shutdown has been signalled (or the sender is gone).
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Counts a connection in `connections_open` for as long as it lives.
+struct Open(prometheus_client::metrics::gauge::Gauge);
+
+impl Open {
+    fn new(m: &ConnMetrics) -> Open {
+        m.open.inc();
+        Open(m.open.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 struct Connection<S> {
@@ -203,8 +288,10 @@ struct Connection<S> {
     // Flips after the drain deadline: drop the connection, whatever it is doing.
     force: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
-    _slot: OwnedSemaphorePermit,
+    // Fields drop in order: the gauge goes down before the slot can be given to a new
+    // connection, so it never shows more than the limit.
     _open: Open,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl<S> Connection<S>
@@ -220,7 +307,8 @@ where
         match self.settings.tls.clone() {
             None => self.serve_io(tcp).await,
             Some(acc) => {
-                match tokio::time::timeout(self.settings.handshake_timeout, acc.accept(tcp)).await {
+                let limit = self.settings.limits.head_timeout;
+                match tokio::time::timeout(limit, acc.accept(tcp)).await {
                     Ok(Ok(tls)) => self.serve_io(tls).await,
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -233,13 +321,18 @@ where
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let idle = Arc::new(Idle::new());
+        let limits = self.settings.limits;
+        let progress = Arc::new(Progress::new());
+        let io = WriteWatch {
+            wait: progress.waiter(),
+            progress: progress.clone(),
+            io,
+        };
         let svc = self.svc.clone();
-        let tracker = idle.clone();
+        let tracker = progress.clone();
         // hyper resolves Content-Length + Transfer-Encoding itself and drops the length before
         // we see the request; the framing watch saw the raw head and tells us (see framing.rs).
-        let (io, framing) =
-            crate::framing::watch(io, self.settings.max_head_bytes, self.settings.max_headers);
+        let (io, framing) = crate::framing::watch(io, limits.max_head_bytes, limits.max_headers);
         let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
             let busy = tracker.begin();
             // Exactly once per request, in arrival order, before anything can reject it.
@@ -259,7 +352,8 @@ where
                     resp.headers_mut()
                         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
                 }
-                Ok::<_, Infallible>(resp.map(|b| observe(b, busy)))
+                let sending = busy.handed_over();
+                Ok::<_, Infallible>(resp.map(|b| observe(b, sending)))
             }
         });
         let conn = self
@@ -267,10 +361,24 @@ where
             .builder
             .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
         tokio::pin!(conn);
-        let idle_timeout = self.settings.idle_timeout;
         let mut closing = false;
         loop {
-            let wait = idle.remaining(idle_timeout);
+            // A graceful close still needs the caller to take what is queued, so the send
+            // timeout keeps running while closing.
+            let stalled = progress.longest_wait();
+            if stalled >= limits.send_timeout {
+                self.settings.metrics.stalled.inc();
+                tracing::debug!(
+                    listener = self.settings.listener,
+                    stalled_ms = stalled.as_millis() as u64,
+                    "closing a connection whose caller stopped taking responses"
+                );
+                break;
+            }
+            let mut wait = limits.send_timeout - stalled;
+            if !closing {
+                wait = wait.min(progress.idle_remaining(limits.idle_timeout));
+            }
             tokio::select! {
                 res = conn.as_mut() => {
                     if let Err(e) = res {
@@ -286,8 +394,8 @@ where
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                _ = tokio::time::sleep(wait), if !closing => {
-                    if idle.remaining(idle_timeout).is_zero() {
+                _ = tokio::time::sleep(wait) => {
+                    if !closing && progress.idle_remaining(limits.idle_timeout).is_zero() {
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
@@ -297,29 +405,89 @@ where
     }
 }
 
-/// Per-connection idleness: no request in flight (response bodies included) for a while.
-struct Idle {
+/// Per connection: requests in flight (for idleness), and everything that can wait on the
+/// caller (each response handed to hyper, and the socket's write side), each with the time
+/// its wait began.
+struct Progress {
     epoch: Instant,
     in_flight: AtomicUsize,
     last_done_ms: AtomicU64,
+    waits: Mutex<Waits>,
 }
 
-impl Idle {
+/// The registered waits; finished ones are forgotten when the watchdog looks, or when the
+/// list has doubled since the last clean-up (a busy connection between two looks).
+struct Waits {
+    list: Vec<Arc<Wait>>,
+    prune_at: usize,
+}
+
+impl Waits {
+    /// Drops the stamps only this list still holds (their response is finished).
+    fn prune(&mut self) {
+        self.list.retain(|w| Arc::strong_count(w) > 1);
+        self.prune_at = (2 * self.list.len()).max(64);
+    }
+}
+
+/// When a wait on the caller began: ms since the connection's epoch plus one; 0 = not waiting.
+#[derive(Default)]
+struct Wait(AtomicU64);
+
+impl Progress {
     fn new() -> Self {
-        Idle {
+        Progress {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_done_ms: AtomicU64::new(0),
+            waits: Mutex::new(Waits {
+                list: Vec::new(),
+                prune_at: 64,
+            }),
         }
+    }
+
+    /// Now, as a [`Wait`] stamp (never 0).
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn waiter(&self) -> Arc<Wait> {
+        let w = Arc::new(Wait::default());
+        let mut waits = lock(&self.waits);
+        if waits.list.len() >= waits.prune_at {
+            waits.prune();
+        }
+        waits.list.push(w.clone());
+        w
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Busy(self.clone())
+        Busy {
+            progress: self.clone(),
+            wait: None,
+        }
+    }
+
+    /// How long the oldest current wait on the caller has lasted (zero: nothing waits).
+    fn longest_wait(&self) -> Duration {
+        let mut waits = lock(&self.waits);
+        waits.prune();
+        let oldest = waits
+            .list
+            .iter()
+            .map(|w| w.0.load(Ordering::Acquire))
+            .filter(|&t| t != 0)
+            .min();
+        drop(waits);
+        oldest.map_or(Duration::ZERO, |t| {
+            Duration::from_millis(self.now().saturating_sub(t))
+        })
     }
 
     /// Time left before the connection counts as idle (zero: idle now).
-    fn remaining(&self, timeout: Duration) -> Duration {
+    fn idle_remaining(&self, timeout: Duration) -> Duration {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return timeout;
         }
@@ -328,15 +496,164 @@ impl Idle {
     }
 }
 
-/// Held from the request's arrival until its response body is finished or dropped.
-struct Busy(Arc<Idle>);
+/// Locks a mutex, ignoring poisoning (the list stays valid whatever panicked).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
-impl BodyObserver for Busy {}
+/// Held from the request's arrival until its response body is finished or dropped; once the
+/// response is handed to hyper, it also tells whether the response waits on the caller: from
+/// the moment a frame is handed over until hyper asks for the next one.
+struct Busy {
+    progress: Arc<Progress>,
+    wait: Option<Arc<Wait>>,
+}
+
+impl Busy {
+    /// The response goes to hyper: from now until it asks for a frame, the caller is awaited.
+    fn handed_over(mut self) -> Self {
+        let w = self.progress.waiter();
+        w.0.store(self.progress.now(), Ordering::Release);
+        self.wait = Some(w);
+        self
+    }
+}
+
+impl BodyObserver for Busy {
+    fn on_poll(&mut self) {
+        // hyper asks for more: what follows is the producer's time, not the caller's.
+        if let Some(w) = &self.wait {
+            w.0.store(0, Ordering::Release);
+        }
+    }
+
+    fn on_data(&mut self, _len: usize) {
+        if let Some(w) = &self.wait {
+            w.0.store(self.progress.now(), Ordering::Release);
+        }
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let now = self.0.epoch.elapsed().as_millis() as u64;
-        self.0.last_done_ms.store(now, Ordering::Release);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(w) = &self.wait {
+            w.0.store(0, Ordering::Release);
+        }
+        let p = &self.progress;
+        let now = p.epoch.elapsed().as_millis() as u64;
+        p.last_done_ms.store(now, Ordering::Release);
+        p.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The connection's socket, noting when a write is blocked (the caller's receive buffer
+    /// is full) and when one goes through again.
+    struct WriteWatch<I> {
+        #[pin]
+        io: I,
+        progress: Arc<Progress>,
+        wait: Arc<Wait>,
+    }
+}
+
+impl<I> WriteWatch<I> {
+    fn note<T>(&self, polled: Poll<T>) -> Poll<T> {
+        match polled {
+            // Keep the first stamp: the wait began at the first blocked write.
+            Poll::Pending => {
+                let now = self.progress.now();
+                let _ = self
+                    .wait
+                    .0
+                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+            }
+            Poll::Ready(_) => self.wait.0.store(0, Ordering::Release),
+        }
+        polled
+    }
+}
+
+impl<I: tokio::io::AsyncRead> tokio::io::AsyncRead for WriteWatch<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_read(cx, buf)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite> tokio::io::AsyncWrite for WriteWatch<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = self.as_mut().project().io.poll_write(cx, buf);
+        self.note(polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = self.as_mut().project().io.poll_write_vectored(cx, bufs);
+        self.note(polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = self.as_mut().project().io.poll_flush(cx);
+        self.note(polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = self.as_mut().project().io.poll_shutdown(cx);
+        self.note(polled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_responses_do_not_pile_up_between_two_looks() {
+        let p = Progress::new();
+        let held: Vec<_> = (0..10).map(|_| p.waiter()).collect();
+        for _ in 0..10_000 {
+            drop(p.waiter());
+        }
+        let len = lock(&p.waits).list.len();
+        assert!((10..=128).contains(&len), "{len} stamps kept");
+        drop(held);
+    }
+
+    #[test]
+    fn the_oldest_wait_counts_until_hyper_asks_again() {
+        // A connection two seconds old, so stamps can lie in its past.
+        let p = Arc::new(Progress {
+            epoch: Instant::now() - Duration::from_secs(2),
+            ..Progress::new()
+        });
+        assert_eq!(p.longest_wait(), Duration::ZERO);
+        let mut busy = p.begin().handed_over();
+        // Stamped one second ago: the caller has taken nothing since.
+        let stamp = p.now() - 1000;
+        busy.wait
+            .as_ref()
+            .unwrap()
+            .0
+            .store(stamp, Ordering::Release);
+        assert!(p.longest_wait() >= Duration::from_millis(900));
+        busy.on_poll();
+        assert_eq!(p.longest_wait(), Duration::ZERO);
+        drop(busy);
+        assert_eq!(p.in_flight.load(Ordering::Acquire), 0);
     }
 }

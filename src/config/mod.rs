@@ -149,17 +149,32 @@ impl Default for CorsConfig {
     }
 }
 
-/// The admin listener: separate address, own bearer token.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// The admin listener: separate address, own bearer token. Served by the same server code as
+/// the public port, with the `[server]` timeouts and its own connection limit.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Where admin routes listen (keep it on loopback or a private network); off when unset.
     pub listen: Option<SocketAddr>,
+    /// Most open admin connections; beyond it the admin listener stops accepting.
+    pub max_connections: usize,
     /// File holding the admin bearer token (else `CLINIKO_GATEWAY_ADMIN_TOKEN`).
     pub token_file: Option<PathBuf>,
     /// Resolved at load. Never in the file.
     #[serde(skip)]
     pub token: Option<secrecy::SecretString>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: None,
+            // Scrapers and operators, not traffic: a small fixed pool is plenty.
+            max_connections: 64,
+            token_file: None,
+            token: None,
+        }
+    }
 }
 
 /// The in-memory GET cache.
@@ -242,6 +257,12 @@ pub struct ServerConfig {
     /// Idle keep-alive connections are closed after this long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A connection whose caller takes none of a response (socket or HTTP/2 window full) for
+    /// this long is closed, and the responses it held (Cliniko's included) are dropped.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// Most concurrent HTTP/2 streams (requests) on one connection.
+    pub max_streams_per_connection: u32,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -265,6 +286,8 @@ impl Default for ServerConfig {
             max_body_bytes: 10 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
+            max_streams_per_connection: 100,
             shutdown_grace: Duration::from_secs(30),
             shutdown_delay: Duration::ZERO,
             max_connections: 10_000,

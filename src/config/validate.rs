@@ -101,6 +101,20 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             "use e.g. 10000",
         ));
     }
+    if c.admin.max_connections == 0 {
+        return Err(err(
+            "admin.max_connections",
+            "must be at least 1",
+            "use e.g. 64",
+        ));
+    }
+    if !(1..=1000).contains(&s.max_streams_per_connection) {
+        return Err(err(
+            "server.max_streams_per_connection",
+            "out of range",
+            "use 1 to 1000 (e.g. 100)",
+        ));
+    }
     if s.public_base_url.is_none() && s.listen.ip().is_unspecified() {
         return Err(err(
             "server.public_base_url",
@@ -118,6 +132,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     for (f, d) in [
         ("server.header_read_timeout", s.header_read_timeout),
         ("server.idle_timeout", s.idle_timeout),
+        ("server.send_timeout", s.send_timeout),
         ("upstream.connect_timeout", c.upstream.connect_timeout),
         ("upstream.timeout", c.upstream.timeout),
     ] {

@@ -218,6 +218,21 @@ impl UpstreamMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+/// What one listener's accept loop records: open connections, and those it closed because
+/// the caller stopped taking its responses (`server.send_timeout`).
+#[derive(Clone, Debug, Default)]
+pub struct ConnMetrics {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections closed for making no progress.
+    pub stalled: Counter,
+}
+
 /// What triggered a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadTrigger {
@@ -305,6 +320,9 @@ pub struct Metrics {
     upstream: UpstreamMetrics,
     handshakes: Counter,
     reloads: ReloadMetrics,
+    connections: Family<ListenerLabels, Gauge>,
+    connections_max: Family<ListenerLabels, Gauge>,
+    stalled: Family<ListenerLabels, Counter>,
     sources: Option<Arc<Sources>>,
 }
 
@@ -402,6 +420,24 @@ impl Metrics {
             reloads.config_ok.clone(),
         );
         process::register(&mut registry);
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Open inbound connections by listener (public, admin)",
+            connections.clone(),
+        );
+        let connections_max = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_max",
+            "The listener's connection limit (server.max_connections, admin.max_connections): at this many open, new connections wait in the backlog",
+            connections_max.clone(),
+        );
+        let stalled = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_stalled",
+            "Connections closed because the caller took none of a response for server.send_timeout",
+            stalled.clone(),
+        );
         Metrics {
             registry,
             http: HttpMetrics {
@@ -416,6 +452,9 @@ impl Metrics {
             },
             handshakes,
             reloads,
+            connections,
+            connections_max,
+            stalled,
             sources: None,
         }
     }
@@ -453,6 +492,18 @@ impl Metrics {
     /// Counter the outbound connector bumps for each new TLS connection.
     pub fn tls_handshakes(&self) -> Counter {
         self.handshakes.clone()
+    }
+
+    /// Handles for the accept loop of `listener` (`public` or `admin`), whose limit is `max`.
+    pub fn connections(&self, listener: &'static str, max: usize) -> ConnMetrics {
+        let l = ListenerLabels { listener };
+        self.connections_max
+            .get_or_create(&l)
+            .set(i64::try_from(max).unwrap_or(i64::MAX));
+        ConnMetrics {
+            open: self.connections.get_or_create_owned(&l),
+            stalled: self.stalled.get_or_create_owned(&l),
+        }
     }
 
     /// Handle for key-store reloads.

@@ -210,6 +210,18 @@ pub fn tls_config(
         .with_no_client_auth())
 }
 
+/// Cliniko may send this much of one response ahead of the caller reading it (hyper's default
+/// is 2 MiB): the most a caller who stops reading leaves unread per response.
+const STREAM_WINDOW: u32 = 256 * 1024;
+
+/// The HTTP/2 maximum, so the connection-level window is never the limit. Every caller of a
+/// shard shares its one HTTP/2 connection: with hyper's default 5 MiB, three callers who stop
+/// reading 2 MiB answers used it up and every other response on the shard stalled. Now each
+/// response can only exhaust its own [`STREAM_WINDOW`]; memory stays bounded by the stream
+/// window times the streams Cliniko allows at once, and `server.send_timeout` drops the
+/// response (resetting its stream) of a caller who stopped reading.
+const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+
 /// Builds the pooled client from validated upstream config.
 pub fn build(cfg: &UpstreamConfig) -> Result<HttpClient, ConfigError> {
     build_counted(cfg, Counter::default())
@@ -238,5 +250,7 @@ pub fn build_counted(cfg: &UpstreamConfig, handshakes: Counter) -> Result<HttpCl
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(cfg.pool_idle_timeout)
         .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+        .http2_initial_stream_window_size(STREAM_WINDOW)
+        .http2_initial_connection_window_size(CONNECTION_WINDOW)
         .build(connector))
 }

@@ -178,6 +178,21 @@ fn each_rejection_names_its_field() {
             "server.listen",
         ),
         (
+            with("server", "send_timeout = \"0s\""),
+            e.clone(),
+            "server.send_timeout",
+        ),
+        (
+            with("server", "max_streams_per_connection = 0"),
+            e.clone(),
+            "server.max_streams_per_connection",
+        ),
+        (
+            format!("{MINIMAL}[admin]\nmax_connections = 0\n"),
+            e.clone(),
+            "admin.max_connections",
+        ),
+        (
             MINIMAL.to_string(),
             env(&[("CLINIKO_GATEWAY_HMAC_SECRET", "short")]),
             "auth.hmac_secret",

@@ -5,15 +5,19 @@
 //!
 //! Grouped by what is attacked: [`jwt`], [`basic`] (the Basic credential form), [`framing`],
 //! [`targets`], [`credentials`], [`headers`] (headers that try to reach Cliniko), [`protocol`]
-//! (RFC strictness: `iss` arrays, `Host`, encoded unreserved characters) and [`tamper`] (the
-//! key store and secret files on disk).
+//! (RFC strictness: `iss` arrays, `Host`, encoded unreserved characters), [`tamper`] (the
+//! key store and secret files on disk), [`stall`]: callers who stop reading (one must slow
+//! only itself; none may hold a port), and [`exhaust`]: the same measured on the real binary
+//! (memory, the file descriptor limit).
 
 mod basic;
 mod credentials;
+mod exhaust;
 mod framing;
 mod headers;
 mod jwt;
 mod protocol;
+mod stall;
 mod tamper;
 mod targets;
 
