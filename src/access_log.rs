@@ -1,70 +1,20 @@
 //! One access-log line per request, written when the response body has been sent (or
 //! abandoned), so `bytes` and `duration_ms` are the real figures.
 //!
-//! Target `access`. Fields: request id, user, method, path (never the query string: it holds
-//! patient names), status, upstream status, shard, duration, bytes. Never a token, key or body.
+//! Target `access`. Fields: the gateway's request id, the caller's (`client_request_id`), the
+//! client address, user, method, path (never the query string: it holds patient names),
+//! status, upstream status, shard, cache, error code, duration, bytes. Never a token, key or
+//! body. Everything but the head and the byte count is read from the request's [`Context`].
 
 use crate::body::{Body, BodyObserver, observe};
+use crate::context::Context as RequestContext;
 use crate::metrics::{HttpMetrics, RouteClass, method_label};
-use crate::request_id::RequestId;
-use crate::upstream::Shard;
 use futures_util::future::BoxFuture;
 use http::{Method, Request, Response};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
-
-/// What inner layers learn about a request, for the log line (in request extensions).
-#[derive(Default, Debug)]
-pub struct RequestFacts {
-    user: OnceLock<Arc<str>>,
-    shard: OnceLock<Shard>,
-    upstream_status: AtomicU16,
-    cache: OnceLock<&'static str>,
-    app: OnceLock<Arc<str>>,
-}
-
-impl RequestFacts {
-    /// Records the verified user.
-    pub fn set_user(&self, user: Arc<str>) {
-        let _ = self.user.set(user);
-    }
-    /// Records the calling app (from the verified token).
-    pub fn set_app(&self, app: Arc<str>) {
-        let _ = self.app.set(app);
-    }
-    /// Records the shard the request went to.
-    pub fn set_shard(&self, shard: &Shard) {
-        let _ = self.shard.set(shard.clone());
-    }
-    /// Records how the cache handled the request (HIT, MISS, REVALIDATED, BYPASS).
-    pub fn set_cache(&self, how: &'static str) {
-        let _ = self.cache.set(how);
-    }
-    /// Records Cliniko's status.
-    pub fn set_upstream_status(&self, s: u16) {
-        self.upstream_status.store(s, Ordering::Relaxed);
-    }
-    /// How the cache handled the request, once known.
-    pub fn cache(&self) -> Option<&'static str> {
-        self.cache.get().copied()
-    }
-    /// The calling app, if the token named one.
-    pub fn app(&self) -> Option<&str> {
-        self.app.get().map(|a| &**a)
-    }
-    /// The verified user, if any.
-    pub fn user(&self) -> Option<&str> {
-        self.user.get().map(|u| &**u)
-    }
-}
-
-/// Records facts if the request carries a [`RequestFacts`].
-pub fn facts<B>(req: &Request<B>) -> Option<Arc<RequestFacts>> {
-    req.extensions().get::<Arc<RequestFacts>>().cloned()
-}
 
 /// Layer that installs [`AccessLog`]; with metrics, the same moment that writes the line
 /// also counts the request and observes its duration.
@@ -99,11 +49,10 @@ pub struct AccessLog<S> {
 
 struct Line {
     start: Instant,
-    request_id: RequestId,
+    ctx: Option<Arc<RequestContext>>,
     method: Method,
     path: String,
     status: u16,
-    facts: Arc<RequestFacts>,
     bytes: u64,
     metrics: Option<Arc<HttpMetrics>>,
 }
@@ -116,7 +65,7 @@ impl BodyObserver for Line {
 
 impl Drop for Line {
     fn drop(&mut self) {
-        let up = self.facts.upstream_status.load(Ordering::Relaxed);
+        let ctx = self.ctx.as_deref();
         let elapsed = self.start.elapsed();
         if let Some(m) = &self.metrics {
             m.finished(
@@ -128,14 +77,17 @@ impl Drop for Line {
         }
         tracing::info!(
             target: "access",
-            request_id = self.request_id.as_str(),
-            user = self.facts.user(),
+            request_id = ctx.map(|c| c.id.as_str()),
+            client_request_id = ctx.and_then(|c| c.client_id.as_ref()).map(|i| i.as_str()),
+            client = ctx.and_then(|c| c.client_addr).map(tracing::field::display),
+            user = ctx.and_then(|c| c.user()),
             method = %self.method,
             path = %self.path,
             status = self.status,
-            upstream_status = (up != 0).then_some(up),
-            shard = self.facts.shard.get().map(Shard::as_str),
-            cache = self.facts.cache.get().copied(),
+            upstream_status = ctx.and_then(|c| c.upstream_status()),
+            shard = ctx.and_then(|c| c.shard()),
+            cache = ctx.and_then(|c| c.cache()).map(|c| c.as_str()),
+            code = ctx.and_then(|c| c.error()).map(|c| c.as_str()),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             bytes = self.bytes,
         );
@@ -155,15 +107,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let start = Instant::now();
-        let facts = Arc::new(RequestFacts::default());
-        req.extensions_mut().insert(facts.clone());
-        let request_id = req
-            .extensions()
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or(RequestId(http::HeaderValue::from_static("-")));
+        let ctx = RequestContext::of(&req).cloned();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let fut = self.inner.call(req);
@@ -174,11 +120,10 @@ where
         // writes the line, with nginx's 499 "client closed request".
         let mut line = Line {
             start,
-            request_id,
+            ctx,
             method,
             path,
             status: 499,
-            facts,
             bytes: 0,
             metrics: self.metrics.clone(),
         };

@@ -4,15 +4,15 @@
 //! Sits just inside the access log, outside the rescue, so it records the status the caller
 //! really got, refusals included (401, 403 and 400 are what a reviewer looks for). Written when
 //! the response head is ready (or with 499 if the caller went away first). Fields: `time`,
-//! `request_id`, `user`, `app` (`azp`, else `client_id`), `method`, `resource`, `resource_id`,
-//! `sub_resource`, `status`, `code` (the gateway's error code) and `cache`. Never the query
+//! `request_id` (the gateway's own), `client_request_id` (the caller's, when it sent one),
+//! `client` (the address), `user`, `app` (`azp`, else `client_id`), `method`, `resource`,
+//! `resource_id`, `sub_resource`, `status`, `code` (the gateway's error code) and `cache`,
+//! all but the head and status read from the request's context. Never the query
 //! string, a body, a token or a key; path segments that are not plain words become `?`.
 
-use crate::access_log::{RequestFacts, facts};
 use crate::body::Body;
-use crate::error::GATEWAY_ERROR_HEADER;
+use crate::context::Context as RequestContext;
 use crate::metrics::RouteClass;
-use crate::request_id::RequestId;
 use futures_util::future::BoxFuture;
 use http::{Method, Request, Response};
 use serde_json::{Map, Value};
@@ -89,40 +89,34 @@ pub struct Audit<S> {
 }
 
 struct Record {
-    request_id: String,
     method: Method,
     path: String,
-    facts: Option<Arc<RequestFacts>>,
+    ctx: Option<Arc<RequestContext>>,
     status: u16,
-    code: Option<String>,
 }
 
 impl Drop for Record {
     fn drop(&mut self) {
         let r = resource(&self.path);
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let ctx = self.ctx.as_deref();
         tracing::info!(
             target: TARGET,
             time = time.as_str(),
-            request_id = self.request_id.as_str(),
-            user = self.facts.as_ref().and_then(|f| f.user()),
-            app = self.facts.as_ref().and_then(|f| f.app()),
+            request_id = ctx.map(|c| c.id.as_str()),
+            client_request_id = ctx.and_then(|c| c.client_id.as_ref()).map(|i| i.as_str()),
+            client = ctx.and_then(|c| c.client_addr).map(tracing::field::display),
+            user = ctx.and_then(|c| c.user()),
+            app = ctx.and_then(|c| c.app()),
             method = self.method.as_str(),
             resource = r.kind,
             resource_id = r.id,
             sub_resource = r.sub,
             status = self.status,
-            code = self.code.as_deref(),
-            cache = self.facts.as_ref().and_then(|f| f.cache()),
+            code = ctx.and_then(|c| c.error()).map(|c| c.as_str()),
+            cache = ctx.and_then(|c| c.cache()).map(|c| c.as_str()),
         );
     }
-}
-
-fn header(resp: &Response<Body>, name: &str) -> Option<String> {
-    resp.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| plain(s).to_string())
 }
 
 impl<S> tower::Service<Request<Body>> for Audit<S>
@@ -145,22 +139,15 @@ where
         let path = req.uri().path().to_string();
         // Built before awaiting so a caller that goes away still leaves a record (499).
         let mut record = Record {
-            request_id: req
-                .extensions()
-                .get::<RequestId>()
-                .map_or("-", RequestId::as_str)
-                .to_string(),
             method: req.method().clone(),
             path,
-            facts: facts(&req),
+            ctx: RequestContext::of(&req).cloned(),
             status: 499,
-            code: None,
         };
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
             record.status = resp.status().as_u16();
-            record.code = header(&resp, GATEWAY_ERROR_HEADER);
             drop(record);
             Ok(resp)
         })

@@ -17,6 +17,17 @@ use http::{HeaderValue, Response, StatusCode, header};
 /// Header that marks a response the gateway made itself.
 pub const GATEWAY_ERROR_HEADER: &str = "x-gateway-error";
 
+/// A stable error code, as only [`GatewayError::error_code`] makes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ErrorCode(&'static str);
+
+impl ErrorCode {
+    /// The code, e.g. `forbidden`.
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
 /// Why the caller's credentials were refused (a 401, except `Ambiguous` and `KeysUnavailable`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -169,6 +180,11 @@ impl GatewayError {
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::Internal => "internal",
         }
+    }
+
+    /// The code as a typed value, for the request context.
+    pub fn error_code(&self) -> ErrorCode {
+        ErrorCode(self.code())
     }
 
     /// The HTTP status this error answers with.

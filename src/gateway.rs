@@ -106,6 +106,7 @@ impl Gateway {
             credentials: credentials.clone(),
             upstream,
             readiness: readiness.clone(),
+            context: crate::context::ContextLayer::new(&cfg.server.trusted_proxies),
             limits: crate::guard::Limits {
                 max_body: cfg.server.max_body_bytes,
                 authority,

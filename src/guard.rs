@@ -17,30 +17,7 @@ use futures_util::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-
-/// Set when the request body went over the limit mid-stream, so the forwarder can answer 413
-/// instead of a generic upstream failure (the client error does not reliably carry the cause).
-#[derive(Clone, Default, Debug)]
-pub struct BodyLimitTripped(pub Arc<AtomicBool>);
-
-impl BodyLimitTripped {
-    /// True once the limit was exceeded.
-    pub fn tripped(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-}
-
-/// Marks a request whose raw HTTP/1.1 head carried both Content-Length and
-/// Transfer-Encoding (set by the server from the framing watch).
-#[derive(Clone, Copy, Debug)]
-pub struct AmbiguousLength;
-
-/// Marks a request whose raw HTTP/1.1 target held bytes no URI may hold where they were (a
-/// `<` in the path, a control byte): the server rewrote it only so that it parses.
-#[derive(Clone, Copy, Debug)]
-pub struct UnusableTarget;
 
 /// Longest request path accepted.
 pub const MAX_PATH_BYTES: usize = 2048;
@@ -111,7 +88,8 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         // First: the path it shows is only a stand-in for what was sent.
-        if req.extensions().get::<UnusableTarget>().is_some() {
+        let ctx = crate::context::Context::of(&req).cloned();
+        if ctx.as_ref().is_some_and(|c| c.arrival.unusable_target) {
             return Box::pin(async { Err(unusable_target()) });
         }
         if let Err(e) = check_host(&req) {
@@ -133,17 +111,18 @@ where
             return Box::pin(async { Err(e) });
         }
         let limit = self.limits.max_body;
-        let tripped = BodyLimitTripped::default();
-        let flag = tripped.0.clone();
-        let mut req = req.map(|b| {
+        // The client error the forwarder sees does not reliably carry the cause: the context
+        // tells it this was our limit (413), not a failure of Cliniko.
+        let req = req.map(|b| {
             Body::new(Limited::new(b, limit as usize).map_err(move |e| {
-                if e.is::<LengthLimitError>() {
-                    flag.store(true, Ordering::Release);
+                if e.is::<LengthLimitError>()
+                    && let Some(c) = &ctx
+                {
+                    c.trip_body_limit();
                 }
                 axum_core::Error::new(e)
             }))
         });
-        req.extensions_mut().insert(tripped);
         Box::pin(self.inner.call(req))
     }
 }
@@ -182,7 +161,7 @@ pub fn check<B>(req: &Request<B>, limits: &Limits) -> Result<(), GatewayError> {
     check_path(req.uri().path())?;
     let h = req.headers();
     let both = h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH);
-    if both || req.extensions().get::<AmbiguousLength>().is_some() {
+    if both || crate::context::Context::of(req).is_some_and(|c| c.arrival.ambiguous_length) {
         return Err(bad(
             "ambiguous_length",
             "a request may not carry both Content-Length and Transfer-Encoding",

@@ -36,6 +36,8 @@ pub struct Fixed {
     pub upstream: Arc<Upstream>,
     /// What `/readyz` reports.
     pub readiness: Arc<GatewayReadiness>,
+    /// Builds each request's context.
+    pub context: crate::context::ContextLayer,
     /// What the guard checks against.
     pub limits: crate::guard::Limits,
     /// Request metrics.
@@ -78,6 +80,7 @@ impl Live {
             ratelimits: ratelimits.clone(),
             upstream: fixed.upstream.clone(),
             readiness: fixed.readiness.clone(),
+            context: fixed.context.clone(),
             limits: fixed.limits.clone(),
             metrics: fixed.metrics.clone(),
             telemetry: fixed.telemetry.clone(),

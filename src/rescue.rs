@@ -4,13 +4,14 @@
 //! access log and the request-id layer outside it see an ordinary response.
 
 use crate::body::Body;
+use crate::context::Context as RequestContext;
 use crate::error::GatewayError;
-use crate::request_id::RequestId;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// Layer that installs [`Rescue`].
@@ -53,36 +54,40 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let rid = req.extensions().get::<RequestId>().cloned();
+        let ctx = RequestContext::of(&req).cloned();
         // A panic below must cost one request a 500, not the connection: both while building
         // the future (layers do synchronous work in `call`) and while it runs. A panic while a
         // response body streams is past this point; hyper then closes that connection.
         let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
             Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
             Err(_) => {
-                tracing::error!(
-                    request_id = rid.as_ref().map(RequestId::as_str),
-                    "panic while handling a request"
-                );
-                let resp =
-                    GatewayError::Internal.into_response(rid.as_ref().map(RequestId::as_str));
+                let resp = render(GatewayError::Internal, ctx.as_ref(), true);
                 return Box::pin(async move { Ok(resp) });
             }
         };
         Box::pin(async move {
-            let result = fut.await.unwrap_or_else(|_| {
-                tracing::error!(
-                    request_id = rid.as_ref().map(RequestId::as_str),
-                    "panic while handling a request"
-                );
-                Err(GatewayError::Internal)
-            });
-            Ok(match result {
-                Ok(r) => r,
-                Err(e) => e.into_response(rid.as_ref().map(RequestId::as_str)),
+            Ok(match fut.await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => render(e, ctx.as_ref(), false),
+                Err(_) => render(GatewayError::Internal, ctx.as_ref(), true),
             })
         })
     }
+}
+
+/// The error as the caller sees it; the code is recorded in the context for the audit, the
+/// access log and the span.
+fn render(e: GatewayError, ctx: Option<&Arc<RequestContext>>, panicked: bool) -> Response<Body> {
+    if panicked {
+        tracing::error!(
+            request_id = ctx.map(|c| c.id.as_str()),
+            "panic while handling a request"
+        );
+    }
+    if let Some(c) = ctx {
+        c.set_error(e.error_code());
+    }
+    e.into_response(ctx.map(|c| c.visible_id().as_str()))
 }
 
 #[cfg(test)]
@@ -137,10 +142,15 @@ mod tests {
             }),
         );
         let mut req = Request::new(Body::empty());
-        req.extensions_mut()
-            .insert(RequestId(http::HeaderValue::from_static("rid-1")));
+        let mut ctx = RequestContext::new(Default::default());
+        ctx.client_id = Some(crate::context::RequestId(http::HeaderValue::from_static(
+            "rid-1",
+        )));
+        let ctx = Arc::new(ctx);
+        req.extensions_mut().insert(ctx.clone());
         let resp = svc.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 403);
+        assert_eq!(ctx.error().map(|c| c.as_str()), Some("no_credential"));
         let body = http_body_util::BodyExt::collect(resp.into_body())
             .await
             .unwrap()

@@ -205,10 +205,11 @@ pub async fn serve<S>(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((tcp, _peer)) => {
+            Ok((tcp, peer)) => {
                 backoff = ACCEPT_BACKOFF.0;
                 let _ = tcp.set_nodelay(true);
                 let conn = Connection {
+                    peer,
                     settings: settings.clone(),
                     svc: svc.clone(),
                     shutdown: for_conns.clone(),
@@ -282,6 +283,7 @@ impl Drop for Open {
 }
 
 struct Connection<S> {
+    peer: std::net::SocketAddr,
     settings: ConnSettings,
     svc: S,
     shutdown: watch::Receiver<bool>,
@@ -330,6 +332,7 @@ where
         };
         let svc = self.svc.clone();
         let tracker = progress.clone();
+        let peer = self.peer;
         // hyper resolves Content-Length + Transfer-Encoding itself and drops the length before
         // we see the request; the framing watch saw the raw head and tells us (see framing.rs).
         let (io, framing) = crate::framing::watch(io, limits.max_head_bytes, limits.max_headers);
@@ -340,12 +343,11 @@ where
             let svc = svc.clone();
             async move {
                 let mut req = req.map(Body::new);
-                if seen.ambiguous_length {
-                    req.extensions_mut().insert(crate::guard::AmbiguousLength);
-                }
-                if seen.bad_target {
-                    req.extensions_mut().insert(crate::guard::UnusableTarget);
-                }
+                req.extensions_mut().insert(crate::context::Arrival {
+                    peer: Some(peer),
+                    ambiguous_length: seen.ambiguous_length,
+                    unusable_target: seen.bad_target,
+                });
                 let mut resp = svc.oneshot(req).await?;
                 if seen.bad_target {
                     // The watch only names the first such request of a connection: end it.

@@ -6,12 +6,12 @@ use crate::audit::AuditLayer;
 use crate::auth::{AuthLayer, Authenticator};
 use crate::body::Body;
 use crate::cache::Cache;
+use crate::context::ContextLayer;
 use crate::cors::Cors;
 use crate::credentials::Credentials;
 use crate::guard::{GuardLayer, Readiness};
 use crate::policy::Policy;
 use crate::ratelimit::RateLimits;
-use crate::request_id::RequestIdLayer;
 use crate::rescue::RescueLayer;
 use crate::step::{CheckLayer, OptionalLayer};
 use crate::telemetry::{Telemetry, TraceLayer};
@@ -36,6 +36,8 @@ pub struct Parts {
     pub ratelimits: Option<Arc<RateLimits>>,
     /// Sends requests to Cliniko.
     pub upstream: Arc<Upstream>,
+    /// Builds each request's context (knows which proxies' forwarded addresses to believe).
+    pub context: ContextLayer,
     /// Whether `/readyz` says ready.
     pub readiness: Arc<dyn Readiness>,
     /// What the guard checks against.
@@ -54,8 +56,10 @@ pub type GatewayService = BoxCloneSyncService<Request<Body>, Response<Body>, Inf
 /// Assembles the stack.
 pub fn build(p: &Parts) -> GatewayService {
     let svc = ServiceBuilder::new()
-        // First, so every response (errors included) and every log line carries the id.
-        .layer(RequestIdLayer)
+        // First: the one typed record of the request's facts (the gateway's id, the caller's
+        // id and address) that every layer below writes to and the logs read back; every
+        // response, errors included, carries the id.
+        .layer(p.context.clone())
         // Outside the rescue so it logs the status the caller really got.
         .layer(AccessLogLayer::new(p.metrics.clone()))
         // The server span: inside the access log (it sees the request id and cache outcome),

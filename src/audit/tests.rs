@@ -1,4 +1,6 @@
 use super::*;
+use crate::context::{Arrival, RequestId};
+use crate::error::GatewayError;
 use std::io::Write;
 use std::sync::Mutex;
 use tower::ServiceExt;
@@ -39,9 +41,15 @@ impl Write for Buf {
 }
 
 async fn one(mut req: Request<Body>, resp: Response<Body>) -> Vec<serde_json::Value> {
-    // The access log (outside the audit) installs the facts the audit reads.
-    req.extensions_mut()
-        .insert(Arc::new(crate::access_log::RequestFacts::default()));
+    // The context layer (outermost) installs the context the audit reads.
+    let hv = http::HeaderValue::from_static;
+    let mut ctx = RequestContext::new(Arrival {
+        peer: Some(([203, 0, 113, 5], 4711).into()),
+        ..Arrival::default()
+    });
+    ctx.id = RequestId(hv("gw-1"));
+    ctx.client_id = Some(RequestId(hv("rid-9")));
+    req.extensions_mut().insert(Arc::new(ctx));
     let buf = Buf::default();
     let sink = buf.clone();
     let sub = tracing_subscriber::fmt()
@@ -54,11 +62,14 @@ async fn one(mut req: Request<Body>, resp: Response<Body>) -> Vec<serde_json::Va
     let svc = tower::Layer::layer(
         &AuditLayer,
         tower::service_fn(move |req: Request<Body>| {
-            // What the auth layer records from the token.
+            // What the auth layer and the rescue record.
             let claims = serde_json::json!({"azp": "billing-app", "client_id": "x"});
-            if let (Some(f), Some(app)) = (facts(&req), app_of(claims.as_object().unwrap())) {
-                f.set_app(app.into());
-            }
+            let ctx = RequestContext::of(&req).unwrap();
+            ctx.set_user(
+                "u-1".into(),
+                app_of(claims.as_object().unwrap()).map(Into::into),
+            );
+            ctx.set_error(GatewayError::Forbidden { needed: "x".into() }.error_code());
             let r = slot.lock().unwrap().take().unwrap();
             async move { Ok::<_, Infallible>(r) }
         }),
@@ -72,24 +83,21 @@ async fn one(mut req: Request<Body>, resp: Response<Body>) -> Vec<serde_json::Va
 
 #[tokio::test]
 async fn one_record_with_the_stable_fields_and_no_query() {
-    let mut req = Request::builder()
+    let req = Request::builder()
         .method("PATCH")
         .uri("/v1/patients/7?q[]=last_name:~~Zebediah%25")
         .body(Body::empty())
         .unwrap();
-    req.extensions_mut()
-        .insert(RequestId(http::HeaderValue::from_static("rid-9")));
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = http::StatusCode::FORBIDDEN;
-    resp.headers_mut().insert(
-        GATEWAY_ERROR_HEADER,
-        http::HeaderValue::from_static("forbidden"),
-    );
     let lines = one(req, resp).await;
     assert_eq!(lines.len(), 1);
     let v = &lines[0];
     assert_eq!(v["target"], "audit");
-    assert_eq!(v["request_id"], "rid-9");
+    assert_eq!(v["request_id"], "gw-1");
+    assert_eq!(v["client_request_id"], "rid-9");
+    assert_eq!(v["client"], "203.0.113.5");
+    assert_eq!(v["user"], "u-1");
     assert_eq!(v["app"], "billing-app");
     assert_eq!(v["method"], "PATCH");
     assert_eq!(v["resource"], "patients");

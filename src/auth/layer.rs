@@ -2,7 +2,6 @@
 //! Anything else is a 401 before any key is looked up.
 
 use super::{Authenticator, User};
-use crate::access_log::facts;
 use crate::body::Body;
 use crate::error::GatewayError;
 use futures_util::future::BoxFuture;
@@ -49,11 +48,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let user: User = authn.authenticate(req.headers()).await?;
-            if let Some(f) = facts(&req) {
-                f.set_user(user.id.clone());
-                if let Some(app) = &user.app {
-                    f.set_app(app.clone());
-                }
+            if let Some(c) = crate::context::Context::of(&req) {
+                c.set_user(user.id.clone(), user.app.clone());
             }
             req.extensions_mut().insert(user);
             inner.call(req).await

@@ -4,8 +4,8 @@
 use super::Cache;
 use super::entry::{CacheKey, Entry, etag_matches};
 use super::flight::Landed;
-use crate::access_log::facts;
 use crate::body::Body;
+use crate::context::{CacheOutcome, Context as RequestContext};
 use crate::credentials::Credential;
 use crate::error::GatewayError;
 use crate::replay::Replay;
@@ -76,8 +76,8 @@ where
     let cred = req.extensions().get::<Arc<Credential>>().cloned();
     let (Some(ttl), Some(cred), false) = (ttl, cred, no_store) else {
         cache.stats.bypasses.fetch_add(1, Ordering::Relaxed);
-        note(&facts(&req), "BYPASS");
-        return Ok(mark(inner.oneshot(req).await?, "BYPASS", None));
+        note(&req, CacheOutcome::Bypass);
+        return Ok(mark(inner.oneshot(req).await?, CacheOutcome::Bypass, None));
     };
     let key = CacheKey {
         credential: cache.credential_id(cred.key.expose()),
@@ -86,15 +86,20 @@ where
     };
     let is_head = method == Method::HEAD;
     let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
-    let request_facts = facts(&req);
+    let ctx = RequestContext::of(&req).cloned();
 
     // A stale entry with an ETag is revalidated rather than refetched.
     let mut stale: Option<Arc<Entry>> = None;
     if !no_cache && let Some(entry) = cache.store.get(&key).await {
         if entry.is_fresh() {
             cache.stats.hits.fetch_add(1, Ordering::Relaxed);
-            note(&request_facts, "HIT");
-            return Ok(serve(&entry, "HIT", is_head, if_none_match.as_ref()));
+            ctx_note(&ctx, CacheOutcome::Hit);
+            return Ok(serve(
+                &entry,
+                CacheOutcome::Hit,
+                is_head,
+                if_none_match.as_ref(),
+            ));
         }
         if entry.etag().is_some() {
             stale = Some(entry);
@@ -160,17 +165,21 @@ where
             let confirmed = stale
                 .as_ref()
                 .is_some_and(|s| s.body.as_ptr() == e.body.as_ptr());
-            let how = if confirmed { "REVALIDATED" } else { "MISS" };
+            let how = if confirmed {
+                CacheOutcome::Revalidated
+            } else {
+                CacheOutcome::Miss
+            };
             if !confirmed {
                 cache.stats.misses.fetch_add(1, Ordering::Relaxed);
             }
-            note(&request_facts, how);
+            ctx_note(&ctx, how);
             Ok(serve(&e, how, is_head, if_none_match.as_ref()))
         }
         Landed::Failed(e) => Err(e),
         Landed::Uncacheable => {
             cache.stats.misses.fetch_add(1, Ordering::Relaxed);
-            note(&request_facts, "MISS");
+            ctx_note(&ctx, CacheOutcome::Miss);
             let resp = match own {
                 Some(result) => result?,
                 // We waited on someone else's uncacheable answer: ask Cliniko ourselves.
@@ -180,7 +189,7 @@ where
                         .await?
                 }
             };
-            Ok(mark(headless(resp, is_head), "MISS", None))
+            Ok(mark(headless(resp, is_head), CacheOutcome::Miss, None))
         }
     }
 }
@@ -323,7 +332,7 @@ fn prepend(head: Bytes, tail: Body) -> Body {
 
 /// Builds the answer from an entry: 304 when the caller's validator matches, else the body
 /// (shared, not copied); HEAD gets the headers only.
-fn serve(e: &Entry, how: &'static str, is_head: bool, inm: Option<&HeaderValue>) -> Response<Body> {
+fn serve(e: &Entry, how: CacheOutcome, is_head: bool, inm: Option<&HeaderValue>) -> Response<Body> {
     let not_modified = matches!((inm, e.etag()), (Some(i), Some(t)) if etag_matches(i, t));
     let mut resp = if not_modified || is_head {
         Response::new(Body::empty())
@@ -350,9 +359,9 @@ fn headless(resp: Response<Body>, is_head: bool) -> Response<Body> {
     }
 }
 
-fn mark(mut resp: Response<Body>, how: &'static str, age: Option<u64>) -> Response<Body> {
+fn mark(mut resp: Response<Body>, how: CacheOutcome, age: Option<u64>) -> Response<Body> {
     resp.headers_mut()
-        .insert(X_CACHE, HeaderValue::from_static(how));
+        .insert(X_CACHE, HeaderValue::from_static(how.as_str()));
     if let Some(age) = age {
         resp.headers_mut()
             .insert(header::AGE, HeaderValue::from(age));
@@ -360,9 +369,13 @@ fn mark(mut resp: Response<Body>, how: &'static str, age: Option<u64>) -> Respon
     resp
 }
 
-fn note(f: &Option<Arc<crate::access_log::RequestFacts>>, how: &'static str) {
-    if let Some(f) = f {
-        f.set_cache(how);
+fn note(req: &Request<Body>, how: CacheOutcome) {
+    ctx_note(&RequestContext::of(req).cloned(), how);
+}
+
+fn ctx_note(ctx: &Option<Arc<RequestContext>>, how: CacheOutcome) {
+    if let Some(c) = ctx {
+        c.set_cache(how);
     }
 }
 

@@ -272,6 +272,9 @@ pub struct ServerConfig {
     pub shutdown_delay: Duration,
     /// Most open inbound connections; beyond it the gateway stops accepting until one closes.
     pub max_connections: usize,
+    /// Proxies (CIDR, e.g. `10.0.0.0/8`; one host is `/32`) whose `X-Forwarded-For` is
+    /// believed for the client address in the access log and the audit. Empty: the TCP peer.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -291,6 +294,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             shutdown_delay: Duration::ZERO,
             max_connections: 10_000,
+            trusted_proxies: Vec::new(),
         }
     }
 }

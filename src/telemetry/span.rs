@@ -1,10 +1,9 @@
 //! The server span around a request and the client span around its call to Cliniko.
 
 use super::Telemetry;
-use crate::access_log::RequestFacts;
 use crate::body::{Body, BodyObserver, observe};
+use crate::context::Context as RequestContext;
 use crate::metrics::{RouteClass, method_label};
-use crate::request_id::RequestId;
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use opentelemetry::propagation::TextMapPropagator;
@@ -111,7 +110,7 @@ impl Drop for ClientSpan {
 /// Ends the server span when the response body is done (or abandoned).
 struct ServerSpan {
     cx: Context,
-    facts: Option<Arc<RequestFacts>>,
+    ctx: Option<Arc<RequestContext>>,
     answered: bool,
 }
 
@@ -120,8 +119,8 @@ impl BodyObserver for ServerSpan {}
 impl Drop for ServerSpan {
     fn drop(&mut self) {
         let span = self.cx.span();
-        if let Some(how) = self.facts.as_ref().and_then(|f| f.cache()) {
-            span.set_attribute(KeyValue::new("cliniko_gateway.cache", how));
+        if let Some(how) = self.ctx.as_ref().and_then(|c| c.cache()) {
+            span.set_attribute(KeyValue::new("cliniko_gateway.cache", how.as_str()));
         }
         if !self.answered {
             span.set_attribute(KeyValue::new("error.type", "client_closed"));
@@ -150,11 +149,18 @@ where
         KeyValue::new("http.request.method", method),
         KeyValue::new("http.route", route.label()),
     ];
-    if let Some(id) = req.extensions().get::<RequestId>() {
+    let ctx = RequestContext::of(&req).cloned();
+    if let Some(c) = &ctx {
         attrs.push(KeyValue::new(
             "cliniko_gateway.request_id",
-            id.as_str().to_owned(),
+            c.id.as_str().to_owned(),
         ));
+        if let Some(id) = &c.client_id {
+            attrs.push(KeyValue::new(
+                "cliniko_gateway.client_request_id",
+                id.as_str().to_owned(),
+            ));
+        }
     }
     let span = t
         .tracer
@@ -166,7 +172,7 @@ where
     let header = traceparent(&cx);
     let mut done = ServerSpan {
         cx: cx.clone(),
-        facts: crate::access_log::facts(&req),
+        ctx,
         answered: false,
     };
     req.extensions_mut().insert(RequestTrace {

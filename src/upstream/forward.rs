@@ -11,13 +11,11 @@ use super::headers::{FixedHeaders, clean_response_headers, upstream_request_head
 use super::links::LinkRewriter;
 use super::shard::ShardBase;
 use super::{HttpClient, ShardRouter};
-use crate::access_log::facts;
 use crate::body::Body;
+use crate::context::Context as RequestContext;
 use crate::credentials::Credential;
 use crate::error::GatewayError;
-use crate::guard::BodyLimitTripped;
 use crate::metrics::{UpstreamError, UpstreamMetrics};
-use crate::request_id::RequestId;
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
@@ -86,20 +84,17 @@ impl Upstream {
             tracing::error!("request reached the forwarder without a credential");
             return Err(GatewayError::Internal);
         };
-        let rid = req
-            .extensions()
-            .get::<RequestId>()
-            .map(|r| r.0.clone())
-            .unwrap_or(HeaderValue::from_static("-"));
-        let facts = facts(&req);
-        let body_limit = req.extensions().get::<BodyLimitTripped>().cloned();
+        let Some(ctx) = RequestContext::of(&req).cloned() else {
+            tracing::error!("request reached the forwarder without a context");
+            return Err(GatewayError::Internal);
+        };
+        // The caller's own id when it sent one, so its traces join up with Cliniko's side.
+        let rid = ctx.visible_id().0.clone();
         let base = self
             .router
             .base(&cred.shard)
             .ok_or(GatewayError::Internal)?;
-        if let Some(f) = &facts {
-            f.set_shard(&cred.shard);
-        }
+        ctx.set_shard(cred.shard.name());
 
         let (parts, body) = req.into_parts();
         let uri = upstream_uri(&base, &parts.uri)?;
@@ -150,7 +145,7 @@ impl Upstream {
                 self.failed(span.as_ref(), UpstreamError::Timeout);
                 return Err(GatewayError::UpstreamTimeout);
             }
-            Ok(Err(_)) if body_limit.as_ref().is_some_and(BodyLimitTripped::tripped) => {
+            Ok(Err(_)) if ctx.body_limit_tripped() => {
                 if let Some(s) = &span {
                     s.fail("body_too_large");
                 }
@@ -168,15 +163,13 @@ impl Upstream {
         if let Some(s) = &span {
             s.status(status.as_u16());
         }
-        if let Some(f) = &facts {
-            f.set_upstream_status(status.as_u16());
-        }
+        ctx.set_upstream_status(status.as_u16());
         if status == StatusCode::UNAUTHORIZED {
             if let Some(m) = &self.metrics {
                 m.credential_rejected(&cred.fingerprint);
             }
             tracing::warn!(
-                request_id = rid.to_str().unwrap_or("-"),
+                request_id = ctx.id.as_str(),
                 key_fingerprint = &*cred.fingerprint,
                 shard = cred.shard.as_str(),
                 "Cliniko rejected a stored API key; rotate it"

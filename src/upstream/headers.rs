@@ -76,7 +76,7 @@ pub fn upstream_request_headers(
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
-    out.insert(crate::request_id::HEADER, request_id.clone());
+    out.insert(crate::context::REQUEST_ID, request_id.clone());
     out
 }
 

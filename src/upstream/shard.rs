@@ -35,6 +35,11 @@ impl Shard {
         }
     }
 
+    /// The name, shared (for the request context).
+    pub fn name(&self) -> Arc<str> {
+        self.0.clone()
+    }
+
     /// The name, e.g. `au1`.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -251,3 +251,93 @@ async fn every_api_request_leaves_one_audit_record() {
     assert_eq!(anon["resource"], "businesses");
     assert!(!text.contains("Zebediah") && !text.contains("eyJ") && !text.contains("junk"));
 }
+
+/// Issue 13 (6): the audit and access lines are keyed by the gateway's own id, whatever id the
+/// caller sends (two users and an anonymous caller reusing one id stay three records), with
+/// the caller's id beside it and the client address; behind a trusted proxy, the address it
+/// forwarded, and from anyone else, never a forwarded claim.
+#[tokio::test]
+async fn audit_and_access_lines_carry_the_gateways_id_and_the_client_address() {
+    let lines = Lines::default();
+    let sink = lines.clone();
+    let sub = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_env_filter("audit=info,access=info")
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(sub);
+    let h = Harness::start(Setup {
+        policy_toml: POLICY.into(),
+        // Loopback is the trusted proxy here, so its X-Forwarded-For counts.
+        overrides: vec![(
+            "CLINIKO_GATEWAY__SERVER__TRUSTED_PROXIES",
+            "[\"127.0.0.0/8\"]".into(),
+        )],
+        ..Setup::default()
+    })
+    .await;
+    let reader = |u: &str| format!("Bearer {}", token_with(u, json!({"scope": "cliniko:read"})));
+    let same_id = [("x-request-id", "shared-id")];
+    for auth in [reader("alice"), reader("carol"), "Bearer junk".into()] {
+        let mut hs = vec![("authorization", auth.as_str()), same_id[0]];
+        hs.push(("x-forwarded-for", "192.0.2.1, 198.51.100.7"));
+        let got = h
+            .send(Method::GET, "/v1/businesses", &hs, Bytes::new())
+            .await;
+        // The caller still sees its own id.
+        assert_eq!(got.headers["x-request-id"], "shared-id");
+    }
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let recs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for target in ["audit", "access"] {
+        let of: Vec<&Value> = recs.iter().filter(|v| v["target"] == target).collect();
+        assert_eq!(of.len(), 3, "{target}: {text}");
+        let ids: std::collections::HashSet<&str> = of
+            .iter()
+            .map(|v| v["request_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 3, "one gateway id per request: {text}");
+        for v in &of {
+            assert_ne!(v["request_id"], "shared-id");
+            assert_eq!(v["client_request_id"], "shared-id");
+            // The right-most hop the trusted proxy vouches for, not the caller's own claim.
+            assert_eq!(v["client"], "198.51.100.7", "{v}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn without_a_trusted_proxy_the_client_is_the_peer() {
+    let lines = Lines::default();
+    let sink = lines.clone();
+    let sub = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_env_filter("audit=info")
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(sub);
+    let h = start().await;
+    let auth = format!(
+        "Bearer {}",
+        token_with("alice", json!({"scope": "cliniko:read"}))
+    );
+    let hs = [
+        ("authorization", auth.as_str()),
+        ("x-forwarded-for", "198.51.100.7"),
+    ];
+    h.send(Method::GET, "/v1/businesses", &hs, Bytes::new())
+        .await;
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let rec: Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["target"] == "audit")
+        .unwrap();
+    assert_eq!(rec["client"], "127.0.0.1", "{text}");
+    assert!(rec.get("client_request_id").is_none());
+}

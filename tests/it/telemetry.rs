@@ -180,8 +180,12 @@ async fn trace_continues_through_the_gateway_and_reaches_the_collector() {
         attr(server, "http.response.status_code"),
         Some(Value::IntValue(200))
     );
+    // The gateway's own id, and the caller's beside it.
+    assert!(
+        matches!(attr(server, "cliniko_gateway.request_id"), Some(Value::StringValue(s)) if s.as_str().len() == 36)
+    );
     assert_eq!(
-        attr(server, "cliniko_gateway.request_id"),
+        attr(server, "cliniko_gateway.client_request_id"),
         Some(Value::StringValue("trace-req-1".into()))
     );
     assert_eq!(
