@@ -10,17 +10,21 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends make \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# The production image has no Cliniko stand-in (`sandbox` feature: rcgen, tempfile);
+# deploy/compose.yaml builds a dev image with FEATURES=otel,sandbox for its demo.
+ARG FEATURES=otel
 # Manifests first: the dependency layer is rebuilt only when they change.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src tests/it \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs tests/it/main.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked --no-default-features --features "$FEATURES" \
     && rm -rf src tests
 COPY src ./src
 COPY tests ./tests
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin cliniko-gateway \
+    && cargo build --release --locked --no-default-features --features "$FEATURES" \
+       --bin cliniko-gateway \
     && strip target/release/cliniko-gateway \
     && mkdir -p /out/state /out/sandbox \
     && cp target/release/cliniko-gateway /out/cliniko-gateway

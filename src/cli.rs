@@ -3,7 +3,7 @@
 //!
 //! Exit codes: 0 ok, 64 bad configuration or usage, 70 runtime failure.
 
-use crate::config::{self, Config, ConfigError, Env, LogFormat};
+use crate::config::{self, Config, ConfigError, Env};
 use crate::credentials::{self, ApiKey};
 use crate::gateway::{Gateway, StartError};
 use clap::{Parser, Subcommand};
@@ -28,6 +28,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    #[cfg(feature = "sandbox")]
     /// Zero-account quick start: a local Cliniko stand-in, a gateway in front, curl lines.
     Demo {
         /// Where the demo gateway listens.
@@ -50,6 +51,7 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    #[cfg(feature = "sandbox")]
     /// Run the Cliniko stand-in alone (compose, manual tests); prints its base URL.
     Sandbox {
         /// Where it listens.
@@ -178,10 +180,12 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match cli.command {
         Command::Serve { config } => rt.block_on(serve(config)),
+        #[cfg(feature = "sandbox")]
         Command::Demo { listen } => rt.block_on(crate::demo::run(listen)),
         Command::CheckConfig { config } => check_config(&config),
         Command::Keys { action } => keys(action),
         Command::Token { action } => token(action),
+        #[cfg(feature = "sandbox")]
         Command::Sandbox {
             listen,
             ca_out,
@@ -204,29 +208,12 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
-/// Installs the tracing subscriber (`RUST_LOG` wins over the configured level).
-pub fn init_logging(format: LogFormat, level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let b = tracing_subscriber::fmt().with_env_filter(filter);
-    let text = match format {
-        LogFormat::Text => true,
-        LogFormat::Json => false,
-        LogFormat::Auto => std::io::IsTerminal::is_terminal(&std::io::stdout()),
-    };
-    let _ = if text {
-        b.try_init()
-    } else {
-        b.json().flatten_event(true).try_init()
-    };
-}
-
 async fn serve(path: PathBuf) -> ExitCode {
     let cfg = match load(&path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_logging(cfg.log.format, &cfg.log.level);
+    crate::logging::init(cfg.log.format, &cfg.log.level);
     match Gateway::bind_and_start(cfg).await {
         Ok(gw) => match gw.run_until_signal().await {
             Ok(()) => ExitCode::SUCCESS,

@@ -26,7 +26,7 @@ fn random_b64(n: usize) -> String {
 
 /// Runs the demo until Ctrl-C.
 pub async fn run(listen: SocketAddr) -> ExitCode {
-    crate::cli::init_logging(LogFormat::Text, "info");
+    crate::logging::init(LogFormat::Text, "info");
     match start(listen).await {
         Ok(demo) => match demo.print_and_run().await {
             Ok(()) => ExitCode::SUCCESS,

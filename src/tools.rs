@@ -2,13 +2,13 @@
 //! for compose and manual tests) and `healthcheck` (a container probe for images without a
 //! shell or curl, such as distroless).
 
+#[cfg(feature = "sandbox")]
 use crate::sandbox::{Account, DEMO_API_KEY, Sandbox, SandboxOptions, TestPki};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "sandbox")]
 /// Parses `KEY:LABEL` (the label is the part after the last `:`).
 pub fn parse_account(s: &str) -> Result<Account, String> {
     match s.rsplit_once(':') {
@@ -17,17 +17,18 @@ pub fn parse_account(s: &str) -> Result<Account, String> {
     }
 }
 
+#[cfg(feature = "sandbox")]
 /// `sandbox`: serves the stand-in on `listen` until SIGTERM/SIGINT.
 pub async fn sandbox(
     listen: SocketAddr,
-    ca_out: Option<PathBuf>,
+    ca_out: Option<std::path::PathBuf>,
     accounts: Vec<Account>,
     names: Vec<String>,
     shard: String,
 ) -> ExitCode {
-    crate::cli::init_logging(crate::config::LogFormat::Json, "info");
+    crate::logging::init(crate::config::LogFormat::Json, "info");
     let result = async {
-        let pki = Arc::new(TestPki::new()?);
+        let pki = std::sync::Arc::new(TestPki::new()?);
         // Written before the port opens: whoever sees the port up can read the CA.
         if let Some(path) = &ca_out {
             std::fs::write(path, pki.ca_pem())?;
@@ -65,6 +66,7 @@ pub async fn sandbox(
     ExitCode::SUCCESS
 }
 
+#[cfg(feature = "sandbox")]
 async fn until_signal() -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -125,6 +127,7 @@ async fn probe(url: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "sandbox")]
     #[test]
     fn accounts_are_key_colon_label() {
         let a = parse_account("abc-def-au1:alice").unwrap();
