@@ -11,11 +11,10 @@
 //! string, a body, a token or a key; path segments that are not plain words become `?`.
 
 use crate::body::Body;
-use crate::context::Context as RequestContext;
+use crate::context::{Context as RequestContext, plain};
 use crate::metrics::RouteClass;
 use futures_util::future::BoxFuture;
 use http::{Method, Request, Response};
-use serde_json::{Map, Value};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -23,18 +22,6 @@ use std::time::SystemTime;
 
 /// The tracing target of audit records.
 pub const TARGET: &str = "audit";
-
-/// Longest path segment or claim value recorded as is.
-const MAX_FIELD: usize = 128;
-
-/// The calling app from verified claims (`azp`, else `client_id`), as the audit records it.
-pub fn app_of(claims: &Map<String, Value>) -> Option<String> {
-    ["azp", "client_id"]
-        .iter()
-        .find_map(|k| claims.get(*k).and_then(Value::as_str))
-        .filter(|s| !s.is_empty())
-        .map(|a| plain(a).to_string())
-}
 
 /// The resource a `/v1` path names: `/v1/patients/7/appointments` → `patients`, `7`,
 /// `appointments`.
@@ -59,16 +46,6 @@ pub fn resource(path: &str) -> Resource<'_> {
         id: segs.next(),
         sub: segs.next(),
     }
-}
-
-/// `s` if it is a plain token (`[A-Za-z0-9._~:@-]`, at most 128 bytes), else `?`: the record
-/// must not carry encoded bytes, control characters or anything built to confuse a reader.
-fn plain(s: &str) -> &str {
-    let ok = !s.is_empty()
-        && s.len() <= MAX_FIELD
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._~:@-".contains(&b));
-    if ok { s } else { "?" }
 }
 
 /// Layer that installs [`Audit`].

@@ -50,6 +50,16 @@ impl RequestId {
     }
 }
 
+/// `s` if it is a plain token (`[A-Za-z0-9._~:@-]`, at most 128 bytes), else `?`: the record
+/// must not carry encoded bytes, control characters or anything built to confuse a reader.
+pub fn plain(s: &str) -> &str {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~:@-".contains(&b));
+    if ok { s } else { "?" }
+}
+
 /// What the server saw before any layer ran (inserted by the server, folded into the
 /// [`Context`] by [`ContextLayer`]).
 #[derive(Clone, Copy, Debug, Default)]

@@ -5,7 +5,7 @@ use crate::config::{Config, ConfigError};
 use crate::credentials::{Credentials, KeyStoreError};
 use crate::guard::Readiness as _;
 use crate::live::{Current, Fixed, GatewayReadiness, Live, Shared};
-use crate::metrics::{Metrics, ReloadTrigger, Sources};
+use crate::metrics::{Metrics, ReloadTrigger};
 use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::server::{self, ConnSettings};
 use crate::upstream::forward::Upstream;
@@ -125,7 +125,7 @@ impl Gateway {
             ),
             crate::cors::Cors::new(&cfg.cors),
         )));
-        metrics.add_sources(Sources::new(live.clone()));
+        metrics.add_sources(Arc::new(crate::scrape::Sources::new(live.clone())));
         let ready = readiness.clone();
         metrics.add_gauge_fn("ready", "1 while /readyz answers 200", move || {
             u64::from(ready.ready())

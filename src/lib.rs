@@ -33,6 +33,7 @@ pub mod replay;
 pub mod rescue;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
+pub mod scrape;
 pub mod server;
 pub mod stack;
 pub mod step;

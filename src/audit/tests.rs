@@ -67,7 +67,7 @@ async fn one(mut req: Request<Body>, resp: Response<Body>) -> Vec<serde_json::Va
             let ctx = RequestContext::of(&req).unwrap();
             ctx.set_user(
                 "u-1".into(),
-                app_of(claims.as_object().unwrap()).map(Into::into),
+                crate::auth::app_of(claims.as_object().unwrap()).map(Into::into),
             );
             ctx.set_error(GatewayError::Forbidden { needed: "x".into() }.error_code());
             let r = slot.lock().unwrap().take().unwrap();

@@ -25,10 +25,20 @@ use crate::config::{AuthConfig, ConfigError};
 use crate::error::AuthError;
 use crate::upstream::HttpClient;
 use jsonwebtoken::{AlgorithmFamily, Header, decode_header};
+use serde_json::{Map, Value};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::task::JoinHandle;
+
+/// The calling app from verified claims (`azp`, else `client_id`), as logs and the audit record it.
+pub fn app_of(claims: &Map<String, Value>) -> Option<String> {
+    ["azp", "client_id"]
+        .iter()
+        .find_map(|k| claims.get(*k).and_then(Value::as_str))
+        .filter(|s| !s.is_empty())
+        .map(|a| crate::context::plain(a).to_string())
+}
 
 /// Longest token accepted; larger ones are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -40,7 +50,7 @@ pub struct User {
     pub id: Arc<str>,
     /// All claims of the token.
     pub claims: Arc<serde_json::Map<String, serde_json::Value>>,
-    /// The calling app named by the claims ([`crate::audit::app_of`]), worked out once per
+    /// The calling app named by the claims ([`app_of`]), worked out once per
     /// token rather than per request.
     pub app: Option<Arc<str>>,
 }
@@ -193,7 +203,7 @@ impl Authenticator {
         let id = self.rules.user_id(&claims)?;
         Ok(User {
             id: id.into(),
-            app: crate::audit::app_of(&claims).map(Arc::from),
+            app: app_of(&claims).map(Arc::from),
             claims: Arc::new(claims),
         })
     }

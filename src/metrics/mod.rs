@@ -13,7 +13,7 @@
 mod process;
 mod sources;
 
-pub use sources::Sources;
+pub use sources::{Source, counter, family, gauge};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -323,7 +323,7 @@ pub struct Metrics {
     connections: Family<ListenerLabels, Gauge>,
     connections_max: Family<ListenerLabels, Gauge>,
     stalled: Family<ListenerLabels, Counter>,
-    sources: Option<Arc<Sources>>,
+    sources: Option<Arc<dyn Source>>,
 }
 
 impl Default for Metrics {
@@ -460,10 +460,10 @@ impl Metrics {
     }
 
     /// Adds the figures other parts keep themselves (cache, rate limits, JWKS), read at scrape.
-    pub fn add_sources(&mut self, sources: Sources) {
-        let sources = Arc::new(sources);
+    pub fn add_sources(&mut self, sources: Arc<dyn Source>) {
         sources.register_gauges(&mut self.registry);
-        self.registry.register_collector(Box::new(sources.clone()));
+        self.registry
+            .register_collector(Box::new(sources::Shared(sources.clone())));
         self.sources = Some(sources);
     }
 

@@ -6,7 +6,7 @@
 //! Writes change the store, so a later GET by the same account sees them.
 
 use super::Account;
-use super::server::lock;
+use super::sync::lock;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::Mutex;

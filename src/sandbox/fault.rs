@@ -3,7 +3,7 @@
 //! They exist to test what the gateway does when Cliniko's answer is huge, never ends or dies
 //! half-way; none of them buffers a whole body.
 
-use super::server::stopped;
+use super::sync::stopped;
 use crate::body::Body;
 use bytes::Bytes;
 use futures_util::stream;

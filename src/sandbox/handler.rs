@@ -5,7 +5,8 @@
 //! without a `Name (email@host)` User-Agent (403), and anything it does not route (404).
 
 use super::data::{AccountStore, Invalid, RESOURCES};
-use super::server::{State, lock, stopped};
+use super::state::State;
+use super::sync::{lock, stopped};
 use super::{Fault, Recorded, fault};
 use crate::body::Body;
 use base64::Engine as _;

@@ -16,13 +16,15 @@ mod fault;
 mod handler;
 mod pki;
 mod server;
+mod state;
+mod sync;
 #[cfg(test)]
 mod tests;
 
 pub use data::{SEEDED_PATIENTS, seeded_appointment_id, seeded_patient_id};
 pub use pki::{IssuedCert, SigningKeyPair, TestPki, ec_keypair, ed25519_keypair, rsa_keypair};
 
-use server::State;
+use state::State;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -246,17 +248,17 @@ impl Sandbox {
 
     /// Everything received so far, in arrival order.
     pub fn requests(&self) -> Vec<Recorded> {
-        server::lock(&self.state.requests).clone()
+        sync::lock(&self.state.requests).clone()
     }
 
     /// How many requests were received so far (JWKS fetches included).
     pub fn request_count(&self) -> usize {
-        server::lock(&self.state.requests).len()
+        sync::lock(&self.state.requests).len()
     }
 
     /// Forgets the recorded requests (faults, JWKS and data stay).
     pub fn clear(&self) {
-        let mut requests = server::lock(&self.state.requests);
+        let mut requests = sync::lock(&self.state.requests);
         requests.clear();
         self.state.arrived.send_replace(0);
     }
@@ -270,12 +272,12 @@ impl Sandbox {
 
     /// Sets the document served at `GET /.well-known/jwks.json` (default `{"keys": []}`).
     pub fn set_jwks(&self, jwks: serde_json::Value) {
-        server::lock(&self.state.jwks).1 = jwks;
+        sync::lock(&self.state.jwks).1 = jwks;
     }
 
     /// Sets the JWKS status; anything but 200 answers with a junk HTML body.
     pub fn set_jwks_status(&self, status: u16) {
-        server::lock(&self.state.jwks).0 = status;
+        sync::lock(&self.state.jwks).0 = status;
     }
 
     /// How many times the JWKS document was requested.
@@ -285,17 +287,17 @@ impl Sandbox {
 
     /// Overrides the behaviour of one exact path (without query), e.g. `/v1/patients`.
     pub fn set_fault(&self, path: &str, fault: Fault) {
-        server::lock(&self.state.faults).insert(path.to_string(), fault);
+        sync::lock(&self.state.faults).insert(path.to_string(), fault);
     }
 
     /// Removes the override of one path.
     pub fn clear_fault(&self, path: &str) {
-        server::lock(&self.state.faults).remove(path);
+        sync::lock(&self.state.faults).remove(path);
     }
 
     /// Removes every override.
     pub fn clear_faults(&self) {
-        server::lock(&self.state.faults).clear();
+        sync::lock(&self.state.faults).clear();
     }
 
     /// Stops accepting, closes every connection and waits until all of it is done.

@@ -4,65 +4,21 @@
 //! the [`super::Sandbox`] leaves nothing running. The connection IO is wrapped in [`Hijackable`]
 //! so a [`super::Fault::Garbage`] answer can replace hyper's bytes with junk.
 
-use super::data::AccountStore;
-use super::{Fault, Recorded, SandboxOptions};
+use super::state::State;
+use super::sync::stopped;
 use hyper::rt::Executor;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-
-/// Shared state of one sandbox: what it recorded, its overrides and its accounts' data.
-pub(crate) struct State {
-    pub(crate) requests: Mutex<Vec<Recorded>>,
-    pub(crate) faults: Mutex<HashMap<String, Fault>>,
-    pub(crate) jwks: Mutex<(u16, serde_json::Value)>,
-    pub(crate) jwks_fetches: AtomicUsize,
-    /// Mirrors `requests.len()` so tests can await arrivals instead of polling.
-    pub(crate) arrived: watch::Sender<usize>,
-    pub(crate) accounts: Vec<AccountStore>,
-    /// `https://host:port`, used for the `/v1`-less `Location` header.
-    pub(crate) origin: String,
-}
-
-impl State {
-    pub(crate) fn new(opts: &SandboxOptions, origin: String, base_url: String) -> State {
-        let accounts = opts
-            .accounts
-            .iter()
-            .enumerate()
-            .map(|(i, a)| AccountStore::seed(i, a, &base_url, &opts.shard))
-            .collect();
-        State {
-            requests: Mutex::new(Vec::new()),
-            faults: Mutex::new(HashMap::new()),
-            jwks: Mutex::new((200, serde_json::json!({"keys": []}))),
-            jwks_fetches: AtomicUsize::new(0),
-            arrived: watch::Sender::new(0),
-            accounts,
-            origin,
-        }
-    }
-}
-
-/// Locks a mutex, ignoring poisoning: a panicking test must not hide the sandbox's record.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Resolves once the stop flag is raised or the [`super::Sandbox`] is gone.
-pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
-}
 
 /// Spawns hyper's HTTP/2 stream tasks so that they, too, end at shutdown.
 #[derive(Clone)]

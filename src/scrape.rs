@@ -1,0 +1,168 @@
+//! The live parts' own counters (cache, rate limits, token verification) as metrics, read at
+//! scrape time from whichever set is serving then, so the figures follow a reload.
+
+use crate::live::Shared;
+use crate::metrics::{Source, counter, family, gauge};
+use futures_util::future::BoxFuture;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The parts whose own counters are exported: always those of the set serving now, so the
+/// figures follow a config reload.
+pub struct Sources {
+    live: Shared,
+    cache_bytes: Gauge,
+    cache_entries: Gauge,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources").finish_non_exhaustive()
+    }
+}
+
+impl Sources {
+    /// Exports the counters of whatever set `live` holds when scraped.
+    pub fn new(live: Shared) -> Sources {
+        Sources {
+            live,
+            cache_bytes: Gauge::default(),
+            cache_entries: Gauge::default(),
+        }
+    }
+}
+
+impl Source for Sources {
+    fn register_gauges(&self, r: &mut Registry) {
+        r.register(
+            "cache_weighted_bytes",
+            "Bytes held by the GET cache (bodies, headers and keys)",
+            self.cache_bytes.clone(),
+        );
+        r.register(
+            "cache_entries",
+            "Entries held by the GET cache",
+            self.cache_entries.clone(),
+        );
+    }
+
+    /// moka's sizes lag until its maintenance runs, which is async: done before encoding.
+    fn refresh(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let live = self.live.load_full();
+            let (bytes, entries) = match &live.cache {
+                Some(c) => (c.weighted_size().await, c.entry_count().await),
+                None => (0, 0),
+            };
+            self.cache_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            self.cache_entries
+                .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        })
+    }
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+impl Collector for Sources {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let live = self.live.load();
+        if let Some(c) = &live.cache {
+            let s = c.stats();
+            family(
+                &mut enc,
+                "cache_lookups",
+                "GET/HEAD cache outcomes (hit, miss, revalidated, bypass)",
+                "result",
+                &[
+                    ("hit", load(&s.hits)),
+                    ("miss", load(&s.misses)),
+                    ("revalidated", load(&s.revalidated)),
+                    ("bypass", load(&s.bypasses)),
+                ],
+            )?;
+            counter(
+                &mut enc,
+                "cache_evictions",
+                "Entries evicted to stay under cache.capacity_bytes",
+                load(&s.evictions),
+            )?;
+        }
+        if let Some(r) = &live.ratelimits {
+            let s = r.stats();
+            family(
+                &mut enc,
+                "ratelimit_refusals",
+                "Requests refused with 429 by limit (user, key)",
+                "limit",
+                &[
+                    ("user", load(&s.refused_user)),
+                    ("key", load(&s.refused_key)),
+                ],
+            )?;
+            family(
+                &mut enc,
+                "ratelimit_waits",
+                "Requests that waited for a slot (shaping) by limit",
+                "limit",
+                &[("key", load(&s.shaped))],
+            )?;
+            gauge(
+                &mut enc,
+                "ratelimit_waiting",
+                "Requests waiting on a key budget now",
+                load(&s.waiting),
+            )?;
+            counter(
+                &mut enc,
+                "ratelimit_redis_failures",
+                "Key-budget decisions that could not ask Redis",
+                load(&s.redis_failures),
+            )?;
+            counter(
+                &mut enc,
+                "ratelimit_fail_open",
+                "Key-budget decisions made on the local budget while Redis was down",
+                load(&s.fail_open),
+            )?;
+            counter(
+                &mut enc,
+                "upstream_throttled",
+                "Cliniko 429/503 answers that paused a key budget",
+                load(&s.upstream_throttled),
+            )?;
+            family(
+                &mut enc,
+                "upstream_retries",
+                "Requests resent to Cliniko, by reason (throttled, connect)",
+                "reason",
+                &[
+                    ("throttled", load(&s.upstream_retries)),
+                    ("connect", load(&s.connect_retries)),
+                ],
+            )?;
+        }
+        counter(
+            &mut enc,
+            "auth_cliniko_keys_refused",
+            "Requests refused because they carried a Cliniko API key instead of a JWT (rotate \
+             that key: the warning log line has its fingerprint)",
+            live.authn.cliniko_keys_refused(),
+        )?;
+        family(
+            &mut enc,
+            "jwks_refreshes",
+            "JWKS fetches by result (ok, failed)",
+            "result",
+            &[
+                ("ok", live.authn.jwks_fetches_ok()),
+                ("failed", live.authn.jwks_fetches_failed()),
+            ],
+        )
+    }
+}
