@@ -155,6 +155,7 @@ fn tokens(c: &mut Criterion) {
     let cfg = config();
     let http = cliniko_gateway::upstream::client::build(&cfg.upstream).unwrap();
     let secret = cfg.auth.hmac_secret.clone().unwrap();
+    let secret = secrecy::SecretSlice::from(secrecy::ExposeSecret::expose_secret(&secret).to_vec());
     let token = cliniko_gateway::auth::mint::mint_hs(
         &secret,
         jsonwebtoken::Algorithm::HS256,

@@ -2,7 +2,7 @@
 
 use super::Config;
 use base64::Engine;
-use secrecy::{ExposeSecret, SecretBox, SecretSlice};
+use secrecy::{ExposeSecret, SecretBox};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -304,7 +304,7 @@ fn resolve_secrets(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
         ENV_HMAC_SECRET,
         env,
     )? {
-        cfg.auth.hmac_secret = Some(SecretSlice::from(s.into_bytes()));
+        cfg.auth.hmac_secret = Some(s.into_bytes().into());
     }
     if cfg.admin.listen.is_some() {
         let token = read_secret("admin.token_file", cfg.admin.token_file.as_deref(), ENV_ADMIN_TOKEN, env)?
@@ -316,7 +316,7 @@ fn resolve_secrets(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
                     format!("set {ENV_ADMIN_TOKEN} (or admin.token_file), e.g. from `openssl rand -base64 32`"),
                 )
             })?;
-        cfg.admin.token = Some(secrecy::SecretString::from(token));
+        cfg.admin.token = Some(token.into());
     }
     let field = if cfg.keystore.master_key_file.is_some() {
         "keystore.master_key_file"
@@ -345,14 +345,14 @@ fn resolve_secrets(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
 }
 
 /// Accepts 64 hex characters or standard base64 of exactly 32 bytes.
-pub fn parse_master_key(s: &str) -> Option<SecretBox<[u8; 32]>> {
+pub fn parse_master_key(s: &str) -> Option<super::MasterKey> {
     let bytes = if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
         hex::decode(s).ok()?
     } else {
         base64::engine::general_purpose::STANDARD.decode(s).ok()?
     };
     let arr: [u8; 32] = bytes.try_into().ok()?;
-    Some(SecretBox::new(Box::new(arr)))
+    Some(super::Secret::new(Box::new(arr)))
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 mod load;
 pub mod policy;
 pub mod ratelimit;
+mod secret;
+pub use secret::Secret;
 mod validate;
 pub use policy::{GrantConfig, PolicyConfig};
 pub use ratelimit::{Quota, RateLimitConfig, RedisFailure, RedisUrl, UserLimitConfig};
@@ -18,19 +20,8 @@ pub use load::{
     parse_master_key,
 };
 
-use secrecy::{SecretBox, SecretSlice};
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
-
-/// Whether two values of a config section are the same (compared as the TOML they serialise
-/// to; fields skipped by serde, i.e. resolved secrets, are not compared).
-pub fn same<T: Serialize>(a: &T, b: &T) -> bool {
-    match (toml::Value::try_from(a), toml::Value::try_from(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        // Cannot tell: treat as changed, which rebuilds the part (the safe direction).
-        _ => false,
-    }
-}
 
 impl Config {
     /// Every configured file that holds a secret, with the field naming it: the HMAC secret,
@@ -93,7 +84,7 @@ pub struct Config {
 
 /// OpenTelemetry: one server span per request, a client span per Cliniko call, exported over
 /// OTLP/HTTP (protobuf). Setting `otlp_endpoint` is the one switch that turns it on.
-#[derive(Debug, Deserialize, Serialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// Collector base URL, e.g. `http://127.0.0.1:4318` (spans go to `<it>/v1/traces`).
@@ -116,7 +107,7 @@ impl Default for TelemetryConfig {
 
 /// CORS: which web origins may call the gateway from a browser. Off while `allowed_origins`
 /// is empty; then browsers keep other origins out, as they would without a gateway.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorsConfig {
     /// Exact origins, `scheme://host[:port]` as browsers send them
@@ -151,7 +142,7 @@ impl Default for CorsConfig {
 
 /// The admin listener: separate address, own bearer token. Served by the same server code as
 /// the public port, with the `[server]` timeouts and its own connection limit.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Where admin routes listen (keep it on loopback or a private network); off when unset.
@@ -162,7 +153,7 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// Resolved at load. Never in the file.
     #[serde(skip)]
-    pub token: Option<secrecy::SecretString>,
+    pub token: Option<Secret<str>>,
 }
 
 impl Default for AdminConfig {
@@ -178,7 +169,7 @@ impl Default for AdminConfig {
 }
 
 /// The in-memory GET cache.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// Master switch.
@@ -195,7 +186,7 @@ pub struct CacheConfig {
 }
 
 /// One cache rule.
-#[derive(Debug, Deserialize, Serialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CacheRule {
     /// Path prefix, matched on whole segments (`/v1/patients` matches `/v1/patients/7`).
@@ -234,7 +225,7 @@ impl Default for CacheConfig {
 }
 
 /// Inbound listener settings.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address to listen on.
@@ -317,7 +308,7 @@ impl ServerConfig {
 }
 
 /// JWT verification settings.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// The claim that names the user (looked up in the key store).
@@ -351,11 +342,11 @@ pub struct AuthConfig {
     pub accept_basic: bool,
     /// Resolved at load: the HMAC secret, if any. Never in the file.
     #[serde(skip)]
-    pub hmac_secret: Option<SecretSlice<u8>>,
+    pub hmac_secret: Option<Secret<[u8]>>,
 }
 
 /// One PEM public key.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublicKeyConfig {
     /// PEM file (RSA, EC or Ed25519 public key).
@@ -367,7 +358,7 @@ pub struct PublicKeyConfig {
 }
 
 /// A JWKS endpoint.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwksConfig {
     /// `https://` URL of the key set.
@@ -389,7 +380,7 @@ pub struct JwksConfig {
 }
 
 /// Key-store settings.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyStoreConfig {
     /// The encrypted key-store file.
@@ -404,28 +395,11 @@ pub struct KeyStoreConfig {
     pub master_key: Option<MasterKey>,
 }
 
-// By hand: `SecretBox<[u8; 32]>` is not `Clone`, on purpose; the one copy made here is
-// another `SecretBox`, zeroed on drop like the first.
-impl Clone for KeyStoreConfig {
-    fn clone(&self) -> Self {
-        use secrecy::ExposeSecret;
-        KeyStoreConfig {
-            path: self.path.clone(),
-            master_key_file: self.master_key_file.clone(),
-            watch_interval: self.watch_interval,
-            master_key: self
-                .master_key
-                .as_ref()
-                .map(|k| SecretBox::new(Box::new(*k.expose_secret()))),
-        }
-    }
-}
-
 /// The key-store master key (AES-256-GCM), unprintable.
-pub type MasterKey = SecretBox<[u8; 32]>;
+pub type MasterKey = Secret<[u8; 32]>;
 
 /// How Cliniko is reached.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Sent as `User-Agent`; Cliniko requires `App name (contact email)`.
@@ -456,7 +430,7 @@ pub struct UpstreamConfig {
 }
 
 /// Log output.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `auto` (text on a terminal, else JSON), `json` (one object per line) or `text`.

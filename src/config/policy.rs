@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 /// Which claims carry permissions, what each named grant allows, and what a caller whose
 /// token carries none of those claims gets.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
     /// Claims whose values name grants: a space-separated string (`scope`) or an array of
@@ -29,7 +29,7 @@ impl Default for PolicyConfig {
 }
 
 /// One grant: these methods on these path prefixes.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantConfig {
     /// `GET`, `HEAD`, `POST`, `PUT`, `PATCH`, `DELETE`, `OPTIONS`, or `*` for all of them.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// `[ratelimit]`: every limit the gateway keeps.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     /// Master switch; off means no limits, no upstream-429 handling and no retries.
@@ -36,7 +36,7 @@ pub struct RateLimitConfig {
 }
 
 /// A Redis URL; a password in it never shows in `Debug` or in `check-config`'s output.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(transparent)]
 pub struct RedisUrl(pub String);
 
@@ -93,7 +93,7 @@ impl Quota {
 }
 
 /// `[ratelimit.user]`: the per-user limit.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UserLimitConfig {
     /// Switch for the per-user limit alone.

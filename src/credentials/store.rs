@@ -7,7 +7,7 @@
 use super::{Credential, KeyStoreError, crypto, file, validate_name};
 use crate::config::{KeyStoreConfig, MasterKey};
 use arc_swap::ArcSwap;
-use secrecy::{ExposeSecret, SecretBox};
+use secrecy::ExposeSecret;
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
@@ -221,8 +221,7 @@ pub struct Credentials {
 impl Credentials {
     /// Loads the configured store; fails when the file is missing or any entry is bad.
     pub fn open(cfg: &KeyStoreConfig) -> Result<Credentials, KeyStoreError> {
-        let master = cfg.master_key.as_ref().ok_or(KeyStoreError::NoMasterKey)?;
-        let master: MasterKey = SecretBox::init_with(|| *master.expose_secret());
+        let master = cfg.master_key.clone().ok_or(KeyStoreError::NoMasterKey)?;
         let store = KeyStore::load(&cfg.path, &master)?;
         Ok(Credentials {
             current: ArcSwap::from_pointee(store),

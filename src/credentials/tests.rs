@@ -3,7 +3,6 @@
 use super::*;
 use crate::config::{KeyStoreConfig, MasterKey};
 use base64::Engine as _;
-use secrecy::{ExposeSecret as _, SecretBox};
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -43,7 +42,7 @@ const KEY_A: &str = "MS0xMjM0NTY3ODkwMTIzNDU2Nzg5LWFiY2RlZmdoaWprbG1ub3A-uk2";
 const KEY_B: &str = "MS0yMjIyMjIyMjIyMjIyMjIyMjItenl4d3Z1dHNycXBvbm1sa2o-au1";
 
 fn master(b: u8) -> MasterKey {
-    SecretBox::new(Box::new([b; 32]))
+    crate::config::Secret::new(Box::new([b; 32]))
 }
 
 fn key(s: &str) -> ApiKey {
@@ -250,7 +249,7 @@ fn config(path: &Path, m: &MasterKey) -> KeyStoreConfig {
         path: path.to_path_buf(),
         master_key_file: None,
         watch_interval: std::time::Duration::ZERO,
-        master_key: Some(SecretBox::init_with(|| *m.expose_secret())),
+        master_key: Some(m.clone()),
     }
 }
 

@@ -54,11 +54,9 @@ fn same_budget(a: &RateLimitConfig, b: &RateLimitConfig) -> bool {
     let budget_part = |c: &RateLimitConfig| RateLimitConfig {
         user: UserLimitConfig::default(),
         connect_retries: 0,
-        redis_url: None,
         ..c.clone()
     };
-    let url = |c: &RateLimitConfig| c.redis_url.as_ref().map(|u| u.0.clone());
-    url(a) == url(b) && crate::config::same(&budget_part(a), &budget_part(b))
+    budget_part(a) == budget_part(b)
 }
 
 /// Counters for metrics, logs and tests.
@@ -138,7 +136,7 @@ impl RateLimits {
         } else {
             key_budgets(cfg, prev.stats.clone(), Some(&prev.budget))?
         };
-        let users = if crate::config::same(&prev.cfg.user, &cfg.user) {
+        let users = if prev.cfg.user == cfg.user {
             prev.users.clone()
         } else {
             user_limits(cfg)

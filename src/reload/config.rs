@@ -8,7 +8,7 @@
 
 use crate::auth::Authenticator;
 use crate::cache::{Cache, CacheStats};
-use crate::config::{Config, ConfigError, same};
+use crate::config::{Config, ConfigError};
 use crate::live::{Fixed, Live};
 use crate::policy::Policy;
 use crate::ratelimit::RateLimits;
@@ -59,12 +59,12 @@ pub async fn rebuild(
         }
         authn
     };
-    if !same(&old.policy, &new.policy) {
+    if old.policy != new.policy {
         changed.push("policy");
     }
     // Cheap and stateless: always rebuilt, so the swap never shares it across configs.
     let policy = Arc::new(Policy::new(&new.policy));
-    let cache = if same(&old.cache, &new.cache) {
+    let cache = if old.cache == new.cache {
         cur.cache.clone()
     } else {
         changed.push("cache");
@@ -72,13 +72,13 @@ pub async fn rebuild(
         // Counters carry on from the cache that served last, even across caching off and on.
         Cache::new_after(&new.cache, cache_stats)
     };
-    let ratelimits = if same_limits(old, new) {
+    let ratelimits = if old.ratelimit == new.ratelimit {
         cur.ratelimits.clone()
     } else {
         changed.push("ratelimit");
         RateLimits::reconfigure(&new.ratelimit, cur.ratelimits.as_ref())?
     };
-    if !same(&old.cors, &new.cors) {
+    if old.cors != new.cors {
         changed.push("cors");
     }
     // Stateless: always rebuilt, like the policy.
@@ -93,45 +93,19 @@ pub async fn rebuild(
 /// shape the listener, the upstream client, the key store's location and key, the admin
 /// listener, logging and telemetry, all set up once.
 pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
-    let secret = |k: Option<&[u8]>| k.map(|k| digest::digest(&digest::SHA256, k));
-    let mut out = Vec::new();
-    if !same(&running.server, &new.server) {
-        out.push("server");
-    }
-    if !same(&running.upstream, &new.upstream) {
-        out.push("upstream");
-    }
-    let master = |c: &Config| {
-        secret(
-            c.keystore
-                .master_key
-                .as_ref()
-                .map(|k| &k.expose_secret()[..]),
-        )
-        .map(|d| d.as_ref().to_vec())
-    };
-    if !same(&running.keystore, &new.keystore) || master(running) != master(new) {
-        out.push("keystore");
-    }
-    let token = |c: &Config| {
-        secret(c.admin.token.as_ref().map(|t| t.expose_secret().as_bytes()))
-            .map(|d| d.as_ref().to_vec())
-    };
-    if !same(&running.admin, &new.admin) || token(running) != token(new) {
-        out.push("admin");
-    }
-    if !same(&running.log, &new.log) {
-        out.push("log");
-    }
-    if !same(&running.telemetry, &new.telemetry) {
-        out.push("telemetry");
-    }
-    out
-}
-
-fn same_limits(a: &Config, b: &Config) -> bool {
-    let url = |c: &Config| c.ratelimit.redis_url.as_ref().map(|u| u.0.clone());
-    url(a) == url(b) && same(&a.ratelimit, &b.ratelimit)
+    // Sections compare by value; their secrets by digest (see `config::Secret`).
+    let (a, b) = (running, new);
+    [
+        ("server", a.server != b.server),
+        ("upstream", a.upstream != b.upstream),
+        ("keystore", a.keystore != b.keystore),
+        ("admin", a.admin != b.admin),
+        ("log", a.log != b.log),
+        ("telemetry", a.telemetry != b.telemetry),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
 }
 
 /// A digest of everything token verification depends on (reads the key files: call it off
@@ -199,5 +173,25 @@ mod tests {
         );
         assert_eq!(restart_needed(&a, &b), vec!["server", "log"]);
         assert!(restart_needed(&a, &cfg("", s)).is_empty());
+    }
+
+    #[test]
+    fn secrets_and_redis_passwords_are_compared_by_value() {
+        let s = "a-secret-of-at-least-32-bytes-long!!";
+        let redis = |pw: &str| {
+            cfg(
+                &format!("[ratelimit]\nredis_url = \"redis://:{pw}@127.0.0.1:6379/0\"\n"),
+                s,
+            )
+        };
+        // Serialised, both URLs read `redis://[REDACTED]@…`: equality must still see it.
+        assert!(redis("one").ratelimit != redis("two").ratelimit);
+        assert!(redis("one").ratelimit == redis("one").ratelimit);
+        let mut a = cfg("", s);
+        a.admin.token = Some(String::from("an-admin-token-of-at-least-32-characters").into());
+        let b = a.clone();
+        assert!(restart_needed(&a, &b).is_empty());
+        a.admin.token = Some(String::from("another-admin-token-of-32-characters!").into());
+        assert_eq!(restart_needed(&b, &a), vec!["admin"]);
     }
 }

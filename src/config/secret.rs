@@ -1,0 +1,116 @@
+//! Secrets in the config: never printed, compared by a digest.
+//!
+//! A reload must tell whether a secret changed (a new admin token, a new HMAC secret) without
+//! keeping a second copy around to compare with or serialising it: each [`Secret`] carries the
+//! SHA-256 of its bytes, and equality compares those.
+
+use aws_lc_rs::digest;
+use secrecy::zeroize::Zeroize;
+use secrecy::{ExposeSecret, SecretBox};
+
+/// A secret value (zeroed on drop) with the digest it is compared by.
+pub struct Secret<S: ?Sized + Zeroize> {
+    inner: SecretBox<S>,
+    digest: [u8; 32],
+}
+
+/// Types a secret can hold: their bytes (for the digest) and a fresh boxed copy (for `Clone`).
+pub trait SecretBytes: Zeroize {
+    /// The bytes the digest is taken over.
+    fn bytes(&self) -> &[u8];
+    /// A boxed copy, for the one place a config is cloned (kept for reloads).
+    fn boxed_copy(&self) -> Box<Self>;
+}
+
+impl SecretBytes for [u8] {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn boxed_copy(&self) -> Box<Self> {
+        self.into()
+    }
+}
+
+impl SecretBytes for str {
+    fn bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+    fn boxed_copy(&self) -> Box<Self> {
+        self.into()
+    }
+}
+
+impl SecretBytes for [u8; 32] {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn boxed_copy(&self) -> Box<Self> {
+        Box::new(*self)
+    }
+}
+
+impl<S: ?Sized + SecretBytes> Secret<S> {
+    /// Wraps a boxed secret.
+    pub fn new(value: Box<S>) -> Secret<S> {
+        let d = digest::digest(&digest::SHA256, value.bytes());
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(d.as_ref());
+        Secret {
+            inner: SecretBox::new(value),
+            digest,
+        }
+    }
+}
+
+impl<S: ?Sized + Zeroize> ExposeSecret<S> for Secret<S> {
+    fn expose_secret(&self) -> &S {
+        self.inner.expose_secret()
+    }
+}
+
+impl<S: ?Sized + Zeroize> PartialEq for Secret<S> {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest
+    }
+}
+
+impl<S: ?Sized + SecretBytes> Clone for Secret<S> {
+    fn clone(&self) -> Self {
+        Secret {
+            inner: SecretBox::new(self.inner.expose_secret().boxed_copy()),
+            digest: self.digest,
+        }
+    }
+}
+
+impl<S: ?Sized + Zeroize> std::fmt::Debug for Secret<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+impl From<Vec<u8>> for Secret<[u8]> {
+    fn from(v: Vec<u8>) -> Self {
+        Secret::new(v.into_boxed_slice())
+    }
+}
+
+impl From<String> for Secret<str> {
+    fn from(s: String) -> Self {
+        Secret::new(s.into_boxed_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_by_value_and_never_print() {
+        let a = Secret::<str>::from("token-a".to_string());
+        assert_eq!(a, a.clone());
+        assert_ne!(a, Secret::from("token-b".to_string()));
+        assert_eq!(format!("{a:?}"), "[REDACTED]");
+        assert_eq!(a.clone().expose_secret(), "token-a");
+    }
+}
