@@ -63,42 +63,8 @@ impl Gateway {
             .then(|| crate::reload::config::auth_identity(&cfg));
         let authn = Authenticator::new(&cfg.auth, http.clone())?;
         let credentials = Arc::new(Credentials::open(&cfg.keystore)?);
-        let router = ShardRouter::new(&cfg.upstream)?;
-        let origins: Vec<String> = router.override_bases().map(|b| b.url()).collect();
         let local_addr = listener.local_addr()?;
-        let public_base = cfg.server.public_base(local_addr);
-        let links = LinkRewriter::new(&public_base, &origins);
-        let authority = public_base
-            .parse::<http::Uri>()
-            .ok()
-            .and_then(|u| u.authority().cloned())
-            .ok_or_else(|| {
-                ConfigError::new(
-                    "server.public_base_url",
-                    "has no host",
-                    "write it as https://host[:port]",
-                )
-            })?;
-        let fixed = FixedHeaders {
-            user_agent: HeaderValue::try_from(cfg.upstream.user_agent.as_str()).map_err(|_| {
-                ConfigError::new(
-                    "upstream.user_agent",
-                    "not a valid header value",
-                    "use printable ASCII",
-                )
-            })?,
-        };
-        let upstream = Arc::new(
-            Upstream::new(
-                http.clone(),
-                router,
-                fixed,
-                links,
-                (cfg.upstream.timeout, cfg.upstream.body_timeout),
-                cfg.server.max_body_bytes,
-            )
-            .with_metrics(metrics.upstream()),
-        );
+        let (upstream, authority) = upstream(&cfg, http.clone(), local_addr, &metrics)?;
         let tls = server::tls_acceptor(&cfg.server)?;
         authn.start().await;
         let readiness = GatewayReadiness::new(authn.clone());
@@ -142,28 +108,19 @@ impl Gateway {
         let settings = ConnSettings::public(&cfg.server, tls).with_metrics(&metrics);
         let grace = cfg.server.shutdown_grace;
         let mut tasks = Vec::new();
-        let admin_addr = match (
-            cfg.admin.listen,
-            crate::admin::Admin::new(
-                &cfg.admin,
-                credentials.clone(),
-                reloader.clone(),
-                metrics.clone(),
-            ),
-        ) {
+        let admin = crate::admin::Admin::new(
+            &cfg.admin,
+            credentials.clone(),
+            reloader.clone(),
+            metrics.clone(),
+        );
+        let admin_addr = match (cfg.admin.listen, admin) {
             (Some(addr), Some(admin)) => {
                 let l = TcpListener::bind(addr).await?;
                 let bound = l.local_addr()?;
-                let admin_settings =
-                    ConnSettings::admin(&cfg.server, &cfg.admin).with_metrics(&metrics);
-                let svc = admin.service();
-                tasks.push(tokio::spawn(server::serve(
-                    l,
-                    admin_settings,
-                    svc,
-                    rx.clone(),
-                    grace,
-                )));
+                let settings = ConnSettings::admin(&cfg.server, &cfg.admin).with_metrics(&metrics);
+                let serving = server::serve(l, settings, admin.service(), rx.clone(), grace);
+                tasks.push(tokio::spawn(serving));
                 tracing::info!(admin_addr = %bound, "admin listening");
                 Some(bound)
             }
@@ -277,6 +234,48 @@ impl Gateway {
         self.shutdown().await;
         Ok(())
     }
+}
+
+/// The forwarder to Cliniko (routing, fixed headers, link rewriting towards our public base)
+/// and the authority callers must address (the guard refuses other hosts).
+fn upstream(
+    cfg: &Config,
+    http: client::HttpClient,
+    local_addr: SocketAddr,
+    metrics: &Metrics,
+) -> Result<(Arc<Upstream>, http::uri::Authority), ConfigError> {
+    let router = ShardRouter::new(&cfg.upstream)?;
+    let origins: Vec<String> = router.override_bases().map(|b| b.url()).collect();
+    let public_base = cfg.server.public_base(local_addr);
+    let links = LinkRewriter::new(&public_base, &origins);
+    let authority = public_base
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.authority().cloned())
+        .ok_or_else(|| {
+            ConfigError::new(
+                "server.public_base_url",
+                "has no host",
+                "write it as https://host[:port]",
+            )
+        })?;
+    let user_agent = HeaderValue::try_from(cfg.upstream.user_agent.as_str()).map_err(|_| {
+        ConfigError::new(
+            "upstream.user_agent",
+            "not a valid header value",
+            "use printable ASCII",
+        )
+    })?;
+    let upstream = Upstream::new(
+        http,
+        router,
+        FixedHeaders { user_agent },
+        links,
+        (cfg.upstream.timeout, cfg.upstream.body_timeout),
+        cfg.server.max_body_bytes,
+    )
+    .with_metrics(metrics.upstream());
+    Ok((Arc::new(upstream), authority))
 }
 
 /// Logs a warning per secret file that other local users can read: any file readable by

@@ -1,6 +1,9 @@
 //! Rules that the types alone cannot express; each names the field and the fix.
 
-use super::{Config, ConfigError, CorsConfig, TelemetryConfig};
+use super::{
+    AuthConfig, CacheConfig, Config, ConfigError, CorsConfig, JwksConfig, TelemetryConfig,
+    UpstreamConfig,
+};
 use jsonwebtoken::Algorithm;
 use std::str::FromStr;
 
@@ -72,6 +75,15 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     super::policy::validate(&c.policy)?;
     validate_telemetry(&c.telemetry)?;
     validate_cors(&c.cors)?;
+    validate_server(c)?;
+    validate_auth(&c.auth)?;
+    validate_cache(&c.cache)?;
+    super::ratelimit::validate(&c.ratelimit)?;
+    validate_upstream(&c.upstream)
+}
+
+/// `[server]`, with the rules that tie it to `[admin]` and the upstream timeouts.
+fn validate_server(c: &Config) -> Result<(), ConfigError> {
     let s = &c.server;
     if !(8192..=1024 * 1024).contains(&s.max_header_bytes) {
         return Err(err(
@@ -144,26 +156,32 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
-    if let Some(u) = &s.public_base_url {
-        let uri: http::Uri = u.parse().map_err(|_| {
-            err(
-                "server.public_base_url",
-                "not a valid URL",
-                "write it as https://gateway.example",
-            )
-        })?;
-        let ok_scheme = matches!(uri.scheme_str(), Some("http" | "https"));
-        let no_path = matches!(uri.path(), "" | "/") && uri.query().is_none();
-        if !ok_scheme || uri.authority().is_none() || !no_path {
-            return Err(err(
-                "server.public_base_url",
-                "must be scheme and host only",
-                "write it as https://gateway.example (no path; the gateway serves /v1/...)",
-            ));
-        }
-    }
+    s.public_base_url
+        .as_deref()
+        .map_or(Ok(()), check_public_base)
+}
 
-    let a = &c.auth;
+fn check_public_base(u: &str) -> Result<(), ConfigError> {
+    let uri: http::Uri = u.parse().map_err(|_| {
+        err(
+            "server.public_base_url",
+            "not a valid URL",
+            "write it as https://gateway.example",
+        )
+    })?;
+    let ok_scheme = matches!(uri.scheme_str(), Some("http" | "https"));
+    let no_path = matches!(uri.path(), "" | "/") && uri.query().is_none();
+    if !ok_scheme || uri.authority().is_none() || !no_path {
+        return Err(err(
+            "server.public_base_url",
+            "must be scheme and host only",
+            "write it as https://gateway.example (no path; the gateway serves /v1/...)",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_auth(a: &AuthConfig) -> Result<(), ConfigError> {
     if a.user_claim.is_empty() {
         return Err(err(
             "auth.user_claim",
@@ -223,34 +241,38 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             }
         }
     }
-    if let Some(j) = &a.jwks {
-        check_https_url("auth.jwks.url", &j.url)?;
-        if j.algorithms.is_empty() {
+    a.jwks.as_ref().map_or(Ok(()), validate_jwks)
+}
+
+fn validate_jwks(j: &JwksConfig) -> Result<(), ConfigError> {
+    check_https_url("auth.jwks.url", &j.url)?;
+    if j.algorithms.is_empty() {
+        return Err(err(
+            "auth.jwks.algorithms",
+            "is empty",
+            "list e.g. [\"RS256\"]",
+        ));
+    }
+    for alg in &j.algorithms {
+        if is_hmac(parse_alg("auth.jwks.algorithms", alg)?) {
             return Err(err(
                 "auth.jwks.algorithms",
-                "is empty",
-                "list e.g. [\"RS256\"]",
-            ));
-        }
-        for alg in &j.algorithms {
-            if is_hmac(parse_alg("auth.jwks.algorithms", alg)?) {
-                return Err(err(
-                    "auth.jwks.algorithms",
-                    "HMAC algorithms cannot come from a JWKS",
-                    "use RS*/PS*/ES*/EdDSA",
-                ));
-            }
-        }
-        if j.refresh_interval.is_zero() || j.timeout.is_zero() {
-            return Err(err(
-                "auth.jwks.refresh_interval",
-                "must be longer than zero",
-                "use e.g. \"5m\"",
+                "HMAC algorithms cannot come from a JWKS",
+                "use RS*/PS*/ES*/EdDSA",
             ));
         }
     }
+    if j.refresh_interval.is_zero() || j.timeout.is_zero() {
+        return Err(err(
+            "auth.jwks.refresh_interval",
+            "must be longer than zero",
+            "use e.g. \"5m\"",
+        ));
+    }
+    Ok(())
+}
 
-    let k = &c.cache;
+fn validate_cache(k: &CacheConfig) -> Result<(), ConfigError> {
     if k.enabled && (k.max_entry_bytes == 0 || k.max_entry_bytes > k.capacity_bytes) {
         return Err(err(
             "cache.max_entry_bytes",
@@ -277,10 +299,10 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    Ok(())
+}
 
-    super::ratelimit::validate(&c.ratelimit)?;
-
-    let u = &c.upstream;
+fn validate_upstream(u: &UpstreamConfig) -> Result<(), ConfigError> {
     if !valid_user_agent(&u.user_agent) {
         return Err(err(
             "upstream.user_agent",
