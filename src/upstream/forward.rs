@@ -104,11 +104,42 @@ impl Upstream {
         // Traced requests send Cliniko a traceparent naming this call's client span.
         let span =
             crate::telemetry::upstream_span(&parts.extensions, &parts.method, &uri, &mut headers);
+        let up = (parts.method, uri, headers);
+        let resp = self.exchange(up, body, span.as_ref(), &ctx).await?;
+        let status = resp.status();
+        if let Some(s) = &span {
+            s.status(status.as_u16());
+        }
+        ctx.set_upstream_status(status.as_u16());
+        if status == StatusCode::UNAUTHORIZED {
+            if let Some(m) = &self.metrics {
+                m.credential_rejected(&cred.fingerprint);
+            }
+            tracing::warn!(
+                request_id = ctx.id.as_str(),
+                key_fingerprint = &*cred.fingerprint,
+                shard = cred.shard.as_str(),
+                "Cliniko rejected a stored API key; rotate it"
+            );
+            return Err(GatewayError::CredentialRejected);
+        }
+        self.shape(resp, is_head).await
+    }
+
+    /// Sends the request, once more if a pooled connection turns out to have died under a
+    /// bodiless one, within the upstream timeout; failures become the caller's error.
+    async fn exchange(
+        &self,
+        (method, uri, headers): (Method, Uri, http::HeaderMap),
+        body: Body,
+        span: Option<&crate::telemetry::ClientSpan>,
+        ctx: &RequestContext,
+    ) -> Result<Response<hyper::body::Incoming>, GatewayError> {
         // A bodiless GET/HEAD/OPTIONS may be sent again if a pooled connection dies under it
         // (Cliniko closed it while idle): safe to repeat, and nothing was answered yet.
-        let replay = (matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
+        let replay = (matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
             && http_body::Body::is_end_stream(&body))
-        .then(|| (parts.method.clone(), uri.clone(), headers.clone()));
+        .then(|| (method.clone(), uri.clone(), headers.clone()));
         let build = |method: Method, uri: Uri, headers: http::HeaderMap, body: Body| {
             let mut up = Request::new(body);
             *up.method_mut() = method;
@@ -119,7 +150,7 @@ impl Upstream {
             *up.headers_mut() = headers;
             up
         };
-        let up = build(parts.method, uri, headers, body);
+        let up = build(method, uri, headers, body);
         let exchange = async {
             match self.client.request(up).await {
                 Err(e) if is_stale_connection(&e) => match replay {
@@ -140,42 +171,34 @@ impl Upstream {
         if let Some(m) = &self.metrics {
             m.observe(sent.elapsed());
         }
-        let resp = match result {
+        match result {
             Err(_) => {
-                self.failed(span.as_ref(), UpstreamError::Timeout);
-                return Err(GatewayError::UpstreamTimeout);
+                self.failed(span, UpstreamError::Timeout);
+                Err(GatewayError::UpstreamTimeout)
             }
             Ok(Err(_)) if ctx.body_limit_tripped() => {
-                if let Some(s) = &span {
+                if let Some(s) = span {
                     s.fail("body_too_large");
                 }
-                return Err(GatewayError::BodyTooLarge {
+                Err(GatewayError::BodyTooLarge {
                     limit: self.max_body,
-                });
+                })
             }
             Ok(Err(e)) => {
-                self.failed(span.as_ref(), error_kind(&e));
-                return Err(classify(&e));
+                self.failed(span, error_kind(&e));
+                Err(classify(&e))
             }
-            Ok(Ok(r)) => r,
-        };
-        let status = resp.status();
-        if let Some(s) = &span {
-            s.status(status.as_u16());
+            Ok(Ok(r)) => Ok(r),
         }
-        ctx.set_upstream_status(status.as_u16());
-        if status == StatusCode::UNAUTHORIZED {
-            if let Some(m) = &self.metrics {
-                m.credential_rejected(&cred.fingerprint);
-            }
-            tracing::warn!(
-                request_id = ctx.id.as_str(),
-                key_fingerprint = &*cred.fingerprint,
-                shard = cred.shard.as_str(),
-                "Cliniko rejected a stored API key; rotate it"
-            );
-            return Err(GatewayError::CredentialRejected);
-        }
+    }
+
+    /// Cliniko's answer as the caller gets it: hop-by-hop headers gone, `Location` and the
+    /// JSON body's links pointing at the gateway, an unasked-for compression undone.
+    async fn shape(
+        &self,
+        resp: Response<hyper::body::Incoming>,
+        is_head: bool,
+    ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = resp.into_parts();
         clean_response_headers(&mut parts.headers);
         if let Some(loc) = parts
