@@ -126,8 +126,8 @@ enum KeysAction {
         /// Config file.
         #[arg(long, short)]
         config: PathBuf,
-        /// Also sign a file that fails its MAC (edited without the master key): only after you
-        /// have reviewed the edit.
+        /// Sign what the file says though nothing vouches for it (a version-1 file without a
+        /// MAC, or one edited without the master key): only after you have reviewed its users.
         #[arg(long)]
         accept_edits: bool,
     },

@@ -214,7 +214,8 @@ fn client_addr(
     trusted: &[ipnet::IpNet],
 ) -> Option<IpAddr> {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    let peer = peer?;
+    // A dual-stack listener sees IPv4 peers as `::ffff:a.b.c.d`: compare them as IPv4.
+    let peer = peer?.to_canonical();
     if !is_trusted(&peer) {
         return Some(peer);
     }
@@ -223,7 +224,7 @@ fn client_addr(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|s| s.trim().parse::<IpAddr>().ok())
+        .map(|s| s.trim().parse::<IpAddr>().ok().map(|ip| ip.to_canonical()))
         .collect::<Vec<_>>();
     for hop in hops.iter().rev() {
         match hop {
@@ -332,6 +333,11 @@ mod tests {
         assert_eq!(
             client_addr(ip("198.51.100.7"), &h, &trusted),
             ip("198.51.100.7")
+        );
+        // An IPv4-mapped peer is the IPv4 proxy it is.
+        assert_eq!(
+            client_addr(ip("::ffff:10.0.0.2"), &h, &trusted),
+            ip("203.0.113.9")
         );
         // Nothing trusted: the peer.
         assert_eq!(client_addr(ip("10.0.0.2"), &h, &[]), ip("10.0.0.2"));

@@ -364,11 +364,16 @@ where
             .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
         tokio::pin!(conn);
         let mut closing = false;
+        // An idle connection being closed has nothing in flight: whatever hyper still holds
+        // (frames queued behind a tiny h2 window, which no response timer sees once the body
+        // is handed over) gets `send_timeout` to leave, then the connection goes.
+        let mut close_by: Option<Instant> = None;
         loop {
             // A graceful close still needs the caller to take what is queued, so the send
             // timeout keeps running while closing.
             let stalled = progress.longest_wait();
-            if stalled >= limits.send_timeout {
+            let overdue = close_by.is_some_and(|t| Instant::now() >= t);
+            if stalled >= limits.send_timeout || overdue {
                 self.settings.metrics.stalled.inc();
                 tracing::debug!(
                     listener = self.settings.listener,
@@ -377,9 +382,12 @@ where
                 );
                 break;
             }
-            let mut wait = limits.send_timeout - stalled;
+            let mut wait = limits.send_timeout.saturating_sub(stalled);
             if !closing {
                 wait = wait.min(progress.idle_remaining(limits.idle_timeout));
+            }
+            if let Some(t) = close_by {
+                wait = wait.min(t.saturating_duration_since(Instant::now()));
             }
             tokio::select! {
                 res = conn.as_mut() => {
@@ -399,6 +407,7 @@ where
                 _ = tokio::time::sleep(wait) => {
                     if !closing && progress.idle_remaining(limits.idle_timeout).is_zero() {
                         closing = true;
+                        close_by = Some(Instant::now() + limits.send_timeout);
                         conn.as_mut().graceful_shutdown();
                     }
                 }

@@ -158,7 +158,13 @@ pub fn reseal(
     KeyStore::open_entries(path, &doc, master)?;
     let outcome = match integrity(&doc, master)? {
         Integrity::Signed => return Ok(Resealed::AlreadySigned),
-        Integrity::Unsigned => Resealed::Migrated,
+        // Nothing vouches for an unsigned file: signing it is accepting whatever it says.
+        Integrity::Unsigned if accept_edits => Resealed::Migrated,
+        Integrity::Unsigned => {
+            return Err(KeyStoreError::Unsigned {
+                path: path.to_path_buf(),
+            });
+        }
         Integrity::Mismatch if accept_edits => Resealed::AcceptedEdits,
         Integrity::Mismatch => {
             return Err(KeyStoreError::Tampered {

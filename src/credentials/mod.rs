@@ -218,7 +218,7 @@ pub enum KeyStoreError {
     },
     /// The file is version 1, written before the whole-document MAC existed.
     #[error(
-        "the key store {} has no integrity MAC (version 1, written by an older gateway): sign it once with `cliniko-gateway keys reseal --config <gateway.toml>`",
+        "the key store {} has no integrity MAC (version 1, written by an older gateway), so nothing proves it was not edited: check its users against your records, then sign it once with `cliniko-gateway keys reseal --accept-edits --config <gateway.toml>`",
         path.display()
     )]
     Unsigned {

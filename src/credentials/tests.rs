@@ -445,7 +445,12 @@ fn a_version_1_file_is_refused_until_resealed() {
         reseal(&path, &master(2), false),
         Err(KeyStoreError::Decrypt { .. })
     ));
-    assert_eq!(reseal(&path, &m, false).unwrap(), Resealed::Migrated);
+    // Unsigned is not proof of unedited: signing it takes the same explicit word as an edit.
+    assert!(matches!(
+        reseal(&path, &m, false),
+        Err(KeyStoreError::Unsigned { .. })
+    ));
+    assert_eq!(reseal(&path, &m, true).unwrap(), Resealed::Migrated);
     let after = json(&path);
     assert_eq!(after["version"], 2);
     assert_eq!(after["users"], v["users"]);

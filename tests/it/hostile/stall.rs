@@ -398,3 +398,56 @@ async fn the_admin_port_cuts_slow_heads_and_idle_connections_and_keeps_to_its_li
     let (status, _) = admin(&h, http::Method::GET, "/admin/keys", Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 200);
 }
+
+/// A window of one byte (not zero) lets hyper hand the whole small body to h2's send buffer,
+/// so no response timer runs and the socket never blocks: the connection looks idle, is asked
+/// to close, and never finishes closing while the caller answers PINGs. The close gets
+/// `send_timeout` too (found by review; held the port for over 70 s before).
+#[tokio::test]
+async fn a_one_byte_window_cannot_hold_the_port_through_a_graceful_close() {
+    let h = Harness::start(setup(
+        SEND_TIMEOUT,
+        &[
+            ("CLINIKO_GATEWAY__SERVER__MAX_CONNECTIONS", "2"),
+            ("CLINIKO_GATEWAY__SERVER__IDLE_TIMEOUT", "1s"),
+        ],
+    ))
+    .await;
+    let a = addr(&h);
+    let mut held = vec![];
+    for _ in 0..2 {
+        let tcp = TcpStream::connect(&a).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(1)
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        let ended = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = http::Request::get(format!("http://{a}/healthz"))
+            .body(Empty::new())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        held.push((send, resp, ended));
+    }
+    // Idle after 1 s, then at most send_timeout to leave.
+    let bound = Duration::from_secs(1) + SEND_TIMEOUT + SLACK;
+    let got = tokio::time::timeout(
+        bound,
+        h.send(http::Method::GET, "/healthz", &[], Bytes::new()),
+    )
+    .await
+    .expect("two connections with a 1-byte window held the port");
+    assert_eq!(got.status, 200);
+    for (_, _, ended) in held {
+        tokio::time::timeout(SLACK, ended)
+            .await
+            .expect("a connection stuck in its close was kept")
+            .unwrap();
+    }
+}

@@ -238,7 +238,12 @@ async fn keys_reseal_migrates_a_store_written_before_the_mac() {
         "{err}"
     );
 
-    let (code, out, err) = run(binary(dir.path(), &["keys", "reseal"])).await;
+    // An unsigned file proves nothing: a plain reseal refuses it (a downgrade to version 1
+    // must not launder an edit), the explicit word signs it.
+    let (code, _, err) = run(binary(dir.path(), &["keys", "reseal"])).await;
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("--accept-edits"), "{err}");
+    let (code, out, err) = run(binary(dir.path(), &["keys", "reseal", "--accept-edits"])).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("version 1 -> 2"), "{out}");
     assert!(out.contains("alice") && out.contains("bob"), "{out}");
