@@ -17,6 +17,9 @@ use http::{HeaderValue, Response, StatusCode, header};
 /// Header that marks a response the gateway made itself.
 pub const GATEWAY_ERROR_HEADER: &str = "x-gateway-error";
 
+/// `Retry-After` of a `too_many_in_flight` refusal, in seconds.
+const IN_FLIGHT_RETRY_AFTER: u64 = 1;
+
 /// A stable error code, as only [`GatewayError::error_code`] makes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ErrorCode(&'static str);
@@ -150,6 +153,16 @@ pub enum GatewayError {
     /// A rate limit refused the request (429; `limit` says which).
     #[error("{0}")]
     RateLimited(Refusal),
+    /// The caller already has `upstream.max_in_flight_per_user` requests to Cliniko whose
+    /// answers it has not finished reading (429, refused at once, nothing sent).
+    #[error(
+        "this caller already has {max} requests in flight to Cliniko whose answers are not yet \
+         fully read; finish reading (or close) them, then retry"
+    )]
+    TooManyInFlight {
+        /// The configured cap.
+        max: usize,
+    },
     /// The shared rate-limit store (Redis) is down and `ratelimit.redis_failure = "closed"`.
     #[error("the rate limiter is unavailable; retry shortly")]
     RateLimiterUnavailable,
@@ -176,6 +189,7 @@ impl GatewayError {
                 "upstream_unavailable"
             }
             GatewayError::RateLimited(_) => "rate_limited",
+            GatewayError::TooManyInFlight { .. } => "too_many_in_flight",
             GatewayError::RateLimiterUnavailable => "rate_limiter_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::Internal => "internal",
@@ -200,7 +214,9 @@ impl GatewayError {
             GatewayError::CredentialRejected
             | GatewayError::UpstreamUnavailable
             | GatewayError::UpstreamConnect => StatusCode::BAD_GATEWAY,
-            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RateLimited(_) | GatewayError::TooManyInFlight { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::RateLimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -220,6 +236,9 @@ impl GatewayError {
             body["error"]["limit"] = r.limit.as_str().into();
             body["error"]["retry_after"] = r.retry_after_secs.into();
         }
+        if let GatewayError::TooManyInFlight { .. } = &self {
+            body["error"]["retry_after"] = IN_FLIGHT_RETRY_AFTER.into();
+        }
         let mut resp = Response::new(Body::from(body.to_string()));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
@@ -229,8 +248,16 @@ impl GatewayError {
         );
         h.insert(GATEWAY_ERROR_HEADER, HeaderValue::from_static(self.code()));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let GatewayError::RateLimited(r) = &self {
-            refusal::apply(h, r);
+        match &self {
+            GatewayError::RateLimited(r) => refusal::apply(h, r),
+            // No quota to quote: a slot frees as soon as one of the caller's answers is read.
+            GatewayError::TooManyInFlight { .. } => {
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(IN_FLIGHT_RETRY_AFTER),
+                );
+            }
+            _ => {}
         }
         if let GatewayError::Auth(e) = &self
             && let Some(v) = e.challenge()
@@ -287,6 +314,18 @@ mod tests {
     }
 
     #[test]
+    fn too_many_in_flight_is_a_429_to_retry_in_a_second() {
+        let r = GatewayError::TooManyInFlight { max: 16 }.into_response(Some("rid"));
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(r.headers()[GATEWAY_ERROR_HEADER], "too_many_in_flight");
+        assert!(
+            !r.headers().contains_key(X_RATELIMIT_LIMIT),
+            "not a rate quota"
+        );
+    }
+
+    #[test]
     fn codes_are_distinct() {
         let all = [
             AuthError::Ambiguous.code(),
@@ -307,6 +346,7 @@ mod tests {
             GatewayError::Internal.code(),
             GatewayError::BodyTooLarge { limit: 1 }.code(),
             GatewayError::RateLimiterUnavailable.code(),
+            GatewayError::TooManyInFlight { max: 1 }.code(),
             GatewayError::RateLimited(Refusal {
                 limit: Limit::Key,
                 retry_after_secs: 1,

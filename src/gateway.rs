@@ -70,6 +70,7 @@ impl Gateway {
         let readiness = GatewayReadiness::new(authn.clone());
         let fixed = Fixed {
             credentials: credentials.clone(),
+            inflight: crate::inflight::InFlight::new(cfg.upstream.max_in_flight_per_user),
             upstream,
             readiness: readiness.clone(),
             context: crate::context::ContextLayer::new(&cfg.server.trusted_proxies),

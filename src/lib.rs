@@ -23,6 +23,7 @@ pub mod error;
 pub mod framing;
 pub mod gateway;
 pub mod guard;
+pub mod inflight;
 pub mod live;
 pub mod logging;
 pub mod metrics;

@@ -32,6 +32,8 @@ use tower::util::Oneshot;
 pub struct Fixed {
     /// The key store (reloaded on its own, in place).
     pub credentials: Arc<Credentials>,
+    /// The cap on each user's requests in flight to Cliniko; its counts outlive reloads.
+    pub inflight: Arc<crate::inflight::InFlight>,
     /// Sends requests to Cliniko.
     pub upstream: Arc<Upstream>,
     /// What `/readyz` reports.
@@ -60,6 +62,8 @@ pub struct Live {
     pub ratelimits: Option<Arc<RateLimits>>,
     /// CORS (`None` when off).
     pub cors: Option<Cors>,
+    /// The in-flight cap (the same for every set; here for the metrics).
+    pub inflight: Arc<crate::inflight::InFlight>,
     service: GatewayService,
 }
 
@@ -78,6 +82,7 @@ impl Live {
             credentials: fixed.credentials.clone(),
             cache: cache.clone(),
             ratelimits: ratelimits.clone(),
+            inflight: fixed.inflight.clone(),
             upstream: fixed.upstream.clone(),
             readiness: fixed.readiness.clone(),
             context: fixed.context.clone(),
@@ -92,6 +97,7 @@ impl Live {
             cache,
             ratelimits,
             cors,
+            inflight: fixed.inflight.clone(),
             service,
         }
     }

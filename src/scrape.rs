@@ -149,6 +149,19 @@ impl Collector for Sources {
         }
         counter(
             &mut enc,
+            "upstream_in_flight_refusals",
+            "Requests refused with 429 too_many_in_flight: the user already had \
+             upstream.max_in_flight_per_user requests to Cliniko whose answers were unread",
+            live.inflight.refused(),
+        )?;
+        gauge(
+            &mut enc,
+            "upstream_in_flight",
+            "Requests to Cliniko whose answers have not yet been fully delivered or dropped",
+            live.inflight.in_flight(),
+        )?;
+        counter(
+            &mut enc,
             "auth_cliniko_keys_refused",
             "Requests refused because they carried a Cliniko API key instead of a JWT (rotate \
              that key: the warning log line has its fingerprint)",

@@ -10,6 +10,7 @@ use crate::context::ContextLayer;
 use crate::cors::Cors;
 use crate::credentials::Credentials;
 use crate::guard::{GuardLayer, Readiness};
+use crate::inflight::InFlight;
 use crate::policy::Policy;
 use crate::ratelimit::RateLimits;
 use crate::rescue::RescueLayer;
@@ -34,6 +35,8 @@ pub struct Parts {
     pub cache: Option<Arc<Cache>>,
     /// Rate limits (`None` when disabled).
     pub ratelimits: Option<Arc<RateLimits>>,
+    /// The cap on each user's requests in flight to Cliniko (always on).
+    pub inflight: Arc<InFlight>,
     /// Sends requests to Cliniko.
     pub upstream: Arc<Upstream>,
     /// Builds each request's context (knows which proxies' forwarded addresses to believe).
@@ -84,6 +87,11 @@ pub fn build(p: &Parts) -> GatewayService {
         // A hit answers here: after auth (so 401/403 never touch it), before rate limits (so
         // a hit spends no Cliniko quota). Keyed by the credential, so keys never share.
         .layer(OptionalLayer(p.cache.clone()))
+        // A cap on each user's requests in flight to Cliniko (429 too_many_in_flight), held
+        // until the answer is read: after the cache (a hit takes no slot), before the rate
+        // limits (a refusal spends no budget, and a request waiting for its key slot already
+        // holds one). Always on, whatever [ratelimit] says.
+        .layer(OptionalLayer(Some(p.inflight.clone())))
         // Only what really goes to Cliniko gets here: per-user limit, key budget (waits up to
         // max_wait), Cliniko's own 429s and connect failures (bodiless requests resent).
         .layer(OptionalLayer(p.ratelimits.clone()))

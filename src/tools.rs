@@ -44,6 +44,7 @@ pub async fn sandbox(
             pki: Some(pki),
             shard,
             listen,
+            max_concurrent_streams: None,
         })
         .await?;
         Ok::<_, Box<dyn std::error::Error>>(sb)

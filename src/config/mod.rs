@@ -427,6 +427,10 @@ pub struct UpstreamConfig {
     /// Most idle pooled connections per shard.
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle_per_host: usize,
+    /// Most requests one verified user may have in flight to Cliniko at once (sent, and the
+    /// answer not yet fully delivered or dropped); beyond it, 429 `too_many_in_flight`.
+    #[serde(default = "default_max_in_flight_per_user")]
+    pub max_in_flight_per_user: usize,
 }
 
 /// Log output.
@@ -507,4 +511,10 @@ fn default_pool_idle() -> Duration {
 }
 fn default_pool_max_idle() -> usize {
     32
+}
+/// Well under the concurrent streams Cliniko allows on the shard's one HTTP/2 connection
+/// (typically 100-128), so one caller cannot take them all; and above what an honest caller
+/// reaches under the key budget (burst 10, then about 3 a second). See docs/security.md.
+fn default_max_in_flight_per_user() -> usize {
+    16
 }

@@ -317,6 +317,13 @@ fn validate_upstream(u: &UpstreamConfig) -> Result<(), ConfigError> {
             "use https://api.{shard}.cliniko.com/v1",
         ));
     }
+    if !(1..=1000).contains(&u.max_in_flight_per_user) {
+        return Err(err(
+            "upstream.max_in_flight_per_user",
+            "out of range",
+            "use 1 to 1000, well below Cliniko's concurrent streams per connection (default 16)",
+        ));
+    }
     check_https_url(
         "upstream.url_template",
         &u.url_template.replace("{shard}", "au1"),

@@ -95,6 +95,9 @@ pub struct SandboxOptions {
     pub shard: String,
     /// Where to listen; tests use `127.0.0.1:0`, the `sandbox` subcommand a fixed address.
     pub listen: SocketAddr,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` to advertise (`None`: hyper's default, 200),
+    /// to stand in for a Cliniko that allows few streams per connection.
+    pub max_concurrent_streams: Option<u32>,
 }
 
 impl Default for SandboxOptions {
@@ -105,6 +108,7 @@ impl Default for SandboxOptions {
             pki: None,
             shard: "au1".to_string(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            max_concurrent_streams: None,
         }
     }
 }

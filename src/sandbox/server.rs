@@ -81,10 +81,14 @@ async fn serve(
     let hijack = Arc::new(AtomicBool::new(false));
     let io = TokioIo::new(Hijackable::new(tls, hijack.clone()));
     let exec = StopAwareExec(stop.clone());
+    let mut builder = auto::Builder::new(exec);
+    if let Some(n) = state.max_streams {
+        builder.http2().max_concurrent_streams(n);
+    }
     let svc = hyper::service::service_fn(move |req| {
         super::handler::handle(state.clone(), hijack.clone(), stop.clone(), req)
     });
-    let _ = auto::Builder::new(exec).serve_connection(io, svc).await;
+    let _ = builder.serve_connection(io, svc).await;
 }
 
 /// Bytes written instead of an HTTP answer for [`Fault::Garbage`]: neither HTTP/1 nor HTTP/2.

@@ -18,6 +18,8 @@ pub(crate) struct State {
     pub(crate) accounts: Vec<AccountStore>,
     /// `https://host:port`, used for the `/v1`-less `Location` header.
     pub(crate) origin: String,
+    /// HTTP/2 streams allowed at once per connection (`None`: hyper's default).
+    pub(crate) max_streams: Option<u32>,
 }
 
 impl State {
@@ -36,6 +38,7 @@ impl State {
             arrived: watch::Sender::new(0),
             accounts,
             origin,
+            max_streams: opts.max_concurrent_streams,
         }
     }
 }

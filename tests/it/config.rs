@@ -188,6 +188,11 @@ fn each_rejection_names_its_field() {
             "server.max_streams_per_connection",
         ),
         (
+            with("upstream", "max_in_flight_per_user = 0"),
+            e.clone(),
+            "upstream.max_in_flight_per_user",
+        ),
+        (
             format!("{MINIMAL}[admin]\nmax_connections = 0\n"),
             e.clone(),
             "admin.max_connections",

@@ -49,6 +49,8 @@ pub struct Setup {
     pub pki: Option<Arc<TestPki>>,
     /// The `[policy]` section (TOML); [`ALLOW_ALL_POLICY`] by default.
     pub policy_toml: String,
+    /// HTTP/2 streams each stand-in allows per connection (`None`: hyper's default, 200).
+    pub sandbox_max_streams: Option<u32>,
 }
 
 impl Default for Setup {
@@ -69,6 +71,7 @@ impl Default for Setup {
             jwks: None,
             pki: None,
             policy_toml: ALLOW_ALL_POLICY.into(),
+            sandbox_max_streams: None,
         }
     }
 }
@@ -131,6 +134,7 @@ impl Harness {
                 accounts,
                 pki: Some(pki.clone()),
                 shard: shard.into(),
+                max_concurrent_streams: setup.sandbox_max_streams,
                 ..SandboxOptions::default()
             })
             .await

@@ -7,8 +7,9 @@
 //! [`targets`], [`credentials`], [`headers`] (headers that try to reach Cliniko), [`protocol`]
 //! (RFC strictness: `iss` arrays, `Host`, encoded unreserved characters), [`tamper`] (the
 //! key store and secret files on disk), [`stall`]: callers who stop reading (one must slow
-//! only itself; none may hold a port), and [`exhaust`]: the same measured on the real binary
-//! (memory, the file descriptor limit).
+//! only itself; none may hold a port), [`streams`]: one caller may not take all the
+//! concurrent streams Cliniko allows a shard, and [`exhaust`]: the same measured on the real
+//! binary (memory, the file descriptor limit).
 
 mod basic;
 mod credentials;
@@ -18,6 +19,7 @@ mod headers;
 mod jwt;
 mod protocol;
 mod stall;
+mod streams;
 mod tamper;
 mod targets;
 

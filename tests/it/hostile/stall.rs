@@ -21,10 +21,10 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// behind the attacker would show (the harness's `upstream.timeout` is 5 s).
 const LONG_SEND_TIMEOUT: Duration = Duration::from_secs(4);
 /// Room for timers and scheduling on two busy cores, on top of a configured timeout.
-const SLACK: Duration = Duration::from_secs(4);
+pub const SLACK: Duration = Duration::from_secs(4);
 
 /// alice (the attacker) and dave (the victim) on the same shard, with different keys.
-fn setup(send_timeout: Duration, extra: &[(&'static str, &str)]) -> Setup {
+pub fn setup(send_timeout: Duration, extra: &[(&'static str, &str)]) -> Setup {
     let send_timeout = format!("{}ms", send_timeout.as_millis());
     let mut overrides = vec![("CLINIKO_GATEWAY__SERVER__SEND_TIMEOUT", send_timeout)];
     overrides.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
@@ -48,10 +48,10 @@ pub async fn metric(h: &Harness, name: &str) -> f64 {
 }
 
 const STALLED: &str = "cliniko_gateway_connections_stalled_total{listener=\"public\"}";
-const HANDSHAKES: &str = "cliniko_gateway_upstream_tls_handshakes_total";
+pub const HANDSHAKES: &str = "cliniko_gateway_upstream_tls_handshakes_total";
 
 /// Polls `cond` every 10 ms until it holds; panics with `what` after `within`.
-async fn wait_until(within: Duration, what: &str, mut cond: impl AsyncFnMut() -> bool) {
+pub async fn wait_until(within: Duration, what: &str, mut cond: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !cond().await {
         assert!(Instant::now() < deadline, "{what} within {within:?}");
@@ -61,7 +61,7 @@ async fn wait_until(within: Duration, what: &str, mut cond: impl AsyncFnMut() ->
 
 /// The victim: a request on the attacker's shard that the cache cannot answer. Bounded, and
 /// timed: it must not have waited behind the attacker.
-async fn victim(h: &Harness) -> u16 {
+pub async fn victim(h: &Harness) -> u16 {
     let started = Instant::now();
     let got = tokio::time::timeout(
         Duration::from_secs(10),
@@ -80,7 +80,7 @@ async fn victim(h: &Harness) -> u16 {
 /// The victim, eight times over the attack's first 1.6 s: spaced (not back to back) so the
 /// attacker's unread answers have had time to fill whatever they can, and so the victim's
 /// key budget (burst 10) is not what answers.
-async fn victims(h: &Harness) {
+pub async fn victims(h: &Harness) {
     let mut every = tokio::time::interval(Duration::from_millis(200));
     let mut slowest = Duration::ZERO;
     for _ in 0..8 {
