@@ -192,19 +192,24 @@ impl std::io::Write for Lines {
     }
 }
 
-/// The current-thread test runtime runs the gateway's tasks on this thread, so a
-/// thread-local subscriber sees their records.
-#[tokio::test]
-async fn every_api_request_leaves_one_audit_record() {
+/// JSON log lines of `filter`, captured on this thread while the guard lives.
+fn capture(filter: &str) -> (Lines, tracing::subscriber::DefaultGuard) {
     let lines = Lines::default();
     let sink = lines.clone();
     let sub = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
-        .with_env_filter("audit=info")
+        .with_env_filter(filter)
         .with_writer(move || sink.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(sub);
+    (lines, tracing::subscriber::set_default(sub))
+}
+
+/// The current-thread test runtime runs the gateway's tasks on this thread, so a
+/// thread-local subscriber sees their records.
+#[tokio::test]
+async fn every_api_request_leaves_one_audit_record() {
+    let (lines, _guard) = capture("audit=info");
     let h = start().await;
     let id = cliniko_gateway::sandbox::seeded_patient_id(0, 1);
     let reader = token_with(
@@ -258,15 +263,7 @@ async fn every_api_request_leaves_one_audit_record() {
 /// forwarded, and from anyone else, never a forwarded claim.
 #[tokio::test]
 async fn audit_and_access_lines_carry_the_gateways_id_and_the_client_address() {
-    let lines = Lines::default();
-    let sink = lines.clone();
-    let sub = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_env_filter("audit=info,access=info")
-        .with_writer(move || sink.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(sub);
+    let (lines, _guard) = capture("audit=info,access=info");
     let h = Harness::start(Setup {
         policy_toml: POLICY.into(),
         // Loopback is the trusted proxy here, so its X-Forwarded-For counts.
@@ -312,15 +309,7 @@ async fn audit_and_access_lines_carry_the_gateways_id_and_the_client_address() {
 
 #[tokio::test]
 async fn without_a_trusted_proxy_the_client_is_the_peer() {
-    let lines = Lines::default();
-    let sink = lines.clone();
-    let sub = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_env_filter("audit=info")
-        .with_writer(move || sink.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(sub);
+    let (lines, _guard) = capture("audit=info");
     let h = start().await;
     let auth = format!(
         "Bearer {}",
