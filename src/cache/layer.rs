@@ -57,19 +57,7 @@ where
 {
     let method = req.method().clone();
     if method != Method::GET && method != Method::HEAD {
-        let is_write = matches!(
-            method,
-            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-        );
-        let path = req.uri().path().to_string();
-        let result = inner.oneshot(req).await;
-        // Only a refusal proves the write did not happen; after a success, a timeout or a
-        // broken exchange Cliniko may hold new data, so the copies go.
-        let refused = matches!(&result, Ok(r) if r.status().is_client_error());
-        if is_write && !refused {
-            cache.invalidate_after_write(&path);
-        }
-        return result;
+        return pass_through(&cache, inner, req).await;
     }
     let (no_cache, no_store) = directives(req.headers());
     let ttl = cache.ttl_for(req.uri().path());
@@ -112,51 +100,13 @@ where
     // Miss, refresh or revalidation: one request upstream per key at a time.
     let mut own: Option<Result<Response<Body>, GatewayError>> = None;
     let fetch = {
-        let (cache, key, runner, template, stale, own_slot) = (
-            cache.clone(),
-            key.clone(),
-            inner.clone(),
+        let (parts, template, stale, own) = (
+            (cache.clone(), key.clone(), inner.clone()),
             &template,
             stale.clone(),
             &mut own,
         );
-        move || async move {
-            // Someone may have filled it between our lookup and joining the flight.
-            if !no_cache
-                && let Some(e) = cache.store.get(&key).await
-                && e.is_fresh()
-            {
-                return Landed::Entry(e);
-            }
-            let epoch = cache.epoch.load(Ordering::Acquire);
-            let validator = stale.as_ref().and_then(|e| e.etag().cloned());
-            match runner.oneshot(fill_request(template, validator)).await {
-                // Cliniko unreachable or the key refused: the same for every caller on it.
-                Err(e) if shared_failure(&e) => Landed::Failed(e),
-                // A refusal about our caller alone (e.g. their own rate limit) stays theirs.
-                Err(e) => {
-                    *own_slot = Some(Err(e));
-                    Landed::Uncacheable
-                }
-                Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED && stale.is_some() => {
-                    let Some(old) = stale else {
-                        return Landed::Uncacheable;
-                    };
-                    cache.stats.revalidated.fetch_add(1, Ordering::Relaxed);
-                    let fresh = Arc::new(old.revalidated());
-                    keep(&cache, key.clone(), fresh.clone(), epoch).await;
-                    Landed::Entry(fresh)
-                }
-                Ok(resp) => match store(&cache, key.clone(), resp, ttl, epoch).await {
-                    Ok(entry) => Landed::Entry(entry),
-                    Err(NotStored::Pass(resp)) => {
-                        *own_slot = Some(Ok(resp));
-                        Landed::Uncacheable
-                    }
-                    Err(NotStored::Broken) => Landed::Failed(GatewayError::UpstreamUnavailable),
-                },
-            }
-        }
+        move || fill(parts, template, stale, (no_cache, ttl), own)
     };
     let landed = cache.flights.run(&key, fetch).await;
     match landed {
@@ -191,6 +141,73 @@ where
             };
             Ok(mark(headless(resp, is_head), CacheOutcome::Miss, None))
         }
+    }
+}
+
+/// A non-GET/HEAD passes; a write that may have happened drops the copies it made stale.
+async fn pass_through<S: crate::step::Next>(
+    cache: &Cache,
+    inner: S,
+    req: Request<Body>,
+) -> Result<Response<Body>, GatewayError> {
+    let is_write = matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    let path = req.uri().path().to_string();
+    let result = inner.oneshot(req).await;
+    // Only a refusal proves the write did not happen; after a success, a timeout or a
+    // broken exchange Cliniko may hold new data, so the copies go.
+    let refused = matches!(&result, Ok(r) if r.status().is_client_error());
+    if is_write && !refused {
+        cache.invalidate_after_write(&path);
+    }
+    result
+}
+
+/// The one fetch of a flight: refetch, or revalidate `stale` with its ETag, and store what
+/// can be stored. An answer about this caller alone lands in `own` instead.
+async fn fill<S: crate::step::Next>(
+    (cache, key, runner): (Arc<Cache>, CacheKey, S),
+    template: &Replay,
+    stale: Option<Arc<Entry>>,
+    (no_cache, ttl): (bool, Duration),
+    own: &mut Option<Result<Response<Body>, GatewayError>>,
+) -> Landed {
+    // Someone may have filled it between our lookup and joining the flight.
+    if !no_cache
+        && let Some(e) = cache.store.get(&key).await
+        && e.is_fresh()
+    {
+        return Landed::Entry(e);
+    }
+    let epoch = cache.epoch.load(Ordering::Acquire);
+    let validator = stale.as_ref().and_then(|e| e.etag().cloned());
+    match runner.oneshot(fill_request(template, validator)).await {
+        // Cliniko unreachable or the key refused: the same for every caller on it.
+        Err(e) if shared_failure(&e) => Landed::Failed(e),
+        // A refusal about our caller alone (e.g. their own rate limit) stays theirs.
+        Err(e) => {
+            *own = Some(Err(e));
+            Landed::Uncacheable
+        }
+        Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED && stale.is_some() => {
+            let Some(old) = stale else {
+                return Landed::Uncacheable;
+            };
+            cache.stats.revalidated.fetch_add(1, Ordering::Relaxed);
+            let fresh = Arc::new(old.revalidated());
+            keep(&cache, key.clone(), fresh.clone(), epoch).await;
+            Landed::Entry(fresh)
+        }
+        Ok(resp) => match store(&cache, key.clone(), resp, ttl, epoch).await {
+            Ok(entry) => Landed::Entry(entry),
+            Err(NotStored::Pass(resp)) => {
+                *own = Some(Ok(resp));
+                Landed::Uncacheable
+            }
+            Err(NotStored::Broken) => Landed::Failed(GatewayError::UpstreamUnavailable),
+        },
     }
 }
 
