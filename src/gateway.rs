@@ -1,6 +1,5 @@
 //! Starting, reloading and stopping a gateway: used by `serve`, `demo` and the tests alike.
 
-use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
 use crate::credentials::{Credentials, KeyStoreError};
 use crate::guard::Readiness as _;
@@ -61,13 +60,11 @@ impl Gateway {
             .source
             .is_some()
             .then(|| crate::reload::config::auth_identity(&cfg));
-        let authn = Authenticator::new(&cfg.auth, http.clone())?;
         let credentials = Arc::new(Credentials::open(&cfg.keystore)?);
         let local_addr = listener.local_addr()?;
         let (upstream, authority) = upstream(&cfg, http.clone(), local_addr, &metrics)?;
         let tls = server::tls_acceptor(&cfg.server)?;
-        authn.start().await;
-        let readiness = GatewayReadiness::new(authn.clone());
+        let readiness = GatewayReadiness::new();
         let fixed = Fixed {
             credentials: credentials.clone(),
             inflight: crate::inflight::InFlight::new(cfg.upstream.max_in_flight_per_user),
@@ -82,16 +79,10 @@ impl Gateway {
             http,
             telemetry: telemetry.clone(),
         };
-        let live: Shared = Arc::new(ArcSwap::from_pointee(Live::assemble(
-            &fixed,
-            authn,
-            Arc::new(crate::policy::Policy::new(&cfg.policy)),
-            (
-                crate::cache::Cache::new(&cfg.cache),
-                crate::ratelimit::RateLimits::new(&cfg.ratelimit)?,
-            ),
-            crate::cors::Cors::new(&cfg.cors),
-        )));
+        // The same build a reload runs, from nothing.
+        let built = Live::build(&fixed, &cfg, None).await?;
+        readiness.set_authn(built.live.authn.clone());
+        let live: Shared = Arc::new(ArcSwap::from_pointee(built.live));
         metrics.add_sources(Arc::new(crate::scrape::Sources::new(live.clone())));
         let ready = readiness.clone();
         metrics.add_gauge_fn("ready", "1 while /readyz answers 200", move || {

@@ -9,7 +9,8 @@
 
 use crate::auth::Authenticator;
 use crate::body::Body;
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheStats};
+use crate::config::{Config, ConfigError};
 use crate::cors::Cors;
 use crate::credentials::Credentials;
 use crate::guard::Readiness;
@@ -103,6 +104,116 @@ impl Live {
     }
 }
 
+/// A new set built from a config, and the reloadable sections that changed.
+pub struct Applied {
+    /// The set to swap in.
+    pub live: Live,
+    /// Reloadable sections that changed (and were rebuilt).
+    pub changed: Vec<&'static str>,
+}
+
+/// What a reload builds from: the set serving now and the config it was built from.
+pub struct Previous<'a> {
+    /// The config the serving set was built from.
+    pub config: &'a Config,
+    /// The serving set.
+    pub live: &'a Live,
+    /// Whether token verification changed (compared by digest of the section and its key
+    /// files, not by `config`: a key file rotated in place reads the same through both).
+    pub auth_changed: bool,
+    /// The counters of the cache that served last (they carry on, even across caching off
+    /// and on again).
+    pub cache_stats: Option<Arc<CacheStats>>,
+}
+
+impl Live {
+    /// Builds the reloadable parts for `cfg` and the stack around them: at start-up from
+    /// nothing, at a reload keeping every stateful part of `prev` whose section is unchanged
+    /// (the cache's entries, the budgets, the verifier's token cache and JWKS) and carrying
+    /// state over into the parts it rebuilds. Nothing is swapped here, so a config that fails
+    /// half-way changes nothing. On a reload a new verifier's JWKS must answer now: a key set
+    /// that cannot be fetched is refused rather than swapped in unable to verify (at start-up
+    /// the gateway starts not ready instead).
+    pub async fn build(
+        fixed: &Fixed,
+        cfg: &Config,
+        prev: Option<Previous<'_>>,
+    ) -> Result<Applied, ConfigError> {
+        let mut changed = Vec::new();
+        let authn = match &prev {
+            Some(p) if !p.auth_changed => p.live.authn.clone(),
+            _ => {
+                let before = prev.as_ref().map(|p| p.live.authn.clone());
+                let authn = verifier(fixed, cfg, before).await?;
+                if prev.is_some() {
+                    changed.push("auth");
+                    if !authn.ready() {
+                        return Err(ConfigError::new(
+                            "auth.jwks.url",
+                            "the new key set could not be fetched",
+                            "check the URL and that the identity provider answers; the previous keys keep serving",
+                        ));
+                    }
+                }
+                authn
+            }
+        };
+        let (old, cur) = (
+            prev.as_ref().map(|p| p.config),
+            prev.as_ref().map(|p| p.live),
+        );
+        if old.is_some_and(|o| o.policy != cfg.policy) {
+            changed.push("policy");
+        }
+        if old.is_some_and(|o| o.cors != cfg.cors) {
+            changed.push("cors");
+        }
+        let cache = match (old, cur) {
+            (Some(o), Some(c)) if o.cache == cfg.cache => c.cache.clone(),
+            _ => {
+                changed.extend(old.map(|_| "cache"));
+                // New rules apply to every answer from now on: entries stored under the old
+                // TTLs go.
+                Cache::new_after(
+                    &cfg.cache,
+                    prev.as_ref().and_then(|p| p.cache_stats.clone()),
+                )
+            }
+        };
+        let ratelimits = match (old, cur) {
+            (Some(o), Some(c)) if o.ratelimit == cfg.ratelimit => c.ratelimits.clone(),
+            _ => {
+                changed.extend(old.map(|_| "ratelimit"));
+                RateLimits::reconfigure(&cfg.ratelimit, cur.and_then(|c| c.ratelimits.as_ref()))?
+            }
+        };
+        // Cheap and stateless, always rebuilt, so a swap never shares them across configs.
+        let policy = Arc::new(Policy::new(&cfg.policy));
+        let cors = crate::cors::Cors::new(&cfg.cors);
+        Ok(Applied {
+            live: Live::assemble(fixed, authn, policy, (cache, ratelimits), cors),
+            changed,
+        })
+    }
+}
+
+/// A token verifier for `cfg` (counters carried on from `before`), with its first JWKS fetch
+/// done; PEM files are read off the async threads.
+async fn verifier(
+    fixed: &Fixed,
+    cfg: &Config,
+    before: Option<Arc<Authenticator>>,
+) -> Result<Arc<Authenticator>, ConfigError> {
+    let (auth, http) = (cfg.auth.clone(), fixed.http.clone());
+    let authn = tokio::task::spawn_blocking(move || {
+        Authenticator::new_after(&auth, http, before.as_deref())
+    })
+    .await
+    .map_err(|_| ConfigError::new("auth", "the build task failed", "try again"))??;
+    authn.start().await;
+    Ok(authn)
+}
+
 /// The current set, shared by the server, the reloader, the admin routes and the metrics.
 pub type Shared = Arc<ArcSwap<Live>>;
 
@@ -125,23 +236,21 @@ impl Service<Request<Body>> for Current {
 }
 
 /// Ready while not draining and while the current token verifier has its keys.
+#[derive(Default)]
 pub struct GatewayReadiness {
-    authn: ArcSwap<Authenticator>,
+    authn: arc_swap::ArcSwapOption<Authenticator>,
     draining: AtomicBool,
 }
 
 impl GatewayReadiness {
-    /// Ready as soon as `authn` is.
-    pub fn new(authn: Arc<Authenticator>) -> Arc<GatewayReadiness> {
-        Arc::new(GatewayReadiness {
-            authn: ArcSwap::new(authn),
-            draining: AtomicBool::new(false),
-        })
+    /// Not ready until a verifier is set.
+    pub fn new() -> Arc<GatewayReadiness> {
+        Arc::default()
     }
 
-    /// Follows a reload that replaced the token verifier.
+    /// Follows the verifier of the set serving now (start-up and reloads).
     pub fn set_authn(&self, authn: Arc<Authenticator>) {
-        self.authn.store(authn);
+        self.authn.store(Some(authn));
     }
 
     /// From now on `/readyz` fails (shutdown has begun).
@@ -152,6 +261,7 @@ impl GatewayReadiness {
 
 impl Readiness for GatewayReadiness {
     fn ready(&self) -> bool {
-        !self.draining.load(Ordering::Acquire) && self.authn.load().ready()
+        !self.draining.load(Ordering::Acquire)
+            && self.authn.load().as_ref().is_some_and(|a| a.ready())
     }
 }

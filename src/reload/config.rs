@@ -1,93 +1,9 @@
-//! Applying a re-read config: which parts to rebuild, which to keep, which changes wait for a
-//! restart.
-//!
-//! A part whose section did not change is kept as it is, state and all (the cache's entries,
-//! the rate limits' budgets, the verifier's token cache and JWKS). A changed part is rebuilt
-//! from the new section; only then is the whole set swapped, so a new config that fails
-//! half-way changes nothing.
+//! What a re-read config means beyond the parts (those are built by `live::Live::build`, as at
+//! start-up): which changes wait for a restart, and whether token verification changed.
 
-use crate::auth::Authenticator;
-use crate::cache::{Cache, CacheStats};
-use crate::config::{Config, ConfigError};
-use crate::live::{Fixed, Live};
-use crate::policy::Policy;
-use crate::ratelimit::RateLimits;
+use crate::config::Config;
 use aws_lc_rs::digest;
 use secrecy::ExposeSecret;
-use std::sync::Arc;
-
-/// A new set built from a new config, and what changed.
-pub struct Applied {
-    /// The set to swap in.
-    pub live: Live,
-    /// Reloadable sections that changed (and were rebuilt).
-    pub changed: Vec<&'static str>,
-}
-
-/// Builds the set for `new`, reusing from `cur` every part whose section is the same in `old`;
-/// a new cache counts on into `cache_stats` (those of the cache that served last).
-///
-/// `auth_changed` compares [`auth_identity`] of `new` with the digest taken when the current
-/// verifier was built (not with `old`: a key file rotated in place reads the same through
-/// both configs). A changed `[auth]` gets a new verifier whose JWKS (if any) must answer now:
-/// a key set that cannot be fetched is refused rather than swapped in unable to verify.
-pub async fn rebuild(
-    fixed: &Fixed,
-    (old, new): (&Config, &Config),
-    cur: &Live,
-    auth_changed: bool,
-    cache_stats: Option<Arc<CacheStats>>,
-) -> Result<Applied, ConfigError> {
-    let mut changed = Vec::new();
-    let authn = if !auth_changed {
-        cur.authn.clone()
-    } else {
-        changed.push("auth");
-        // Reads PEM files: off the async threads.
-        let (auth, http, prev) = (new.auth.clone(), fixed.http.clone(), cur.authn.clone());
-        let authn =
-            tokio::task::spawn_blocking(move || Authenticator::new_after(&auth, http, Some(&prev)))
-                .await
-                .map_err(|_| ConfigError::new("auth", "the reload task failed", "try again"))??;
-        authn.start().await;
-        if !authn.ready() {
-            return Err(ConfigError::new(
-                "auth.jwks.url",
-                "the new key set could not be fetched",
-                "check the URL and that the identity provider answers; the previous keys keep serving",
-            ));
-        }
-        authn
-    };
-    if old.policy != new.policy {
-        changed.push("policy");
-    }
-    // Cheap and stateless: always rebuilt, so the swap never shares it across configs.
-    let policy = Arc::new(Policy::new(&new.policy));
-    let cache = if old.cache == new.cache {
-        cur.cache.clone()
-    } else {
-        changed.push("cache");
-        // New rules apply to every answer from now on: entries stored under the old TTLs go.
-        // Counters carry on from the cache that served last, even across caching off and on.
-        Cache::new_after(&new.cache, cache_stats)
-    };
-    let ratelimits = if old.ratelimit == new.ratelimit {
-        cur.ratelimits.clone()
-    } else {
-        changed.push("ratelimit");
-        RateLimits::reconfigure(&new.ratelimit, cur.ratelimits.as_ref())?
-    };
-    if old.cors != new.cors {
-        changed.push("cors");
-    }
-    // Stateless: always rebuilt, like the policy.
-    let cors = crate::cors::Cors::new(&new.cors);
-    Ok(Applied {
-        live: Live::assemble(fixed, authn, policy, (cache, ratelimits), cors),
-        changed,
-    })
-}
 
 /// The sections that need a restart and differ between the running config and `new`: they
 /// shape the listener, the upstream client, the key store's location and key, the admin

@@ -19,7 +19,7 @@ mod watch;
 
 use crate::config::{Config, ConfigError};
 use crate::credentials::{Credentials, KeyStoreError};
-use crate::live::{Fixed, Live, Shared};
+use crate::live::{Fixed, Live, Previous, Shared};
 use crate::metrics::{ReloadMetrics, ReloadTrigger};
 use std::sync::Arc;
 use tokio::sync::Mutex;
@@ -193,14 +193,13 @@ impl Reloader {
             .as_ref()
             .map(|c| c.stats().clone())
             .or_else(|| configs.cache_stats.clone());
-        let applied = config::rebuild(
-            &self.fixed,
-            (&configs.applied, &new),
-            &current,
+        let prev = Previous {
+            config: &configs.applied,
+            live: &current,
             auth_changed,
-            stats.clone(),
-        )
-        .await?;
+            cache_stats: stats.clone(),
+        };
+        let applied = Live::build(&self.fixed, &new, Some(prev)).await?;
         if applied.changed.contains(&"auth") {
             self.fixed.readiness.set_authn(applied.live.authn.clone());
         }
