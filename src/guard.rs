@@ -1,4 +1,4 @@
-//! Step 1 of the journey, after the request id: what the gateway answers itself and what it
+//! The guard, after the request context: what the gateway answers itself and what it
 //! refuses before anyone is authenticated.
 //!
 //! Answers `/healthz` and `/readyz` locally; everything outside `/v1/` is a 404. Refuses (400,

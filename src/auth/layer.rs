@@ -1,4 +1,4 @@
-//! Step 2 of the journey: the caller's JWT becomes a verified [`User`] in request extensions.
+//! The caller's JWT becomes a verified [`User`] in request extensions.
 //! Anything else is a 401 before any key is looked up.
 
 use super::{Authenticator, User};

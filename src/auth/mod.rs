@@ -1,4 +1,4 @@
-//! Step 6 of the request's journey: `Authorization: Bearer <JWT>` (or `Basic base64(<JWT>:)`,
+//! Authentication: `Authorization: Bearer <JWT>` (or `Basic base64(<JWT>:)`,
 //! see [`scheme`]) → a verified [`User`].
 //!
 //! Rejects (401): a missing header or another scheme, tokens over 8 KiB, a Cliniko API key sent

@@ -1,4 +1,4 @@
-//! Step 4 of the journey, after credentials and before rate limits: the in-memory GET cache.
+//! The in-memory GET cache, after credentials and before rate limits.
 //!
 //! Patient data lives here, so isolation comes first: every entry is keyed by a keyed hash of
 //! the Cliniko API key that fetched it (HMAC-SHA256 under a per-process random key, never the

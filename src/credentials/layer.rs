@@ -1,4 +1,4 @@
-//! Step 3 of the journey: the verified user becomes a Cliniko credential (key + shard) in
+//! The verified user becomes a Cliniko credential (key + shard) in
 //! request extensions. A user with no stored key gets 403 `no_credential`.
 
 use super::Credentials;

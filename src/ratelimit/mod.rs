@@ -1,4 +1,4 @@
-//! Step 5 of the journey, after the cache and before the forwarder: rate limits.
+//! Rate limits, after the cache and before the forwarder (the order is [`crate::stack`]'s).
 //!
 //! Only requests that will really go to Cliniko get here (cache hits, 401s and 403s were
 //! answered further out), so only they spend budget. Three things happen here:
