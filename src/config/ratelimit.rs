@@ -9,7 +9,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
-    /// Master switch; off means no limits, no upstream-429 handling and no retries.
+    /// Master switch for the limits (per user, per key, Cliniko pauses). Off keeps the resends
+    /// (connect failures, a GET after Cliniko's 429/503 within `max_wait`): they are not limits.
     pub enabled: bool,
     /// The budget per Cliniko user (all replicas together when `redis_url` is set).
     pub key: Quota,

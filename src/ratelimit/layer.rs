@@ -58,7 +58,9 @@ where
         return inner.oneshot(req).await;
     };
     let id = cred.budget_id();
-    l.budget.acquire(id).await?;
+    if let Some(b) = &l.budget {
+        b.acquire(id).await?;
+    }
 
     let replay = Replay::of(&req);
     let safe = matches!(*req.method(), Method::GET | Method::HEAD);
@@ -103,7 +105,12 @@ fn throttled(resp: &Response<Body>) -> Option<Duration> {
 /// Pauses the key budget (best effort: if Redis is down and fail-closed, the pause is lost,
 /// and the caller still gets Cliniko's answer).
 async fn pause(l: &RateLimits, id: &Arc<str>, wait: Duration, reserve: bool) -> Option<Duration> {
-    let r = l.budget.pause(id, wait, reserve).await;
+    let Some(budget) = &l.budget else {
+        // No budget to pause (limits off): the resend simply waits Cliniko's wait.
+        l.note_pause();
+        return reserve.then_some(wait);
+    };
+    let r = budget.pause(id, wait, reserve).await;
     l.note_pause();
     match r {
         Ok(slot) => slot,

@@ -14,7 +14,8 @@
 //! 3. **Cliniko's own 429/503** and connection failures ([`layer`]): the budget is paused
 //!    until Cliniko's `X-RateLimit-Reset` / `Retry-After`, bodiless GET/HEAD are retried once
 //!    when that is within `max_wait`, and connect failures of bodiless requests are retried
-//!    with jittered backoff. Nothing with a body is ever resent.
+//!    with jittered backoff. Nothing with a body is ever resent. With `enabled = false` only
+//!    this part runs (no budget to pause: a resend just waits Cliniko's wait).
 
 mod gcra;
 pub mod headers;
@@ -86,7 +87,8 @@ pub struct RateLimitStats {
 pub struct RateLimits {
     cfg: RateLimitConfig,
     users: Option<Arc<user_limit::UserLimits>>,
-    budget: Arc<key_budget::KeyBudgets>,
+    /// `None` with `enabled = false`: no limits, but the resends below still happen.
+    budget: Option<Arc<key_budget::KeyBudgets>>,
     stats: Arc<RateLimitStats>,
     pauses: watch::Sender<u64>,
 }
@@ -101,17 +103,18 @@ impl std::fmt::Debug for RateLimits {
 }
 
 impl RateLimits {
-    /// Builds the limits, or `None` when `enabled = false`. Needs a Tokio runtime (Redis).
+    /// Builds the limits (with `enabled = false` only the resends after connection failures
+    /// and Cliniko's 429/503, which are not limits). Needs a Tokio runtime (Redis).
     pub fn new(cfg: &RateLimitConfig) -> Result<Option<Arc<RateLimits>>, ConfigError> {
-        if !cfg.enabled {
-            return Ok(None);
-        }
         crate::config::ratelimit::validate(cfg)?;
         let stats = Arc::new(RateLimitStats::default());
+        let on = cfg.enabled;
         Ok(Some(Arc::new(RateLimits {
             cfg: cfg.clone(),
-            users: user_limits(cfg),
-            budget: key_budgets(cfg, stats.clone(), None)?,
+            users: user_limits(cfg).filter(|_| on),
+            budget: on
+                .then(|| key_budgets(cfg, stats.clone(), None))
+                .transpose()?,
             stats,
             pauses: watch::Sender::new(0),
         })))
@@ -127,16 +130,15 @@ impl RateLimits {
         let Some(prev) = prev else {
             return RateLimits::new(cfg);
         };
-        if !cfg.enabled {
-            return Ok(None);
-        }
         crate::config::ratelimit::validate(cfg)?;
-        let budget = if same_budget(&prev.cfg, cfg) {
-            prev.budget.clone()
-        } else {
-            key_budgets(cfg, prev.stats.clone(), Some(&prev.budget))?
+        let budget = match &prev.budget {
+            _ if !cfg.enabled => None,
+            Some(b) if same_budget(&prev.cfg, cfg) => Some(b.clone()),
+            b => Some(key_budgets(cfg, prev.stats.clone(), b.as_deref())?),
         };
-        let users = if prev.cfg.user == cfg.user {
+        let users = if !cfg.enabled {
+            None
+        } else if prev.cfg.user == cfg.user && prev.users.is_some() {
             prev.users.clone()
         } else {
             user_limits(cfg)

@@ -667,3 +667,50 @@ async fn connect_failures_are_retried_for_bodiless_requests_only() {
         4
     );
 }
+
+/// Resends are not limits: with `enabled = false` a connection failure of a bodiless request
+/// and Cliniko's 429 on a GET (wait within `max_wait`) are still retried, with no budget kept.
+#[tokio::test]
+async fn with_limits_off_connect_failures_and_clinikos_429_are_still_retried() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let counter = accepts.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let extra = format!("ca1 = \"https://127.0.0.1:{port}/v1\"");
+    let mut users = default_users();
+    users.push(("gina", "ginakey00000000000000000-ca1", None));
+    let rig =
+        Arc::new(Rig::start_with(1, "enabled = false\nmax_wait = \"2s\"\n", &extra, users).await);
+    let auth = format!("Bearer {}", token("gina"));
+    let r = rig.send(0, Method::GET, "/v1/user", &auth, "").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(accepts.load(Ordering::SeqCst), 3, "one try and two retries");
+
+    rig.sb.set_fault(
+        PATIENTS,
+        Fault::WithHeaders(
+            429,
+            vec![("retry-after".into(), "1".into())],
+            "Too Many Requests".into(),
+        ),
+    );
+    let a = {
+        let rig = rig.clone();
+        tokio::spawn(async move { rig.get(0, "alice", PATIENTS).await })
+    };
+    tokio::time::timeout(Duration::from_secs(5), rig.sb.wait_for_requests(1))
+        .await
+        .unwrap();
+    rig.sb.clear_fault(PATIENTS);
+    let a = a.await.unwrap();
+    assert_eq!(a.status, 200, "the GET was resent after Cliniko's wait");
+    let seen = rig.sb.requests();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[1].at.duration_since(seen[0].at) >= Duration::from_secs(1));
+}
