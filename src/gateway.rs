@@ -3,10 +3,11 @@
 use crate::config::{Config, ConfigError};
 use crate::credentials::{Credentials, KeyStoreError};
 use crate::guard::Readiness as _;
-use crate::live::{Current, Fixed, GatewayReadiness, Live, Shared};
+use crate::live::{Current, GatewayReadiness, Live, Shared};
 use crate::metrics::{Metrics, ReloadTrigger};
 use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::server::{self, ConnSettings};
+use crate::stack::Fixed;
 use crate::upstream::forward::Upstream;
 use crate::upstream::headers::FixedHeaders;
 use crate::upstream::links::LinkRewriter;
@@ -65,9 +66,10 @@ impl Gateway {
         let (upstream, authority) = upstream(&cfg, http.clone(), local_addr, &metrics)?;
         let tls = server::tls_acceptor(&cfg.server)?;
         let readiness = GatewayReadiness::new();
+        let inflight = crate::inflight::InFlight::new(cfg.upstream.max_in_flight_per_user);
         let fixed = Fixed {
             credentials: credentials.clone(),
-            inflight: crate::inflight::InFlight::new(cfg.upstream.max_in_flight_per_user),
+            inflight: inflight.clone(),
             upstream,
             readiness: readiness.clone(),
             context: crate::context::ContextLayer::new(&cfg.server.trusted_proxies),
@@ -81,9 +83,12 @@ impl Gateway {
         };
         // The same build a reload runs, from nothing.
         let built = Live::build(&fixed, &cfg, None).await?;
-        readiness.set_authn(built.live.authn.clone());
         let live: Shared = Arc::new(ArcSwap::from_pointee(built.live));
-        metrics.add_sources(Arc::new(crate::scrape::Sources::new(live.clone())));
+        readiness.follow(&live);
+        metrics.add_sources(Arc::new(crate::scrape::Sources::new(
+            live.clone(),
+            inflight,
+        )));
         let ready = readiness.clone();
         metrics.add_gauge_fn("ready", "1 while /readyz answers 200", move || {
             u64::from(ready.ready())

@@ -11,15 +11,10 @@ use crate::auth::Authenticator;
 use crate::body::Body;
 use crate::cache::{Cache, CacheStats};
 use crate::config::{Config, ConfigError};
-use crate::cors::Cors;
-use crate::credentials::Credentials;
 use crate::guard::Readiness;
-use crate::metrics::HttpMetrics;
 use crate::policy::Policy;
 use crate::ratelimit::RateLimits;
-use crate::stack::{self, GatewayService, Parts};
-use crate::upstream::client::HttpClient;
-use crate::upstream::forward::Upstream;
+use crate::stack::{self, Fixed, GatewayService, Parts};
 use arc_swap::ArcSwap;
 use http::{Request, Response};
 use std::convert::Infallible;
@@ -29,78 +24,25 @@ use std::task::{Context, Poll};
 use tower::Service;
 use tower::util::Oneshot;
 
-/// What stays for the life of the process (changing it needs a restart).
-pub struct Fixed {
-    /// The key store (reloaded on its own, in place).
-    pub credentials: Arc<Credentials>,
-    /// The cap on each user's requests in flight to Cliniko; its counts outlive reloads.
-    pub inflight: Arc<crate::inflight::InFlight>,
-    /// Sends requests to Cliniko.
-    pub upstream: Arc<Upstream>,
-    /// What `/readyz` reports.
-    pub readiness: Arc<GatewayReadiness>,
-    /// Builds each request's context.
-    pub context: crate::context::ContextLayer,
-    /// What the guard checks against.
-    pub limits: crate::guard::Limits,
-    /// Request metrics.
-    pub metrics: Option<Arc<HttpMetrics>>,
-    /// The outbound client a new JWKS fetcher uses.
-    pub http: HttpClient,
-    /// Trace export (`None`: off).
-    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+/// One consistent set of reloadable parts and the stack built from them (read its parts
+/// through `Deref`: `live.cache`, `live.authn`).
+pub struct Live {
+    parts: Parts,
+    service: GatewayService,
 }
 
-/// One consistent set of reloadable parts and the stack built from them.
-pub struct Live {
-    /// Verifies bearer tokens.
-    pub authn: Arc<Authenticator>,
-    /// What each caller may do.
-    pub policy: Arc<Policy>,
-    /// The GET cache (`None` when disabled).
-    pub cache: Option<Arc<Cache>>,
-    /// Rate limits (`None` when disabled).
-    pub ratelimits: Option<Arc<RateLimits>>,
-    /// CORS (`None` when off).
-    pub cors: Option<Cors>,
-    /// The in-flight cap (the same for every set; here for the metrics).
-    pub inflight: Arc<crate::inflight::InFlight>,
-    service: GatewayService,
+impl std::ops::Deref for Live {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.parts
+    }
 }
 
 impl Live {
     /// Builds the stack around these parts.
-    pub fn assemble(
-        fixed: &Fixed,
-        authn: Arc<Authenticator>,
-        policy: Arc<Policy>,
-        (cache, ratelimits): (Option<Arc<Cache>>, Option<Arc<RateLimits>>),
-        cors: Option<Cors>,
-    ) -> Live {
-        let service = stack::build(&Parts {
-            authn: authn.clone(),
-            policy: policy.clone(),
-            credentials: fixed.credentials.clone(),
-            cache: cache.clone(),
-            ratelimits: ratelimits.clone(),
-            inflight: fixed.inflight.clone(),
-            upstream: fixed.upstream.clone(),
-            readiness: fixed.readiness.clone(),
-            context: fixed.context.clone(),
-            limits: fixed.limits.clone(),
-            metrics: fixed.metrics.clone(),
-            telemetry: fixed.telemetry.clone(),
-            cors: cors.clone(),
-        });
-        Live {
-            authn,
-            policy,
-            cache,
-            ratelimits,
-            cors,
-            inflight: fixed.inflight.clone(),
-            service,
-        }
+    pub fn assemble(fixed: &Fixed, parts: Parts) -> Live {
+        let service = stack::build(fixed, &parts);
+        Live { parts, service }
     }
 }
 
@@ -188,10 +130,15 @@ impl Live {
             }
         };
         // Cheap and stateless, always rebuilt, so a swap never shares them across configs.
-        let policy = Arc::new(Policy::new(&cfg.policy));
-        let cors = crate::cors::Cors::new(&cfg.cors);
+        let parts = Parts {
+            authn,
+            policy: Arc::new(Policy::new(&cfg.policy)),
+            cache,
+            ratelimits,
+            cors: crate::cors::Cors::new(&cfg.cors),
+        };
         Ok(Applied {
-            live: Live::assemble(fixed, authn, policy, (cache, ratelimits), cors),
+            live: Live::assemble(fixed, parts),
             changed,
         })
     }
@@ -235,22 +182,23 @@ impl Service<Request<Body>> for Current {
     }
 }
 
-/// Ready while not draining and while the current token verifier has its keys.
+/// Ready while not draining and while the verifier of the set serving now has its keys.
 #[derive(Default)]
 pub struct GatewayReadiness {
-    authn: arc_swap::ArcSwapOption<Authenticator>,
+    // Weak: the set's own stack holds this readiness (in the guard).
+    live: std::sync::OnceLock<std::sync::Weak<ArcSwap<Live>>>,
     draining: AtomicBool,
 }
 
 impl GatewayReadiness {
-    /// Not ready until a verifier is set.
+    /// Not ready until it follows a live set.
     pub fn new() -> Arc<GatewayReadiness> {
         Arc::default()
     }
 
-    /// Follows the verifier of the set serving now (start-up and reloads).
-    pub fn set_authn(&self, authn: Arc<Authenticator>) {
-        self.authn.store(Some(authn));
+    /// From now on readiness is that of whichever set `live` holds (start-up, reloads alike).
+    pub fn follow(&self, live: &Shared) {
+        let _ = self.live.set(Arc::downgrade(live));
     }
 
     /// From now on `/readyz` fails (shutdown has begun).
@@ -262,6 +210,8 @@ impl GatewayReadiness {
 impl Readiness for GatewayReadiness {
     fn ready(&self) -> bool {
         !self.draining.load(Ordering::Acquire)
-            && self.authn.load().as_ref().is_some_and(|a| a.ready())
+            && (self.live.get())
+                .and_then(std::sync::Weak::upgrade)
+                .is_some_and(|l| l.load().authn.ready())
     }
 }

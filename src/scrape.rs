@@ -1,6 +1,7 @@
 //! The live parts' own counters (cache, rate limits, token verification) as metrics, read at
 //! scrape time from whichever set is serving then, so the figures follow a reload.
 
+use crate::inflight::InFlight;
 use crate::live::Shared;
 use crate::metrics::{Source, counter, family, gauge};
 use futures_util::future::BoxFuture;
@@ -8,6 +9,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The parts whose own counters are exported: always those of the set serving now, so the
@@ -16,6 +18,7 @@ pub struct Sources {
     live: Shared,
     cache_bytes: Gauge,
     cache_entries: Gauge,
+    inflight: Arc<InFlight>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -26,9 +29,10 @@ impl std::fmt::Debug for Sources {
 
 impl Sources {
     /// Exports the counters of whatever set `live` holds when scraped.
-    pub fn new(live: Shared) -> Sources {
+    pub fn new(live: Shared, inflight: Arc<InFlight>) -> Sources {
         Sources {
             live,
+            inflight,
             cache_bytes: Gauge::default(),
             cache_entries: Gauge::default(),
         }
@@ -152,13 +156,13 @@ impl Collector for Sources {
             "upstream_in_flight_refusals",
             "Requests refused with 429 too_many_in_flight: the user already had \
              upstream.max_in_flight_per_user requests to Cliniko whose answers were unread",
-            live.inflight.refused(),
+            self.inflight.refused(),
         )?;
         gauge(
             &mut enc,
             "upstream_in_flight",
             "Requests to Cliniko whose answers have not yet been fully delivered or dropped",
-            live.inflight.in_flight(),
+            self.inflight.in_flight(),
         )?;
         counter(
             &mut enc,

@@ -16,6 +16,7 @@ use crate::ratelimit::RateLimits;
 use crate::rescue::RescueLayer;
 use crate::step::{CheckLayer, OptionalLayer};
 use crate::telemetry::{Telemetry, TraceLayer};
+use crate::upstream::client::HttpClient;
 use crate::upstream::forward::{Upstream, UpstreamService};
 use http::{Request, Response};
 use std::convert::Infallible;
@@ -23,19 +24,11 @@ use std::sync::Arc;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
-/// The shared state the stack is built from (all built once at start-up).
-pub struct Parts {
-    /// Verifies bearer tokens.
-    pub authn: Arc<Authenticator>,
-    /// What each caller may do.
-    pub policy: Arc<Policy>,
-    /// Maps users to Cliniko keys (reloadable).
+/// What stays for the life of the process (changing it needs a restart).
+pub struct Fixed {
+    /// Maps users to Cliniko keys (the key store reloads itself, in place).
     pub credentials: Arc<Credentials>,
-    /// The GET cache (`None` when disabled).
-    pub cache: Option<Arc<Cache>>,
-    /// Rate limits (`None` when disabled).
-    pub ratelimits: Option<Arc<RateLimits>>,
-    /// The cap on each user's requests in flight to Cliniko (always on).
+    /// The cap on each user's requests in flight to Cliniko; its counts outlive reloads.
     pub inflight: Arc<InFlight>,
     /// Sends requests to Cliniko.
     pub upstream: Arc<Upstream>,
@@ -49,6 +42,20 @@ pub struct Parts {
     pub metrics: Option<Arc<crate::metrics::HttpMetrics>>,
     /// Trace export (`None`: off, and the trace layer is not in the stack at all).
     pub telemetry: Option<Arc<Telemetry>>,
+    /// The outbound client a new JWKS fetcher uses.
+    pub http: HttpClient,
+}
+
+/// The parts a config reload may replace.
+pub struct Parts {
+    /// Verifies bearer tokens.
+    pub authn: Arc<Authenticator>,
+    /// What each caller may do.
+    pub policy: Arc<Policy>,
+    /// The GET cache (`None` when disabled).
+    pub cache: Option<Arc<Cache>>,
+    /// Rate limits and resends.
+    pub ratelimits: Option<Arc<RateLimits>>,
     /// CORS for browser apps (`None`: off).
     pub cors: Option<Cors>,
 }
@@ -57,17 +64,17 @@ pub struct Parts {
 pub type GatewayService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
 /// Assembles the stack.
-pub fn build(p: &Parts) -> GatewayService {
+pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
     let svc = ServiceBuilder::new()
         // First: the one typed record of the request's facts (the gateway's id, the caller's
         // id and address) that every layer below writes to and the logs read back; every
         // response, errors included, carries the id.
-        .layer(p.context.clone())
+        .layer(f.context.clone())
         // Outside the rescue so it logs the status the caller really got.
-        .layer(AccessLogLayer::new(p.metrics.clone()))
+        .layer(AccessLogLayer::new(f.metrics.clone()))
         // The server span: inside the access log (it sees the request id and cache outcome),
         // outside the rescue (it records the status the caller got). Absent when off.
-        .option_layer(p.telemetry.clone().map(TraceLayer))
+        .option_layer(f.telemetry.clone().map(TraceLayer))
         // Browser apps (tower-http's CorsLayer, gated to listed origins): outside the rescue,
         // so errors carry CORS headers and a browser app can read its 401 or 429; a preflight
         // is answered here, before the audit, the guard, auth or any budget. Absent when off.
@@ -77,13 +84,13 @@ pub fn build(p: &Parts) -> GatewayService {
         // Every error below becomes one JSON response here, and nowhere else.
         .layer(RescueLayer)
         // Cheap refusals before any crypto: local routes, bad targets, framing, body limit.
-        .layer(GuardLayer::new(p.limits.clone(), p.readiness.clone()))
+        .layer(GuardLayer::new(f.limits.clone(), f.readiness.clone()))
         // Who is calling (401).
         .layer(AuthLayer(p.authn.clone()))
         // What they may do (403 forbidden): before any key is looked up or anything is sent.
         .layer(CheckLayer(p.policy.clone()))
         // Which Cliniko key they use (403 no_credential).
-        .layer(CheckLayer(p.credentials.clone()))
+        .layer(CheckLayer(f.credentials.clone()))
         // A hit answers here: after auth (so 401/403 never touch it), before rate limits (so
         // a hit spends no Cliniko quota). Keyed by the credential, so keys never share.
         .layer(OptionalLayer(p.cache.clone()))
@@ -91,11 +98,11 @@ pub fn build(p: &Parts) -> GatewayService {
         // until the answer is read: after the cache (a hit takes no slot), before the rate
         // limits (a refusal spends no budget, and a request waiting for its key slot already
         // holds one). Always on, whatever [ratelimit] says.
-        .layer(OptionalLayer(Some(p.inflight.clone())))
+        .layer(OptionalLayer(Some(f.inflight.clone())))
         // Only what really goes to Cliniko gets here: per-user limit, key budget (waits up to
         // max_wait), Cliniko's own 429s and connect failures (bodiless requests resent).
         .layer(OptionalLayer(p.ratelimits.clone()))
         // Header rewrite, pooled rustls client, link rewriting (502/504).
-        .service(UpstreamService(p.upstream.clone()));
+        .service(UpstreamService(f.upstream.clone()));
     BoxCloneSyncService::new(svc)
 }

@@ -19,8 +19,9 @@ mod watch;
 
 use crate::config::{Config, ConfigError};
 use crate::credentials::{Credentials, KeyStoreError};
-use crate::live::{Fixed, Live, Previous, Shared};
+use crate::live::{Live, Previous, Shared};
 use crate::metrics::{ReloadMetrics, ReloadTrigger};
+use crate::stack::Fixed;
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
@@ -200,9 +201,6 @@ impl Reloader {
             cache_stats: stats.clone(),
         };
         let applied = Live::build(&self.fixed, &new, Some(prev)).await?;
-        if applied.changed.contains(&"auth") {
-            self.fixed.readiness.set_authn(applied.live.authn.clone());
-        }
         // Writes still in flight on the old stack must invalidate the new cache too: linked
         // only now, once the new set is sure to serve.
         if let (Some(old), Some(new)) = (&last, &applied.live.cache) {
