@@ -156,21 +156,16 @@ pub fn reseal(
         path: path.to_path_buf(),
     })?;
     KeyStore::open_entries(path, &doc, master)?;
-    let outcome = match integrity(&doc, master)? {
+    // Nothing vouches for an unsigned or edited file: signing it is accepting whatever it
+    // says, which takes the explicit flag.
+    let state = integrity(&doc, master)?;
+    if let Some(refused) = state.refusal(path).filter(|_| !accept_edits) {
+        return Err(refused);
+    }
+    let outcome = match state {
         Integrity::Signed => return Ok(Resealed::AlreadySigned),
-        // Nothing vouches for an unsigned file: signing it is accepting whatever it says.
-        Integrity::Unsigned if accept_edits => Resealed::Migrated,
-        Integrity::Unsigned => {
-            return Err(KeyStoreError::Unsigned {
-                path: path.to_path_buf(),
-            });
-        }
-        Integrity::Mismatch if accept_edits => Resealed::AcceptedEdits,
-        Integrity::Mismatch => {
-            return Err(KeyStoreError::Tampered {
-                path: path.to_path_buf(),
-            });
-        }
+        Integrity::Unsigned => Resealed::Migrated,
+        Integrity::Mismatch => Resealed::AcceptedEdits,
     };
     file::write_signed(path, &mut doc, master.expose_secret())?;
     Ok(outcome)

@@ -59,14 +59,9 @@ impl KeyStore {
         master: &MasterKey,
     ) -> Result<KeyStore, KeyStoreError> {
         let store = KeyStore::open_entries(path, doc, master)?;
-        match integrity(doc, master)? {
-            Integrity::Signed => Ok(store),
-            Integrity::Unsigned => Err(KeyStoreError::Unsigned {
-                path: path.to_path_buf(),
-            }),
-            Integrity::Mismatch => Err(KeyStoreError::Tampered {
-                path: path.to_path_buf(),
-            }),
+        match integrity(doc, master)?.refusal(path) {
+            None => Ok(store),
+            Some(e) => Err(e),
         }
     }
 
@@ -177,6 +172,18 @@ pub(super) enum Integrity {
     Unsigned,
     /// Version 2 whose MAC is missing or does not match: changed without the master key.
     Mismatch,
+}
+
+impl Integrity {
+    /// Why a file in this state is not trusted as it is (`None`: it is signed).
+    pub(super) fn refusal(self, path: &Path) -> Option<KeyStoreError> {
+        let path = path.to_path_buf();
+        match self {
+            Integrity::Signed => None,
+            Integrity::Unsigned => Some(KeyStoreError::Unsigned { path }),
+            Integrity::Mismatch => Some(KeyStoreError::Tampered { path }),
+        }
+    }
 }
 
 pub(super) fn integrity(
