@@ -75,17 +75,19 @@ pub(crate) struct Jwks {
     /// Value of `generation` after the last successful fetch.
     good_generation: AtomicU64,
     unknown: moka::future::Cache<String, ()>,
-    counts: Arc<FetchCounts>,
+    counts: Arc<AuthCounts>,
 }
 
-/// JWKS fetch outcomes, shared by the verifiers a config reload replaces so the exported
-/// counters never go backwards.
+/// The verifier's counters, one set shared by the verifiers a config reload replaces so the
+/// exported counters never go backwards.
 #[derive(Debug, Default)]
-pub struct FetchCounts {
-    /// Successful fetches.
+pub struct AuthCounts {
+    /// Successful JWKS fetches.
     pub ok: AtomicU64,
-    /// Failed fetches.
+    /// Failed JWKS fetches.
     pub failed: AtomicU64,
+    /// Requests that carried a Cliniko API key instead of a JWT.
+    pub cliniko_keys_refused: AtomicU64,
 }
 
 /// Why a fetch failed (logged; never contains the URL's query or the body).
@@ -96,7 +98,7 @@ impl Jwks {
     pub fn new(
         cfg: &JwksConfig,
         http: HttpClient,
-        counts: Arc<FetchCounts>,
+        counts: Arc<AuthCounts>,
     ) -> Result<Self, ConfigError> {
         let uri: http::Uri = cfg.url.parse().map_err(|_| {
             ConfigError::new(

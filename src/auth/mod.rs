@@ -27,7 +27,7 @@ use crate::upstream::HttpClient;
 use jsonwebtoken::{AlgorithmFamily, Header, decode_header};
 use serde_json::{Map, Value};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use tokio::task::JoinHandle;
 
@@ -71,10 +71,8 @@ pub struct Authenticator {
     rules: verify::ClaimRules,
     cache: moka::future::Cache<cache::TokenHash, cache::Cached>,
     refresher: Mutex<Option<JoinHandle<()>>>,
-    fetch_counts: Arc<jwks::FetchCounts>,
+    counts: Arc<jwks::AuthCounts>,
     accept_basic: bool,
-    /// Cliniko API keys refused (carried across reloads, like the fetch counts).
-    cliniko_keys_refused: Arc<AtomicU64>,
 }
 
 impl Authenticator {
@@ -89,11 +87,9 @@ impl Authenticator {
         http: HttpClient,
         prev: Option<&Authenticator>,
     ) -> Result<Arc<Authenticator>, ConfigError> {
-        let fetch_counts = prev.map_or_else(Arc::default, |p| p.fetch_counts.clone());
-        let cliniko_keys_refused =
-            prev.map_or_else(Arc::default, |p| p.cliniko_keys_refused.clone());
+        let counts = prev.map_or_else(Arc::default, |p| p.counts.clone());
         let jwks = match &cfg.jwks {
-            Some(j) => Some(Arc::new(jwks::Jwks::new(j, http, fetch_counts.clone())?)),
+            Some(j) => Some(Arc::new(jwks::Jwks::new(j, http, counts.clone())?)),
             None => None,
         };
         Ok(Arc::new(Authenticator {
@@ -102,9 +98,8 @@ impl Authenticator {
             rules: verify::ClaimRules::new(cfg)?,
             cache: cache::build(cfg.token_cache_size),
             refresher: Mutex::new(None),
-            fetch_counts,
+            counts,
             accept_basic: cfg.accept_basic,
-            cliniko_keys_refused,
         }))
     }
 
@@ -132,7 +127,9 @@ impl Authenticator {
             Ok(t) => t,
             Err(scheme::Refused::Auth(e)) => return Err(e),
             Err(scheme::Refused::ClinikoKey(fingerprint)) => {
-                self.cliniko_keys_refused.fetch_add(1, Ordering::Relaxed);
+                self.counts
+                    .cliniko_keys_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     key_fingerprint = %fingerprint,
                     "a caller sent a Cliniko API key instead of a JWT; refused, nothing \
@@ -180,17 +177,17 @@ impl Authenticator {
 
     /// Successful JWKS fetches so far.
     pub fn jwks_fetches_ok(&self) -> u64 {
-        self.fetch_counts.ok.load(Ordering::SeqCst)
+        self.counts.ok.load(Ordering::SeqCst)
     }
 
     /// Failed JWKS fetches so far.
     pub fn jwks_fetches_failed(&self) -> u64 {
-        self.fetch_counts.failed.load(Ordering::SeqCst)
+        self.counts.failed.load(Ordering::SeqCst)
     }
 
     /// Requests refused because they carried a Cliniko API key instead of a JWT.
     pub fn cliniko_keys_refused(&self) -> u64 {
-        self.cliniko_keys_refused.load(Ordering::Relaxed)
+        self.counts.cliniko_keys_refused.load(Ordering::Relaxed)
     }
 
     async fn verify(&self, token: &str) -> Result<User, AuthError> {
