@@ -25,7 +25,6 @@ use tower::ServiceExt;
 pub struct InFlight {
     max: usize,
     users: Mutex<HashMap<Arc<str>, usize>>,
-    total: AtomicU64,
     refused: AtomicU64,
 }
 
@@ -54,8 +53,6 @@ impl Drop for Slot {
                 users.remove(&self.user);
             }
         }
-        drop(users);
-        self.owner.total.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -65,7 +62,6 @@ impl InFlight {
         Arc::new(InFlight {
             max,
             users: Mutex::new(HashMap::new()),
-            total: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         })
     }
@@ -83,8 +79,6 @@ impl InFlight {
             return None;
         }
         *n += 1;
-        drop(users);
-        self.total.fetch_add(1, Ordering::Relaxed);
         Some(Slot {
             owner: Arc::clone(self),
             user: Arc::clone(user),
@@ -93,7 +87,8 @@ impl InFlight {
 
     /// Requests in flight to Cliniko now, all users together.
     pub fn in_flight(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
+        // At scrape time only: the table's own counts, no second counter on the hot path.
+        self.users().values().map(|n| *n as u64).sum()
     }
 
     /// Requests refused with `too_many_in_flight` since start.
@@ -102,7 +97,8 @@ impl InFlight {
     }
 
     /// Users holding at least one slot (for tests of the pruning).
-    pub fn users_tracked(&self) -> usize {
+    #[cfg(test)]
+    fn users_tracked(&self) -> usize {
         self.users().len()
     }
 }
