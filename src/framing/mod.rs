@@ -112,13 +112,6 @@ pin_project! {
     }
 }
 
-impl<I> Watched<I> {
-    /// The wrapped IO (e.g. to read the peer address or TLS session).
-    pub fn get_ref(&self) -> &I {
-        &self.io
-    }
-}
-
 impl<I: AsyncRead> AsyncRead for Watched<I> {
     fn poll_read(
         self: Pin<&mut Self>,
