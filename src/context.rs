@@ -219,17 +219,18 @@ fn client_addr(
     if !is_trusted(&peer) {
         return Some(peer);
     }
+    // Right to left, the nearest hop first; nothing collected.
     let hops = headers
         .get_all("x-forwarded-for")
         .iter()
+        .rev()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().parse::<IpAddr>().ok().map(|ip| ip.to_canonical()))
-        .collect::<Vec<_>>();
-    for hop in hops.iter().rev() {
+        .flat_map(|v| v.rsplit(','))
+        .map(|s| s.trim().parse::<IpAddr>().ok().map(|ip| ip.to_canonical()));
+    for hop in hops {
         match hop {
-            Some(ip) if is_trusted(ip) => continue,
-            Some(ip) => return Some(*ip),
+            Some(ip) if is_trusted(&ip) => continue,
+            Some(ip) => return Some(ip),
             // Unreadable: stop at the last address we can vouch for.
             None => break,
         }
