@@ -265,25 +265,6 @@ mod tests {
     }
 
     fn percent_decode(s: &[u8]) -> Vec<u8> {
-        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < s.len() {
-            match (
-                s[i],
-                s.get(i + 1).and_then(|b| hex(*b)),
-                s.get(i + 2).and_then(|b| hex(*b)),
-            ) {
-                (b'%', Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 3;
-                }
-                (b, _, _) => {
-                    out.push(b);
-                    i += 1;
-                }
-            }
-        }
-        out
+        percent_encoding::percent_decode(s).collect()
     }
 }
