@@ -631,9 +631,13 @@ async fn redis_killed_mid_run_fails_closed_with_503() {
     );
 }
 
-#[tokio::test]
-async fn connect_failures_are_retried_for_bodiless_requests_only() {
-    // Accepts TCP and hangs up at once: every TLS handshake fails before a request is sent.
+/// A shard `ca1` that accepts TCP and hangs up at once (every TLS handshake fails before a
+/// request is sent), its accept count, and user `gina` whose key is on it.
+async fn hang_up_shard() -> (
+    Arc<AtomicUsize>,
+    String,
+    Vec<(&'static str, &'static str, Option<&'static str>)>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let accepts = Arc::new(AtomicUsize::new(0));
@@ -647,6 +651,12 @@ async fn connect_failures_are_retried_for_bodiless_requests_only() {
     let extra = format!("ca1 = \"https://127.0.0.1:{port}/v1\"");
     let mut users = default_users();
     users.push(("gina", "ginakey00000000000000000-ca1", None));
+    (accepts, extra, users)
+}
+
+#[tokio::test]
+async fn connect_failures_are_retried_for_bodiless_requests_only() {
+    let (accepts, extra, users) = hang_up_shard().await;
     let rig = Rig::start_with(1, "", &extra, users).await;
     let auth = format!("Bearer {}", token("gina"));
     let r = rig.send(0, Method::GET, "/v1/user", &auth, "").await;
@@ -672,19 +682,7 @@ async fn connect_failures_are_retried_for_bodiless_requests_only() {
 /// and Cliniko's 429 on a GET (wait within `max_wait`) are still retried, with no budget kept.
 #[tokio::test]
 async fn with_limits_off_connect_failures_and_clinikos_429_are_still_retried() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepts = Arc::new(AtomicUsize::new(0));
-    let counter = accepts.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            drop(s);
-        }
-    });
-    let extra = format!("ca1 = \"https://127.0.0.1:{port}/v1\"");
-    let mut users = default_users();
-    users.push(("gina", "ginakey00000000000000000-ca1", None));
+    let (accepts, extra, users) = hang_up_shard().await;
     let rig =
         Arc::new(Rig::start_with(1, "enabled = false\nmax_wait = \"2s\"\n", &extra, users).await);
     let auth = format!("Bearer {}", token("gina"));
