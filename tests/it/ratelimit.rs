@@ -633,11 +633,7 @@ async fn redis_killed_mid_run_fails_closed_with_503() {
 
 /// A shard `ca1` that accepts TCP and hangs up at once (every TLS handshake fails before a
 /// request is sent), its accept count, and user `gina` whose key is on it.
-async fn hang_up_shard() -> (
-    Arc<AtomicUsize>,
-    String,
-    Vec<(&'static str, &'static str, Option<&'static str>)>,
-) {
+async fn hang_up_shard() -> (Arc<AtomicUsize>, String, Users) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let accepts = Arc::new(AtomicUsize::new(0));
