@@ -77,27 +77,28 @@ pub(super) fn token(headers: &HeaderMap, accept_basic: bool) -> Result<Cow<'_, s
     if !scheme.eq_ignore_ascii_case("basic") {
         return Err(unsupported.into());
     }
-    let (user, password) = basic(rest)?;
-    not_a_key(&user)?;
-    not_a_key(&password)?;
+    let mut text = decoded(rest)?;
+    let (user, password) = text.split_once(':').ok_or(AuthError::BasicMalformed)?;
+    not_a_key(user)?;
+    not_a_key(password)?;
     if !accept_basic {
         return Err(unsupported.into());
     }
     if !password.is_empty() {
         return Err(AuthError::PasswordNotEmpty.into());
     }
-    jwt_shaped(&user)?;
-    Ok(Cow::Owned(user))
+    let user_len = jwt_shaped(user)?.len();
+    // The decoded text is `user:` now: keep the username, no second copy.
+    text.truncate(user_len);
+    Ok(Cow::Owned(text))
 }
 
-/// Username and password of `base64(user:password)`.
-fn basic(encoded: &str) -> Result<(String, String), AuthError> {
+/// The text of `base64(user:password)`.
+fn decoded(encoded: &str) -> Result<String, AuthError> {
     let bytes = BASE64
         .decode(encoded)
         .map_err(|_| AuthError::BasicMalformed)?;
-    let text = String::from_utf8(bytes).map_err(|_| AuthError::BasicMalformed)?;
-    let (user, password) = text.split_once(':').ok_or(AuthError::BasicMalformed)?;
-    Ok((user.to_string(), password.to_string()))
+    String::from_utf8(bytes).map_err(|_| AuthError::BasicMalformed)
 }
 
 /// Three base64url parts, not empty, not too long: anything else is not worth verifying.
