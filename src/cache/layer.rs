@@ -64,7 +64,7 @@ where
     let cred = req.extensions().get::<Arc<Credential>>().cloned();
     let (Some(ttl), Some(cred), false) = (ttl, cred, no_store) else {
         cache.stats.bypasses.fetch_add(1, Ordering::Relaxed);
-        note(&req, CacheOutcome::Bypass);
+        note(RequestContext::of(&req), CacheOutcome::Bypass);
         return Ok(mark(inner.oneshot(req).await?, CacheOutcome::Bypass, None));
     };
     let key = CacheKey {
@@ -81,7 +81,7 @@ where
     if !no_cache && let Some(entry) = cache.store.get(&key).await {
         if entry.is_fresh() {
             cache.stats.hits.fetch_add(1, Ordering::Relaxed);
-            ctx_note(&ctx, CacheOutcome::Hit);
+            note(ctx.as_ref(), CacheOutcome::Hit);
             return Ok(serve(
                 &entry,
                 CacheOutcome::Hit,
@@ -123,13 +123,13 @@ where
             if !confirmed {
                 cache.stats.misses.fetch_add(1, Ordering::Relaxed);
             }
-            ctx_note(&ctx, how);
+            note(ctx.as_ref(), how);
             Ok(serve(&e, how, is_head, if_none_match.as_ref()))
         }
         Landed::Failed(e) => Err(e),
         Landed::Uncacheable => {
             cache.stats.misses.fetch_add(1, Ordering::Relaxed);
-            ctx_note(&ctx, CacheOutcome::Miss);
+            note(ctx.as_ref(), CacheOutcome::Miss);
             let resp = match own {
                 Some(result) => result?,
                 // We waited on someone else's uncacheable answer: ask Cliniko ourselves.
@@ -386,11 +386,8 @@ fn mark(mut resp: Response<Body>, how: CacheOutcome, age: Option<u64>) -> Respon
     resp
 }
 
-fn note(req: &Request<Body>, how: CacheOutcome) {
-    ctx_note(&RequestContext::of(req).cloned(), how);
-}
-
-fn ctx_note(ctx: &Option<Arc<RequestContext>>, how: CacheOutcome) {
+/// Records the outcome for the access log, the audit and the span.
+fn note(ctx: Option<&Arc<RequestContext>>, how: CacheOutcome) {
     if let Some(c) = ctx {
         c.set_cache(how);
     }
