@@ -105,6 +105,13 @@ enum KeysAction {
         #[arg(long)]
         key_file: Option<PathBuf>,
     },
+    /// Store many keys in one write: stdin lines `user<TAB>key[<TAB>cliniko_user]`; a bad line
+    /// stores nothing and names its line number (never the key).
+    Import {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// List users with key fingerprints and shards (never keys).
     List {
         /// Config file.
@@ -259,6 +266,60 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `keys import`: parses every stdin line first, then stores them all in one signed write.
+fn import(config: &std::path::Path) -> ExitCode {
+    let mut text = String::new();
+    if std::io::stdin().read_to_string(&mut text).is_err() {
+        eprintln!("cannot read the mappings from stdin");
+        return ExitCode::from(64);
+    }
+    let mut rows = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let mut fields = line.split('\t');
+        match (fields.next(), fields.next(), fields.next(), fields.next()) {
+            (Some(user), Some(key), label, None) => {
+                rows.push((n + 1, user, ApiKey::new(key.trim().to_string()), label))
+            }
+            _ => {
+                eprintln!("line {}: expected user<TAB>key[<TAB>cliniko_user]", n + 1);
+                return ExitCode::from(64);
+            }
+        }
+    }
+    let mappings: Vec<_> = rows
+        .iter()
+        .map(|(_, user, key, label)| credentials::NewMapping {
+            user,
+            key,
+            cliniko_user: *label,
+        })
+        .collect();
+    let checked = rows.iter().zip(&mappings);
+    if let Some((line, e)) = checked
+        .into_iter()
+        .find_map(|(r, m)| Some((r.0, m.check().err()?)))
+    {
+        eprintln!("line {line}: {e}; nothing was stored");
+        return ExitCode::from(64);
+    }
+    match with_store(config, |path, m| credentials::add_keys(path, m, &mappings)) {
+        Ok(Ok(done)) => {
+            let new_keys = done.iter().filter(|o| !o.reused_key).count();
+            println!("stored {} users ({new_keys} new keys)", done.len());
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("{e}; nothing was stored");
+            ExitCode::from(64)
+        }
+        Err(code) => code,
+    }
+}
+
 /// Runs `f` on the key store named by the config at `config` (its path and master key).
 fn with_store<T>(
     config: &std::path::Path,
@@ -303,6 +364,7 @@ fn keys(action: KeysAction) -> ExitCode {
                 Err(code) => return code,
             }
         }
+        KeysAction::Import { config } => return import(&config),
         KeysAction::List { config } => {
             let listed = match with_store(&config, credentials::list) {
                 Ok(r) => r,

@@ -16,7 +16,10 @@ use super::{
 use crate::config::MasterKey;
 use crate::upstream::Shard;
 use secrecy::ExposeSecret;
-use std::{collections::BTreeSet, path::Path};
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::Path,
+};
 
 /// Longest accepted API key in bytes (Cliniko keys are far shorter; this catches paste accidents).
 const MAX_KEY_BYTES: usize = 1024;
@@ -55,6 +58,28 @@ pub struct ListedUser {
     pub cliniko_user: Option<String>,
 }
 
+/// One user → key mapping for [`add_keys`].
+#[derive(Clone, Copy)]
+pub struct NewMapping<'a> {
+    /// The user (the JWT claim value).
+    pub user: &'a str,
+    /// The user's Cliniko API key.
+    pub key: &'a ApiKey,
+    /// Optional label of the Cliniko user owning the key.
+    pub cliniko_user: Option<&'a str>,
+}
+
+impl NewMapping<'_> {
+    /// Checks the user name, the label and the key; the key's shard when all are valid.
+    pub fn check(&self) -> Result<Shard, KeyStoreError> {
+        validate_user(self.user)?;
+        if let Some(label) = self.cliniko_user {
+            validate_name("cliniko_user label", label)?;
+        }
+        check_api_key(self.key)
+    }
+}
+
 /// Maps `user` to `key` (creating the file if needed), replacing any previous mapping.
 ///
 /// The same key already stored is reused; `cliniko_user`, when given, (re)labels the key.
@@ -65,58 +90,85 @@ pub fn add_key(
     key: &ApiKey,
     cliniko_user: Option<&str>,
 ) -> Result<AddOutcome, KeyStoreError> {
-    validate_user(user)?;
-    if let Some(label) = cliniko_user {
-        validate_name("cliniko_user label", label)?;
-    }
-    let shard = check_api_key(key)?;
+    let one = NewMapping {
+        user,
+        key,
+        cliniko_user,
+    };
+    let mut done = add_keys(path, master, &[one])?;
+    Ok(done.remove(0))
+}
+
+/// [`add_key`] for many mappings in one signed write (`keys import`): every mapping is checked
+/// before anything is written, so a bad line leaves the file as it was.
+pub fn add_keys(
+    path: &Path,
+    master: &MasterKey,
+    mappings: &[NewMapping<'_>],
+) -> Result<Vec<AddOutcome>, KeyStoreError> {
+    let shards = mappings
+        .iter()
+        .map(NewMapping::check)
+        .collect::<Result<Vec<_>, _>>()?;
     let existing = file::read(path)?;
-    let created_file = existing.is_none();
+    let mut created_file = existing.is_none();
     let store = match &existing {
         Some(doc) => KeyStore::from_document(path, doc, master)?,
         None => KeyStore::default(),
     };
     let mut doc = existing.unwrap_or_else(Document::empty);
-
-    let same = store
+    // Stored keys by fingerprint (confirmed by comparing the keys), so a batch is linear.
+    let mut known: HashMap<String, (String, ApiKey)> = store
         .keys()
-        .find(|(_, c)| c.key.expose() == key.expose())
-        .map(|(id, c)| (id.to_string(), c.fingerprint.to_string()));
-    let (key_id, fingerprint, reused_key) = match same {
-        Some((id, fp)) => {
-            if let (Some(label), Some(entry)) = (cliniko_user, doc.keys.get_mut(&id)) {
-                entry.cliniko_user = Some(label.to_string());
+        .map(|(id, c)| (c.fingerprint.to_string(), (id.to_string(), c.key.clone())))
+        .collect();
+    let mut outcomes = Vec::with_capacity(mappings.len());
+    for (m, shard) in mappings.iter().zip(shards) {
+        let fingerprint = crypto::fingerprint(m.key.expose());
+        let same = known
+            .get(&fingerprint)
+            .filter(|(_, k)| k.expose() == m.key.expose())
+            .map(|(id, _)| id.clone());
+        let reused_key = same.is_some();
+        let key_id = match same {
+            Some(id) => {
+                if let (Some(label), Some(entry)) = (m.cliniko_user, doc.keys.get_mut(&id)) {
+                    entry.cliniko_user = Some(label.to_string());
+                }
+                id
             }
-            (id, fp, true)
-        }
-        None => {
-            let id = fresh_key_id(master, key, &doc)?;
-            let fp = crypto::fingerprint(key.expose());
-            let entry = KeyEntry {
-                shard: shard.as_str().to_string(),
-                fingerprint: fp.clone(),
-                cliniko_user: cliniko_user.map(str::to_string),
-                sealed: crypto::seal(master.expose_secret(), &id, key)?,
-            };
-            doc.keys.insert(id.clone(), entry);
-            (id, fp, false)
-        }
-    };
-    let previous_key_id = doc
-        .users
-        .insert(user.to_string(), key_id.clone())
-        .filter(|prev| *prev != key_id);
-    let dropped_key_ids = drop_unreferenced(&mut doc);
+            None => {
+                let id = fresh_key_id(master, m.key, &doc)?;
+                let entry = KeyEntry {
+                    shard: shard.as_str().to_string(),
+                    fingerprint: fingerprint.clone(),
+                    cliniko_user: m.cliniko_user.map(str::to_string),
+                    sealed: crypto::seal(master.expose_secret(), &id, m.key)?,
+                };
+                doc.keys.insert(id.clone(), entry);
+                known.insert(fingerprint.clone(), (id.clone(), m.key.clone()));
+                id
+            }
+        };
+        let previous_key_id = doc
+            .users
+            .insert(m.user.to_string(), key_id.clone())
+            .filter(|prev| *prev != key_id);
+        outcomes.push(AddOutcome {
+            key_id,
+            fingerprint,
+            shard,
+            reused_key,
+            previous_key_id,
+            dropped_key_ids: Vec::new(),
+            created_file: std::mem::take(&mut created_file),
+        });
+    }
+    if let Some(last) = outcomes.last_mut() {
+        last.dropped_key_ids = drop_unreferenced(&mut doc);
+    }
     file::write_signed(path, &mut doc, master.expose_secret())?;
-    Ok(AddOutcome {
-        key_id,
-        fingerprint,
-        shard,
-        reused_key,
-        previous_key_id,
-        dropped_key_ids,
-        created_file,
-    })
+    Ok(outcomes)
 }
 
 /// Removes `user`; `Ok(false)` when the user had no key. Keys left unreferenced are dropped.

@@ -64,7 +64,9 @@ mod store;
 mod tests;
 
 pub use crypto::{fingerprint, generate_master_key};
-pub use edit::{AddOutcome, ListedUser, Resealed, add_key, list, remove_user, reseal};
+pub use edit::{
+    AddOutcome, ListedUser, NewMapping, Resealed, add_key, add_keys, list, remove_user, reseal,
+};
 pub use store::{Credentials, KeyStore};
 
 use crate::upstream::Shard;

@@ -86,6 +86,46 @@ async fn keys_add_list_remove_never_show_a_key() {
 }
 
 #[tokio::test]
+async fn keys_import_stores_every_line_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let lines = format!("alice\t{KEY_CAROL}\n\nbob\t{KEY_CAROL}\tfront-desk\ndan\tdankey-uk2\n");
+    let import = run(&["keys", "import"], &cfg, &lines).await;
+    assert!(import.status.success(), "{}", out(&import));
+    assert!(
+        out(&import).contains("stored 3 users (2 new keys)"),
+        "{}",
+        out(&import)
+    );
+    let list = out(&run(&["keys", "list"], &cfg, "").await);
+    for user in ["alice", "bob", "dan", "front-desk"] {
+        assert!(list.contains(user), "{user} missing: {list}");
+    }
+    // One bad line (line 2: a key with no shard) stores nothing and names the line, not the key.
+    let bad = run(
+        &["keys", "import"],
+        &cfg,
+        "erin\terinkey-uk2\nfay\tfaykeysecret-evil.example\n",
+    )
+    .await;
+    assert_eq!(bad.status.code(), Some(64), "{}", out(&bad));
+    assert!(out(&bad).contains("line 2") && !out(&bad).contains("faykeysecret"));
+    let malformed = run(&["keys", "import"], &cfg, "gus only-one-field\n").await;
+    assert_eq!(malformed.status.code(), Some(64));
+    let list = out(&run(&["keys", "list"], &cfg, "").await);
+    assert!(!list.contains("erin") && !list.contains("gus"), "{list}");
+    for shown in [
+        &list,
+        &std::fs::read_to_string(dir.path().join("keys.json")).unwrap(),
+    ] {
+        assert!(
+            !shown.contains("carolkey") && !shown.contains("dankey"),
+            "{shown}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn token_mint_makes_a_token_the_gateway_accepts() {
     let h = Harness::start(Setup::default()).await;
     let dir = tempfile::tempdir().unwrap();
