@@ -457,56 +457,9 @@ fn token(action: TokenAction) -> ExitCode {
         let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.into()));
         map.insert(k.into(), v);
     }
-    let (key, alg) = match signing_key {
-        Some(path) => {
-            let Ok(alg) = alg.parse::<jsonwebtoken::Algorithm>() else {
-                eprintln!("--alg: unknown algorithm");
-                return ExitCode::from(64);
-            };
-            let key = std::fs::read(&path)
-                .ok()
-                .and_then(|pem| crate::auth::mint::signing_key(&pem, alg).ok());
-            let Some(key) = key else {
-                eprintln!(
-                    "--signing-key: cannot read a {alg:?} private key from {}",
-                    path.display()
-                );
-                return ExitCode::from(64);
-            };
-            (key, alg)
-        }
-        None => {
-            let Some(config) = config else {
-                eprintln!("token mint needs --config (for the HMAC secret) or --signing-key");
-                return ExitCode::from(64);
-            };
-            let cfg = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let Some(secret) = &cfg.auth.hmac_secret else {
-                eprintln!(
-                    "{}",
-                    ConfigError::new(
-                        "auth.hmac_secret",
-                        "token mint needs the HMAC secret (or --signing-key)",
-                        "set CLINIKO_GATEWAY_HMAC_SECRET"
-                    )
-                );
-                return ExitCode::from(64);
-            };
-            let alg = cfg
-                .auth
-                .hmac_algorithms
-                .first()
-                .and_then(|a| a.parse().ok())
-                .unwrap_or(jsonwebtoken::Algorithm::HS256);
-            use secrecy::ExposeSecret;
-            (
-                jsonwebtoken::EncodingKey::from_secret(secret.expose_secret()),
-                alg,
-            )
-        }
+    let (key, alg) = match mint_key(config, signing_key, &alg) {
+        Ok(k) => k,
+        Err(code) => return code,
     };
     let mut header = jsonwebtoken::Header::new(alg);
     header.kid = kid;
@@ -529,4 +482,64 @@ fn token(action: TokenAction) -> ExitCode {
     }
     print!("{out}");
     ExitCode::SUCCESS
+}
+
+/// The key `token mint` signs with: the PEM of `--signing-key` with `--alg`, else the
+/// configured HMAC secret with the first configured HMAC algorithm.
+fn mint_key(
+    config: Option<PathBuf>,
+    signing_key: Option<PathBuf>,
+    alg: &str,
+) -> Result<(jsonwebtoken::EncodingKey, jsonwebtoken::Algorithm), ExitCode> {
+    match signing_key {
+        Some(path) => {
+            let Ok(alg) = alg.parse::<jsonwebtoken::Algorithm>() else {
+                eprintln!("--alg: unknown algorithm");
+                return Err(ExitCode::from(64));
+            };
+            let key = std::fs::read(&path)
+                .ok()
+                .and_then(|pem| crate::auth::mint::signing_key(&pem, alg).ok());
+            let Some(key) = key else {
+                eprintln!(
+                    "--signing-key: cannot read a {alg:?} private key from {}",
+                    path.display()
+                );
+                return Err(ExitCode::from(64));
+            };
+            Ok((key, alg))
+        }
+        None => {
+            let Some(config) = config else {
+                eprintln!("token mint needs --config (for the HMAC secret) or --signing-key");
+                return Err(ExitCode::from(64));
+            };
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Err(code),
+            };
+            let Some(secret) = &cfg.auth.hmac_secret else {
+                eprintln!(
+                    "{}",
+                    ConfigError::new(
+                        "auth.hmac_secret",
+                        "token mint needs the HMAC secret (or --signing-key)",
+                        "set CLINIKO_GATEWAY_HMAC_SECRET"
+                    )
+                );
+                return Err(ExitCode::from(64));
+            };
+            let alg = cfg
+                .auth
+                .hmac_algorithms
+                .first()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(jsonwebtoken::Algorithm::HS256);
+            use secrecy::ExposeSecret;
+            Ok((
+                jsonwebtoken::EncodingKey::from_secret(secret.expose_secret()),
+                alg,
+            ))
+        }
+    }
 }

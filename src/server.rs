@@ -330,34 +330,10 @@ where
             progress: progress.clone(),
             io,
         };
-        let svc = self.svc.clone();
-        let tracker = progress.clone();
-        let peer = self.peer;
         // hyper resolves Content-Length + Transfer-Encoding itself and drops the length before
         // we see the request; the framing watch saw the raw head and tells us (see framing.rs).
         let (io, framing) = crate::framing::watch(io, limits.max_head_bytes, limits.max_headers);
-        let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
-            let busy = tracker.begin();
-            // Exactly once per request, in arrival order, before anything can reject it.
-            let seen = framing.take_next();
-            let svc = svc.clone();
-            async move {
-                let mut req = req.map(Body::new);
-                req.extensions_mut().insert(crate::context::Arrival {
-                    peer: Some(peer),
-                    ambiguous_length: seen.ambiguous_length,
-                    unusable_target: seen.bad_target,
-                });
-                let mut resp = svc.oneshot(req).await?;
-                if seen.bad_target {
-                    // The watch only names the first such request of a connection: end it.
-                    resp.headers_mut()
-                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                let sending = busy.handed_over();
-                Ok::<_, Infallible>(resp.map(|b| observe(b, sending)))
-            }
-        });
+        let svc = per_request(self.svc.clone(), progress.clone(), framing, self.peer);
         let conn = self
             .settings
             .builder
@@ -371,24 +347,15 @@ where
         loop {
             // A graceful close still needs the caller to take what is queued, so the send
             // timeout keeps running while closing.
-            let stalled = progress.longest_wait();
-            let overdue = close_by.is_some_and(|t| Instant::now() >= t);
-            if stalled >= limits.send_timeout || overdue {
+            let Some(wait) = next_check(&progress, &limits, closing, close_by) else {
                 self.settings.metrics.stalled.inc();
                 tracing::debug!(
                     listener = self.settings.listener,
-                    stalled_ms = stalled.as_millis() as u64,
+                    stalled_ms = progress.longest_wait().as_millis() as u64,
                     "closing a connection whose caller stopped taking responses"
                 );
                 break;
-            }
-            let mut wait = limits.send_timeout.saturating_sub(stalled);
-            if !closing {
-                wait = wait.min(progress.idle_remaining(limits.idle_timeout));
-            }
-            if let Some(t) = close_by {
-                wait = wait.min(t.saturating_duration_since(Instant::now()));
-            }
+            };
             tokio::select! {
                 res = conn.as_mut() => {
                     if let Err(e) = res {
@@ -414,6 +381,76 @@ where
             }
         }
     }
+}
+
+/// The connection's service: each request gets its arrival facts (peer, what the framing watch
+/// saw of its raw head) and is counted busy until its response body has been handed over.
+fn per_request<S>(
+    svc: S,
+    tracker: Arc<Progress>,
+    framing: crate::framing::FramingWatch,
+    peer: std::net::SocketAddr,
+) -> impl Service<
+    Request<hyper::body::Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let busy = tracker.begin();
+        // Exactly once per request, in arrival order, before anything can reject it.
+        let seen = framing.take_next();
+        let svc = svc.clone();
+        async move {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(crate::context::Arrival {
+                peer: Some(peer),
+                ambiguous_length: seen.ambiguous_length,
+                unusable_target: seen.bad_target,
+            });
+            let mut resp = svc.oneshot(req).await?;
+            if seen.bad_target {
+                // The watch only names the first such request of a connection: end it.
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            let sending = busy.handed_over();
+            Ok::<_, Infallible>(resp.map(|b| observe(b, sending)))
+        }
+    })
+}
+
+/// How long the connection may go before its timers are checked again; `None` when the caller
+/// has stalled a response (or a closing connection's queue) past `send_timeout`: close it.
+fn next_check(
+    progress: &Progress,
+    limits: &Limits,
+    closing: bool,
+    close_by: Option<Instant>,
+) -> Option<Duration> {
+    let stalled = progress.longest_wait();
+    let overdue = close_by.is_some_and(|t| Instant::now() >= t);
+    if stalled >= limits.send_timeout || overdue {
+        return None;
+    }
+    let mut wait = limits.send_timeout.saturating_sub(stalled);
+    if !closing {
+        wait = wait.min(progress.idle_remaining(limits.idle_timeout));
+    }
+    if let Some(t) = close_by {
+        wait = wait.min(t.saturating_duration_since(Instant::now()));
+    }
+    Some(wait)
 }
 
 /// Per connection: requests in flight (for idleness), and everything that can wait on the

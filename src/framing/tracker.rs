@@ -466,43 +466,42 @@ fn feed_chunked(
                 }
             },
             _ => {
-                let b = rest[0];
                 i += 1;
-                match (c, b) {
-                    (Chunk::Start, _) => match hex(b) {
-                        Some(v) => Chunk::Size(v),
-                        None => return (c, i, ChunkStep::Off),
-                    },
-                    (Chunk::Size(s), _) if hex(b).is_some() => {
-                        match s
-                            .checked_mul(16)
-                            .zip(hex(b))
-                            .and_then(|(s, v)| s.checked_add(v))
-                        {
-                            Some(s) => Chunk::Size(s),
-                            None => return (c, i, ChunkStep::Off),
-                        }
-                    }
-                    (Chunk::Size(s) | Chunk::SizeLws(s), b' ' | b'\t') => Chunk::SizeLws(s),
-                    (Chunk::Size(s) | Chunk::SizeLws(s), b';') => Chunk::Ext(s, 0),
-                    (Chunk::Size(s) | Chunk::SizeLws(s), b'\r') => Chunk::SizeLf(s),
-                    (Chunk::SizeLf(0), b'\n') => Chunk::EndCr(0, 0),
-                    (Chunk::SizeLf(s), b'\n') => Chunk::Data(s),
-                    (Chunk::DataCr, b'\r') => Chunk::DataLf,
-                    (Chunk::DataLf, b'\n') => Chunk::Start,
-                    (Chunk::EndCr(..), b'\r') => Chunk::EndLf,
-                    (Chunk::EndCr(lines, _), _) if lines >= max_trailers => {
-                        return (c, i, ChunkStep::Off);
-                    }
-                    (Chunk::EndCr(lines, len), _) => Chunk::Trailer(lines, len + 1),
-                    (Chunk::TrailerLf(lines, len), b'\n') => Chunk::EndCr(lines + 1, len),
-                    (Chunk::EndLf, b'\n') => return (c, i, ChunkStep::Done),
-                    _ => return (c, i, ChunkStep::Off),
+                match chunk_byte(c, rest[0], max_trailers) {
+                    Ok(next) => next,
+                    Err(step) => return (c, i, step),
                 }
             }
         };
     }
     (c, i, ChunkStep::More)
+}
+
+/// One byte of the chunk grammar's single-byte states: the next state, or where tracking ends
+/// (`Done` after the last CRLF, `Off` on anything hyper would refuse).
+fn chunk_byte(c: Chunk, b: u8, max_trailers: usize) -> Result<Chunk, ChunkStep> {
+    Ok(match (c, b) {
+        (Chunk::Start, _) => Chunk::Size(hex(b).ok_or(ChunkStep::Off)?),
+        (Chunk::Size(s), _) if hex(b).is_some() => s
+            .checked_mul(16)
+            .zip(hex(b))
+            .and_then(|(s, v)| s.checked_add(v))
+            .map(Chunk::Size)
+            .ok_or(ChunkStep::Off)?,
+        (Chunk::Size(s) | Chunk::SizeLws(s), b' ' | b'\t') => Chunk::SizeLws(s),
+        (Chunk::Size(s) | Chunk::SizeLws(s), b';') => Chunk::Ext(s, 0),
+        (Chunk::Size(s) | Chunk::SizeLws(s), b'\r') => Chunk::SizeLf(s),
+        (Chunk::SizeLf(0), b'\n') => Chunk::EndCr(0, 0),
+        (Chunk::SizeLf(s), b'\n') => Chunk::Data(s),
+        (Chunk::DataCr, b'\r') => Chunk::DataLf,
+        (Chunk::DataLf, b'\n') => Chunk::Start,
+        (Chunk::EndCr(..), b'\r') => Chunk::EndLf,
+        (Chunk::EndCr(lines, _), _) if lines >= max_trailers => return Err(ChunkStep::Off),
+        (Chunk::EndCr(lines, len), _) => Chunk::Trailer(lines, len + 1),
+        (Chunk::TrailerLf(lines, len), b'\n') => Chunk::EndCr(lines + 1, len),
+        (Chunk::EndLf, b'\n') => return Err(ChunkStep::Done),
+        _ => return Err(ChunkStep::Off),
+    })
 }
 
 #[cfg(test)]

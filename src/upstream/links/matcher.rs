@@ -85,6 +85,53 @@ impl Cursor<'_> {
     }
 }
 
+/// `http://` or `https://`, case-insensitive: whether it is https, or the decision when the
+/// string is not (yet) a URL (`more` when it may still become one).
+fn scheme(c: &mut Cursor<'_>, more: Decision) -> Result<bool, Decision> {
+    match c.eat(b"http", true) {
+        None => return Err(more),
+        Some(false) => return Err(Decision::NoMatch),
+        Some(true) => {}
+    }
+    let https = match c.peek() {
+        None => return Err(more),
+        Some(b's' | b'S') => {
+            c.i += 1;
+            true
+        }
+        Some(_) => false,
+    };
+    match c.eat(b"://", true) {
+        None => Err(more),
+        Some(false) => Err(Decision::NoMatch),
+        Some(true) => Ok(https),
+    }
+}
+
+/// Port: digits after `:`, compared numerically so `:0443` is still 443.
+fn port(c: &mut Cursor<'_>, complete: bool) -> Result<Option<u16>, Decision> {
+    if c.peek() != Some(b':') {
+        return Ok(None);
+    }
+    c.i += 1;
+    let start = c.i;
+    let mut value: u32 = 0;
+    while let Some(d @ b'0'..=b'9') = c.peek() {
+        value = value * 10 + u32::from(d - b'0');
+        c.i += 1;
+        if c.i - start > 5 {
+            return Err(Decision::NoMatch);
+        }
+    }
+    if c.peek().is_none() && !complete {
+        return Err(Decision::NeedMore);
+    }
+    if c.i == start || value > u32::from(u16::MAX) {
+        return Err(Decision::NoMatch);
+    }
+    Ok(Some(value as u16))
+}
+
 /// Whether `b` ends an origin (or the `/v1` after it).
 fn is_boundary(b: Option<u8>) -> bool {
     matches!(b, None | Some(b'/' | b'?' | b'#'))
@@ -168,25 +215,10 @@ impl Origins {
             Decision::NeedMore
         };
         let mut c = Cursor { s, i: 0 };
-        // Scheme: `http://` or `https://`, case-insensitive.
-        match c.eat(b"http", true) {
-            None => return more,
-            Some(false) => return Decision::NoMatch,
-            Some(true) => {}
-        }
-        let https = match c.peek() {
-            None => return more,
-            Some(b's' | b'S') => {
-                c.i += 1;
-                true
-            }
-            Some(_) => false,
+        let https = match scheme(&mut c, more) {
+            Ok(https) => https,
+            Err(d) => return d,
         };
-        match c.eat(b"://", true) {
-            None => return more,
-            Some(false) => return Decision::NoMatch,
-            Some(true) => {}
-        }
         // Host: up to the first `/ ? # :` (an IPv6 literal runs to its `]`).
         let host_start = c.i;
         let bracketed = c.peek() == Some(b'[');
@@ -211,27 +243,9 @@ impl Origins {
         host.copy_from_slice(&s[host_start..c.i]);
         host.make_ascii_lowercase();
         let host: &[u8] = host;
-        // Port: digits after `:`, compared numerically so `:0443` is still 443.
-        let port = if c.peek() == Some(b':') {
-            c.i += 1;
-            let start = c.i;
-            let mut value: u32 = 0;
-            while let Some(d @ b'0'..=b'9') = c.peek() {
-                value = value * 10 + u32::from(d - b'0');
-                c.i += 1;
-                if c.i - start > 5 {
-                    return Decision::NoMatch;
-                }
-            }
-            if c.peek().is_none() && !complete {
-                return Decision::NeedMore;
-            }
-            if c.i == start || value > u32::from(u16::MAX) {
-                return Decision::NoMatch;
-            }
-            Some(value as u16)
-        } else {
-            None
+        let port = match port(&mut c, complete) {
+            Ok(port) => port,
+            Err(d) => return d,
         };
         c.i = if is_cliniko_host(host) {
             match port {
