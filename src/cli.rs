@@ -514,10 +514,7 @@ fn mint_key(
                 eprintln!("token mint needs --config (for the HMAC secret) or --signing-key");
                 return Err(ExitCode::from(64));
             };
-            let cfg = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return Err(code),
-            };
+            let cfg = load(&config)?;
             let Some(secret) = &cfg.auth.hmac_secret else {
                 eprintln!(
                     "{}",
