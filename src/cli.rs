@@ -244,6 +244,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    for d in &cfg.deprecated {
+        eprintln!("warning: {d}");
+    }
     match toml::to_string_pretty(&cfg) {
         Ok(s) => {
             println!("# effective configuration (valid)\n{s}");

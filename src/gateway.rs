@@ -52,6 +52,7 @@ impl Gateway {
     /// Builds every shared part from `cfg`, then serves on `listener` until shut down.
     pub async fn start(cfg: Config, listener: TcpListener) -> Result<Gateway, StartError> {
         warn_readable_secrets(&cfg);
+        cfg.warn_deprecated();
         let mut metrics = Metrics::new();
         let telemetry = crate::telemetry::start(&cfg.telemetry)?;
         let http = client::build_counted(&cfg.upstream, metrics.tls_handshakes())?;

@@ -110,6 +110,10 @@ impl Live {
         if old.is_some_and(|o| o.cors != cfg.cors) {
             changed.push("cors");
         }
+        // What depends on Redis (the key budgets' shared side) is rebuilt below.
+        if old.is_some_and(|o| o.redis != cfg.redis) {
+            changed.push("redis");
+        }
         let cache = match (old, cur) {
             (Some(o), Some(c)) if o.cache == cfg.cache => c.cache.clone(),
             _ => {
@@ -123,10 +127,16 @@ impl Live {
             }
         };
         let ratelimits = match (old, cur) {
-            (Some(o), Some(c)) if o.ratelimit == cfg.ratelimit => c.ratelimits.clone(),
+            (Some(o), Some(c)) if o.ratelimit == cfg.ratelimit && o.redis == cfg.redis => {
+                c.ratelimits.clone()
+            }
             _ => {
-                changed.extend(old.map(|_| "ratelimit"));
-                RateLimits::reconfigure(&cfg.ratelimit, cur.and_then(|c| c.ratelimits.as_ref()))?
+                changed.extend(
+                    old.filter(|o| o.ratelimit != cfg.ratelimit)
+                        .map(|_| "ratelimit"),
+                );
+                let prev = cur.and_then(|c| c.ratelimits.as_ref());
+                RateLimits::reconfigure(&cfg.ratelimit, &cfg.redis, prev)?
             }
         };
         // Cheap and stateless, always rebuilt, so a swap never shares them across configs.

@@ -8,11 +8,13 @@
 mod load;
 pub mod policy;
 pub mod ratelimit;
+pub mod redis;
 mod secret;
 pub use secret::Secret;
 mod validate;
 pub use policy::{GrantConfig, PolicyConfig};
-pub use ratelimit::{Quota, RateLimitConfig, RedisFailure, RedisUrl, UserLimitConfig};
+pub use ratelimit::{Quota, RateLimitConfig, UserLimitConfig};
+pub use redis::{Deprecated, RedisConfig, RedisFailure, RedisUrl};
 pub use validate::{is_shard_name, is_shard_name_bytes, parse_alg, valid_user_agent};
 
 pub use load::{
@@ -24,6 +26,14 @@ use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 impl Config {
+    /// Logs one warning per deprecated field read (at start-up and after each reload, so a
+    /// renamed field is noticed whenever the file is read).
+    pub fn warn_deprecated(&self) {
+        for d in &self.deprecated {
+            tracing::warn!(field = d.old, use_instead = d.new, "{d}");
+        }
+    }
+
     /// Every configured file that holds a secret, with the field naming it: the HMAC secret,
     /// the master key, the key store, the admin token and the inbound TLS private key.
     pub fn secret_files(&self) -> Vec<(&'static str, &std::path::Path)> {
@@ -65,6 +75,9 @@ pub struct Config {
     /// Rate limits (per user, per Cliniko key, shared through Redis).
     #[serde(default)]
     pub ratelimit: RateLimitConfig,
+    /// The Redis replicas share (key budgets, cache invalidations); off unless `url` is set.
+    #[serde(default)]
+    pub redis: RedisConfig,
     /// Least privilege: which claims grant which methods on which paths (deny by default).
     #[serde(default)]
     pub policy: PolicyConfig,
@@ -80,6 +93,10 @@ pub struct Config {
     /// The file this was read from (`None` for text loaded directly): what reloads re-read.
     #[serde(skip)]
     pub source: Option<ConfigSource>,
+    /// Deprecated fields that were read under their new names (warned about at start-up, on
+    /// each reload and by `check-config`).
+    #[serde(skip)]
+    pub deprecated: Vec<Deprecated>,
 }
 
 /// OpenTelemetry: one server span per request, a client span per Cliniko call, exported over

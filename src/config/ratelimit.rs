@@ -12,7 +12,7 @@ pub struct RateLimitConfig {
     /// Master switch for the limits (per user, per key, Cliniko pauses). Off keeps the resends
     /// (connect failures, a GET after Cliniko's 429/503 within `max_wait`): they are not limits.
     pub enabled: bool,
-    /// The budget per Cliniko user (all replicas together when `redis_url` is set).
+    /// The budget per Cliniko user (all replicas together when `redis.url` is set).
     pub key: Quota,
     /// The limit per verified user.
     pub user: UserLimitConfig,
@@ -23,44 +23,8 @@ pub struct RateLimitConfig {
     pub max_waiting: usize,
     /// Replicas sharing each key without Redis: the local budget is `key` divided by this.
     pub replicas: u32,
-    /// `redis://[:password@]host:port[/db]`: share the key budget through Redis.
-    pub redis_url: Option<RedisUrl>,
-    /// Longest one Redis decision may take before Redis counts as down.
-    #[serde(with = "humantime_serde")]
-    pub redis_timeout: Duration,
-    /// What happens while Redis is down: `open` (local budget) or `closed` (503).
-    pub redis_failure: RedisFailure,
-    /// Prefix of every Redis key the gateway writes.
-    pub redis_prefix: String,
     /// Retries of a bodiless request whose connection to Cliniko failed before it was sent.
     pub connect_retries: u32,
-}
-
-/// A Redis URL; a password in it never shows in `Debug` or in `check-config`'s output.
-#[derive(Clone, PartialEq, Deserialize)]
-#[serde(transparent)]
-pub struct RedisUrl(pub String);
-
-impl RedisUrl {
-    /// The URL with any `user:password@` replaced.
-    pub fn redacted(&self) -> String {
-        match (self.0.split_once("://"), self.0.rfind('@')) {
-            (Some((scheme, _)), Some(at)) => format!("{scheme}://[REDACTED]{}", &self.0[at..]),
-            _ => self.0.clone(),
-        }
-    }
-}
-
-impl std::fmt::Debug for RedisUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-impl Serialize for RedisUrl {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.redacted())
-    }
 }
 
 /// A GCRA quota: `rate` requests per `period`, up to `burst` at once.
@@ -109,16 +73,6 @@ pub struct UserLimitConfig {
     pub users: BTreeMap<String, Quota>,
 }
 
-/// What to do when Redis cannot be asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RedisFailure {
-    /// Keep serving on the local budget (`key` / `replicas`), warn and count.
-    Open,
-    /// Answer 503 `rate_limiter_unavailable`.
-    Closed,
-}
-
 fn minute() -> Duration {
     Duration::from_secs(60)
 }
@@ -137,10 +91,6 @@ impl Default for RateLimitConfig {
             max_wait: Duration::from_secs(2),
             max_waiting: 100,
             replicas: 1,
-            redis_url: None,
-            redis_timeout: Duration::from_millis(100),
-            redis_failure: RedisFailure::Open,
-            redis_prefix: "cliniko-gateway".into(),
             connect_retries: 2,
         }
     }
@@ -219,22 +169,6 @@ pub fn validate(c: &RateLimitConfig) -> Result<(), ConfigError> {
             "use 0 to 5",
         ));
     }
-    if c.redis_timeout.is_zero() || c.redis_timeout > Duration::from_secs(5) {
-        return Err(err(
-            "ratelimit.redis_timeout",
-            "must be between 1ms and 5s",
-            "use e.g. \"100ms\"",
-        ));
-    }
-    if let Some(RedisUrl(url)) = &c.redis_url
-        && (!url.starts_with("redis://") || ::redis::Client::open(url.as_str()).is_err())
-    {
-        return Err(err(
-            "ratelimit.redis_url",
-            "not a redis:// URL",
-            "write it like redis://127.0.0.1:6379/0",
-        ));
-    }
     Ok(())
 }
 
@@ -250,11 +184,6 @@ mod tests {
         let mut bad = RateLimitConfig::default();
         bad.key.burst = 0;
         assert_eq!(validate(&bad).unwrap_err().field, "ratelimit.key");
-        let bad = RateLimitConfig {
-            redis_url: Some(RedisUrl("http://x".into())),
-            ..RateLimitConfig::default()
-        };
-        assert_eq!(validate(&bad).unwrap_err().field, "ratelimit.redis_url");
         let mut bad = RateLimitConfig::default();
         bad.user.groups.insert(
             "etl".into(),
@@ -268,14 +197,6 @@ mod tests {
             validate(&bad).unwrap_err().field,
             "ratelimit.user.groups.etl"
         );
-    }
-
-    #[test]
-    fn redis_passwords_never_print() {
-        let u = RedisUrl("redis://:s3cret@10.0.0.1:6379/0".into());
-        assert_eq!(format!("{u:?}"), "redis://[REDACTED]@10.0.0.1:6379/0");
-        let plain = RedisUrl("redis://127.0.0.1:6379".into());
-        assert_eq!(plain.redacted(), "redis://127.0.0.1:6379");
     }
 
     #[test]

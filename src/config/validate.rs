@@ -79,6 +79,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     validate_auth(&c.auth)?;
     validate_cache(&c.cache)?;
     super::ratelimit::validate(&c.ratelimit)?;
+    super::redis::validate(&c.redis)?;
     validate_upstream(&c.upstream)
 }
 

@@ -160,7 +160,7 @@ pub enum GatewayError {
         /// The configured cap.
         max: usize,
     },
-    /// The shared rate-limit store (Redis) is down and `ratelimit.redis_failure = "closed"`.
+    /// The shared rate-limit store (Redis) is down and `redis.failure = "closed"`.
     #[error("the rate limiter is unavailable; retry shortly")]
     RateLimiterUnavailable,
     /// Cliniko did not answer within the configured timeout.

@@ -4,7 +4,7 @@
 //! (every key of that Cliniko user shares it, as Cliniko counts per user), else its key id.
 //! With Redis configured the arithmetic runs in Redis ([`super::redis`]); the local table
 //! still counts who is waiting here, and holds the fallback budget (`key / replicas`) used
-//! while Redis is down and `redis_failure = "open"`. After a Redis failure the gateway does
+//! while Redis is down and `redis.failure = "open"`. After a Redis failure the gateway does
 //! not ask Redis again for [`REDIS_DOWN_FOR`], so a dead Redis costs at most one timeout per
 //! second, never a hang.
 
@@ -104,7 +104,7 @@ impl KeyBudgets {
             local_gcra,
             max_wait: cfg.max_wait,
             max_waiting: cfg.max_waiting,
-            failure: cfg.redis_failure,
+            failure: shared.as_ref().map_or(RedisFailure::Open, |s| s.failure),
             shared,
             table: prev.map_or_else(Arc::default, |p| p.table.clone()),
             epoch: prev.map_or_else(Instant::now, |p| p.epoch),

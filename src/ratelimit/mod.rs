@@ -10,7 +10,7 @@
 //!    `cliniko_user` label when the key store has one (keys of one Cliniko user share it), else
 //!    by key id. A request whose slot is at most `max_wait` away waits for it; beyond that, or
 //!    with `max_waiting` requests already waiting on that budget, 429 with `limit: "key"`.
-//!    With `redis_url` the budget lives in Redis ([`redis`]), shared by every replica.
+//!    With `redis.url` the budget lives in Redis ([`redis`]), shared by every replica.
 //! 3. **Cliniko's own 429/503** and connection failures ([`layer`]): the budget is paused
 //!    until Cliniko's `X-RateLimit-Reset` / `Retry-After`, bodiless GET/HEAD are retried once
 //!    when that is within `max_wait`, and connect failures of bodiless requests are retried
@@ -24,18 +24,19 @@ pub mod layer;
 pub mod redis;
 pub mod user_limit;
 
-use crate::config::{ConfigError, RateLimitConfig, UserLimitConfig};
+use crate::config::{ConfigError, RateLimitConfig, RedisConfig, UserLimitConfig};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tokio::sync::watch;
 
 fn key_budgets(
     cfg: &RateLimitConfig,
+    shared: &RedisConfig,
     stats: Arc<RateLimitStats>,
     prev: Option<&key_budget::KeyBudgets>,
 ) -> Result<Arc<key_budget::KeyBudgets>, ConfigError> {
-    let shared = match &cfg.redis_url {
-        Some(url) => Some(redis::SharedBudget::new(&url.0, cfg)?),
+    let shared = match &shared.url {
+        Some(url) => Some(redis::SharedBudget::new(url, shared, &cfg.key)?),
         None => None,
     };
     Ok(Arc::new(key_budget::KeyBudgets::new(
@@ -86,6 +87,8 @@ pub struct RateLimitStats {
 /// Everything the rate-limit layer shares, built once at start-up.
 pub struct RateLimits {
     cfg: RateLimitConfig,
+    /// The `[redis]` the key budgets were built with (a change rebuilds them).
+    redis: RedisConfig,
     users: Option<Arc<user_limit::UserLimits>>,
     /// `None` with `enabled = false`: no limits, but the resends below still happen.
     budget: Option<Arc<key_budget::KeyBudgets>>,
@@ -97,7 +100,7 @@ impl std::fmt::Debug for RateLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimits")
             .field("key", &self.cfg.key)
-            .field("redis", &self.cfg.redis_url.is_some())
+            .field("redis", &self.redis.url.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -105,15 +108,19 @@ impl std::fmt::Debug for RateLimits {
 impl RateLimits {
     /// Builds the limits (with `enabled = false` only the resends after connection failures
     /// and Cliniko's 429/503, which are not limits). Needs a Tokio runtime (Redis).
-    pub fn new(cfg: &RateLimitConfig) -> Result<Option<Arc<RateLimits>>, ConfigError> {
+    pub fn new(
+        cfg: &RateLimitConfig,
+        redis: &RedisConfig,
+    ) -> Result<Option<Arc<RateLimits>>, ConfigError> {
         crate::config::ratelimit::validate(cfg)?;
         let stats = Arc::new(RateLimitStats::default());
         let on = cfg.enabled;
         Ok(Some(Arc::new(RateLimits {
             cfg: cfg.clone(),
+            redis: redis.clone(),
             users: user_limits(cfg).filter(|_| on),
             budget: on
-                .then(|| key_budgets(cfg, stats.clone(), None))
+                .then(|| key_budgets(cfg, redis, stats.clone(), None))
                 .transpose()?,
             stats,
             pauses: watch::Sender::new(0),
@@ -123,18 +130,20 @@ impl RateLimits {
     /// The limits for a reloaded `cfg`, keeping `prev`'s state: the key budgets' per-key state
     /// always (a reload must not let a fresh burst through to Cliniko, nor end a Cliniko
     /// pause), the per-user limits when `[ratelimit.user]` is unchanged, and the counters.
+    /// A changed `[redis]` rebuilds the budgets' Redis side (new URL, timeout, prefix).
     pub fn reconfigure(
         cfg: &RateLimitConfig,
+        redis: &RedisConfig,
         prev: Option<&Arc<RateLimits>>,
     ) -> Result<Option<Arc<RateLimits>>, ConfigError> {
         let Some(prev) = prev else {
-            return RateLimits::new(cfg);
+            return RateLimits::new(cfg, redis);
         };
         crate::config::ratelimit::validate(cfg)?;
         let budget = match &prev.budget {
             _ if !cfg.enabled => None,
-            Some(b) if same_budget(&prev.cfg, cfg) => Some(b.clone()),
-            b => Some(key_budgets(cfg, prev.stats.clone(), b.as_deref())?),
+            Some(b) if same_budget(&prev.cfg, cfg) && prev.redis == *redis => Some(b.clone()),
+            b => Some(key_budgets(cfg, redis, prev.stats.clone(), b.as_deref())?),
         };
         let users = if !cfg.enabled {
             None
@@ -145,6 +154,7 @@ impl RateLimits {
         };
         Ok(Some(Arc::new(RateLimits {
             cfg: cfg.clone(),
+            redis: redis.clone(),
             users,
             budget,
             stats: prev.stats.clone(),

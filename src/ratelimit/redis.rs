@@ -2,13 +2,12 @@
 //! Redis on Redis's own clock (`TIME`), so replicas with skewed clocks still agree.
 //!
 //! The script is [`super::gcra`] line for line: one key per budget
-//! (`<redis_prefix>:budget:<budget id>`) holding the TAT in µs since the Unix epoch, with an
-//! expiry just past it so idle budgets vanish. Every call is bounded by `redis_timeout`; a
+//! (`<redis.prefix>:budget:<budget id>`) holding the TAT in µs since the Unix epoch, with an
+//! expiry just past it so idle budgets vanish. Every call is bounded by `redis.timeout`; a
 //! timeout or error is reported to the caller, which fails open or closed.
 
 use super::gcra::{Decision, Gcra};
-use crate::config::ConfigError;
-use crate::config::RateLimitConfig;
+use crate::config::{ConfigError, Quota, RedisConfig, RedisFailure, RedisUrl};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
 
@@ -52,7 +51,7 @@ return {admitted, wait}
 /// Why Redis gave no decision.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedError {
-    /// No answer within `redis_timeout`.
+    /// No answer within `redis.timeout`.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     /// Connection or command failure.
@@ -67,23 +66,29 @@ pub struct SharedBudget {
     prefix: String,
     timeout: Duration,
     gcra: Gcra,
+    /// What the budgets do while Redis is down.
+    pub(super) failure: RedisFailure,
 }
 
 impl SharedBudget {
     /// Prepares a lazy, self-reconnecting connection (nothing is sent until the first request,
     /// so a Redis that is down at start-up does not stop the gateway).
-    pub(super) fn new(url: &str, cfg: &RateLimitConfig) -> Result<SharedBudget, ConfigError> {
+    pub(super) fn new(
+        url: &RedisUrl,
+        cfg: &RedisConfig,
+        key: &Quota,
+    ) -> Result<SharedBudget, ConfigError> {
         let bad = || {
             ConfigError::new(
-                "ratelimit.redis_url",
+                "redis.url",
                 "cannot be used",
                 "write it like redis://127.0.0.1:6379/0",
             )
         };
-        let client = redis::Client::open(url).map_err(|_| bad())?;
+        let client = redis::Client::open(url.0.as_str()).map_err(|_| bad())?;
         let mc = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.redis_timeout))
-            .set_response_timeout(Some(cfg.redis_timeout))
+            .set_connection_timeout(Some(cfg.timeout))
+            .set_response_timeout(Some(cfg.timeout))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
@@ -91,9 +96,10 @@ impl SharedBudget {
         Ok(SharedBudget {
             conn,
             script: redis::Script::new(SCRIPT),
-            prefix: cfg.redis_prefix.clone(),
-            timeout: cfg.redis_timeout,
-            gcra: Gcra::of(&cfg.key),
+            prefix: cfg.prefix.clone(),
+            timeout: cfg.timeout,
+            gcra: Gcra::of(key),
+            failure: cfg.failure,
         })
     }
 

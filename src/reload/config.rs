@@ -96,13 +96,13 @@ mod tests {
         let s = "a-secret-of-at-least-32-bytes-long!!";
         let redis = |pw: &str| {
             cfg(
-                &format!("[ratelimit]\nredis_url = \"redis://:{pw}@127.0.0.1:6379/0\"\n"),
+                &format!("[redis]\nurl = \"redis://:{pw}@127.0.0.1:6379/0\"\n"),
                 s,
             )
         };
         // Serialised, both URLs read `redis://[REDACTED]@…`: equality must still see it.
-        assert!(redis("one").ratelimit != redis("two").ratelimit);
-        assert!(redis("one").ratelimit == redis("one").ratelimit);
+        assert!(redis("one").redis != redis("two").redis);
+        assert!(redis("one").redis == redis("one").redis);
         let mut a = cfg("", s);
         a.admin.token = Some(String::from("an-admin-token-of-at-least-32-characters").into());
         let b = a.clone();

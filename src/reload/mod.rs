@@ -3,7 +3,7 @@
 //! keep what they started with):
 //! - the key store, in place;
 //! - the reloadable parts of the config (`[auth]` keys and claims, `[policy]`, `[ratelimit]`,
-//!   `[cache]`, `[cors]`): the config file is read and validated again and a new stack set is swapped
+//!   `[redis]`, `[cache]`, `[cors]`): the config file is read and validated again and a new stack set is swapped
 //!   in (see [`config`]). Other sections need a restart: a change there is logged, shown by
 //!   `config_restart_pending` and in the admin reply, and otherwise ignored.
 //!
@@ -182,6 +182,7 @@ impl Reloader {
         })
         .await
         .map_err(|_| ConfigError::new("(reload)", "the reload task failed", "try again"))??;
+        new.warn_deprecated();
         let restart_needed = config::restart_needed(&configs.started, &new);
         let current = self.live.load_full();
         let auth_changed = auth != configs.auth;

@@ -258,3 +258,46 @@ fn logs_are_json_unless_stdout_is_a_terminal_by_default() {
         );
     }
 }
+
+#[test]
+fn old_ratelimit_redis_fields_still_load_into_redis_with_a_warning() {
+    use cliniko_gateway::config::{RedisFailure, RedisUrl};
+    let old = format!(
+        "{MINIMAL}[ratelimit]\nreplicas = 2\nredis_url = \"redis://r:6379/0\"\nredis_failure = \"closed\"\nredis_timeout = \"250ms\"\nredis_prefix = \"gw-old\"\n"
+    );
+    let cfg = load_str(&old, Path::new("/etc/gw"), &env(&[])).unwrap();
+    assert_eq!(cfg.redis.url, Some(RedisUrl("redis://r:6379/0".into())));
+    assert_eq!(cfg.redis.failure, RedisFailure::Closed);
+    assert_eq!(cfg.redis.timeout, std::time::Duration::from_millis(250));
+    assert_eq!(cfg.redis.prefix, "gw-old");
+    assert_eq!(cfg.ratelimit.replicas, 2);
+    let warned: Vec<String> = cfg.deprecated.iter().map(|d| d.to_string()).collect();
+    assert_eq!(warned.len(), 4, "{warned:?}");
+    assert!(warned[0].contains("`ratelimit.redis_url`") && warned[0].contains("`redis.url`"));
+    // The old environment name too (deployments set the URL that way).
+    let e = env(&[("CLINIKO_GATEWAY__RATELIMIT__REDIS_URL", "redis://env:6379")]);
+    let cfg = load_str(MINIMAL, Path::new("/etc/gw"), &e).unwrap();
+    assert_eq!(cfg.redis.url, Some(RedisUrl("redis://env:6379".into())));
+    assert_eq!(cfg.deprecated.len(), 1);
+    // The new names warn about nothing.
+    let new = format!("{MINIMAL}[redis]\nurl = \"redis://r:6379/0\"\n");
+    let cfg = load_str(&new, Path::new("/etc/gw"), &env(&[])).unwrap();
+    assert!(cfg.deprecated.is_empty() && cfg.redis.url.is_some());
+    // A bad value under the old name is still refused.
+    let bad = format!("{MINIMAL}[ratelimit]\nredis_url = \"http://r\"\n");
+    assert_eq!(field_of(&bad, &env(&[])), "redis.url");
+}
+
+#[test]
+fn a_redis_field_set_under_both_names_is_refused_naming_both() {
+    let both = format!(
+        "{MINIMAL}[redis]\nurl = \"redis://new:6379\"\n[ratelimit]\nredis_url = \"redis://old:6379\"\n"
+    );
+    let err = load_str(&both, Path::new("/etc/gw"), &env(&[])).unwrap_err();
+    assert_eq!(err.field, "ratelimit.redis_url");
+    assert!(err.to_string().contains("`redis.url`"), "{err}");
+    // Across file and environment alike.
+    let file_new = format!("{MINIMAL}[redis]\nfailure = \"open\"\n");
+    let e = env(&[("CLINIKO_GATEWAY__RATELIMIT__REDIS_FAILURE", "closed")]);
+    assert_eq!(field_of(&file_new, &e), "ratelimit.redis_failure");
+}

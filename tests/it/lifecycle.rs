@@ -23,10 +23,15 @@ impl Proc {
 }
 
 async fn spawn(sb: &Sandbox, users: &[(&str, &str)]) -> Proc {
+    spawn_with(sb, users, "").await
+}
+
+/// [`spawn`] with `tail` appended to the config.
+async fn spawn_with(sb: &Sandbox, users: &[(&str, &str)], tail: &str) -> Proc {
     let dir = process_config_dir(
         sb,
         "shutdown_grace = \"20s\"",
-        &format!("level = \"info\"\n{ALLOW_ALL_POLICY}"),
+        &format!("level = \"info\"\n{ALLOW_ALL_POLICY}{tail}"),
         users,
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_cliniko-gateway"))
@@ -186,4 +191,62 @@ async fn check_config_prints_the_effective_config_without_secrets() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("upstream.user_agent"));
+}
+
+#[tokio::test]
+async fn old_redis_field_names_warn_at_start_on_reload_and_in_check_config() {
+    let sb = Sandbox::start(SandboxOptions {
+        accounts: vec![account(KEY_ALICE, "Alice")],
+        ..SandboxOptions::default()
+    })
+    .await
+    .unwrap();
+    let old = "[ratelimit]\nredis_prefix = \"gw-old\"\n";
+    let mut p = spawn_with(&sb, &[("alice", KEY_ALICE)], old).await;
+    let deprecated = "`ratelimit.redis_prefix` is deprecated";
+    let at_start = p
+        .logs
+        .seen
+        .iter()
+        .filter(|l| l.contains(deprecated))
+        .count();
+    assert_eq!(at_start, 1, "{:?}", p.logs.seen);
+    signal(&p.child, "-HUP");
+    let line = p.wait_line(deprecated).await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["level"], "WARN");
+    assert_eq!(v["field"], "ratelimit.redis_prefix");
+    assert_eq!(v["use_instead"], "redis.prefix");
+    p.wait_line("config reloaded").await;
+    assert_eq!(get(&p.base, "alice", "/v1/patients").await.0, 200);
+    let gw = p.dir.path().join("gw.toml");
+    let check = || async {
+        Command::new(env!("CARGO_BIN_EXE_cliniko-gateway"))
+            .args(["check-config", "--config"])
+            .arg(&gw)
+            .env("CLINIKO_GATEWAY_HMAC_SECRET", HMAC)
+            .env("CLINIKO_GATEWAY_MASTER_KEY", MASTER)
+            .output()
+            .await
+            .unwrap()
+    };
+    let out = check().await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(deprecated), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("[redis]") && stdout.contains("gw-old"),
+        "{stdout}"
+    );
+    // The same field under both names: refused, both named.
+    let text = std::fs::read_to_string(&gw).unwrap();
+    std::fs::write(&gw, format!("{text}[redis]\nprefix = \"gw-new\"\n")).unwrap();
+    let out = check().await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("ratelimit.redis_prefix") && stderr.contains("redis.prefix"),
+        "{stderr}"
+    );
 }

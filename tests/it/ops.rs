@@ -72,7 +72,7 @@ impl Replica {
             )
             .env("CLINIKO_GATEWAY__UPSTREAM__CA_FILE", s("ca.pem"))
             .env("CLINIKO_GATEWAY__UPSTREAM__SHARDS__AU1", sb.base_url())
-            .env("CLINIKO_GATEWAY__RATELIMIT__REDIS_URL", &redis.url)
+            .env("CLINIKO_GATEWAY__REDIS__URL", &redis.url)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)

@@ -518,3 +518,33 @@ async fn a_new_jwks_must_answer_before_it_is_swapped_in() {
         assert!(text.contains(line), "{line} in:\n{text}");
     }
 }
+
+/// The Redis keys under `prefix` (through the redis crate's own client).
+fn redis_keys(url: &str, prefix: &str) -> Vec<String> {
+    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut con)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_changed_redis_section_rebuilds_the_shared_key_budgets() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let h = Harness::start(Setup::default()).await;
+    assert_eq!(h.get_as("alice", "/v1/user").await.status, 200);
+    h.edit_config(|t| format!("{t}[redis]\nurl = \"{}\"\nprefix = \"gw-one\"\n", redis.url));
+    assert_eq!(h.gateway().reload().await.unwrap().changed, vec!["redis"]);
+    assert_eq!(h.get_as("alice", "/v1/user").await.status, 200);
+    assert_eq!(
+        redis_keys(&redis.url, "gw-one").len(),
+        1,
+        "decided in Redis"
+    );
+    h.edit_config(|t| t.replace("gw-one", "gw-two"));
+    assert_eq!(h.gateway().reload().await.unwrap().changed, vec!["redis"]);
+    assert_eq!(h.get_as("alice", "/v1/user").await.status, 200);
+    assert_eq!(redis_keys(&redis.url, "gw-two").len(), 1, "the new prefix");
+}
