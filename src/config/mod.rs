@@ -9,6 +9,7 @@ mod load;
 pub mod policy;
 pub mod ratelimit;
 mod secret;
+pub mod shares;
 pub use secret::Secret;
 mod validate;
 pub use policy::{GrantConfig, PolicyConfig};
