@@ -10,6 +10,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod redis;
 mod secret;
+pub mod shares;
 pub use secret::Secret;
 mod validate;
 pub use policy::{GrantConfig, PolicyConfig};

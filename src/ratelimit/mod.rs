@@ -17,6 +17,7 @@
 //!    with jittered backoff. Nothing with a body is ever resent. With `enabled = false` only
 //!    this part runs (no budget to pause: a resend just waits Cliniko's wait).
 
+pub mod fair;
 mod gcra;
 pub mod headers;
 pub mod key_budget;

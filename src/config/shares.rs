@@ -1,0 +1,200 @@
+//! `[ratelimit.shares]`: how the requests waiting on one key budget are shared among the
+//! calling apps (weighted fair queuing, see `ratelimit::fair`), and its validation.
+
+use super::ConfigError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Heaviest weight: beyond it one app's share no longer changes anything measurable, and the
+/// scheduler's virtual time keeps its precision.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// A priority class: every waiting `interactive` request is admitted before any `batch` one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Class {
+    /// People are waiting on it (front desk, booking pages).
+    Interactive,
+    /// Jobs that can wait (syncs, exports, reports).
+    Batch,
+}
+
+impl Class {
+    /// Both classes, in the order they are served.
+    pub const ALL: [Class; 2] = [Class::Interactive, Class::Batch];
+}
+
+/// One app's (or group's) share: its class, and its weight within the class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Share {
+    /// Relative share of the budget among the waiting apps of its class (1..=1000).
+    pub weight: u32,
+    /// `interactive` (admitted first) or `batch`.
+    pub class: Class,
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Share {
+            weight: 1,
+            class: Class::Interactive,
+        }
+    }
+}
+
+/// `[ratelimit.shares]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharesConfig {
+    /// The share of an app named by no entry below (and of tokens naming no app).
+    pub default: Share,
+    /// The JWT claim holding the caller's groups (a string or an array of strings).
+    pub group_claim: String,
+    /// Share per app (the token's `azp`, else `client_id`); wins over groups.
+    pub apps: BTreeMap<String, Share>,
+    /// Share per group claim value; a caller in several gets the first class, then the
+    /// heaviest weight.
+    pub groups: BTreeMap<String, Share>,
+}
+
+impl Default for SharesConfig {
+    fn default() -> Self {
+        SharesConfig {
+            default: Share::default(),
+            group_claim: "groups".into(),
+            apps: BTreeMap::new(),
+            groups: BTreeMap::new(),
+        }
+    }
+}
+
+fn check_share(field: &str, s: &Share) -> Result<(), ConfigError> {
+    if s.weight == 0 || s.weight > MAX_WEIGHT {
+        return Err(ConfigError::new(
+            format!("{field}.weight"),
+            format!("must be between 1 and {MAX_WEIGHT}"),
+            "use a whole number, e.g. weight = 3 for three times the share of weight 1",
+        ));
+    }
+    Ok(())
+}
+
+/// A name as tokens carry it: the gateway keeps app names only when they are plain
+/// (`[A-Za-z0-9._~:@-]`, at most 128 bytes), so any other configured name could never match.
+fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    let plain = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~:@-".contains(&b));
+    if plain {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        field,
+        "is not a name a token can carry here (1-128 of A-Z a-z 0-9 . _ ~ : @ -)",
+        "use the app's azp/client_id or the group exactly as the token has it",
+    ))
+}
+
+/// The `[ratelimit.shares]` rules the types cannot express.
+pub fn validate(s: &SharesConfig) -> Result<(), ConfigError> {
+    check_share("ratelimit.shares.default", &s.default)?;
+    if s.group_claim.trim().is_empty() {
+        return Err(ConfigError::new(
+            "ratelimit.shares.group_claim",
+            "is empty",
+            "name the JWT claim holding groups, e.g. \"groups\"",
+        ));
+    }
+    for (name, share) in &s.apps {
+        let field = format!("ratelimit.shares.apps.\"{name}\"");
+        check_name(&field, name)?;
+        if name == "other" {
+            // The metrics' label for every app not listed here.
+            return Err(ConfigError::new(
+                field,
+                "is the metrics label of every unlisted app",
+                "leave the app out (it gets the default share) or list it under its groups",
+            ));
+        }
+        check_share(&field, share)?;
+    }
+    for (name, share) in &s.groups {
+        let field = format!("ratelimit.shares.groups.\"{name}\"");
+        if name.is_empty() {
+            return Err(ConfigError::new(
+                field,
+                "is empty",
+                "use the group exactly as the token's group claim has it",
+            ));
+        }
+        check_share(&field, share)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> Result<SharesConfig, String> {
+        toml::from_str(toml_text).map_err(|e| e.message().to_string())
+    }
+
+    #[test]
+    fn defaults_are_one_interactive_line_per_app_and_validate() {
+        let s = SharesConfig::default();
+        assert_eq!(s.default, Share::default());
+        validate(&s).unwrap();
+        let s = parse(
+            r#"
+default = { weight = 2, class = "batch" }
+apps = { reception = { weight = 3 }, nightly-sync = { class = "batch" } }
+groups = { front-desk = { weight = 5, class = "interactive" } }
+"#,
+        )
+        .unwrap();
+        validate(&s).unwrap();
+        assert_eq!(s.apps["reception"].class, Class::Interactive);
+        assert_eq!(s.apps["nightly-sync"].weight, 1);
+        assert!(
+            Class::Interactive < Class::Batch,
+            "interactive is served first"
+        );
+    }
+
+    #[test]
+    fn bad_weights_classes_and_names_name_the_field_and_the_fix() {
+        let err = parse(r#"apps = { x = { class = "urgent" } }"#).unwrap_err();
+        assert!(err.contains("expected `interactive` or `batch`"), "{err}");
+        let mut s = SharesConfig::default();
+        s.apps.insert(
+            "reception".into(),
+            Share {
+                weight: 0,
+                class: Class::Batch,
+            },
+        );
+        let e = validate(&s).unwrap_err();
+        assert_eq!(e.field, "ratelimit.shares.apps.\"reception\".weight");
+        assert!(e.fix.contains("weight = 3"), "{e}");
+        let mut s = SharesConfig::default();
+        s.default.weight = MAX_WEIGHT + 1;
+        assert_eq!(
+            validate(&s).unwrap_err().field,
+            "ratelimit.shares.default.weight"
+        );
+        let mut s = SharesConfig::default();
+        s.apps.insert("front desk".into(), Share::default());
+        let e = validate(&s).unwrap_err();
+        assert_eq!(e.field, "ratelimit.shares.apps.\"front desk\"");
+        let mut s = SharesConfig::default();
+        s.group_claim = " ".into();
+        assert_eq!(
+            validate(&s).unwrap_err().field,
+            "ratelimit.shares.group_claim"
+        );
+    }
+}
