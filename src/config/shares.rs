@@ -190,8 +190,10 @@ groups = { front-desk = { weight = 5, class = "interactive" } }
         s.apps.insert("front desk".into(), Share::default());
         let e = validate(&s).unwrap_err();
         assert_eq!(e.field, "ratelimit.shares.apps.\"front desk\"");
-        let mut s = SharesConfig::default();
-        s.group_claim = " ".into();
+        let s = SharesConfig {
+            group_claim: " ".into(),
+            ..SharesConfig::default()
+        };
         assert_eq!(
             validate(&s).unwrap_err().field,
             "ratelimit.shares.group_claim"
