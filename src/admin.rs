@@ -3,7 +3,8 @@
 //! same timeouts, a connection limit and accept back-off. The proxy port never serves these
 //! routes.
 //!
-//! - `POST /admin/cache/purge?all=true` | `?user=<name>` | `?prefix=/v1/patients`
+//! - `POST /admin/cache/purge?all=true` | `?user=<name>` | `?prefix=/v1/patients`: on every
+//!   replica when Redis is configured (the cache bus carries it)
 //! - `POST /admin/reload`: re-read the key store (a bad file is refused; the old one stays)
 //! - `GET /admin/keys`: users, key ids, fingerprints and shards — never keys
 //! - `GET /metrics`: Prometheus text (OpenMetrics). Behind the same token as everything else
@@ -11,6 +12,7 @@
 //!   sends a bearer token with `authorization.credentials_file` in its scrape config.
 
 use crate::body::Body;
+use crate::cache::Invalidation;
 use crate::config::AdminConfig;
 use crate::credentials::Credentials;
 use crate::metrics::{Metrics, ReloadTrigger};
@@ -154,11 +156,16 @@ impl Admin {
         match (all, user, prefix) {
             (Some("true"), None, None) => {
                 cache.purge_all();
+                cache.publish(Invalidation::All);
                 reply(StatusCode::OK, json!({"purged": "all"}))
             }
             (None, Some(u), None) => match self.credentials.lookup(u) {
                 Some(c) => {
                     cache.purge_credential(cache.credential_id(c.key.expose()));
+                    // Other replicas get the fingerprint and find their own entries by it.
+                    cache.publish(Invalidation::Credential {
+                        fingerprint: c.fingerprint.to_string(),
+                    });
                     reply(
                         StatusCode::OK,
                         json!({"purged": "credential", "key_id": &*c.key_id}),
@@ -171,6 +178,9 @@ impl Admin {
             },
             (None, None, Some(p)) if p == "/v1" || p.starts_with("/v1/") => {
                 cache.purge_prefix(p);
+                cache.publish(Invalidation::Prefixes {
+                    prefixes: vec![p.to_string()],
+                });
                 reply(StatusCode::OK, json!({"purged": "prefix", "prefix": p}))
             }
             _ => reply(

@@ -221,8 +221,15 @@ async fn serve(path: PathBuf) -> ExitCode {
         Err(code) => return code,
     };
     crate::logging::init(cfg.log.format, &cfg.log.level);
+    let signals = match crate::gateway::Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot handle signals: {e}");
+            return ExitCode::from(70);
+        }
+    };
     match Gateway::bind_and_start(cfg).await {
-        Ok(gw) => match gw.run_until_signal().await {
+        Ok(gw) => match gw.run_until_signal(signals).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "signal handling failed");

@@ -154,6 +154,7 @@ A local Cliniko stand-in is at {up}; the gateway holds its API key, you hold onl
             up = self.sandbox.base_url(),
             appt = crate::sandbox::seeded_appointment_id(0, 1),
         );
-        self.gateway.run_until_signal().await
+        let signals = crate::gateway::Signals::install()?;
+        self.gateway.run_until_signal(signals).await
     }
 }

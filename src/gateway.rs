@@ -46,6 +46,7 @@ pub struct Gateway {
     reloader: Arc<Reloader>,
     metrics: Arc<Metrics>,
     telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    bus: Arc<crate::cache::CacheBus>,
 }
 
 impl Gateway {
@@ -68,6 +69,8 @@ impl Gateway {
         let tls = server::tls_acceptor(&cfg.server)?;
         let readiness = GatewayReadiness::new();
         let inflight = crate::inflight::InFlight::new(cfg.upstream.max_in_flight_per_user);
+        let bus = crate::cache::CacheBus::new(credentials.clone());
+        bus.configure(&cfg.redis);
         let fixed = Fixed {
             credentials: credentials.clone(),
             inflight: inflight.clone(),
@@ -81,6 +84,7 @@ impl Gateway {
             metrics: Some(Arc::new(metrics.http())),
             http,
             telemetry: telemetry.clone(),
+            bus: bus.clone(),
         };
         // The same build a reload runs, from nothing.
         let built = Live::build(&fixed, &cfg, None).await?;
@@ -89,6 +93,7 @@ impl Gateway {
         metrics.add_sources(Arc::new(crate::scrape::Sources::new(
             live.clone(),
             inflight,
+            bus.clone(),
         )));
         let ready = readiness.clone();
         metrics.add_gauge_fn("ready", "1 while /readyz answers 200", move || {
@@ -149,6 +154,7 @@ impl Gateway {
             reloader,
             metrics,
             telemetry,
+            bus,
         })
     }
 
@@ -166,6 +172,11 @@ impl Gateway {
     /// The admin listener's address, when enabled.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The cache invalidation bus (for its counters).
+    pub fn cache_bus(&self) -> &Arc<crate::cache::CacheBus> {
+        &self.bus
     }
 
     /// The rate limits now serving, if enabled (for stats).
@@ -208,6 +219,8 @@ impl Gateway {
         for t in self.tasks {
             let _ = t.await;
         }
+        // Stops its Redis tasks (an in-process gateway must not outlive its shutdown).
+        self.bus.configure(&crate::config::RedisConfig::default());
         if let Some(t) = self.telemetry {
             // Exports what is still queued; blocking, so off the async threads.
             let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
@@ -216,11 +229,12 @@ impl Gateway {
     }
 
     /// Serves until SIGTERM/SIGINT (then drains); SIGHUP reloads the config and the key store.
-    pub async fn run_until_signal(self) -> std::io::Result<()> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = signal(SignalKind::hangup())?;
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+    pub async fn run_until_signal(self, signals: Signals) -> std::io::Result<()> {
+        let Signals {
+            mut hup,
+            mut term,
+            mut int,
+        } = signals;
         loop {
             tokio::select! {
                 _ = hup.recv() => { let _ = self.reload().await; }
@@ -231,6 +245,26 @@ impl Gateway {
         tracing::info!("shutdown signal received; draining");
         self.shutdown().await;
         Ok(())
+    }
+}
+
+/// The signals a serving gateway acts on. Installed before it starts, so a SIGHUP sent as
+/// soon as `gateway listening` is logged reloads rather than kills the process.
+pub struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Takes over SIGHUP, SIGTERM and SIGINT for this process.
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
 }
 

@@ -110,7 +110,8 @@ impl Live {
         if old.is_some_and(|o| o.cors != cfg.cors) {
             changed.push("cors");
         }
-        // What depends on Redis (the key budgets' shared side) is rebuilt below.
+        // What depends on Redis is rebuilt: the key budgets' shared side below, the cache bus
+        // once the new set serves (`CacheBus::configure`, by the caller).
         if old.is_some_and(|o| o.redis != cfg.redis) {
             changed.push("redis");
         }
@@ -123,6 +124,7 @@ impl Live {
                 Cache::new_after(
                     &cfg.cache,
                     prev.as_ref().and_then(|p| p.cache_stats.clone()),
+                    Some(fixed.bus.clone()),
                 )
             }
         };

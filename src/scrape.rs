@@ -1,6 +1,7 @@
 //! The live parts' own counters (cache, rate limits, token verification) as metrics, read at
 //! scrape time from whichever set is serving then, so the figures follow a reload.
 
+use crate::cache::CacheBus;
 use crate::inflight::InFlight;
 use crate::live::Shared;
 use crate::metrics::{Source, counter, family, gauge};
@@ -19,6 +20,7 @@ pub struct Sources {
     cache_bytes: Gauge,
     cache_entries: Gauge,
     inflight: Arc<InFlight>,
+    bus: Arc<CacheBus>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -29,10 +31,11 @@ impl std::fmt::Debug for Sources {
 
 impl Sources {
     /// Exports the counters of whatever set `live` holds when scraped.
-    pub fn new(live: Shared, inflight: Arc<InFlight>) -> Sources {
+    pub fn new(live: Shared, inflight: Arc<InFlight>, bus: Arc<CacheBus>) -> Sources {
         Sources {
             live,
             inflight,
+            bus,
             cache_bytes: Gauge::default(),
             cache_entries: Gauge::default(),
         }
@@ -73,6 +76,39 @@ fn load(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
+/// The cache bus's figures (only with `[redis]`: without it there is nothing to watch).
+fn bus(
+    enc: &mut DescriptorEncoder,
+    s: &crate::cache::bus::BusStats,
+    up: bool,
+) -> Result<(), std::fmt::Error> {
+    family(
+        enc,
+        "cache_invalidations",
+        "Cache invalidations shared over Redis: published to the other replicas, received \
+         from them, dropped (queue full or Redis down)",
+        "event",
+        &[
+            ("published", load(&s.published)),
+            ("received", load(&s.received)),
+            ("dropped", load(&s.dropped)),
+        ],
+    )?;
+    gauge(
+        enc,
+        "cache_invalidation_subscribed",
+        "1 while this replica hears the other replicas' cache invalidations",
+        u64::from(up),
+    )?;
+    counter(
+        enc,
+        "cache_resubscribe_clears",
+        "Whole-cache clears after the invalidation subscription came back (invalidations \
+         may have been missed meanwhile)",
+        load(&s.resubscribe_clears),
+    )
+}
+
 impl Collector for Sources {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let live = self.live.load();
@@ -96,6 +132,9 @@ impl Collector for Sources {
                 "Entries evicted to stay under cache.capacity_bytes",
                 load(&s.evictions),
             )?;
+        }
+        if let Some(up) = self.bus.subscribed() {
+            bus(&mut enc, self.bus.stats(), up)?;
         }
         if let Some(r) = &live.ratelimits {
             let s = r.stats();

@@ -44,6 +44,9 @@ pub struct Fixed {
     pub telemetry: Option<Arc<Telemetry>>,
     /// The outbound client a new JWKS fetcher uses.
     pub http: HttpClient,
+    /// Cache invalidations shared with the other replicas (idle without `[redis]`); every
+    /// cache a reload builds joins it.
+    pub bus: Arc<crate::cache::CacheBus>,
 }
 
 /// The parts a config reload may replace.

@@ -7,11 +7,14 @@
 //! links already rewritten, bounded in bytes (not entries). Concurrent misses for one key send
 //! one request upstream. A successful write drops every credential's entries of that resource
 //! type, and an epoch counter stops a fill that raced with a write from storing stale data.
+//! With Redis, writes and admin purges reach every replica's cache ([`bus`]).
 
+pub mod bus;
 mod entry;
 mod flight;
 mod layer;
 
+pub use bus::{CacheBus, Invalidation};
 pub use entry::{CacheKey, CredentialId, Entry};
 
 use crate::config::{CacheConfig, CacheRule};
@@ -51,6 +54,8 @@ pub struct Cache {
     /// A strong link, so a chain of reloads stays whole while an old write is in flight
     /// (it only points forward: no cycle; it lives as long as this cache does).
     successor: std::sync::OnceLock<Arc<Cache>>,
+    /// Carries this cache's invalidations to the other replicas and theirs to it.
+    bus: Option<Arc<CacheBus>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -65,12 +70,16 @@ impl std::fmt::Debug for Cache {
 impl Cache {
     /// Builds the cache, or `None` when disabled.
     pub fn new(cfg: &CacheConfig) -> Option<Arc<Cache>> {
-        Cache::new_after(cfg, None)
+        Cache::new_after(cfg, None, None)
     }
 
     /// Builds an empty cache for a reloaded `cfg` counting into `stats` (a previous cache's,
-    /// so the counters carry on).
-    pub fn new_after(cfg: &CacheConfig, stats: Option<Arc<CacheStats>>) -> Option<Arc<Cache>> {
+    /// so the counters carry on), sharing invalidations over `bus`.
+    pub fn new_after(
+        cfg: &CacheConfig,
+        stats: Option<Arc<CacheStats>>,
+        bus: Option<Arc<CacheBus>>,
+    ) -> Option<Arc<Cache>> {
         if !cfg.enabled {
             return None;
         }
@@ -102,7 +111,11 @@ impl Cache {
             epoch: AtomicU64::new(0),
             stats,
             successor: std::sync::OnceLock::new(),
+            bus,
         });
+        if let Some(bus) = &cache.bus {
+            bus.register(&cache);
+        }
         Some(cache)
     }
 
@@ -184,13 +197,32 @@ impl Cache {
     }
 
     /// After a successful write: drop the resource type for every credential, since other keys
-    /// may have cached the same record (e.g. PATCH /v1/patients/7 drops /v1/patients…).
+    /// may have cached the same record (e.g. PATCH /v1/patients/7 drops /v1/patients…), here
+    /// and on every other replica.
     pub fn invalidate_after_write(&self, path: &str) {
-        for prefix in write_scope(path) {
-            self.purge_prefix(&prefix);
+        let prefixes = write_scope(path);
+        if prefixes.is_empty() {
+            return;
+        }
+        self.drop_prefixes(&prefixes);
+        self.publish(Invalidation::Prefixes { prefixes });
+    }
+
+    /// Drops `prefixes` here and in the caches reloads put in this one's place.
+    fn drop_prefixes(&self, prefixes: &[String]) {
+        for prefix in prefixes {
+            self.purge_prefix(prefix);
         }
         if let Some(next) = self.successor.get() {
-            next.invalidate_after_write(path);
+            next.drop_prefixes(prefixes);
+        }
+    }
+
+    /// Tells the other replicas to drop what this one dropped (the `purge_*` methods act here
+    /// only); a no-op without Redis. Never waits.
+    pub fn publish(&self, what: Invalidation) {
+        if let Some(bus) = &self.bus {
+            bus.publish(what);
         }
     }
 }

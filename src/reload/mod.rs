@@ -217,6 +217,8 @@ impl Reloader {
             .map(|c| c.stats().clone())
             .or(stats);
         self.live.store(Arc::new(applied.live));
+        // Only now that the new set serves: a changed [redis] moves the bus to it.
+        self.fixed.bus.configure(&new.redis);
         configs.applied = new;
         configs.auth = auth;
         Ok(Reloaded {

@@ -19,6 +19,7 @@ mod props;
 mod proxy;
 mod ratelimit;
 mod reload;
+mod replicas;
 mod resilience;
 mod server;
 mod support;

@@ -6,7 +6,8 @@
 //! file is reloaded and a bad one refused.
 
 use crate::support::{
-    ChildLogs, HMAC, KEY_ALICE, MASTER, RedisServer, account, plain_client, signal, token_scoped,
+    ChildLogs, HMAC, KEY_ALICE, MASTER, RedisServer, account, plain_client, sample, signal,
+    token_scoped,
 };
 use bytes::Bytes;
 use cliniko_gateway::credentials::{self, ApiKey};
@@ -126,13 +127,6 @@ async fn get(base: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// The value of one sample line `name{labels} value` (0 when absent).
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 async fn standin() -> Sandbox {

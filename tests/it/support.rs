@@ -455,23 +455,36 @@ impl RedisServer {
             .local_addr()
             .unwrap()
             .port();
+        let mut s = RedisServer {
+            child: None,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        s.run();
+        Some(s)
+    }
+
+    /// Starts redis-server on this server's port and waits until it answers.
+    fn run(&mut self) {
+        let port = self.url.rsplit(':').next().unwrap().to_string();
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &port, "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let s = RedisServer {
-            child: Some(child),
-            url: format!("redis://127.0.0.1:{port}"),
-        };
+        self.child = Some(child);
         // Readiness poll: the process needs a moment to bind before it answers PING.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !s.answers_ping() {
+        while !self.answers_ping() {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(s)
+    }
+
+    /// Starts it again on the same port, empty (as a restarted Redis without persistence).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.run();
     }
 
     fn answers_ping(&self) -> bool {
@@ -593,6 +606,13 @@ pub fn process_config_dir(
         .unwrap();
     }
     dir
+}
+
+/// The value of one Prometheus sample line `name{labels} value` (0 when absent).
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// How the cache handled a response (`X-Cache`), empty when absent.

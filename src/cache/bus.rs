@@ -1,0 +1,424 @@
+//! One cache across replicas: invalidations travel over Redis pub/sub (`<redis.prefix>:cache`).
+//!
+//! Every invalidating write and every admin purge is published, and every replica drops the
+//! same entries on receipt (its own messages carry its replica id and are skipped). Publishing
+//! never slows a request: messages go into a bounded queue (a full queue counts a drop) that one
+//! task sends to Redis. What goes on the wire is what to drop, never who or what was written:
+//! the resource prefixes of a write (`/v1/patients`, not the patient's id), `all`, or for a
+//! credential purge the key's fingerprint (never the key, never the cache's HMAC id, which is
+//! per process anyway); a receiver maps the fingerprint to its own entries through its key
+//! store, or drops everything when its store does not know the key.
+//!
+//! A replica that loses its subscription may have missed invalidations, so when it subscribes
+//! again it clears its whole cache (counted). It reconnects with backoff and PINGs the
+//! subscription now and then, so a silently dead connection is noticed too. Without `redis.url`
+//! nothing here runs and nothing changes.
+
+use super::Cache;
+use crate::config::RedisConfig;
+use crate::credentials::Credentials;
+use arc_swap::ArcSwapOption;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Messages waiting to be published; beyond it a message is dropped (and counted), never
+/// waited for.
+const QUEUE: usize = 1024;
+/// Longest message accepted from the channel.
+const MAX_MESSAGE: usize = 4096;
+/// How often the subscription is PINGed (a dead connection that no RST announced).
+const PING_EVERY: Duration = Duration::from_secs(10);
+/// Reconnection backoff bounds.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+
+/// What to drop, on every replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "drop", rename_all = "snake_case")]
+pub enum Invalidation {
+    /// Every entry.
+    All,
+    /// Every entry (any credential) under these `/v1` prefixes.
+    Prefixes {
+        /// Path prefixes, each `/v1` or below.
+        prefixes: Vec<String>,
+    },
+    /// Every entry fetched with the key of this fingerprint (`sha256:…`, safe to log).
+    Credential {
+        /// The key's fingerprint.
+        fingerprint: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    /// The publishing replica.
+    from: String,
+    #[serde(flatten)]
+    what: Invalidation,
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Default)]
+pub struct BusStats {
+    /// Invalidations sent to Redis.
+    pub published: AtomicU64,
+    /// Invalidations from other replicas applied here.
+    pub received: AtomicU64,
+    /// Invalidations not published (queue full, Redis down).
+    pub dropped: AtomicU64,
+    /// Whole-cache clears after a lost subscription came back.
+    pub resubscribe_clears: AtomicU64,
+}
+
+/// What the publishing and subscribing tasks share.
+struct Shared {
+    id: String,
+    caches: Mutex<Vec<Weak<Cache>>>,
+    credentials: Arc<Credentials>,
+    stats: BusStats,
+}
+
+/// The tasks serving one `[redis]`: dropping it stops them.
+struct Link {
+    cfg: RedisConfig,
+    tx: mpsc::Sender<Invalidation>,
+    /// This link's subscription is up (its own flag: a stopping link cannot set it).
+    up: Arc<AtomicBool>,
+    _stop: oneshot::Sender<()>,
+}
+
+/// The cache invalidation bus of this process (built once; [`CacheBus::configure`] follows
+/// `[redis]` across reloads).
+pub struct CacheBus {
+    shared: Arc<Shared>,
+    link: ArcSwapOption<Link>,
+}
+
+impl std::fmt::Debug for CacheBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheBus")
+            .field("id", &self.shared.id)
+            .field("on", &self.is_on())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheBus {
+    /// A bus with no Redis yet; `credentials` maps received fingerprints to keys.
+    pub fn new(credentials: Arc<Credentials>) -> Arc<CacheBus> {
+        Arc::new(CacheBus {
+            shared: Arc::new(Shared {
+                id: uuid::Uuid::new_v4().simple().to_string(),
+                caches: Mutex::default(),
+                credentials,
+                stats: BusStats::default(),
+            }),
+            link: ArcSwapOption::empty(),
+        })
+    }
+
+    /// Starts, restarts (a changed `[redis]`) or stops (no `url`) the tasks. Needs a Tokio
+    /// runtime. The caller serialises calls (start-up, then the reloader).
+    pub fn configure(&self, cfg: &RedisConfig) {
+        let current = self.link.load();
+        if current.as_ref().map(|l| &l.cfg) == Some(cfg) || (current.is_none() && cfg.url.is_none())
+        {
+            return;
+        }
+        // After another link, the first subscription clears too: messages sent while the
+        // links changed over were heard by neither.
+        let resume = current.is_some();
+        // The old link's tasks stop when it is dropped here.
+        self.link.store(cfg.url.as_ref().and_then(|url| {
+            let client = redis::Client::open(url.0.as_str()).ok()?;
+            Some(Arc::new(start(self.shared.clone(), client, cfg, resume)))
+        }));
+    }
+
+    /// Whether a Redis is configured (the bus metrics are exported only then).
+    pub fn is_on(&self) -> bool {
+        self.link.load().is_some()
+    }
+
+    /// Whether invalidations from other replicas reach this one now (`None`: no Redis).
+    pub fn subscribed(&self) -> Option<bool> {
+        (*self.link.load())
+            .as_ref()
+            .map(|l| l.up.load(Ordering::Relaxed))
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &BusStats {
+        &self.shared.stats
+    }
+
+    /// Receives from now on into `cache` too (every cache a reload builds registers itself).
+    pub(super) fn register(&self, cache: &Arc<Cache>) {
+        let mut caches = lock(&self.shared.caches);
+        caches.retain(|c| c.strong_count() > 0);
+        caches.push(Arc::downgrade(cache));
+    }
+
+    /// Queues `what` for the other replicas; never waits.
+    pub(super) fn publish(&self, what: Invalidation) {
+        if let Some(link) = &*self.link.load()
+            && link.tx.try_send(what).is_err()
+        {
+            self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Only weak pointers inside: a panic elsewhere cannot leave them inconsistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn channel(cfg: &RedisConfig) -> String {
+    format!("{}:cache", cfg.prefix)
+}
+
+fn start(shared: Arc<Shared>, client: redis::Client, cfg: &RedisConfig, resume: bool) -> Link {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let (stop, stopped) = oneshot::channel();
+    let up = Arc::new(AtomicBool::new(false));
+    tokio::spawn(publish_loop(
+        shared.clone(),
+        client.clone(),
+        cfg.clone(),
+        rx,
+    ));
+    let sub = Subscriber {
+        shared,
+        client,
+        channel: channel(cfg),
+        bound: cfg.timeout.max(Duration::from_secs(1)),
+        up: up.clone(),
+    };
+    tokio::spawn(sub.run(resume, stopped));
+    Link {
+        cfg: cfg.clone(),
+        tx,
+        up,
+        _stop: stop,
+    }
+}
+
+/// Sends queued invalidations until the link is dropped (its sender with it).
+async fn publish_loop(
+    shared: Arc<Shared>,
+    client: redis::Client,
+    cfg: RedisConfig,
+    mut rx: mpsc::Receiver<Invalidation>,
+) {
+    let mc = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(cfg.timeout))
+        .set_response_timeout(Some(cfg.timeout))
+        .set_number_of_retries(1);
+    let Ok(mut conn) = redis::aio::ConnectionManager::new_lazy_with_config(client, mc) else {
+        return;
+    };
+    let channel = channel(&cfg);
+    while let Some(what) = rx.recv().await {
+        let text = serde_json::to_string(&Envelope {
+            from: shared.id.clone(),
+            what,
+        })
+        .unwrap_or_default();
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(&channel).arg(text);
+        let sent = publish.query_async::<i64>(&mut conn);
+        let counter = match tokio::time::timeout(cfg.timeout, sent).await {
+            Ok(Ok(_)) => &shared.stats.published,
+            _ => &shared.stats.dropped,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The subscribing side of one link.
+struct Subscriber {
+    shared: Arc<Shared>,
+    client: redis::Client,
+    channel: String,
+    /// Longest a connect-and-subscribe may take.
+    bound: Duration,
+    up: Arc<AtomicBool>,
+}
+
+impl Subscriber {
+    /// Keeps one subscription up until `stop` fires, reconnecting with backoff; a subscription
+    /// that follows a failed or lost one (or, with `resume`, another link) first clears the
+    /// caches: invalidations may have been missed meanwhile.
+    async fn run(self, resume: bool, mut stop: oneshot::Receiver<()>) {
+        let channel = self.channel.as_str();
+        let (mut clear, mut backoff) = (resume, BACKOFF.0);
+        loop {
+            match tokio::time::timeout(self.bound, subscribe(&self.client, channel)).await {
+                Ok(Ok(pubsub)) => {
+                    if clear {
+                        clear_all(&self.shared);
+                        let clears = &self.shared.stats.resubscribe_clears;
+                        clears.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.up.store(true, Ordering::Relaxed);
+                    tracing::info!(channel, cleared = clear, "cache invalidations: subscribed");
+                    backoff = BACKOFF.0;
+                    if listen(&self.shared, pubsub, &mut stop).await {
+                        return;
+                    }
+                    self.up.store(false, Ordering::Relaxed);
+                    tracing::warn!(
+                        channel,
+                        "cache invalidations: subscription lost; the cache is cleared once it is back"
+                    );
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "cache invalidations: cannot subscribe"),
+                Err(_) => tracing::debug!("cache invalidations: subscribing timed out"),
+            }
+            clear = true;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = &mut stop => return,
+            }
+            backoff = (backoff * 2).min(BACKOFF.1);
+        }
+    }
+}
+
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    Ok(pubsub)
+}
+
+/// Applies messages until the subscription fails (false) or `stop` fires (true).
+async fn listen(
+    shared: &Shared,
+    pubsub: redis::aio::PubSub,
+    stop: &mut oneshot::Receiver<()>,
+) -> bool {
+    let (mut sink, mut stream) = pubsub.split();
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(m) => receive(shared, m.get_payload_bytes()),
+                None => return false,
+            },
+            _ = ping.tick() => {
+                let pong = tokio::time::timeout(PING_EVERY, sink.ping::<redis::Value>()).await;
+                if !matches!(pong, Ok(Ok(_))) {
+                    return false;
+                }
+            }
+            _ = &mut *stop => return true,
+        }
+    }
+}
+
+/// One message off the channel: anything unreadable, oversized or our own is ignored.
+fn receive(shared: &Shared, payload: &[u8]) {
+    if payload.len() > MAX_MESSAGE {
+        return;
+    }
+    let Ok(msg) = serde_json::from_slice::<Envelope>(payload) else {
+        tracing::debug!("cache invalidations: an unreadable message was ignored");
+        return;
+    };
+    if msg.from == shared.id || !well_formed(&msg.what) {
+        return;
+    }
+    shared.stats.received.fetch_add(1, Ordering::Relaxed);
+    for cache in live_caches(shared) {
+        apply(shared, &cache, &msg.what);
+    }
+}
+
+fn well_formed(what: &Invalidation) -> bool {
+    match what {
+        Invalidation::Prefixes { prefixes } => {
+            prefixes.len() <= 8
+                && prefixes
+                    .iter()
+                    .all(|p| p == "/v1" || (p.starts_with("/v1/") && p.len() <= 256))
+        }
+        Invalidation::Credential { fingerprint } => fingerprint.len() <= 64,
+        Invalidation::All => true,
+    }
+}
+
+fn live_caches(shared: &Shared) -> Vec<Arc<Cache>> {
+    lock(&shared.caches)
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect()
+}
+
+fn clear_all(shared: &Shared) {
+    for cache in live_caches(shared) {
+        cache.purge_all();
+    }
+}
+
+/// Drops here what another replica dropped there (never published again).
+fn apply(shared: &Shared, cache: &Cache, what: &Invalidation) {
+    match what {
+        Invalidation::All => cache.purge_all(),
+        Invalidation::Prefixes { prefixes } => prefixes.iter().for_each(|p| cache.purge_prefix(p)),
+        Invalidation::Credential { fingerprint } => {
+            let store = shared.credentials.current();
+            let known = store
+                .users()
+                .find(|(_, c)| &*c.fingerprint == fingerprint.as_str());
+            match known {
+                Some((_, c)) => cache.purge_credential(cache.credential_id(c.key.expose())),
+                // Not a key this replica holds (rotated already, or another store): all of it.
+                None => cache.purge_all(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wire_format_names_what_to_drop_and_nothing_else() {
+        let e = Envelope {
+            from: "r1".into(),
+            what: Invalidation::Prefixes {
+                prefixes: vec!["/v1/patients".into()],
+            },
+        };
+        let text = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            text,
+            r#"{"from":"r1","drop":"prefixes","prefixes":["/v1/patients"]}"#
+        );
+        let back: Envelope = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.what, e.what);
+        let all: Envelope = serde_json::from_str(r#"{"from":"r2","drop":"all"}"#).unwrap();
+        assert_eq!(all.what, Invalidation::All);
+    }
+
+    #[test]
+    fn prefixes_outside_v1_or_too_many_are_not_applied() {
+        let p = |v: &[&str]| Invalidation::Prefixes {
+            prefixes: v.iter().map(|s| s.to_string()).collect(),
+        };
+        assert!(well_formed(&p(&["/v1/patients", "/v1"])));
+        assert!(!well_formed(&p(&["/admin"])));
+        assert!(!well_formed(&p(&["/v1x"])));
+        assert!(!well_formed(&p(&["/v1/a"; 9])));
+    }
+}

@@ -1,0 +1,305 @@
+//! One cache across replicas: two real `serve` processes sharing a real `redis-server`. A
+//! write or an admin purge on one replica drops the same entries on the other (the stand-in's
+//! request log proves the other went to Cliniko again); Redis killed and restarted on the same
+//! port makes both clear their caches when they resubscribe, so nothing stale survives the
+//! outage. Cache TTLs are 5 minutes here: only the invalidations can explain a fresh answer.
+
+use crate::support::*;
+use bytes::Bytes;
+use cliniko_gateway::sandbox::{Sandbox, SandboxOptions, seeded_patient_id};
+use http::Method;
+use http_body_util::{BodyExt, Full};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+const CACHE: &str = "[cache]\nrules = [{ prefix = \"/v1/patients\", ttl = \"5m\" }, \
+                     { prefix = \"/v1/practitioners\", ttl = \"5m\" }]\n";
+
+/// A `serve` process with its admin port on.
+struct Replica {
+    _child: Child,
+    _logs: ChildLogs,
+    base: String,
+    admin: String,
+}
+
+fn field(line: &str, name: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    format!("http://{}", v[name].as_str().unwrap())
+}
+
+impl Replica {
+    async fn start(dir: &Path) -> Replica {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cliniko-gateway"))
+            .args(["serve", "--config"])
+            .arg(dir.join("gw.toml"))
+            .env("CLINIKO_GATEWAY_HMAC_SECRET", HMAC)
+            .env("CLINIKO_GATEWAY_MASTER_KEY", MASTER)
+            .env("CLINIKO_GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut logs = ChildLogs::capture(&mut child);
+        let admin = field(&logs.wait_line("admin listening").await, "admin_addr");
+        let base = field(&logs.wait_line("gateway listening").await, "local_addr");
+        let r = Replica {
+            _child: child,
+            _logs: logs,
+            base,
+            admin,
+        };
+        r.until("subscribed", |m| sample(m, SUBSCRIBED) == 1.0)
+            .await;
+        r
+    }
+
+    async fn get(&self, user: &str, path: &str) -> Got {
+        let auth = format!("Bearer {}", token(user));
+        call(
+            &self.base,
+            Method::GET,
+            path,
+            &[("authorization", &auth)],
+            "",
+        )
+        .await
+    }
+
+    async fn patch(&self, user: &str, path: &str, json: &'static str) -> Got {
+        let auth = format!("Bearer {}", token(user));
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        call(&self.base, Method::PATCH, path, &headers, json).await
+    }
+
+    async fn purge(&self, query: &str) {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let path = format!("/admin/cache/purge?{query}");
+        let r = call(
+            &self.admin,
+            Method::POST,
+            &path,
+            &[("authorization", &auth)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    async fn metrics(&self) -> String {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let r = call(
+            &self.admin,
+            Method::GET,
+            "/metrics",
+            &[("authorization", &auth)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        r.text()
+    }
+
+    /// Polls `/metrics` until `ok` holds (at most 20 s).
+    async fn until(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = self.metrics().await;
+            if ok(&m) {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "never {what}:\n{m}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+const SUBSCRIBED: &str = "cliniko_gateway_cache_invalidation_subscribed";
+const CLEARS: &str = "cliniko_gateway_cache_resubscribe_clears_total";
+const ENTRIES: &str = "cliniko_gateway_cache_entries";
+
+fn invalidations(event: &str) -> String {
+    format!("cliniko_gateway_cache_invalidations_total{{event=\"{event}\"}}")
+}
+
+async fn call(
+    base: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &'static str,
+) -> Got {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = plain_client()
+        .request(b.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+/// A stand-in with two accounts (alice and bob share a key; dave has his own), a redis-server
+/// and two replicas configured with it.
+async fn two_replicas() -> Option<(RedisServer, Sandbox, tempfile::TempDir, Replica, Replica)> {
+    let redis = RedisServer::start()?;
+    let sb = Sandbox::start(SandboxOptions {
+        accounts: vec![account(KEY_ALICE, "Alice"), account(KEY_DAVE, "Dave")],
+        ..SandboxOptions::default()
+    })
+    .await
+    .unwrap();
+    let tail = format!(
+        "level = \"info\"\n{ALLOW_ALL_POLICY}{CACHE}[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [redis]\nurl = \"{}\"\n",
+        redis.url
+    );
+    let users = [("alice", KEY_ALICE), ("bob", KEY_ALICE), ("dave", KEY_DAVE)];
+    let dir = process_config_dir(&sb, "", &tail, &users);
+    let a = Replica::start(dir.path()).await;
+    let b = Replica::start(dir.path()).await;
+    Some((redis, sb, dir, a, b))
+}
+
+/// GETs of exactly `path` the stand-in has received.
+fn gets(sb: &Sandbox, path: &str) -> usize {
+    sb.requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path_and_query == path)
+        .count()
+}
+
+/// Asks `r` for `path` as `user` until the answer passes `fresh` (at most 10 s; the TTL is
+/// 5 minutes, so only an invalidation gets there); the last answer.
+async fn until_fresh(r: &Replica, user: &str, path: &str, fresh: impl Fn(&Got) -> bool) -> Got {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = r.get(user, path).await;
+        assert_eq!(got.status, 200);
+        if fresh(&got) {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} stayed stale: {}",
+            got.text()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_write_or_a_purge_on_one_replica_drops_the_entries_on_the_other() {
+    let Some((_redis, sb, _dir, a, b)) = two_replicas().await else {
+        return;
+    };
+    let path = format!("/v1/patients/{}", seeded_patient_id(0, 7));
+    assert_eq!(
+        b.get("alice", &path).await.json()["first_name"],
+        "Ada-Alice-7"
+    );
+    assert_eq!(xcache(&b.get("alice", &path).await), "HIT");
+    assert_eq!(gets(&sb, &path), 1);
+
+    // PATCH through A; B answers the new record once A's invalidation arrived.
+    let patched = a.patch("alice", &path, r#"{"first_name":"Grace"}"#).await;
+    assert_eq!(patched.status, 200);
+    let written = Instant::now();
+    let after = until_fresh(&b, "alice", &path, |g| g.json()["first_name"] == "Grace").await;
+    eprintln!(
+        "B served the new record {:?} after A's write",
+        written.elapsed()
+    );
+    assert_eq!(xcache(&after), "MISS");
+    assert_eq!(gets(&sb, &path), 2, "B went to Cliniko for it");
+    let m = b.metrics().await;
+    assert_eq!(sample(&m, &invalidations("received")), 1.0, "{m}");
+    assert_eq!(sample(&m, &invalidations("published")), 0.0, "{m}");
+    let m = a.metrics().await;
+    assert_eq!(sample(&m, &invalidations("published")), 1.0, "{m}");
+    assert_eq!(
+        sample(&m, &invalidations("received")),
+        0.0,
+        "its own are skipped"
+    );
+
+    // A credential purge on A: B drops alice's key's entries (bob shares it), not dave's.
+    let list = "/v1/patients?per_page=2";
+    for user in ["alice", "dave", "alice", "dave"] {
+        b.get(user, list).await;
+    }
+    assert_eq!(xcache(&b.get("bob", list).await), "HIT");
+    a.purge("user=alice").await;
+    b.until("the credential purge", |m| {
+        sample(m, &invalidations("received")) == 2.0
+    })
+    .await;
+    assert_eq!(xcache(&b.get("bob", list).await), "MISS");
+    assert_eq!(xcache(&b.get("dave", list).await), "HIT");
+
+    // A prefix purge, then a purge of everything: B ends up empty.
+    a.purge("prefix=/v1/patients").await;
+    until_fresh(&b, "dave", list, |g| xcache(g) == "MISS").await;
+    b.get("dave", "/v1/practitioners").await;
+    assert!(sample(&b.metrics().await, ENTRIES) >= 1.0);
+    a.purge("all=true").await;
+    b.until("empty", |m| sample(m, ENTRIES) == 0.0).await;
+    assert_eq!(sample(&b.metrics().await, CLEARS), 0.0, "no resubscribe");
+}
+
+#[tokio::test]
+async fn after_a_redis_restart_both_replicas_clear_their_caches_and_serve_nothing_stale() {
+    let Some((mut redis, sb, _dir, a, b)) = two_replicas().await else {
+        return;
+    };
+    let path = format!("/v1/patients/{}", seeded_patient_id(0, 3));
+    for r in [&a, &b, &b] {
+        r.get("alice", &path).await;
+    }
+    assert_eq!(xcache(&b.get("alice", &path).await), "HIT");
+
+    // Redis goes away: a write through A now reaches nobody (B may serve the old record).
+    redis.kill();
+    for r in [&a, &b] {
+        r.until("unsubscribed", |m| sample(m, SUBSCRIBED) == 0.0)
+            .await;
+    }
+    let patched = a.patch("alice", &path, r#"{"first_name":"Lin"}"#).await;
+    assert_eq!(patched.status, 200);
+    a.until("the lost publish counted", |m| {
+        sample(m, &invalidations("dropped")) == 1.0
+    })
+    .await;
+
+    // Back on the same port: both resubscribe, clear and count it; B answers fresh data.
+    redis.restart();
+    for r in [&a, &b] {
+        let m = r
+            .until("resubscribed", |m| sample(m, SUBSCRIBED) == 1.0)
+            .await;
+        assert_eq!(sample(&m, CLEARS), 1.0, "{m}");
+    }
+    let before = gets(&sb, &path);
+    let after = b.get("alice", &path).await;
+    assert_eq!(after.json()["first_name"], "Lin", "no stale answer");
+    assert_eq!(xcache(&after), "MISS");
+    assert_eq!(gets(&sb, &path), before + 1);
+    // And the bus works again.
+    a.patch("alice", &path, r#"{"first_name":"Mo"}"#).await;
+    until_fresh(&b, "alice", &path, |g| g.json()["first_name"] == "Mo").await;
+}
