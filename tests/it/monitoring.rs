@@ -7,7 +7,7 @@
 //! promtool follows the redis-server convention (support.rs): under CI (`CI` set) a missing
 //! promtool fails the test, since `.ci/run` installs it; elsewhere its checks are skipped loudly.
 
-use crate::support::{ADMIN_TOKEN, Harness, Setup, admin, plain_client, with_admin};
+use crate::support::{ADMIN_TOKEN, Harness, Setup, admin, plain_client, refusing_port, with_admin};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::collections::{BTreeMap, BTreeSet};
@@ -335,9 +335,16 @@ async fn scrape(h: &Harness) -> String {
 
 /// A gateway after traffic that creates every labelled series the dashboard and the rules
 /// select on: 200s, a cache hit, a per-user 429 (burst 2), a stored key Cliniko rejects (502), health
-/// checks, and a config reload that succeeds and one that is refused.
+/// checks, and a config reload that succeeds and one that is refused. Its `[redis]` names a
+/// port that refuses connections, so the Redis-only series (the cache bus) exist too, as on a
+/// replica whose Redis is down (the key budgets fail open to the same local budget).
 async fn gateway_with_traffic() -> (Harness, Scrape, String) {
+    let (_held, port) = refusing_port();
     let mut s = with_admin(Setup::default());
+    s.overrides.push((
+        "CLINIKO_GATEWAY__REDIS__URL",
+        format!("redis://127.0.0.1:{port}"),
+    ));
     s.users.push(("dave", "revokedkey000000000000-au1"));
     s.overrides.extend([
         (
@@ -475,8 +482,7 @@ async fn every_metric_and_label_the_dashboard_and_the_alerts_use_exists_on_a_rea
         "{}\n\nscraped:\n{text}",
         problems.join("\n")
     );
-    // The dashboard shows what the issue asked for (Redis subscription state aside, which has
-    // no metric yet).
+    // The dashboard shows what the issue asked for.
     for m in [
         "cliniko_gateway_process_resident_memory_bytes",
         "cliniko_gateway_connections_open",
@@ -488,6 +494,9 @@ async fn every_metric_and_label_the_dashboard_and_the_alerts_use_exists_on_a_rea
         "cliniko_gateway_upstream_throttled_total",
         "cliniko_gateway_cache_weighted_bytes",
         "cliniko_gateway_config_reloads_total",
+        "cliniko_gateway_cache_invalidation_subscribed",
+        "cliniko_gateway_cache_invalidations_total",
+        "cliniko_gateway_cache_resubscribe_clears_total",
     ] {
         assert!(used.contains(m), "nothing shows {m}");
     }
