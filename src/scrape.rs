@@ -155,6 +155,7 @@ impl Collector for Sources {
                 "limit",
                 &[("key", load(&s.shaped))],
             )?;
+            s.apps.encode(&mut enc)?;
             gauge(
                 &mut enc,
                 "ratelimit_waiting",

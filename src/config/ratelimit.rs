@@ -16,6 +16,8 @@ pub struct RateLimitConfig {
     pub key: Quota,
     /// The limit per verified user.
     pub user: UserLimitConfig,
+    /// How the requests waiting on one key budget are shared among apps.
+    pub shares: super::shares::SharesConfig,
     /// Longest a request waits for a key-budget slot (or a Cliniko pause) instead of a 429.
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
@@ -88,6 +90,7 @@ impl Default for RateLimitConfig {
                 burst: 10,
             },
             user: UserLimitConfig::default(),
+            shares: super::shares::SharesConfig::default(),
             max_wait: Duration::from_secs(2),
             max_waiting: 100,
             replicas: 1,
@@ -145,6 +148,7 @@ pub fn validate(c: &RateLimitConfig) -> Result<(), ConfigError> {
     for (name, q) in &c.user.users {
         check_quota(&format!("ratelimit.user.users.{name}"), q)?;
     }
+    super::shares::validate(&c.shares)?;
     if c.user.group_claim.is_empty() {
         return Err(err(
             "ratelimit.user.group_claim",

@@ -10,9 +10,11 @@
 //! Cache, rate-limit and JWKS figures are read from their own counters at scrape time
 //! ([`sources`]), so those paths carry no metrics code at all.
 
+mod apps;
 mod process;
 mod sources;
 
+pub use apps::{AppCounts, AppMetrics, OTHER_APP};
 pub use sources::{Source, counter, family, gauge};
 
 use prometheus_client::encoding::EncodeLabelSet;

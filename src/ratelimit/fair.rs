@@ -103,6 +103,37 @@ impl<T> FairQueue<T> {
         Some(waiter)
     }
 
+    /// How many of those waiting now would go before a request of `app` queued now with
+    /// `weight` (later arrivals in a higher class could only add to it): what lets a request
+    /// that cannot get a slot within its wait be refused at once.
+    pub fn ahead(&self, class: Class, app: &str, weight: u32) -> usize {
+        let i = class as usize;
+        let higher: usize = self.classes[..i].iter().map(|c| c.queued).sum();
+        let c = &self.classes[i];
+        let cost = SCALE / u64::from(weight.max(1));
+        let (own, tag) = match c.lines.get(app) {
+            Some(l) if !l.waiting.is_empty() => {
+                let n = l.waiting.len();
+                (n, l.start.saturating_add(cost.saturating_mul(n as u64)))
+            }
+            Some(l) => (0, l.start.max(c.vtime)),
+            None => (0, c.vtime),
+        };
+        // Other lines' waiters with a tag up to ours (ties go to the older, i.e. them).
+        let others: usize = c
+            .lines
+            .iter()
+            .filter(|(name, l)| &***name != app && tag >= l.start && !l.waiting.is_empty())
+            .map(|(_, l)| {
+                let k = (tag - l.start) / l.cost.max(1) + 1;
+                l.waiting
+                    .len()
+                    .min(usize::try_from(k).unwrap_or(usize::MAX))
+            })
+            .sum();
+        higher + own + others
+    }
+
     /// Requests waiting, all classes.
     pub fn len(&self) -> usize {
         self.classes.iter().map(|c| c.queued).sum()
@@ -249,6 +280,24 @@ mod tests {
         r.serve(40);
         let got = r.serve(100);
         assert!(got["sync"] >= 78 && got["sync"] <= 82, "{got:?}");
+    }
+
+    #[test]
+    fn ahead_counts_who_would_go_first() {
+        let mut r = Rig::new();
+        r.push(Batch, "sync", 3, 30);
+        r.push(Batch, "export", 1, 10);
+        assert_eq!(r.q.ahead(Interactive, "desk", 1), 0);
+        // A newcomer starts at the virtual time: behind each line's head, which has that tag.
+        assert_eq!(r.q.ahead(Batch, "report", 1), 2);
+        assert_eq!(r.q.ahead(Batch, "export", 1), 10 + 30);
+        r.push(Interactive, "desk", 1, 2);
+        assert_eq!(r.q.ahead(Batch, "report", 1), 4);
+        // Check the count against what really happens.
+        let before = r.q.ahead(Batch, "report", 1);
+        r.push(Batch, "report", 1, 1);
+        let order: Vec<_> = std::iter::from_fn(|| r.q.pop()).collect();
+        assert_eq!(order.iter().position(|a| *a == "report"), Some(before));
     }
 
     #[test]

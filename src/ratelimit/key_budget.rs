@@ -1,4 +1,5 @@
-//! The budget per Cliniko user: GCRA with reserved slots, waiting (shaping) up to `max_wait`.
+//! The budget per Cliniko user: GCRA, with the requests that must wait for a slot queued
+//! fairly across apps ([`admit`]) for up to `max_wait`.
 //!
 //! A budget is named by the credential: its key store `cliniko_user` label when there is one
 //! (every key of that Cliniko user shares it, as Cliniko counts per user), else its key id.
@@ -8,15 +9,17 @@
 //! not ask Redis again for [`REDIS_DOWN_FOR`], so a dead Redis costs at most one timeout per
 //! second, never a hang.
 
+mod admit;
+
 use super::RateLimitStats;
+use super::fair::FairQueue;
 use super::gcra::{Decision, Gcra};
 use super::redis::SharedBudget;
 use crate::config::{Quota, RateLimitConfig, RedisFailure};
 use crate::error::GatewayError;
-use crate::error::{Limit, Refusal};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 // Tokio's clock, so tests can run on paused time; in production it is the monotonic clock.
 use tokio::time::Instant;
@@ -30,7 +33,16 @@ const PRUNE_EVERY: u64 = 1024;
 #[derive(Default)]
 struct Slot {
     tat: u64,
+    /// Requests in `acquire` on this budget (deciding or queued): what `max_waiting` caps.
     waiting: usize,
+    /// Those waiting for a slot, by class and app ([`admit`]).
+    queue: FairQueue<admit::Waker>,
+    /// A pump task is serving `queue` (one per busy budget).
+    pumping: bool,
+    /// µs since the epoch when the pump next asks the budget (0: it is asking now).
+    next_try: u64,
+    /// The last queue ticket handed out.
+    tickets: u64,
 }
 
 /// Every key budget of this process (and its view of the shared ones).
@@ -50,6 +62,9 @@ pub struct KeyBudgets {
     down_until: AtomicU64,
     ops: AtomicU64,
     stats: Arc<RateLimitStats>,
+    /// The budgets a reload built from these: pumps started here follow it, so the new quota
+    /// applies to the requests already queued.
+    successor: OnceLock<Arc<KeyBudgets>>,
 }
 
 /// Which arithmetic decided, so refusals quote the right quota.
@@ -57,22 +72,6 @@ pub struct KeyBudgets {
 enum Where {
     Shared,
     Local,
-}
-
-/// Decrements the waiting count of one budget when the request stops waiting.
-struct Waiting<'a> {
-    budgets: &'a KeyBudgets,
-    id: &'a str,
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        let mut t = self.budgets.table();
-        if let Some(s) = t.get_mut(self.id) {
-            s.waiting = s.waiting.saturating_sub(1);
-        }
-        self.budgets.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl KeyBudgets {
@@ -111,7 +110,13 @@ impl KeyBudgets {
             down_until: AtomicU64::new(0),
             ops: AtomicU64::new(0),
             stats,
+            successor: OnceLock::new(),
         }
+    }
+
+    /// Records that a reload replaced these budgets by `next` (which shares their table).
+    pub(super) fn replaced_by(&self, next: &Arc<KeyBudgets>) {
+        let _ = self.successor.set(next.clone());
     }
 
     fn table(&self) -> MutexGuard<'_, HashMap<Arc<str>, Slot>> {
@@ -127,45 +132,6 @@ impl KeyBudgets {
         match w {
             Where::Shared => &self.quota,
             Where::Local => &self.local_quota,
-        }
-    }
-
-    /// Waits for a slot of budget `id` (at most `max_wait`), or says why not.
-    pub async fn acquire(&self, id: &Arc<str>) -> Result<(), GatewayError> {
-        let _waiting = {
-            let mut t = self.table();
-            let slot = t.entry(Arc::clone(id)).or_default();
-            if slot.waiting >= self.max_waiting {
-                drop(t);
-                self.stats.refused_key.fetch_add(1, Ordering::Relaxed);
-                let q = self.quota_of(self.preferred());
-                return Err(GatewayError::RateLimited(Refusal::new(
-                    Limit::Key,
-                    q,
-                    self.max_wait,
-                )));
-            }
-            slot.waiting += 1;
-            self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-            Waiting { budgets: self, id }
-        };
-        let max_wait = micros(self.max_wait);
-        let (decision, place) = self.decide(id, max_wait, 0, true).await?;
-        match decision {
-            Decision::Admit(0) => Ok(()),
-            Decision::Admit(wait) => {
-                self.stats.shaped.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_micros(wait)).await;
-                Ok(())
-            }
-            Decision::Refuse(wait) => {
-                self.stats.refused_key.fetch_add(1, Ordering::Relaxed);
-                Err(GatewayError::RateLimited(Refusal::new(
-                    Limit::Key,
-                    self.quota_of(place),
-                    Duration::from_micros(wait),
-                )))
-            }
         }
     }
 
@@ -253,7 +219,7 @@ impl KeyBudgets {
             (false, Decision::Admit(w) | Decision::Refuse(w)) => Decision::Refuse(w),
         };
         if self.ops.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
-            t.retain(|_, s| s.waiting > 0 || s.tat > now);
+            t.retain(|_, s| s.waiting > 0 || s.pumping || s.tat > now);
         }
         d
     }
@@ -276,8 +242,25 @@ fn micros(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::shares::Class;
+    use crate::error::Limit;
+    use crate::ratelimit::shares::Caller;
 
-    fn budgets(rate: u32, burst: u32, max_wait_ms: u64, max_waiting: usize) -> Arc<KeyBudgets> {
+    pub(super) fn who(app: &str, class: Class, weight: u32) -> Caller {
+        Caller {
+            class,
+            weight,
+            app: Arc::from(app),
+            counts: Arc::new(crate::metrics::AppMetrics::default().app("t")),
+        }
+    }
+
+    pub(super) fn budgets(
+        rate: u32,
+        burst: u32,
+        max_wait_ms: u64,
+        max_waiting: usize,
+    ) -> Arc<KeyBudgets> {
         let cfg = RateLimitConfig {
             key: Quota {
                 rate,
@@ -300,16 +283,20 @@ mod tests {
     async fn bursts_go_then_requests_wait_their_slot_then_refuse() {
         let b = budgets(10, 3, 250, 100);
         for _ in 0..3 {
-            b.acquire(&"key:a".into()).await.unwrap();
+            b.acquire(&"key:a".into(), &who("app", Class::Interactive, 1))
+                .await
+                .unwrap();
         }
         let started = Instant::now();
         // Five at once: slots at +100 ms and +200 ms fit the 250 ms bound, the rest do not.
         let tasks: Vec<_> = (0..5)
             .map(|_| {
                 let b = b.clone();
-                tokio::spawn(
-                    async move { b.acquire(&"key:a".into()).await.map(|_| started.elapsed()) },
-                )
+                tokio::spawn(async move {
+                    b.acquire(&"key:a".into(), &who("app", Class::Interactive, 1))
+                        .await
+                        .map(|_| started.elapsed())
+                })
             })
             .collect();
         let mut waited = vec![];
@@ -330,26 +317,34 @@ mod tests {
             vec![Duration::from_millis(100), Duration::from_millis(200)]
         );
         assert_eq!(refused, 3);
+        assert!(b.table()["key:a"].queue.is_empty(), "those refused left");
         // Another key is independent.
         let before = Instant::now();
-        b.acquire(&"key:b".into()).await.unwrap();
+        b.acquire(&"key:b".into(), &who("app", Class::Interactive, 1))
+            .await
+            .unwrap();
         assert_eq!(before.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
     async fn too_many_waiting_is_refused_at_once() {
         let b = budgets(1, 1, 10_000, 2);
-        b.acquire(&"key:a".into()).await.unwrap();
+        b.acquire(&"key:a".into(), &who("app", Class::Interactive, 1))
+            .await
+            .unwrap();
         let mut waiting = vec![];
         for _ in 0..2 {
             let b = b.clone();
-            waiting.push(tokio::spawn(
-                async move { b.acquire(&"key:a".into()).await },
-            ));
+            waiting.push(tokio::spawn(async move {
+                b.acquire(&"key:a".into(), &who("app", Class::Interactive, 1))
+                    .await
+            }));
         }
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
-        let third = b.acquire(&"key:a".into()).await;
+        let third = b
+            .acquire(&"key:a".into(), &who("app", Class::Interactive, 1))
+            .await;
         assert!(
             matches!(third, Err(GatewayError::RateLimited(_))),
             "{third:?}"
@@ -370,7 +365,9 @@ mod tests {
         let w = reserved.unwrap();
         assert!(w >= Duration::from_secs(1) && w < Duration::from_millis(1010));
         let started = Instant::now();
-        b.acquire(&"key:a".into()).await.unwrap();
+        b.acquire(&"key:a".into(), &who("app", Class::Interactive, 1))
+            .await
+            .unwrap();
         assert!(started.elapsed() >= Duration::from_millis(1100));
         // Beyond max_wait nothing is reserved, but the pause still holds.
         assert_eq!(
@@ -379,7 +376,11 @@ mod tests {
                 .unwrap(),
             None
         );
-        assert!(b.acquire(&"key:b".into()).await.is_err());
+        assert!(
+            b.acquire(&"key:b".into(), &who("app", Class::Interactive, 1))
+                .await
+                .is_err()
+        );
     }
 
     #[test]

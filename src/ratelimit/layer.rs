@@ -59,7 +59,8 @@ where
     };
     let id = cred.budget_id();
     if let Some(b) = &l.budget {
-        b.acquire(id).await?;
+        let who = l.shares.of(req.extensions().get::<User>());
+        b.acquire(id, &who).await?;
     }
 
     let replay = Replay::of(&req);

@@ -11,6 +11,8 @@
 //!    by key id. A request whose slot is at most `max_wait` away waits for it; beyond that, or
 //!    with `max_waiting` requests already waiting on that budget, 429 with `limit: "key"`.
 //!    With `redis.url` the budget lives in Redis ([`redis`]), shared by every replica.
+//!    Requests that must wait are admitted by weighted fair queuing across the calling apps
+//!    ([`fair`], [`shares`]), not in arrival order.
 //! 3. **Cliniko's own 429/503** and connection failures ([`layer`]): the budget is paused
 //!    until Cliniko's `X-RateLimit-Reset` / `Retry-After`, bodiless GET/HEAD are retried once
 //!    when that is within `max_wait`, and connect failures of bodiless requests are retried
@@ -23,8 +25,10 @@ pub mod headers;
 pub mod key_budget;
 pub mod layer;
 pub mod redis;
+pub mod shares;
 pub mod user_limit;
 
+use crate::config::shares::SharesConfig;
 use crate::config::{ConfigError, RateLimitConfig, RedisConfig, UserLimitConfig};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -40,9 +44,11 @@ fn key_budgets(
         Some(url) => Some(redis::SharedBudget::new(url, shared, &cfg.key)?),
         None => None,
     };
-    Ok(Arc::new(key_budget::KeyBudgets::new(
-        cfg, shared, stats, prev,
-    )))
+    let next = Arc::new(key_budget::KeyBudgets::new(cfg, shared, stats, prev));
+    if let Some(p) = prev {
+        p.replaced_by(&next);
+    }
+    Ok(next)
 }
 
 fn user_limits(cfg: &RateLimitConfig) -> Option<Arc<user_limit::UserLimits>> {
@@ -51,11 +57,12 @@ fn user_limits(cfg: &RateLimitConfig) -> Option<Arc<user_limit::UserLimits>> {
         .then(|| Arc::new(user_limit::UserLimits::new(&cfg.user)))
 }
 
-/// Whether two configs give the same key budgets (everything but the per-user part and the
-/// connect retries, which the budgets do not hold).
+/// Whether two configs give the same key budgets (everything but the per-user part, the
+/// shares and the connect retries, which the budgets do not hold).
 fn same_budget(a: &RateLimitConfig, b: &RateLimitConfig) -> bool {
     let budget_part = |c: &RateLimitConfig| RateLimitConfig {
         user: UserLimitConfig::default(),
+        shares: SharesConfig::default(),
         connect_retries: 0,
         ..c.clone()
     };
@@ -83,6 +90,8 @@ pub struct RateLimitStats {
     pub upstream_retries: AtomicU64,
     /// Requests resent after a connection failure.
     pub connect_retries: AtomicU64,
+    /// Per app: admitted, waited, refused by a key budget.
+    pub apps: crate::metrics::AppMetrics,
 }
 
 /// Everything the rate-limit layer shares, built once at start-up.
@@ -93,6 +102,8 @@ pub struct RateLimits {
     users: Option<Arc<user_limit::UserLimits>>,
     /// `None` with `enabled = false`: no limits, but the resends below still happen.
     budget: Option<Arc<key_budget::KeyBudgets>>,
+    /// Who queues how on a key budget (rebuilt on every reload: new weights apply at once).
+    shares: shares::Shares,
     stats: Arc<RateLimitStats>,
     pauses: watch::Sender<u64>,
 }
@@ -123,6 +134,7 @@ impl RateLimits {
             budget: on
                 .then(|| key_budgets(cfg, redis, stats.clone(), None))
                 .transpose()?,
+            shares: shares::Shares::new(&cfg.shares, &stats.apps),
             stats,
             pauses: watch::Sender::new(0),
         })))
@@ -158,6 +170,7 @@ impl RateLimits {
             redis: redis.clone(),
             users,
             budget,
+            shares: shares::Shares::new(&cfg.shares, &prev.stats.apps),
             stats: prev.stats.clone(),
             pauses: watch::Sender::new(0),
         })))

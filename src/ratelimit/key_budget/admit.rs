@@ -1,0 +1,391 @@
+//! Admission to a key budget: a request that cannot go at once waits in the budget's fair
+//! queue ([`crate::ratelimit::fair`]) until a pump hands it a slot, for at most `max_wait`.
+//!
+//! - **Nobody queued** on the budget: the budget alone decides, as before there were queues:
+//!   go now; 429 at once when its next slot is further than `max_wait` (a Cliniko pause,
+//!   `max_wait = 0`); else queue.
+//! - **Hopeless**: when the waiters that would go before it ([`FairQueue::ahead`]) already
+//!   take every slot until its `max_wait`, 429 at once rather than after waiting for nothing.
+//! - **Queued**: one pump task per busy budget asks the budget (local GCRA or the Redis
+//!   script) for a slot *now*. When there is one, it wakes the waiter the fair queue picks;
+//!   when not, it sleeps until the budget's next slot and asks again (no polling). The choice
+//!   is made when the slot frees, not when requests arrive, so an interactive request that
+//!   arrives behind hundreds of batch ones takes the next slot. The pump stops when the queue
+//!   is empty, and after a reload it follows the new budgets (their quota, their Redis).
+//! - A waiter that reaches `max_wait` takes itself out of the queue: the usual 429.
+//!
+//! With Redis each replica has its own queue and pump in front of the shared budget: the
+//! budget is never exceeded (every slot is one atomic script), and the slots a replica wins
+//! are shared fairly among the requests waiting on that replica.
+
+use super::{KeyBudgets, Where, micros};
+use crate::error::{GatewayError, Limit, Refusal};
+#[cfg(doc)]
+use crate::ratelimit::fair::FairQueue;
+use crate::ratelimit::gcra::Decision;
+use crate::ratelimit::shares::Caller;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// What a pump tells a waiter.
+#[derive(Clone, Copy)]
+pub(super) enum Verdict {
+    /// The slot is yours.
+    Go,
+    /// The budget could not be asked (Redis down, `redis_failure = "closed"`).
+    Unavailable,
+}
+
+/// How a pump wakes one waiter.
+pub(super) type Waker = oneshot::Sender<Verdict>;
+
+/// Counts a request in `acquire` on one budget (what `max_waiting` caps) until it leaves.
+struct Waiting<'a> {
+    budgets: &'a KeyBudgets,
+    id: &'a str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut t = self.budgets.table();
+        if let Some(s) = t.get_mut(self.id) {
+            s.waiting = s.waiting.saturating_sub(1);
+        }
+        self.budgets.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A place in a budget's queue; leaving (admitted, timed out, caller gone) gives it up.
+struct Queued<'a> {
+    budgets: &'a KeyBudgets,
+    id: &'a str,
+    who: &'a Caller,
+    ticket: u64,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        let mut t = self.budgets.table();
+        if let Some(s) = t.get_mut(self.id) {
+            s.queue.remove(self.who.class, &self.who.app, self.ticket);
+        }
+    }
+}
+
+impl KeyBudgets {
+    /// Waits for a slot of budget `id` (at most `max_wait`), or says why not; counted under
+    /// `who`'s app.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        id: &Arc<str>,
+        who: &Caller,
+    ) -> Result<(), GatewayError> {
+        let started = Instant::now();
+        let r = self.admit(id, who, started).await;
+        match &r {
+            Ok(()) => who.counts.admitted(started.elapsed()),
+            Err(GatewayError::RateLimited(_)) => {
+                self.stats.refused_key.fetch_add(1, Ordering::Relaxed);
+                who.counts.refused();
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
+    async fn admit(
+        self: &Arc<Self>,
+        id: &Arc<str>,
+        who: &Caller,
+        started: Instant,
+    ) -> Result<(), GatewayError> {
+        let (_waiting, queued) = self.enter(id)?;
+        if !queued {
+            match self.decide(id, 0, 0, true).await? {
+                (Decision::Admit(_), _) => return Ok(()),
+                (Decision::Refuse(w), place) if w > micros(self.max_wait) => {
+                    return Err(self.refusal(place, w));
+                }
+                (Decision::Refuse(_), _) => {}
+            }
+        }
+        self.stats.shaped.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let place = self.queue(id, who, tx)?;
+        place.wait(rx, started + self.max_wait).await
+    }
+
+    /// Counts the request in, or refuses it when `max_waiting` are in already; whether
+    /// requests are queued on the budget (then it queues behind them, fairly).
+    fn enter<'a>(&'a self, id: &'a Arc<str>) -> Result<(Waiting<'a>, bool), GatewayError> {
+        let mut t = self.table();
+        let slot = t.entry(Arc::clone(id)).or_default();
+        if slot.waiting >= self.max_waiting {
+            drop(t);
+            return Err(self.refusal(self.preferred(), micros(self.max_wait)));
+        }
+        slot.waiting += 1;
+        let queued = slot.pumping;
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        Ok((Waiting { budgets: self, id }, queued))
+    }
+
+    /// Takes a place in the queue, starting the budget's pump if none runs.
+    fn queue<'a>(
+        self: &'a Arc<Self>,
+        id: &'a Arc<str>,
+        who: &'a Caller,
+        tx: Waker,
+    ) -> Result<Queued<'a>, GatewayError> {
+        let now = self.now_us();
+        let place = self.preferred();
+        let interval = micros(self.quota_of(place).interval()).max(1);
+        let mut t = self.table();
+        let slot = t.entry(Arc::clone(id)).or_default();
+        // Refused at once when the waiters that would go first already take every slot
+        // until our `max_wait` (the first at the pump's next try, then one per interval).
+        let first = if slot.pumping {
+            slot.next_try.saturating_sub(now)
+        } else {
+            0
+        };
+        let ahead = slot.queue.ahead(who.class, &who.app, who.weight) as u64;
+        let wait = first.saturating_add(ahead.saturating_mul(interval));
+        if wait > micros(self.max_wait) {
+            drop(t);
+            return Err(self.refusal(place, wait));
+        }
+        slot.tickets += 1;
+        let ticket = slot.tickets;
+        slot.queue.push(who.class, &who.app, who.weight, ticket, tx);
+        if !slot.pumping {
+            slot.pumping = true;
+            slot.next_try = 0;
+            tokio::spawn(self.clone().pump(Arc::clone(id)));
+        }
+        Ok(Queued {
+            budgets: self,
+            id,
+            who,
+            ticket,
+        })
+    }
+
+    fn refusal(&self, place: Where, wait_us: u64) -> GatewayError {
+        GatewayError::RateLimited(Refusal::new(
+            Limit::Key,
+            self.quota_of(place),
+            Duration::from_micros(wait_us),
+        ))
+    }
+
+    /// Serves budget `id`'s queue until it is empty (see the module notes).
+    async fn pump(self: Arc<Self>, id: Arc<str>) {
+        let mut b = self;
+        loop {
+            while let Some(next) = b.successor.get() {
+                b = next.clone();
+            }
+            if !b.still_needed(&id) {
+                return;
+            }
+            let verdict = match b.decide(&id, 0, 0, true).await {
+                Ok((Decision::Admit(_), _)) => Verdict::Go,
+                Ok((Decision::Refuse(wait), _)) => {
+                    b.sleep_until_slot(&id, wait).await;
+                    continue;
+                }
+                Err(_) => Verdict::Unavailable,
+            };
+            b.hand_out(&id, verdict);
+        }
+    }
+
+    /// Whether anyone waits on `id`; if not, the pump stops, decided under the lock so that a
+    /// request queuing right after starts a new one.
+    fn still_needed(&self, id: &str) -> bool {
+        let mut t = self.table();
+        match t.get_mut(id) {
+            Some(s) if !s.queue.is_empty() => true,
+            Some(s) => {
+                s.pumping = false;
+                false
+            }
+            None => false,
+        }
+    }
+
+    async fn sleep_until_slot(&self, id: &str, wait_us: u64) {
+        let at = self.now_us().saturating_add(wait_us);
+        if let Some(s) = self.table().get_mut(id) {
+            s.next_try = at;
+        }
+        tokio::time::sleep(Duration::from_micros(wait_us)).await;
+    }
+
+    /// Gives the slot to the waiter the fair queue picks (one that gave up meanwhile passes
+    /// it on); a budget that could not be asked fails every waiter, as it would have failed
+    /// each one asking itself.
+    fn hand_out(&self, id: &str, verdict: Verdict) {
+        let mut t = self.table();
+        let Some(s) = t.get_mut(id) else { return };
+        while let Some(w) = s.queue.pop() {
+            if w.send(verdict).is_ok() && matches!(verdict, Verdict::Go) {
+                return;
+            }
+        }
+    }
+}
+
+impl Queued<'_> {
+    /// Waits for the pump's word until `deadline`; then the usual 429.
+    async fn wait(
+        &self,
+        mut rx: oneshot::Receiver<Verdict>,
+        deadline: Instant,
+    ) -> Result<(), GatewayError> {
+        let verdict = tokio::select! {
+            v = &mut rx => v.ok(),
+            () = tokio::time::sleep_until(deadline) => {
+                // The pump may have picked us in the same instant: then the slot is ours.
+                rx.close();
+                rx.try_recv().ok()
+            }
+        };
+        let b = self.budgets;
+        match verdict {
+            Some(Verdict::Go) => Ok(()),
+            Some(Verdict::Unavailable) => Err(GatewayError::RateLimiterUnavailable),
+            None => Err(b.refusal(b.preferred(), micros(b.max_wait))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{budgets, who};
+    use super::*;
+    use crate::config::RateLimitConfig;
+    use crate::config::shares::Class::{Batch, Interactive};
+    use crate::ratelimit::RateLimitStats;
+    use std::sync::Mutex;
+
+    type Log = Arc<Mutex<Vec<(&'static str, Duration)>>>;
+
+    /// `n` requests of `app` on budget `key:a`, each logging (app, when admitted) into `log`.
+    fn flood(b: &Arc<KeyBudgets>, log: &Log, caller: Caller, app: &'static str, n: usize) {
+        let started = Instant::now();
+        for _ in 0..n {
+            let (b, log, caller) = (b.clone(), log.clone(), caller.clone());
+            tokio::spawn(async move {
+                if b.acquire(&"key:a".into(), &caller).await.is_ok() {
+                    log.lock().unwrap().push((app, started.elapsed()));
+                }
+            });
+        }
+    }
+
+    /// Lets the spawned requests run (the clock is paused: it moves only when all wait)
+    /// until `n` are queued.
+    async fn queued(b: &KeyBudgets, n: usize) {
+        for _ in 0..100_000 {
+            if b.table()["key:a"].queue.len() >= n {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("never {n} queued");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_requests_go_by_class_and_weight_not_arrival() {
+        // 10/s, burst 1: one slot per 100 ms; waits up to a minute.
+        let b = budgets(10, 1, 60_000, 1000);
+        b.acquire(&"key:a".into(), &who("x", Batch, 1))
+            .await
+            .unwrap();
+        let log: Log = Arc::default();
+        flood(&b, &log, who("sync", Batch, 3), "sync", 300);
+        flood(&b, &log, who("export", Batch, 1), "export", 300);
+        queued(&b, 600).await;
+        // The front desk arrives behind 600 batch requests and takes the next slot.
+        let t = Instant::now();
+        b.acquire(&"key:a".into(), &who("desk", Interactive, 1))
+            .await
+            .unwrap();
+        assert!(
+            t.elapsed() <= Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        // 20 s of budget later: 200 slots, shared 3:1.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let log = log.lock().unwrap();
+        let sync = log.iter().filter(|(a, _)| *a == "sync").count();
+        assert!((195..=201).contains(&log.len()), "{}", log.len());
+        assert!(
+            (146..=152).contains(&sync),
+            "sync got {sync} of {}",
+            log.len()
+        );
+        // Paced one per slot: never two within one interval.
+        for w in log.windows(2) {
+            assert!(w[1].1 - w[0].1 >= Duration::from_millis(100), "{w:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_applies_its_quota_to_the_requests_already_queued() {
+        let b = budgets(10, 1, 60_000, 1000);
+        b.acquire(&"key:a".into(), &who("x", Batch, 1))
+            .await
+            .unwrap();
+        let log: Log = Arc::default();
+        flood(&b, &log, who("sync", Batch, 1), "sync", 40);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(log.lock().unwrap().len(), 2);
+        // Ten times the rate: the pump started under the old budgets follows the new ones.
+        let cfg = RateLimitConfig {
+            key: crate::config::Quota {
+                rate: 100,
+                period: Duration::from_secs(1),
+                burst: 1,
+            },
+            max_wait: Duration::from_secs(60),
+            ..RateLimitConfig::default()
+        };
+        let next = Arc::new(KeyBudgets::new(
+            &cfg,
+            None,
+            Arc::new(RateLimitStats::default()),
+            Some(&b),
+        ));
+        b.replaced_by(&next);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(log.lock().unwrap().len(), 40, "38 more in half a second");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_beyond_max_wait_is_refused_at_once() {
+        let b = budgets(1, 1, 500, 100);
+        b.acquire(&"key:a".into(), &who("x", Batch, 1))
+            .await
+            .unwrap();
+        let t = Instant::now();
+        for _ in 0..5 {
+            let r = b.acquire(&"key:a".into(), &who("sync", Batch, 1)).await;
+            assert!(matches!(r, Err(GatewayError::RateLimited(_))), "{r:?}");
+        }
+        assert_eq!(
+            t.elapsed(),
+            Duration::ZERO,
+            "nobody waited for a hopeless slot"
+        );
+        let t = b.table();
+        assert!(t["key:a"].queue.is_empty() && !t["key:a"].pumping);
+        assert_eq!(b.stats.refused_key.load(Ordering::Relaxed), 5);
+    }
+}
