@@ -81,6 +81,7 @@ impl Gateway {
             metrics: Some(Arc::new(metrics.http())),
             http,
             telemetry: telemetry.clone(),
+            compression: crate::compression::Compress::new(&cfg.compression),
         };
         // The same build a reload runs, from nothing.
         let built = Live::build(&fixed, &cfg, None).await?;
