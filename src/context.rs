@@ -117,6 +117,7 @@ pub struct Context {
     error: OnceLock<ErrorCode>,
     upstream_status: AtomicU16,
     body_limit_tripped: AtomicBool,
+    accepts_gzip: AtomicBool,
 }
 
 impl Context {
@@ -134,6 +135,7 @@ impl Context {
             error: OnceLock::new(),
             upstream_status: AtomicU16::new(0),
             body_limit_tripped: AtomicBool::new(false),
+            accepts_gzip: AtomicBool::new(false),
         }
     }
 
@@ -173,6 +175,16 @@ impl Context {
     /// Records that the request body went over the limit mid-stream.
     pub fn trip_body_limit(&self) {
         self.body_limit_tripped.store(true, Ordering::Relaxed);
+    }
+
+    /// Records that the caller takes gzip (set by the compression layer, so only while
+    /// compression is on): the cache may then send its stored gzip copy as it is.
+    pub fn set_accepts_gzip(&self) {
+        self.accepts_gzip.store(true, Ordering::Relaxed);
+    }
+    /// Whether the caller takes gzip (see [`Context::set_accepts_gzip`]).
+    pub fn accepts_gzip(&self) -> bool {
+        self.accepts_gzip.load(Ordering::Relaxed)
     }
 
     /// The verified user, if any.

@@ -85,6 +85,7 @@ impl Gateway {
             http,
             telemetry: telemetry.clone(),
             bus: bus.clone(),
+            compression: crate::compression::Compress::new(&cfg.compression),
         };
         // The same build a reload runs, from nothing.
         let built = Live::build(&fixed, &cfg, None).await?;

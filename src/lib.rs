@@ -13,6 +13,7 @@ pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod cli;
+pub mod compression;
 pub mod config;
 pub mod context;
 pub mod cors;

@@ -47,6 +47,8 @@ pub struct Fixed {
     /// Cache invalidations shared with the other replicas (idle without `[redis]`); every
     /// cache a reload builds joins it.
     pub bus: Arc<crate::cache::CacheBus>,
+    /// Compressed answers for callers that ask (`None`: off).
+    pub compression: Option<crate::compression::Compress>,
 }
 
 /// The parts a config reload may replace.
@@ -86,6 +88,11 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
         .layer(AuditLayer)
         // Every error below becomes one JSON response here, and nowhere else.
         .layer(RescueLayer)
+        // Compression for callers that ask: inside the rescue, so its 406 (nothing the caller
+        // accepts) is rendered like any error, and before the guard, so that refusal costs
+        // nothing; outside the cache, which may answer with its stored gzip copy as it is
+        // (this layer records in the context that the caller takes gzip). Absent when off.
+        .option_layer(f.compression.clone())
         // Cheap refusals before any crypto: local routes, bad targets, framing, body limit.
         .layer(GuardLayer::new(f.limits.clone(), f.readiness.clone()))
         // Who is calling (401).

@@ -5,6 +5,7 @@
 //! the JWT HMAC secret and the key-store master key come from `CLINIKO_GATEWAY_HMAC_SECRET` /
 //! `CLINIKO_GATEWAY_MASTER_KEY` or from files named in the config.
 
+mod compression;
 mod load;
 pub mod policy;
 pub mod ratelimit;
@@ -13,6 +14,7 @@ mod secret;
 pub mod shares;
 pub use secret::Secret;
 mod validate;
+pub use compression::CompressionConfig;
 pub use policy::{GrantConfig, PolicyConfig};
 pub use ratelimit::{Quota, RateLimitConfig, UserLimitConfig};
 pub use redis::{Deprecated, RedisConfig, RedisFailure, RedisUrl};
@@ -70,6 +72,9 @@ pub struct Config {
     /// The GET response cache.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Compressed answers to callers that ask for them.
+    #[serde(default)]
+    pub compression: CompressionConfig,
     /// The admin listener (off unless `listen` is set).
     #[serde(default)]
     pub admin: AdminConfig,

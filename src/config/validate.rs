@@ -78,6 +78,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     validate_server(c)?;
     validate_auth(&c.auth)?;
     validate_cache(&c.cache)?;
+    super::compression::validate(&c.compression)?;
     super::ratelimit::validate(&c.ratelimit)?;
     super::redis::validate(&c.redis)?;
     validate_upstream(&c.upstream)

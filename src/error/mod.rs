@@ -118,6 +118,12 @@ pub enum GatewayError {
     /// Not a route the gateway serves.
     #[error("no such route: the gateway proxies /v1/... and answers /healthz and /readyz")]
     NotFound,
+    /// The caller's `Accept-Encoding` refuses every coding the gateway can send (identity
+    /// included), e.g. `identity;q=0` alone or `*;q=0`; nothing was sent upstream.
+    #[error(
+        "no acceptable content coding: allow identity, gzip or br in Accept-Encoding (or send none)"
+    )]
+    NotAcceptable,
     /// Request body over the configured limit.
     #[error("request body is larger than the configured limit of {limit} bytes")]
     BodyTooLarge {
@@ -177,6 +183,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest { code, .. } => code,
             GatewayError::NotFound => "route_not_found",
+            GatewayError::NotAcceptable => "not_acceptable",
             GatewayError::BodyTooLarge { .. } => "body_too_large",
             GatewayError::Auth(e) => e.code(),
             GatewayError::NoCredential => "no_credential",
@@ -203,6 +210,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::Auth(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Auth(AuthError::Ambiguous) => StatusCode::BAD_REQUEST,
@@ -332,6 +340,7 @@ mod tests {
             AuthError::Malformed.code(),
             AuthError::Missing.code(),
             GatewayError::NotFound.code(),
+            GatewayError::NotAcceptable.code(),
             GatewayError::NoCredential.code(),
             GatewayError::Forbidden {
                 needed: "GET /v1".into(),

@@ -16,6 +16,7 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         ("upstream", a.upstream != b.upstream),
         ("keystore", a.keystore != b.keystore),
         ("admin", a.admin != b.admin),
+        ("compression", a.compression != b.compression),
         ("log", a.log != b.log),
         ("telemetry", a.telemetry != b.telemetry),
     ]

@@ -138,7 +138,49 @@ pub(crate) async fn handle(
         req_headers: &parts.headers,
         query: parts.uri.query().unwrap_or(""),
     };
-    Ok(route(&ctx, &parts.method, rest, body))
+    let resp = route(&ctx, &parts.method, rest, body);
+    Ok(gzip_if_asked(&state, &parts.headers, resp).await)
+}
+
+/// Like Cliniko behind its CDN: a JSON answer is gzipped for a client that asks for gzip.
+async fn gzip_if_asked(state: &State, req: &HeaderMap, resp: Response<Body>) -> Response<Body> {
+    use std::io::Write;
+    let asked = req
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .any(|t| {
+            let mut it = t.split(';');
+            it.next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("gzip"))
+                && !it.any(|p| {
+                    p.trim().starts_with("q=0") && !p.contains(|c| ('1'..='9').contains(&c))
+                })
+        });
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !asked || !json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let plain = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let _ = gz.write_all(&plain);
+    let gz = gz.finish().unwrap_or_default();
+    state.gzipped.fetch_add(1, Ordering::SeqCst);
+    state.gzipped_bytes.fetch_add(gz.len(), Ordering::SeqCst);
+    let h = &mut parts.headers;
+    h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(gz.len()));
+    h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    Response::from_parts(parts, Body::from(gz))
 }
 
 struct Ctx<'a> {

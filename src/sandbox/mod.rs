@@ -255,6 +255,15 @@ impl Sandbox {
         sync::lock(&self.state.requests).clone()
     }
 
+    /// JSON answers sent gzipped (to a client that asked) and their bytes on the wire:
+    /// `(answers, bytes)`.
+    pub fn gzipped(&self) -> (usize, usize) {
+        (
+            self.state.gzipped.load(Ordering::SeqCst),
+            self.state.gzipped_bytes.load(Ordering::SeqCst),
+        )
+    }
+
     /// How many requests were received so far (JWKS fetches included).
     pub fn request_count(&self) -> usize {
         sync::lock(&self.state.requests).len()

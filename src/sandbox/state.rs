@@ -13,6 +13,9 @@ pub(crate) struct State {
     pub(crate) faults: Mutex<HashMap<String, Fault>>,
     pub(crate) jwks: Mutex<(u16, serde_json::Value)>,
     pub(crate) jwks_fetches: AtomicUsize,
+    /// JSON answers sent gzipped, and their compressed bytes.
+    pub(crate) gzipped: AtomicUsize,
+    pub(crate) gzipped_bytes: AtomicUsize,
     /// Mirrors `requests.len()` so tests can await arrivals instead of polling.
     pub(crate) arrived: watch::Sender<usize>,
     pub(crate) accounts: Vec<AccountStore>,
@@ -35,6 +38,8 @@ impl State {
             faults: Mutex::new(HashMap::new()),
             jwks: Mutex::new((200, serde_json::json!({"keys": []}))),
             jwks_fetches: AtomicUsize::new(0),
+            gzipped: AtomicUsize::new(0),
+            gzipped_bytes: AtomicUsize::new(0),
             arrived: watch::Sender::new(0),
             accounts,
             origin,

@@ -1,5 +1,6 @@
-//! Cliniko's response body on its way to the caller: bounded waiting, and decoding when
-//! Cliniko compresses despite being asked not to (so links can still be rewritten).
+//! Cliniko's response body on its way to the caller: bounded waiting, and decoding what
+//! Cliniko compressed (the gateway asks for gzip), so links can be rewritten; streaming, or in
+//! one piece for a page small enough to rewrite whole.
 
 use crate::body::Body;
 use bytes::Bytes;
@@ -110,10 +111,61 @@ pub fn decode(body: Body, coding: Coding) -> Body {
     }
 }
 
+/// Why a body held in memory was not decoded in one piece.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inflate {
+    /// Larger than the limit once decoded, or a coding only the streaming decoder knows:
+    /// decode it streaming instead.
+    Stream,
+    /// Not valid data in its coding.
+    Corrupt,
+}
+
+/// Decodes a whole compressed body, refusing to grow it past `limit` bytes (a small gzip can
+/// decode to a very large page; that one streams instead of filling memory).
+pub fn inflate(bytes: &[u8], coding: Coding, limit: usize) -> Result<Bytes, Inflate> {
+    use std::io::Read;
+    let reader: Box<dyn Read + '_> = match coding {
+        Coding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(bytes)),
+        Coding::Deflate => Box::new(flate2::read::ZlibDecoder::new(bytes)),
+        Coding::Brotli => return Err(Inflate::Stream),
+    };
+    let mut out = Vec::with_capacity(bytes.len().saturating_mul(8).min(limit + 1));
+    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+    match reader.take(limit + 1).read_to_end(&mut out) {
+        Ok(n) if n as u64 > limit => Err(Inflate::Stream),
+        Ok(_) => Ok(Bytes::from(out)),
+        Err(_) => Err(Inflate::Corrupt),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn whole_bodies_decode_within_the_limit_and_stream_past_it() {
+        let page = b"{\"patients\":[]}".repeat(100);
+        let gz = gzip(&page);
+        assert_eq!(inflate(&gz, Coding::Gzip, page.len()).unwrap(), page);
+        assert_eq!(
+            inflate(&gz, Coding::Gzip, page.len() - 1),
+            Err(Inflate::Stream)
+        );
+        assert_eq!(
+            inflate(&gz[..gz.len() / 2], Coding::Gzip, 1 << 20),
+            Err(Inflate::Corrupt)
+        );
+        assert_eq!(inflate(&gz, Coding::Brotli, 1 << 20), Err(Inflate::Stream));
+    }
 
     /// A body fed by hand, one `Bytes` at a time.
     fn fed() -> (

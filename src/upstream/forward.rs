@@ -6,7 +6,7 @@
 //! and a warning with the key's fingerprint. JSON bodies and `Location` headers have Cliniko's
 //! absolute URLs rewritten onto the gateway's public base URL, streaming.
 
-use super::body::{Coding, decode, idle_limit};
+use super::body::{Coding, Inflate, decode, idle_limit, inflate};
 use super::headers::{FixedHeaders, clean_response_headers, upstream_request_headers};
 use super::links::LinkRewriter;
 use super::shard::ShardBase;
@@ -193,7 +193,8 @@ impl Upstream {
     }
 
     /// Cliniko's answer as the caller gets it: hop-by-hop headers gone, `Location` and the
-    /// JSON body's links pointing at the gateway, an unasked-for compression undone.
+    /// JSON body's links pointing at the gateway, Cliniko's compression undone (the caller's
+    /// own is the compression layer's business).
     async fn shape(
         &self,
         resp: Response<hyper::body::Incoming>,
@@ -210,60 +211,79 @@ impl Upstream {
         {
             parts.headers.insert(header::LOCATION, v);
         }
-        let mut body = idle_limit(Body::new(body), self.body_timeout);
-        if is_json(&parts.headers) {
-            let coding = parts
-                .headers
-                .get(header::CONTENT_ENCODING)
-                .map(|v| v.to_str().ok().and_then(Coding::parse));
-            let decodable = match coding {
-                None => true,
-                Some(Some(c)) => {
-                    // Asked for identity but got compressed anyway: undo it so links can be
-                    // rewritten, and tell the caller it is plain now.
-                    if !is_head {
-                        body = decode(body, c);
-                    }
-                    parts.headers.remove(header::CONTENT_ENCODING);
-                    true
-                }
-                Some(None) => false,
-            };
-            if decodable {
-                // The rewritten length differs; HEAD must agree with GET, so drop it there too.
-                let declared = parts.headers.remove(header::CONTENT_LENGTH);
-                let small = declared
-                    .filter(|_| coding.is_none())
-                    .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-                    .filter(|n| *n <= SMALL_BODY);
-                if !is_head {
-                    body = match small {
-                        // A page of Cliniko JSON: rewrite it whole and send it with a length,
-                        // one write instead of chunked frames (measured: fewer syscalls per
-                        // request on the miss path). Nothing has been sent yet, so a failed
-                        // read is still a clean 502.
-                        Some(_) => {
-                            let whole = body
-                                .collect()
-                                .await
-                                .map_err(|_| GatewayError::UpstreamUnavailable)?
-                                .to_bytes();
-                            let out = self.links.rewrite_whole(whole);
-                            parts
-                                .headers
-                                .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-                            Body::from(out)
-                        }
-                        None => self.links.rewrite_body(body),
-                    };
-                }
-            }
+        let body = idle_limit(Body::new(body), self.body_timeout);
+        let coding = match parts.headers.get(header::CONTENT_ENCODING) {
+            None => None,
+            Some(v) => match v.to_str().ok().and_then(Coding::parse) {
+                Some(c) => Some(c),
+                // Stacked or unknown: nothing we can read, so it passes byte for byte.
+                None => return Ok(Response::from_parts(parts, body)),
+            },
+        };
+        let json = is_json(&parts.headers);
+        if coding.is_none() && !json {
+            return Ok(Response::from_parts(parts, body));
         }
+        // From here the body changes (decoded, links rewritten): so do its length and coding,
+        // and HEAD must agree with GET.
+        parts.headers.remove(header::CONTENT_ENCODING);
+        let declared = parts
+            .headers
+            .remove(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let body = match (is_head, json, coding) {
+            (true, ..) => body,
+            (false, false, Some(c)) => decode(body, c),
+            (false, ..) => match declared.filter(|n| *n <= SMALL_BODY) {
+                Some(_) => {
+                    let out = self.rewrite_whole(body, coding).await?;
+                    if let Some(n) = http_body::Body::size_hint(&out).exact() {
+                        parts
+                            .headers
+                            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                    }
+                    out
+                }
+                None => self.links.rewrite_body(match coding {
+                    Some(c) => decode(body, c),
+                    None => body,
+                }),
+            },
+        };
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// A page of Cliniko JSON read whole, decoded and rewritten in one go, to be sent with a
+    /// length: one write instead of chunked frames (measured: fewer syscalls per request on the
+    /// miss path). Nothing has been sent yet, so a failed read is still a clean 502. A gzip
+    /// that decodes past [`SMALL_BODY`] is rewritten streaming instead (no length).
+    async fn rewrite_whole(
+        &self,
+        body: Body,
+        coding: Option<Coding>,
+    ) -> Result<Body, GatewayError> {
+        let read = body
+            .collect()
+            .await
+            .map_err(|_| GatewayError::UpstreamUnavailable)?
+            .to_bytes();
+        let plain = match coding.map(|c| (c, inflate(&read, c, SMALL_BODY))) {
+            None => read,
+            Some((_, Ok(plain))) => plain,
+            Some((_, Err(Inflate::Corrupt))) => {
+                tracing::warn!("Cliniko sent a compressed body that does not decode");
+                return Err(GatewayError::UpstreamUnavailable);
+            }
+            Some((c, Err(Inflate::Stream))) => {
+                return Ok(self.links.rewrite_body(decode(Body::from(read), c)));
+            }
+        };
+        Ok(Body::from(self.links.rewrite_whole(plain)))
     }
 }
 
-/// JSON bodies up to this size (declared by Cliniko) are rewritten whole rather than streamed.
+/// JSON bodies up to this size (declared by Cliniko, and once decoded) are rewritten whole
+/// rather than streamed.
 const SMALL_BODY: usize = 256 * 1024;
 
 /// Only JSON carries links we rewrite; other bodies pass through byte for byte.

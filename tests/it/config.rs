@@ -198,6 +198,16 @@ fn each_rejection_names_its_field() {
             "admin.max_connections",
         ),
         (
+            format!("{MINIMAL}\n[compression]\nlevel = 0\n"),
+            e.clone(),
+            "compression.level",
+        ),
+        (
+            MINIMAL.to_string(),
+            env(&[("CLINIKO_GATEWAY__COMPRESSION__MIN_BYTES", "2000000")]),
+            "compression.min_bytes",
+        ),
+        (
             MINIMAL.to_string(),
             env(&[("CLINIKO_GATEWAY_HMAC_SECRET", "short")]),
             "auth.hmac_secret",

@@ -149,6 +149,93 @@ async fn a_gzipped_json_body_is_decoded_and_its_links_rewritten() {
 }
 
 #[tokio::test]
+async fn the_gateway_asks_cliniko_for_gzip_and_rewrites_the_decoded_page() {
+    let h = Harness::start(Setup::default()).await;
+    let got = h.get_as("alice", "/v1/patients?per_page=100").await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let seen = h.sandbox("au1").requests();
+    assert_eq!(seen[0].headers["accept-encoding"], "gzip");
+    let (answers, bytes) = h.sandbox("au1").gzipped();
+    assert_eq!(answers, 1, "the stand-in answered compressed");
+    // The caller asked for nothing: plain JSON, sent whole with its length.
+    assert!(!got.headers.contains_key("content-encoding"));
+    assert_eq!(got.headers["content-length"], got.body.len().to_string());
+    assert!(got.body.len() > 4 * bytes, "{} vs {bytes}", got.body.len());
+    let v = got.json();
+    let patients = v["patients"].as_array().unwrap();
+    assert_eq!(patients.len(), 100);
+    for p in patients {
+        let link = p["links"]["self"].as_str().unwrap();
+        assert!(
+            link.starts_with(&format!("{}/v1/patients/", h.base)),
+            "{link}"
+        );
+    }
+    assert!(!got.text().contains(&h.sandbox("au1").base_url()));
+}
+
+#[tokio::test]
+async fn a_small_gzip_that_decodes_to_a_large_page_streams() {
+    use std::io::Write;
+    let h = Harness::start(Setup::default()).await;
+    let up = h.sandbox("au1").base_url();
+    // 400 KiB of JSON decoded (over the whole-body limit), a few KiB compressed.
+    let item = format!(r#"{{"links":{{"self":"{up}/patients/1"}}}},"#);
+    let json = format!(
+        r#"{{"patients":[{}{{}}]}}"#,
+        item.repeat(400 * 1024 / item.len())
+    );
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(json.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    h.sandbox("au1").set_fault(
+        "/v1/invoices",
+        Fault::Raw(
+            200,
+            vec![
+                ("content-type".into(), "application/json".into()),
+                ("content-encoding".into(), "gzip".into()),
+                ("content-length".into(), gz.len().to_string()),
+            ],
+            gz.into(),
+        ),
+    );
+    let got = h.get_as("alice", "/v1/invoices").await;
+    assert_eq!(got.status, 200);
+    assert!(!got.headers.contains_key("content-length"), "streamed");
+    let v = got.json();
+    let ours = format!("{}/v1/patients/1", h.base);
+    let items = v["patients"].as_array().unwrap();
+    assert!(items.len() > 1000);
+    assert!(
+        items[..items.len() - 1]
+            .iter()
+            .all(|i| i["links"]["self"] == ours.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_gzip_that_does_not_decode_is_a_clean_502() {
+    let h = Harness::start(Setup::default()).await;
+    let junk = b"\x1f\x8bnot really gzip".to_vec();
+    h.sandbox("au1").set_fault(
+        "/v1/invoices",
+        Fault::Raw(
+            200,
+            vec![
+                ("content-type".into(), "application/json".into()),
+                ("content-encoding".into(), "gzip".into()),
+                ("content-length".into(), junk.len().to_string()),
+            ],
+            junk.into(),
+        ),
+    );
+    let got = h.get_as("alice", "/v1/invoices").await;
+    assert_eq!(got.status, 502);
+    assert_eq!(got.code(), "upstream_unavailable");
+}
+
+#[tokio::test]
 async fn garbage_resets_and_5xx_from_cliniko() {
     let h = Harness::start(Setup::default()).await;
     let sb = h.sandbox("au1");

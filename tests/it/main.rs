@@ -5,6 +5,7 @@ mod auth;
 mod browser;
 mod cache;
 mod cli;
+mod compression;
 mod config;
 mod docs;
 mod dropin;

@@ -1,0 +1,252 @@
+//! Compressed answers to callers that ask (`Accept-Encoding: gzip` or `br`): tower-http's
+//! [`CompressionLayer`](tower_http::compression), streaming, at the configured (fast) level,
+//! with the rules it leaves to us:
+//! - the caller's preferences are read once, up front: when they refuse every coding we can
+//!   send (identity included) the answer is 406 `not_acceptable` before anything is spent;
+//!   when they only refuse identity, even small bodies are compressed for them;
+//! - `HEAD`, empty bodies and bodies known to be under `min_bytes` go out as they are;
+//! - every answer says `Vary: Accept-Encoding` (a shared cache must not hand a gzip body to a
+//!   caller that cannot read it, nor the reverse);
+//! - a compressed body's strong ETag becomes weak (RFC 9110 §8.8.1: the bytes differ from the
+//!   identity ones); `If-None-Match` compares weakly, so revalidation still answers 304.
+//!
+//! The caller's acceptance of gzip goes into the request context, so the cache can send its
+//! stored gzip copy as it is.
+
+use crate::body::Body;
+use crate::config::CompressionConfig;
+use crate::context::Context as RequestContext;
+use crate::error::GatewayError;
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use std::task::{Context, Poll};
+use tower::{Service, ServiceExt};
+use tower_http::compression::{Compression, CompressionLayer, CompressionLevel, Predicate};
+
+/// The compression step: a layer for the stack (absent when `[compression]` is off).
+#[derive(Clone)]
+pub struct Compress {
+    level: i32,
+    min_bytes: u64,
+}
+
+impl Compress {
+    /// `None` when compression is off. Assumes a validated config.
+    pub fn new(cfg: &CompressionConfig) -> Option<Compress> {
+        cfg.enabled.then(|| Compress {
+            level: i32::try_from(cfg.level).unwrap_or(1),
+            min_bytes: cfg.min_bytes,
+        })
+    }
+
+    fn tower<S>(&self, inner: S, min_bytes: u64) -> Compression<S, Worth> {
+        let layer = CompressionLayer::new()
+            .no_deflate()
+            .no_zstd()
+            .quality(CompressionLevel::Precise(self.level))
+            .compress_when(Worth(min_bytes));
+        tower::Layer::layer(&layer, inner)
+    }
+}
+
+impl<S: Clone> tower::Layer<S> for Compress {
+    type Service = Compressing<S>;
+    fn layer(&self, inner: S) -> Compressing<S> {
+        Compressing {
+            usual: self.tower(inner.clone(), self.min_bytes),
+            always: self.tower(inner.clone(), 1),
+            plain: inner,
+        }
+    }
+}
+
+/// Whether a body is worth compressing: not empty, not known to be under the minimum, not an
+/// image (already compressed) or an event stream (must flush per event).
+#[derive(Clone, Copy)]
+pub struct Worth(u64);
+
+impl Predicate for Worth {
+    fn should_compress<B: http_body::Body>(&self, r: &Response<B>) -> bool {
+        let ct = r
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map_or(&b""[..], HeaderValue::as_bytes);
+        r.body().size_hint().exact().is_none_or(|n| n >= self.0)
+            && !r.body().is_end_stream()
+            && !ct.starts_with(b"image/")
+            && !ct.starts_with(b"text/event-stream")
+    }
+}
+
+/// The service [`Compress`] installs: picks tower-http's service by what the caller accepts.
+#[derive(Clone)]
+pub struct Compressing<S> {
+    usual: Compression<S, Worth>,
+    always: Compression<S, Worth>,
+    plain: S,
+}
+
+impl<S> Service<Request<Body>> for Compressing<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = BoxFuture<'static, Result<Response<Body>, GatewayError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        // Each call drives a clone to readiness itself (`oneshot`).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let accepts = Accepts::of(req.headers());
+        if !accepts.anything() {
+            return Box::pin(async { Err(GatewayError::NotAcceptable) });
+        }
+        if accepts.gzip
+            && let Some(ctx) = RequestContext::of(&req)
+        {
+            ctx.set_accepts_gzip();
+        }
+        if req.method() == Method::HEAD {
+            let plain = self.plain.clone().oneshot(req);
+            return Box::pin(async move { Ok(finish(plain.await?)) });
+        }
+        let compressing = if accepts.identity {
+            self.usual.clone()
+        } else {
+            self.always.clone()
+        };
+        Box::pin(async move {
+            let resp = compressing.oneshot(req).await?;
+            Ok(finish(resp.map(Body::new)))
+        })
+    }
+}
+
+/// `Vary` on every answer, and a weak ETag on a compressed one.
+fn finish(mut resp: Response<Body>) -> Response<Body> {
+    let h = resp.headers_mut();
+    if !varies_on_encoding(h) {
+        h.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    if h.contains_key(header::CONTENT_ENCODING)
+        && let Some(tag) = h.get(header::ETAG)
+        && !tag.as_bytes().starts_with(b"W/")
+    {
+        let mut weak = b"W/".to_vec();
+        weak.extend_from_slice(tag.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&weak) {
+            h.insert(header::ETAG, v);
+        }
+    }
+    resp
+}
+
+fn varies_on_encoding(h: &HeaderMap) -> bool {
+    h.get_all(header::VARY).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim() == "*" || t.trim().eq_ignore_ascii_case("accept-encoding"))
+        })
+    })
+}
+
+/// Which of the codings we can send the caller accepts (RFC 9110 §12.5.3): a coding listed
+/// with q > 0, or covered by `*` with q > 0; identity unless refused by `identity;q=0` or by
+/// `*;q=0` without an `identity` entry of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepts {
+    /// gzip (or `x-gzip`).
+    pub gzip: bool,
+    /// br.
+    pub br: bool,
+    /// No coding at all.
+    pub identity: bool,
+}
+
+impl Accepts {
+    /// Reads every `Accept-Encoding` header; entries with an unreadable q-value are ignored.
+    pub fn of(h: &HeaderMap) -> Accepts {
+        let (mut gzip, mut br, mut identity, mut star) = (None, None, None, None);
+        let entries = h
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','));
+        for entry in entries {
+            let mut parts = entry.split(';');
+            let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let Some(q) = qvalue(parts.next()) else {
+                continue;
+            };
+            let slot = match coding.as_str() {
+                "gzip" | "x-gzip" => &mut gzip,
+                "br" => &mut br,
+                "identity" => &mut identity,
+                "*" => &mut star,
+                _ => continue,
+            };
+            *slot = Some(q);
+        }
+        let ok = |q: Option<bool>, default: bool| q.or(star).unwrap_or(default);
+        Accepts {
+            gzip: ok(gzip, false),
+            br: ok(br, false),
+            identity: ok(identity, true),
+        }
+    }
+
+    /// At least one coding we can send is acceptable.
+    pub fn anything(&self) -> bool {
+        self.gzip || self.br || self.identity
+    }
+}
+
+/// `q=...` → whether it is above zero; no parameter is q=1; `None` when unreadable.
+fn qvalue(param: Option<&str>) -> Option<bool> {
+    let Some(p) = param else {
+        return Some(true);
+    };
+    let (k, v) = p.split_once('=')?;
+    if !k.trim().eq_ignore_ascii_case("q") {
+        return None;
+    }
+    let q: f32 = v.trim().parse().ok()?;
+    (0.0..=1.0).contains(&q).then_some(q > 0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(v: &str) -> Accepts {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+        Accepts::of(&h)
+    }
+
+    #[test]
+    fn what_callers_accept() {
+        let a = |gzip, br, identity| Accepts { gzip, br, identity };
+        assert_eq!(Accepts::of(&HeaderMap::new()), a(false, false, true));
+        assert_eq!(of(""), a(false, false, true));
+        assert_eq!(of("gzip, deflate, br, zstd"), a(true, true, true));
+        assert_eq!(of("x-gzip"), a(true, false, true));
+        assert_eq!(of("gzip;q=0"), a(false, false, true));
+        assert_eq!(of("GZIP;Q=0.5, identity;q=0"), a(true, false, false));
+        assert_eq!(of("identity;q=0"), a(false, false, false));
+        assert_eq!(of("*;q=0"), a(false, false, false));
+        assert_eq!(of("*;q=0, identity"), a(false, false, true));
+        assert_eq!(of("*"), a(true, true, true));
+        assert_eq!(of("br, *;q=0"), a(false, true, false));
+        // An unreadable q-value drops the entry, not the header.
+        assert_eq!(of("gzip;q=2, br"), a(false, true, true));
+        assert!(!of("identity;q=0, gzip;q=0").anything());
+    }
+}

@@ -1,0 +1,229 @@
+//! Compressed answers to callers who ask: gzip and br, `Vary`, weak ETags and 304s, what stays
+//! uncompressed (HEAD, small bodies, callers who ask for nothing), `Accept-Encoding` edge cases
+//! (406 only when nothing is acceptable), and a real client (curl --compressed).
+
+use crate::support::*;
+use bytes::Bytes;
+use cliniko_gateway::sandbox::Fault;
+use http::Method;
+use std::io::Read;
+
+pub fn gunzip(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(b)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+async fn unbrotli(b: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    async_compression::tokio::bufread::BrotliDecoder::new(b)
+        .read_to_end(&mut out)
+        .await
+        .unwrap();
+    out
+}
+
+/// Cliniko answering `path` with a strong ETag and a 6 KiB JSON page full of its own links.
+fn strong_page(h: &Harness, path: &str) -> String {
+    let up = h.sandbox("au1").base_url();
+    let item = format!(r#"{{"id":1,"links":{{"self":"{up}/patients/1"}}}}"#);
+    let json = format!(r#"{{"patients":[{}]}}"#, vec![item; 60].join(","));
+    h.sandbox("au1").set_fault(
+        path,
+        Fault::Raw(
+            200,
+            vec![
+                ("content-type".into(), "application/json".into()),
+                ("etag".into(), "\"v1\"".into()),
+            ],
+            json.clone().into(),
+        ),
+    );
+    json.replace(&up, &format!("{}/v1", h.base))
+}
+
+fn vary(g: &Got) -> Vec<String> {
+    g.headers
+        .get_all("vary")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+        .collect()
+}
+
+#[tokio::test]
+async fn gzip_callers_get_a_compressed_body_with_vary_and_a_weak_etag_that_still_revalidates() {
+    let h = Harness::start(Setup::default()).await;
+    // Not a cached path: the forwarder's answer is compressed on its way out.
+    let want = strong_page(&h, "/v1/invoices");
+    let gz = h
+        .get_as_with("alice", "/v1/invoices", &[("accept-encoding", "gzip")])
+        .await;
+    assert_eq!(gz.status, 200);
+    assert_eq!(gz.headers["content-encoding"], "gzip");
+    assert!(
+        vary(&gz).contains(&"accept-encoding".into()),
+        "{:?}",
+        vary(&gz)
+    );
+    assert_eq!(gz.headers["etag"], "W/\"v1\"", "transformed: weak");
+    assert!(gz.body.len() * 4 < want.len(), "{} bytes", gz.body.len());
+    assert_eq!(gunzip(&gz.body), want.as_bytes());
+
+    // The same answer to a caller that asked for nothing: identity, strong ETag, a length.
+    let plain = h.get_as("alice", "/v1/invoices").await;
+    assert!(!plain.headers.contains_key("content-encoding"));
+    assert_eq!(plain.headers["etag"], "\"v1\"");
+    assert_eq!(plain.headers["content-length"], want.len().to_string());
+    assert!(vary(&plain).contains(&"accept-encoding".into()));
+    assert_eq!(plain.body, want.as_bytes());
+
+    // A cached path: the weak ETag a gzip caller got still answers 304.
+    strong_page(&h, "/v1/patients/1");
+    let first = h
+        .get_as_with("alice", "/v1/patients/1", &[("accept-encoding", "gzip")])
+        .await;
+    assert_eq!(first.headers["etag"], "W/\"v1\"");
+    let again = h
+        .get_as_with(
+            "alice",
+            "/v1/patients/1",
+            &[("accept-encoding", "gzip"), ("if-none-match", "W/\"v1\"")],
+        )
+        .await;
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+    assert!(!again.headers.contains_key("content-encoding"));
+}
+
+#[tokio::test]
+async fn head_and_small_bodies_go_out_uncompressed() {
+    let h = Harness::start(Setup::default()).await;
+    let want = strong_page(&h, "/v1/invoices");
+    let auth = format!("Bearer {}", h.token("alice"));
+    let head = h
+        .send(
+            Method::HEAD,
+            "/v1/invoices",
+            &[("authorization", &auth), ("accept-encoding", "gzip")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(head.status, 200);
+    assert!(!head.headers.contains_key("content-encoding"));
+    assert!(head.body.is_empty());
+    // One record is a few hundred bytes: under `min_bytes` (1 KiB), not worth a gzip header.
+    let small = h
+        .get_as_with(
+            "alice",
+            "/v1/patients?per_page=1",
+            &[("accept-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(small.status, 200);
+    assert!(small.body.len() < 1024, "{}", small.body.len());
+    assert!(!small.headers.contains_key("content-encoding"));
+    assert!(vary(&small).contains(&"accept-encoding".into()));
+    small.json();
+    // Errors are the gateway's own small JSON: plain.
+    let denied = h
+        .send(
+            Method::GET,
+            "/v1/invoices",
+            &[("accept-encoding", "gzip")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(denied.code(), "token_missing");
+    assert!(want.len() > 1024);
+}
+
+#[tokio::test]
+async fn accept_encoding_edge_cases_get_a_sensible_answer() {
+    let h = Harness::start(Setup::default()).await;
+    let want = strong_page(&h, "/v1/invoices");
+    // Nothing acceptable at all: 406 with our JSON, and nothing sent to Cliniko.
+    for refuse in [
+        "identity;q=0",
+        "*;q=0",
+        "gzip;q=0, identity;q=0",
+        "zstd, identity;q=0",
+    ] {
+        let got = h
+            .get_as_with("alice", "/v1/invoices", &[("accept-encoding", refuse)])
+            .await;
+        assert_eq!(got.status, 406, "{refuse}");
+        assert_eq!(got.code(), "not_acceptable", "{refuse}");
+    }
+    assert_eq!(h.upstream_hits(), 0);
+    // Identity refused but gzip taken: gzip, even for a body under `min_bytes`.
+    let got = h
+        .get_as_with(
+            "alice",
+            "/v1/patients?per_page=1",
+            &[("accept-encoding", "gzip, identity;q=0")],
+        )
+        .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.headers["content-encoding"], "gzip");
+    serde_json::from_slice::<serde_json::Value>(&gunzip(&got.body)).unwrap();
+    // `*` covers gzip and br; identity refused by the wildcard but named on its own is fine.
+    for (ae, coding) in [
+        ("*", "br"),
+        ("*;q=0, gzip", "gzip"),
+        ("br;q=0.5, gzip;q=0.9", "gzip"),
+    ] {
+        let got = h
+            .get_as_with("alice", "/v1/invoices", &[("accept-encoding", ae)])
+            .await;
+        assert_eq!(got.status, 200, "{ae}");
+        assert_eq!(got.headers["content-encoding"], coding, "{ae}");
+    }
+    let br = h
+        .get_as_with("alice", "/v1/invoices", &[("accept-encoding", "br")])
+        .await;
+    assert_eq!(br.headers["content-encoding"], "br");
+    assert_eq!(unbrotli(&br.body).await, want.as_bytes());
+    // An unknown coding alone: identity (it is acceptable unless refused).
+    let other = h
+        .get_as_with("alice", "/v1/invoices", &[("accept-encoding", "compress")])
+        .await;
+    assert_eq!(other.status, 200);
+    assert!(!other.headers.contains_key("content-encoding"));
+    assert_eq!(other.body, want.as_bytes());
+}
+
+#[tokio::test]
+async fn curl_compressed_reads_the_page() {
+    let Some(curl) = real_tool(
+        &["curl".into()],
+        &["--version"],
+        "curl (apt-get install curl)",
+    ) else {
+        return;
+    };
+    let h = Harness::start(Setup::default()).await;
+    let want = strong_page(&h, "/v1/invoices");
+    let out = tokio::process::Command::new(curl)
+        .args(["-sS", "--compressed", "-D", "-", "-H"])
+        .arg(format!("Authorization: Bearer {}", h.token("alice")))
+        .arg(format!("{}/v1/invoices", h.base))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("content-encoding: gzip") || head.contains("content-encoding: br"),
+        "{head}"
+    );
+    assert_eq!(body, want);
+}
