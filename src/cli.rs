@@ -138,6 +138,15 @@ enum KeysAction {
         #[arg(long)]
         accept_edits: bool,
     },
+    /// Copy a file store into the configured PostgreSQL store (which must hold no users).
+    Migrate {
+        /// Config file (keystore.store = "postgres", and the same master key as the file).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The key-store file to copy.
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// Print a new random master key (base64) for CLINIKO_GATEWAY_MASTER_KEY.
     GenMasterKey,
 }
@@ -190,7 +199,7 @@ pub fn run(cli: Cli) -> ExitCode {
         #[cfg(feature = "sandbox")]
         Command::Demo { listen } => rt.block_on(crate::demo::run(listen)),
         Command::CheckConfig { config } => check_config(&config),
-        Command::Keys { action } => keys(action),
+        Command::Keys { action } => rt.block_on(keys(action)),
         Command::Token { action } => token(action),
         #[cfg(feature = "sandbox")]
         Command::Sandbox {
@@ -267,6 +276,10 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 "# keystore.master_key: {}",
                 set(cfg.keystore.master_key.is_some())
             );
+            println!(
+                "# keystore.postgres_url: {}",
+                set(cfg.keystore.postgres_url.is_some())
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -277,11 +290,12 @@ fn check_config(path: &std::path::Path) -> ExitCode {
 }
 
 /// `keys import`: parses every stdin line first, then stores them all in one signed write.
-fn import(config: &std::path::Path) -> ExitCode {
+async fn import(store: &credentials::Backend, m: &config::MasterKey) -> Result<(), KeysFailed> {
+    let usage = || KeysFailed::Usage(ExitCode::from(64));
     let mut text = String::new();
     if std::io::stdin().read_to_string(&mut text).is_err() {
         eprintln!("cannot read the mappings from stdin");
-        return ExitCode::from(64);
+        return Err(usage());
     }
     let mut rows = Vec::new();
     for (n, line) in text
@@ -290,67 +304,108 @@ fn import(config: &std::path::Path) -> ExitCode {
         .filter(|(_, l)| !l.trim().is_empty())
     {
         let mut fields = line.split('\t');
-        match (fields.next(), fields.next(), fields.next(), fields.next()) {
-            (Some(user), Some(key), label, None) => {
-                rows.push((n + 1, user, ApiKey::new(key.trim().to_string()), label))
-            }
-            _ => {
-                eprintln!("line {}: expected user<TAB>key[<TAB>cliniko_user]", n + 1);
-                return ExitCode::from(64);
-            }
+        let (Some(user), Some(key), label, None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            eprintln!("line {}: expected user<TAB>key[<TAB>cliniko_user]", n + 1);
+            return Err(usage());
+        };
+        let new = credentials::NewKey::new(user, ApiKey::new(key.trim().to_string()), label);
+        if let Err(e) = new.check() {
+            eprintln!("line {}: {e}; nothing was stored", n + 1);
+            return Err(usage());
         }
+        rows.push(new);
     }
-    let mappings: Vec<_> = rows
-        .iter()
-        .map(|(_, user, key, label)| credentials::NewMapping {
-            user,
-            key,
-            cliniko_user: *label,
-        })
-        .collect();
-    let checked = rows.iter().zip(&mappings);
-    if let Some((line, e)) = checked
-        .into_iter()
-        .find_map(|(r, m)| Some((r.0, m.check().err()?)))
-    {
-        eprintln!("line {line}: {e}; nothing was stored");
-        return ExitCode::from(64);
-    }
-    match with_store(config, |path, m| credentials::add_keys(path, m, &mappings)) {
-        Ok(Ok(done)) => {
+    match store.add_many(m, rows).await {
+        Ok(done) => {
             let new_keys = done.iter().filter(|o| !o.reused_key).count();
             println!("stored {} users ({new_keys} new keys)", done.len());
-            ExitCode::SUCCESS
+            Ok(())
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             eprintln!("{e}; nothing was stored");
-            ExitCode::from(64)
+            Err(usage())
         }
-        Err(code) => code,
     }
 }
 
-/// Runs `f` on the key store named by the config at `config` (its path and master key).
-fn with_store<T>(
+/// The key store named by the config at `config` (file or database) and its master key.
+async fn open_store(
     config: &std::path::Path,
-    f: impl FnOnce(&std::path::Path, &config::MasterKey) -> T,
-) -> Result<T, ExitCode> {
+) -> Result<(credentials::Backend, config::MasterKey), ExitCode> {
     let cfg = load(config)?;
-    let m = cfg.keystore.master_key.as_ref().ok_or_else(|| {
+    let m = cfg.keystore.master_key.clone().ok_or_else(|| {
         eprintln!("no master key: set CLINIKO_GATEWAY_MASTER_KEY");
         ExitCode::from(64)
     })?;
-    Ok(f(&cfg.keystore.path, m))
+    match credentials::Backend::open(&cfg.keystore).await {
+        Ok(b) => Ok((b, m)),
+        Err(e) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(64))
+        }
+    }
 }
 
-fn keys(action: KeysAction) -> ExitCode {
-    let result = match action {
-        KeysAction::GenMasterKey => credentials::generate_master_key().map(|k| println!("{k}")),
+async fn keys(action: KeysAction) -> ExitCode {
+    let config = match &action {
+        KeysAction::GenMasterKey => {
+            return match credentials::generate_master_key() {
+                Ok(k) => {
+                    println!("{k}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(64)
+                }
+            };
+        }
+        KeysAction::Add { config, .. }
+        | KeysAction::Import { config }
+        | KeysAction::List { config }
+        | KeysAction::Remove { config, .. }
+        | KeysAction::Reseal { config, .. }
+        | KeysAction::Migrate { config, .. } => config.clone(),
+    };
+    let (store, m) = match open_store(&config).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match keys_on(action, &store, &m).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(KeysFailed::Usage(code)) => code,
+        Err(KeysFailed::Store(e)) => {
+            eprintln!("{e}");
+            ExitCode::from(64)
+        }
+    }
+}
+
+enum KeysFailed {
+    Usage(ExitCode),
+    Store(credentials::KeyStoreError),
+}
+
+impl From<credentials::KeyStoreError> for KeysFailed {
+    fn from(e: credentials::KeyStoreError) -> Self {
+        KeysFailed::Store(e)
+    }
+}
+
+async fn keys_on(
+    action: KeysAction,
+    store: &credentials::Backend,
+    m: &config::MasterKey,
+) -> Result<(), KeysFailed> {
+    match action {
+        KeysAction::GenMasterKey => {}
         KeysAction::Add {
-            config,
             user,
             cliniko_user,
             key_file,
+            ..
         } => {
             let mut raw = String::new();
             let read = match &key_file {
@@ -359,76 +414,63 @@ fn keys(action: KeysAction) -> ExitCode {
             };
             if read.is_err() {
                 eprintln!("cannot read the API key from stdin or --key-file");
-                return ExitCode::from(64);
+                return Err(KeysFailed::Usage(ExitCode::from(64)));
             }
-            let key = ApiKey::new(raw.trim().to_string());
-            let added = with_store(&config, |path, m| {
-                credentials::add_key(path, m, &user, &key, cliniko_user.as_deref())
-            });
-            match added {
-                Ok(r) => r.map(|_| {
-                    println!(
-                        "stored a key for {user}; running gateways reload it (file watch or SIGHUP)"
-                    )
-                }),
-                Err(code) => return code,
-            }
-        }
-        KeysAction::Import { config } => return import(&config),
-        KeysAction::List { config } => {
-            let listed = match with_store(&config, credentials::list) {
-                Ok(r) => r,
-                Err(code) => return code,
+            let new = credentials::NewKey {
+                user: user.clone(),
+                key: ApiKey::new(raw.trim().to_string()),
+                cliniko_user,
+                verified_at: None,
+                exclusive: false,
             };
-            listed.map(print_users)
+            store.add(m, new).await?;
+            println!(
+                "stored a key for {user}; running gateways reload it (file watch, database notification or SIGHUP)"
+            );
         }
-        KeysAction::Reseal {
-            config,
-            accept_edits,
-        } => {
-            let resealed = with_store(&config, |path, m| {
-                let done = credentials::reseal(path, m, accept_edits)?;
-                Ok::<_, credentials::KeyStoreError>((done, credentials::list(path, m)?))
-            });
-            let resealed = match resealed {
-                Ok(r) => r,
-                Err(code) => return code,
-            };
-            resealed.map(|(done, users)| {
-                use credentials::Resealed;
-                println!(
-                    "{}",
-                    match done {
-                        Resealed::AlreadySigned => "the key store is already signed; nothing to do",
-                        Resealed::Migrated => "signed the key store (version 1 -> 2)",
-                        Resealed::AcceptedEdits => "signed the key store as it is, edits included",
-                    }
-                );
-                print_users(users);
-            })
-        }
-        KeysAction::Remove { config, user } => {
-            let removed =
-                match with_store(&config, |path, m| credentials::remove_user(path, m, &user)) {
-                    Ok(r) => r,
-                    Err(code) => return code,
-                };
-            removed.map(|found| {
-                if found {
-                    println!("removed {user}");
-                } else {
-                    println!("{user} had no key");
+        KeysAction::Import { .. } => import(store, m).await?,
+        KeysAction::List { .. } => print_users(store.list(m).await?),
+        KeysAction::Reseal { accept_edits, .. } => {
+            use credentials::Resealed;
+            let done = store.reseal(m, accept_edits).await?;
+            println!(
+                "{}",
+                match done {
+                    Resealed::AlreadySigned => "the key store is already signed; nothing to do",
+                    Resealed::Migrated => "signed the key store (version 1 -> 2)",
+                    Resealed::AcceptedEdits => "signed the key store as it is, edits included",
                 }
-            })
+            );
+            print_users(store.list(m).await?);
         }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(64)
+        KeysAction::Remove { user, .. } => {
+            if store.remove(m, &user).await? {
+                println!("removed {user}");
+            } else {
+                println!("{user} had no key");
+            }
+        }
+        KeysAction::Migrate { from, .. } => {
+            if store.database().is_none() {
+                eprintln!(
+                    "{}",
+                    ConfigError::new(
+                        "keystore.store",
+                        "keys migrate copies into the database store",
+                        "set keystore.store = \"postgres\" (and CLINIKO_GATEWAY_POSTGRES_URL) in the config given with --config"
+                    )
+                );
+                return Err(KeysFailed::Usage(ExitCode::from(64)));
+            }
+            let n = store.import(m, &from).await?;
+            println!(
+                "copied {n} users from {} into {}",
+                from.display(),
+                store.place().display()
+            );
         }
     }
+    Ok(())
 }
 
 fn print_users(users: Vec<credentials::ListedUser>) {

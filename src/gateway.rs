@@ -63,7 +63,7 @@ impl Gateway {
             .source
             .is_some()
             .then(|| crate::reload::config::auth_identity(&cfg));
-        let credentials = Arc::new(Credentials::open(&cfg.keystore)?);
+        let credentials = Arc::new(Credentials::open(&cfg.keystore, cfg.enrol.enabled).await?);
         let local_addr = listener.local_addr()?;
         let (upstream, authority) = upstream(&cfg, http.clone(), local_addr, &metrics)?;
         let tls = server::tls_acceptor(&cfg.server)?;
@@ -135,6 +135,12 @@ impl Gateway {
                 reloader
                     .clone()
                     .watch_files(cfg.keystore.watch_interval, rx.clone()),
+            );
+            // Other replicas' writes to a database store (the file watch covers a file).
+            tokio::spawn(
+                reloader
+                    .clone()
+                    .follow_store(cfg.keystore.watch_interval, rx.clone()),
             );
         }
         tasks.push(tokio::spawn(server::serve(

@@ -14,6 +14,8 @@ pub const ENV_HMAC_SECRET: &str = "CLINIKO_GATEWAY_HMAC_SECRET";
 pub const ENV_ADMIN_TOKEN: &str = "CLINIKO_GATEWAY_ADMIN_TOKEN";
 /// Environment variable holding the key-store master key (base64 or hex of 32 bytes).
 pub const ENV_MASTER_KEY: &str = "CLINIKO_GATEWAY_MASTER_KEY";
+/// Environment variable holding the PostgreSQL URL of the key store.
+pub const ENV_POSTGRES_URL: &str = "CLINIKO_GATEWAY_POSTGRES_URL";
 
 /// A start-up configuration problem: which field, what is wrong, how to fix it.
 ///
@@ -207,6 +209,13 @@ fn refuse_inline_secrets(t: &toml::Table) -> Result<(), ConfigError> {
             format!("set {ENV_ADMIN_TOKEN} or point admin.token_file at a file"),
         ));
     }
+    if has("keystore", "postgres_url") {
+        return Err(ConfigError::new(
+            "keystore.postgres_url",
+            "secrets are never read from the config file (the URL may carry a password)",
+            format!("set {ENV_POSTGRES_URL} or point keystore.postgres_url_file at a file"),
+        ));
+    }
     if has("keystore", "master_key") {
         return Err(ConfigError::new(
             "keystore.master_key",
@@ -274,8 +283,12 @@ fn resolve_paths(cfg: &mut Config, base: &Path) {
     for k in &mut cfg.auth.public_keys {
         fix(&mut k.file);
     }
-    fix(&mut cfg.keystore.path);
+    // Empty: no file store configured (validation says so when one is needed).
+    if !cfg.keystore.path.as_os_str().is_empty() {
+        fix(&mut cfg.keystore.path);
+    }
     fix_opt(&mut cfg.keystore.master_key_file);
+    fix_opt(&mut cfg.keystore.postgres_url_file);
     fix_opt(&mut cfg.upstream.ca_file);
     fix_opt(&mut cfg.admin.token_file);
 }
@@ -319,6 +332,25 @@ fn resolve_secrets(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
                 )
             })?;
         cfg.admin.token = Some(token.into());
+    }
+    if cfg.keystore.store == super::StoreKind::Postgres {
+        let url = read_secret(
+            "keystore.postgres_url_file",
+            cfg.keystore.postgres_url_file.as_deref(),
+            ENV_POSTGRES_URL,
+            env,
+        )?
+        .filter(|u| !u.trim().is_empty())
+        .ok_or_else(|| {
+            ConfigError::new(
+                "keystore.postgres_url",
+                "keystore.store = \"postgres\" needs the database URL",
+                format!(
+                    "set {ENV_POSTGRES_URL} (or keystore.postgres_url_file), e.g. postgresql://gateway@db.internal/gateway"
+                ),
+            )
+        })?;
+        cfg.keystore.postgres_url = Some(url.into());
     }
     let field = if cfg.keystore.master_key_file.is_some() {
         "keystore.master_key_file"

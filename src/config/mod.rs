@@ -21,8 +21,8 @@ pub use redis::{Deprecated, RedisConfig, RedisFailure, RedisUrl};
 pub use validate::{is_shard_name, is_shard_name_bytes, parse_alg, valid_user_agent};
 
 pub use load::{
-    ConfigError, ConfigSource, ENV_HMAC_SECRET, ENV_MASTER_KEY, ENV_PREFIX, Env, load, load_str,
-    parse_master_key,
+    ConfigError, ConfigSource, ENV_HMAC_SECRET, ENV_MASTER_KEY, ENV_POSTGRES_URL, ENV_PREFIX, Env,
+    load, load_str, parse_master_key,
 };
 
 use serde::{Deserialize, Serialize};
@@ -40,10 +40,17 @@ impl Config {
     /// Every configured file that holds a secret, with the field naming it: the HMAC secret,
     /// the master key, the key store, the admin token and the inbound TLS private key.
     pub fn secret_files(&self) -> Vec<(&'static str, &std::path::Path)> {
-        let mut out = vec![("keystore.path", self.keystore.path.as_path())];
+        let mut out = Vec::new();
+        if self.keystore.store == StoreKind::File {
+            out.push(("keystore.path", self.keystore.path.as_path()));
+        }
         let optional = [
             ("auth.hmac_secret_file", &self.auth.hmac_secret_file),
             ("keystore.master_key_file", &self.keystore.master_key_file),
+            (
+                "keystore.postgres_url_file",
+                &self.keystore.postgres_url_file,
+            ),
             ("admin.token_file", &self.admin.token_file),
             ("server.tls_key_file", &self.server.tls_key_file),
         ];
@@ -67,6 +74,9 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Where Cliniko keys are stored.
     pub keystore: KeyStoreConfig,
+    /// Self-service key enrolment on the public port (off unless `enabled`).
+    #[serde(default)]
+    pub enrol: EnrolConfig,
     /// How Cliniko is reached.
     pub upstream: UpstreamConfig,
     /// The GET response cache.
@@ -406,16 +416,58 @@ pub struct JwksConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyStoreConfig {
-    /// The encrypted key-store file.
+    /// Where the sealed keys live: one file (one replica) or PostgreSQL (several).
+    #[serde(default)]
+    pub store: StoreKind,
+    /// The encrypted key-store file (the file store; unused with PostgreSQL).
+    #[serde(default)]
     pub path: PathBuf,
     /// File holding the master key (else `CLINIKO_GATEWAY_MASTER_KEY`).
     pub master_key_file: Option<PathBuf>,
+    /// File holding the PostgreSQL URL (else `CLINIKO_GATEWAY_POSTGRES_URL`): it may carry a
+    /// password, so it is a secret.
+    pub postgres_url_file: Option<PathBuf>,
     /// How often the file is checked for changes (reloaded when changed); `0s` = off.
     #[serde(default = "default_keystore_watch", with = "humantime_serde")]
     pub watch_interval: Duration,
     /// Resolved at load: the 32-byte master key. Never in the file.
     #[serde(skip)]
     pub master_key: Option<MasterKey>,
+    /// Resolved at load (PostgreSQL store only): the database URL. Never in the file.
+    #[serde(skip)]
+    pub postgres_url: Option<Secret<str>>,
+}
+
+/// The key store's backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// One JSON file, written atomically by `keys` and by enrolment.
+    #[default]
+    File,
+    /// One row of a PostgreSQL table that every replica reads and writes.
+    Postgres,
+}
+
+/// Self-service enrolment: each person connects their own Cliniko key
+/// (`/gateway/v1/me/cliniko-key`, page `/gateway/connect`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrolConfig {
+    /// Serve the enrolment API and page.
+    pub enabled: bool,
+    /// The grant (a value of one of `policy.claims`) that allows a caller to manage their own
+    /// key; it needs no `[policy.grants]` entry and no paths.
+    pub grant: String,
+}
+
+impl Default for EnrolConfig {
+    fn default() -> Self {
+        EnrolConfig {
+            enabled: false,
+            grant: "cliniko:connect".into(),
+        }
+    }
 }
 
 /// The key-store master key (AES-256-GCM), unprintable.

@@ -67,12 +67,33 @@ pub fn parse_alg(field: &str, s: &str) -> Result<Algorithm, ConfigError> {
     })
 }
 
+/// The file store needs its file; enrolment needs a grant to look for.
+fn validate_keystore(c: &Config) -> Result<(), ConfigError> {
+    if c.keystore.store == super::StoreKind::File && c.keystore.path.as_os_str().is_empty() {
+        return Err(err(
+            "keystore.path",
+            "the file store (keystore.store = \"file\", the default) needs its file",
+            "set keystore.path, e.g. \"keys.json\", or keystore.store = \"postgres\"",
+        ));
+    }
+    let g = &c.enrol.grant;
+    if c.enrol.enabled && (g.is_empty() || g.chars().any(char::is_whitespace)) {
+        return Err(err(
+            "enrol.grant",
+            "is not a usable grant name (non-empty, no spaces)",
+            "use the scope or role value tokens carry, e.g. \"cliniko:connect\"",
+        ));
+    }
+    Ok(())
+}
+
 fn is_hmac(a: Algorithm) -> bool {
     matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
 pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     super::policy::validate(&c.policy)?;
+    validate_keystore(c)?;
     validate_telemetry(&c.telemetry)?;
     validate_cors(&c.cors)?;
     validate_server(c)?;

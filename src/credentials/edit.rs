@@ -58,25 +58,41 @@ pub struct ListedUser {
     pub cliniko_user: Option<String>,
 }
 
-/// One user → key mapping for [`add_keys`].
-#[derive(Clone, Copy)]
-pub struct NewMapping<'a> {
-    /// The user (the JWT claim value).
-    pub user: &'a str,
-    /// The user's Cliniko API key.
-    pub key: &'a ApiKey,
-    /// Optional label of the Cliniko user owning the key.
-    pub cliniko_user: Option<&'a str>,
+/// A key to store for a user (owned, so an edit can move it off the async threads).
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// The user (the JWT's user claim).
+    pub user: String,
+    /// The API key.
+    pub key: ApiKey,
+    /// Label of the Cliniko user owning the key, when known; (re)labels a stored key.
+    pub cliniko_user: Option<String>,
+    /// When Cliniko accepted the key (RFC 3339); set by enrolment.
+    pub verified_at: Option<String>,
+    /// Refuse a key another user already holds ([`KeyStoreError::KeyInUse`]): enrolment
+    /// does, so nobody can connect a colleague's key; ops' `keys add` may share keys.
+    pub exclusive: bool,
 }
 
-impl NewMapping<'_> {
+impl NewKey {
+    /// A mapping as ops make it: shared keys allowed, not verified with Cliniko.
+    pub fn new(user: &str, key: ApiKey, cliniko_user: Option<&str>) -> NewKey {
+        NewKey {
+            user: user.to_string(),
+            key,
+            cliniko_user: cliniko_user.map(str::to_string),
+            verified_at: None,
+            exclusive: false,
+        }
+    }
+
     /// Checks the user name, the label and the key; the key's shard when all are valid.
     pub fn check(&self) -> Result<Shard, KeyStoreError> {
-        validate_user(self.user)?;
-        if let Some(label) = self.cliniko_user {
+        validate_user(&self.user)?;
+        if let Some(label) = &self.cliniko_user {
             validate_name("cliniko_user label", label)?;
         }
-        check_api_key(self.key)
+        check_api_key(&self.key)
     }
 }
 
@@ -90,11 +106,7 @@ pub fn add_key(
     key: &ApiKey,
     cliniko_user: Option<&str>,
 ) -> Result<AddOutcome, KeyStoreError> {
-    let one = NewMapping {
-        user,
-        key,
-        cliniko_user,
-    };
+    let one = NewKey::new(user, key.clone(), cliniko_user);
     let mut done = add_keys(path, master, &[one])?;
     Ok(done.remove(0))
 }
@@ -104,16 +116,27 @@ pub fn add_key(
 pub fn add_keys(
     path: &Path,
     master: &MasterKey,
-    mappings: &[NewMapping<'_>],
+    mappings: &[NewKey],
 ) -> Result<Vec<AddOutcome>, KeyStoreError> {
+    let (mut doc, outcomes) = add_all(file::read(path)?, path, master, mappings)?;
+    file::write_signed(path, &mut doc, master.expose_secret())?;
+    Ok(outcomes)
+}
+
+/// [`add_keys`] on a document in memory (`None`: no store yet); the caller signs and writes.
+pub(super) fn add_all(
+    existing: Option<Document>,
+    place: &Path,
+    master: &MasterKey,
+    mappings: &[NewKey],
+) -> Result<(Document, Vec<AddOutcome>), KeyStoreError> {
     let shards = mappings
         .iter()
-        .map(NewMapping::check)
+        .map(NewKey::check)
         .collect::<Result<Vec<_>, _>>()?;
-    let existing = file::read(path)?;
     let mut created_file = existing.is_none();
     let store = match &existing {
-        Some(doc) => KeyStore::from_document(path, doc, master)?,
+        Some(doc) => KeyStore::from_document(place, doc, master)?,
         None => KeyStore::default(),
     };
     let mut doc = existing.unwrap_or_else(Document::empty);
@@ -131,19 +154,15 @@ pub fn add_keys(
             .map(|(id, _)| id.clone());
         let reused_key = same.is_some();
         let key_id = match same {
-            Some(id) => {
-                if let (Some(label), Some(entry)) = (m.cliniko_user, doc.keys.get_mut(&id)) {
-                    entry.cliniko_user = Some(label.to_string());
-                }
-                id
-            }
+            Some(id) => reuse(&mut doc, id, m)?,
             None => {
-                let id = fresh_key_id(master, m.key, &doc)?;
+                let id = fresh_key_id(master, &m.key, &doc)?;
                 let entry = KeyEntry {
                     shard: shard.as_str().to_string(),
                     fingerprint: fingerprint.clone(),
-                    cliniko_user: m.cliniko_user.map(str::to_string),
-                    sealed: crypto::seal(master.expose_secret(), &id, m.key)?,
+                    cliniko_user: m.cliniko_user.clone(),
+                    sealed: crypto::seal(master.expose_secret(), &id, &m.key)?,
+                    verified_at: m.verified_at.clone(),
                 };
                 doc.keys.insert(id.clone(), entry);
                 known.insert(fingerprint.clone(), (id.clone(), m.key.clone()));
@@ -152,7 +171,7 @@ pub fn add_keys(
         };
         let previous_key_id = doc
             .users
-            .insert(m.user.to_string(), key_id.clone())
+            .insert(m.user.clone(), key_id.clone())
             .filter(|prev| *prev != key_id);
         outcomes.push(AddOutcome {
             key_id,
@@ -167,22 +186,51 @@ pub fn add_keys(
     if let Some(last) = outcomes.last_mut() {
         last.dropped_key_ids = drop_unreferenced(&mut doc);
     }
-    file::write_signed(path, &mut doc, master.expose_secret())?;
-    Ok(outcomes)
+    Ok((doc, outcomes))
+}
+
+/// Points `m.user` at the stored key `id`, (re)labelling it; refused when `m` is exclusive
+/// and another user holds the key. Checked under the store's lock, so it cannot race.
+fn reuse(doc: &mut Document, id: String, m: &NewKey) -> Result<String, KeyStoreError> {
+    if m.exclusive && doc.users.iter().any(|(u, k)| *k == id && *u != m.user) {
+        return Err(KeyStoreError::KeyInUse);
+    }
+    if let Some(entry) = doc.keys.get_mut(&id) {
+        if let Some(label) = &m.cliniko_user {
+            entry.cliniko_user = Some(label.clone());
+        }
+        if m.verified_at.is_some() {
+            entry.verified_at.clone_from(&m.verified_at);
+        }
+    }
+    Ok(id)
 }
 
 /// Removes `user`; `Ok(false)` when the user had no key. Keys left unreferenced are dropped.
 pub fn remove_user(path: &Path, master: &MasterKey, user: &str) -> Result<bool, KeyStoreError> {
-    let mut doc = file::read(path)?.ok_or_else(|| KeyStoreError::NotFound {
+    let doc = file::read(path)?.ok_or_else(|| KeyStoreError::NotFound {
         path: path.to_path_buf(),
     })?;
-    KeyStore::from_document(path, &doc, master)?;
-    if doc.users.remove(user).is_none() {
+    let Some(mut doc) = remove_from(doc, path, master, user)? else {
         return Ok(false);
-    }
-    drop_unreferenced(&mut doc);
+    };
     file::write_signed(path, &mut doc, master.expose_secret())?;
     Ok(true)
+}
+
+/// [`remove_user`] in memory: the changed document, or `None` when the user had no key.
+pub(super) fn remove_from(
+    mut doc: Document,
+    place: &Path,
+    master: &MasterKey,
+    user: &str,
+) -> Result<Option<Document>, KeyStoreError> {
+    KeyStore::from_document(place, &doc, master)?;
+    if doc.users.remove(user).is_none() {
+        return Ok(None);
+    }
+    drop_unreferenced(&mut doc);
+    Ok(Some(doc))
 }
 
 /// What [`reseal`] did.
@@ -207,25 +255,41 @@ pub fn reseal(
     let mut doc = file::read(path)?.ok_or_else(|| KeyStoreError::NotFound {
         path: path.to_path_buf(),
     })?;
-    KeyStore::open_entries(path, &doc, master)?;
+    let outcome = reseal_check(&doc, path, master, accept_edits)?;
+    if outcome != Resealed::AlreadySigned {
+        file::write_signed(path, &mut doc, master.expose_secret())?;
+    }
+    Ok(outcome)
+}
+
+/// What [`reseal`] would do with `doc` (the caller signs and writes unless already signed).
+pub(super) fn reseal_check(
+    doc: &Document,
+    place: &Path,
+    master: &MasterKey,
+    accept_edits: bool,
+) -> Result<Resealed, KeyStoreError> {
+    KeyStore::open_entries(place, doc, master)?;
     // Nothing vouches for an unsigned or edited file: signing it is accepting whatever it
     // says, which takes the explicit flag.
-    let state = integrity(&doc, master)?;
-    if let Some(refused) = state.refusal(path).filter(|_| !accept_edits) {
+    let state = integrity(doc, master)?;
+    if let Some(refused) = state.refusal(place).filter(|_| !accept_edits) {
         return Err(refused);
     }
-    let outcome = match state {
-        Integrity::Signed => return Ok(Resealed::AlreadySigned),
+    Ok(match state {
+        Integrity::Signed => Resealed::AlreadySigned,
         Integrity::Unsigned => Resealed::Migrated,
         Integrity::Mismatch => Resealed::AcceptedEdits,
-    };
-    file::write_signed(path, &mut doc, master.expose_secret())?;
-    Ok(outcome)
+    })
 }
 
 /// Every user with their key's id, fingerprint, shard and label, sorted by user.
 pub fn list(path: &Path, master: &MasterKey) -> Result<Vec<ListedUser>, KeyStoreError> {
-    let store = KeyStore::load(path, master)?;
+    Ok(rows(&KeyStore::load(path, master)?))
+}
+
+/// The rows of [`list`] for a loaded store.
+pub(super) fn rows(store: &KeyStore) -> Vec<ListedUser> {
     let mut rows: Vec<ListedUser> = store
         .users()
         .map(|(user, c)| ListedUser {
@@ -237,10 +301,11 @@ pub fn list(path: &Path, master: &MasterKey) -> Result<Vec<ListedUser>, KeyStore
         })
         .collect();
     rows.sort_by(|a, b| a.user.cmp(&b.user));
-    Ok(rows)
+    rows
 }
 
-fn check_api_key(key: &ApiKey) -> Result<Shard, KeyStoreError> {
+/// Checks a key's form (length, no whitespace, a shard suffix) and returns its shard.
+pub fn check_api_key(key: &ApiKey) -> Result<Shard, KeyStoreError> {
     let k = key.expose();
     if k.is_empty() {
         return Err(KeyStoreError::InvalidApiKey("it is empty"));

@@ -75,6 +75,11 @@ pub(super) struct KeyEntry {
     #[serde(default)]
     pub cliniko_user: Option<String>,
     pub sealed: String,
+    /// When Cliniko last accepted the key (RFC 3339), for keys enrolled by their owner.
+    /// Absent otherwise, and then absent from the MAC's input too, so files written before
+    /// it existed keep their MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<String>,
 }
 
 /// Reads and parses the file; `Ok(None)` when it does not exist.
@@ -90,21 +95,26 @@ pub(super) fn read(path: &Path) -> Result<Option<Document>, KeyStoreError> {
             });
         }
     };
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    parse(path, &bytes).map(Some)
+}
+
+/// Parses a stored document (`place` names where it came from, for errors).
+pub(super) fn parse(place: &Path, bytes: &[u8]) -> Result<Document, KeyStoreError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
     let doc: Document = serde_path_to_error::deserialize(&mut de)
-        .map_err(|e| format_error(path, describe(e.inner(), Some(e.path()))))?;
+        .map_err(|e| format_error(place, describe(e.inner(), Some(e.path()))))?;
     de.end()
-        .map_err(|e| format_error(path, describe(&e, None)))?;
+        .map_err(|e| format_error(place, describe(&e, None)))?;
     if doc.version != VERSION && doc.version != UNSIGNED_VERSION {
         return Err(format_error(
-            path,
+            place,
             format!(
                 "unsupported version {}; this gateway reads version {VERSION} (and {UNSIGNED_VERSION} for `keys reseal`)",
                 doc.version
             ),
         ));
     }
-    Ok(Some(doc))
+    Ok(doc)
 }
 
 pub(super) fn format_error(path: &Path, problem: String) -> KeyStoreError {
@@ -184,19 +194,28 @@ pub(super) fn write_signed(
     doc: &mut Document,
     master: &[u8; 32],
 ) -> Result<(), KeyStoreError> {
+    sign(doc, master)?;
+    write_atomic(path, doc)
+}
+
+/// Makes `doc` the current version, signed under `master`.
+pub(super) fn sign(doc: &mut Document, master: &[u8; 32]) -> Result<(), KeyStoreError> {
     doc.version = VERSION;
     doc.mac = Some(super::crypto::document_mac(master, &doc.canonical())?);
-    write_atomic(path, doc)
+    Ok(())
+}
+
+/// The stored form: pretty JSON, sorted keys, a final newline.
+pub(super) fn to_bytes(doc: &Document) -> Vec<u8> {
+    // Serialising strings, integers and maps into a Vec cannot fail.
+    let mut json = serde_json::to_vec_pretty(doc).unwrap_or_default();
+    json.push(b'\n');
+    json
 }
 
 /// Replaces `path` with `doc`: temp file (0600) in the same directory, fsync, rename, fsync dir.
 fn write_atomic(path: &Path, doc: &Document) -> Result<(), KeyStoreError> {
-    let mut json = serde_json::to_vec_pretty(doc).map_err(|e| KeyStoreError::Io {
-        op: "serialise",
-        path: path.to_path_buf(),
-        source: io::Error::other(e.to_string()),
-    })?;
-    json.push(b'\n');
+    let json = to_bytes(doc);
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

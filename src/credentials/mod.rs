@@ -55,17 +55,21 @@
 //! mode 0600 in the same directory, fsync, rename). A running gateway picks the change up on
 //! [`Credentials::reload`] (SIGHUP or the file watch).
 
+mod backend;
 mod crypto;
 mod edit;
 mod file;
 mod layer;
+mod postgres;
 mod store;
 #[cfg(test)]
 mod tests;
 
+pub use backend::Backend;
 pub use crypto::{fingerprint, generate_master_key};
 pub use edit::{
-    AddOutcome, ListedUser, NewMapping, Resealed, add_key, add_keys, list, remove_user, reseal,
+    AddOutcome, ListedUser, NewKey, Resealed, add_key, add_keys, check_api_key, list, remove_user,
+    reseal,
 };
 pub use store::{Credentials, KeyStore};
 
@@ -111,6 +115,8 @@ pub struct Credential {
     pub key_id: Arc<str>,
     /// Which Cliniko user owns the key, if labelled.
     pub cliniko_user: Option<Arc<str>>,
+    /// When Cliniko last accepted the key at enrolment (RFC 3339); `None` for keys ops added.
+    pub verified_at: Option<Arc<str>>,
     auth_header: http::HeaderValue,
     budget: Arc<str>,
 }
@@ -138,6 +144,7 @@ impl Credential {
             fingerprint,
             key_id,
             cliniko_user,
+            verified_at: None,
             auth_header,
             budget,
         })
@@ -252,6 +259,26 @@ pub enum KeyStoreError {
         what: &'static str,
         /// Why.
         problem: &'static str,
+    },
+    /// Enrolment offered a key that another user already holds (whose is never said).
+    #[error("this Cliniko API key is already connected for another person")]
+    KeyInUse,
+    /// `keys migrate` into a store that already holds users.
+    #[error(
+        "the key store {} already holds users; `keys migrate` only copies into an empty store",
+        path.display()
+    )]
+    NotEmpty {
+        /// The store.
+        path: PathBuf,
+    },
+    /// The PostgreSQL store could not be reached or answered with an error.
+    #[error("the key-store database: could not {op}: {problem}")]
+    Database {
+        /// What was being done, e.g. `connect`.
+        op: &'static str,
+        /// The driver's message (it never carries the URL or a stored value).
+        problem: String,
     },
     /// No master key was configured.
     #[error(

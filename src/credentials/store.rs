@@ -4,15 +4,17 @@
 //! whole-document MAC does not match (an unsigned version-1 file included): one bad entry fails
 //! the whole load, so a running gateway keeps its previous store instead.
 
-use super::{Credential, KeyStoreError, crypto, file, validate_name};
+use super::edit::{AddOutcome, NewKey};
+use super::{Backend, Credential, KeyStoreError, crypto, file, validate_name};
 use crate::config::{KeyStoreConfig, MasterKey};
 use arc_swap::ArcSwap;
 use secrecy::ExposeSecret;
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
+    sync::atomic::{AtomicI64, Ordering},
 };
 
 /// Every user's credential, decrypted once at load and never mutated.
@@ -94,11 +96,12 @@ impl KeyStore {
                 }
                 None => None,
             };
-            let cred = Credential::new(key, key_id.as_str(), label).map_err(|_| {
+            let mut cred = Credential::new(key, key_id.as_str(), label).map_err(|_| {
                 KeyStoreError::BadShard {
                     key_id: key_id.clone(),
                 }
             })?;
+            cred.verified_at = entry.verified_at.as_deref().map(Arc::from);
             // Hand edits to these informational fields would make `keys list` lie.
             if cred.shard.as_str() != entry.shard || *cred.fingerprint != *entry.fingerprint {
                 return Err(bad(format!(
@@ -221,18 +224,29 @@ fn shown(s: &str) -> String {
 /// The live key store: lock-free lookups, atomically replaced by [`Credentials::reload`].
 pub struct Credentials {
     current: ArcSwap<KeyStore>,
-    path: PathBuf,
+    /// The stored revision `current` was loaded from (PostgreSQL; 0 for a file).
+    revision: AtomicI64,
+    /// One reload at a time, so an older read never replaces a newer one.
+    reloading: tokio::sync::Mutex<()>,
+    backend: Backend,
     master: MasterKey,
 }
 
 impl Credentials {
-    /// Loads the configured store; fails when the file is missing or any entry is bad.
-    pub fn open(cfg: &KeyStoreConfig) -> Result<Credentials, KeyStoreError> {
+    /// Opens the configured store and loads it; fails when any entry is bad, and when the
+    /// file is missing unless `missing_ok` (enrolment on: the first enrolment creates it).
+    pub async fn open(
+        cfg: &KeyStoreConfig,
+        missing_ok: bool,
+    ) -> Result<Credentials, KeyStoreError> {
         let master = cfg.master_key.clone().ok_or(KeyStoreError::NoMasterKey)?;
-        let store = KeyStore::load(&cfg.path, &master)?;
+        let backend = Backend::open(cfg).await?;
+        let (store, revision) = backend.load(&master, missing_ok).await?;
         Ok(Credentials {
             current: ArcSwap::from_pointee(store),
-            path: cfg.path.clone(),
+            revision: AtomicI64::new(revision),
+            reloading: tokio::sync::Mutex::new(()),
+            backend,
             master,
         })
     }
@@ -242,13 +256,45 @@ impl Credentials {
         self.current.load().get(user)
     }
 
-    /// Re-reads the file; on success swaps it in and returns the user count, on error keeps
-    /// the old store (the caller logs the error).
-    pub fn reload(&self) -> Result<usize, KeyStoreError> {
-        let store = KeyStore::load(&self.path, &self.master)?;
+    /// Re-reads the store (file I/O and decryption off the async threads); on success swaps
+    /// it in and returns the user count, on error keeps the old store (the caller logs it).
+    pub async fn reload(&self) -> Result<usize, KeyStoreError> {
+        let _one = self.reloading.lock().await;
+        let (store, revision) = self.backend.load(&self.master, false).await?;
         let n = store.len();
         self.current.store(Arc::new(store));
+        self.revision.store(revision, Ordering::Release);
         Ok(n)
+    }
+
+    /// True when the database holds a newer revision than the one serving (never for a
+    /// file, which the file watch follows instead).
+    pub async fn stale(&self) -> Result<bool, KeyStoreError> {
+        match self.backend.database() {
+            Some(pg) => Ok(pg.revision().await? != self.revision.load(Ordering::Acquire)),
+            None => Ok(false),
+        }
+    }
+
+    /// Stores `new` (under the store's lock), then serves it at once on this replica.
+    pub async fn add(&self, new: NewKey) -> Result<AddOutcome, KeyStoreError> {
+        let out = self.backend.add(&self.master, new).await?;
+        self.reload_after_write().await;
+        Ok(out)
+    }
+
+    /// Removes `user`'s key; `false` when there was none.
+    pub async fn remove(&self, user: &str) -> Result<bool, KeyStoreError> {
+        let found = self.backend.remove(&self.master, user).await?;
+        self.reload_after_write().await;
+        Ok(found)
+    }
+
+    /// The write is stored; failing to read it back only delays it here (the watch retries).
+    async fn reload_after_write(&self) {
+        if let Err(e) = self.reload().await {
+            tracing::error!(error = %e, "key store written but not reloaded; the watch will retry");
+        }
     }
 
     /// The store in use right now.
@@ -256,16 +302,24 @@ impl Credentials {
         self.current.load_full()
     }
 
-    /// The file this handle reloads from.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the keys are stored.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The file this handle reloads from (`None` for a database store).
+    pub fn path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::File { path, .. } => Some(path),
+            Backend::Postgres(_) => None,
+        }
     }
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")
-            .field("path", &self.path)
+            .field("place", &self.backend.place())
             .field("store", &*self.current.load())
             .finish_non_exhaustive()
     }

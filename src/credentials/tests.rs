@@ -246,17 +246,37 @@ fn list_is_sorted_and_relabel_applies() {
 
 fn config(path: &Path, m: &MasterKey) -> KeyStoreConfig {
     KeyStoreConfig {
+        store: crate::config::StoreKind::File,
         path: path.to_path_buf(),
         master_key_file: None,
+        postgres_url_file: None,
         watch_interval: std::time::Duration::ZERO,
         master_key: Some(m.clone()),
+        postgres_url: None,
     }
+}
+
+/// Runs a key-store future to completion (these tests are synchronous).
+fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn open(cfg: &KeyStoreConfig) -> Result<Credentials, KeyStoreError> {
+    run(Credentials::open(cfg, false))
+}
+
+fn reload(creds: &Credentials) -> Result<usize, KeyStoreError> {
+    run(creds.reload())
 }
 
 #[test]
 fn missing_file_and_missing_master_key_are_clear_errors() {
     let (_d, path, m) = setup();
-    let err = Credentials::open(&config(&path, &m)).unwrap_err();
+    let err = open(&config(&path, &m)).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, KeyStoreError::NotFound { .. }));
     assert!(
@@ -266,29 +286,26 @@ fn missing_file_and_missing_master_key_are_clear_errors() {
     assert!(KeyStore::load_or_empty(&path, &m).unwrap().is_empty());
     let mut cfg = config(&path, &m);
     cfg.master_key = None;
-    assert!(matches!(
-        Credentials::open(&cfg),
-        Err(KeyStoreError::NoMasterKey)
-    ));
+    assert!(matches!(open(&cfg), Err(KeyStoreError::NoMasterKey)));
 }
 
 #[test]
 fn reload_keeps_old_store_on_error_and_picks_up_valid_changes() {
     let (_d, path, m) = setup();
     add_key(&path, &m, "alice", &key(KEY_A), None).unwrap();
-    let creds = Credentials::open(&config(&path, &m)).unwrap();
+    let creds = open(&config(&path, &m)).unwrap();
     assert_eq!(creds.lookup("alice").unwrap().key.expose(), KEY_A);
     let good = fs::read(&path).unwrap();
 
     fs::write(&path, b"{ not json").unwrap();
-    assert!(matches!(creds.reload(), Err(KeyStoreError::Format { .. })));
+    assert!(matches!(reload(&creds), Err(KeyStoreError::Format { .. })));
     assert_eq!(creds.lookup("alice").unwrap().key.expose(), KEY_A);
     assert_eq!(creds.current().len(), 1);
 
     fs::write(&path, good).unwrap();
     add_key(&path, &m, "bob", &key(KEY_B), None).unwrap();
     assert!(creds.lookup("bob").is_none(), "not visible before reload");
-    assert_eq!(creds.reload().unwrap(), 2);
+    assert_eq!(reload(&creds).unwrap(), 2);
     assert_eq!(creds.lookup("bob").unwrap().key.expose(), KEY_B);
 }
 
@@ -315,7 +332,7 @@ fn hand_edited_fingerprint_or_dangling_user_is_a_format_error() {
 fn debug_output_never_contains_the_key() {
     let (_d, path, m) = setup();
     add_key(&path, &m, "alice", &key(KEY_A), None).unwrap();
-    let creds = Credentials::open(&config(&path, &m)).unwrap();
+    let creds = open(&config(&path, &m)).unwrap();
     let c = creds.lookup("alice").unwrap();
     let enc = b64(&format!("{KEY_A}:"));
     let secret_prefix = &KEY_A[..20];
@@ -483,17 +500,17 @@ fn reload_refuses_a_tampered_store_and_keeps_the_old_one() {
     let (_d, path, m) = setup();
     add_key(&path, &m, "alice", &key(KEY_A), None).unwrap();
     add_key(&path, &m, "bob", &key(KEY_B), None).unwrap();
-    let creds = Credentials::open(&config(&path, &m)).unwrap();
+    let creds = open(&config(&path, &m)).unwrap();
     let mut v = json(&path);
     v["users"]["bob"] = v["users"]["alice"].clone();
     write_json(&path, &v);
     assert!(matches!(
-        creds.reload(),
+        reload(&creds),
         Err(KeyStoreError::Tampered { .. })
     ));
     assert_eq!(creds.lookup("bob").unwrap().key.expose(), KEY_B);
     assert!(matches!(
-        Credentials::open(&config(&path, &m)),
+        open(&config(&path, &m)),
         Err(KeyStoreError::Tampered { .. })
     ));
 }

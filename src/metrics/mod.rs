@@ -244,6 +244,8 @@ pub enum ReloadTrigger {
     Admin,
     /// A watched file (key store, config, secret, PEM key) changed on disk.
     File,
+    /// The database key store changed (a notification, or a newer revision polled).
+    Store,
 }
 
 impl ReloadTrigger {
@@ -253,6 +255,7 @@ impl ReloadTrigger {
             ReloadTrigger::Signal => "signal",
             ReloadTrigger::Admin => "admin",
             ReloadTrigger::File => "file",
+            ReloadTrigger::Store => "store",
         }
     }
 }

@@ -116,10 +116,7 @@ impl Reloader {
 
     /// Re-reads the key store (off the async threads); on error the old store keeps serving.
     pub async fn reload_keys(&self, trigger: ReloadTrigger) -> Result<usize, KeyStoreError> {
-        let creds = self.credentials.clone();
-        let result = tokio::task::spawn_blocking(move || creds.reload())
-            .await
-            .unwrap_or(Err(KeyStoreError::Crypto("the reload task failed")));
+        let result = self.credentials.reload().await;
         match &result {
             Ok(n) => {
                 tracing::info!(users = n, trigger = trigger.label(), "key store reloaded");

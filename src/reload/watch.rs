@@ -22,9 +22,10 @@ impl Reloader {
         every: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let keys = self.credentials.path().to_path_buf();
+        // A database store is followed by `follow_store` instead.
+        let keys = self.credentials.path().map(Path::to_path_buf);
         let mut config_files = self.watched_config_files().await;
-        let mut seen_keys = signature(&keys);
+        let mut seen_keys = keys.as_deref().and_then(signature);
         let mut seen_config = signatures(&config_files);
         let mut missing_logged = false;
         loop {
@@ -56,7 +57,8 @@ impl Reloader {
                     config_files = files;
                 }
             }
-            let now = signature(&keys);
+            let Some(keys) = &keys else { continue };
+            let now = signature(keys);
             if now.is_none() {
                 if !missing_logged {
                     tracing::warn!(path = %keys.display(), "key-store file is missing; keeping the current store");
@@ -70,6 +72,39 @@ impl Reloader {
                 let _ = self.reload_keys(ReloadTrigger::File).await;
             }
         }
+    }
+
+    /// Follows a database store (a no-op for a file): reloads when another replica's write is
+    /// notified, and, as the backstop for a lost notification, when the revision polled
+    /// every `every` is newer than the one serving. A change is thus served within `every`
+    /// at worst, within milliseconds usually.
+    pub async fn follow_store(
+        self: Arc<Self>,
+        every: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let Some(pg) = self.credentials.backend().database().cloned() else {
+            return;
+        };
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let listener = tokio::spawn(pg.listen(wake.clone()));
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                () = wake.notified() => {}
+                () = tokio::time::sleep(every) => {}
+            }
+            match self.credentials.stale().await {
+                Ok(true) => {
+                    let _ = self.reload_keys(ReloadTrigger::Store).await;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "key-store database: cannot read the revision; keeping the current store")
+                }
+            }
+        }
+        listener.abort();
     }
 
     /// The config file and the secret and key files it names (empty: not from a file).

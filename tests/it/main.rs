@@ -15,6 +15,8 @@ mod leaks;
 mod lifecycle;
 mod monitoring;
 mod ops;
+mod pg;
+mod pgstore;
 mod policy;
 mod props;
 mod proxy;

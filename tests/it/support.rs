@@ -200,15 +200,17 @@ format = "text"
         std::fs::write(&config_path, &config_text).unwrap();
         let cfg = load(&config_path, &Env(env)).unwrap();
         let master = cfg.keystore.master_key.as_ref().unwrap();
+        // Through the configured backend: the file, or the database of a PostgreSQL setup.
+        let store = credentials::Backend::open(&cfg.keystore).await.unwrap();
         for (user, key) in setup.users {
-            credentials::add_key(
-                &cfg.keystore.path,
-                master,
-                user,
-                &ApiKey::new(key.into()),
-                None,
-            )
-            .unwrap();
+            let new = credentials::NewKey {
+                user: user.into(),
+                key: ApiKey::new(key.into()),
+                cliniko_user: None,
+                verified_at: None,
+                exclusive: false,
+            };
+            store.add(master, new).await.unwrap();
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

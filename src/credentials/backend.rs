@@ -1,0 +1,246 @@
+//! Where the sealed document lives, and every edit to it under the store's lock.
+//!
+//! The file store (the default, one replica) is the JSON file, replaced atomically; the
+//! PostgreSQL store (several replicas) keeps the very same signed document in one row
+//! ([`super::postgres`]). Either way the document is sealed and signed here, under the master
+//! key, before it is written: the database only ever holds sealed keys.
+//!
+//! An edit is read, change, write under one lock (a lock file beside the file store, held by
+//! `keys` commands too; the row lock in PostgreSQL), so two enrolments of one key cannot both
+//! pass the check that nobody else holds it. File I/O and decryption run off the async threads.
+
+use super::edit::{self, AddOutcome, ListedUser, NewKey, Resealed};
+use super::file::{self, Document};
+use super::postgres::PgStore;
+use super::{KeyStore, KeyStoreError};
+use crate::config::{KeyStoreConfig, MasterKey, StoreKind};
+use secrecy::ExposeSecret;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The key store's backend.
+pub enum Backend {
+    /// One JSON file; the mutex orders this process's edits before the lock file is taken.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Held across one edit.
+        lock: tokio::sync::Mutex<()>,
+    },
+    /// One row in PostgreSQL.
+    Postgres(Arc<PgStore>),
+}
+
+/// What an edit does with the document it was given: `Some` is signed and written.
+pub(super) type Edited<T> = (Option<Document>, T);
+
+impl Backend {
+    /// Opens the configured backend (for PostgreSQL: connects and creates the table if needed).
+    pub async fn open(cfg: &KeyStoreConfig) -> Result<Backend, KeyStoreError> {
+        match cfg.store {
+            StoreKind::File => Ok(Backend::file(cfg.path.clone())),
+            StoreKind::Postgres => {
+                let url = cfg.postgres_url.as_ref().ok_or(KeyStoreError::Database {
+                    op: "connect",
+                    problem: "no database URL is configured".into(),
+                })?;
+                Ok(Backend::Postgres(Arc::new(PgStore::open(url).await?)))
+            }
+        }
+    }
+
+    /// The file store at `path`.
+    pub fn file(path: PathBuf) -> Backend {
+        Backend::File {
+            path,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Names the store in messages: the file, or the database table.
+    pub fn place(&self) -> &Path {
+        match self {
+            Backend::File { path, .. } => path,
+            Backend::Postgres(pg) => pg.place(),
+        }
+    }
+
+    /// Decrypts the stored document into a store, with its revision (always 0 for a file).
+    /// A missing file is [`KeyStoreError::NotFound`] unless `missing_ok`.
+    pub async fn load(
+        &self,
+        master: &MasterKey,
+        missing_ok: bool,
+    ) -> Result<(KeyStore, i64), KeyStoreError> {
+        let (doc, revision) = match self {
+            Backend::File { path, .. } => {
+                let path = path.clone();
+                (blocking(move || file::read(&path)).await?, 0)
+            }
+            Backend::Postgres(pg) => pg.read().await?,
+        };
+        let place = self.place().to_path_buf();
+        let master = master.clone();
+        let store = blocking(move || match doc {
+            Some(doc) => KeyStore::from_document(&place, &doc, &master),
+            None if missing_ok => Ok(KeyStore::default()),
+            None => Err(KeyStoreError::NotFound { path: place }),
+        })
+        .await?;
+        Ok((store, revision))
+    }
+
+    /// Runs `f` on the stored document (`None`: nothing stored yet) under the store's lock,
+    /// then signs and stores the document it returns, if any.
+    pub(super) async fn edit<T, F>(&self, master: &MasterKey, f: F) -> Result<T, KeyStoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Option<Document>) -> Result<Edited<T>, KeyStoreError> + Send + 'static,
+    {
+        let master = master.clone();
+        match self {
+            Backend::File { path, lock } => {
+                let _ours = lock.lock().await;
+                let path = path.clone();
+                blocking(move || {
+                    let _theirs = lock_file(&path)?;
+                    let (doc, out) = f(file::read(&path)?)?;
+                    if let Some(mut doc) = doc {
+                        file::write_signed(&path, &mut doc, master.expose_secret())?;
+                    }
+                    Ok(out)
+                })
+                .await
+            }
+            Backend::Postgres(pg) => {
+                pg.edit(move |doc| {
+                    let (doc, out) = f(doc)?;
+                    let signed = match doc {
+                        Some(mut d) => {
+                            file::sign(&mut d, master.expose_secret())?;
+                            Some(file::to_bytes(&d))
+                        }
+                        None => None,
+                    };
+                    Ok((signed, out))
+                })
+                .await
+            }
+        }
+    }
+
+    /// Maps a user to a key (see [`NewKey`]).
+    pub async fn add(&self, master: &MasterKey, new: NewKey) -> Result<AddOutcome, KeyStoreError> {
+        let mut done = self.add_many(master, vec![new]).await?;
+        Ok(done.remove(0))
+    }
+
+    /// [`Backend::add`] for many mappings in one signed write: all or nothing.
+    pub async fn add_many(
+        &self,
+        master: &MasterKey,
+        new: Vec<NewKey>,
+    ) -> Result<Vec<AddOutcome>, KeyStoreError> {
+        let (place, m) = (self.place().to_path_buf(), master.clone());
+        self.edit(master, move |doc| {
+            let (doc, out) = edit::add_all(doc, &place, &m, &new)?;
+            Ok((Some(doc), out))
+        })
+        .await
+    }
+
+    /// Removes a user; `false` when the user had no key.
+    pub async fn remove(&self, master: &MasterKey, user: &str) -> Result<bool, KeyStoreError> {
+        let (place, m, user) = (self.place().to_path_buf(), master.clone(), user.to_string());
+        self.edit(master, move |doc| {
+            let Some(doc) = doc else {
+                return Ok((None, false));
+            };
+            let changed = edit::remove_from(doc, &place, &m, &user)?;
+            let found = changed.is_some();
+            Ok((changed, found))
+        })
+        .await
+    }
+
+    /// Signs the store (see [`super::reseal`]).
+    pub async fn reseal(
+        &self,
+        master: &MasterKey,
+        accept_edits: bool,
+    ) -> Result<Resealed, KeyStoreError> {
+        let (place, m) = (self.place().to_path_buf(), master.clone());
+        self.edit(master, move |doc| {
+            let doc = doc.ok_or_else(|| KeyStoreError::NotFound {
+                path: place.clone(),
+            })?;
+            let done = edit::reseal_check(&doc, &place, &m, accept_edits)?;
+            let write = (done != Resealed::AlreadySigned).then_some(doc);
+            Ok((write, done))
+        })
+        .await
+    }
+
+    /// Every user with their key's fingerprint, shard and label, sorted by user.
+    pub async fn list(&self, master: &MasterKey) -> Result<Vec<ListedUser>, KeyStoreError> {
+        Ok(edit::rows(&self.load(master, false).await?.0))
+    }
+
+    /// Copies the signed file store at `from` into this (empty) store: `keys migrate`.
+    /// Returns the number of users copied.
+    pub async fn import(&self, master: &MasterKey, from: &Path) -> Result<usize, KeyStoreError> {
+        let source = Backend::file(from.to_path_buf());
+        let users = source.load(master, false).await?.0.len();
+        let (from, place) = (from.to_path_buf(), self.place().to_path_buf());
+        self.edit(master, move |existing| {
+            if existing.is_some_and(|d| !d.users.is_empty()) {
+                return Err(KeyStoreError::NotEmpty { path: place });
+            }
+            Ok((file::read(&from)?, users))
+        })
+        .await
+    }
+
+    /// The PostgreSQL store, when that is the backend (replicas follow its changes).
+    pub fn database(&self) -> Option<&Arc<PgStore>> {
+        match self {
+            Backend::Postgres(pg) => Some(pg),
+            Backend::File { .. } => None,
+        }
+    }
+}
+
+/// Runs blocking work (file I/O, decryption) off the async threads.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, KeyStoreError> + Send + 'static,
+) -> Result<T, KeyStoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or(Err(KeyStoreError::Crypto("a key-store task failed")))
+}
+
+/// An exclusive lock on `.<name>.lock` beside the store, so the gateway's enrolments and a
+/// `keys` command on the same file never interleave their read and write; released on drop.
+fn lock_file(path: &Path) -> Result<std::fs::File, KeyStoreError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "keystore".into());
+    let lock = path.with_file_name(format!(".{name}.lock"));
+    let io = |op| {
+        let p = lock.clone();
+        move |source| KeyStoreError::Io {
+            op,
+            path: p,
+            source,
+        }
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(io("create"))?;
+    f.lock().map_err(io("lock"))?;
+    Ok(f)
+}

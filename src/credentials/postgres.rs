@@ -1,0 +1,234 @@
+//! The PostgreSQL store: the same signed document as the file store, in the one row of table
+//! `cliniko_gateway_keystore` (`id = 1`), with a `revision` that every write bumps and a
+//! `NOTIFY cliniko_gateway_keystore` sent on commit.
+//!
+//! Why one row and not a row per user: the document's MAC then binds every user to their key
+//! exactly as in the file (someone with write access to the database but not the master key
+//! cannot point bob at alice's key), and an edit is one `SELECT … FOR UPDATE` + `UPDATE`, the
+//! row lock being the store's lock. Writes are rare (enrolments, ops' `keys` commands); the
+//! document of a few thousand users is well under a megabyte.
+//!
+//! Replicas follow changes with `LISTEN` on a connection of their own (a change is seen within
+//! milliseconds) and, as the backstop for a lost notification or connection, poll the revision
+//! every `keystore.watch_interval` ([`crate::reload`]). TLS to the database is not built in:
+//! `sslmode=require` is refused, so reach it over loopback, a unix socket or a local TLS proxy.
+
+use super::KeyStoreError;
+use super::backend::blocking;
+use super::file::{self, Document};
+use crate::config::Secret;
+use secrecy::ExposeSecret;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+/// The table, and the channel its writes notify.
+const TABLE: &str = "cliniko_gateway_keystore";
+
+/// Created on first use by any replica (under an advisory lock, so two starting at once do
+/// not race); `document` is empty until the first write.
+const SCHEMA: &str = "BEGIN;
+SELECT pg_advisory_xact_lock(hashtext('cliniko_gateway_keystore'));
+CREATE TABLE IF NOT EXISTS cliniko_gateway_keystore (
+    id smallint PRIMARY KEY CHECK (id = 1),
+    revision bigint NOT NULL,
+    document text NOT NULL
+);
+INSERT INTO cliniko_gateway_keystore (id, revision, document) VALUES (1, 0, '')
+    ON CONFLICT (id) DO NOTHING;
+COMMIT;";
+
+/// A connection to the key-store database (reconnected when lost).
+pub struct PgStore {
+    config: tokio_postgres::Config,
+    client: tokio::sync::Mutex<Option<Client>>,
+    place: PathBuf,
+}
+
+impl PgStore {
+    /// Parses the URL, connects and creates the table if needed.
+    pub async fn open(url: &Secret<str>) -> Result<PgStore, KeyStoreError> {
+        // The parser's message can quote the URL (and its password): only the category.
+        let mut config = tokio_postgres::Config::from_str(url.expose_secret()).map_err(|_| {
+            db_error(
+                "read the URL",
+                "not a PostgreSQL URL (postgresql://user@host:port/db, or key=value pairs)",
+            )
+        })?;
+        if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
+            return Err(db_error(
+                "read the URL",
+                "sslmode=require is not supported: TLS to the database is not built in; reach it \
+                 over loopback, a unix socket or a local TLS proxy (docs/key-store.md)",
+            ));
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        let store = PgStore {
+            config,
+            client: tokio::sync::Mutex::new(None),
+            place: PathBuf::from(format!("postgresql table {TABLE}")),
+        };
+        let mut guard = store.client().await?;
+        let client = guard.as_mut().ok_or_else(closed)?;
+        client
+            .batch_execute(SCHEMA)
+            .await
+            .map_err(|e| failed("create the table", &e))?;
+        drop(guard);
+        Ok(store)
+    }
+
+    /// Names the store in messages.
+    pub fn place(&self) -> &Path {
+        &self.place
+    }
+
+    /// The connected client, connecting first when there is none or it was lost.
+    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, KeyStoreError> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            let (client, connection) = self
+                .config
+                .connect(NoTls)
+                .await
+                .map_err(|e| failed("connect", &e))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "key-store database connection lost; reconnecting on next use");
+                }
+            });
+            *guard = Some(client);
+        }
+        Ok(guard)
+    }
+
+    /// The stored document (`None` before the first write) and its revision.
+    pub(super) async fn read(&self) -> Result<(Option<Document>, i64), KeyStoreError> {
+        let mut guard = self.client().await?;
+        let client = guard.as_mut().ok_or_else(closed)?;
+        let row = client
+            .query_one(
+                &format!("SELECT revision, document FROM {TABLE} WHERE id = 1"),
+                &[],
+            )
+            .await
+            .map_err(|e| failed("read", &e))?;
+        let (revision, text): (i64, String) = (row.get(0), row.get(1));
+        Ok((self.parse(&text)?, revision))
+    }
+
+    /// The revision now stored: what replicas poll.
+    pub async fn revision(&self) -> Result<i64, KeyStoreError> {
+        let mut guard = self.client().await?;
+        let client = guard.as_mut().ok_or_else(closed)?;
+        let row = client
+            .query_one(&format!("SELECT revision FROM {TABLE} WHERE id = 1"), &[])
+            .await
+            .map_err(|e| failed("read the revision", &e))?;
+        Ok(row.get(0))
+    }
+
+    /// Runs `f` (off the async threads) on the stored document with its row locked; the
+    /// signed bytes it returns replace the document, bump the revision and notify replicas.
+    pub(super) async fn edit<T, F>(&self, f: F) -> Result<T, KeyStoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Option<Document>) -> Result<(Option<Vec<u8>>, T), KeyStoreError> + Send + 'static,
+    {
+        let mut guard = self.client().await?;
+        let client = guard.as_mut().ok_or_else(closed)?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| failed("begin", &e))?;
+        let sql = format!("SELECT document FROM {TABLE} WHERE id = 1 FOR UPDATE");
+        let row = tx
+            .query_one(&sql, &[])
+            .await
+            .map_err(|e| failed("read", &e))?;
+        let doc = self.parse(row.get(0))?;
+        let (bytes, out) = blocking(move || f(doc)).await?;
+        if let Some(bytes) = bytes {
+            let text = String::from_utf8(bytes).map_err(|_| KeyStoreError::Crypto("not UTF-8"))?;
+            let sql =
+                format!("UPDATE {TABLE} SET document = $1, revision = revision + 1 WHERE id = 1");
+            tx.execute(&sql, &[&text])
+                .await
+                .map_err(|e| failed("write", &e))?;
+            // Delivered on commit, to every replica listening.
+            tx.batch_execute(&format!("NOTIFY {TABLE}"))
+                .await
+                .map_err(|e| failed("notify", &e))?;
+        }
+        tx.commit().await.map_err(|e| failed("commit", &e))?;
+        Ok(out)
+    }
+
+    /// Listens for other replicas' writes, waking `wake` on each (and once per (re)connection,
+    /// since a change may have landed while not listening), until the task is dropped.
+    /// Reconnects after a pause when the connection is lost.
+    pub async fn listen(self: Arc<Self>, wake: Arc<Notify>) {
+        loop {
+            if let Ok((client, mut conn)) = self.config.connect(NoTls).await {
+                let driver = async {
+                    while let Some(m) =
+                        futures_util::future::poll_fn(|cx| conn.poll_message(cx)).await
+                    {
+                        match m {
+                            Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                };
+                tokio::pin!(driver);
+                let sql = format!("LISTEN {TABLE}");
+                let listening = tokio::select! {
+                    r = client.batch_execute(&sql) => r.is_ok(),
+                    () = &mut driver => false,
+                };
+                if listening {
+                    wake.notify_one();
+                    (&mut driver).await;
+                }
+            }
+            tracing::warn!(
+                "key-store database: not listening for changes; retrying in 1 s (the revision poll still runs)"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    fn parse(&self, text: &str) -> Result<Option<Document>, KeyStoreError> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        file::parse(&self.place, text.as_bytes()).map(Some)
+    }
+}
+
+fn db_error(op: &'static str, problem: &str) -> KeyStoreError {
+    KeyStoreError::Database {
+        op,
+        problem: problem.into(),
+    }
+}
+
+fn closed() -> KeyStoreError {
+    db_error("use the connection", "it is closed")
+}
+
+/// The driver's message: server errors and I/O causes, never the URL or a bound value.
+fn failed(op: &'static str, e: &tokio_postgres::Error) -> KeyStoreError {
+    let problem = match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    };
+    KeyStoreError::Database { op, problem }
+}
