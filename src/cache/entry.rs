@@ -47,8 +47,12 @@ impl std::fmt::Debug for CacheKey {
 pub struct Entry {
     /// Response headers (hop-by-hop and length headers removed).
     pub headers: HeaderMap,
-    /// The body, shared without copying.
+    /// The body as stored, shared without copying: gzip when `gzipped`.
     pub body: Bytes,
+    /// `body` is one gzip member (no `Content-Encoding` in `headers`: it is added per caller).
+    pub gzipped: bool,
+    /// The body's length once decoded (its `Content-Length` for identity callers and HEAD).
+    pub plain_len: usize,
     /// When it was fetched or last revalidated.
     pub stored: Instant,
     /// Fresh for this long.
@@ -63,9 +67,31 @@ impl std::fmt::Debug for Entry {
         f.debug_struct("Entry")
             .field("headers", &self.headers.len())
             .field("body_bytes", &self.body.len())
+            .field("gzipped", &self.gzipped)
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
+}
+
+/// What one entry costs besides its body and headers: the moka node (key hash, access-order
+/// and timer links, the `Arc`s), the `Entry` and `CacheKey` structs and the header map's index
+/// table (measured with benches/memory.sh; see benches/RESULTS.md).
+const ENTRY_OVERHEAD: usize = 512;
+
+/// What one stored header costs: its bucket in the map (name, value, hash, links).
+const HEADER_OVERHEAD: usize = 128;
+
+/// The bytes an allocation of `n` really takes: jemalloc rounds to four classes per doubling
+/// (16-byte steps up to 128), glibc adds an 8-byte header in 16-byte steps; the larger of the
+/// two, so the bound holds under either.
+pub fn allocated(n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let step = (n.next_power_of_two() / 8).max(16);
+    let jemalloc = n.div_ceil(step) * step;
+    let glibc = (n + 8).div_ceil(16) * 16;
+    jemalloc.max(glibc).max(32)
 }
 
 impl Entry {
@@ -89,21 +115,25 @@ impl Entry {
         Entry {
             headers: self.headers.clone(),
             body: self.body.clone(),
+            gzipped: self.gzipped,
+            plain_len: self.plain_len,
             stored: Instant::now(),
             ttl: self.ttl,
             window: self.window,
         }
     }
 
-    /// Bytes charged against the capacity: body, headers, key, and bookkeeping.
+    /// Bytes charged against the capacity: what the process holds for it, allocator rounding
+    /// included (body, header values and names, the key's target), plus fixed bookkeeping.
     pub fn weight(&self, key: &CacheKey) -> u32 {
         let headers: usize = self
             .headers
             .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .map(|(k, v)| HEADER_OVERHEAD + allocated(k.as_str().len()) + allocated(v.len()))
             .sum();
-        let key_len = key.target.len() + key.accept.as_ref().map_or(0, HeaderValue::len) + 64;
-        let total = self.body.len() + headers + key_len + 128;
+        let key_len = allocated(key.target.len() + 16)
+            + key.accept.as_ref().map_or(0, |a| allocated(a.len()));
+        let total = allocated(self.body.len()) + headers + key_len + ENTRY_OVERHEAD;
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 
@@ -158,6 +188,23 @@ pub fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allocations_round_up_to_size_classes() {
+        for (n, want) in [
+            (0, 0),
+            (1, 32),
+            (17, 32),
+            (100, 112),
+            (129, 160),
+            (5000, 5120),
+            (17 * 1024, 20 * 1024),
+            (1 << 20, (1 << 20) + 16),
+            ((1 << 20) + 1, 1280 * 1024),
+        ] {
+            assert_eq!(allocated(n), want, "{n}");
+        }
+    }
 
     #[test]
     fn weak_etag_comparison() {

@@ -9,6 +9,7 @@ use super::entry::{CacheKey, Entry};
 use crate::error::GatewayError;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
@@ -26,6 +27,58 @@ pub enum Landed {
 }
 
 type Cell = Arc<OnceCell<Landed>>;
+
+/// Bytes held by answers being read in to be stored, against a fixed allowance.
+#[derive(Debug)]
+pub struct Reserve {
+    held: AtomicUsize,
+    max: usize,
+}
+
+impl Reserve {
+    /// An allowance of `max` bytes.
+    pub fn new(max: usize) -> Reserve {
+        Reserve {
+            held: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// A claim on the allowance for one fill, empty at first; released when dropped.
+    pub fn claim(&self) -> Claim<'_> {
+        Claim {
+            reserve: self,
+            held: 0,
+        }
+    }
+}
+
+/// One fill's share of the [`Reserve`]; whatever it holds goes back when it is dropped (the
+/// fill finished, gave up, or was cancelled with its caller).
+pub struct Claim<'a> {
+    reserve: &'a Reserve,
+    held: usize,
+}
+
+impl Claim<'_> {
+    /// Takes `n` more bytes; `false` (taking nothing) when the allowance would be overrun.
+    pub fn take(&mut self, n: usize) -> bool {
+        let r = self.reserve;
+        let before = r.held.fetch_add(n, Ordering::AcqRel);
+        if before + n > r.max {
+            r.held.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        self.held += n;
+        true
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.reserve.held.fetch_sub(self.held, Ordering::AcqRel);
+    }
+}
 
 /// The flights in progress.
 #[derive(Default)]
@@ -99,6 +152,20 @@ mod tests {
             target: format!("/v1/patients?x={n}").into(),
             accept: None,
         }
+    }
+
+    #[test]
+    fn fills_share_the_reserve_and_give_it_back() {
+        let r = Reserve::new(100);
+        let mut a = r.claim();
+        assert!(a.take(60));
+        let mut b = r.claim();
+        assert!(!b.take(41), "over the allowance");
+        assert!(b.take(40));
+        drop(a);
+        assert!(b.take(60));
+        drop(b);
+        assert!(r.claim().take(100));
     }
 
     #[tokio::test]

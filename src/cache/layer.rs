@@ -3,7 +3,7 @@
 
 use super::Cache;
 use super::entry::{CacheKey, Entry, etag_matches};
-use super::flight::Landed;
+use super::flight::{Claim, Landed};
 use crate::body::Body;
 use crate::context::{CacheOutcome, Context as RequestContext};
 use crate::credentials::Credential;
@@ -75,6 +75,14 @@ where
     let is_head = method == Method::HEAD;
     let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
     let ctx = RequestContext::of(&req).cloned();
+    let gzip = ctx.as_ref().is_some_and(|c| c.accepts_gzip());
+    let inm = if_none_match.clone();
+    let asked = |how| Asked {
+        how,
+        is_head,
+        if_none_match: inm.as_ref(),
+        gzip,
+    };
 
     // A stale entry with an ETag is revalidated rather than refetched.
     let mut stale: Option<Arc<Entry>> = None;
@@ -82,12 +90,7 @@ where
         if entry.is_fresh() {
             cache.stats.hits.fetch_add(1, Ordering::Relaxed);
             note(ctx.as_ref(), CacheOutcome::Hit);
-            return Ok(serve(
-                &entry,
-                CacheOutcome::Hit,
-                is_head,
-                if_none_match.as_ref(),
-            ));
+            return serve(&entry, asked(CacheOutcome::Hit));
         }
         if entry.etag().is_some() {
             stale = Some(entry);
@@ -124,7 +127,7 @@ where
                 cache.stats.misses.fetch_add(1, Ordering::Relaxed);
             }
             note(ctx.as_ref(), how);
-            Ok(serve(&e, how, is_head, if_none_match.as_ref()))
+            serve(&e, asked(how))
         }
         Landed::Failed(e) => Err(e),
         Landed::Uncacheable => {
@@ -279,7 +282,8 @@ async fn store(
         return Err(NotStored::Pass(resp));
     }
     let (mut parts, body) = resp.into_parts();
-    let body = match collect_limited(body, cache.max_entry).await {
+    let mut claim = cache.filling.claim();
+    let body = match collect_limited(body, cache.max_entry, &mut claim).await {
         Collected::Whole(b) => b,
         Collected::TooBig(rest) => return Err(NotStored::Pass(Response::from_parts(parts, rest))),
         Collected::Failed => return Err(NotStored::Broken),
@@ -288,9 +292,13 @@ async fn store(
     parts.headers.remove(header::TRANSFER_ENCODING);
     parts.headers.remove(header::AGE);
     parts.headers.remove(X_CACHE);
+    let plain_len = body.len();
+    let gzipped = cache.compress.then(|| gzip(&body)).flatten();
     let entry = Arc::new(Entry {
         headers: owned(&parts.headers),
-        body,
+        gzipped: gzipped.is_some(),
+        body: gzipped.unwrap_or(body),
+        plain_len,
         stored: Instant::now(),
         ttl,
         window: cache.window,
@@ -314,29 +322,77 @@ fn owned(h: &HeaderMap) -> HeaderMap {
 }
 
 enum Collected {
+    /// The whole body, in an allocation of its own size.
     Whole(Bytes),
-    /// Over the limit: the part read so far, chained with the rest, still streaming.
+    /// Over the limit, or over what fills in flight may hold: the part read so far, chained
+    /// with the rest, still streaming.
     TooBig(Body),
     /// The upstream body failed.
     Failed,
 }
 
-async fn collect_limited(mut body: Body, max: usize) -> Collected {
+async fn collect_limited(mut body: Body, max: usize, claim: &mut Claim<'_>) -> Collected {
     let mut buf = BytesMut::new();
     loop {
         match body.frame().await {
-            None => return Collected::Whole(buf.freeze()),
+            None => return Collected::Whole(exact(buf)),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
-                    buf.extend_from_slice(&data);
-                    if buf.len() > max {
+                    let fits = buf.len() + data.len() <= max;
+                    if !fits || !claim.take(data.len()) {
+                        buf.extend_from_slice(&data);
                         return Collected::TooBig(prepend(buf.freeze(), body));
                     }
+                    buf.extend_from_slice(&data);
                 }
             }
             Some(Err(_)) => return Collected::Failed,
         }
     }
+}
+
+/// `buf` without the spare room its growth left (up to half of it): an entry must hold what
+/// it is charged for.
+fn exact(buf: BytesMut) -> Bytes {
+    if buf.capacity() - buf.len() > buf.len() / 16 {
+        Bytes::copy_from_slice(&buf)
+    } else {
+        buf.freeze()
+    }
+}
+
+/// Bodies under this are kept as they are: the gzip header and the decoding would cost more
+/// than the bytes saved (and small answers go out uncompressed anyway).
+const GZIP_FROM: usize = 1024;
+
+/// The body as one gzip member at the fastest level (a fill pays it once, every hit for a
+/// gzip caller saves it), or `None` when small or when that does not make it smaller.
+fn gzip(plain: &[u8]) -> Option<Bytes> {
+    use std::io::Write;
+    if plain.len() < GZIP_FROM {
+        return None;
+    }
+    let mut e = flate2::write::GzEncoder::new(
+        Vec::with_capacity(plain.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
+    e.write_all(plain).ok()?;
+    let mut out = e.finish().ok()?;
+    out.shrink_to_fit();
+    (out.len() < plain.len()).then(|| Bytes::from(out))
+}
+
+/// A gzip copy decoded for a caller that does not take gzip.
+fn gunzip(e: &Entry) -> Result<Bytes, GatewayError> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(e.plain_len);
+    flate2::read::GzDecoder::new(&e.body[..])
+        .read_to_end(&mut out)
+        .map_err(|_| {
+            tracing::error!("a stored gzip copy does not decode");
+            GatewayError::Internal
+        })?;
+    Ok(Bytes::from(out))
 }
 
 /// `head` followed by the rest of `tail`, streaming.
@@ -347,24 +403,44 @@ fn prepend(head: Bytes, tail: Body) -> Body {
     Body::new(http_body_util::StreamBody::new(first.chain(rest)))
 }
 
+/// How one caller is to be answered from an entry.
+#[derive(Clone, Copy)]
+struct Asked<'a> {
+    how: CacheOutcome,
+    is_head: bool,
+    if_none_match: Option<&'a HeaderValue>,
+    /// The caller takes gzip (the compression layer said so in the context).
+    gzip: bool,
+}
+
 /// Builds the answer from an entry: 304 when the caller's validator matches, else the body
-/// (shared, not copied); HEAD gets the headers only.
-fn serve(e: &Entry, how: CacheOutcome, is_head: bool, inm: Option<&HeaderValue>) -> Response<Body> {
-    let not_modified = matches!((inm, e.etag()), (Some(i), Some(t)) if etag_matches(i, t));
-    let mut resp = if not_modified || is_head {
+/// (shared, not copied; the gzip copy as it is to a caller that takes gzip, decoded for one
+/// that does not); HEAD gets the identity headers only.
+fn serve(e: &Entry, a: Asked<'_>) -> Result<Response<Body>, GatewayError> {
+    let not_modified =
+        matches!((a.if_none_match, e.etag()), (Some(i), Some(t)) if etag_matches(i, t));
+    let as_stored = e.gzipped && a.gzip;
+    let mut resp = if not_modified || a.is_head {
         Response::new(Body::empty())
+    } else if e.gzipped && !as_stored {
+        Response::new(Body::from(gunzip(e)?))
     } else {
         Response::new(Body::from(e.body.clone()))
     };
     *resp.headers_mut() = e.headers.clone();
     if not_modified {
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
-        resp.headers_mut().remove(header::CONTENT_TYPE);
-    } else {
-        resp.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(e.body.len()));
     }
-    mark(resp, how, Some(e.age_secs()))
+    let h = resp.headers_mut();
+    if not_modified {
+        h.remove(header::CONTENT_TYPE);
+    } else if as_stored && !a.is_head {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(e.body.len()));
+    } else {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(e.plain_len));
+    }
+    Ok(mark(resp, a.how, Some(e.age_secs())))
 }
 
 /// A HEAD caller answered from a GET gets the GET's headers and no body.

@@ -4,7 +4,8 @@
 //! the Cliniko API key that fetched it (HMAC-SHA256 under a per-process random key, never the
 //! key itself), plus path, query and `Accept`. Two users sharing one key share entries; users
 //! with different keys never do. Only 200 answers to GET on configured paths are stored, with
-//! links already rewritten, bounded in bytes (not entries). Concurrent misses for one key send
+//! links already rewritten, as one gzip copy (`compress`), bounded in bytes of memory (not
+//! entries; see [`Entry::weight`]). Concurrent misses for one key send
 //! one request upstream. A successful write drops every credential's entries of that resource
 //! type, and an epoch counter stops a fill that raced with a write from storing stale data.
 //! With Redis, writes and admin purges reach every replica's cache ([`bus`]).
@@ -44,6 +45,11 @@ pub struct Cache {
     store: moka::future::Cache<CacheKey, Arc<Entry>>,
     rules: Vec<CacheRule>,
     max_entry: usize,
+    /// Store bodies as gzip.
+    compress: bool,
+    /// Bytes of answers being read in to be stored, and the most there may be: the slice of
+    /// the capacity the store leaves for them, so fills in flight stay inside the bound.
+    filling: flight::Reserve,
     window: Duration,
     hmac: hmac::Key,
     flights: flight::Flights,
@@ -85,8 +91,10 @@ impl Cache {
         }
         let stats = stats.unwrap_or_default();
         let on_evict = stats.clone();
+        // The store gets 15/16 of the bound; the rest is for answers still being read in.
+        let reserve = cfg.capacity_bytes / 16;
         let store = moka::future::Cache::builder()
-            .max_capacity(cfg.capacity_bytes)
+            .max_capacity(cfg.capacity_bytes - reserve)
             .weigher(|k: &CacheKey, v: &Arc<Entry>| v.weight(k))
             .expire_after(Lifetime)
             .support_invalidation_closures()
@@ -105,6 +113,8 @@ impl Cache {
             store,
             rules,
             max_entry: usize::try_from(cfg.max_entry_bytes).unwrap_or(usize::MAX),
+            compress: cfg.compress,
+            filling: flight::Reserve::new(usize::try_from(reserve).unwrap_or(usize::MAX)),
             window: cfg.revalidate_window,
             hmac,
             flights: flight::Flights::default(),

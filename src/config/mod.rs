@@ -207,10 +207,14 @@ impl Default for AdminConfig {
 pub struct CacheConfig {
     /// Master switch.
     pub enabled: bool,
-    /// Total bytes (bodies + headers + keys) the cache may hold.
+    /// Memory the cache may hold: bodies as stored, headers, keys and bookkeeping, rounded as
+    /// the allocator rounds them; 1/16 of it is kept for answers being read in.
     pub capacity_bytes: u64,
     /// Larger responses stream through uncached.
     pub max_entry_bytes: u64,
+    /// Keep each answer as one gzip copy (sent as it is to callers that take gzip, decoded for
+    /// the others): 4-5x more answers in the same bytes.
+    pub compress: bool,
     /// How long past its TTL an entry with an ETag is kept for revalidation.
     #[serde(with = "humantime_serde")]
     pub revalidate_window: Duration,
@@ -239,6 +243,7 @@ impl Default for CacheConfig {
             enabled: true,
             capacity_bytes: 256 * 1024 * 1024,
             max_entry_bytes: 1024 * 1024,
+            compress: true,
             revalidate_window: Duration::from_secs(600),
             rules: vec![
                 // Reference data changes rarely: minutes.

@@ -296,10 +296,11 @@ fn validate_jwks(j: &JwksConfig) -> Result<(), ConfigError> {
 }
 
 fn validate_cache(k: &CacheConfig) -> Result<(), ConfigError> {
-    if k.enabled && (k.max_entry_bytes == 0 || k.max_entry_bytes > k.capacity_bytes) {
+    // A fill holds the answer while reading it, out of the 1/16 of the capacity kept for that.
+    if k.enabled && (k.max_entry_bytes == 0 || k.max_entry_bytes > k.capacity_bytes / 16) {
         return Err(err(
             "cache.max_entry_bytes",
-            "must be between 1 and cache.capacity_bytes",
+            "must be between 1 and cache.capacity_bytes / 16",
             "use e.g. 1048576 (1 MiB) with a capacity of 268435456 (256 MiB)",
         ));
     }

@@ -261,28 +261,32 @@ async fn stale_entries_with_an_etag_are_revalidated() {
 #[tokio::test]
 async fn the_byte_bound_holds_and_big_bodies_stream_uncached() {
     let h = Harness::start(two_accounts_on_au1(vec![
-        ("CLINIKO_GATEWAY__CACHE__CAPACITY_BYTES", "200000".into()),
-        ("CLINIKO_GATEWAY__CACHE__MAX_ENTRY_BYTES", "60000".into()),
+        ("CLINIKO_GATEWAY__CACHE__CAPACITY_BYTES", "320000".into()),
+        ("CLINIKO_GATEWAY__CACHE__MAX_ENTRY_BYTES", "20000".into()),
+        ("CLINIKO_GATEWAY__RATELIMIT__ENABLED", "false".into()),
     ]))
     .await;
-    for page in 1..=3 {
-        for per_page in [10, 20, 30, 40, 50] {
-            let got = h
-                .get_as(
-                    "alice",
-                    &format!("/v1/patients?page={page}&per_page={per_page}"),
-                )
-                .await;
-            assert_eq!(got.status, 200);
-        }
+    for n in 0..150 {
+        let got = h
+            .get_as("alice", &format!("/v1/patients?per_page=10&n={n}"))
+            .await;
+        assert_eq!(got.status, 200);
     }
     let cache = h.cache();
+    // The store keeps 15/16 of the bound; the rest is for answers being read in.
     assert!(
-        cache.weighted_size().await <= 200_000,
+        cache.weighted_size().await <= 300_000,
         "{}",
         cache.weighted_size().await
     );
     assert!(cache.entry_count().await > 0);
+    assert!(
+        cache
+            .stats()
+            .evictions
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
     h.sandbox("au1")
         .set_fault("/v1/patients/export", Fault::Large(150_000));
     for _ in 0..2 {
@@ -416,4 +420,70 @@ async fn entries_without_an_etag_expire_to_a_miss() {
     let seen = h.sandbox("au1").requests();
     assert_eq!(seen.len(), 2);
     assert!(!seen[1].headers.contains_key("if-none-match"));
+}
+
+#[tokio::test]
+async fn one_gzip_copy_serves_gzip_callers_as_is_and_identity_callers_decoded() {
+    let h = Harness::start(Setup::default()).await;
+    let path = "/v1/patients?per_page=50";
+    let gzip = [("accept-encoding", "gzip")];
+    let first = h.get_as_with("alice", path, &gzip).await;
+    assert_eq!((first.status.as_u16(), xcache(&first)), (200, "MISS"));
+    assert_eq!(first.headers["content-encoding"], "gzip");
+    let plain = crate::compression::gunzip(&first.body);
+    // An identity caller: a hit, decoded from the same copy, with its real length.
+    let identity = h.get_as("alice", path).await;
+    assert_eq!(xcache(&identity), "HIT");
+    assert!(!identity.headers.contains_key("content-encoding"));
+    assert_eq!(identity.headers["content-length"], plain.len().to_string());
+    assert_eq!(identity.body, plain);
+    // Another gzip caller: the stored bytes as they are.
+    let again = h.get_as_with("alice", path, &gzip).await;
+    assert_eq!(xcache(&again), "HIT");
+    assert_eq!(again.body, first.body);
+    assert_eq!(
+        again.headers["content-length"],
+        first.body.len().to_string()
+    );
+    // HEAD: identity headers, the decoded length, no body.
+    let auth = format!("Bearer {}", h.token("alice"));
+    let head = h
+        .send(
+            Method::HEAD,
+            path,
+            &[("authorization", &auth), ("accept-encoding", "gzip")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(xcache(&head), "HIT");
+    assert!(!head.headers.contains_key("content-encoding"));
+    assert_eq!(head.headers["content-length"], plain.len().to_string());
+    assert_eq!(h.upstream_hits(), 1);
+    // What is charged is what is stored: the gzip copy, far under the page's length.
+    let stored = h.cache().weighted_size().await;
+    assert!(
+        stored * 2 < plain.len() as u64,
+        "{stored} vs {}",
+        plain.len()
+    );
+}
+
+#[tokio::test]
+async fn without_compress_the_cache_keeps_the_identity_body() {
+    let h = Harness::start(Setup {
+        overrides: vec![("CLINIKO_GATEWAY__CACHE__COMPRESS", "false".into())],
+        ..Setup::default()
+    })
+    .await;
+    let path = "/v1/patients?per_page=50";
+    let first = h.get_as("alice", path).await;
+    let again = h
+        .get_as_with("alice", path, &[("accept-encoding", "gzip")])
+        .await;
+    assert_eq!(xcache(&again), "HIT");
+    // Compressed on the way out by the compression layer instead.
+    assert_eq!(again.headers["content-encoding"], "gzip");
+    assert_eq!(crate::compression::gunzip(&again.body), first.body);
+    let stored = h.cache().weighted_size().await;
+    assert!(stored > first.body.len() as u64, "{stored}");
 }
