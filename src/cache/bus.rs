@@ -139,7 +139,7 @@ impl CacheBus {
         }));
     }
 
-    /// Whether a Redis is configured (the bus metrics are exported only then).
+    /// Whether a Redis is configured.
     pub fn is_on(&self) -> bool {
         self.link.load().is_some()
     }
@@ -277,8 +277,8 @@ impl Subscriber {
                         "cache invalidations: subscription lost; the cache is cleared once it is back"
                     );
                 }
-                Ok(Err(e)) => tracing::debug!(error = %e, "cache invalidations: cannot subscribe"),
-                Err(_) => tracing::debug!("cache invalidations: subscribing timed out"),
+                Ok(Err(e)) => not_yet(channel, clear, &e),
+                Err(_) => not_yet(channel, clear, &"timed out"),
             }
             clear = true;
             tokio::select! {
@@ -287,6 +287,16 @@ impl Subscriber {
             }
             backoff = (backoff * 2).min(BACKOFF.1);
         }
+    }
+}
+
+/// A failed attempt: a warning the first time (Redis down at start-up), quietly after that
+/// (the lost subscription was warned about).
+fn not_yet(channel: &str, retrying: bool, e: &dyn std::fmt::Display) {
+    if retrying {
+        tracing::debug!(channel, error = %e, "cache invalidations: cannot subscribe yet");
+    } else {
+        tracing::warn!(channel, error = %e, "cache invalidations: cannot subscribe yet; retrying, and the cache is cleared once subscribed");
     }
 }
 

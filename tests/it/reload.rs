@@ -529,11 +529,13 @@ fn redis_keys(url: &str, prefix: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_changed_redis_section_rebuilds_the_shared_key_budgets() {
+async fn a_changed_redis_section_rebuilds_the_key_budgets_and_moves_the_cache_bus() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
     let h = Harness::start(Setup::default()).await;
+    let bus = h.gateway().cache_bus().clone();
+    assert_eq!(bus.subscribed(), None, "no Redis, no bus");
     assert_eq!(h.get_as("alice", "/v1/user").await.status, 200);
     h.edit_config(|t| format!("{t}[redis]\nurl = \"{}\"\nprefix = \"gw-one\"\n", redis.url));
     assert_eq!(h.gateway().reload().await.unwrap().changed, vec!["redis"]);
@@ -543,8 +545,42 @@ async fn a_changed_redis_section_rebuilds_the_shared_key_budgets() {
         1,
         "decided in Redis"
     );
+    until_subscribed(&bus).await;
     h.edit_config(|t| t.replace("gw-one", "gw-two"));
     assert_eq!(h.gateway().reload().await.unwrap().changed, vec!["redis"]);
     assert_eq!(h.get_as("alice", "/v1/user").await.status, 200);
     assert_eq!(redis_keys(&redis.url, "gw-two").len(), 1, "the new prefix");
+    // The bus moved to the new channel, and cleared once there (it may have missed some).
+    until_subscribed(&bus).await;
+    let mut con = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .query(&mut con)
+            .unwrap();
+        if channels == ["gw-two:cache"] {
+            break;
+        }
+        // The old link's connection closes as its task ends.
+        assert!(std::time::Instant::now() < deadline, "{channels:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let clears = &bus.stats().resubscribe_clears;
+    assert_eq!(clears.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // Without [redis] again: the bus stops.
+    h.edit_config(|t| t.split("[redis]").next().unwrap().to_string());
+    assert_eq!(h.gateway().reload().await.unwrap().changed, vec!["redis"]);
+    assert_eq!(bus.subscribed(), None);
+}
+
+async fn until_subscribed(bus: &cliniko_gateway::cache::CacheBus) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while bus.subscribed() != Some(true) {
+        assert!(std::time::Instant::now() < deadline, "never subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -303,3 +303,52 @@ async fn after_a_redis_restart_both_replicas_clear_their_caches_and_serve_nothin
     a.patch("alice", &path, r#"{"first_name":"Mo"}"#).await;
     until_fresh(&b, "alice", &path, |g| g.json()["first_name"] == "Mo").await;
 }
+
+/// Polls `ok` (at most 10 s).
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, ok: impl Fn() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok().await {
+        assert!(Instant::now() < deadline, "never {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_replica_that_does_not_hold_the_purged_key_drops_its_whole_cache() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // B's store maps alice to another key, as if it had rotated already.
+    let replica = |alice_key: &'static str| {
+        let mut s = with_admin(Setup {
+            shards: vec![(
+                "au1",
+                vec![account(KEY_ALICE, "Alice"), account(KEY_DAVE, "Dave")],
+            )],
+            users: vec![("alice", alice_key), ("dave", KEY_DAVE)],
+            ..Setup::default()
+        });
+        s.overrides
+            .push(("CLINIKO_GATEWAY__REDIS__URL", redis.url.clone()));
+        Harness::start(s)
+    };
+    let (a, b) = (replica(KEY_ALICE).await, replica(KEY_DAVE).await);
+    for h in [&a, &b] {
+        let bus = h.gateway().cache_bus();
+        eventually("subscribed", || async { bus.subscribed() == Some(true) }).await;
+    }
+    b.get_as("dave", "/v1/patients?per_page=1").await;
+    assert_eq!(b.cache().entry_count().await, 1);
+    let (status, body) = admin(
+        &a,
+        Method::POST,
+        "/admin/cache/purge?user=alice",
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let cache = b.cache();
+    eventually("emptied", || async { cache.entry_count().await == 0 }).await;
+    let stats = b.gateway().cache_bus().stats();
+    assert_eq!(stats.received.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
