@@ -296,7 +296,11 @@ fn not_yet(channel: &str, retrying: bool, e: &dyn std::fmt::Display) {
     if retrying {
         tracing::debug!(channel, error = %e, "cache invalidations: cannot subscribe yet");
     } else {
-        tracing::warn!(channel, error = %e, "cache invalidations: cannot subscribe yet; retrying, and the cache is cleared once subscribed");
+        tracing::warn!(
+            channel,
+            error = %e,
+            "cache invalidations: cannot subscribe yet; the cache is cleared once subscribed"
+        );
     }
 }
 

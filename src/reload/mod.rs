@@ -3,9 +3,10 @@
 //! keep what they started with):
 //! - the key store, in place;
 //! - the reloadable parts of the config (`[auth]` keys and claims, `[policy]`, `[ratelimit]`,
-//!   `[redis]`, `[cache]`, `[cors]`): the config file is read and validated again and a new stack set is swapped
-//!   in (see [`config`]). Other sections need a restart: a change there is logged, shown by
-//!   `config_restart_pending` and in the admin reply, and otherwise ignored.
+//!   `[redis]`, `[cache]`, `[cors]`): the config file is read and validated again and a new
+//!   stack set is swapped in (see [`config`]). Other sections need a restart: a change there
+//!   is logged, shown by `config_restart_pending` and in the admin reply, and otherwise
+//!   ignored.
 //!
 //! A file that does not load completely (bad TOML, a bad field, wrong master key, tampered
 //! entry or a key store failing its integrity MAC, an unreachable new JWKS) is refused: the
