@@ -1,6 +1,7 @@
 # Shared set-up for the benchmark scripts (sourced, not run): tools, a release build, a work
 # dir, a throwaway PKI, the upstream (nginx over TLS 1.3 serving Cliniko-style JSON with
-# absolute links) and gateway configs. Expects UP (upstream port) to be set.
+# absolute links; gzip when UP_GZIP is set) and gateway configs. Expects UP (upstream port) to
+# be set.
 
 need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
 need nginx nginx; need wrk wrk; need openssl openssl; need taskset util-linux
@@ -39,6 +40,18 @@ pts = [{"id": str(836447129235883061 + i), "first_name": f"Ada{i}", "last_name":
         "links": {"self": f"{base}/patients/{836447129235883061 + i}"}} for i in range(36)]
 print(json.dumps({"patients": pts, "total_entries": 1200,
   "links": {"self": f"{base}/patients?page=1&per_page=36", "next": f"{base}/patients?page=2&per_page=36"}}))
+PY
+# The same records, 100 to a page (the largest page Cliniko sends), for bytes-per-page figures.
+python3 - <<'PY' >"$w/page100.json"
+import json
+base = "https://api.au1.cliniko.com/v1"
+pts = [{"id": str(836447129235883061 + i), "first_name": f"Ada{i}", "last_name": "Lovelace",
+        "date_of_birth": "1941-02-02", "email": f"ada{i}@example.invalid",
+        "telehealth_url": f"https://acme.cliniko.com/telehealth/{i}",
+        "appointments": {"links": {"self": f"{base}/patients/{836447129235883061 + i}/appointments"}},
+        "links": {"self": f"{base}/patients/{836447129235883061 + i}"}} for i in range(100)]
+print(json.dumps({"patients": pts, "total_entries": 1200,
+  "links": {"self": f"{base}/patients?page=1&per_page=100", "next": f"{base}/patients?page=2&per_page=100"}}))
 PY
 key="benchkey0000000000000000-au1"
 basic=$(printf '%s:' "$key" | base64 -w0)
@@ -88,6 +101,9 @@ http {
     access_log $w/up-conns.log conn buffer=64k flush=50ms;
     location / { default_type application/json; etag on; root $w; try_files /list.json =404; }
     location /v1/businesses { default_type application/json; etag on; root $w; try_files /small.json =404; }
+    location /v1/bookings { default_type application/json; etag on; root $w; try_files /page100.json =404; }
+    # UP_GZIP=1: gzip for clients that ask, as Cliniko does (nginx's default level, 1).
+    ${UP_GZIP:+gzip on; gzip_types application/json; gzip_min_length 256;}
     location /v1/invoices/export { default_type application/json; root $w; try_files /big.json =404; }
   }
 }

@@ -73,15 +73,11 @@ where
         accept: req.headers().get(header::ACCEPT).cloned(),
     };
     let is_head = method == Method::HEAD;
-    let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
     let ctx = RequestContext::of(&req).cloned();
-    let gzip = ctx.as_ref().is_some_and(|c| c.accepts_gzip());
-    let inm = if_none_match.clone();
-    let asked = |how| Asked {
-        how,
+    let asked = Asked {
         is_head,
-        if_none_match: inm.as_ref(),
-        gzip,
+        if_none_match: req.headers().get(header::IF_NONE_MATCH).cloned(),
+        gzip: ctx.as_ref().is_some_and(|c| c.accepts_gzip()),
     };
 
     // A stale entry with an ETag is revalidated rather than refetched.
@@ -90,7 +86,7 @@ where
         if entry.is_fresh() {
             cache.stats.hits.fetch_add(1, Ordering::Relaxed);
             note(ctx.as_ref(), CacheOutcome::Hit);
-            return serve(&entry, asked(CacheOutcome::Hit));
+            return serve(&entry, CacheOutcome::Hit, &asked);
         }
         if entry.etag().is_some() {
             stale = Some(entry);
@@ -127,7 +123,7 @@ where
                 cache.stats.misses.fetch_add(1, Ordering::Relaxed);
             }
             note(ctx.as_ref(), how);
-            serve(&e, asked(how))
+            serve(&e, how, &asked)
         }
         Landed::Failed(e) => Err(e),
         Landed::Uncacheable => {
@@ -138,7 +134,7 @@ where
                 // We waited on someone else's uncacheable answer: ask Cliniko ourselves.
                 None => {
                     inner
-                        .oneshot(fill_request(&template, if_none_match))
+                        .oneshot(fill_request(&template, asked.if_none_match))
                         .await?
                 }
             };
@@ -404,11 +400,9 @@ fn prepend(head: Bytes, tail: Body) -> Body {
 }
 
 /// How one caller is to be answered from an entry.
-#[derive(Clone, Copy)]
-struct Asked<'a> {
-    how: CacheOutcome,
+struct Asked {
     is_head: bool,
-    if_none_match: Option<&'a HeaderValue>,
+    if_none_match: Option<HeaderValue>,
     /// The caller takes gzip (the compression layer said so in the context).
     gzip: bool,
 }
@@ -416,9 +410,9 @@ struct Asked<'a> {
 /// Builds the answer from an entry: 304 when the caller's validator matches, else the body
 /// (shared, not copied; the gzip copy as it is to a caller that takes gzip, decoded for one
 /// that does not); HEAD gets the identity headers only.
-fn serve(e: &Entry, a: Asked<'_>) -> Result<Response<Body>, GatewayError> {
+fn serve(e: &Entry, how: CacheOutcome, a: &Asked) -> Result<Response<Body>, GatewayError> {
     let not_modified =
-        matches!((a.if_none_match, e.etag()), (Some(i), Some(t)) if etag_matches(i, t));
+        matches!((&a.if_none_match, e.etag()), (Some(i), Some(t)) if etag_matches(i, t));
     let as_stored = e.gzipped && a.gzip;
     let mut resp = if not_modified || a.is_head {
         Response::new(Body::empty())
@@ -440,7 +434,7 @@ fn serve(e: &Entry, a: Asked<'_>) -> Result<Response<Body>, GatewayError> {
     } else {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(e.plain_len));
     }
-    Ok(mark(resp, a.how, Some(e.age_secs())))
+    Ok(mark(resp, how, Some(e.age_secs())))
 }
 
 /// A HEAD caller answered from a GET gets the GET's headers and no body.
