@@ -9,6 +9,7 @@ mod compression;
 mod config;
 mod docs;
 mod dropin;
+mod enrol;
 mod faults;
 mod hostile;
 mod leaks;
