@@ -7,6 +7,7 @@ mod cache;
 mod cli;
 mod compression;
 mod config;
+mod connect_page;
 mod docs;
 mod dropin;
 mod enrol;
