@@ -255,3 +255,27 @@ fn b64(key: &str) -> String {
 fn basic(key: &str) -> String {
     format!("Basic {}", b64(key))
 }
+
+#[tokio::test]
+async fn a_change_without_a_notification_is_served_by_the_revision_poll() {
+    let Some(pg) = PgServer::start() else { return };
+    let h = Harness::start(on(&pg, vec![("alice", KEY_ALICE)])).await;
+    let (ops, master) = ops_store(&pg).await;
+    ops.add(&master, new_key("dave", KEY_DAVE)).await.unwrap();
+    let with_dave = pg.psql("SELECT document FROM cliniko_gateway_keystore");
+    assert!(ops.remove(&master, "dave").await.unwrap());
+    let gone = within(STATED, || async { status_of(&h, "dave").await == 403 }).await;
+    assert!(gone.is_some());
+    // A write that sends no NOTIFY (a restored backup, say): only the poll can see it.
+    let doc = with_dave.trim_end();
+    assert!(!doc.contains("$doc$"));
+    pg.psql(&format!(
+        "UPDATE cliniko_gateway_keystore SET document = $doc${doc}\n$doc$, revision = revision + 1"
+    ));
+    let took = within(STATED, || async { status_of(&h, "dave").await == 200 }).await;
+    eprintln!("a silent change served after {took:?}");
+    assert!(
+        took.is_some(),
+        "the revision poll served it within the stated time"
+    );
+}
