@@ -261,19 +261,12 @@ async fn the_page_is_served_with_a_hash_only_policy() {
     );
 }
 
-#[tokio::test]
-async fn the_key_never_appears_in_logs_responses_or_metrics() {
-    let sb = cliniko_gateway::sandbox::Sandbox::start(cliniko_gateway::sandbox::SandboxOptions {
-        accounts: vec![account(KEY_DAVE, "Dave")],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
-    let dir = process_config_dir(&sb, "", &format!("{POLICY}{admin}"), &[]);
+/// The real binary at `RUST_LOG=trace` on the config in `dir` (enrolment and the admin
+/// listener on): the child, its output, its public and admin base URLs.
+async fn serve_binary(dir: &std::path::Path) -> (tokio::process::Child, ChildLogs, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cliniko-gateway"))
         .args(["serve", "--config"])
-        .arg(dir.path().join("gw.toml"))
+        .arg(dir.join("gw.toml"))
         .env("CLINIKO_GATEWAY_HMAC_SECRET", HMAC)
         .env("CLINIKO_GATEWAY_MASTER_KEY", MASTER)
         .env("CLINIKO_GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -290,55 +283,51 @@ async fn the_key_never_appears_in_logs_responses_or_metrics() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         format!("http://{}", v[f].as_str().unwrap())
     };
-    let (base, admin_base) = (
-        field(&listening, "local_addr"),
-        field(&admin_line, "admin_addr"),
-    );
-    let client = plain_client();
-    let send = |method: Method, url: String, auth: String, body: String| {
-        let req = http::Request::builder()
-            .method(method)
-            .uri(url)
-            .header("authorization", auth)
-            .body(http_body_util::Full::new(Bytes::from(body)))
-            .unwrap();
-        let client = client.clone();
-        async move {
-            use http_body_util::BodyExt as _;
-            let r = client.request(req).await.unwrap();
-            let head = format!("{:?}", r.headers());
-            let body = r.into_body().collect().await.unwrap().to_bytes();
-            format!("{head}{}", String::from_utf8_lossy(&body))
-        }
-    };
+    let base = field(&listening, "local_addr");
+    (child, logs, base, field(&admin_line, "admin_addr"))
+}
+
+/// One request; its response head and body as text.
+async fn exchange(method: Method, url: String, auth: String, body: String) -> String {
+    use http_body_util::BodyExt as _;
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", auth)
+        .body(http_body_util::Full::new(Bytes::from(body)))
+        .unwrap();
+    let r = plain_client().request(req).await.unwrap();
+    let head = format!("{:?}", r.headers());
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    format!("{head}{}", String::from_utf8_lossy(&body))
+}
+
+#[tokio::test]
+async fn the_key_never_appears_in_logs_responses_or_metrics() {
+    let sb = cliniko_gateway::sandbox::Sandbox::start(cliniko_gateway::sandbox::SandboxOptions {
+        accounts: vec![account(KEY_DAVE, "Dave")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let dir = process_config_dir(&sb, "", &format!("{POLICY}{admin}"), &[]);
+    let (mut child, mut logs, base, admin_base) = serve_binary(dir.path()).await;
     let url = format!("{base}{API}");
     let auth = format!("Bearer {}", connect_token("dave"));
     let body = |k: &str| serde_json::json!({ "key": k }).to_string();
-    let mut seen = vec![
-        send(Method::PUT, url.clone(), auth.clone(), body(KEY_DAVE)).await,
-        send(Method::PUT, url.clone(), auth.clone(), body(KEY_UNKNOWN)).await,
-        send(Method::PUT, url.clone(), auth.clone(), body("bad key-au1")).await,
-        send(Method::PUT, url.clone(), auth.clone(), body(KEY_DAVE)).await,
-        send(Method::GET, url.clone(), auth.clone(), String::new()).await,
-        send(
-            Method::GET,
-            format!("{base}/v1/patients"),
-            auth.clone(),
-            String::new(),
-        )
-        .await,
-    ];
+    let mut seen = vec![];
+    for key in [KEY_DAVE, KEY_UNKNOWN, "bad key-au1", KEY_DAVE] {
+        seen.push(exchange(Method::PUT, url.clone(), auth.clone(), body(key)).await);
+    }
+    seen.push(exchange(Method::GET, url.clone(), auth.clone(), String::new()).await);
+    let patients = format!("{base}/v1/patients");
+    seen.push(exchange(Method::GET, patients, auth.clone(), String::new()).await);
     let erin = format!("Bearer {}", connect_token("erin"));
-    seen.push(send(Method::PUT, url.clone(), erin, body(KEY_DAVE)).await);
-    seen.push(
-        send(
-            Method::GET,
-            format!("{admin_base}/metrics"),
-            format!("Bearer {ADMIN_TOKEN}"),
-            String::new(),
-        )
-        .await,
-    );
+    seen.push(exchange(Method::PUT, url.clone(), erin, body(KEY_DAVE)).await);
+    let admin_auth = format!("Bearer {ADMIN_TOKEN}");
+    let metrics = format!("{admin_base}/metrics");
+    seen.push(exchange(Method::GET, metrics, admin_auth, String::new()).await);
     assert!(
         seen[0].contains(&credentials::fingerprint(KEY_DAVE)),
         "{}",
