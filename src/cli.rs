@@ -289,6 +289,30 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `keys migrate`: copies the file store at `from` into the database store.
+async fn migrate(
+    store: &credentials::Backend,
+    m: &config::MasterKey,
+    from: &std::path::Path,
+) -> Result<(), KeysFailed> {
+    if store.database().is_none() {
+        let e = ConfigError::new(
+            "keystore.store",
+            "keys migrate copies into the database store",
+            "set keystore.store = \"postgres\" (and CLINIKO_GATEWAY_POSTGRES_URL) in the config given with --config",
+        );
+        eprintln!("{e}");
+        return Err(KeysFailed::Usage(ExitCode::from(64)));
+    }
+    let n = store.import(m, from).await?;
+    println!(
+        "copied {n} users from {} into {}",
+        from.display(),
+        store.place().display()
+    );
+    Ok(())
+}
+
 /// `keys import`: parses every stdin line first, then stores them all in one signed write.
 async fn import(store: &credentials::Backend, m: &config::MasterKey) -> Result<(), KeysFailed> {
     let usage = || KeysFailed::Usage(ExitCode::from(64));
@@ -450,25 +474,7 @@ async fn keys_on(
                 println!("{user} had no key");
             }
         }
-        KeysAction::Migrate { from, .. } => {
-            if store.database().is_none() {
-                eprintln!(
-                    "{}",
-                    ConfigError::new(
-                        "keystore.store",
-                        "keys migrate copies into the database store",
-                        "set keystore.store = \"postgres\" (and CLINIKO_GATEWAY_POSTGRES_URL) in the config given with --config"
-                    )
-                );
-                return Err(KeysFailed::Usage(ExitCode::from(64)));
-            }
-            let n = store.import(m, &from).await?;
-            println!(
-                "copied {n} users from {} into {}",
-                from.display(),
-                store.place().display()
-            );
-        }
+        KeysAction::Migrate { from, .. } => migrate(store, m, &from).await?,
     }
     Ok(())
 }

@@ -71,16 +71,21 @@ impl Gateway {
         let inflight = crate::inflight::InFlight::new(cfg.upstream.max_in_flight_per_user);
         let bus = crate::cache::CacheBus::new(credentials.clone());
         bus.configure(&cfg.redis);
+        let limits = crate::guard::Limits {
+            max_body: cfg.server.max_body_bytes,
+            authority,
+        };
+        let enrol = cfg.enrol.enabled.then(|| {
+            crate::enrol::Enrol::new(credentials.clone(), &cfg.enrol.grant, limits.clone())
+        });
         let fixed = Fixed {
             credentials: credentials.clone(),
             inflight: inflight.clone(),
             upstream,
             readiness: readiness.clone(),
             context: crate::context::ContextLayer::new(&cfg.server.trusted_proxies),
-            limits: crate::guard::Limits {
-                max_body: cfg.server.max_body_bytes,
-                authority,
-            },
+            limits,
+            enrol,
             metrics: Some(Arc::new(metrics.http())),
             http,
             telemetry: telemetry.clone(),

@@ -155,10 +155,32 @@ fn bad(code: &'static str, message: &'static str) -> GatewayError {
 
 /// Every check that needs only the request head.
 pub fn check<B>(req: &Request<B>, limits: &Limits) -> Result<(), GatewayError> {
-    let max_body = limits.max_body;
     check_method(req.method())?;
     check_authority(req, &limits.authority)?;
     check_path(req.uri().path())?;
+    check_length(req, limits.max_body)
+}
+
+/// The checks about the message rather than the route, for a route of the gateway's own that
+/// branches off before the guard (enrolment): an unusable target, the `Host` rule, the method,
+/// an absolute-form target naming another host, an ambiguous or declared-too-large length
+/// (`max_body`: that route's own limit).
+pub fn check_message<B>(
+    req: &Request<B>,
+    limits: &Limits,
+    max_body: u64,
+) -> Result<(), GatewayError> {
+    if crate::context::Context::of(req).is_some_and(|c| c.arrival.unusable_target) {
+        return Err(unusable_target());
+    }
+    check_host(req)?;
+    check_method(req.method())?;
+    check_authority(req, &limits.authority)?;
+    check_length(req, max_body)
+}
+
+/// Content-Length with Transfer-Encoding (400), a declared length over `max_body` (413).
+fn check_length<B>(req: &Request<B>, max_body: u64) -> Result<(), GatewayError> {
     let h = req.headers();
     let both = h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH);
     if both || crate::context::Context::of(req).is_some_and(|c| c.arrival.ambiguous_length) {

@@ -20,6 +20,7 @@ pub mod cors;
 pub mod credentials;
 #[cfg(feature = "sandbox")]
 pub mod demo;
+pub mod enrol;
 pub mod error;
 pub mod framing;
 pub mod gateway;

@@ -9,6 +9,7 @@ use crate::cache::Cache;
 use crate::context::ContextLayer;
 use crate::cors::Cors;
 use crate::credentials::Credentials;
+use crate::enrol::{Enrol, EnrolLayer};
 use crate::guard::{GuardLayer, Readiness};
 use crate::inflight::InFlight;
 use crate::policy::Policy;
@@ -49,6 +50,8 @@ pub struct Fixed {
     pub bus: Arc<crate::cache::CacheBus>,
     /// Compressed answers for callers that ask (`None`: off).
     pub compression: Option<crate::compression::Compress>,
+    /// Self-service key enrolment (`None`: off, and its routes are 404s like any non-/v1 path).
+    pub enrol: Option<Arc<Enrol>>,
 }
 
 /// The parts a config reload may replace.
@@ -63,6 +66,17 @@ pub struct Parts {
     pub ratelimits: Option<Arc<RateLimits>>,
     /// CORS for browser apps (`None`: off).
     pub cors: Option<Cors>,
+}
+
+/// What checks a key being enrolled with Cliniko: the tail of the journey, from the in-flight
+/// cap on.
+fn verify(f: &Fixed, p: &Parts) -> crate::enrol::Verify {
+    BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            .layer(OptionalLayer(Some(f.inflight.clone())))
+            .layer(OptionalLayer(p.ratelimits.clone()))
+            .service(UpstreamService(f.upstream.clone())),
+    )
 }
 
 /// The whole gateway as one cloneable service.
@@ -93,6 +107,14 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
         // nothing; outside the cache, which may answer with its stored gzip copy as it is
         // (this layer records in the context that the caller takes gzip). Absent when off.
         .option_layer(f.compression.clone())
+        // Enrolment's own routes (src/enrol/ owns them) branch off before the guard, whose
+        // rules are for the proxied /v1, and check keys with Cliniko through the same in-flight
+        // cap, rate limits and upstream as below. Absent when off.
+        .option_layer(
+            f.enrol
+                .clone()
+                .map(|e| EnrolLayer::new(e, p.authn.clone(), p.policy.clone(), verify(f, p))),
+        )
         // Cheap refusals before any crypto: local routes, bad targets, framing, body limit.
         .layer(GuardLayer::new(f.limits.clone(), f.readiness.clone()))
         // Who is calling (401).

@@ -117,6 +117,9 @@ pub struct Credential {
     pub cliniko_user: Option<Arc<str>>,
     /// When Cliniko last accepted the key at enrolment (RFC 3339); `None` for keys ops added.
     pub verified_at: Option<Arc<str>>,
+    /// A key being checked before it is stored ([`Credentials::candidate`]): Cliniko
+    /// refusing it is an answer to the person enrolling, not a stored key to rotate.
+    pub candidate: bool,
     auth_header: http::HeaderValue,
     budget: Arc<str>,
 }
@@ -145,6 +148,7 @@ impl Credential {
             key_id,
             cliniko_user,
             verified_at: None,
+            candidate: false,
             auth_header,
             budget,
         })

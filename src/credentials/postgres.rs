@@ -56,14 +56,16 @@ impl PgStore {
         let mut config = tokio_postgres::Config::from_str(url.expose_secret()).map_err(|_| {
             db_error(
                 "read the URL",
-                "not a PostgreSQL URL (postgresql://user@host:port/db, or key=value pairs)",
+                "CLINIKO_GATEWAY_POSTGRES_URL (or the keystore.postgres_url_file) is not a \
+                 PostgreSQL URL; write it as postgresql://user@host:port/db",
             )
         })?;
         if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
             return Err(db_error(
                 "read the URL",
-                "sslmode=require is not supported: TLS to the database is not built in; reach it \
-                 over loopback, a unix socket or a local TLS proxy (docs/key-store.md)",
+                "sslmode=require in CLINIKO_GATEWAY_POSTGRES_URL is not supported: TLS to the \
+                 database is not built in; reach it over loopback, a unix socket or a local TLS \
+                 proxy, and drop sslmode (docs/key-store.md)",
             ));
         }
         if config.get_connect_timeout().is_none() {

@@ -5,7 +5,7 @@
 //! the whole load, so a running gateway keeps its previous store instead.
 
 use super::edit::{AddOutcome, NewKey};
-use super::{Backend, Credential, KeyStoreError, crypto, file, validate_name};
+use super::{ApiKey, Backend, Credential, KeyStoreError, crypto, file, validate_name};
 use crate::config::{KeyStoreConfig, MasterKey};
 use arc_swap::ArcSwap;
 use secrecy::ExposeSecret;
@@ -274,6 +274,16 @@ impl Credentials {
             Some(pg) => Ok(pg.revision().await? != self.revision.load(Ordering::Acquire)),
             None => Ok(false),
         }
+    }
+
+    /// A credential for `key`, not stored: what enrolment checks with Cliniko first. It
+    /// spends the budget the key will have once stored (`key:<key id>`).
+    pub fn candidate(&self, key: ApiKey) -> Result<Arc<Credential>, KeyStoreError> {
+        let id = crypto::derive_key_id(self.master.expose_secret(), &key);
+        let mut cred = Credential::new(key, id, None)
+            .map_err(|_| KeyStoreError::InvalidApiKey("its shard suffix is not a shard name"))?;
+        cred.candidate = true;
+        Ok(Arc::new(cred))
     }
 
     /// Stores `new` (under the store's lock), then serves it at once on this replica.

@@ -172,6 +172,17 @@ pub enum GatewayError {
     /// Cliniko did not answer within the configured timeout.
     #[error("Cliniko did not answer in time")]
     UpstreamTimeout,
+    /// A refusal by one of the gateway's own routes outside the proxy (enrolment), with its
+    /// own status and code. The message is written by that route and never holds a secret.
+    #[error("{message}")]
+    Refused {
+        /// The HTTP status.
+        status: StatusCode,
+        /// Stable code, e.g. `key_in_use`.
+        code: &'static str,
+        /// Human explanation.
+        message: String,
+    },
     /// A bug; details go to the log, never to the caller.
     #[error("internal error")]
     Internal,
@@ -196,6 +207,7 @@ impl GatewayError {
             GatewayError::TooManyInFlight { .. } => "too_many_in_flight",
             GatewayError::RateLimiterUnavailable => "rate_limiter_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::Refused { code, .. } => code,
             GatewayError::Internal => "internal",
         }
     }
@@ -224,6 +236,7 @@ impl GatewayError {
             }
             GatewayError::RateLimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Refused { status, .. } => *status,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -156,6 +156,20 @@ impl Policy {
         Err(GatewayError::Forbidden { needed })
     }
 
+    /// Whether the token's claims carry `grant` as a value of one of the policy's claims,
+    /// whether or not `[policy.grants]` defines it: how a route of the gateway's own outside
+    /// `/v1` (enrolment) is allowed by a grant that lists no paths.
+    pub fn names(&self, claims: &Map<String, Value>, grant: &str) -> bool {
+        self.claims
+            .iter()
+            .filter_map(|name| claim(claims, name))
+            .any(|v| match v {
+                Value::String(s) => s.split_ascii_whitespace().any(|g| g == grant),
+                Value::Array(items) => items.iter().any(|g| g.as_str() == Some(grant)),
+                _ => false,
+            })
+    }
+
     /// The names of the grants a token's claims give (for diagnostics and tests).
     pub fn grant_names(&self, claims: &Map<String, Value>) -> Vec<&str> {
         let mut found: Vec<usize> = Vec::new();

@@ -7,7 +7,7 @@ use secrecy::ExposeSecret;
 
 /// The sections that need a restart and differ between the running config and `new`: they
 /// shape the listener, the upstream client, the key store's location and key, the admin
-/// listener, logging and telemetry, all set up once.
+/// listener, enrolment, logging and telemetry, all set up once.
 pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     // Sections compare by value; their secrets by digest (see `config::Secret`).
     let (a, b) = (running, new);
@@ -15,6 +15,7 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         ("server", a.server != b.server),
         ("upstream", a.upstream != b.upstream),
         ("keystore", a.keystore != b.keystore),
+        ("enrol", a.enrol != b.enrol),
         ("admin", a.admin != b.admin),
         ("compression", a.compression != b.compression),
         ("log", a.log != b.log),

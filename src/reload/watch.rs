@@ -60,7 +60,8 @@ impl Reloader {
             let Some(keys) = &keys else { continue };
             let now = signature(keys);
             if now.is_none() {
-                if !missing_logged {
+                // Never there (enrolment on, before its first write): nothing is missing.
+                if !missing_logged && seen_keys.is_some() {
                     tracing::warn!(path = %keys.display(), "key-store file is missing; keeping the current store");
                     missing_logged = true;
                 }

@@ -111,6 +111,10 @@ impl Upstream {
             s.status(status.as_u16());
         }
         ctx.set_upstream_status(status.as_u16());
+        if status == StatusCode::UNAUTHORIZED && cred.candidate {
+            // A key being enrolled: the person enrolling gets the refusal; nothing to rotate.
+            return Err(GatewayError::CredentialRejected);
+        }
         if status == StatusCode::UNAUTHORIZED {
             if let Some(m) = &self.metrics {
                 m.credential_rejected(&cred.fingerprint);

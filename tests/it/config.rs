@@ -240,6 +240,26 @@ fn each_rejection_names_its_field() {
             },
             "keystore.master_key",
         ),
+        (
+            with("keystore", "postgres_url = \"postgresql://u:pw@db/gw\""),
+            e.clone(),
+            "keystore.postgres_url",
+        ),
+        (
+            with("keystore", "store = \"postgres\""),
+            e.clone(),
+            "keystore.postgres_url",
+        ),
+        (
+            MINIMAL.replace("path = \"keys.json\"\n", ""),
+            e.clone(),
+            "keystore.path",
+        ),
+        (
+            format!("{MINIMAL}[enrol]\nenabled = true\ngrant = \"a b\"\n"),
+            e.clone(),
+            "enrol.grant",
+        ),
     ];
     for (text, e, want) in cases {
         let got = field_of(&text, &e);
@@ -310,4 +330,19 @@ fn a_redis_field_set_under_both_names_is_refused_naming_both() {
     let file_new = format!("{MINIMAL}[redis]\nfailure = \"open\"\n");
     let e = env(&[("CLINIKO_GATEWAY__RATELIMIT__REDIS_FAILURE", "closed")]);
     assert_eq!(field_of(&file_new, &e), "ratelimit.redis_failure");
+}
+
+#[test]
+fn the_database_url_is_a_secret_that_check_config_never_prints() {
+    let url = "postgresql://gw:S3cretPw@db.internal/gateway";
+    let e = env(&[("CLINIKO_GATEWAY_POSTGRES_URL", url)]);
+    let text = MINIMAL.replace("[keystore]\n", "[keystore]\nstore = \"postgres\"\n");
+    let cfg = load_str(&text, Path::new("/etc/gw"), &e).unwrap();
+    let shown = format!("{cfg:?}{}", toml::to_string_pretty(&cfg).unwrap());
+    assert!(
+        !shown.contains("S3cretPw") && !shown.contains("db.internal"),
+        "{shown}"
+    );
+    use secrecy::ExposeSecret as _;
+    assert_eq!(cfg.keystore.postgres_url.unwrap().expose_secret(), url);
 }

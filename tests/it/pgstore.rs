@@ -19,6 +19,7 @@ const STATED: Duration = Duration::from_secs(4);
 /// A harness on `pg`'s database, with alice's and dave's accounts on the au1 stand-in.
 fn on(pg: &PgServer, users: Vec<(&'static str, &'static str)>) -> Setup {
     Setup {
+        policy_toml: crate::enrol::POLICY.into(),
         shards: vec![(
             "au1",
             vec![account(KEY_ALICE, "Alice"), account(KEY_DAVE, "Dave")],
@@ -65,7 +66,15 @@ fn new_key(user: &str, key: &str) -> NewKey {
 }
 
 async fn status_of(h: &Harness, user: &str) -> u16 {
-    h.get_as(user, "/v1/patients").await.status.as_u16()
+    let auth = format!("Bearer {}", crate::enrol::connect_token(user));
+    let headers = [("authorization", auth.as_str())];
+    let g = h.send(
+        http::Method::GET,
+        "/v1/patients",
+        &headers,
+        bytes::Bytes::new(),
+    );
+    g.await.status.as_u16()
 }
 
 #[tokio::test]
@@ -74,7 +83,15 @@ async fn two_gateways_on_one_database_see_each_others_changes_within_the_stated_
     let a = Harness::start(on(&pg, vec![("alice", KEY_ALICE)])).await;
     let b = Harness::start(on(&pg, vec![])).await;
     assert_eq!(status_of(&b, "alice").await, 200, "b reads what a stored");
-    let denied = b.get_as("dave", "/v1/patients").await;
+    let auth = format!("Bearer {}", crate::enrol::connect_token("dave"));
+    let denied = b
+        .send(
+            http::Method::GET,
+            "/v1/patients",
+            &[("authorization", &auth)],
+            bytes::Bytes::new(),
+        )
+        .await;
     assert_eq!(
         (denied.status.as_u16(), denied.code().as_str()),
         (403, "no_credential")
@@ -237,4 +254,28 @@ fn b64(key: &str) -> String {
 
 fn basic(key: &str) -> String {
     format!("Basic {}", b64(key))
+}
+
+#[tokio::test]
+async fn a_change_without_a_notification_is_served_by_the_revision_poll() {
+    let Some(pg) = PgServer::start() else { return };
+    let h = Harness::start(on(&pg, vec![("alice", KEY_ALICE)])).await;
+    let (ops, master) = ops_store(&pg).await;
+    ops.add(&master, new_key("dave", KEY_DAVE)).await.unwrap();
+    let with_dave = pg.psql("SELECT document FROM cliniko_gateway_keystore");
+    assert!(ops.remove(&master, "dave").await.unwrap());
+    let gone = within(STATED, || async { status_of(&h, "dave").await == 403 }).await;
+    assert!(gone.is_some());
+    // A write that sends no NOTIFY (a restored backup, say): only the poll can see it.
+    let doc = with_dave.trim_end();
+    assert!(!doc.contains("$doc$"));
+    pg.psql(&format!(
+        "UPDATE cliniko_gateway_keystore SET document = $doc${doc}\n$doc$, revision = revision + 1"
+    ));
+    let took = within(STATED, || async { status_of(&h, "dave").await == 200 }).await;
+    eprintln!("a silent change served after {took:?}");
+    assert!(
+        took.is_some(),
+        "the revision poll served it within the stated time"
+    );
 }
