@@ -257,3 +257,47 @@ async fn with_redis_each_replica_shares_fairly_and_the_budget_holds() {
     assert_within_budget(&arrivals(&rig), 40.0, 1);
     stop(tasks);
 }
+
+#[tokio::test]
+async fn queued_requests_get_503_when_redis_dies_and_the_budget_fails_closed() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    // One slot a second, so the queue is still there when Redis goes.
+    let toml = format!(
+        "{}\n[redis]\nurl = \"{}\"\nfailure = \"closed\"\n",
+        budget(1).replace("max_wait = \"30s\"", "max_wait = \"20s\""),
+        redis.url
+    );
+    let rig = Arc::new(Rig::start_env(1, &toml, "", default_users(), &[IN_FLIGHT]).await);
+    let tasks = flood(&rig, 0, "etl", "nightly-sync", 6);
+    wait_until("five queued", Duration::from_secs(10), || {
+        waiting(&rig, 0) >= 5
+    })
+    .await;
+    redis.kill();
+    let started = Instant::now();
+    let mut statuses = vec![];
+    for t in tasks {
+        statuses.push(t.await.unwrap().as_u16());
+    }
+    // The pump's next question fails: every waiter hears it at once, none waits out the
+    // 20 s or gets a 429 (the budget may not be spent unmetered, and was not).
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    statuses.sort();
+    let failed = statuses.iter().filter(|s| **s == 503).count();
+    assert!(
+        failed >= 4 && statuses.iter().all(|s| [200, 503].contains(s)),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        rig.sb.requests().len(),
+        6 - failed,
+        "nothing went upstream unmetered"
+    );
+    assert_eq!(waiting(&rig, 0), 0);
+}
