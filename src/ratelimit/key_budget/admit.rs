@@ -36,7 +36,7 @@ use tokio::time::Instant;
 pub(super) enum Verdict {
     /// The slot is yours.
     Go,
-    /// The budget could not be asked (Redis down, `redis_failure = "closed"`).
+    /// The budget could not be asked (Redis down, `redis.failure = "closed"`).
     Unavailable,
 }
 
