@@ -39,6 +39,9 @@ struct Slot {
     queue: FairQueue<admit::Waker>,
     /// A pump task is serving `queue` (one per busy budget).
     pumping: bool,
+    /// A request is asking the budget directly (nobody was queued): others queue meanwhile,
+    /// so a crowd arriving at once asks the budget (Redis) once, not once each.
+    asking: bool,
     /// µs since the epoch when the pump next asks the budget (0: it is asking now).
     next_try: u64,
     /// The last queue ticket handed out.
@@ -219,7 +222,7 @@ impl KeyBudgets {
             (false, Decision::Admit(w) | Decision::Refuse(w)) => Decision::Refuse(w),
         };
         if self.ops.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
-            t.retain(|_, s| s.waiting > 0 || s.pumping || s.tat > now);
+            t.retain(|_, s| s.waiting > 0 || s.pumping || s.asking || s.tat > now);
         }
         d
     }

@@ -192,3 +192,40 @@ impl RateLimits {
         self.pauses.send_modify(|c| *c += 1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::User;
+    use crate::config::shares::{Class, Share};
+
+    #[tokio::test]
+    async fn a_reload_applies_new_weights_and_keeps_the_queues() {
+        let mut cfg = RateLimitConfig::default();
+        let redis = RedisConfig::default();
+        let a = RateLimits::new(&cfg, &redis).unwrap().unwrap();
+        cfg.shares.apps.insert(
+            "sync".into(),
+            Share {
+                weight: 7,
+                class: Class::Batch,
+            },
+        );
+        let b = RateLimits::reconfigure(&cfg, &redis, Some(&a))
+            .unwrap()
+            .unwrap();
+        let (qa, qb) = (a.budget.as_ref().unwrap(), b.budget.as_ref().unwrap());
+        assert!(
+            Arc::ptr_eq(qa, qb),
+            "the same budgets: who waits stays queued"
+        );
+        let user = User {
+            id: Arc::from("u"),
+            claims: Arc::default(),
+            app: Some(Arc::from("sync")),
+        };
+        let now = b.shares.of(Some(&user));
+        assert_eq!((now.weight, now.class), (7, Class::Batch));
+        assert_eq!(a.shares.of(Some(&user)).weight, 1, "before the reload");
+    }
+}

@@ -27,6 +27,7 @@ mod reload;
 mod replicas;
 mod resilience;
 mod server;
+mod shares;
 mod support;
 mod targets;
 mod telemetry;

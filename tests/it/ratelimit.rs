@@ -29,18 +29,18 @@ const KEY_ERIN: &str = "erinkey00000000000000000-au1";
 const KEY_FRANK: &str = "frankkey0000000000000000-au1";
 
 /// A stand-in on au1 and `n` gateways in front of it, sharing one key store.
-struct Rig {
-    sb: Sandbox,
-    gws: Vec<Gateway>,
+pub(crate) struct Rig {
+    pub(crate) sb: Sandbox,
+    pub(crate) gws: Vec<Gateway>,
     bases: Vec<String>,
     client: Client<HttpConnector, Full<Bytes>>,
     _dir: tempfile::TempDir,
 }
 
-struct Reply {
+pub(crate) struct Reply {
     /// Unix seconds when the answer arrived.
     at_unix: f64,
-    status: StatusCode,
+    pub(crate) status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
 }
@@ -55,9 +55,9 @@ impl Reply {
 }
 
 /// Users and the key each one uses (with an optional `cliniko_user` label).
-type Users = Vec<(&'static str, &'static str, Option<&'static str>)>;
+pub(crate) type Users = Vec<(&'static str, &'static str, Option<&'static str>)>;
 
-fn default_users() -> Users {
+pub(crate) fn default_users() -> Users {
     vec![
         ("alice", KEY_ALICE, None),
         ("bob", KEY_ALICE, None),
@@ -78,6 +78,17 @@ impl Rig {
         ratelimit_toml: &str,
         extra_toml: &str,
         users: Users,
+    ) -> Rig {
+        Rig::start_env(gateways, ratelimit_toml, extra_toml, users, &[]).await
+    }
+
+    /// [`Rig::start_with`] plus `CLINIKO_GATEWAY__…` overrides.
+    pub(crate) async fn start_env(
+        gateways: usize,
+        ratelimit_toml: &str,
+        extra_toml: &str,
+        users: Users,
+        extra_env: &[(&str, &str)],
     ) -> Rig {
         let pki = Arc::new(TestPki::new().unwrap());
         let sb = Sandbox::start(SandboxOptions {
@@ -121,10 +132,15 @@ format = "text"
             au1 = sb.base_url(),
             policy = crate::support::ALLOW_ALL_POLICY,
         );
-        let env = Env(BTreeMap::from([
+        let mut env = Env(BTreeMap::from([
             ("CLINIKO_GATEWAY_HMAC_SECRET".to_string(), HMAC.to_string()),
             ("CLINIKO_GATEWAY_MASTER_KEY".to_string(), MASTER.to_string()),
         ]));
+        env.0.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
         let mut gws = vec![];
         let mut bases = vec![];
         for i in 0..gateways {
@@ -155,11 +171,18 @@ format = "text"
         }
     }
 
-    fn limits(&self, i: usize) -> Arc<RateLimits> {
+    pub(crate) fn limits(&self, i: usize) -> Arc<RateLimits> {
         self.gws[i].ratelimits().expect("rate limits enabled")
     }
 
-    async fn send(&self, gw: usize, method: Method, path: &str, auth: &str, body: &str) -> Reply {
+    pub(crate) async fn send(
+        &self,
+        gw: usize,
+        method: Method,
+        path: &str,
+        auth: &str,
+        body: &str,
+    ) -> Reply {
         let req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.bases[gw]))

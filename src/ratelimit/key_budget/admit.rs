@@ -1,9 +1,10 @@
 //! Admission to a key budget: a request that cannot go at once waits in the budget's fair
 //! queue ([`crate::ratelimit::fair`]) until a pump hands it a slot, for at most `max_wait`.
 //!
-//! - **Nobody queued** on the budget: the budget alone decides, as before there were queues:
-//!   go now; 429 at once when its next slot is further than `max_wait` (a Cliniko pause,
-//!   `max_wait = 0`); else queue.
+//! - **Nobody queued** on the budget (and nobody else asking it): the budget alone decides,
+//!   as before there were queues: go now; 429 at once when its next slot is further than
+//!   `max_wait` (a Cliniko pause, `max_wait = 0`); else queue. Requests arriving meanwhile
+//!   queue, so a crowd arriving at once costs one question to Redis, not one each.
 //! - **Hopeless**: when the waiters that would go before it ([`FairQueue::ahead`]) already
 //!   take every slot until its `max_wait`, 429 at once rather than after waiting for nothing.
 //! - **Queued**: one pump task per busy budget asks the budget (local GCRA or the Redis
@@ -35,7 +36,7 @@ use tokio::time::Instant;
 pub(super) enum Verdict {
     /// The slot is yours.
     Go,
-    /// The budget could not be asked (Redis down, `redis_failure = "closed"`).
+    /// The budget could not be asked (Redis down, `redis.failure = "closed"`).
     Unavailable,
 }
 
@@ -55,6 +56,21 @@ impl Drop for Waiting<'_> {
             s.waiting = s.waiting.saturating_sub(1);
         }
         self.budgets.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The request asking the budget directly; clears the mark when it has its answer (or is
+/// dropped while asking).
+struct Asking<'a> {
+    budgets: &'a KeyBudgets,
+    id: &'a str,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.budgets.table().get_mut(self.id) {
+            s.asking = false;
+        }
     }
 }
 
@@ -102,25 +118,32 @@ impl KeyBudgets {
         who: &Caller,
         started: Instant,
     ) -> Result<(), GatewayError> {
-        let (_waiting, queued) = self.enter(id)?;
-        if !queued {
-            match self.decide(id, 0, 0, true).await? {
+        let (_waiting, asking) = self.enter(id)?;
+        // µs until the budget's next slot, when this request asked it.
+        let mut next = 0;
+        if let Some(asking) = asking {
+            let answer = self.decide(id, 0, 0, true).await;
+            drop(asking);
+            match answer? {
                 (Decision::Admit(_), _) => return Ok(()),
                 (Decision::Refuse(w), place) if w > micros(self.max_wait) => {
                     return Err(self.refusal(place, w));
                 }
-                (Decision::Refuse(_), _) => {}
+                (Decision::Refuse(w), _) => next = w,
             }
         }
         self.stats.shaped.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let place = self.queue(id, who, tx)?;
+        let place = self.queue(id, who, tx, next)?;
         place.wait(rx, started + self.max_wait).await
     }
 
-    /// Counts the request in, or refuses it when `max_waiting` are in already; whether
-    /// requests are queued on the budget (then it queues behind them, fairly).
-    fn enter<'a>(&'a self, id: &'a Arc<str>) -> Result<(Waiting<'a>, bool), GatewayError> {
+    /// Counts the request in, or refuses it when `max_waiting` are in already. When nobody
+    /// is queued or asking, it may ask the budget itself (`Some`); else it queues, fairly.
+    fn enter<'a>(
+        &'a self,
+        id: &'a Arc<str>,
+    ) -> Result<(Waiting<'a>, Option<Asking<'a>>), GatewayError> {
         let mut t = self.table();
         let slot = t.entry(Arc::clone(id)).or_default();
         if slot.waiting >= self.max_waiting {
@@ -128,17 +151,22 @@ impl KeyBudgets {
             return Err(self.refusal(self.preferred(), micros(self.max_wait)));
         }
         slot.waiting += 1;
-        let queued = slot.pumping;
+        let direct = !slot.pumping && !slot.asking;
+        slot.asking |= direct;
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-        Ok((Waiting { budgets: self, id }, queued))
+        drop(t);
+        let asking = direct.then(|| Asking { budgets: self, id });
+        Ok((Waiting { budgets: self, id }, asking))
     }
 
-    /// Takes a place in the queue, starting the budget's pump if none runs.
+    /// Takes a place in the queue, starting the budget's pump if none runs (`next`: µs to
+    /// the budget's next slot, if known).
     fn queue<'a>(
         self: &'a Arc<Self>,
         id: &'a Arc<str>,
         who: &'a Caller,
         tx: Waker,
+        next: u64,
     ) -> Result<Queued<'a>, GatewayError> {
         let now = self.now_us();
         let place = self.preferred();
@@ -150,7 +178,7 @@ impl KeyBudgets {
         let first = if slot.pumping {
             slot.next_try.saturating_sub(now)
         } else {
-            0
+            next
         };
         let ahead = slot.queue.ahead(who.class, &who.app, who.weight) as u64;
         let wait = first.saturating_add(ahead.saturating_mul(interval));
@@ -366,6 +394,20 @@ mod tests {
         b.replaced_by(&next);
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(log.lock().unwrap().len(), 40, "38 more in half a second");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crowd_arriving_at_once_gets_the_burst_at_once() {
+        // One of them asks the budget, the others queue behind it: the pump hands out the
+        // rest of the burst without waiting for any slot.
+        let b = budgets(1, 50, 1000, 1000);
+        let log: Log = Arc::default();
+        flood(&b, &log, who("desk", Interactive, 1), "desk", 50);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 50);
+        assert!(log.iter().all(|(_, at)| at.is_zero()), "{log:?}");
+        assert!(!b.table()["key:a"].asking);
     }
 
     #[tokio::test(start_paused = true)]
