@@ -259,11 +259,18 @@ impl Credentials {
     /// Re-reads the store (file I/O and decryption off the async threads); on success swaps
     /// it in and returns the user count, on error keeps the old store (the caller logs it).
     pub async fn reload(&self) -> Result<usize, KeyStoreError> {
+        self.swap(true).await
+    }
+
+    /// Loads and serves the stored store; `settle`: remember its revision as served.
+    async fn swap(&self, settle: bool) -> Result<usize, KeyStoreError> {
         let _one = self.reloading.lock().await;
         let (store, revision) = self.backend.load(&self.master, false).await?;
         let n = store.len();
         self.current.store(Arc::new(store));
-        self.revision.store(revision, Ordering::Release);
+        if settle {
+            self.revision.store(revision, Ordering::Release);
+        }
         Ok(n)
     }
 
@@ -300,9 +307,11 @@ impl Credentials {
         Ok(found)
     }
 
-    /// The write is stored; failing to read it back only delays it here (the watch retries).
+    /// Serves a write at once. The revision stays unsettled, so the watch (the file's, or the
+    /// database's, woken by our own notification) reloads once more through the reloader,
+    /// which records it (users gauge, reload counter); a failure here only delays it.
     async fn reload_after_write(&self) {
-        if let Err(e) = self.reload().await {
+        if let Err(e) = self.swap(false).await {
             tracing::error!(error = %e, "key store written but not reloaded; the watch will retry");
         }
     }

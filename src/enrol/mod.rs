@@ -233,9 +233,12 @@ async fn read_key(body: Body) -> Result<ApiKey, GatewayError> {
     let bytes = Limited::new(body, MAX_BODY as usize)
         .collect()
         .await
-        .map_err(|e| match e.is::<http_body_util::LengthLimitError>() {
-            true => GatewayError::BodyTooLarge { limit: MAX_BODY },
-            false => bad_body(),
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                GatewayError::BodyTooLarge { limit: MAX_BODY }
+            } else {
+                bad_body()
+            }
         })?
         .to_bytes();
     // serde's messages can quote the input (the key): only the fact is reported.

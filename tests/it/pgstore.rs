@@ -97,7 +97,38 @@ async fn two_gateways_on_one_database_see_each_others_changes_within_the_stated_
         (403, "no_credential")
     );
 
+    // Dave enrols through a; b serves his key within the stated time.
+    let put = crate::enrol::put_key(&a, "dave", KEY_DAVE).await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let took = within(STATED, || async { status_of(&b, "dave").await == 200 }).await;
+    eprintln!("dave's enrolment through a served by b after {took:?}");
+    assert!(
+        took.is_some(),
+        "b serves a's enrolment within the stated time"
+    );
+    // Both replicas' users gauge follows, the writer's too (its own notification).
+    for h in [&a, &b] {
+        let counted = within(STATED, || async {
+            let text = h.gateway().metrics().render().await.unwrap();
+            text.contains("cliniko_gateway_keystore_users 2")
+        })
+        .await;
+        assert!(counted.is_some(), "keystore_users counts dave");
+    }
+    // Erin cannot take his key through b: the check holds across replicas.
+    let taken = crate::enrol::put_key(&b, "erin", KEY_DAVE).await;
+    assert_eq!(taken.code(), "key_in_use");
+
+    // Ops' changes (the `keys` commands) reach both as well.
     let (ops, master) = ops_store(&pg).await;
+    assert!(ops.remove(&master, "dave").await.unwrap());
+    for h in [&a, &b] {
+        let gone = within(STATED, || async { status_of(h, "dave").await == 403 }).await;
+        assert!(
+            gone.is_some(),
+            "dave's removal served within the stated time"
+        );
+    }
     ops.add(&master, new_key("dave", KEY_DAVE)).await.unwrap();
     for h in [&a, &b] {
         let took = within(STATED, || async { status_of(h, "dave").await == 200 }).await;
