@@ -25,7 +25,7 @@ plain=$(page_bytes) gz=$(page_bytes -H 'Accept-Encoding: gzip')
 echo "bytes from the upstream per 100-record page: identity $plain, gzip $gz ($(awk -v a="$plain" -v b="$gz" 'BEGIN {printf "%.1f", a/b}')x fewer)"
 
 metric() { curl -s -H "Authorization: Bearer $CLINIKO_GATEWAY_ADMIN_TOKEN" \
-  "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+  "http://127.0.0.1:$ADMIN/metrics" | awk -v m="cliniko_gateway_$1" '$1 == m {print $2}'; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 cat >"$w/unique.lua" <<'LUA'
 counter = 0
@@ -48,7 +48,7 @@ for compress in false true; do
   gw_config "$GW" 10000 >"$w/gw.toml"
   add_bench_key "$w/gw.toml"
   CLINIKO_GATEWAY__CACHE__CAPACITY_BYTES=$cap CLINIKO_GATEWAY__CACHE__COMPRESS=$compress \
-    CLINIKO_GATEWAY__ADMIN__LISTEN="127.0.0.1:$ADMIN" \
+    CLINIKO_GATEWAY__ADMIN__LISTEN="127.0.0.1:$ADMIN" CLINIKO_GATEWAY__UPSTREAM__MAX_IN_FLIGHT_PER_USER=64 \
     taskset -c 0 "$bin" serve --config "$w/gw.toml" >"$w/gw-$compress.log" 2>&1 &
   gw=$!; pids+=($gw)
   wait_ports "$GW" "$ADMIN"
@@ -59,7 +59,7 @@ for compress in false true; do
   rps=$(wrk_run "$secs" -s "$w/unique.lua")
   kill "$sampler" 2>/dev/null || true
   peak=$(sort -n "$w/rss-$compress" | tail -1)
-  entries=$(metric cache_entries) held=$(metric cache_bytes)
+  entries=$(metric cache_entries) held=$(metric cache_weighted_bytes)
   printf "%-9s %10s %10s %9.1f %12.1f %14.1f %12s\n" "$compress" "$rps" "$entries" \
     "$(awk -v b="$held" 'BEGIN {print b/1048576}')" "$(awk -v e="$entries" -v c="$cap_mib" 'BEGIN {print e/c}')" \
     "$(awk -v k="$peak" 'BEGIN {print k/1024}')" "$target"

@@ -215,6 +215,32 @@ async fn a_small_gzip_that_decodes_to_a_large_page_streams() {
 }
 
 #[tokio::test]
+async fn a_gzipped_body_that_is_not_json_reaches_a_plain_caller_decoded() {
+    use std::io::Write;
+    let h = Harness::start(Setup::default()).await;
+    let csv = "id,name\n1,Ada\n".repeat(200);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(csv.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    h.sandbox("au1").set_fault(
+        "/v1/invoices",
+        Fault::Raw(
+            200,
+            vec![
+                ("content-type".into(), "text/csv".into()),
+                ("content-encoding".into(), "gzip".into()),
+                ("content-length".into(), gz.len().to_string()),
+            ],
+            gz.into(),
+        ),
+    );
+    let got = h.get_as("alice", "/v1/invoices").await;
+    assert_eq!(got.status, 200);
+    assert!(!got.headers.contains_key("content-encoding"));
+    assert_eq!(got.text(), csv);
+}
+
+#[tokio::test]
 async fn a_gzip_that_does_not_decode_is_a_clean_502() {
     let h = Harness::start(Setup::default()).await;
     let junk = b"\x1f\x8bnot really gzip".to_vec();
