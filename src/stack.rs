@@ -9,7 +9,7 @@ use crate::cache::Cache;
 use crate::context::ContextLayer;
 use crate::cors::Cors;
 use crate::credentials::Credentials;
-use crate::enrol::{Enrol, EnrolLayer};
+use crate::enrol::{Enrol, EnrolRoutes};
 use crate::guard::{GuardLayer, Readiness};
 use crate::inflight::InFlight;
 use crate::policy::Policy;
@@ -110,11 +110,9 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
         // Enrolment's own routes (src/enrol/ owns them) branch off before the guard, whose
         // rules are for the proxied /v1, and check keys with Cliniko through the same in-flight
         // cap, rate limits and upstream as below. Absent when off.
-        .option_layer(
-            f.enrol
-                .clone()
-                .map(|e| EnrolLayer::new(e, p.authn.clone(), p.policy.clone(), verify(f, p))),
-        )
+        .layer(OptionalLayer(f.enrol.clone().map(|e| {
+            EnrolRoutes::new(e, p.authn.clone(), p.policy.clone(), verify(f, p))
+        })))
         // Cheap refusals before any crypto: local routes, bad targets, framing, body limit.
         .layer(GuardLayer::new(f.limits.clone(), f.readiness.clone()))
         // Who is calling (401).

@@ -25,14 +25,12 @@ use crate::credentials::{AddOutcome, ApiKey, Credentials, KeyStoreError, NewKey}
 use crate::error::GatewayError;
 use crate::guard::Limits;
 use crate::policy::Policy;
-use futures_util::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
-use tower::{Service, ServiceExt};
 
 /// The API's path.
 pub const API_PATH: &str = "/gateway/v1/me/cliniko-key";
@@ -65,69 +63,47 @@ impl Enrol {
     }
 }
 
-/// Branches enrolment's routes off the journey; built with each stack, since it verifies
-/// tokens with the serving authenticator and policy.
-#[derive(Clone)]
-pub struct EnrolLayer {
+/// Branches enrolment's routes off the journey (a [`Step`](crate::step::Step)); built with
+/// each stack, since it verifies tokens with the serving authenticator and policy.
+pub struct EnrolRoutes {
     enrol: Arc<Enrol>,
     authn: Arc<Authenticator>,
     policy: Arc<Policy>,
     verify: Verify,
 }
 
-impl EnrolLayer {
-    /// The layer for one stack.
+impl EnrolRoutes {
+    /// The routes for one stack.
     pub fn new(
         enrol: Arc<Enrol>,
         authn: Arc<Authenticator>,
         policy: Arc<Policy>,
         verify: Verify,
-    ) -> Self {
-        EnrolLayer {
+    ) -> Arc<Self> {
+        Arc::new(EnrolRoutes {
             enrol,
             authn,
             policy,
             verify,
-        }
+        })
     }
 }
 
-impl<S> tower::Layer<S> for EnrolLayer {
-    type Service = Enrolment<S>;
-    fn layer(&self, inner: S) -> Enrolment<S> {
-        Enrolment {
-            inner,
-            routes: self.clone(),
-        }
-    }
-}
-
-/// Answers enrolment's routes; passes everything else on.
-#[derive(Clone)]
-pub struct Enrolment<S> {
-    inner: S,
-    routes: EnrolLayer,
-}
-
-impl<S: crate::step::Next> Service<Request<Body>> for Enrolment<S> {
-    type Response = Response<Body>;
-    type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<Response<Body>, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+impl crate::step::Step for EnrolRoutes {
+    async fn run<S: crate::step::Next>(
+        self: Arc<Self>,
+        inner: S,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, GatewayError> {
         match req.uri().path() {
-            API_PATH | PAGE_PATH => Box::pin(self.routes.clone().handle(req)),
-            _ => Box::pin(self.inner.call(req)),
+            API_PATH | PAGE_PATH => self.handle(req).await,
+            _ => inner.oneshot(req).await,
         }
     }
 }
 
-impl EnrolLayer {
-    async fn handle(self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+impl EnrolRoutes {
+    async fn handle(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
         crate::guard::check_message(&req, &self.enrol.limits, MAX_BODY)?;
         if req.uri().path() == PAGE_PATH {
             return page::serve(req.method());
