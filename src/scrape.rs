@@ -86,12 +86,16 @@ fn bus(
         enc,
         "cache_invalidations",
         "Cache invalidations shared over Redis: published to the other replicas, received \
-         from them, dropped (queue full or Redis down)",
+         from them, dropped (queue full or Redis down), catch_up (one `all` sent once Redis \
+         took messages again after drops), unreadable (a message this replica could not \
+         read, applied as `all`)",
         "event",
         &[
             ("published", load(&s.published)),
             ("received", load(&s.received)),
             ("dropped", load(&s.dropped)),
+            ("catch_up", load(&s.catch_up)),
+            ("unreadable", load(&s.unreadable)),
         ],
     )?;
     gauge(

@@ -2,12 +2,15 @@
 //!
 //! Every invalidating write and every admin purge is published, and every replica drops the
 //! same entries on receipt (its own messages carry its replica id and are skipped). Publishing
-//! never slows a request: messages go into a bounded queue (a full queue counts a drop) that one
-//! task sends to Redis. What goes on the wire is what to drop, never who or what was written:
+//! never slows a request: messages go into a bounded queue that one task sends to Redis. A
+//! message that cannot be sent (queue full, PUBLISH failed or timed out) leaves a purge owed:
+//! the task sends one `all` as soon as Redis takes it, however many were lost. What goes on the wire is what to drop, never who or what was written:
 //! the resource prefixes of a write (`/v1/patients`, not the patient's id), `all`, or for a
 //! credential purge the key's fingerprint (never the key, never the cache's HMAC id, which is
 //! per process anyway); a receiver maps the fingerprint to its own entries through its key
-//! store, or drops everything when its store does not know the key.
+//! store, or drops everything when its store does not know the key. A message on the channel
+//! that this replica cannot read (a newer replica's kind, malformed, oversized) counts as `all`:
+//! ignoring it could keep data another replica's write made stale.
 //!
 //! A replica that loses its subscription may have missed invalidations, so when it subscribes
 //! again it clears its whole cache (counted). It reconnects with backoff and PINGs the
@@ -68,8 +71,13 @@ pub struct BusStats {
     pub published: AtomicU64,
     /// Invalidations from other replicas applied here.
     pub received: AtomicU64,
-    /// Invalidations not published (queue full, Redis down).
+    /// Invalidations not published (queue full, Redis down); each is covered by a later
+    /// `catch_up`.
     pub dropped: AtomicU64,
+    /// `all` invalidations published once Redis took messages again after drops.
+    pub catch_up: AtomicU64,
+    /// Messages from the channel this replica could not read, applied as `all`.
+    pub unreadable: AtomicU64,
     /// Whole-cache clears after a lost subscription came back.
     pub resubscribe_clears: AtomicU64,
 }
@@ -88,6 +96,8 @@ struct Link {
     tx: mpsc::Sender<Invalidation>,
     /// This link's subscription is up (its own flag: a stopping link cannot set it).
     up: Arc<AtomicBool>,
+    /// A message was lost: one `all` is owed to the other replicas.
+    owed: Arc<AtomicBool>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -169,6 +179,7 @@ impl CacheBus {
             && link.tx.try_send(what).is_err()
         {
             self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            link.owed.store(true, Ordering::Release);
         }
     }
 }
@@ -185,13 +196,14 @@ fn channel(cfg: &RedisConfig) -> String {
 fn start(shared: Arc<Shared>, client: redis::Client, cfg: &RedisConfig, resume: bool) -> Link {
     let (tx, rx) = mpsc::channel(QUEUE);
     let (stop, stopped) = oneshot::channel();
-    let up = Arc::new(AtomicBool::new(false));
-    tokio::spawn(publish_loop(
-        shared.clone(),
-        client.clone(),
-        cfg.clone(),
-        rx,
-    ));
+    let (up, owed) = (Arc::<AtomicBool>::default(), Arc::<AtomicBool>::default());
+    let publisher = Publisher {
+        shared: shared.clone(),
+        channel: channel(cfg),
+        timeout: cfg.timeout,
+        owed: owed.clone(),
+    };
+    tokio::spawn(publisher.run(client.clone(), rx));
     let sub = Subscriber {
         shared,
         client,
@@ -204,39 +216,75 @@ fn start(shared: Arc<Shared>, client: redis::Client, cfg: &RedisConfig, resume: 
         cfg: cfg.clone(),
         tx,
         up,
+        owed,
         _stop: stop,
     }
 }
 
-/// Sends queued invalidations until the link is dropped (its sender with it).
-async fn publish_loop(
+/// The publishing side of one link.
+struct Publisher {
     shared: Arc<Shared>,
-    client: redis::Client,
-    cfg: RedisConfig,
-    mut rx: mpsc::Receiver<Invalidation>,
-) {
-    let mc = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(cfg.timeout))
-        .set_response_timeout(Some(cfg.timeout))
-        .set_number_of_retries(1);
-    let Ok(mut conn) = redis::aio::ConnectionManager::new_lazy_with_config(client, mc) else {
-        return;
-    };
-    let channel = channel(&cfg);
-    while let Some(what) = rx.recv().await {
+    channel: String,
+    timeout: Duration,
+    owed: Arc<AtomicBool>,
+}
+
+impl Publisher {
+    /// Sends queued invalidations until the link is dropped (its sender with it). After a loss
+    /// it first pays the owed `all`, retrying with backoff; messages queued meanwhile are
+    /// covered by it.
+    async fn run(self, client: redis::Client, mut rx: mpsc::Receiver<Invalidation>) {
+        let mc = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1);
+        let Ok(mut conn) = redis::aio::ConnectionManager::new_lazy_with_config(client, mc) else {
+            return;
+        };
+        let stats = &self.shared.stats;
+        let mut backoff = BACKOFF.0;
+        loop {
+            // Swapped first: a loss noted while the `all` is on its way owes another.
+            if self.owed.swap(false, Ordering::AcqRel) {
+                if self.send(&mut conn, Invalidation::All).await {
+                    stats.catch_up.fetch_add(1, Ordering::Relaxed);
+                    backoff = BACKOFF.0;
+                } else {
+                    self.owed.store(true, Ordering::Release);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        m = rx.recv() => match m {
+                            Some(_) => {
+                                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                            None => return,
+                        },
+                    };
+                    backoff = (backoff * 2).min(BACKOFF.1);
+                    continue;
+                }
+            }
+            let Some(what) = rx.recv().await else { return };
+            if self.send(&mut conn, what).await {
+                stats.published.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.owed.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// One PUBLISH, bounded by `redis.timeout`; whether Redis took it.
+    async fn send(&self, conn: &mut redis::aio::ConnectionManager, what: Invalidation) -> bool {
         let text = serde_json::to_string(&Envelope {
-            from: shared.id.clone(),
+            from: self.shared.id.clone(),
             what,
         })
         .unwrap_or_default();
         let mut publish = redis::cmd("PUBLISH");
-        publish.arg(&channel).arg(text);
-        let sent = publish.query_async::<i64>(&mut conn);
-        let counter = match tokio::time::timeout(cfg.timeout, sent).await {
-            Ok(Ok(_)) => &shared.stats.published,
-            _ => &shared.stats.dropped,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        publish.arg(&self.channel).arg(text);
+        let sent = publish.query_async::<i64>(conn);
+        matches!(tokio::time::timeout(self.timeout, sent).await, Ok(Ok(_)))
     }
 }
 
@@ -339,21 +387,28 @@ async fn listen(
     }
 }
 
-/// One message off the channel: anything unreadable, oversized or our own is ignored.
+/// One message off the channel: our own is skipped; one this replica cannot read (a newer
+/// replica's kind, malformed, oversized, a path outside `/v1`) drops everything, since what
+/// it meant to drop is unknown.
 fn receive(shared: &Shared, payload: &[u8]) {
-    if payload.len() > MAX_MESSAGE {
-        return;
-    }
-    let Ok(msg) = serde_json::from_slice::<Envelope>(payload) else {
-        tracing::debug!("cache invalidations: an unreadable message was ignored");
-        return;
+    let msg = (payload.len() <= MAX_MESSAGE)
+        .then(|| serde_json::from_slice::<Envelope>(payload).ok())
+        .flatten()
+        .filter(|m| well_formed(&m.what));
+    let what = match msg {
+        Some(m) if m.from == shared.id => return,
+        Some(m) => {
+            shared.stats.received.fetch_add(1, Ordering::Relaxed);
+            m.what
+        }
+        None => {
+            tracing::debug!("cache invalidations: an unreadable message; clearing the cache");
+            shared.stats.unreadable.fetch_add(1, Ordering::Relaxed);
+            Invalidation::All
+        }
     };
-    if msg.from == shared.id || !well_formed(&msg.what) {
-        return;
-    }
-    shared.stats.received.fetch_add(1, Ordering::Relaxed);
     for cache in live_caches(shared) {
-        apply(shared, &cache, &msg.what);
+        apply(shared, &cache, &what);
     }
 }
 

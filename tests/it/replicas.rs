@@ -32,9 +32,18 @@ fn field(line: &str, name: &str) -> String {
 
 impl Replica {
     async fn start(dir: &Path) -> Replica {
+        let r = Replica::spawn(dir, &[]).await;
+        r.until("subscribed", |m| sample(m, SUBSCRIBED) == 1.0)
+            .await;
+        r
+    }
+
+    /// Started and listening, subscribed or not; `env` overrides the config.
+    async fn spawn(dir: &Path, env: &[(&str, &str)]) -> Replica {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cliniko-gateway"))
             .args(["serve", "--config"])
             .arg(dir.join("gw.toml"))
+            .envs(env.iter().copied())
             .env("CLINIKO_GATEWAY_HMAC_SECRET", HMAC)
             .env("CLINIKO_GATEWAY_MASTER_KEY", MASTER)
             .env("CLINIKO_GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -47,15 +56,12 @@ impl Replica {
         let mut logs = ChildLogs::capture(&mut child);
         let admin = field(&logs.wait_line("admin listening").await, "admin_addr");
         let base = field(&logs.wait_line("gateway listening").await, "local_addr");
-        let r = Replica {
+        Replica {
             _child: child,
             _logs: logs,
             base,
             admin,
-        };
-        r.until("subscribed", |m| sample(m, SUBSCRIBED) == 1.0)
-            .await;
-        r
+        }
     }
 
     async fn get(&self, user: &str, path: &str) -> Got {
@@ -157,6 +163,14 @@ async fn call(
 /// A stand-in with two accounts (alice and bob share a key; dave has his own), a redis-server
 /// and two replicas configured with it.
 async fn two_replicas() -> Option<(RedisServer, Sandbox, tempfile::TempDir, Replica, Replica)> {
+    let (redis, sb, dir) = stand_in_and_redis().await?;
+    let a = Replica::start(dir.path()).await;
+    let b = Replica::start(dir.path()).await;
+    Some((redis, sb, dir, a, b))
+}
+
+/// The stand-in, a redis-server and the config directory of replicas using both.
+async fn stand_in_and_redis() -> Option<(RedisServer, Sandbox, tempfile::TempDir)> {
     let redis = RedisServer::start()?;
     let sb = Sandbox::start(SandboxOptions {
         accounts: vec![account(KEY_ALICE, "Alice"), account(KEY_DAVE, "Dave")],
@@ -171,9 +185,76 @@ async fn two_replicas() -> Option<(RedisServer, Sandbox, tempfile::TempDir, Repl
     );
     let users = [("alice", KEY_ALICE), ("bob", KEY_ALICE), ("dave", KEY_DAVE)];
     let dir = process_config_dir(&sb, "", &tail, &users);
-    let a = Replica::start(dir.path()).await;
-    let b = Replica::start(dir.path()).await;
-    Some((redis, sb, dir, a, b))
+    Some((redis, sb, dir))
+}
+
+/// What a [`Relay`] does with connections.
+#[derive(Clone, Copy, PartialEq)]
+enum Flow {
+    /// Passes bytes both ways.
+    Open,
+    /// Holds new connections unanswered (they pass once open).
+    Held,
+    /// Hangs up on every connection, open ones included.
+    Shut,
+}
+
+/// A TCP relay in front of Redis that the test opens, holds or shuts: one replica's view of
+/// Redis fails while the other's stays up.
+struct Relay {
+    url: String,
+    flow: tokio::sync::watch::Sender<Flow>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(redis: &RedisServer, flow: Flow) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let target = redis.url.trim_start_matches("redis://").to_string();
+        let (tx, rx) = tokio::sync::watch::channel(flow);
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                tokio::spawn(relay(inbound, target.clone(), rx.clone()));
+            }
+        });
+        Relay {
+            url,
+            flow: tx,
+            task,
+        }
+    }
+
+    fn set(&self, flow: Flow) {
+        self.flow.send_replace(flow);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One relayed connection: waits while held, then passes bytes until shut.
+async fn relay(
+    mut inbound: tokio::net::TcpStream,
+    target: String,
+    mut flow: tokio::sync::watch::Receiver<Flow>,
+) {
+    let Ok(now) = flow.wait_for(|f| *f != Flow::Held).await.map(|f| *f) else {
+        return;
+    };
+    if now == Flow::Shut {
+        return;
+    }
+    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+        _ = flow.wait_for(|f| *f == Flow::Shut) => {}
+    }
 }
 
 /// GETs of exactly `path` the stand-in has received.
@@ -351,4 +432,75 @@ async fn a_replica_that_does_not_hold_the_purged_key_drops_its_whole_cache() {
     eventually("emptied", || async { cache.entry_count().await == 0 }).await;
     let stats = b.gateway().cache_bus().stats();
     assert_eq!(stats.received.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_lost_publish_is_made_good_by_one_clear_everywhere_once_redis_takes_it() {
+    let Some((redis, sb, dir)) = stand_in_and_redis().await else {
+        return;
+    };
+    // A reaches Redis through a relay the test shuts; B's subscription stays up throughout.
+    let relay = Relay::start(&redis, Flow::Open).await;
+    let a = Replica::spawn(dir.path(), &[("CLINIKO_GATEWAY__REDIS__URL", &relay.url)]).await;
+    a.until("subscribed", |m| sample(m, SUBSCRIBED) == 1.0)
+        .await;
+    let b = Replica::start(dir.path()).await;
+    let path = format!("/v1/patients/{}", seeded_patient_id(0, 5));
+    b.get("alice", &path).await;
+    assert_eq!(xcache(&b.get("alice", &path).await), "HIT");
+
+    relay.set(Flow::Shut);
+    a.until("unsubscribed", |m| sample(m, SUBSCRIBED) == 0.0)
+        .await;
+    let patched = a.patch("alice", &path, r#"{"first_name":"Nell"}"#).await;
+    assert_eq!(patched.status, 200);
+    a.until("the lost publish counted", |m| {
+        sample(m, &invalidations("dropped")) == 1.0
+    })
+    .await;
+    let stale = b.get("alice", &path).await;
+    assert_eq!(xcache(&stale), "HIT", "B never heard of the write");
+    assert_ne!(stale.json()["first_name"], "Nell");
+
+    // Redis takes A's messages again: the owed clear reaches B, which answers fresh data.
+    relay.set(Flow::Open);
+    until_fresh(&b, "alice", &path, |g| g.json()["first_name"] == "Nell").await;
+    let m = a.metrics().await;
+    assert_eq!(sample(&m, &invalidations("catch_up")), 1.0, "{m}");
+    assert_eq!(sample(&m, &invalidations("published")), 0.0, "{m}");
+    let m = b.metrics().await;
+    assert_eq!(sample(&m, &invalidations("received")), 1.0, "{m}");
+    assert_eq!(sample(&m, CLEARS), 0.0, "B's subscription never dropped");
+    drop(sb);
+}
+
+#[tokio::test]
+async fn a_message_this_replica_cannot_read_clears_its_cache() {
+    let Some((redis, _sb, _dir, a, b)) = two_replicas().await else {
+        return;
+    };
+    let path = format!("/v1/patients/{}", seeded_patient_id(0, 6));
+    for r in [&a, &b] {
+        r.get("alice", &path).await;
+        assert_eq!(xcache(&r.get("alice", &path).await), "HIT");
+    }
+    // A newer replica's kind of message: what it drops is unknown here, so everything goes.
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let heard: i64 = redis::cmd("PUBLISH")
+        .arg("cliniko-gateway:cache")
+        .arg(r#"{"from":"r9","drop":"tags","tags":["patient"]}"#)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(heard, 2, "both replicas subscribed");
+    for r in [&a, &b] {
+        let m = r
+            .until("cleared", |m| {
+                sample(m, &invalidations("unreadable")) == 1.0 && sample(m, ENTRIES) == 0.0
+            })
+            .await;
+        assert_eq!(sample(&m, &invalidations("received")), 0.0, "{m}");
+        assert_eq!(xcache(&r.get("alice", &path).await), "MISS");
+    }
 }
