@@ -13,7 +13,8 @@
 //! ignoring it could keep data another replica's write made stale.
 //!
 //! A replica that loses its subscription may have missed invalidations, so when it subscribes
-//! again it clears its whole cache (counted). It reconnects with backoff and PINGs the
+//! again it clears its whole cache (counted); the first subscription clears too, for what was
+//! filled before it. It reconnects with backoff and PINGs the
 //! subscription now and then, so a silently dead connection is noticed too. Without `redis.url`
 //! nothing here runs and nothing changes.
 
@@ -299,22 +300,29 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    /// Keeps one subscription up until `stop` fires, reconnecting with backoff; a subscription
-    /// that follows a failed or lost one (or, with `resume`, another link) first clears the
-    /// caches: invalidations may have been missed meanwhile.
+    /// Keeps one subscription up until `stop` fires, reconnecting with backoff. Every
+    /// subscription, the first too, starts by clearing the caches: entries filled before it
+    /// (at start-up, during the backoff, under another link) may have missed invalidations.
+    /// The first clear is cheap (the cache is nearly empty then); clearing was chosen over
+    /// holding fills until subscribed, which would stop caching while Redis is down. Only
+    /// the clears after a failed or lost subscription (or, with `resume`, another link) count.
     async fn run(self, resume: bool, mut stop: oneshot::Receiver<()>) {
         let channel = self.channel.as_str();
-        let (mut clear, mut backoff) = (resume, BACKOFF.0);
+        let (mut again, mut backoff) = (resume, BACKOFF.0);
         loop {
             match tokio::time::timeout(self.bound, subscribe(&self.client, channel)).await {
                 Ok(Ok(pubsub)) => {
-                    if clear {
-                        clear_all(&self.shared);
+                    clear_all(&self.shared);
+                    if again {
                         let clears = &self.shared.stats.resubscribe_clears;
                         clears.fetch_add(1, Ordering::Relaxed);
                     }
                     self.up.store(true, Ordering::Relaxed);
-                    tracing::info!(channel, cleared = clear, "cache invalidations: subscribed");
+                    tracing::info!(
+                        channel,
+                        resubscribed = again,
+                        "cache invalidations: subscribed; cache cleared"
+                    );
                     backoff = BACKOFF.0;
                     if listen(&self.shared, pubsub, &mut stop).await {
                         return;
@@ -325,10 +333,10 @@ impl Subscriber {
                         "cache invalidations: subscription lost; the cache is cleared once it is back"
                     );
                 }
-                Ok(Err(e)) => not_yet(channel, clear, &e),
-                Err(_) => not_yet(channel, clear, &"timed out"),
+                Ok(Err(e)) => not_yet(channel, again, &e),
+                Err(_) => not_yet(channel, again, &"timed out"),
             }
-            clear = true;
+            again = true;
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = &mut stop => return,

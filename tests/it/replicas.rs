@@ -504,3 +504,53 @@ async fn a_message_this_replica_cannot_read_clears_its_cache() {
         assert_eq!(xcache(&r.get("alice", &path).await), "MISS");
     }
 }
+
+#[tokio::test]
+async fn entries_filled_before_the_first_subscription_do_not_outlive_a_write_they_missed() {
+    let Some((redis, _sb, dir)) = stand_in_and_redis().await else {
+        return;
+    };
+    // A's first subscription waits at the relay (bounded by redis.timeout, 5 s here) while A
+    // serves and fills, as in the moments after start-up; B is subscribed.
+    let relay = Relay::start(&redis, Flow::Held).await;
+    let b = Replica::start(dir.path()).await;
+    let via_relay = [
+        ("CLINIKO_GATEWAY__REDIS__URL", relay.url.as_str()),
+        ("CLINIKO_GATEWAY__REDIS__TIMEOUT", "5s"),
+        // Its key budgets would wait on the held Redis too.
+        ("CLINIKO_GATEWAY__RATELIMIT__ENABLED", "false"),
+    ];
+    let spawned = Instant::now();
+    let a = Replica::spawn(dir.path(), &via_relay).await;
+    let path = format!("/v1/patients/{}", seeded_patient_id(0, 8));
+    a.get("alice", &path).await;
+    assert_eq!(xcache(&a.get("alice", &path).await), "HIT");
+    let patched = b.patch("alice", &path, r#"{"first_name":"Opal"}"#).await;
+    assert_eq!(patched.status, 200);
+    b.until("published", |m| {
+        sample(m, &invalidations("published")) == 1.0
+    })
+    .await;
+
+    // Within the bound, so A's first attempt is the one that subscribes (none failed).
+    assert!(
+        spawned.elapsed() < Duration::from_secs(5),
+        "too slow to test"
+    );
+    relay.set(Flow::Open);
+    let m = a
+        .until("subscribed", |m| sample(m, SUBSCRIBED) == 1.0)
+        .await;
+    assert_eq!(
+        sample(&m, CLEARS),
+        0.0,
+        "a first subscription, not a resubscribe"
+    );
+    let got = a.get("alice", &path).await;
+    assert_eq!(
+        got.json()["first_name"],
+        "Opal",
+        "nothing filled earlier survives"
+    );
+    assert_eq!(xcache(&got), "MISS");
+}
