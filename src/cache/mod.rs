@@ -197,10 +197,15 @@ impl Cache {
             .invalidate_entries_if(move |k, _| k.credential == id);
     }
 
-    /// Drops every entry (any credential) whose path is `prefix` or below it.
+    /// Drops every entry (any credential) whose path is `prefix` or below it; nothing at all
+    /// (not even the epoch moves, which would discard unrelated fills in flight) when no rule
+    /// can hold entries there.
     pub fn purge_prefix(&self, prefix: &str) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
         let prefix = prefix.trim_end_matches('/').to_string();
+        if !self.may_hold(&prefix) {
+            return;
+        }
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         let _ = self
             .store
             .invalidate_entries_if(move |k, _| under(k.path(), &prefix));
@@ -209,13 +214,28 @@ impl Cache {
     /// After a successful write: drop the resource type for every credential, since other keys
     /// may have cached the same record (e.g. PATCH /v1/patients/7 drops /v1/patients…), here
     /// and on every other replica.
+    /// Prefixes no rule caches are neither dropped nor published (replicas share the rules).
     pub fn invalidate_after_write(&self, path: &str) {
-        let prefixes = write_scope(path);
-        if prefixes.is_empty() {
-            return;
-        }
+        let mut prefixes = write_scope(path);
+        // Each cache of the chain skips what its own rules cannot hold.
         self.drop_prefixes(&prefixes);
-        self.publish(Invalidation::Prefixes { prefixes });
+        prefixes.retain(|p| self.held_along(p));
+        if !prefixes.is_empty() {
+            self.publish(Invalidation::Prefixes { prefixes });
+        }
+    }
+
+    /// Whether a rule with a TTL can hold entries under `prefix`: its prefix is `prefix`,
+    /// above it or below it (an entry lies under both its rule's prefix and the purged one).
+    fn may_hold(&self, prefix: &str) -> bool {
+        self.rules
+            .iter()
+            .any(|r| !r.ttl.is_zero() && (under(prefix, &r.prefix) || under(&r.prefix, prefix)))
+    }
+
+    /// Whether this cache or one a reload put in its place may hold entries under `prefix`.
+    fn held_along(&self, prefix: &str) -> bool {
+        self.may_hold(prefix) || self.successor.get().is_some_and(|n| n.held_along(prefix))
     }
 
     /// Drops `prefixes` here and in the caches reloads put in this one's place.
@@ -320,5 +340,23 @@ mod tests {
         assert!(write_scope("/v1").is_empty());
         assert!(under("/v1/patients?page=2", "/v1/patients"));
         assert!(!under("/v1/patients_x", "/v1/patients"));
+    }
+
+    #[test]
+    fn only_prefixes_a_rule_can_hold_are_purged() {
+        let c = Cache::new(&CacheConfig::default()).unwrap();
+        assert!(c.may_hold("/v1/patients"));
+        assert!(c.may_hold("/v1"), "above a rule");
+        assert!(c.may_hold("/v1/patients/7"), "below a rule");
+        assert!(!c.may_hold("/v1/invoices"));
+        assert!(!c.may_hold("/v1/patients_x"));
+        c.purge_prefix("/v1/invoices");
+        assert_eq!(
+            c.epoch.load(Ordering::Acquire),
+            0,
+            "fills in flight are kept"
+        );
+        c.purge_prefix("/v1/patients/");
+        assert_eq!(c.epoch.load(Ordering::Acquire), 1);
     }
 }

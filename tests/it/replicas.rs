@@ -6,7 +6,7 @@
 
 use crate::support::*;
 use bytes::Bytes;
-use cliniko_gateway::sandbox::{Sandbox, SandboxOptions, seeded_patient_id};
+use cliniko_gateway::sandbox::{Fault, Sandbox, SandboxOptions, seeded_patient_id};
 use http::Method;
 use http_body_util::{BodyExt, Full};
 use std::path::Path;
@@ -553,4 +553,63 @@ async fn entries_filled_before_the_first_subscription_do_not_outlive_a_write_the
         "nothing filled earlier survives"
     );
     assert_eq!(xcache(&got), "MISS");
+}
+
+#[tokio::test]
+async fn a_write_to_a_prefix_no_rule_caches_publishes_nothing_and_keeps_fills_in_flight() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut s = Setup::default();
+    s.overrides
+        .push(("CLINIKO_GATEWAY__REDIS__URL", redis.url.clone()));
+    let h = Harness::start(s).await;
+    let bus = h.gateway().cache_bus();
+    eventually("subscribed", || async { bus.subscribed() == Some(true) }).await;
+    let sb = h.sandbox("au1");
+    let path = format!("/v1/patients/{}", seeded_patient_id(0, 2));
+    // The fill of a cached patient is in flight at Cliniko while an invoice is created.
+    sb.set_fault(&path, Fault::Delay(Duration::from_secs(3)));
+    sb.set_fault(
+        "/v1/invoices",
+        Fault::Json(201, serde_json::json!({"id": "1"})),
+    );
+    sb.clear();
+    let fill = h.get_as("alice", &path);
+    tokio::pin!(fill);
+    tokio::select! {
+        _ = &mut fill => panic!("the fill ended before the write"),
+        _ = sb.wait_for_requests(1) => {}
+    }
+    let auth = format!("Bearer {}", h.token("alice"));
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let created = h.send(Method::POST, "/v1/invoices", &headers, "{}").await;
+    assert_eq!(created.status, 201);
+    assert!(
+        futures_util::FutureExt::now_or_never(&mut fill).is_none(),
+        "the write ended while the fill was in flight"
+    );
+    assert_eq!(xcache(&fill.await), "MISS");
+    sb.clear_fault(&path);
+    assert_eq!(
+        xcache(&h.get_as("alice", &path).await),
+        "HIT",
+        "the fill was kept"
+    );
+
+    // A write to a cached prefix publishes, after the invoice's place in the queue: one in all.
+    let patched = h
+        .send(Method::PATCH, &path, &headers, r#"{"first_name":"Ida"}"#)
+        .await;
+    assert_eq!(patched.status, 200);
+    let published = || {
+        bus.stats()
+            .published
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    eventually("published", || async { published() >= 1 }).await;
+    assert_eq!(published(), 1, "nothing for /v1/invoices");
 }
