@@ -549,8 +549,8 @@ async fn two_gateways_sharing_redis_stay_within_one_budget() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let toml = format!("redis_url = \"{}\"\n{BUDGET_10_PER_S}", redis.url);
-    let rig = Arc::new(Rig::start(2, &toml, "").await);
+    let redis_toml = format!("[redis]\nurl = \"{}\"\n", redis.url);
+    let rig = Arc::new(Rig::start(2, BUDGET_10_PER_S, &redis_toml).await);
     let replies = spread(&rig, 200, Duration::from_millis(15), "/v1/user").await;
     let ok = replies.iter().filter(|(_, r)| r.status == 200).count();
     for (_, r) in replies.iter().filter(|(_, r)| r.status != 200) {
@@ -594,12 +594,15 @@ async fn redis_killed_mid_run_fails_open_within_the_local_budget() {
     // Two replicas: while Redis is down each keeps half the budget (5/s, burst 2). A busy
     // machine has held a live Redis's answer past the 100 ms default (the warm-up then met
     // the half budget); a killed one refuses at once, so a longer timeout costs nothing.
+    let redis_toml = format!(
+        "[redis]\nurl = \"{}\"\nfailure = \"open\"\ntimeout = \"900ms\"\n",
+        redis.url
+    );
     let toml = format!(
-        "redis_url = \"{}\"\nredis_failure = \"open\"\nredis_timeout = \"900ms\"\nreplicas = 2\n{}",
-        redis.url,
+        "replicas = 2\n{}",
         BUDGET_10_PER_S.replace("max_wait = \"500ms\"", "max_wait = \"0s\"")
     );
-    let rig = Rig::start(1, &toml, "").await;
+    let rig = Rig::start(1, &toml, &redis_toml).await;
     for _ in 0..3 {
         assert_eq!(rig.get(0, "alice", "/v1/user").await.status, 200);
     }
@@ -634,11 +637,8 @@ async fn redis_killed_mid_run_fails_closed_with_503() {
     let Some(mut redis) = RedisServer::start() else {
         return;
     };
-    let toml = format!(
-        "redis_url = \"{}\"\nredis_failure = \"closed\"\n{BUDGET_10_PER_S}",
-        redis.url
-    );
-    let rig = Rig::start(1, &toml, "").await;
+    let redis_toml = format!("[redis]\nurl = \"{}\"\nfailure = \"closed\"\n", redis.url);
+    let rig = Rig::start(1, BUDGET_10_PER_S, &redis_toml).await;
     assert_eq!(rig.get(0, "alice", "/v1/user").await.status, 200);
     redis.kill();
     rig.sb.clear();
