@@ -452,21 +452,28 @@ impl RedisServer {
             );
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut s = RedisServer {
-            child: None,
-            url: format!("redis://127.0.0.1:{port}"),
-        };
-        s.run();
-        Some(s)
+        // redis-server cannot take a bound socket, so the port is free when it binds: if
+        // something else took it in between, redis-server exits and another port is tried.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut s = RedisServer {
+                child: None,
+                url: format!("redis://127.0.0.1:{port}"),
+            };
+            if s.run() {
+                return Some(s);
+            }
+        }
+        panic!("redis-server did not start on any of five free ports");
     }
 
-    /// Starts redis-server on this server's port and waits until it answers.
-    fn run(&mut self) {
+    /// Starts redis-server on this server's port and waits until it answers; false when it
+    /// exited instead (its port was taken).
+    fn run(&mut self) -> bool {
         let port = self.url.rsplit(':').next().unwrap().to_string();
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port, "--bind", "127.0.0.1"])
@@ -477,16 +484,22 @@ impl RedisServer {
         self.child = Some(child);
         // Readiness poll: the process needs a moment to bind before it answers PING.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.answers_ping() {
+        while !self.answers_ping() || !self.is_ours() {
+            let exited = self.child.as_mut().unwrap().try_wait().unwrap().is_some();
+            if exited {
+                self.child = None;
+                return false;
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     /// Starts it again on the same port, empty (as a restarted Redis without persistence).
     pub fn restart(&mut self) {
         self.kill();
-        self.run();
+        assert!(self.run(), "redis-server could not take its port again");
     }
 
     fn answers_ping(&self) -> bool {
@@ -498,6 +511,30 @@ impl RedisServer {
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         let mut buf = [0u8; 7];
         s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// Whether the Redis answering on the port is our child (not another test's server that
+    /// took the port first: ours then exits).
+    fn is_ours(&self) -> bool {
+        use std::io::{Read, Write};
+        let (Some(child), Ok(mut s)) = (
+            &self.child,
+            std::net::TcpStream::connect(self.url.trim_start_matches("redis://")),
+        ) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut info = Vec::new();
+        let mut buf = [0u8; 4096];
+        let _ = s.write_all(b"INFO server\r\n");
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            info.extend_from_slice(&buf[..n]);
+            if info.windows(11).any(|w| w == b"process_id:") && info.ends_with(b"\r\n\r\n") {
+                break;
+            }
+        }
+        let pid = format!("process_id:{}\r\n", child.id());
+        String::from_utf8_lossy(&info).contains(&pid)
     }
 
     /// Stops it (as if Redis went down).
