@@ -74,6 +74,9 @@ impl Replica {
             .env("CLINIKO_GATEWAY__UPSTREAM__CA_FILE", s("ca.pem"))
             .env("CLINIKO_GATEWAY__UPSTREAM__SHARDS__AU1", sb.base_url())
             .env("CLINIKO_GATEWAY__REDIS__URL", &redis.url)
+            // A busy machine has held Redis's answer past the 100 ms default; each replica
+            // then decides on its local share as well, which is not what is measured here.
+            .env("CLINIKO_GATEWAY__REDIS__TIMEOUT", "5s")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
