@@ -549,7 +549,9 @@ async fn two_gateways_sharing_redis_stay_within_one_budget() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let redis_toml = format!("[redis]\nurl = \"{}\"\n", redis.url);
+    // A 5 s timeout: a busy machine has held Redis's answer past the 100 ms default, and a
+    // replica deciding locally then is not the sharing measured here.
+    let redis_toml = format!("[redis]\nurl = \"{}\"\ntimeout = \"5s\"\n", redis.url);
     let rig = Arc::new(Rig::start(2, BUDGET_10_PER_S, &redis_toml).await);
     let replies = spread(&rig, 200, Duration::from_millis(15), "/v1/user").await;
     let ok = replies.iter().filter(|(_, r)| r.status == 200).count();
