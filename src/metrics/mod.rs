@@ -341,120 +341,15 @@ impl Metrics {
     /// Registers every metric the gateway records itself.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix(PREFIX);
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "Requests answered, by route class (proxy, health, other), method and status",
-            requests.clone(),
-        );
-        let duration_family =
-            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency);
-        let durations = [RouteClass::Proxy, RouteClass::Health, RouteClass::Other]
-            .map(|r| duration_family.get_or_create_owned(&RouteLabels { route: r.label() }));
-        registry.register(
-            "http_request_duration_seconds",
-            "Whole request time, until the response body was sent, by route class",
-            duration_family,
-        );
-        let in_flight = Gauge::default();
-        registry.register(
-            "http_requests_in_flight",
-            "Requests being handled right now",
-            in_flight.clone(),
-        );
-        let up_duration = latency();
-        registry.register(
-            "upstream_duration_seconds",
-            "Time from sending a request to Cliniko until its response headers (or the failure)",
-            up_duration.clone(),
-        );
-        let up_errors = Family::<KindLabels, Counter>::default();
-        registry.register(
-            "upstream_errors",
-            "Failed exchanges with Cliniko by kind (connect, connect_timeout, tls, timeout, protocol, credential_rejected)",
-            up_errors.clone(),
-        );
-        let rejected = Family::<KeyLabels, Counter>::default();
-        registry.register(
-            "upstream_credential_rejected",
-            "Cliniko 401s to a stored key, by the key's fingerprint (rotate that key)",
-            rejected.clone(),
-        );
-        let handshakes = Counter::default();
-        registry.register(
-            "upstream_tls_handshakes",
-            "New outbound TLS connections (Cliniko and JWKS); low means the pool is reused",
-            handshakes.clone(),
-        );
-        let reloads = ReloadMetrics::default();
-        registry.register(
-            "keystore_reloads",
-            "Key-store reload attempts by trigger (signal, admin, file) and result (ok, failed)",
-            reloads.reloads.clone(),
-        );
-        registry.register(
-            "keystore_users",
-            "Users in the key store now serving",
-            reloads.users.clone(),
-        );
-        registry.register(
-            "config_reloads",
-            "Config reload attempts by trigger (signal, admin, file) and result (ok, failed)",
-            reloads.config_reloads.clone(),
-        );
-        registry.register(
-            "keystore_integrity_failures",
-            "Key-store files refused on reload because their integrity MAC is missing or wrong (changed without the master key)",
-            reloads.integrity.clone(),
-        );
-        registry.register(
-            "config_restart_pending",
-            "1 when the last reloaded config changed a section that only applies after a restart",
-            reloads.restart_pending.clone(),
-        );
-        reloads.keystore_ok.set(1);
-        registry.register(
-            "keystore_last_reload_successful",
-            "0 after a refused key-store reload (the previous store keeps serving) until one succeeds",
-            reloads.keystore_ok.clone(),
-        );
-        reloads.config_ok.set(1);
-        registry.register(
-            "config_last_reload_successful",
-            "0 after a refused config reload (the previous config keeps serving) until one succeeds",
-            reloads.config_ok.clone(),
-        );
+        let http = register_http(&mut registry);
+        let (upstream, handshakes) = register_upstream(&mut registry);
+        let reloads = register_reloads(&mut registry);
         process::register(&mut registry);
-        let connections = Family::<ListenerLabels, Gauge>::default();
-        registry.register(
-            "connections_open",
-            "Open inbound connections by listener (public, admin)",
-            connections.clone(),
-        );
-        let connections_max = Family::<ListenerLabels, Gauge>::default();
-        registry.register(
-            "connections_max",
-            "The listener's connection limit (server.max_connections, admin.max_connections): at this many open, new connections wait in the backlog",
-            connections_max.clone(),
-        );
-        let stalled = Family::<ListenerLabels, Counter>::default();
-        registry.register(
-            "connections_stalled",
-            "Connections closed because the caller took none of a response for server.send_timeout",
-            stalled.clone(),
-        );
+        let (connections, connections_max, stalled) = register_connections(&mut registry);
         Metrics {
             registry,
-            http: HttpMetrics {
-                requests,
-                durations,
-                in_flight,
-            },
-            upstream: UpstreamMetrics {
-                duration: up_duration,
-                errors: up_errors,
-                rejected,
-            },
+            http,
+            upstream,
             handshakes,
             reloads,
             connections,
@@ -525,6 +420,144 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
+}
+
+/// Requests answered, their durations, and those in flight.
+fn register_http(registry: &mut Registry) -> HttpMetrics {
+    let requests = Family::<RequestLabels, Counter>::default();
+    registry.register(
+        "http_requests",
+        "Requests answered, by route class (proxy, health, other), method and status",
+        requests.clone(),
+    );
+    let duration_family =
+        Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency);
+    let durations = [RouteClass::Proxy, RouteClass::Health, RouteClass::Other]
+        .map(|r| duration_family.get_or_create_owned(&RouteLabels { route: r.label() }));
+    registry.register(
+        "http_request_duration_seconds",
+        "Whole request time, until the response body was sent, by route class",
+        duration_family,
+    );
+    let in_flight = Gauge::default();
+    registry.register(
+        "http_requests_in_flight",
+        "Requests being handled right now",
+        in_flight.clone(),
+    );
+    HttpMetrics {
+        requests,
+        durations,
+        in_flight,
+    }
+}
+
+/// Exchanges with Cliniko: durations, failures, refused keys; and new TLS connections.
+fn register_upstream(registry: &mut Registry) -> (UpstreamMetrics, Counter) {
+    let up_duration = latency();
+    registry.register(
+        "upstream_duration_seconds",
+        "Time from sending a request to Cliniko until its response headers (or the failure)",
+        up_duration.clone(),
+    );
+    let up_errors = Family::<KindLabels, Counter>::default();
+    registry.register(
+        "upstream_errors",
+        "Failed exchanges with Cliniko by kind (connect, connect_timeout, tls, timeout, protocol, credential_rejected)",
+        up_errors.clone(),
+    );
+    let rejected = Family::<KeyLabels, Counter>::default();
+    registry.register(
+        "upstream_credential_rejected",
+        "Cliniko 401s to a stored key, by the key's fingerprint (rotate that key)",
+        rejected.clone(),
+    );
+    let handshakes = Counter::default();
+    registry.register(
+        "upstream_tls_handshakes",
+        "New outbound TLS connections (Cliniko and JWKS); low means the pool is reused",
+        handshakes.clone(),
+    );
+    (
+        UpstreamMetrics {
+            duration: up_duration,
+            errors: up_errors,
+            rejected,
+        },
+        handshakes,
+    )
+}
+
+/// Config and key-store reloads, and whether the last ones succeeded.
+fn register_reloads(registry: &mut Registry) -> ReloadMetrics {
+    let reloads = ReloadMetrics::default();
+    registry.register(
+        "keystore_reloads",
+        "Key-store reload attempts by trigger (signal, admin, file) and result (ok, failed)",
+        reloads.reloads.clone(),
+    );
+    registry.register(
+        "keystore_users",
+        "Users in the key store now serving",
+        reloads.users.clone(),
+    );
+    registry.register(
+        "config_reloads",
+        "Config reload attempts by trigger (signal, admin, file) and result (ok, failed)",
+        reloads.config_reloads.clone(),
+    );
+    registry.register(
+        "keystore_integrity_failures",
+        "Key-store files refused on reload because their integrity MAC is missing or wrong (changed without the master key)",
+        reloads.integrity.clone(),
+    );
+    registry.register(
+        "config_restart_pending",
+        "1 when the last reloaded config changed a section that only applies after a restart",
+        reloads.restart_pending.clone(),
+    );
+    reloads.keystore_ok.set(1);
+    registry.register(
+        "keystore_last_reload_successful",
+        "0 after a refused key-store reload (the previous store keeps serving) until one succeeds",
+        reloads.keystore_ok.clone(),
+    );
+    reloads.config_ok.set(1);
+    registry.register(
+        "config_last_reload_successful",
+        "0 after a refused config reload (the previous config keeps serving) until one succeeds",
+        reloads.config_ok.clone(),
+    );
+    reloads
+}
+
+/// Inbound connections by listener: open, the limit, closed as stalled.
+fn register_connections(
+    registry: &mut Registry,
+) -> (
+    Family<ListenerLabels, Gauge>,
+    Family<ListenerLabels, Gauge>,
+    Family<ListenerLabels, Counter>,
+) {
+    let connections = Family::<ListenerLabels, Gauge>::default();
+    registry.register(
+        "connections_open",
+        "Open inbound connections by listener (public, admin)",
+        connections.clone(),
+    );
+    let connections_max = Family::<ListenerLabels, Gauge>::default();
+    registry.register(
+        "connections_max",
+        "The listener's connection limit (server.max_connections, admin.max_connections): at this many open, new connections wait in the backlog",
+        connections_max.clone(),
+    );
+    let stalled = Family::<ListenerLabels, Counter>::default();
+    registry.register(
+        "connections_stalled",
+        "Connections closed because the caller took none of a response for server.send_timeout",
+        stalled.clone(),
+    );
+    (connections, connections_max, stalled)
 }
 
 #[cfg(test)]
