@@ -113,87 +113,98 @@ fn bus(
     )
 }
 
+/// The cache's lookups and evictions.
+fn cache(enc: &mut DescriptorEncoder, s: &crate::cache::CacheStats) -> Result<(), std::fmt::Error> {
+    family(
+        enc,
+        "cache_lookups",
+        "GET/HEAD cache outcomes (hit, miss, revalidated, bypass)",
+        "result",
+        &[
+            ("hit", load(&s.hits)),
+            ("miss", load(&s.misses)),
+            ("revalidated", load(&s.revalidated)),
+            ("bypass", load(&s.bypasses)),
+        ],
+    )?;
+    counter(
+        enc,
+        "cache_evictions",
+        "Entries evicted to stay under cache.capacity_bytes",
+        load(&s.evictions),
+    )
+}
+
+/// The rate limits' refusals, waits, per-app shares, Redis health and Cliniko's throttling.
+fn ratelimits(
+    enc: &mut DescriptorEncoder,
+    s: &crate::ratelimit::RateLimitStats,
+) -> Result<(), std::fmt::Error> {
+    family(
+        enc,
+        "ratelimit_refusals",
+        "Requests refused with 429 by limit (user, key)",
+        "limit",
+        &[
+            ("user", load(&s.refused_user)),
+            ("key", load(&s.refused_key)),
+        ],
+    )?;
+    family(
+        enc,
+        "ratelimit_waits",
+        "Requests that waited for a slot (shaping) by limit",
+        "limit",
+        &[("key", load(&s.shaped))],
+    )?;
+    s.apps.encode(enc)?;
+    gauge(
+        enc,
+        "ratelimit_waiting",
+        "Requests waiting on a key budget now",
+        load(&s.waiting),
+    )?;
+    counter(
+        enc,
+        "ratelimit_redis_failures",
+        "Key-budget decisions that could not ask Redis",
+        load(&s.redis_failures),
+    )?;
+    counter(
+        enc,
+        "ratelimit_fail_open",
+        "Key-budget decisions made on the local budget while Redis was down",
+        load(&s.fail_open),
+    )?;
+    counter(
+        enc,
+        "upstream_throttled",
+        "Cliniko 429/503 answers that paused a key budget",
+        load(&s.upstream_throttled),
+    )?;
+    family(
+        enc,
+        "upstream_retries",
+        "Requests resent to Cliniko, by reason (throttled, connect)",
+        "reason",
+        &[
+            ("throttled", load(&s.upstream_retries)),
+            ("connect", load(&s.connect_retries)),
+        ],
+    )
+}
+
 impl Collector for Sources {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let live = self.live.load();
         if let Some(c) = &live.cache {
-            let s = c.stats();
-            family(
-                &mut enc,
-                "cache_lookups",
-                "GET/HEAD cache outcomes (hit, miss, revalidated, bypass)",
-                "result",
-                &[
-                    ("hit", load(&s.hits)),
-                    ("miss", load(&s.misses)),
-                    ("revalidated", load(&s.revalidated)),
-                    ("bypass", load(&s.bypasses)),
-                ],
-            )?;
-            counter(
-                &mut enc,
-                "cache_evictions",
-                "Entries evicted to stay under cache.capacity_bytes",
-                load(&s.evictions),
-            )?;
+            cache(&mut enc, c.stats())?;
         }
         if let Some(up) = self.bus.subscribed() {
             bus(&mut enc, self.bus.stats(), up)?;
         }
         if let Some(r) = &live.ratelimits {
-            let s = r.stats();
-            family(
-                &mut enc,
-                "ratelimit_refusals",
-                "Requests refused with 429 by limit (user, key)",
-                "limit",
-                &[
-                    ("user", load(&s.refused_user)),
-                    ("key", load(&s.refused_key)),
-                ],
-            )?;
-            family(
-                &mut enc,
-                "ratelimit_waits",
-                "Requests that waited for a slot (shaping) by limit",
-                "limit",
-                &[("key", load(&s.shaped))],
-            )?;
-            s.apps.encode(&mut enc)?;
-            gauge(
-                &mut enc,
-                "ratelimit_waiting",
-                "Requests waiting on a key budget now",
-                load(&s.waiting),
-            )?;
-            counter(
-                &mut enc,
-                "ratelimit_redis_failures",
-                "Key-budget decisions that could not ask Redis",
-                load(&s.redis_failures),
-            )?;
-            counter(
-                &mut enc,
-                "ratelimit_fail_open",
-                "Key-budget decisions made on the local budget while Redis was down",
-                load(&s.fail_open),
-            )?;
-            counter(
-                &mut enc,
-                "upstream_throttled",
-                "Cliniko 429/503 answers that paused a key budget",
-                load(&s.upstream_throttled),
-            )?;
-            family(
-                &mut enc,
-                "upstream_retries",
-                "Requests resent to Cliniko, by reason (throttled, connect)",
-                "reason",
-                &[
-                    ("throttled", load(&s.upstream_retries)),
-                    ("connect", load(&s.connect_retries)),
-                ],
-            )?;
+            ratelimits(&mut enc, r.stats())?;
         }
         counter(
             &mut enc,
