@@ -130,6 +130,8 @@ path = "keys.json"
 [upstream]
 user_agent = "$ua"
 ca_file = "ca.pem"
+# wrk's connections are one user: the per-user in-flight cap (default 16) must not refuse them.
+max_in_flight_per_user = 1000
 [upstream.shards]
 au1 = "https://localhost:${3:-$UP}/v1"
 [[cache.rules]]
