@@ -67,18 +67,9 @@ where
         note(RequestContext::of(&req), CacheOutcome::Bypass);
         return Ok(mark(inner.oneshot(req).await?, CacheOutcome::Bypass, None));
     };
-    let key = CacheKey {
-        credential: cache.credential_id(cred.key.expose()),
-        target: req.uri().path_and_query().map_or("", |p| p.as_str()).into(),
-        accept: req.headers().get(header::ACCEPT).cloned(),
-    };
-    let is_head = method == Method::HEAD;
     let ctx = RequestContext::of(&req).cloned();
-    let asked = Asked {
-        is_head,
-        if_none_match: req.headers().get(header::IF_NONE_MATCH).cloned(),
-        gzip: ctx.as_ref().is_some_and(|c| c.accepts_gzip()),
-    };
+    let (key, asked) = lookup(&cache, &req, &cred, ctx.as_deref());
+    let is_head = asked.is_head;
 
     // A stale entry with an ETag is revalidated rather than refetched.
     let mut stale: Option<Arc<Entry>> = None;
@@ -111,17 +102,13 @@ where
     match landed {
         Landed::Entry(e) => {
             // Same body bytes as the stale copy: Cliniko confirmed it (304).
-            let confirmed = stale
-                .as_ref()
-                .is_some_and(|s| s.body.as_ptr() == e.body.as_ptr());
+            let confirmed = stale.is_some_and(|s| s.body.as_ptr() == e.body.as_ptr());
             let how = if confirmed {
                 CacheOutcome::Revalidated
             } else {
+                cache.stats.misses.fetch_add(1, Ordering::Relaxed);
                 CacheOutcome::Miss
             };
-            if !confirmed {
-                cache.stats.misses.fetch_add(1, Ordering::Relaxed);
-            }
             note(ctx.as_ref(), how);
             serve(&e, how, &asked)
         }
@@ -141,6 +128,26 @@ where
             Ok(mark(headless(resp, is_head), CacheOutcome::Miss, None))
         }
     }
+}
+
+/// The entry's key (the caller's credential, target and `Accept`) and what the caller asked.
+fn lookup(
+    cache: &Cache,
+    req: &Request<Body>,
+    cred: &Credential,
+    ctx: Option<&RequestContext>,
+) -> (CacheKey, Asked) {
+    let key = CacheKey {
+        credential: cache.credential_id(cred.key.expose()),
+        target: req.uri().path_and_query().map_or("", |p| p.as_str()).into(),
+        accept: req.headers().get(header::ACCEPT).cloned(),
+    };
+    let asked = Asked {
+        is_head: req.method() == Method::HEAD,
+        if_none_match: req.headers().get(header::IF_NONE_MATCH).cloned(),
+        gzip: ctx.is_some_and(|c| c.accepts_gzip()),
+    };
+    (key, asked)
 }
 
 /// A non-GET/HEAD passes; a write that may have happened drops the copies it made stale.
