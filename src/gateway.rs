@@ -141,13 +141,13 @@ impl Gateway {
                     .clone()
                     .watch_files(cfg.keystore.watch_interval, rx.clone()),
             );
-            // Other replicas' writes to a database store (the file watch covers a file).
-            tokio::spawn(
-                reloader
-                    .clone()
-                    .follow_store(cfg.keystore.watch_interval, rx.clone()),
-            );
         }
+        // Other replicas' writes to a database store, always followed (a replica that never
+        // saw them would serve revoked keys): `watch_interval = 0` polls at the default.
+        let every = Some(cfg.keystore.watch_interval)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(crate::config::DEFAULT_WATCH_INTERVAL);
+        tokio::spawn(reloader.clone().follow_store(every, rx.clone()));
         tasks.push(tokio::spawn(server::serve(
             listener,
             settings,
@@ -249,7 +249,12 @@ impl Gateway {
         } = signals;
         loop {
             tokio::select! {
-                _ = hup.recv() => { let _ = self.reload().await; }
+                // In a task of its own: a reload waiting on a database must not delay a
+                // SIGTERM (the pod could not drain).
+                _ = hup.recv() => {
+                    let reloader = self.reloader.clone();
+                    tokio::spawn(async move { reloader.reload(ReloadTrigger::Signal).await });
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }

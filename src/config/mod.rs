@@ -432,7 +432,8 @@ pub struct KeyStoreConfig {
     /// File holding the PostgreSQL URL (else `CLINIKO_GATEWAY_POSTGRES_URL`): it may carry a
     /// password, so it is a secret.
     pub postgres_url_file: Option<PathBuf>,
-    /// How often the file is checked for changes (reloaded when changed); `0s` = off.
+    /// How often the file (or the database's revision) is checked for changes; `0s` = off for
+    /// the file, the default for a database store, which is always followed.
     #[serde(default = "default_keystore_watch", with = "humantime_serde")]
     pub watch_interval: Duration,
     /// Resolved at load: the 32-byte master key. Never in the file.
@@ -571,8 +572,11 @@ fn default_jwks_unknown_kid_ttl() -> Duration {
 fn default_jwks_timeout() -> Duration {
     Duration::from_secs(5)
 }
+/// `keystore.watch_interval`'s default, and the database store's poll when it is `0s`.
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
 fn default_keystore_watch() -> Duration {
-    Duration::from_secs(2)
+    DEFAULT_WATCH_INTERVAL
 }
 fn default_url_template() -> String {
     "https://api.{shard}.cliniko.com/v1".into()

@@ -189,14 +189,21 @@ impl Backend {
     /// Copies the signed file store at `from` into this (empty) store: `keys migrate`.
     /// Returns the number of users copied.
     pub async fn import(&self, master: &MasterKey, from: &Path) -> Result<usize, KeyStoreError> {
-        let source = Backend::file(from.to_path_buf());
-        let users = source.load(master, false).await?.0.len();
-        let (from, place) = (from.to_path_buf(), self.place().to_path_buf());
+        // Read once: the document checked is the one stored (a file swapped after the check
+        // cannot be signed into the store).
+        let (from, m) = (from.to_path_buf(), master.clone());
+        let doc = blocking(move || {
+            let doc = file::read(&from)?.ok_or(KeyStoreError::NotFound { path: from.clone() })?;
+            KeyStore::from_document(&from, &doc, &m)?;
+            Ok(doc)
+        })
+        .await?;
+        let (users, place) = (doc.users.len(), self.place().to_path_buf());
         self.edit(master, move |existing| {
             if existing.is_some_and(|d| !d.users.is_empty()) {
                 return Err(KeyStoreError::NotEmpty { path: place });
             }
-            Ok((file::read(&from)?, users))
+            Ok((Some(doc), users))
         })
         .await
     }

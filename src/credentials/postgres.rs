@@ -26,6 +26,15 @@ use tokio::sync::Notify;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
+/// How long one database operation (connect included) may take before it fails: a database
+/// that stops answering (no reset) must not hold a reload, the follower or an enrolment.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Set on every session so the server, too, ends what runs too long or sits in a transaction
+/// (a client that died mid-edit must not keep the row locked).
+const SESSION_OPTIONS: &str = "-c statement_timeout=5000 -c lock_timeout=5000 \
+    -c idle_in_transaction_session_timeout=30000";
+
 /// The table, and the channel its writes notify.
 const TABLE: &str = "cliniko_gateway_keystore";
 
@@ -68,22 +77,44 @@ impl PgStore {
                  proxy, and drop sslmode (docs/key-store.md)",
             ));
         }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(5));
-        }
+        bound_sessions(&mut config);
         let store = PgStore {
             config,
             client: tokio::sync::Mutex::new(None),
             place: PathBuf::from(format!("postgresql table {TABLE}")),
         };
-        let mut guard = store.client().await?;
-        let client = guard.as_mut().ok_or_else(closed)?;
-        client
-            .batch_execute(SCHEMA)
-            .await
-            .map_err(|e| failed("create the table", &e))?;
-        drop(guard);
+        store
+            .bounded("create the table", async {
+                let mut guard = store.client().await?;
+                let client = guard.as_mut().ok_or_else(closed)?;
+                client
+                    .batch_execute(SCHEMA)
+                    .await
+                    .map_err(|e| failed("create the table", &e))
+            })
+            .await?;
         Ok(store)
+    }
+
+    /// Runs `op` within [`OP_TIMEOUT`]; on expiry the connection (which may sit on an
+    /// unanswered query) is dropped so the next use connects afresh.
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, KeyStoreError>>,
+    ) -> Result<T, KeyStoreError> {
+        match tokio::time::timeout(OP_TIMEOUT, fut).await {
+            Ok(r) => r,
+            Err(_) => {
+                if let Ok(mut guard) = self.client.try_lock() {
+                    *guard = None;
+                }
+                Err(db_error(
+                    op,
+                    "the database did not answer within 5 s; check that it is up and reachable",
+                ))
+            }
+        }
     }
 
     /// Names the store in messages.
@@ -112,6 +143,10 @@ impl PgStore {
 
     /// The stored document (`None` before the first write) and its revision.
     pub(super) async fn read(&self) -> Result<(Option<Document>, i64), KeyStoreError> {
+        self.bounded("read", self.read_now()).await
+    }
+
+    async fn read_now(&self) -> Result<(Option<Document>, i64), KeyStoreError> {
         let mut guard = self.client().await?;
         let client = guard.as_mut().ok_or_else(closed)?;
         let row = client
@@ -121,24 +156,37 @@ impl PgStore {
             )
             .await
             .map_err(|e| failed("read", &e))?;
-        let (revision, text): (i64, String) = (row.get(0), row.get(1));
+        let revision: i64 = column(&row, 0, "revision", "bigint")?;
+        let text: String = column(&row, 1, "document", "text")?;
         Ok((self.parse(&text)?, revision))
     }
 
     /// The revision now stored: what replicas poll.
     pub async fn revision(&self) -> Result<i64, KeyStoreError> {
+        self.bounded("read the revision", self.revision_now()).await
+    }
+
+    async fn revision_now(&self) -> Result<i64, KeyStoreError> {
         let mut guard = self.client().await?;
         let client = guard.as_mut().ok_or_else(closed)?;
         let row = client
             .query_one(&format!("SELECT revision FROM {TABLE} WHERE id = 1"), &[])
             .await
             .map_err(|e| failed("read the revision", &e))?;
-        Ok(row.get(0))
+        column(&row, 0, "revision", "bigint")
     }
 
     /// Runs `f` (off the async threads) on the stored document with its row locked; the
     /// signed bytes it returns replace the document, bump the revision and notify replicas.
     pub(super) async fn edit<T, F>(&self, f: F) -> Result<T, KeyStoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Option<Document>) -> Result<(Option<Vec<u8>>, T), KeyStoreError> + Send + 'static,
+    {
+        self.bounded("edit", self.edit_now(f)).await
+    }
+
+    async fn edit_now<T, F>(&self, f: F) -> Result<T, KeyStoreError>
     where
         T: Send + 'static,
         F: FnOnce(Option<Document>) -> Result<(Option<Vec<u8>>, T), KeyStoreError> + Send + 'static,
@@ -154,7 +202,8 @@ impl PgStore {
             .query_one(&sql, &[])
             .await
             .map_err(|e| failed("read", &e))?;
-        let doc = self.parse(row.get(0))?;
+        let text: String = column(&row, 0, "document", "text")?;
+        let doc = self.parse(&text)?;
         let (bytes, out) = blocking(move || f(doc)).await?;
         if let Some(bytes) = bytes {
             let text = String::from_utf8(bytes).map_err(|_| KeyStoreError::Crypto("not UTF-8"))?;
@@ -177,7 +226,9 @@ impl PgStore {
     /// Reconnects after a pause when the connection is lost.
     pub async fn listen(self: Arc<Self>, wake: Arc<Notify>) {
         loop {
-            if let Ok((client, mut conn)) = self.config.connect(NoTls).await {
+            // Bounded: a database that accepts and never answers must not stall the listener.
+            let connected = tokio::time::timeout(OP_TIMEOUT, self.config.connect(NoTls)).await;
+            if let Ok(Ok((client, mut conn))) = connected {
                 let driver = async {
                     while let Some(m) =
                         futures_util::future::poll_fn(|cx| conn.poll_message(cx)).await
@@ -194,6 +245,7 @@ impl PgStore {
                 let listening = tokio::select! {
                     r = client.batch_execute(&sql) => r.is_ok(),
                     () = &mut driver => false,
+                    () = tokio::time::sleep(OP_TIMEOUT) => false,
                 };
                 if listening {
                     wake.notify_one();
@@ -213,6 +265,44 @@ impl PgStore {
         }
         file::parse(&self.place, text.as_bytes()).map(Some)
     }
+}
+
+/// Bounds each session on both ends: the connect, a dead peer (keepalives, unacknowledged
+/// writes) and, server-side, statements, lock waits and idle transactions.
+fn bound_sessions(config: &mut tokio_postgres::Config) {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(OP_TIMEOUT);
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(30));
+    let options = match config.get_options() {
+        Some(own) => format!("{SESSION_OPTIONS} {own}"),
+        None => SESSION_OPTIONS.to_string(),
+    };
+    config.options(options);
+}
+
+/// Column `i` of the store's row, or an error naming it when a pre-existing table declares it
+/// with another type.
+fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    i: usize,
+    name: &str,
+    want: &str,
+) -> Result<T, KeyStoreError> {
+    row.try_get(i).map_err(|_| {
+        db_error(
+            "read",
+            &format!(
+                "column {TABLE}.{name} is not {want}: the table predates this gateway or was \
+                 altered; rename or drop it so the gateway creates its own (docs/key-store.md)"
+            ),
+        )
+    })
 }
 
 fn db_error(op: &'static str, problem: &str) -> KeyStoreError {

@@ -100,8 +100,11 @@ impl Reloader {
                     let _ = self.reload_keys(ReloadTrigger::Store).await;
                 }
                 Ok(false) => {}
+                // Counted as a failed reload, and retried at the next poll: the follower
+                // never ends while the gateway serves.
                 Err(e) => {
-                    tracing::warn!(error = %e, "key-store database: cannot read the revision; keeping the current store")
+                    tracing::warn!(error = %e, "key-store database: cannot read the revision; keeping the current store");
+                    self.metrics.record(ReloadTrigger::Store, None);
                 }
             }
         }

@@ -310,3 +310,68 @@ async fn a_change_without_a_notification_is_served_by_the_revision_poll() {
         "the revision poll served it within the stated time"
     );
 }
+
+/// A unix-socket relay in front of the cluster that can go silent: once frozen it forwards
+/// nothing and closes nothing (a database host that stopped answering, no reset).
+struct Freezer {
+    _dir: tempfile::TempDir,
+    url: String,
+    frozen: tokio::sync::watch::Sender<bool>,
+}
+
+impl Freezer {
+    async fn start(pg: &PgServer) -> Freezer {
+        let host = pg.url.split("host=").nth(1).unwrap();
+        let host = host.split('&').next().unwrap().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::UnixListener::bind(dir.path().join(".s.PGSQL.5432")).unwrap();
+        let (frozen, rx) = tokio::sync::watch::channel(false);
+        let url = pg.url.replace(&host, &dir.path().display().to_string());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut rx = rx.clone();
+                let target = format!("{host}/.s.PGSQL.5432");
+                held.push(tokio::spawn(async move {
+                    let mut up = tokio::net::UnixStream::connect(target).await.unwrap();
+                    if !*rx.borrow() {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut conn, &mut up) => return,
+                            _ = rx.wait_for(|f| *f) => {}
+                        }
+                    }
+                    // Silent from here on, both sockets held open.
+                    std::future::pending::<()>().await;
+                    drop((conn, up));
+                }));
+            }
+        });
+        Freezer {
+            _dir: dir,
+            url,
+            frozen,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_database_that_stops_answering_fails_a_reload_within_the_bound_and_the_old_store_serves()
+{
+    let Some(pg) = PgServer::start() else { return };
+    let relay = Freezer::start(&pg).await;
+    let mut setup = on(&pg, vec![("alice", KEY_ALICE)]);
+    setup.overrides[1].1 = relay.url.clone();
+    let h = Harness::start(setup).await;
+    assert_eq!(status_of(&h, "alice").await, 200);
+
+    relay.frozen.send(true).unwrap();
+    // docs/key-store.md: every database operation fails after 5 s without an answer.
+    let started = std::time::Instant::now();
+    let reload = tokio::time::timeout(Duration::from_secs(15), h.gateway().reload_credentials())
+        .await
+        .expect("a reload against a silent database ends within the bound");
+    eprintln!("reload failed after {:?}", started.elapsed());
+    let err = reload.expect_err("nothing read from a silent database");
+    assert!(err.to_string().contains("did not answer"), "{err}");
+    assert_eq!(status_of(&h, "alice").await, 200, "the old store serves");
+}
