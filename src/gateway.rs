@@ -55,43 +55,18 @@ impl Gateway {
         warn_readable_secrets(&cfg);
         cfg.warn_deprecated();
         let mut metrics = Metrics::new();
-        let telemetry = crate::telemetry::start(&cfg.telemetry)?;
-        let http = client::build_counted(&cfg.upstream, metrics.tls_handshakes())?;
         // Taken before the verifier reads the key files, so a file rotated in between is seen
         // as a change by the next reload.
         let auth_digest = cfg
             .source
             .is_some()
             .then(|| crate::reload::config::auth_identity(&cfg));
-        let credentials = Arc::new(Credentials::open(&cfg.keystore, cfg.enrol.enabled).await?);
         let local_addr = listener.local_addr()?;
-        let (upstream, authority) = upstream(&cfg, http.clone(), local_addr, &metrics)?;
         let tls = server::tls_acceptor(&cfg.server)?;
         let readiness = GatewayReadiness::new();
-        let inflight = crate::inflight::InFlight::new(cfg.upstream.max_in_flight_per_user);
-        let bus = crate::cache::CacheBus::new(credentials.clone());
-        bus.configure(&cfg.redis);
-        let limits = crate::guard::Limits {
-            max_body: cfg.server.max_body_bytes,
-            authority,
-        };
-        let enrol = cfg.enrol.enabled.then(|| {
-            crate::enrol::Enrol::new(credentials.clone(), &cfg.enrol.grant, limits.clone())
-        });
-        let fixed = Fixed {
-            credentials: credentials.clone(),
-            inflight: inflight.clone(),
-            upstream,
-            readiness: readiness.clone(),
-            context: crate::context::ContextLayer::new(&cfg.server.trusted_proxies),
-            limits,
-            enrol,
-            metrics: Some(Arc::new(metrics.http())),
-            http,
-            telemetry: telemetry.clone(),
-            bus: bus.clone(),
-            compression: crate::compression::Compress::new(&cfg.compression),
-        };
+        let fixed = fixed_parts(&cfg, &metrics, local_addr, readiness.clone()).await?;
+        let (credentials, bus) = (fixed.credentials.clone(), fixed.bus.clone());
+        let (inflight, telemetry) = (fixed.inflight.clone(), fixed.telemetry.clone());
         // The same build a reload runs, from nothing.
         let built = Live::build(&fixed, &cfg, None).await?;
         let live: Shared = Arc::new(ArcSwap::from_pointee(built.live));
@@ -117,37 +92,12 @@ impl Gateway {
         let settings = ConnSettings::public(&cfg.server, tls).with_metrics(&metrics);
         let grace = cfg.server.shutdown_grace;
         let mut tasks = Vec::new();
-        let admin = crate::admin::Admin::new(
-            &cfg.admin,
-            credentials.clone(),
-            reloader.clone(),
-            metrics.clone(),
-        );
-        let admin_addr = match (cfg.admin.listen, admin) {
-            (Some(addr), Some(admin)) => {
-                let l = TcpListener::bind(addr).await?;
-                let bound = l.local_addr()?;
-                let settings = ConnSettings::admin(&cfg.server, &cfg.admin).with_metrics(&metrics);
-                let serving = server::serve(l, settings, admin.service(), rx.clone(), grace);
-                tasks.push(tokio::spawn(serving));
-                tracing::info!(admin_addr = %bound, "admin listening");
-                Some(bound)
-            }
-            _ => None,
-        };
-        if !cfg.keystore.watch_interval.is_zero() {
-            tokio::spawn(
-                reloader
-                    .clone()
-                    .watch_files(cfg.keystore.watch_interval, rx.clone()),
-            );
-        }
-        // Other replicas' writes to a database store, always followed (a replica that never
-        // saw them would serve revoked keys): `watch_interval = 0` polls at the default.
-        let every = Some(cfg.keystore.watch_interval)
-            .filter(|d| !d.is_zero())
-            .unwrap_or(crate::config::DEFAULT_WATCH_INTERVAL);
-        tokio::spawn(reloader.clone().follow_store(every, rx.clone()));
+        let admin = start_admin(&cfg, &credentials, &reloader, &metrics, rx.clone()).await?;
+        let admin_addr = admin.map(|(bound, serving)| {
+            tasks.push(serving);
+            bound
+        });
+        follow_changes(&cfg, &reloader, &rx);
         tasks.push(tokio::spawn(server::serve(
             listener,
             settings,
@@ -352,6 +302,87 @@ fn warn_readable_secrets(cfg: &Config) {
 
 fn too_open(mode: u32, owner: u32) -> bool {
     mode & 0o004 != 0 || (mode & 0o040 != 0 && owner != 0)
+}
+
+/// The parts that live as long as the process (a reload keeps them): the key store, the
+/// upstream client, readiness, the in-flight cap, the cache bus, enrolment, compression.
+async fn fixed_parts(
+    cfg: &Config,
+    metrics: &Metrics,
+    local_addr: SocketAddr,
+    readiness: Arc<GatewayReadiness>,
+) -> Result<Fixed, StartError> {
+    let telemetry = crate::telemetry::start(&cfg.telemetry)?;
+    let http = client::build_counted(&cfg.upstream, metrics.tls_handshakes())?;
+    let credentials = Arc::new(Credentials::open(&cfg.keystore, cfg.enrol.enabled).await?);
+    let (upstream, authority) = upstream(cfg, http.clone(), local_addr, metrics)?;
+    let bus = crate::cache::CacheBus::new(credentials.clone());
+    bus.configure(&cfg.redis);
+    let limits = crate::guard::Limits {
+        max_body: cfg.server.max_body_bytes,
+        authority,
+    };
+    let enrol = cfg
+        .enrol
+        .enabled
+        .then(|| crate::enrol::Enrol::new(credentials.clone(), &cfg.enrol.grant, limits.clone()));
+    Ok(Fixed {
+        credentials,
+        inflight: crate::inflight::InFlight::new(cfg.upstream.max_in_flight_per_user),
+        upstream,
+        readiness,
+        context: crate::context::ContextLayer::new(&cfg.server.trusted_proxies),
+        limits,
+        enrol,
+        metrics: Some(Arc::new(metrics.http())),
+        http,
+        telemetry,
+        bus,
+        compression: crate::compression::Compress::new(&cfg.compression),
+    })
+}
+
+/// The admin listener, when configured: its address and its accept loop.
+async fn start_admin(
+    cfg: &Config,
+    credentials: &Arc<Credentials>,
+    reloader: &Arc<Reloader>,
+    metrics: &Arc<Metrics>,
+    rx: watch::Receiver<bool>,
+) -> Result<Option<(SocketAddr, JoinHandle<()>)>, StartError> {
+    let admin = crate::admin::Admin::new(
+        &cfg.admin,
+        credentials.clone(),
+        reloader.clone(),
+        metrics.clone(),
+    );
+    let (Some(addr), Some(admin)) = (cfg.admin.listen, admin) else {
+        return Ok(None);
+    };
+    let l = TcpListener::bind(addr).await?;
+    let bound = l.local_addr()?;
+    let settings = ConnSettings::admin(&cfg.server, &cfg.admin).with_metrics(metrics);
+    let grace = cfg.server.shutdown_grace;
+    let serving = server::serve(l, settings, admin.service(), rx, grace);
+    tracing::info!(admin_addr = %bound, "admin listening");
+    Ok(Some((bound, tokio::spawn(serving))))
+}
+
+/// Watches the config and key-store files, and follows a database store's changes.
+fn follow_changes(cfg: &Config, reloader: &Arc<Reloader>, rx: &watch::Receiver<bool>) {
+    if !cfg.keystore.watch_interval.is_zero() {
+        tokio::spawn(
+            reloader
+                .clone()
+                .watch_files(cfg.keystore.watch_interval, rx.clone()),
+        );
+    }
+    // Other replicas' writes to a database store, always followed (a replica that never
+    // saw them would serve revoked keys): `watch_interval = 0` polls at the default.
+    let every = Some(cfg.keystore.watch_interval)
+        .filter(|d| !d.is_zero())
+        .unwrap_or(crate::config::DEFAULT_WATCH_INTERVAL);
+    tokio::spawn(reloader.clone().follow_store(every, rx.clone()));
 }
 
 #[cfg(test)]
