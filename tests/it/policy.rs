@@ -202,7 +202,12 @@ fn capture(filter: &str) -> (Lines, tracing::subscriber::DefaultGuard) {
         .with_env_filter(filter)
         .with_writer(move || sink.clone())
         .finish();
-    (lines, tracing::subscriber::set_default(sub))
+    let guard = tracing::subscriber::set_default(sub);
+    // Callsites cache which subscribers want them, across threads: one first hit by another
+    // test while this subscriber was being registered can be cached as unwanted (its events
+    // then never reach us). Recompute now that this subscriber is in place.
+    tracing::callsite::rebuild_interest_cache();
+    (lines, guard)
 }
 
 /// The current-thread test runtime runs the gateway's tasks on this thread, so a
