@@ -9,10 +9,11 @@
 //! `keys` commands too; the row lock in PostgreSQL), so two enrolments of one key cannot both
 //! pass the check that nobody else holds it. File I/O and decryption run off the async threads.
 
-use super::edit::{self, AddOutcome, ListedUser, NewKey, Resealed};
+use super::edit::{self, ListedUser, Resealed};
 use super::file::{self, Document};
+use super::new_key::{AddOutcome, NewKey};
 use super::postgres::PgStore;
-use super::{KeyStore, KeyStoreError};
+use super::{KeyStore, KeyStoreError, blocking};
 use crate::config::{KeyStoreConfig, MasterKey, StoreKind};
 use secrecy::ExposeSecret;
 use std::path::{Path, PathBuf};
@@ -215,15 +216,6 @@ impl Backend {
             Backend::File { .. } => None,
         }
     }
-}
-
-/// Runs blocking work (file I/O, decryption) off the async threads.
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, KeyStoreError> + Send + 'static,
-) -> Result<T, KeyStoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or(Err(KeyStoreError::Crypto("a key-store task failed")))
 }
 
 /// An exclusive lock on `.<name>.lock` beside the store, so the gateway's enrolments and a

@@ -60,6 +60,7 @@ mod crypto;
 mod edit;
 mod file;
 mod layer;
+mod new_key;
 mod postgres;
 mod store;
 #[cfg(test)]
@@ -67,10 +68,8 @@ mod tests;
 
 pub use backend::Backend;
 pub use crypto::{fingerprint, generate_master_key};
-pub use edit::{
-    AddOutcome, ListedUser, NewKey, Resealed, add_key, add_keys, check_api_key, list, remove_user,
-    reseal,
-};
+pub use edit::{ListedUser, Resealed, add_key, add_keys, list, remove_user, reseal};
+pub use new_key::{AddOutcome, NewKey, check_api_key};
 pub use store::{Credentials, KeyStore};
 
 use crate::upstream::Shard;
@@ -312,4 +311,13 @@ fn validate_name(what: &'static str, s: &str) -> Result<(), KeyStoreError> {
         return Ok(());
     };
     Err(KeyStoreError::InvalidName { what, problem })
+}
+
+/// Runs blocking work (file I/O, decryption) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, KeyStoreError> + Send + 'static,
+) -> Result<T, KeyStoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or(Err(KeyStoreError::Crypto("a key-store task failed")))
 }

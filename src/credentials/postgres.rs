@@ -14,7 +14,7 @@
 //! `sslmode=require` is refused, so reach it over loopback, a unix socket or a local TLS proxy.
 
 use super::KeyStoreError;
-use super::backend::blocking;
+use super::blocking;
 use super::file::{self, Document};
 use crate::config::Secret;
 use secrecy::ExposeSecret;

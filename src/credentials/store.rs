@@ -4,7 +4,7 @@
 //! whole-document MAC does not match (an unsigned version-1 file included): one bad entry fails
 //! the whole load, so a running gateway keeps its previous store instead.
 
-use super::edit::{AddOutcome, NewKey};
+use super::new_key::{AddOutcome, NewKey};
 use super::{ApiKey, Backend, Credential, KeyStoreError, crypto, file, validate_name};
 use crate::config::{KeyStoreConfig, MasterKey};
 use arc_swap::ArcSwap;

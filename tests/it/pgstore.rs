@@ -375,3 +375,23 @@ async fn a_database_that_stops_answering_fails_a_reload_within_the_bound_and_the
     assert!(err.to_string().contains("did not answer"), "{err}");
     assert_eq!(status_of(&h, "alice").await, 200, "the old store serves");
 }
+
+#[tokio::test]
+async fn a_preexisting_table_with_other_column_types_is_an_error_naming_the_column() {
+    let Some(pg) = PgServer::start() else { return };
+    pg.psql(
+        "CREATE TABLE cliniko_gateway_keystore (id smallint PRIMARY KEY, revision integer NOT NULL, \
+         document bytea NOT NULL); INSERT INTO cliniko_gateway_keystore VALUES (1, 0, '')",
+    );
+    let (store, master) = ops_store(&pg).await;
+    let err = store
+        .load(&master, true)
+        .await
+        .expect_err("the gateway's types are not that table's");
+    let shown = err.to_string();
+    assert!(
+        shown.contains("cliniko_gateway_keystore.revision is not bigint"),
+        "{shown}"
+    );
+    assert!(shown.contains("rename or drop it"), "{shown}");
+}

@@ -1,0 +1,86 @@
+//! A key to store and what storing it did: shared by the file edits ([`super::edit`]) and
+//! the serving store ([`super::store`]), below both so neither imports the other for them.
+
+use super::{ApiKey, KeyStoreError, validate_name, validate_user};
+use crate::upstream::Shard;
+
+/// Longest accepted API key in bytes (Cliniko keys are far shorter; this catches paste accidents).
+const MAX_KEY_BYTES: usize = 1024;
+
+/// What [`add_key`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddOutcome {
+    /// The id of the user's key in the file.
+    pub key_id: String,
+    /// The key's fingerprint (safe to print).
+    pub fingerprint: String,
+    /// The key's shard.
+    pub shard: Shard,
+    /// True when the key was already stored (for another user or this one) and was reused.
+    pub reused_key: bool,
+    /// The user's previous key id, when the user had a different key before.
+    pub previous_key_id: Option<String>,
+    /// Key ids removed because no user references them any more.
+    pub dropped_key_ids: Vec<String>,
+    /// True when the file did not exist and was created.
+    pub created_file: bool,
+}
+
+/// A key to store for a user (owned, so an edit can move it off the async threads).
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// The user (the JWT's user claim).
+    pub user: String,
+    /// The API key.
+    pub key: ApiKey,
+    /// Label of the Cliniko user owning the key, when known; (re)labels a stored key.
+    pub cliniko_user: Option<String>,
+    /// When Cliniko accepted the key (RFC 3339); set by enrolment.
+    pub verified_at: Option<String>,
+    /// Refuse a key another user already holds ([`KeyStoreError::KeyInUse`]): enrolment
+    /// does, so nobody can connect a colleague's key; ops' `keys add` may share keys.
+    pub exclusive: bool,
+}
+
+impl NewKey {
+    /// A mapping as ops make it: shared keys allowed, not verified with Cliniko.
+    pub fn new(user: &str, key: ApiKey, cliniko_user: Option<&str>) -> NewKey {
+        NewKey {
+            user: user.to_string(),
+            key,
+            cliniko_user: cliniko_user.map(str::to_string),
+            verified_at: None,
+            exclusive: false,
+        }
+    }
+
+    /// Checks the user name, the label and the key; the key's shard when all are valid.
+    pub fn check(&self) -> Result<Shard, KeyStoreError> {
+        validate_user(&self.user)?;
+        if let Some(label) = &self.cliniko_user {
+            validate_name("cliniko_user label", label)?;
+        }
+        check_api_key(&self.key)
+    }
+}
+
+/// Checks a key's form (length, no whitespace, a shard suffix) and returns its shard.
+pub fn check_api_key(key: &ApiKey) -> Result<Shard, KeyStoreError> {
+    let k = key.expose();
+    if k.is_empty() {
+        return Err(KeyStoreError::InvalidApiKey("it is empty"));
+    }
+    if k.len() > MAX_KEY_BYTES {
+        return Err(KeyStoreError::InvalidApiKey("it is longer than 1024 bytes"));
+    }
+    if k.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(KeyStoreError::InvalidApiKey(
+            "it contains whitespace or control characters (a paste error?)",
+        ));
+    }
+    Shard::from_key(k).map_err(|_| {
+        KeyStoreError::InvalidApiKey(
+            "its shard suffix (after the last '-') is not a shard name such as au1 or uk2",
+        )
+    })
+}
