@@ -28,6 +28,11 @@ async fn spawn(sb: &Sandbox, users: &[(&str, &str)]) -> Proc {
 
 /// [`spawn`] with `tail` appended to the config.
 async fn spawn_with(sb: &Sandbox, users: &[(&str, &str)], tail: &str) -> Proc {
+    spawn_env(sb, users, tail, &[]).await
+}
+
+/// [`spawn_with`] with extra environment variables.
+async fn spawn_env(sb: &Sandbox, users: &[(&str, &str)], tail: &str, env: &[(&str, &str)]) -> Proc {
     let dir = process_config_dir(
         sb,
         "shutdown_grace = \"20s\"",
@@ -40,6 +45,7 @@ async fn spawn_with(sb: &Sandbox, users: &[(&str, &str)], tail: &str) -> Proc {
         .env("CLINIKO_GATEWAY_HMAC_SECRET", HMAC)
         .env("CLINIKO_GATEWAY_MASTER_KEY", MASTER)
         .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -249,4 +255,35 @@ async fn old_redis_field_names_warn_at_start_on_reload_and_in_check_config() {
         stderr.contains("ratelimit.redis_prefix") && stderr.contains("redis.prefix"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn sigterm_drains_while_a_sighup_reload_waits_on_a_silent_database() {
+    let Some(pg) = crate::pg::PgServer::start() else {
+        return;
+    };
+    let (ops, master) = crate::pgstore::ops_store(&pg).await;
+    let alice = crate::pgstore::new_key("alice", KEY_ALICE);
+    ops.add(&master, alice).await.unwrap();
+    let relay = crate::pgstore::Freezer::start(&pg).await;
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    let env = [
+        ("CLINIKO_GATEWAY__KEYSTORE__STORE", "postgres"),
+        ("CLINIKO_GATEWAY_POSTGRES_URL", relay.url.as_str()),
+    ];
+    let mut p = spawn_env(&sb, &[], "", &env).await;
+    relay.frozen.send(true).unwrap();
+    signal(&p.child, "-HUP");
+    signal(&p.child, "-TERM");
+    // The reload waits 5 s on the database; SIGTERM is acted on before it gives up.
+    p.wait_line("draining").await;
+    assert!(
+        !p.logs
+            .seen
+            .iter()
+            .any(|l| l.contains("key store reload failed")),
+        "SIGTERM waited for the reload"
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(20), p.child.wait()).await;
+    assert!(exit.unwrap().unwrap().success());
 }

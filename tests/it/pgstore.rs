@@ -34,7 +34,7 @@ fn on(pg: &PgServer, users: Vec<(&'static str, &'static str)>) -> Setup {
 }
 
 /// The database store as ops' `keys` commands open it (through a config, like the binary).
-async fn ops_store(pg: &PgServer) -> (Backend, cliniko_gateway::config::MasterKey) {
+pub async fn ops_store(pg: &PgServer) -> (Backend, cliniko_gateway::config::MasterKey) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gw.toml");
     std::fs::write(&path, pg_config(pg)).unwrap();
@@ -55,7 +55,7 @@ fn pg_config(_pg: &PgServer) -> String {
         .into()
 }
 
-fn new_key(user: &str, key: &str) -> NewKey {
+pub fn new_key(user: &str, key: &str) -> NewKey {
     NewKey {
         user: user.into(),
         key: ApiKey::new(key.into()),
@@ -313,14 +313,14 @@ async fn a_change_without_a_notification_is_served_by_the_revision_poll() {
 
 /// A unix-socket relay in front of the cluster that can go silent: once frozen it forwards
 /// nothing and closes nothing (a database host that stopped answering, no reset).
-struct Freezer {
+pub struct Freezer {
     _dir: tempfile::TempDir,
-    url: String,
-    frozen: tokio::sync::watch::Sender<bool>,
+    pub url: String,
+    pub frozen: tokio::sync::watch::Sender<bool>,
 }
 
 impl Freezer {
-    async fn start(pg: &PgServer) -> Freezer {
+    pub async fn start(pg: &PgServer) -> Freezer {
         let host = pg.url.split("host=").nth(1).unwrap();
         let host = host.split('&').next().unwrap().to_string();
         let dir = tempfile::tempdir().unwrap();
