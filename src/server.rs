@@ -167,6 +167,30 @@ impl ConnSettings {
     }
 }
 
+/// What a listener serves: the whole stack (or the admin routes), which never fails (errors
+/// are responses by then), cloned into every connection task.
+pub trait Served:
+    Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Served for S where
+    S: Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// First and longest pause after a failed `accept`.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
@@ -178,12 +202,7 @@ pub async fn serve<S>(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: Served,
 {
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let (force_tx, force_rx) = watch::channel(false);
@@ -298,12 +317,7 @@ struct Connection<S> {
 
 impl<S> Connection<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: Served,
 {
     async fn run(self, tcp: tokio::net::TcpStream) {
         match self.settings.tls.clone() {
@@ -399,12 +413,7 @@ fn per_request<S>(
 + Send
 + 'static
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: Served,
 {
     tower::service_fn(move |req: Request<hyper::body::Incoming>| {
         let busy = tracker.begin();
