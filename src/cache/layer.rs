@@ -275,7 +275,10 @@ async fn store(
     ttl: Duration,
     epoch: u64,
 ) -> Result<Arc<Entry>, NotStored> {
+    // A body still encoded (an encoding the forwarder does not decode, or stacked ones) is
+    // passed on as it is: the store keeps plain bytes (or its own gzip of them) only.
     let uncacheable = resp.status() != StatusCode::OK
+        || resp.headers().contains_key(header::CONTENT_ENCODING)
         || resp
             .headers()
             .get_all(header::CACHE_CONTROL)
@@ -506,6 +509,30 @@ mod tests {
         r.headers_mut()
             .insert(header::ETAG, HeaderValue::from_static(etag));
         r
+    }
+
+    #[tokio::test]
+    async fn a_body_still_encoded_passes_as_it_is_and_is_not_stored() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let inner = tower::service_fn(move |_r: Request<Body>| {
+            c.fetch_add(1, Ordering::SeqCst);
+            let mut r = ok_json("\"z\"");
+            // An encoding the forwarder leaves alone: re-gzipping it and labelling the result
+            // plain gzip would send callers bytes they cannot decode.
+            r.headers_mut()
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+            async move { Ok::<_, GatewayError>(r) }
+        });
+        let svc = tower::Layer::layer(&OptionalLayer(Some(cache(Duration::from_secs(60)))), inner);
+        let cred = Arc::new(Credential::new(ApiKey::new("k-au1".into()), "k", None).unwrap());
+        for _ in 0..2 {
+            let resp = svc.clone().oneshot(req(&cred)).await.unwrap();
+            assert_eq!(resp.headers()[header::CONTENT_ENCODING], "zstd");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"{\"practitioners\":[]}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "nothing was stored");
     }
 
     #[tokio::test]
