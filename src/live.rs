@@ -121,8 +121,14 @@ impl Live {
                 changed.extend(old.map(|_| "cache"));
                 // New rules apply to every answer from now on: entries stored under the old
                 // TTLs go.
+                // The gzip copy only pays when callers can be sent it: with [compression] off
+                // every hit would decode it.
+                let compress = cfg.cache.compress && fixed.compression.is_some();
                 Cache::new_after(
-                    &cfg.cache,
+                    &crate::config::CacheConfig {
+                        compress,
+                        ..cfg.cache.clone()
+                    },
                     prev.as_ref().and_then(|p| p.cache_stats.clone()),
                     Some(fixed.bus.clone()),
                 )
