@@ -53,11 +53,15 @@ impl RequestId {
 /// `s` if it is a plain token (`[A-Za-z0-9._~:@-]`, at most 128 bytes), else `?`: the record
 /// must not carry encoded bytes, control characters or anything built to confuse a reader.
 pub fn plain(s: &str) -> &str {
-    let ok = !s.is_empty()
+    if is_plain(s) { s } else { "?" }
+}
+
+/// Whether [`plain`] keeps `s` as it is: 1-128 of `A-Z a-z 0-9 . _ ~ : @ -`.
+pub fn is_plain(s: &str) -> bool {
+    !s.is_empty()
         && s.len() <= 128
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._~:@-".contains(&b));
-    if ok { s } else { "?" }
+            .all(|b| b.is_ascii_alphanumeric() || b"._~:@-".contains(&b))
 }
 
 /// What the server saw before any layer ran (inserted by the server, folded into the

@@ -83,12 +83,8 @@ fn check_share(field: &str, s: &Share) -> Result<(), ConfigError> {
 /// A name as tokens carry it: the gateway keeps app names only when they are plain
 /// (`[A-Za-z0-9._~:@-]`, at most 128 bytes), so any other configured name could never match.
 fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
-    let plain = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._~:@-".contains(&b));
-    if plain {
+    // The names the request context keeps as they are (anything else is logged as `?`).
+    if crate::context::is_plain(name) {
         return Ok(());
     }
     Err(ConfigError::new(
