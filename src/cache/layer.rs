@@ -390,15 +390,12 @@ fn gzip(plain: &[u8]) -> Option<Bytes> {
 
 /// A gzip copy decoded for a caller that does not take gzip.
 fn gunzip(e: &Entry) -> Result<Bytes, GatewayError> {
-    use std::io::Read;
-    let mut out = Vec::with_capacity(e.plain_len);
-    flate2::read::GzDecoder::new(&e.body[..])
-        .read_to_end(&mut out)
-        .map_err(|_| {
-            tracing::error!("a stored gzip copy does not decode");
-            GatewayError::Internal
-        })?;
-    Ok(Bytes::from(out))
+    use crate::upstream::body::{Coding, inflate};
+    // The copy was made from `plain_len` bytes: anything else is not ours.
+    inflate(&e.body, Coding::Gzip, e.plain_len).map_err(|_| {
+        tracing::error!("a stored gzip copy does not decode");
+        GatewayError::Internal
+    })
 }
 
 /// `head` followed by the rest of `tail`, streaming.
