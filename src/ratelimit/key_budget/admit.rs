@@ -132,9 +132,10 @@ impl KeyBudgets {
                 (Decision::Refuse(w), _) => next = w,
             }
         }
-        self.stats.shaped.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let place = self.queue(id, who, tx, next)?;
+        // Counted once it really waits: `queue` refuses a hopeless wait at once.
+        self.stats.shaped.fetch_add(1, Ordering::Relaxed);
         place.wait(rx, started + self.max_wait).await
     }
 
