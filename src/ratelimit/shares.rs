@@ -72,14 +72,15 @@ impl Shares {
 
     fn best_group(&self, user: &User) -> Option<Share> {
         let share = |v: &serde_json::Value| v.as_str().and_then(|g| self.groups.get(g)).copied();
-        let found: Vec<Share> = match user.claims.get(&self.group_claim)? {
-            v @ serde_json::Value::String(_) => share(v).into_iter().collect(),
-            serde_json::Value::Array(a) => a.iter().filter_map(share).collect(),
+        let values = match user.claims.get(&self.group_claim)? {
+            v @ serde_json::Value::String(_) => std::slice::from_ref(v),
+            serde_json::Value::Array(a) => a.as_slice(),
             _ => return None,
         };
-        // First class first, then the heaviest weight.
-        found
-            .into_iter()
+        // First class first, then the heaviest weight; no list built per request.
+        values
+            .iter()
+            .filter_map(share)
             .min_by_key(|s| (s.class, std::cmp::Reverse(s.weight)))
     }
 }
