@@ -182,9 +182,21 @@ async fn a_configured_default_applies_to_tokens_without_the_claim() {
 #[derive(Clone, Default)]
 struct Lines(Arc<Mutex<Vec<u8>>>);
 
-impl std::io::Write for Lines {
+thread_local! {
+    /// Where this thread's audit and access records go while a test captures them.
+    static SINK: std::cell::RefCell<Option<Lines>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Writes a record into the capturing test's sink, if this thread has one.
+struct ThreadSink;
+
+impl std::io::Write for ThreadSink {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
+        SINK.with(|s| {
+            if let Some(l) = s.borrow().as_ref() {
+                l.0.lock().unwrap().extend_from_slice(b);
+            }
+        });
         Ok(b.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -192,29 +204,39 @@ impl std::io::Write for Lines {
     }
 }
 
-/// JSON log lines of `filter`, captured on this thread while the guard lives.
-fn capture(filter: &str) -> (Lines, tracing::subscriber::DefaultGuard) {
+/// Stops the capture when dropped.
+struct Capturing;
+
+impl Drop for Capturing {
+    fn drop(&mut self) {
+        SINK.with(|s| s.borrow_mut().take());
+    }
+}
+
+/// JSON audit and access records emitted on this thread while the guard lives (callers pick
+/// the target they want). One global subscriber, installed once: a per-test `set_default`
+/// races with other threads over tracing's callsite interest cache, and then loses records.
+fn capture() -> (Lines, Capturing) {
+    static GLOBAL: std::sync::Once = std::sync::Once::new();
+    GLOBAL.call_once(|| {
+        let sub = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter("audit=info,access=info")
+            .with_writer(|| ThreadSink)
+            .finish();
+        tracing::subscriber::set_global_default(sub).expect("no other global subscriber");
+    });
     let lines = Lines::default();
-    let sink = lines.clone();
-    let sub = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_env_filter(filter)
-        .with_writer(move || sink.clone())
-        .finish();
-    let guard = tracing::subscriber::set_default(sub);
-    // Callsites cache which subscribers want them, across threads: one first hit by another
-    // test while this subscriber was being registered can be cached as unwanted (its events
-    // then never reach us). Recompute now that this subscriber is in place.
-    tracing::callsite::rebuild_interest_cache();
-    (lines, guard)
+    SINK.with(|s| *s.borrow_mut() = Some(lines.clone()));
+    (lines, Capturing)
 }
 
 /// The current-thread test runtime runs the gateway's tasks on this thread, so a
 /// thread-local subscriber sees their records.
 #[tokio::test]
 async fn every_api_request_leaves_one_audit_record() {
-    let (lines, _guard) = capture("audit=info");
+    let (lines, _guard) = capture();
     let h = start().await;
     let id = cliniko_gateway::sandbox::seeded_patient_id(0, 1);
     let reader = token_with(
@@ -268,7 +290,7 @@ async fn every_api_request_leaves_one_audit_record() {
 /// forwarded, and from anyone else, never a forwarded claim.
 #[tokio::test]
 async fn audit_and_access_lines_carry_the_gateways_id_and_the_client_address() {
-    let (lines, _guard) = capture("audit=info,access=info");
+    let (lines, _guard) = capture();
     let h = Harness::start(Setup {
         policy_toml: POLICY.into(),
         // Loopback is the trusted proxy here, so its X-Forwarded-For counts.
@@ -314,7 +336,7 @@ async fn audit_and_access_lines_carry_the_gateways_id_and_the_client_address() {
 
 #[tokio::test]
 async fn without_a_trusted_proxy_the_client_is_the_peer() {
-    let (lines, _guard) = capture("audit=info");
+    let (lines, _guard) = capture();
     let h = start().await;
     let auth = format!(
         "Bearer {}",
