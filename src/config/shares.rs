@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 /// scheduler's virtual time keeps its precision.
 pub const MAX_WEIGHT: u32 = 1000;
 
+/// The metrics label of every app not named in `apps` (so no app may be named it).
+pub const OTHER_APP: &str = "other";
+
 /// A priority class: every waiting `interactive` request is admitted before any `batch` one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,8 +110,7 @@ pub fn validate(s: &SharesConfig) -> Result<(), ConfigError> {
     for (name, share) in &s.apps {
         let field = format!("ratelimit.shares.apps.\"{name}\"");
         check_name(&field, name)?;
-        if name == "other" {
-            // The metrics' label for every app not listed here.
+        if name == OTHER_APP {
             return Err(ConfigError::new(
                 field,
                 "is the metrics label of every unlisted app",

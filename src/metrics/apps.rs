@@ -13,9 +13,6 @@ const WAIT_BUCKETS: [f64; 13] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 15.0, 60.0,
 ];
 
-/// The label of every app not named in the config.
-pub const OTHER_APP: &str = "other";
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AppLabels {
     app: String,
@@ -45,7 +42,8 @@ impl Default for AppMetrics {
 }
 
 impl AppMetrics {
-    /// The handles of one label (a configured app, or [`OTHER_APP`]); taken once per config
+    /// The handles of one label (a configured app, or
+    /// [`OTHER_APP`](crate::config::shares::OTHER_APP)); taken once per config
     /// so a request only bumps atomics.
     pub fn app(&self, label: &str) -> AppCounts {
         let l = AppLabels {
@@ -131,7 +129,7 @@ mod tests {
         let desk = m.app("reception");
         desk.admitted(Duration::from_millis(30));
         desk.admitted(Duration::ZERO);
-        m.app(OTHER_APP).refused();
+        m.app(crate::config::shares::OTHER_APP).refused();
         let mut r = Registry::with_prefix(crate::metrics::PREFIX);
         r.register_collector(Box::new(Scraped(m)));
         let mut text = String::new();

@@ -14,7 +14,7 @@ mod apps;
 mod process;
 mod sources;
 
-pub use apps::{AppCounts, AppMetrics, OTHER_APP};
+pub use apps::{AppCounts, AppMetrics};
 pub use sources::{Source, counter, family, gauge};
 
 use prometheus_client::encoding::EncodeLabelSet;

@@ -5,8 +5,8 @@
 //! request; the queues themselves live on in the key budgets.
 
 use crate::auth::User;
-use crate::config::shares::{Class, Share, SharesConfig};
-use crate::metrics::{AppCounts, AppMetrics, OTHER_APP};
+use crate::config::shares::{Class, OTHER_APP, Share, SharesConfig};
+use crate::metrics::{AppCounts, AppMetrics};
 use std::collections::HashMap;
 use std::sync::Arc;
 
