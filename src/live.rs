@@ -124,7 +124,7 @@ impl Live {
                 // The gzip copy only pays when callers can be sent it: with [compression] off
                 // every hit would decode it.
                 let compress = cfg.cache.compress && fixed.compression.is_some();
-                Cache::new_after(
+                Cache::new(
                     &crate::config::CacheConfig {
                         compress,
                         ..cfg.cache.clone()

@@ -174,6 +174,12 @@ impl CacheBus {
         caches.push(Arc::downgrade(cache));
     }
 
+    /// Every cache of this process still in use (the one serving, and older ones that
+    /// requests in flight still hold).
+    pub(super) fn caches(&self) -> Vec<Arc<Cache>> {
+        live_caches(&self.shared)
+    }
+
     /// Queues `what` for the other replicas; never waits.
     pub(super) fn publish(&self, what: Invalidation) {
         if let Some(link) = &*self.link.load()

@@ -486,7 +486,7 @@ mod tests {
             }],
             ..CacheConfig::default()
         };
-        Cache::new(&cfg).unwrap()
+        Cache::new(&cfg, None, None).unwrap()
     }
 
     fn req(cred: &Arc<Credential>) -> Request<Body> {

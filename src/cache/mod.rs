@@ -55,12 +55,8 @@ pub struct Cache {
     flights: flight::Flights,
     epoch: AtomicU64,
     stats: Arc<CacheStats>,
-    /// The cache a config reload put in this one's place: writes still finishing on the old
-    /// stack invalidate there too, or a fill on the new stack could keep pre-write data.
-    /// A strong link, so a chain of reloads stays whole while an old write is in flight
-    /// (it only points forward: no cycle; it lives as long as this cache does).
-    successor: std::sync::OnceLock<Arc<Cache>>,
-    /// Carries this cache's invalidations to the other replicas and theirs to it.
+    /// Carries this cache's invalidations to the other replicas and theirs to it, and knows
+    /// every cache of this process still in use (see [`Cache::invalidate_after_write`]).
     bus: Option<Arc<CacheBus>>,
 }
 
@@ -74,14 +70,9 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
-    /// Builds the cache, or `None` when disabled.
-    pub fn new(cfg: &CacheConfig) -> Option<Arc<Cache>> {
-        Cache::new_after(cfg, None, None)
-    }
-
-    /// Builds an empty cache for a reloaded `cfg` counting into `stats` (a previous cache's,
-    /// so the counters carry on), sharing invalidations over `bus`.
-    pub fn new_after(
+    /// Builds an empty cache, or `None` when disabled, counting into `stats` (after a reload
+    /// the previous cache's, so the counters carry on) and sharing invalidations over `bus`.
+    pub fn new(
         cfg: &CacheConfig,
         stats: Option<Arc<CacheStats>>,
         bus: Option<Arc<CacheBus>>,
@@ -120,21 +111,12 @@ impl Cache {
             flights: flight::Flights::default(),
             epoch: AtomicU64::new(0),
             stats,
-            successor: std::sync::OnceLock::new(),
             bus,
         });
         if let Some(bus) = &cache.bus {
             bus.register(&cache);
         }
         Some(cache)
-    }
-
-    /// Called once `next` serves in this cache's place (after a successful reload): writes
-    /// still in flight here invalidate `next` too.
-    pub fn hand_over_to(&self, next: Arc<Cache>) {
-        if !std::ptr::eq(self, Arc::as_ptr(&next)) {
-            let _ = self.successor.set(next);
-        }
     }
 
     /// The TTL for `path`, or `None` when it is not cached.
@@ -217,9 +199,18 @@ impl Cache {
     /// Prefixes no rule caches are neither dropped nor published (replicas share the rules).
     pub fn invalidate_after_write(&self, path: &str) {
         let mut prefixes = write_scope(path);
-        // Each cache of the chain skips what its own rules cannot hold.
-        self.drop_prefixes(&prefixes);
-        prefixes.retain(|p| self.held_along(p));
+        // A reload may have put another cache in this one's place while the write was in
+        // flight: every cache of this process still in use drops them (the bus knows them
+        // all; this one among them), or a fill on the new stack could keep pre-write data.
+        let all = self.bus.as_ref().map(|b| b.caches());
+        let caches: Vec<&Cache> = match &all {
+            Some(all) => all.iter().map(|c| &**c).collect(),
+            None => vec![self],
+        };
+        for cache in &caches {
+            prefixes.iter().for_each(|p| cache.purge_prefix(p));
+        }
+        prefixes.retain(|p| caches.iter().any(|c| c.may_hold(p)));
         if !prefixes.is_empty() {
             self.publish(Invalidation::Prefixes { prefixes });
         }
@@ -231,21 +222,6 @@ impl Cache {
         self.rules
             .iter()
             .any(|r| !r.ttl.is_zero() && (under(prefix, &r.prefix) || under(&r.prefix, prefix)))
-    }
-
-    /// Whether this cache or one a reload put in its place may hold entries under `prefix`.
-    fn held_along(&self, prefix: &str) -> bool {
-        self.may_hold(prefix) || self.successor.get().is_some_and(|n| n.held_along(prefix))
-    }
-
-    /// Drops `prefixes` here and in the caches reloads put in this one's place.
-    fn drop_prefixes(&self, prefixes: &[String]) {
-        for prefix in prefixes {
-            self.purge_prefix(prefix);
-        }
-        if let Some(next) = self.successor.get() {
-            next.drop_prefixes(prefixes);
-        }
     }
 
     /// Tells the other replicas to drop what this one dropped (the `purge_*` methods act here
@@ -296,7 +272,7 @@ mod tests {
             prefix: "/v1/patients/export".into(),
             ttl: Duration::ZERO,
         });
-        let c = Cache::new(&cfg).unwrap();
+        let c = Cache::new(&cfg, None, None).unwrap();
         assert_eq!(c.ttl_for("/v1/patients"), Some(Duration::from_secs(10)));
         assert_eq!(c.ttl_for("/v1/patients/7"), Some(Duration::from_secs(10)));
         assert_eq!(c.ttl_for("/v1/patientsx"), None);
@@ -318,8 +294,8 @@ mod tests {
 
     #[test]
     fn credential_ids_are_keyed_and_distinct() {
-        let c = Cache::new(&CacheConfig::default()).unwrap();
-        let d = Cache::new(&CacheConfig::default()).unwrap();
+        let c = Cache::new(&CacheConfig::default(), None, None).unwrap();
+        let d = Cache::new(&CacheConfig::default(), None, None).unwrap();
         assert_eq!(c.credential_id("k-au1"), c.credential_id("k-au1"));
         assert_ne!(c.credential_id("k-au1"), c.credential_id("j-au1"));
         assert_ne!(
@@ -344,7 +320,7 @@ mod tests {
 
     #[test]
     fn only_prefixes_a_rule_can_hold_are_purged() {
-        let c = Cache::new(&CacheConfig::default()).unwrap();
+        let c = Cache::new(&CacheConfig::default(), None, None).unwrap();
         assert!(c.may_hold("/v1/patients"));
         assert!(c.may_hold("/v1"), "above a rule");
         assert!(c.may_hold("/v1/patients/7"), "below a rule");

@@ -57,9 +57,6 @@ struct Configs {
     /// Digest of what the current token verifier was built from (section, secret, key files'
     /// bytes as read then): a key file rotated in place differs from it.
     auth: Vec<u8>,
-    /// The cache that served last, weakly (alive only while old requests hold it), kept across
-    /// a reload that turns caching off: turning it on again still links in-flight writes.
-    last_cache: std::sync::Weak<crate::cache::Cache>,
     /// Its counters, kept (small) so that caching off then on does not reset them.
     cache_stats: Option<Arc<crate::cache::CacheStats>>,
 }
@@ -93,7 +90,6 @@ impl Reloader {
                 started: applied.clone(),
                 applied,
                 auth,
-                last_cache: std::sync::Weak::new(),
                 cache_stats: None,
             })),
             metrics,
@@ -184,10 +180,6 @@ impl Reloader {
         let restart_needed = config::restart_needed(&configs.started, &new);
         let current = self.live.load_full();
         let auth_changed = auth != configs.auth;
-        let last = current
-            .cache
-            .clone()
-            .or_else(|| configs.last_cache.upgrade());
         let stats = current
             .cache
             .as_ref()
@@ -200,14 +192,6 @@ impl Reloader {
             cache_stats: stats.clone(),
         };
         let applied = Live::build(&self.fixed, &new, Some(prev)).await?;
-        // Writes still in flight on the old stack must invalidate the new cache too: linked
-        // only now, once the new set is sure to serve.
-        if let (Some(old), Some(new)) = (&last, &applied.live.cache) {
-            old.hand_over_to(new.clone());
-        }
-        if let Some(c) = applied.live.cache.as_ref().or(last.as_ref()) {
-            configs.last_cache = Arc::downgrade(c);
-        }
         configs.cache_stats = applied
             .live
             .cache
