@@ -72,10 +72,10 @@ impl Live {
     /// Builds the reloadable parts for `cfg` and the stack around them: at start-up from
     /// nothing, at a reload keeping every stateful part of `prev` whose section is unchanged
     /// (the cache's entries, the budgets, the verifier's token cache and JWKS) and carrying
-    /// state over into the parts it rebuilds. Nothing is swapped here, so a config that fails
-    /// half-way changes nothing. On a reload a new verifier's JWKS must answer now: a key set
-    /// that cannot be fetched is refused rather than swapped in unable to verify (at start-up
-    /// the gateway starts not ready instead).
+    /// state over into the parts it rebuilds. Nothing is swapped here but the key budgets'
+    /// parameters, built last, so a config that fails half-way changes nothing. On a reload a
+    /// new verifier's JWKS must answer now: a key set that cannot be fetched is refused rather
+    /// than swapped in unable to verify (at start-up the gateway starts not ready instead).
     pub async fn build(
         fixed: &Fixed,
         cfg: &Config,
@@ -144,7 +144,7 @@ impl Live {
                         .map(|_| "ratelimit"),
                 );
                 let prev = cur.and_then(|c| c.ratelimits.as_ref());
-                RateLimits::reconfigure(&cfg.ratelimit, &cfg.redis, prev)?
+                RateLimits::new(&cfg.ratelimit, &cfg.redis, prev)?
             }
         };
         // Cheap and stateless, always rebuilt, so a swap never shares them across configs.

@@ -17,9 +17,10 @@ use super::gcra::{Decision, Gcra};
 use super::redis::SharedBudget;
 use crate::config::{Quota, RateLimitConfig, RedisFailure};
 use crate::error::GatewayError;
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 // Tokio's clock, so tests can run on paused time; in production it is the monotonic clock.
 use tokio::time::Instant;
@@ -42,14 +43,14 @@ struct Slot {
     /// A request is asking the budget directly (nobody was queued): others queue meanwhile,
     /// so a crowd arriving at once asks the budget (Redis) once, not once each.
     asking: bool,
-    /// µs since the epoch when the pump next asks the budget (0: it is asking now).
+    /// µs since the epoch when the pump next asks the budget.
     next_try: u64,
     /// The last queue ticket handed out.
     tickets: u64,
 }
 
-/// Every key budget of this process (and its view of the shared ones).
-pub struct KeyBudgets {
+/// What the config sets: swapped whole by a reload, under the table's lock.
+struct Params {
     quota: Quota,
     local_quota: Quota,
     local_gcra: Gcra,
@@ -57,17 +58,36 @@ pub struct KeyBudgets {
     max_waiting: usize,
     failure: RedisFailure,
     shared: Option<SharedBudget>,
-    // Shared with the budgets a reload replaces: spent bursts and Cliniko pauses carry over.
+}
+
+impl Params {
+    fn of(cfg: &RateLimitConfig, shared: Option<SharedBudget>) -> Params {
+        // Without Redis every replica keeps its own budget: each gets its share.
+        let local_quota = cfg.key.divided(cfg.replicas);
+        Params {
+            quota: cfg.key,
+            local_quota,
+            local_gcra: Gcra::of(&local_quota),
+            max_wait: cfg.max_wait,
+            max_waiting: cfg.max_waiting,
+            failure: shared.as_ref().map_or(RedisFailure::Open, |s| s.failure),
+            shared,
+        }
+    }
+}
+
+/// Every key budget of this process (and its view of the shared ones). Built once and kept
+/// across reloads, which swap its parameters: spent bursts, Cliniko pauses and the queues
+/// stay where they are.
+pub struct KeyBudgets {
+    params: ArcSwap<Params>,
     // Keyed by the credential's own `Arc<str>`: finding or adding a slot copies no id.
-    table: Arc<Mutex<HashMap<Arc<str>, Slot>>>,
+    table: Mutex<HashMap<Arc<str>, Slot>>,
     epoch: Instant,
     /// µs since `epoch` until which Redis is not asked (0: ask).
     down_until: AtomicU64,
     ops: AtomicU64,
     stats: Arc<RateLimitStats>,
-    /// The budgets a reload built from these: pumps started here follow it, so the new quota
-    /// applies to the requests already queued.
-    successor: OnceLock<Arc<KeyBudgets>>,
 }
 
 /// Which arithmetic decided, so refusals quote the right quota.
@@ -78,48 +98,42 @@ enum Where {
 }
 
 impl KeyBudgets {
-    /// Builds the budgets (`shared`: the Redis side when configured). After a reload, `prev`
-    /// hands over its per-key state (when each budget is free again, which also holds a
-    /// Cliniko pause): the new quota applies from where each key stands, so a reload never
-    /// hands out a fresh burst.
+    /// Builds the budgets (`shared`: the Redis side when configured).
     pub(super) fn new(
         cfg: &RateLimitConfig,
         shared: Option<SharedBudget>,
         stats: Arc<RateLimitStats>,
-        prev: Option<&KeyBudgets>,
     ) -> KeyBudgets {
-        // Without Redis every replica keeps its own budget: each gets its share.
-        let local_quota = cfg.key.divided(cfg.replicas);
-        let local_gcra = Gcra::of(&local_quota);
-        if let Some(p) = prev
-            && (p.local_gcra.interval, p.local_gcra.burst)
-                != (local_gcra.interval, local_gcra.burst)
-        {
-            let now = p.now_us();
-            for slot in p.table().values_mut() {
-                slot.tat = p.local_gcra.carry(&local_gcra, slot.tat, now);
-            }
-        }
         KeyBudgets {
-            quota: cfg.key,
-            local_quota,
-            local_gcra,
-            max_wait: cfg.max_wait,
-            max_waiting: cfg.max_waiting,
-            failure: shared.as_ref().map_or(RedisFailure::Open, |s| s.failure),
-            shared,
-            table: prev.map_or_else(Arc::default, |p| p.table.clone()),
-            epoch: prev.map_or_else(Instant::now, |p| p.epoch),
+            params: ArcSwap::from_pointee(Params::of(cfg, shared)),
+            table: Mutex::default(),
+            epoch: Instant::now(),
             down_until: AtomicU64::new(0),
             ops: AtomicU64::new(0),
             stats,
-            successor: OnceLock::new(),
         }
     }
 
-    /// Records that a reload replaced these budgets by `next` (which shares their table).
-    pub(super) fn replaced_by(&self, next: &Arc<KeyBudgets>) {
-        let _ = self.successor.set(next.clone());
+    /// A reload: the new quota applies from where each key stands (when each budget is free
+    /// again, which also holds a Cliniko pause), so it never hands out a fresh burst, and to
+    /// the requests already queued (their pump asks with it next).
+    pub(super) fn reconfigure(&self, cfg: &RateLimitConfig, shared: Option<SharedBudget>) {
+        let next = Params::of(cfg, shared);
+        let (from, to) = (self.params().local_gcra, next.local_gcra);
+        let mut t = self.table();
+        if (from.interval, from.burst) != (to.interval, to.burst) {
+            let now = self.now_us();
+            for slot in t.values_mut() {
+                slot.tat = from.carry(&to, slot.tat, now);
+            }
+        }
+        self.params.store(Arc::new(next));
+        // A new Redis (or none) is asked at once.
+        self.down_until.store(0, Ordering::Release);
+    }
+
+    fn params(&self) -> arc_swap::Guard<Arc<Params>> {
+        self.params.load()
     }
 
     fn table(&self) -> MutexGuard<'_, HashMap<Arc<str>, Slot>> {
@@ -131,10 +145,11 @@ impl KeyBudgets {
         u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    fn quota_of(&self, w: Where) -> &Quota {
+    fn quota_of(&self, w: Where) -> Quota {
+        let p = self.params();
         match w {
-            Where::Shared => &self.quota,
-            Where::Local => &self.local_quota,
+            Where::Shared => p.quota,
+            Where::Local => p.local_quota,
         }
     }
 
@@ -148,7 +163,7 @@ impl KeyBudgets {
         reserve: bool,
     ) -> Result<Option<Duration>, GatewayError> {
         let pause_us = micros(pause).max(1);
-        let limit = pause_us.saturating_add(micros(self.max_wait));
+        let limit = pause_us.saturating_add(micros(self.params().max_wait));
         let (decision, _) = self.decide(id, limit, pause_us, reserve).await?;
         Ok(match decision {
             Decision::Admit(w) if reserve => Some(Duration::from_micros(w)),
@@ -158,7 +173,7 @@ impl KeyBudgets {
 
     /// Where decisions go while Redis is healthy.
     fn preferred(&self) -> Where {
-        if self.shared.is_some() && !self.redis_down() {
+        if self.params().shared.is_some() && !self.redis_down() {
             Where::Shared
         } else {
             Where::Local
@@ -177,7 +192,9 @@ impl KeyBudgets {
         pause: u64,
         reserve: bool,
     ) -> Result<(Decision, Where), GatewayError> {
-        if let Some(shared) = &self.shared {
+        // Held across the await: a reload meanwhile leaves this decision on the old Redis.
+        let p = self.params.load_full();
+        if let Some(shared) = &p.shared {
             if !self.redis_down() {
                 match shared.decide(id, max_wait, pause, reserve).await {
                     Ok(d) => return Ok((d, Where::Shared)),
@@ -187,13 +204,13 @@ impl KeyBudgets {
                         self.down_until.store(until, Ordering::Release);
                         tracing::warn!(
                             error = %e,
-                            fail = ?self.failure,
+                            fail = ?p.failure,
                             "rate-limit Redis unavailable; not asking it again for 1s"
                         );
                     }
                 }
             }
-            if self.failure == RedisFailure::Closed {
+            if p.failure == RedisFailure::Closed {
                 return Err(GatewayError::RateLimiterUnavailable);
             }
             self.stats.fail_open.fetch_add(1, Ordering::Relaxed);
@@ -205,9 +222,10 @@ impl KeyBudgets {
     }
 
     fn decide_local(&self, id: &Arc<str>, max_wait: u64, pause: u64, reserve: bool) -> Decision {
-        let now = self.now_us();
-        let g = self.local_gcra;
+        // Under the lock: a reload restates the TATs and swaps the quota under it too.
         let mut t = self.table();
+        let now = self.now_us();
+        let g = self.params().local_gcra;
         let slot = t.entry(Arc::clone(id)).or_default();
         if pause > 0 {
             slot.tat = g.pause(slot.tat, now, pause);
@@ -225,16 +243,6 @@ impl KeyBudgets {
             t.retain(|_, s| s.waiting > 0 || s.pumping || s.asking || s.tat > now);
         }
         d
-    }
-
-    /// The full (shared) quota; for logs and headers.
-    pub fn quota(&self) -> &Quota {
-        &self.quota
-    }
-
-    /// Budgets currently tracked locally (for tests of the pruning).
-    pub fn tracked(&self) -> usize {
-        self.table().len()
     }
 }
 
@@ -278,7 +286,6 @@ mod tests {
             &cfg,
             None,
             Arc::new(RateLimitStats::default()),
-            None,
         ))
     }
 

@@ -34,21 +34,32 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tokio::sync::watch;
 
+/// The key budgets for `cfg`: `prev`'s, kept (and reconfigured when their part of the config
+/// or `[redis]` changed), else new ones.
 fn key_budgets(
     cfg: &RateLimitConfig,
-    shared: &RedisConfig,
-    stats: Arc<RateLimitStats>,
-    prev: Option<&key_budget::KeyBudgets>,
+    redis: &RedisConfig,
+    stats: &Arc<RateLimitStats>,
+    prev: Option<&RateLimits>,
 ) -> Result<Arc<key_budget::KeyBudgets>, ConfigError> {
-    let shared = match &shared.url {
-        Some(url) => Some(redis::SharedBudget::new(url, shared, &cfg.key)?),
+    let kept = prev.and_then(|p| Some((p.budget.as_ref()?, p)));
+    if let Some((b, p)) = kept
+        && same_budget(&p.cfg, cfg)
+        && p.redis == *redis
+    {
+        return Ok(b.clone());
+    }
+    let shared = match &redis.url {
+        Some(url) => Some(redis::SharedBudget::new(url, redis, &cfg.key)?),
         None => None,
     };
-    let next = Arc::new(key_budget::KeyBudgets::new(cfg, shared, stats, prev));
-    if let Some(p) = prev {
-        p.replaced_by(&next);
-    }
-    Ok(next)
+    Ok(match kept {
+        Some((b, _)) => {
+            b.reconfigure(cfg, shared);
+            b.clone()
+        }
+        None => Arc::new(key_budget::KeyBudgets::new(cfg, shared, stats.clone())),
+    })
 }
 
 fn user_limits(cfg: &RateLimitConfig) -> Option<Arc<user_limit::UserLimits>> {
@@ -119,59 +130,34 @@ impl std::fmt::Debug for RateLimits {
 
 impl RateLimits {
     /// Builds the limits (with `enabled = false` only the resends after connection failures
-    /// and Cliniko's 429/503, which are not limits). Needs a Tokio runtime (Redis).
+    /// and Cliniko's 429/503, which are not limits). Needs a Tokio runtime (Redis). After a
+    /// reload `prev`'s state carries over: the key budgets always (a reload must not let a
+    /// fresh burst through to Cliniko, nor end a Cliniko pause; a changed `[redis]` gives
+    /// them a new Redis side), the per-user limits when `[ratelimit.user]` is unchanged, and
+    /// the counters. The budgets take a new config in place: build these last, once nothing
+    /// else can fail.
     pub fn new(
-        cfg: &RateLimitConfig,
-        redis: &RedisConfig,
-    ) -> Result<Option<Arc<RateLimits>>, ConfigError> {
-        crate::config::ratelimit::validate(cfg)?;
-        let stats = Arc::new(RateLimitStats::default());
-        let on = cfg.enabled;
-        Ok(Some(Arc::new(RateLimits {
-            cfg: cfg.clone(),
-            redis: redis.clone(),
-            users: user_limits(cfg).filter(|_| on),
-            budget: on
-                .then(|| key_budgets(cfg, redis, stats.clone(), None))
-                .transpose()?,
-            shares: shares::Shares::new(&cfg.shares, &stats.apps),
-            stats,
-            pauses: watch::Sender::new(0),
-        })))
-    }
-
-    /// The limits for a reloaded `cfg`, keeping `prev`'s state: the key budgets' per-key state
-    /// always (a reload must not let a fresh burst through to Cliniko, nor end a Cliniko
-    /// pause), the per-user limits when `[ratelimit.user]` is unchanged, and the counters.
-    /// A changed `[redis]` rebuilds the budgets' Redis side (new URL, timeout, prefix).
-    pub fn reconfigure(
         cfg: &RateLimitConfig,
         redis: &RedisConfig,
         prev: Option<&Arc<RateLimits>>,
     ) -> Result<Option<Arc<RateLimits>>, ConfigError> {
-        let Some(prev) = prev else {
-            return RateLimits::new(cfg, redis);
-        };
         crate::config::ratelimit::validate(cfg)?;
-        let budget = match &prev.budget {
-            _ if !cfg.enabled => None,
-            Some(b) if same_budget(&prev.cfg, cfg) && prev.redis == *redis => Some(b.clone()),
-            b => Some(key_budgets(cfg, redis, prev.stats.clone(), b.as_deref())?),
-        };
-        let users = if !cfg.enabled {
-            None
-        } else if prev.cfg.user == cfg.user && prev.users.is_some() {
-            prev.users.clone()
-        } else {
-            user_limits(cfg)
+        let prev = prev.map(|p| &**p);
+        let stats = prev.map_or_else(Arc::default, |p| p.stats.clone());
+        let on = cfg.enabled;
+        let users = match prev {
+            Some(p) if p.cfg.user == cfg.user && p.users.is_some() => p.users.clone(),
+            _ => user_limits(cfg),
         };
         Ok(Some(Arc::new(RateLimits {
             cfg: cfg.clone(),
             redis: redis.clone(),
-            users,
-            budget,
-            shares: shares::Shares::new(&cfg.shares, &prev.stats.apps),
-            stats: prev.stats.clone(),
+            users: users.filter(|_| on),
+            budget: on
+                .then(|| key_budgets(cfg, redis, &stats, prev))
+                .transpose()?,
+            shares: shares::Shares::new(&cfg.shares, &stats.apps),
+            stats,
             pauses: watch::Sender::new(0),
         })))
     }
@@ -203,7 +189,7 @@ mod tests {
     async fn a_reload_applies_new_weights_and_keeps_the_queues() {
         let mut cfg = RateLimitConfig::default();
         let redis = RedisConfig::default();
-        let a = RateLimits::new(&cfg, &redis).unwrap().unwrap();
+        let a = RateLimits::new(&cfg, &redis, None).unwrap().unwrap();
         cfg.shares.apps.insert(
             "sync".into(),
             Share {
@@ -211,9 +197,7 @@ mod tests {
                 class: Class::Batch,
             },
         );
-        let b = RateLimits::reconfigure(&cfg, &redis, Some(&a))
-            .unwrap()
-            .unwrap();
+        let b = RateLimits::new(&cfg, &redis, Some(&a)).unwrap().unwrap();
         let (qa, qb) = (a.budget.as_ref().unwrap(), b.budget.as_ref().unwrap());
         assert!(
             Arc::ptr_eq(qa, qb),

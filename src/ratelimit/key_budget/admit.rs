@@ -9,10 +9,11 @@
 //!   take every slot until its `max_wait`, 429 at once rather than after waiting for nothing.
 //! - **Queued**: one pump task per busy budget asks the budget (local GCRA or the Redis
 //!   script) for a slot *now*. When there is one, it wakes the waiter the fair queue picks;
-//!   when not, it sleeps until the budget's next slot and asks again (no polling). The choice
-//!   is made when the slot frees, not when requests arrive, so an interactive request that
-//!   arrives behind hundreds of batch ones takes the next slot. The pump stops when the queue
-//!   is empty, and after a reload it follows the new budgets (their quota, their Redis).
+//!   when not, it sleeps until the budget's next slot and asks again (no polling; a pump
+//!   started by a refused request sleeps first, as that request's answer said when). The
+//!   choice is made when the slot frees, not when requests arrive, so an interactive request
+//!   that arrives behind hundreds of batch ones takes the next slot. The pump stops when the
+//!   queue is empty; a reload's quota and Redis apply to its next question.
 //! - A waiter that reaches `max_wait` takes itself out of the queue: the usual 429.
 //!
 //! With Redis each replica has its own queue and pump in front of the shared budget: the
@@ -43,51 +44,32 @@ pub(super) enum Verdict {
 /// How a pump wakes one waiter.
 pub(super) type Waker = oneshot::Sender<Verdict>;
 
-/// Counts a request in `acquire` on one budget (what `max_waiting` caps) until it leaves.
-struct Waiting<'a> {
+/// A request in `acquire` on one budget, counted (what `max_waiting` caps) until it leaves.
+/// Leaving gives back what it holds, under one lock: the asking mark (the budget answered,
+/// or the caller went while it was asking) and its place in the queue (admitted, timed out,
+/// caller gone).
+struct Entered<'a> {
     budgets: &'a KeyBudgets,
-    id: &'a str,
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        let mut t = self.budgets.table();
-        if let Some(s) = t.get_mut(self.id) {
-            s.waiting = s.waiting.saturating_sub(1);
-        }
-        self.budgets.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The request asking the budget directly; clears the mark when it has its answer (or is
-/// dropped while asking).
-struct Asking<'a> {
-    budgets: &'a KeyBudgets,
-    id: &'a str,
-}
-
-impl Drop for Asking<'_> {
-    fn drop(&mut self) {
-        if let Some(s) = self.budgets.table().get_mut(self.id) {
-            s.asking = false;
-        }
-    }
-}
-
-/// A place in a budget's queue; leaving (admitted, timed out, caller gone) gives it up.
-struct Queued<'a> {
-    budgets: &'a KeyBudgets,
-    id: &'a str,
+    id: &'a Arc<str>,
     who: &'a Caller,
-    ticket: u64,
+    /// It is asking the budget directly (nobody was queued or asking).
+    asking: bool,
+    /// Its queue ticket once queued.
+    ticket: Option<u64>,
 }
 
-impl Drop for Queued<'_> {
+impl Drop for Entered<'_> {
     fn drop(&mut self) {
         let mut t = self.budgets.table();
-        if let Some(s) = t.get_mut(self.id) {
-            s.queue.remove(self.who.class, &self.who.app, self.ticket);
+        if let Some(s) = t.get_mut(&**self.id) {
+            s.waiting = s.waiting.saturating_sub(1);
+            s.asking &= !self.asking;
+            if let Some(ticket) = self.ticket {
+                s.queue.remove(self.who.class, &self.who.app, ticket);
+            }
         }
+        drop(t);
+        self.budgets.stats.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -118,62 +100,67 @@ impl KeyBudgets {
         who: &Caller,
         started: Instant,
     ) -> Result<(), GatewayError> {
-        let (_waiting, asking) = self.enter(id)?;
+        let mut me = self.enter(id, who)?;
+        let max_wait = self.params().max_wait;
         // µs until the budget's next slot, when this request asked it.
         let mut next = 0;
-        if let Some(asking) = asking {
-            let answer = self.decide(id, 0, 0, true).await;
-            drop(asking);
-            match answer? {
+        if me.asking {
+            match self.decide(id, 0, 0, true).await? {
                 (Decision::Admit(_), _) => return Ok(()),
-                (Decision::Refuse(w), place) if w > micros(self.max_wait) => {
+                (Decision::Refuse(w), place) if w > micros(max_wait) => {
                     return Err(self.refusal(place, w));
                 }
                 (Decision::Refuse(w), _) => next = w,
             }
         }
         let (tx, rx) = oneshot::channel();
-        let place = self.queue(id, who, tx, next)?;
+        self.queue(&mut me, tx, next)?;
         // Counted once it really waits: `queue` refuses a hopeless wait at once.
         self.stats.shaped.fetch_add(1, Ordering::Relaxed);
-        place.wait(rx, started + self.max_wait).await
+        self.wait(rx, started + max_wait).await
     }
 
     /// Counts the request in, or refuses it when `max_waiting` are in already. When nobody
-    /// is queued or asking, it may ask the budget itself (`Some`); else it queues, fairly.
-    fn enter<'a>(
-        &'a self,
-        id: &'a Arc<str>,
-    ) -> Result<(Waiting<'a>, Option<Asking<'a>>), GatewayError> {
+    /// is queued or asking, it may ask the budget itself (`asking`); else it queues, fairly.
+    fn enter<'a>(&'a self, id: &'a Arc<str>, who: &'a Caller) -> Result<Entered<'a>, GatewayError> {
+        let max_waiting = self.params().max_waiting;
         let mut t = self.table();
         let slot = t.entry(Arc::clone(id)).or_default();
-        if slot.waiting >= self.max_waiting {
+        if slot.waiting >= max_waiting {
             drop(t);
-            return Err(self.refusal(self.preferred(), micros(self.max_wait)));
+            return Err(self.refusal(self.preferred(), micros(self.params().max_wait)));
         }
         slot.waiting += 1;
-        let direct = !slot.pumping && !slot.asking;
-        slot.asking |= direct;
-        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let asking = !slot.pumping && !slot.asking;
+        slot.asking |= asking;
         drop(t);
-        let asking = direct.then(|| Asking { budgets: self, id });
-        Ok((Waiting { budgets: self, id }, asking))
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        Ok(Entered {
+            budgets: self,
+            id,
+            who,
+            asking,
+            ticket: None,
+        })
     }
 
-    /// Takes a place in the queue, starting the budget's pump if none runs (`next`: µs to
-    /// the budget's next slot, if known).
-    fn queue<'a>(
-        self: &'a Arc<Self>,
-        id: &'a Arc<str>,
-        who: &'a Caller,
+    /// Takes a place in the queue (giving up the asking mark in the same breath), starting
+    /// the budget's pump if none runs (`next`: µs to the budget's next slot, if known: the
+    /// pump sleeps until then rather than ask again at once).
+    fn queue(
+        self: &Arc<Self>,
+        me: &mut Entered<'_>,
         tx: Waker,
         next: u64,
-    ) -> Result<Queued<'a>, GatewayError> {
+    ) -> Result<(), GatewayError> {
+        let (id, who) = (me.id, me.who);
         let now = self.now_us();
         let place = self.preferred();
         let interval = micros(self.quota_of(place).interval()).max(1);
+        let max_wait = micros(self.params().max_wait);
         let mut t = self.table();
         let slot = t.entry(Arc::clone(id)).or_default();
+        slot.asking &= !std::mem::take(&mut me.asking);
         // Refused at once when the waiters that would go first already take every slot
         // until our `max_wait` (the first at the pump's next try, then one per interval).
         let first = if slot.pumping {
@@ -183,53 +170,55 @@ impl KeyBudgets {
         };
         let ahead = slot.queue.ahead(who.class, &who.app, who.weight) as u64;
         let wait = first.saturating_add(ahead.saturating_mul(interval));
-        if wait > micros(self.max_wait) {
+        if wait > max_wait {
             drop(t);
             return Err(self.refusal(place, wait));
         }
         slot.tickets += 1;
-        let ticket = slot.tickets;
-        slot.queue.push(who.class, &who.app, who.weight, ticket, tx);
+        me.ticket = Some(slot.tickets);
+        slot.queue
+            .push(who.class, &who.app, who.weight, slot.tickets, tx);
         if !slot.pumping {
             slot.pumping = true;
-            slot.next_try = 0;
-            tokio::spawn(self.clone().pump(Arc::clone(id)));
+            slot.next_try = now.saturating_add(next);
+            tokio::spawn(self.clone().pump(Arc::clone(id), next));
         }
-        Ok(Queued {
-            budgets: self,
-            id,
-            who,
-            ticket,
-        })
+        Ok(())
     }
 
     fn refusal(&self, place: Where, wait_us: u64) -> GatewayError {
         GatewayError::RateLimited(Refusal::new(
             Limit::Key,
-            self.quota_of(place),
+            &self.quota_of(place),
             Duration::from_micros(wait_us),
         ))
     }
 
-    /// Serves budget `id`'s queue until it is empty (see the module notes).
-    async fn pump(self: Arc<Self>, id: Arc<str>) {
-        let mut b = self;
+    /// Serves budget `id`'s queue until it is empty (see the module notes), first sleeping
+    /// `wait` µs when the budget's next slot is known to be that far.
+    async fn pump(self: Arc<Self>, id: Arc<str>, mut wait: u64) {
         loop {
-            while let Some(next) = b.successor.get() {
-                b = next.clone();
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_micros(wait)).await;
             }
-            if !b.still_needed(&id) {
+            // Waiters may give up before the pump starts and while it sleeps (a hand-out
+            // checks for the rounds in between).
+            if !self.still_needed(&id) {
                 return;
             }
-            let verdict = match b.decide(&id, 0, 0, true).await {
-                Ok((Decision::Admit(_), _)) => Verdict::Go,
-                Ok((Decision::Refuse(wait), _)) => {
-                    b.sleep_until_slot(&id, wait).await;
-                    continue;
+            loop {
+                let more = match self.decide(&id, 0, 0, true).await {
+                    Ok((Decision::Refuse(w), _)) => {
+                        wait = self.next_try_in(&id, w);
+                        break;
+                    }
+                    Ok((Decision::Admit(_), _)) => self.hand_out(&id, Verdict::Go),
+                    Err(_) => self.hand_out(&id, Verdict::Unavailable),
+                };
+                if !more {
+                    return;
                 }
-                Err(_) => Verdict::Unavailable,
-            };
-            b.hand_out(&id, verdict);
+            }
         }
     }
 
@@ -237,39 +226,38 @@ impl KeyBudgets {
     /// request queuing right after starts a new one.
     fn still_needed(&self, id: &str) -> bool {
         let mut t = self.table();
-        match t.get_mut(id) {
-            Some(s) if !s.queue.is_empty() => true,
-            Some(s) => {
-                s.pumping = false;
-                false
-            }
-            None => false,
-        }
+        let Some(s) = t.get_mut(id) else { return false };
+        s.pumping = !s.queue.is_empty();
+        s.pumping
     }
 
-    async fn sleep_until_slot(&self, id: &str, wait_us: u64) {
+    /// Notes when the pump asks next (what a newcomer's hopeless check counts from); the
+    /// wait to sleep.
+    fn next_try_in(&self, id: &str, wait_us: u64) -> u64 {
+        let wait_us = wait_us.max(1);
         let at = self.now_us().saturating_add(wait_us);
         if let Some(s) = self.table().get_mut(id) {
             s.next_try = at;
         }
-        tokio::time::sleep(Duration::from_micros(wait_us)).await;
+        wait_us
     }
 
     /// Gives the slot to the waiter the fair queue picks (one that gave up meanwhile passes
     /// it on); a budget that could not be asked fails every waiter, as it would have failed
-    /// each one asking itself.
-    fn hand_out(&self, id: &str, verdict: Verdict) {
+    /// each one asking itself. Then, under the same lock, whether anyone still waits (if not,
+    /// the pump stops).
+    fn hand_out(&self, id: &str, verdict: Verdict) -> bool {
         let mut t = self.table();
-        let Some(s) = t.get_mut(id) else { return };
+        let Some(s) = t.get_mut(id) else { return false };
         while let Some(w) = s.queue.pop() {
             if w.send(verdict).is_ok() && matches!(verdict, Verdict::Go) {
-                return;
+                break;
             }
         }
+        s.pumping = !s.queue.is_empty();
+        s.pumping
     }
-}
 
-impl Queued<'_> {
     /// Waits for the pump's word until `deadline`; then the usual 429.
     async fn wait(
         &self,
@@ -284,11 +272,10 @@ impl Queued<'_> {
                 rx.try_recv().ok()
             }
         };
-        let b = self.budgets;
         match verdict {
             Some(Verdict::Go) => Ok(()),
             Some(Verdict::Unavailable) => Err(GatewayError::RateLimiterUnavailable),
-            None => Err(b.refusal(b.preferred(), micros(b.max_wait))),
+            None => Err(self.refusal(self.preferred(), micros(self.params().max_wait))),
         }
     }
 }
@@ -299,7 +286,6 @@ mod tests {
     use super::*;
     use crate::config::RateLimitConfig;
     use crate::config::shares::Class::{Batch, Interactive};
-    use crate::ratelimit::RateLimitStats;
     use std::sync::Mutex;
 
     type Log = Arc<Mutex<Vec<(&'static str, Duration)>>>;
@@ -376,7 +362,7 @@ mod tests {
         flood(&b, &log, who("sync", Batch, 1), "sync", 40);
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert_eq!(log.lock().unwrap().len(), 2);
-        // Ten times the rate: the pump started under the old budgets follows the new ones.
+        // Ten times the rate: the pump's next question uses it.
         let cfg = RateLimitConfig {
             key: crate::config::Quota {
                 rate: 100,
@@ -386,15 +372,23 @@ mod tests {
             max_wait: Duration::from_secs(60),
             ..RateLimitConfig::default()
         };
-        let next = Arc::new(KeyBudgets::new(
-            &cfg,
-            None,
-            Arc::new(RateLimitStats::default()),
-            Some(&b),
-        ));
-        b.replaced_by(&next);
+        b.reconfigure(&cfg, None);
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(log.lock().unwrap().len(), 40, "38 more in half a second");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_request_costs_one_question_for_its_slot() {
+        // 10/s, burst 1: the second request's own question says "in 100 ms"; the pump it
+        // starts sleeps until then rather than asking again at once.
+        let b = budgets(10, 1, 1000, 100);
+        let caller = who("app", Interactive, 1);
+        b.acquire(&"key:a".into(), &caller).await.unwrap();
+        let t = Instant::now();
+        b.acquire(&"key:a".into(), &caller).await.unwrap();
+        assert_eq!(t.elapsed(), Duration::from_millis(100));
+        // The first request's, the second's (refused), the pump's (its slot).
+        assert_eq!(b.ops.load(Ordering::Relaxed), 3);
     }
 
     #[tokio::test(start_paused = true)]
