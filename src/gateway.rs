@@ -146,6 +146,11 @@ impl Gateway {
         self.reloader.current().ratelimits.clone()
     }
 
+    /// The retry policy now serving (for its counters).
+    pub fn retries(&self) -> Arc<crate::upstream::retry::Retries> {
+        self.reloader.current().retries.clone()
+    }
+
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

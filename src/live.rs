@@ -1,6 +1,6 @@
 //! The parts of the stack a config reload may replace (token verification, policy, cache,
-//! rate limits, CORS), held as one set behind an atomic pointer, and the service that sends each
-//! request through whichever set is current when the request arrives.
+//! rate limits, retries, CORS), held as one set behind an atomic pointer, and the service that
+//! sends each request through whichever set is current when the request arrives.
 //!
 //! Why the whole stack is rebuilt rather than each part made swappable inside: a request then
 //! sees one consistent configuration from its first layer to its last (never the old policy
@@ -15,6 +15,7 @@ use crate::guard::Readiness;
 use crate::policy::Policy;
 use crate::ratelimit::RateLimits;
 use crate::stack::{self, Fixed, GatewayService, Parts};
+use crate::upstream::retry::Retries;
 use arc_swap::ArcSwap;
 use http::{Request, Response};
 use std::convert::Infallible;
@@ -147,11 +148,20 @@ impl Live {
                 RateLimits::new(&cfg.ratelimit, &cfg.redis, prev)?
             }
         };
+        if old.is_some_and(|o| o.upstream.retries != cfg.upstream.retries) {
+            changed.push("upstream.retries");
+        }
         // Cheap and stateless, always rebuilt, so a swap never shares them across configs.
         let parts = Parts {
             authn,
             policy: Arc::new(Policy::new(&cfg.policy)),
             cache,
+            retries: Retries::new(
+                &cfg.upstream.retries,
+                cfg.ratelimit.max_wait,
+                ratelimits.clone(),
+                cur.map(|c| &*c.retries),
+            ),
             ratelimits,
             cors: crate::cors::Cors::new(&cfg.cors),
         };

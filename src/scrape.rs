@@ -1,5 +1,5 @@
-//! The live parts' own counters (cache, rate limits, token verification) as metrics, read at
-//! scrape time from whichever set is serving then, so the figures follow a reload.
+//! The live parts' own counters (cache, rate limits, retries, token verification) as metrics,
+//! read at scrape time from whichever set is serving then, so the figures follow a reload.
 
 use crate::cache::CacheBus;
 use crate::inflight::InFlight;
@@ -181,16 +181,6 @@ fn ratelimits(
         "upstream_throttled",
         "Cliniko 429/503 answers that paused a key budget",
         load(&s.upstream_throttled),
-    )?;
-    family(
-        enc,
-        "upstream_retries",
-        "Requests resent to Cliniko, by reason (throttled, connect)",
-        "reason",
-        &[
-            ("throttled", load(&s.upstream_retries)),
-            ("connect", load(&s.connect_retries)),
-        ],
     )
 }
 
@@ -206,6 +196,18 @@ impl Collector for Sources {
         if let Some(r) = &live.ratelimits {
             ratelimits(&mut enc, r.stats())?;
         }
+        let r = live.retries.stats();
+        family(
+            &mut enc,
+            "upstream_retries",
+            "Requests resent to Cliniko, by reason (throttled, connect, stale)",
+            "reason",
+            &[
+                ("throttled", load(&r.throttled)),
+                ("connect", load(&r.connect)),
+                ("stale", load(&r.stale)),
+            ],
+        )?;
         counter(
             &mut enc,
             "upstream_in_flight_refusals",

@@ -19,6 +19,7 @@ use crate::step::{CheckLayer, OptionalLayer};
 use crate::telemetry::{Telemetry, TraceLayer};
 use crate::upstream::client::HttpClient;
 use crate::upstream::forward::{Upstream, UpstreamService};
+use crate::upstream::retry::Retries;
 use http::{Request, Response};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -62,8 +63,10 @@ pub struct Parts {
     pub policy: Arc<Policy>,
     /// The GET cache (`None` when disabled).
     pub cache: Option<Arc<Cache>>,
-    /// Rate limits and resends.
+    /// Rate limits.
     pub ratelimits: Option<Arc<RateLimits>>,
+    /// When a request goes to Cliniko again (`[upstream.retries]`; pauses `ratelimits`).
+    pub retries: Arc<Retries>,
     /// CORS for browser apps (`None`: off).
     pub cors: Option<Cors>,
 }
@@ -75,6 +78,7 @@ fn verify(f: &Fixed, p: &Parts) -> crate::enrol::Verify {
         ServiceBuilder::new()
             .layer(OptionalLayer(Some(f.inflight.clone())))
             .layer(OptionalLayer(p.ratelimits.clone()))
+            .layer(OptionalLayer(Some(p.retries.clone())))
             .service(UpstreamService(f.upstream.clone())),
     )
 }
@@ -130,8 +134,12 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
         // holds one). Always on, whatever [ratelimit] says.
         .layer(OptionalLayer(Some(f.inflight.clone())))
         // Only what really goes to Cliniko gets here: per-user limit, key budget (waits up to
-        // max_wait), Cliniko's own 429s and connect failures (bodiless requests resent).
+        // max_wait).
         .layer(OptionalLayer(p.ratelimits.clone()))
+        // Resends (connect failures, closed pooled connections, Cliniko's 429/503), whatever
+        // [ratelimit] says: inside the limits, so a resend spends no budget twice, and it sees
+        // each of Cliniko's answers, so a throttled key is paused.
+        .layer(OptionalLayer(Some(p.retries.clone())))
         // Header rewrite, pooled rustls client, link rewriting (502/504).
         .service(UpstreamService(f.upstream.clone()));
     BoxCloneSyncService::new(svc)

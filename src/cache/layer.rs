@@ -223,6 +223,7 @@ fn shared_failure(e: &GatewayError) -> bool {
         e,
         GatewayError::UpstreamUnavailable
             | GatewayError::UpstreamConnect
+            | GatewayError::UpstreamClosed
             | GatewayError::UpstreamTimeout
             | GatewayError::CredentialRejected
     )

@@ -139,7 +139,7 @@ pub fn load_str(text: &str, base_dir: &Path, env: &Env) -> Result<Config, Config
     })?;
     refuse_inline_secrets(&table)?;
     overlay_env(&mut table, env)?;
-    let deprecated = super::redis::migrate_legacy(&mut table)?;
+    let deprecated = super::deprecated::migrate_legacy(&mut table)?;
     let mut cfg: Config =
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let field = e.path().to_string();

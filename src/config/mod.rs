@@ -6,18 +6,22 @@
 //! `CLINIKO_GATEWAY_MASTER_KEY` or from files named in the config.
 
 mod compression;
+mod deprecated;
 mod load;
 pub mod policy;
 pub mod ratelimit;
 pub mod redis;
+pub mod retries;
 mod secret;
 pub mod shares;
 pub use secret::Secret;
 mod validate;
 pub use compression::CompressionConfig;
+pub use deprecated::Deprecated;
 pub use policy::{GrantConfig, PolicyConfig};
 pub use ratelimit::{Quota, RateLimitConfig, UserLimitConfig};
-pub use redis::{Deprecated, RedisConfig, RedisFailure, RedisUrl};
+pub use redis::{RedisConfig, RedisFailure, RedisUrl};
+pub use retries::RetryConfig;
 pub use validate::{is_shard_name, is_shard_name_bytes, parse_alg, valid_user_agent};
 
 pub use load::{
@@ -512,6 +516,9 @@ pub struct UpstreamConfig {
     /// answer not yet fully delivered or dropped); beyond it, 429 `too_many_in_flight`.
     #[serde(default = "default_max_in_flight_per_user")]
     pub max_in_flight_per_user: usize,
+    /// When a request goes to Cliniko again (reloadable, unlike the rest of `[upstream]`).
+    #[serde(default)]
+    pub retries: RetryConfig,
 }
 
 /// Log output.

@@ -9,8 +9,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
-    /// Master switch for the limits (per user, per key, Cliniko pauses). Off keeps the resends
-    /// (connect failures, a GET after Cliniko's 429/503 within `max_wait`): they are not limits.
+    /// Master switch for the limits (per user, per key, Cliniko pauses). The resends are not
+    /// limits: `[upstream.retries]` has them, whatever this says.
     pub enabled: bool,
     /// The budget per Cliniko user (all replicas together when `redis.url` is set).
     pub key: Quota,
@@ -25,8 +25,6 @@ pub struct RateLimitConfig {
     pub max_waiting: usize,
     /// Replicas sharing each key without Redis: the local budget is `key` divided by this.
     pub replicas: u32,
-    /// Retries of a bodiless request whose connection to Cliniko failed before it was sent.
-    pub connect_retries: u32,
 }
 
 /// A GCRA quota: `rate` requests per `period`, up to `burst` at once.
@@ -94,7 +92,6 @@ impl Default for RateLimitConfig {
             max_wait: Duration::from_secs(2),
             max_waiting: 100,
             replicas: 1,
-            connect_retries: 2,
         }
     }
 }
@@ -165,13 +162,6 @@ pub fn validate(c: &RateLimitConfig) -> Result<(), ConfigError> {
     }
     if c.replicas == 0 {
         return Err(err("ratelimit.replicas", "must be at least 1", "use 1"));
-    }
-    if c.connect_retries > 5 {
-        return Err(err(
-            "ratelimit.connect_retries",
-            "more than 5",
-            "use 0 to 5",
-        ));
     }
     Ok(())
 }

@@ -3,9 +3,7 @@
 //! replica works alone and nothing here is used.
 //!
 //! The fields used to live in `[ratelimit]` as `redis_url`, `redis_timeout`, `redis_failure`
-//! and `redis_prefix`; those still load ([`migrate_legacy`] moves them here before the file is
-//! deserialised, so the environment overrides of either name work) with a [`Deprecated`]
-//! warning. Setting both the old and the new name of one field is refused.
+//! and `redis_prefix`; those still load, with a warning ([`super::deprecated`]).
 
 use super::ConfigError;
 use serde::{Deserialize, Serialize};
@@ -74,81 +72,6 @@ pub enum RedisFailure {
     Closed,
 }
 
-/// A deprecated config field that was read and moved to its new name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deprecated {
-    /// The old dotted name, e.g. `ratelimit.redis_url`.
-    pub old: &'static str,
-    /// Where it lives now, e.g. `redis.url`.
-    pub new: &'static str,
-}
-
-impl std::fmt::Display for Deprecated {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "`{}` is deprecated and was read as `{}`; rename it (the old name will go)",
-            self.old, self.new
-        )
-    }
-}
-
-/// (old field in `[ratelimit]`, new field in `[redis]`, both dotted names).
-const MOVED: [(&str, &str, &str, &str); 4] = [
-    ("redis_url", "url", "ratelimit.redis_url", "redis.url"),
-    (
-        "redis_timeout",
-        "timeout",
-        "ratelimit.redis_timeout",
-        "redis.timeout",
-    ),
-    (
-        "redis_failure",
-        "failure",
-        "ratelimit.redis_failure",
-        "redis.failure",
-    ),
-    (
-        "redis_prefix",
-        "prefix",
-        "ratelimit.redis_prefix",
-        "redis.prefix",
-    ),
-];
-
-/// Moves the old `ratelimit.redis_*` fields of the raw file (environment already overlaid)
-/// into `[redis]`; refuses a field set under both names, since which one wins would be a guess.
-pub fn migrate_legacy(table: &mut toml::Table) -> Result<Vec<Deprecated>, ConfigError> {
-    let mut moved = Vec::new();
-    for (old, new, old_name, new_name) in MOVED {
-        let Some(value) = table
-            .get_mut("ratelimit")
-            .and_then(toml::Value::as_table_mut)
-            .and_then(|r| r.remove(old))
-        else {
-            continue;
-        };
-        let redis = table
-            .entry("redis")
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .ok_or_else(|| ConfigError::new("redis", "is not a section", "write it as [redis]"))?;
-        if redis.contains_key(new) {
-            return Err(ConfigError::new(
-                old_name,
-                format!("is set and so is `{new_name}`"),
-                format!("keep only `{new_name}` (`{old_name}` is the deprecated name)"),
-            ));
-        }
-        redis.insert(new.to_string(), value);
-        moved.push(Deprecated {
-            old: old_name,
-            new: new_name,
-        });
-    }
-    Ok(moved)
-}
-
 /// The `[redis]` rules the types cannot express.
 pub fn validate(c: &RedisConfig) -> Result<(), ConfigError> {
     if c.timeout.is_zero() || c.timeout > Duration::from_secs(5) {
@@ -173,37 +96,6 @@ pub fn validate(c: &RedisConfig) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn table(text: &str) -> toml::Table {
-        toml::from_str(text).unwrap()
-    }
-
-    #[test]
-    fn old_fields_move_into_redis_with_a_warning() {
-        let mut t = table(
-            "[ratelimit]\nredis_url = \"redis://r:6379\"\nredis_failure = \"closed\"\nreplicas = 2\n",
-        );
-        let moved = migrate_legacy(&mut t).unwrap();
-        assert_eq!(
-            moved.iter().map(|d| d.old).collect::<Vec<_>>(),
-            ["ratelimit.redis_url", "ratelimit.redis_failure"]
-        );
-        assert!(moved[0].to_string().contains("`redis.url`"));
-        assert_eq!(t["redis"]["url"].as_str(), Some("redis://r:6379"));
-        assert_eq!(t["redis"]["failure"].as_str(), Some("closed"));
-        assert!(!t["ratelimit"].as_table().unwrap().contains_key("redis_url"));
-        assert_eq!(t["ratelimit"]["replicas"].as_integer(), Some(2));
-        let mut fresh = table("[redis]\nurl = \"redis://r:6379\"\n");
-        assert!(migrate_legacy(&mut fresh).unwrap().is_empty());
-    }
-
-    #[test]
-    fn the_same_field_under_both_names_is_refused_naming_both() {
-        let mut t = table("[ratelimit]\nredis_prefix = \"a\"\n[redis]\nprefix = \"b\"\n");
-        let e = migrate_legacy(&mut t).unwrap_err();
-        assert_eq!(e.field, "ratelimit.redis_prefix");
-        assert!(e.to_string().contains("`redis.prefix`"), "{e}");
-    }
 
     #[test]
     fn defaults_validate_and_bad_values_name_the_field() {

@@ -102,6 +102,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     super::compression::validate(&c.compression)?;
     super::ratelimit::validate(&c.ratelimit)?;
     super::redis::validate(&c.redis)?;
+    super::retries::validate(&c.upstream.retries)?;
     validate_upstream(&c.upstream)
 }
 

@@ -249,6 +249,7 @@ async fn cliniko_user(answer: Result<Response<Body>, GatewayError>) -> Result<Ow
         Err(
             GatewayError::UpstreamUnavailable
             | GatewayError::UpstreamConnect
+            | GatewayError::UpstreamClosed
             | GatewayError::UpstreamTimeout,
         ) => return Err(unreachable("it could not be reached")),
         Err(e) => return Err(e),

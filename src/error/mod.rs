@@ -153,6 +153,9 @@ pub enum GatewayError {
     /// The connection to Cliniko failed before the request was sent (safe to resend).
     #[error("Cliniko could not be reached")]
     UpstreamConnect,
+    /// A reused connection to Cliniko closed before answering (a GET may be resent).
+    #[error("Cliniko could not be reached")]
+    UpstreamClosed,
     /// A rate limit refused the request (429; `limit` says which).
     #[error("{0}")]
     RateLimited(Refusal),
@@ -200,9 +203,9 @@ impl GatewayError {
             GatewayError::NoCredential => "no_credential",
             GatewayError::Forbidden { .. } => "forbidden",
             GatewayError::CredentialRejected => "credential_rejected",
-            GatewayError::UpstreamUnavailable | GatewayError::UpstreamConnect => {
-                "upstream_unavailable"
-            }
+            GatewayError::UpstreamUnavailable
+            | GatewayError::UpstreamConnect
+            | GatewayError::UpstreamClosed => "upstream_unavailable",
             GatewayError::RateLimited(_) => "rate_limited",
             GatewayError::TooManyInFlight { .. } => "too_many_in_flight",
             GatewayError::RateLimiterUnavailable => "rate_limiter_unavailable",
@@ -230,7 +233,8 @@ impl GatewayError {
             GatewayError::NoCredential | GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
             GatewayError::CredentialRejected
             | GatewayError::UpstreamUnavailable
-            | GatewayError::UpstreamConnect => StatusCode::BAD_GATEWAY,
+            | GatewayError::UpstreamConnect
+            | GatewayError::UpstreamClosed => StatusCode::BAD_GATEWAY,
             GatewayError::RateLimited(_) | GatewayError::TooManyInFlight { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }

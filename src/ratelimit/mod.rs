@@ -13,11 +13,11 @@
 //!    With `redis.url` the budget lives in Redis ([`redis`]), shared by every replica.
 //!    Requests that must wait are admitted by weighted fair queuing across the calling apps
 //!    ([`fair`], [`shares`]), not in arrival order.
-//! 3. **Cliniko's own 429/503** and connection failures ([`layer`]): the budget is paused
-//!    until Cliniko's `X-RateLimit-Reset` / `Retry-After`, bodiless GET/HEAD are retried once
-//!    when that is within `max_wait`, and connect failures of bodiless requests are retried
-//!    with jittered backoff. Nothing with a body is ever resent. With `enabled = false` only
-//!    this part runs (no budget to pause: a resend just waits Cliniko's wait).
+//! 3. **Cliniko's own 429/503** ([`layer`], asked by the retry layer,
+//!    `crate::upstream::retry`, which sees each answer): the budget is paused until Cliniko's
+//!    `X-RateLimit-Reset` / `Retry-After`, and a GET the retry layer resends gets the first
+//!    slot after the pause. With `enabled = false` there is no budget to pause: a resend just
+//!    waits Cliniko's wait. Resending itself is not a limit and is not decided here.
 
 pub mod fair;
 mod gcra;
@@ -68,13 +68,12 @@ fn user_limits(cfg: &RateLimitConfig) -> Option<Arc<user_limit::UserLimits>> {
         .then(|| Arc::new(user_limit::UserLimits::new(&cfg.user)))
 }
 
-/// Whether two configs give the same key budgets (everything but the per-user part, the
-/// shares and the connect retries, which the budgets do not hold).
+/// Whether two configs give the same key budgets (everything but the per-user part and the
+/// shares, which the budgets do not hold).
 fn same_budget(a: &RateLimitConfig, b: &RateLimitConfig) -> bool {
     let budget_part = |c: &RateLimitConfig| RateLimitConfig {
         user: UserLimitConfig::default(),
         shares: SharesConfig::default(),
-        connect_retries: 0,
         ..c.clone()
     };
     budget_part(a) == budget_part(b)
@@ -97,10 +96,6 @@ pub struct RateLimitStats {
     pub fail_open: AtomicU64,
     /// Cliniko 429/503 answers that paused a key budget.
     pub upstream_throttled: AtomicU64,
-    /// GET/HEAD resent after a Cliniko pause.
-    pub upstream_retries: AtomicU64,
-    /// Requests resent after a connection failure.
-    pub connect_retries: AtomicU64,
     /// Per app: admitted, waited, refused by a key budget.
     pub apps: crate::metrics::AppMetrics,
 }
@@ -111,7 +106,7 @@ pub struct RateLimits {
     /// The `[redis]` the key budgets were built with (a change rebuilds them).
     redis: RedisConfig,
     users: Option<Arc<user_limit::UserLimits>>,
-    /// `None` with `enabled = false`: no limits, but the resends below still happen.
+    /// `None` with `enabled = false`: no limits (Cliniko's throttling still counted).
     budget: Option<Arc<key_budget::KeyBudgets>>,
     /// Who queues how on a key budget (rebuilt on every reload: new weights apply at once).
     shares: shares::Shares,
@@ -129,13 +124,12 @@ impl std::fmt::Debug for RateLimits {
 }
 
 impl RateLimits {
-    /// Builds the limits (with `enabled = false` only the resends after connection failures
-    /// and Cliniko's 429/503, which are not limits). Needs a Tokio runtime (Redis). After a
-    /// reload `prev`'s state carries over: the key budgets always (a reload must not let a
-    /// fresh burst through to Cliniko, nor end a Cliniko pause; a changed `[redis]` gives
-    /// them a new Redis side), the per-user limits when `[ratelimit.user]` is unchanged, and
-    /// the counters. The budgets take a new config in place: build these last, once nothing
-    /// else can fail.
+    /// Builds the limits (with `enabled = false` none: only the count of Cliniko's 429/503).
+    /// Needs a Tokio runtime (Redis). After a reload `prev`'s state carries over: the key
+    /// budgets always (a reload must not let a fresh burst through to Cliniko, nor end a
+    /// Cliniko pause; a changed `[redis]` gives them a new Redis side), the per-user limits
+    /// when `[ratelimit.user]` is unchanged, and the counters. The budgets take a new config in
+    /// place: build these last, once nothing else can fail.
     pub fn new(
         cfg: &RateLimitConfig,
         redis: &RedisConfig,

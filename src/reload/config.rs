@@ -1,19 +1,24 @@
 //! What a re-read config means beyond the parts (those are built by `live::Live::build`, as at
 //! start-up): which changes wait for a restart, and whether token verification changed.
 
-use crate::config::Config;
+use crate::config::{Config, RetryConfig, UpstreamConfig};
 use aws_lc_rs::digest;
 use secrecy::ExposeSecret;
 
 /// The sections that need a restart and differ between the running config and `new`: they
 /// shape the listener, the upstream client, the key store's location and key, the admin
-/// listener, enrolment, logging and telemetry, all set up once.
+/// listener, enrolment, logging and telemetry, all set up once. `[upstream.retries]` is not
+/// one: the retry layer is rebuilt with the stack.
 pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     // Sections compare by value; their secrets by digest (see `config::Secret`).
     let (a, b) = (running, new);
+    let upstream = |c: &Config| UpstreamConfig {
+        retries: RetryConfig::default(),
+        ..c.upstream.clone()
+    };
     [
         ("server", a.server != b.server),
-        ("upstream", a.upstream != b.upstream),
+        ("upstream", upstream(a) != upstream(b)),
         ("keystore", a.keystore != b.keystore),
         ("enrol", a.enrol != b.enrol),
         ("admin", a.admin != b.admin),
@@ -86,7 +91,7 @@ mod tests {
         let s = "a-secret-of-at-least-32-bytes-long!!";
         let a = cfg("", s);
         let b = cfg(
-            "[cache]\nenabled = false\n[server]\nmax_body_bytes = 1024\n[log]\nlevel = \"debug\"\n",
+            "[cache]\nenabled = false\n[server]\nmax_body_bytes = 1024\n[log]\nlevel = \"debug\"\n[upstream.retries]\nconnect = 0\n",
             s,
         );
         assert_eq!(restart_needed(&a, &b), vec!["server", "log"]);

@@ -130,8 +130,8 @@ impl Upstream {
         self.shape(resp, is_head).await
     }
 
-    /// Sends the request, once more if a pooled connection turns out to have died under a
-    /// bodiless one, within the upstream timeout; failures become the caller's error.
+    /// Sends the request once, within the upstream timeout; failures become the caller's
+    /// error (whether to send it again is [`super::retry`]'s business).
     async fn exchange(
         &self,
         (method, uri, headers): (Method, Uri, http::HeaderMap),
@@ -139,36 +139,14 @@ impl Upstream {
         span: Option<&crate::telemetry::ClientSpan>,
         ctx: &RequestContext,
     ) -> Result<Response<hyper::body::Incoming>, GatewayError> {
-        // A bodiless GET/HEAD/OPTIONS may be sent again if a pooled connection dies under it
-        // (Cliniko closed it while idle): safe to repeat, and nothing was answered yet.
-        let replay = (matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
-            && http_body::Body::is_end_stream(&body))
-        .then(|| (method.clone(), uri.clone(), headers.clone()));
-        let build = |method: Method, uri: Uri, headers: http::HeaderMap, body: Body| {
-            let mut up = Request::new(body);
-            *up.method_mut() = method;
-            *up.uri_mut() = uri;
-            // The caller may have spoken HTTP/2; the pooled client picks h2 or HTTP/1.1 per
-            // connection by ALPN and refuses an h2-versioned request on an HTTP/1.1 connection.
-            *up.version_mut() = Version::HTTP_11;
-            *up.headers_mut() = headers;
-            up
-        };
-        let up = build(method, uri, headers, body);
-        let exchange = async {
-            match self.client.request(up).await {
-                Err(e) if is_stale_connection(&e) => match replay {
-                    Some((m, u, h)) => {
-                        tracing::debug!(
-                            "pooled upstream connection closed under a request; retrying once"
-                        );
-                        self.client.request(build(m, u, h, Body::empty())).await
-                    }
-                    None => Err(e),
-                },
-                other => other,
-            }
-        };
+        let mut up = Request::new(body);
+        *up.method_mut() = method;
+        *up.uri_mut() = uri;
+        // The caller may have spoken HTTP/2; the pooled client picks h2 or HTTP/1.1 per
+        // connection by ALPN and refuses an h2-versioned request on an HTTP/1.1 connection.
+        *up.version_mut() = Version::HTTP_11;
+        *up.headers_mut() = headers;
+        let exchange = self.client.request(up);
 
         let sent = std::time::Instant::now();
         let result = tokio::time::timeout(self.timeout, exchange).await;
@@ -347,11 +325,17 @@ fn is_stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-/// Any other failed exchange means Cliniko could not be reached or talked to.
+/// Any other failed exchange means Cliniko could not be reached or talked to; the kinds the
+/// retry layer may resend are told apart.
 fn classify(e: &hyper_util::client::legacy::Error) -> GatewayError {
+    if is_stale_connection(e) {
+        // Routine (Cliniko closed an idle pooled connection), hence not a warning.
+        tracing::debug!(error = %e, "pooled upstream connection closed under a request");
+        return GatewayError::UpstreamClosed;
+    }
     let cause = e.source().map(ToString::to_string).unwrap_or_default();
     tracing::warn!(connect = e.is_connect(), error = %e, cause, "upstream request failed");
-    // Nothing was sent on a failed connect, so the rate-limit layer may resend.
+    // Nothing was sent on a failed connect: safe to resend.
     if e.is_connect() {
         GatewayError::UpstreamConnect
     } else {

@@ -1,10 +1,12 @@
-//! The innermost service: shard routing, header rewrite, the pooled client, link rewriting.
+//! The innermost service (shard routing, header rewrite, the pooled client, link rewriting) and
+//! the retry layer just above it.
 
 pub mod body;
 pub mod client;
 pub mod forward;
 pub mod headers;
 pub mod links;
+pub mod retry;
 pub mod shard;
 
 pub use client::HttpClient;

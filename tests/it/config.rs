@@ -260,6 +260,26 @@ fn each_rejection_names_its_field() {
             e.clone(),
             "enrol.grant",
         ),
+        (
+            format!("{MINIMAL}[upstream.retries]\nconnect = 6\n"),
+            e.clone(),
+            "upstream.retries.connect",
+        ),
+        (
+            format!("{MINIMAL}[ratelimit]\nconnect_retries = 9\n"),
+            e.clone(),
+            "upstream.retries.connect",
+        ),
+        (
+            format!("{MINIMAL}[upstream.retries]\nbackoff = \"6s\"\n"),
+            e.clone(),
+            "upstream.retries.backoff",
+        ),
+        (
+            format!("{MINIMAL}[upstream.retries]\nmax_wait = \"2m\"\n"),
+            e.clone(),
+            "upstream.retries.max_wait",
+        ),
     ];
     for (text, e, want) in cases {
         let got = field_of(&text, &e);
@@ -316,6 +336,29 @@ fn old_ratelimit_redis_fields_still_load_into_redis_with_a_warning() {
     // A bad value under the old name is still refused.
     let bad = format!("{MINIMAL}[ratelimit]\nredis_url = \"http://r\"\n");
     assert_eq!(field_of(&bad, &env(&[])), "redis.url");
+}
+
+#[test]
+fn old_ratelimit_connect_retries_still_loads_into_upstream_retries_with_a_warning() {
+    let old = format!("{MINIMAL}[ratelimit]\nconnect_retries = 4\n");
+    let cfg = load_str(&old, Path::new("/etc/gw"), &env(&[])).unwrap();
+    assert_eq!(cfg.upstream.retries.connect, 4);
+    let warned: Vec<String> = cfg.deprecated.iter().map(|d| d.to_string()).collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].contains("`ratelimit.connect_retries`")
+            && warned[0].contains("`upstream.retries.connect`"),
+        "{warned:?}"
+    );
+    let e = env(&[("CLINIKO_GATEWAY__RATELIMIT__CONNECT_RETRIES", "0")]);
+    let cfg = load_str(MINIMAL, Path::new("/etc/gw"), &e).unwrap();
+    assert_eq!(cfg.upstream.retries.connect, 0);
+    assert_eq!(cfg.deprecated.len(), 1);
+    let new = format!("{MINIMAL}[upstream.retries]\nconnect = 4\n");
+    let cfg = load_str(&new, Path::new("/etc/gw"), &env(&[])).unwrap();
+    assert!(cfg.deprecated.is_empty() && cfg.upstream.retries.connect == 4);
+    let both = format!("{new}[ratelimit]\nconnect_retries = 1\n");
+    assert_eq!(field_of(&both, &env(&[])), "ratelimit.connect_retries");
 }
 
 #[test]

@@ -493,9 +493,8 @@ burst = 5
         bob.at.duration_since(first.at) >= Duration::from_secs(1),
         "bob's request waited for the pause"
     );
-    let limits = rig.limits(0);
-    let stats = limits.stats();
-    assert_eq!(stats.upstream_retries.load(Ordering::Relaxed), 1);
+    let retries = rig.gws[0].retries();
+    assert_eq!(retries.stats().throttled.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test]
@@ -693,25 +692,63 @@ async fn connect_failures_are_retried_for_bodiless_requests_only() {
     assert_eq!(r.status, 502);
     assert_eq!(accepts.load(Ordering::SeqCst), 7, "a body is never resent");
     assert_eq!(
-        rig.limits(0)
-            .stats()
-            .connect_retries
-            .load(Ordering::Relaxed),
+        rig.gws[0].retries().stats().connect.load(Ordering::Relaxed),
         4
     );
 }
 
-/// Resends are not limits: with `enabled = false` a connection failure of a bodiless request
-/// and Cliniko's 429 on a GET (wait within `max_wait`) are still retried, with no budget kept.
+/// The old name `ratelimit.connect_retries` still sets the connect resends (config.rs checks
+/// its warning).
 #[tokio::test]
-async fn with_limits_off_connect_failures_and_clinikos_429_are_still_retried() {
+async fn the_deprecated_connect_retries_still_sets_the_connect_resends() {
     let (accepts, extra, users) = hang_up_shard().await;
-    let rig =
-        Arc::new(Rig::start_with(1, "enabled = false\nmax_wait = \"2s\"\n", &extra, users).await);
+    let rig = Rig::start_with(1, "connect_retries = 1\n", &extra, users).await;
     let auth = format!("Bearer {}", token("gina"));
     let r = rig.send(0, Method::GET, "/v1/user", &auth, "").await;
     assert_eq!(r.status, 502);
-    assert_eq!(accepts.load(Ordering::SeqCst), 3, "one try and two retries");
+    assert_eq!(accepts.load(Ordering::SeqCst), 2, "one try and one retry");
+}
+
+/// `throttled = false`: Cliniko's 429 on a GET is passed on (with its wait), not resent; the
+/// key is still paused.
+#[tokio::test]
+async fn with_throttled_resends_off_clinikos_429_is_passed_on() {
+    let extra = "[upstream.retries]\nthrottled = false\n";
+    let rig = Rig::start(1, "max_wait = \"2s\"\n", extra).await;
+    rig.sb.set_fault(
+        PATIENTS,
+        Fault::WithHeaders(
+            429,
+            vec![("retry-after".into(), "1".into())],
+            "Too Many Requests".into(),
+        ),
+    );
+    let r = rig.get(0, "alice", PATIENTS).await;
+    assert_eq!((r.status.as_u16(), r.header("retry-after")), (429, "1"));
+    assert_eq!(rig.sb.requests().len(), 1, "the GET was not resent");
+    let stats = rig.limits(0);
+    assert_eq!(stats.stats().upstream_throttled.load(Ordering::Relaxed), 1);
+}
+
+/// Resends are not limits: with `enabled = false` (and no wait allowed for a budget) a
+/// connection failure of a bodiless request and Cliniko's 429 on a GET (wait within
+/// `upstream.retries.max_wait`) are still retried as `[upstream.retries]` says.
+#[tokio::test]
+async fn with_limits_off_connect_failures_and_clinikos_429_are_still_retried() {
+    let (accepts, extra, users) = hang_up_shard().await;
+    let extra = format!(
+        "{extra}\n[upstream.retries]\nconnect = 3\nbackoff = \"10ms\"\nmax_wait = \"2s\"\n"
+    );
+    let limits_off = "enabled = false\nmax_wait = \"0s\"\n";
+    let rig = Arc::new(Rig::start_with(1, limits_off, &extra, users).await);
+    let auth = format!("Bearer {}", token("gina"));
+    let r = rig.send(0, Method::GET, "/v1/user", &auth, "").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        accepts.load(Ordering::SeqCst),
+        4,
+        "one try and three retries"
+    );
 
     rig.sb.set_fault(
         PATIENTS,

@@ -231,6 +231,21 @@ async fn restart_only_sections_are_reported_and_not_applied() {
     );
 }
 
+/// `[upstream.retries]` sits in a restart-only section but is itself reloadable.
+#[tokio::test]
+async fn a_new_retry_policy_applies_without_a_restart() {
+    let h = Harness::start(Setup::default()).await;
+    let throttled = Fault::WithHeaders(429, vec![("retry-after".into(), "1".into())], "".into());
+    h.sandbox("au1").set_fault("/v1/patients", throttled);
+    h.edit_config(|t| format!("{t}\n[upstream.retries]\nthrottled = false\n"));
+    let r = h.gateway().reload().await.unwrap();
+    assert_eq!(r.changed, vec!["upstream.retries"]);
+    assert!(r.restart_needed.is_empty(), "{:?}", r.restart_needed);
+    // The default policy would resend this GET after Cliniko's second.
+    assert_eq!(h.get_as("alice", "/v1/patients").await.status, 429);
+    assert_eq!(h.sandbox("au1").requests().len(), 1, "not resent");
+}
+
 #[tokio::test]
 async fn a_changed_config_file_is_picked_up_without_a_signal() {
     let h = Harness::start(Setup {
