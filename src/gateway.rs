@@ -147,7 +147,7 @@ impl Gateway {
     }
 
     /// The retry policy now serving (for its counters).
-    pub fn retries(&self) -> Arc<crate::upstream::retry::Retries> {
+    pub fn retries(&self) -> Arc<crate::retry::Retries> {
         self.reloader.current().retries.clone()
     }
 

@@ -34,6 +34,7 @@ pub mod ratelimit;
 pub mod reload;
 pub mod replay;
 pub mod rescue;
+pub mod retry;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod scrape;

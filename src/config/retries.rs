@@ -1,5 +1,5 @@
 //! The `[upstream.retries]` section: when a request goes to Cliniko again (the policy
-//! `crate::upstream::retry` applies). Reloadable, unlike the rest of `[upstream]`.
+//! `crate::retry` applies). Reloadable, unlike the rest of `[upstream]`.
 
 use super::ConfigError;
 use serde::{Deserialize, Serialize};

@@ -14,7 +14,7 @@
 //!    Requests that must wait are admitted by weighted fair queuing across the calling apps
 //!    ([`fair`], [`shares`]), not in arrival order.
 //! 3. **Cliniko's own 429/503** ([`layer`], asked by the retry layer,
-//!    `crate::upstream::retry`, which sees each answer): the budget is paused until Cliniko's
+//!    `crate::retry`, which sees each answer): the budget is paused until Cliniko's
 //!    `X-RateLimit-Reset` / `Retry-After`, and a GET the retry layer resends gets the first
 //!    slot after the pause. With `enabled = false` there is no budget to pause: a resend just
 //!    waits Cliniko's wait. Resending itself is not a limit and is not decided here.

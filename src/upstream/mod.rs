@@ -6,7 +6,6 @@ pub mod client;
 pub mod forward;
 pub mod headers;
 pub mod links;
-pub mod retry;
 pub mod shard;
 
 pub use client::HttpClient;
