@@ -1,0 +1,214 @@
+//! The `[auth]` section (JWT verification: HMAC secret, PEM keys, JWKS) and its validation.
+
+use super::validate::{check_https_url, err};
+use super::{ConfigError, Secret};
+use jsonwebtoken::Algorithm;
+use serde::{Deserialize, Serialize};
+use std::{path::PathBuf, str::FromStr, time::Duration};
+
+/// JWT verification settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The claim that names the user (looked up in the key store).
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    /// Clock skew tolerated on `exp`/`nbf`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Accepted `iss` values; when non-empty, `iss` is required.
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values; when non-empty, `aud` is required.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Algorithms allowed with the HMAC secret (HS256/384/512).
+    #[serde(default = "default_hmac_algs")]
+    pub hmac_algorithms: Vec<String>,
+    /// File holding the HMAC secret (else `CLINIKO_GATEWAY_HMAC_SECRET`).
+    pub hmac_secret_file: Option<PathBuf>,
+    /// PEM public keys, each with its own algorithm allowlist.
+    #[serde(default)]
+    pub public_keys: Vec<PublicKeyConfig>,
+    /// A JWKS endpoint of the identity provider.
+    pub jwks: Option<JwksConfig>,
+    /// How many verified tokens to remember (until their `exp`).
+    #[serde(default = "default_token_cache")]
+    pub token_cache_size: u64,
+    /// Also take the JWT from `Authorization: Basic base64(<JWT>:)`, the form clients written
+    /// for Cliniko send (the JWT where they put the API key).
+    #[serde(default = "default_true")]
+    pub accept_basic: bool,
+    /// Resolved at load: the HMAC secret, if any. Never in the file.
+    #[serde(skip)]
+    pub hmac_secret: Option<Secret<[u8]>>,
+}
+
+/// One PEM public key.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    /// PEM file (RSA, EC or Ed25519 public key).
+    pub file: PathBuf,
+    /// Allowed algorithms for this key, e.g. `["RS256"]`.
+    pub algorithms: Vec<String>,
+    /// When set, only tokens with this `kid` use this key.
+    pub kid: Option<String>,
+}
+
+/// A JWKS endpoint.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksConfig {
+    /// `https://` URL of the key set.
+    pub url: String,
+    /// Algorithms allowed with keys from this set (a key's own `alg`, if any, must also match).
+    pub algorithms: Vec<String>,
+    /// Background refresh period.
+    #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Fetches triggered by unknown `kid`s happen at most once per this interval.
+    #[serde(default = "default_jwks_min_refetch", with = "humantime_serde")]
+    pub min_refetch_interval: Duration,
+    /// How long an unknown `kid` is remembered as unknown.
+    #[serde(default = "default_jwks_unknown_kid_ttl", with = "humantime_serde")]
+    pub unknown_kid_ttl: Duration,
+    /// Timeout of one fetch.
+    #[serde(default = "default_jwks_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_user_claim() -> String {
+    "sub".into()
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_hmac_algs() -> Vec<String> {
+    vec!["HS256".into()]
+}
+fn default_true() -> bool {
+    true
+}
+fn default_token_cache() -> u64 {
+    10_000
+}
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_jwks_min_refetch() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_jwks_unknown_kid_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_jwks_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Parses an algorithm name, naming `field` when it is unknown.
+pub fn parse_alg(field: &str, s: &str) -> Result<Algorithm, ConfigError> {
+    Algorithm::from_str(s).map_err(|_| {
+        err(
+            field,
+            "unknown JWT algorithm",
+            "use one of HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA",
+        )
+    })
+}
+
+fn is_hmac(a: Algorithm) -> bool {
+    matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+/// The `[auth]` rules the types cannot express.
+pub(super) fn validate(a: &AuthConfig) -> Result<(), ConfigError> {
+    if a.user_claim.is_empty() {
+        return Err(err(
+            "auth.user_claim",
+            "is empty",
+            "name the claim holding the user, e.g. \"sub\"",
+        ));
+    }
+    if a.hmac_secret.is_none() && a.public_keys.is_empty() && a.jwks.is_none() {
+        return Err(err(
+            "auth",
+            "no way to verify tokens is configured",
+            "set CLINIKO_GATEWAY_HMAC_SECRET (or auth.hmac_secret_file), add [[auth.public_keys]], or add [auth.jwks]",
+        ));
+    }
+    if let Some(secret) = &a.hmac_secret {
+        use secrecy::ExposeSecret;
+        if secret.expose_secret().len() < 32 {
+            return Err(err(
+                "auth.hmac_secret",
+                "the HMAC secret is shorter than 32 bytes",
+                "use at least 32 random bytes (e.g. `openssl rand -base64 48`)",
+            ));
+        }
+        if a.hmac_algorithms.is_empty() {
+            return Err(err(
+                "auth.hmac_algorithms",
+                "is empty",
+                "list e.g. [\"HS256\"]",
+            ));
+        }
+    }
+    for alg in &a.hmac_algorithms {
+        if !is_hmac(parse_alg("auth.hmac_algorithms", alg)?) {
+            return Err(err(
+                "auth.hmac_algorithms",
+                "only HS256/HS384/HS512 belong here",
+                "list public-key algorithms on the key in [[auth.public_keys]] or [auth.jwks]",
+            ));
+        }
+    }
+    for (i, k) in a.public_keys.iter().enumerate() {
+        let f = format!("auth.public_keys[{i}].algorithms");
+        if k.algorithms.is_empty() {
+            return Err(err(
+                &f,
+                "is empty",
+                "list the algorithms this key signs with, e.g. [\"RS256\"]",
+            ));
+        }
+        for alg in &k.algorithms {
+            if is_hmac(parse_alg(&f, alg)?) {
+                return Err(err(
+                    &f,
+                    "an HMAC algorithm cannot be used with a public key",
+                    "use RS*/PS*/ES*/EdDSA",
+                ));
+            }
+        }
+    }
+    a.jwks.as_ref().map_or(Ok(()), validate_jwks)
+}
+
+fn validate_jwks(j: &JwksConfig) -> Result<(), ConfigError> {
+    check_https_url("auth.jwks.url", &j.url)?;
+    if j.algorithms.is_empty() {
+        return Err(err(
+            "auth.jwks.algorithms",
+            "is empty",
+            "list e.g. [\"RS256\"]",
+        ));
+    }
+    for alg in &j.algorithms {
+        if is_hmac(parse_alg("auth.jwks.algorithms", alg)?) {
+            return Err(err(
+                "auth.jwks.algorithms",
+                "HMAC algorithms cannot come from a JWKS",
+                "use RS*/PS*/ES*/EdDSA",
+            ));
+        }
+    }
+    if j.refresh_interval.is_zero() || j.timeout.is_zero() {
+        return Err(err(
+            "auth.jwks.refresh_interval",
+            "must be longer than zero",
+            "use e.g. \"5m\"",
+        ));
+    }
+    Ok(())
+}
