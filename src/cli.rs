@@ -588,7 +588,7 @@ fn mint_key(
                 .auth
                 .hmac_algorithms
                 .first()
-                .and_then(|a| a.parse().ok())
+                .copied()
                 .unwrap_or(jsonwebtoken::Algorithm::HS256);
             use secrecy::ExposeSecret;
             Ok((

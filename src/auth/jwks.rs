@@ -114,7 +114,7 @@ impl Jwks {
             uri.path()
         );
         Ok(Jwks {
-            algorithms: super::keys::parse_algs("auth.jwks.algorithms", &cfg.algorithms)?,
+            algorithms: cfg.algorithms.clone(),
             uri,
             log_url,
             refresh_interval: cfg.refresh_interval,

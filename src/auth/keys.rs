@@ -3,7 +3,7 @@
 //! Each key carries its own algorithm allowlist, all of one family, so a token can only ever be
 //! checked with an algorithm its key was configured for (no HS256-with-RSA-bytes confusion).
 
-use crate::config::{AuthConfig, ConfigError, parse_alg};
+use crate::config::{AuthConfig, ConfigError};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use secrecy::ExposeSecret;
 
@@ -43,30 +43,17 @@ pub(crate) struct StaticKeys {
     pub pem: Vec<KeyEntry>,
 }
 
-/// Parses a list of algorithm names that must all belong to one family.
-pub(crate) fn parse_algs(field: &str, names: &[String]) -> Result<Vec<Algorithm>, ConfigError> {
-    let algs = names
-        .iter()
-        .map(|n| parse_alg(field, n))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(algs)
-}
-
 /// Loads the HMAC secret and reads every PEM file named in the config.
 pub(crate) fn load(cfg: &AuthConfig) -> Result<StaticKeys, ConfigError> {
-    let hmac = match &cfg.hmac_secret {
-        Some(secret) => Some(KeyEntry {
-            key: DecodingKey::from_secret(secret.expose_secret()),
-            algs: parse_algs("auth.hmac_algorithms", &cfg.hmac_algorithms)?,
-            kid: None,
-        }),
-        None => None,
-    };
+    let hmac = cfg.hmac_secret.as_ref().map(|secret| KeyEntry {
+        key: DecodingKey::from_secret(secret.expose_secret()),
+        algs: cfg.hmac_algorithms.clone(),
+        kid: None,
+    });
     let mut pem = Vec::with_capacity(cfg.public_keys.len());
     for (i, k) in cfg.public_keys.iter().enumerate() {
-        let algs = parse_algs(&format!("auth.public_keys[{i}].algorithms"), &k.algorithms)?;
         let field = format!("auth.public_keys[{i}].file");
-        let family = single_family(&algs).ok_or_else(|| {
+        let family = single_family(&k.algorithms).ok_or_else(|| {
             ConfigError::new(
                 format!("auth.public_keys[{i}].algorithms"),
                 "mixes algorithm families or is empty",
@@ -89,7 +76,7 @@ pub(crate) fn load(cfg: &AuthConfig) -> Result<StaticKeys, ConfigError> {
         })?;
         pem.push(KeyEntry {
             key,
-            algs,
+            algs: k.algorithms.clone(),
             kid: k.kid.clone(),
         });
     }

@@ -2,8 +2,8 @@
 
 use super::validate::{check_https_url, err};
 use super::{ConfigError, Secret};
-use jsonwebtoken::Algorithm;
-use serde::{Deserialize, Serialize};
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::{path::PathBuf, str::FromStr, time::Duration};
 
 /// JWT verification settings.
@@ -23,8 +23,8 @@ pub struct AuthConfig {
     #[serde(default)]
     pub audiences: Vec<String>,
     /// Algorithms allowed with the HMAC secret (HS256/384/512).
-    #[serde(default = "default_hmac_algs")]
-    pub hmac_algorithms: Vec<String>,
+    #[serde(default = "default_hmac_algs", deserialize_with = "algorithms")]
+    pub hmac_algorithms: Vec<Algorithm>,
     /// File holding the HMAC secret (else `CLINIKO_GATEWAY_HMAC_SECRET`).
     pub hmac_secret_file: Option<PathBuf>,
     /// PEM public keys, each with its own algorithm allowlist.
@@ -51,7 +51,8 @@ pub struct PublicKeyConfig {
     /// PEM file (RSA, EC or Ed25519 public key).
     pub file: PathBuf,
     /// Allowed algorithms for this key, e.g. `["RS256"]`.
-    pub algorithms: Vec<String>,
+    #[serde(deserialize_with = "algorithms")]
+    pub algorithms: Vec<Algorithm>,
     /// When set, only tokens with this `kid` use this key.
     pub kid: Option<String>,
 }
@@ -63,7 +64,8 @@ pub struct JwksConfig {
     /// `https://` URL of the key set.
     pub url: String,
     /// Algorithms allowed with keys from this set (a key's own `alg`, if any, must also match).
-    pub algorithms: Vec<String>,
+    #[serde(deserialize_with = "algorithms")]
+    pub algorithms: Vec<Algorithm>,
     /// Background refresh period.
     #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
     pub refresh_interval: Duration,
@@ -84,8 +86,8 @@ fn default_user_claim() -> String {
 fn default_leeway() -> Duration {
     Duration::from_secs(30)
 }
-fn default_hmac_algs() -> Vec<String> {
-    vec!["HS256".into()]
+fn default_hmac_algs() -> Vec<Algorithm> {
+    vec![Algorithm::HS256]
 }
 fn default_true() -> bool {
     true
@@ -106,19 +108,23 @@ fn default_jwks_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
-/// Parses an algorithm name, naming `field` when it is unknown.
-pub fn parse_alg(field: &str, s: &str) -> Result<Algorithm, ConfigError> {
-    Algorithm::from_str(s).map_err(|_| {
-        err(
-            field,
-            "unknown JWT algorithm",
-            "use one of HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA",
-        )
-    })
+/// Why an algorithm name was refused. It holds no value, so the loader shows it as it is, on
+/// the field serde names, with [`ALG_FIX`].
+pub(super) const UNKNOWN_ALG: &str = "unknown JWT algorithm";
+/// The fix shown with [`UNKNOWN_ALG`].
+pub(super) const ALG_FIX: &str =
+    "use one of HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA";
+
+/// Algorithm names, parsed once at load.
+fn algorithms<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Algorithm>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| Algorithm::from_str(s).map_err(|_| serde::de::Error::custom(UNKNOWN_ALG)))
+        .collect()
 }
 
-fn is_hmac(a: Algorithm) -> bool {
-    matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+fn is_hmac(a: &Algorithm) -> bool {
+    a.family() == AlgorithmFamily::Hmac
 }
 
 /// The `[auth]` rules the types cannot express.
@@ -154,14 +160,12 @@ pub(super) fn validate(a: &AuthConfig) -> Result<(), ConfigError> {
             ));
         }
     }
-    for alg in &a.hmac_algorithms {
-        if !is_hmac(parse_alg("auth.hmac_algorithms", alg)?) {
-            return Err(err(
-                "auth.hmac_algorithms",
-                "only HS256/HS384/HS512 belong here",
-                "list public-key algorithms on the key in [[auth.public_keys]] or [auth.jwks]",
-            ));
-        }
+    if !a.hmac_algorithms.iter().all(is_hmac) {
+        return Err(err(
+            "auth.hmac_algorithms",
+            "only HS256/HS384/HS512 belong here",
+            "list public-key algorithms on the key in [[auth.public_keys]] or [auth.jwks]",
+        ));
     }
     for (i, k) in a.public_keys.iter().enumerate() {
         let f = format!("auth.public_keys[{i}].algorithms");
@@ -172,14 +176,12 @@ pub(super) fn validate(a: &AuthConfig) -> Result<(), ConfigError> {
                 "list the algorithms this key signs with, e.g. [\"RS256\"]",
             ));
         }
-        for alg in &k.algorithms {
-            if is_hmac(parse_alg(&f, alg)?) {
-                return Err(err(
-                    &f,
-                    "an HMAC algorithm cannot be used with a public key",
-                    "use RS*/PS*/ES*/EdDSA",
-                ));
-            }
+        if k.algorithms.iter().any(is_hmac) {
+            return Err(err(
+                &f,
+                "an HMAC algorithm cannot be used with a public key",
+                "use RS*/PS*/ES*/EdDSA",
+            ));
         }
     }
     a.jwks.as_ref().map_or(Ok(()), validate_jwks)
@@ -194,14 +196,12 @@ fn validate_jwks(j: &JwksConfig) -> Result<(), ConfigError> {
             "list e.g. [\"RS256\"]",
         ));
     }
-    for alg in &j.algorithms {
-        if is_hmac(parse_alg("auth.jwks.algorithms", alg)?) {
-            return Err(err(
-                "auth.jwks.algorithms",
-                "HMAC algorithms cannot come from a JWKS",
-                "use RS*/PS*/ES*/EdDSA",
-            ));
-        }
+    if j.algorithms.iter().any(is_hmac) {
+        return Err(err(
+            "auth.jwks.algorithms",
+            "HMAC algorithms cannot come from a JWKS",
+            "use RS*/PS*/ES*/EdDSA",
+        ));
     }
     if j.refresh_interval.is_zero() || j.timeout.is_zero() {
         return Err(err(
@@ -211,4 +211,50 @@ fn validate_jwks(j: &JwksConfig) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ConfigError, ENV_HMAC_SECRET, ENV_MASTER_KEY, Env, load_str};
+
+    fn load_err(auth: &str) -> ConfigError {
+        let text = format!(
+            "[auth]\n{auth}\n[keystore]\npath = \"k.json\"\n[upstream]\nuser_agent = \"A (a@b.c)\"\n"
+        );
+        let env = Env([
+            (ENV_HMAC_SECRET, "h".repeat(40)),
+            (ENV_MASTER_KEY, "0".repeat(64)),
+        ]
+        .map(|(k, v)| (k.to_string(), v))
+        .into());
+        load_str(&text, std::path::Path::new("/tmp"), &env).unwrap_err()
+    }
+
+    #[test]
+    fn unknown_algorithms_name_the_field_and_the_choices_without_echoing_the_value() {
+        for (auth, field) in [
+            (
+                "hmac_algorithms = [\"HS256\", \"HS999\"]",
+                "auth.hmac_algorithms",
+            ),
+            (
+                "[[auth.public_keys]]\nfile = \"k.pem\"\nalgorithms = [\"RS999\"]",
+                "auth.public_keys[0].algorithms",
+            ),
+            (
+                "[auth.jwks]\nurl = \"https://idp.example/jwks\"\nalgorithms = [\"none\"]",
+                "auth.jwks.algorithms",
+            ),
+        ] {
+            let e = load_err(auth);
+            assert_eq!(e.field, field);
+            let shown = e.to_string();
+            assert!(shown.contains("unknown JWT algorithm"), "{shown}");
+            assert!(
+                shown.contains("use one of HS256 HS384 HS512 RS256"),
+                "{shown}"
+            );
+            assert!(!shown.contains("999") && !shown.contains("none"), "{shown}");
+        }
+    }
 }

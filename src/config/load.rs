@@ -143,11 +143,16 @@ pub fn load_str(text: &str, base_dir: &Path, env: &Env) -> Result<Config, Config
     let mut cfg: Config =
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let field = e.path().to_string();
-            ConfigError::new(
-                field,
-                without_values(e.inner().message()),
-                "see config/gateway.example.toml for every field and its type",
-            )
+            match e.inner().message() {
+                super::auth::UNKNOWN_ALG => {
+                    ConfigError::new(field, super::auth::UNKNOWN_ALG, super::auth::ALG_FIX)
+                }
+                m => ConfigError::new(
+                    field,
+                    without_values(m),
+                    "see config/gateway.example.toml for every field and its type",
+                ),
+            }
         })?;
     cfg.deprecated = deprecated;
     resolve_paths(&mut cfg, base_dir);

@@ -22,7 +22,7 @@ pub mod shares;
 mod telemetry;
 pub use secret::Secret;
 mod validate;
-pub use auth::{AuthConfig, JwksConfig, PublicKeyConfig, parse_alg};
+pub use auth::{AuthConfig, JwksConfig, PublicKeyConfig};
 pub use compression::CompressionConfig;
 pub use cors::CorsConfig;
 pub use deprecated::Deprecated;

@@ -111,7 +111,7 @@ impl IdP {
     fn cfg(&self) -> JwksConfig {
         JwksConfig {
             url: self.url.clone(),
-            algorithms: vec!["ES256".into()],
+            algorithms: vec![Algorithm::ES256],
             refresh_interval: Duration::from_secs(3600),
             min_refetch_interval: Duration::ZERO,
             unknown_kid_ttl: Duration::from_secs(3600),
@@ -325,7 +325,7 @@ async fn jwk_alg_and_set_allowlist_both_apply() {
     ]});
     idp.publish_raw(set.to_string());
     let a = idp.authn(JwksConfig {
-        algorithms: vec!["RS256".into(), "PS256".into()],
+        algorithms: vec![Algorithm::RS256, Algorithm::PS256],
         ..idp.cfg()
     });
     a.start().await;

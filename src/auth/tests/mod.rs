@@ -48,7 +48,7 @@ fn base_cfg() -> AuthConfig {
         leeway: Duration::from_secs(5),
         issuers: vec![],
         audiences: vec![],
-        hmac_algorithms: vec!["HS256".into()],
+        hmac_algorithms: vec![Algorithm::HS256],
         hmac_secret_file: None,
         public_keys: vec![],
         jwks: None,

@@ -10,7 +10,7 @@ fn pem_cfg(dir: &TempDir, keys: &[(&Signer, &[&str], Option<&str>)]) -> AuthConf
         .enumerate()
         .map(|(i, (s, algs, kid))| PublicKeyConfig {
             file: dir.write(&format!("k{i}.pem"), &s.public_pem),
-            algorithms: algs.iter().map(|a| a.to_string()).collect(),
+            algorithms: algs.iter().map(|a| a.parse().unwrap()).collect(),
             kid: kid.map(str::to_owned),
         })
         .collect();
@@ -181,7 +181,7 @@ async fn bad_key_files_name_the_field() {
         let cfg = AuthConfig {
             public_keys: vec![PublicKeyConfig {
                 file,
-                algorithms: algs.iter().map(|a| a.to_string()).collect(),
+                algorithms: algs.iter().map(|a| a.parse().unwrap()).collect(),
                 kid: None,
             }],
             ..base_cfg()
