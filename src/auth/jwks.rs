@@ -6,7 +6,7 @@
 //! before the first successful fetch (`KeysUnavailable`). A failed refresh keeps the last good set.
 
 use crate::body::Body;
-use crate::config::{ConfigError, JwksConfig};
+use crate::config::JwksConfig;
 use crate::error::AuthError;
 use crate::upstream::HttpClient;
 use arc_swap::ArcSwapOption;
@@ -95,25 +95,15 @@ struct FetchError(Cow<'static, str>);
 
 impl Jwks {
     /// Prepares the source; nothing is fetched yet.
-    pub fn new(
-        cfg: &JwksConfig,
-        http: HttpClient,
-        counts: Arc<AuthCounts>,
-    ) -> Result<Self, ConfigError> {
-        let uri: http::Uri = cfg.url.parse().map_err(|_| {
-            ConfigError::new(
-                "auth.jwks.url",
-                "not a valid URL",
-                "write it as https://idp.example/.well-known/jwks.json",
-            )
-        })?;
+    pub fn new(cfg: &JwksConfig, http: HttpClient, counts: Arc<AuthCounts>) -> Self {
+        let uri = cfg.url.clone();
         let log_url = format!(
             "{}://{}{}",
             uri.scheme_str().unwrap_or("https"),
             uri.authority().map(|a| a.as_str()).unwrap_or(""),
             uri.path()
         );
-        Ok(Jwks {
+        Jwks {
             algorithms: cfg.algorithms.clone(),
             uri,
             log_url,
@@ -131,7 +121,7 @@ impl Jwks {
                 .time_to_live(cfg.unknown_kid_ttl)
                 .build(),
             counts,
-        })
+        }
     }
 
     /// True when keys from this set may verify `alg` at all.

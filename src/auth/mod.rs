@@ -88,10 +88,7 @@ impl Authenticator {
         prev: Option<&Authenticator>,
     ) -> Result<Arc<Authenticator>, ConfigError> {
         let counts = prev.map_or_else(Arc::default, |p| p.counts.clone());
-        let jwks = match &cfg.jwks {
-            Some(j) => Some(Arc::new(jwks::Jwks::new(j, http, counts.clone())?)),
-            None => None,
-        };
+        let jwks = (cfg.jwks.as_ref()).map(|j| Arc::new(jwks::Jwks::new(j, http, counts.clone())));
         Ok(Arc::new(Authenticator {
             keys: keys::load(cfg)?,
             jwks,

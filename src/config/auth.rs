@@ -1,6 +1,6 @@
 //! The `[auth]` section (JWT verification: HMAC secret, PEM keys, JWKS) and its validation.
 
-use super::validate::{check_https_url, err};
+use super::validate::err;
 use super::{ConfigError, Secret};
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -62,7 +62,8 @@ pub struct PublicKeyConfig {
 #[serde(deny_unknown_fields)]
 pub struct JwksConfig {
     /// `https://` URL of the key set.
-    pub url: String,
+    #[serde(with = "super::validate::https_url")]
+    pub url: http::Uri,
     /// Algorithms allowed with keys from this set (a key's own `alg`, if any, must also match).
     #[serde(deserialize_with = "algorithms")]
     pub algorithms: Vec<Algorithm>,
@@ -108,8 +109,7 @@ fn default_jwks_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
-/// Why an algorithm name was refused. It holds no value, so the loader shows it as it is, on
-/// the field serde names, with [`ALG_FIX`].
+/// Why an algorithm name was refused (see `validate::OWN_ERRORS`).
 pub(super) const UNKNOWN_ALG: &str = "unknown JWT algorithm";
 /// The fix shown with [`UNKNOWN_ALG`].
 pub(super) const ALG_FIX: &str =
@@ -188,7 +188,6 @@ pub(super) fn validate(a: &AuthConfig) -> Result<(), ConfigError> {
 }
 
 fn validate_jwks(j: &JwksConfig) -> Result<(), ConfigError> {
-    check_https_url("auth.jwks.url", &j.url)?;
     if j.algorithms.is_empty() {
         return Err(err(
             "auth.jwks.algorithms",
@@ -255,6 +254,36 @@ mod tests {
                 "{shown}"
             );
             assert!(!shown.contains("999") && !shown.contains("none"), "{shown}");
+        }
+    }
+    #[test]
+    fn a_jwks_url_is_checked_once_at_load_naming_the_field_and_the_fix() {
+        let jwks = |url: &str| format!("[auth.jwks]\nurl = \"{url}\"\nalgorithms = [\"ES256\"]");
+        for (url, problem, fix) in [
+            ("not a url", "not a valid URL", "https://host[:port]/path"),
+            (
+                "http://idp.example/jwks",
+                "absolute https:// URL",
+                "use https://",
+            ),
+            (
+                "https://u:s3cr3t@idp.example/jwks",
+                "credentials",
+                "https://host[:port]/path",
+            ),
+            (
+                "https://idp.example/jwks?s3cr3t",
+                "query",
+                "https://host[:port]/path",
+            ),
+        ] {
+            let e = load_err(&jwks(url));
+            assert_eq!(e.field, "auth.jwks.url", "{url}");
+            assert!(
+                e.problem.contains(problem) && e.fix.contains(fix),
+                "{url}: {e}"
+            );
+            assert!(!e.to_string().contains("s3cr3t"), "{e}");
         }
     }
 }

@@ -143,13 +143,12 @@ pub fn load_str(text: &str, base_dir: &Path, env: &Env) -> Result<Config, Config
     let mut cfg: Config =
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let field = e.path().to_string();
-            match e.inner().message() {
-                super::auth::UNKNOWN_ALG => {
-                    ConfigError::new(field, super::auth::UNKNOWN_ALG, super::auth::ALG_FIX)
-                }
-                m => ConfigError::new(
+            let msg = e.inner().message();
+            match super::validate::OWN_ERRORS.iter().find(|(p, _)| *p == msg) {
+                Some((problem, fix)) => ConfigError::new(field, *problem, *fix),
+                None => ConfigError::new(
                     field,
-                    without_values(m),
+                    without_values(msg),
                     "see config/gateway.example.toml for every field and its type",
                 ),
             }

@@ -22,29 +22,54 @@ pub(super) fn err(field: &str, problem: &str, fix: &str) -> ConfigError {
     ConfigError::new(field, problem, fix)
 }
 
-pub(super) fn check_https_url(field: &str, url: &str) -> Result<http::Uri, ConfigError> {
-    let uri: http::Uri = url.parse().map_err(|_| {
-        err(
-            field,
-            "not a valid URL",
-            "write it as https://host[:port]/path",
-        )
-    })?;
+/// The problems [`https_url`] finds, each with its fix; they hold no value, so the loader
+/// shows them as they are when serde reports one (see [`OWN_ERRORS`]).
+const URL_INVALID: (&str, &str) = ("not a valid URL", "write it as https://host[:port]/path");
+const URL_NOT_HTTPS: (&str, &str) = (
+    "must be an absolute https:// URL",
+    "Cliniko and identity providers are only reached over TLS; use https://",
+);
+const URL_SECRETS: (&str, &str) = (
+    "must not carry credentials or a query string",
+    "write it as https://host[:port]/path",
+);
+
+/// What this crate's own deserialisers report (serde carries only a message), with the fix.
+/// None holds a value, so the loader shows them whole; any other message may echo a value.
+pub(super) const OWN_ERRORS: [(&str, &str); 4] = [
+    (super::auth::UNKNOWN_ALG, super::auth::ALG_FIX),
+    URL_INVALID,
+    URL_NOT_HTTPS,
+    URL_SECRETS,
+];
+
+fn https_uri(url: &str) -> Result<http::Uri, (&'static str, &'static str)> {
+    let uri: http::Uri = url.parse().map_err(|_| URL_INVALID)?;
     if uri.scheme_str() != Some("https") || uri.authority().is_none() {
-        return Err(err(
-            field,
-            "must be an absolute https:// URL",
-            "Cliniko and identity providers are only reached over TLS; use https://",
-        ));
+        return Err(URL_NOT_HTTPS);
     }
     if carries_secrets(&uri) {
-        return Err(err(
-            field,
-            "must not carry credentials or a query string",
-            "write it as https://host[:port]/path",
-        ));
+        return Err(URL_SECRETS);
     }
     Ok(uri)
+}
+
+pub(super) fn check_https_url(field: &str, url: &str) -> Result<http::Uri, ConfigError> {
+    https_uri(url).map_err(|(problem, fix)| err(field, problem, fix))
+}
+
+/// `#[serde(with = "https_url")]`: an absolute `https://` URL without credentials or query,
+/// checked once at load and held as an [`http::Uri`].
+pub(super) mod https_url {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(uri: &http::Uri, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(uri)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<http::Uri, D::Error> {
+        super::https_uri(&String::deserialize(d)?).map_err(|(problem, _)| D::Error::custom(problem))
+    }
 }
 
 /// Userinfo or a query in a configured URL: refused, because URLs are logged and printed by

@@ -110,7 +110,7 @@ impl IdP {
 
     fn cfg(&self) -> JwksConfig {
         JwksConfig {
-            url: self.url.clone(),
+            url: self.url.parse().unwrap(),
             algorithms: vec![Algorithm::ES256],
             refresh_interval: Duration::from_secs(3600),
             min_refetch_interval: Duration::ZERO,
