@@ -1,6 +1,6 @@
 //! The `[auth]` section (JWT verification: HMAC secret, PEM keys, JWKS) and its validation.
 
-use super::validate::err;
+use super::validate::{err, secs};
 use super::{ConfigError, Secret};
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -14,7 +14,7 @@ pub struct AuthConfig {
     #[serde(default = "default_user_claim")]
     pub user_claim: String,
     /// Clock skew tolerated on `exp`/`nbf`.
-    #[serde(default = "default_leeway", with = "humantime_serde")]
+    #[serde(default = "secs::<30>", with = "humantime_serde")]
     pub leeway: Duration,
     /// Accepted `iss` values; when non-empty, `iss` is required.
     #[serde(default)]
@@ -68,24 +68,21 @@ pub struct JwksConfig {
     #[serde(deserialize_with = "algorithms")]
     pub algorithms: Vec<Algorithm>,
     /// Background refresh period.
-    #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
+    #[serde(default = "secs::<300>", with = "humantime_serde")]
     pub refresh_interval: Duration,
     /// Fetches triggered by unknown `kid`s happen at most once per this interval.
-    #[serde(default = "default_jwks_min_refetch", with = "humantime_serde")]
+    #[serde(default = "secs::<30>", with = "humantime_serde")]
     pub min_refetch_interval: Duration,
     /// How long an unknown `kid` is remembered as unknown.
-    #[serde(default = "default_jwks_unknown_kid_ttl", with = "humantime_serde")]
+    #[serde(default = "secs::<300>", with = "humantime_serde")]
     pub unknown_kid_ttl: Duration,
     /// Timeout of one fetch.
-    #[serde(default = "default_jwks_timeout", with = "humantime_serde")]
+    #[serde(default = "secs::<5>", with = "humantime_serde")]
     pub timeout: Duration,
 }
 
 fn default_user_claim() -> String {
     "sub".into()
-}
-fn default_leeway() -> Duration {
-    Duration::from_secs(30)
 }
 fn default_hmac_algs() -> Vec<Algorithm> {
     vec![Algorithm::HS256]
@@ -95,18 +92,6 @@ fn default_true() -> bool {
 }
 fn default_token_cache() -> u64 {
     10_000
-}
-fn default_jwks_refresh() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_jwks_min_refetch() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_jwks_unknown_kid_ttl() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_jwks_timeout() -> Duration {
-    Duration::from_secs(5)
 }
 
 /// Why an algorithm name was refused (see `validate::OWN_ERRORS`).
@@ -214,9 +199,11 @@ fn validate_jwks(j: &JwksConfig) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{ConfigError, ENV_HMAC_SECRET, ENV_MASTER_KEY, Env, load_str};
+    use crate::config::{Config, ConfigError, ENV_HMAC_SECRET, ENV_MASTER_KEY, Env, load_str};
+    use jsonwebtoken::Algorithm;
+    use std::time::Duration;
 
-    fn load_err(auth: &str) -> ConfigError {
+    fn load(auth: &str) -> Result<Config, ConfigError> {
         let text = format!(
             "[auth]\n{auth}\n[keystore]\npath = \"k.json\"\n[upstream]\nuser_agent = \"A (a@b.c)\"\n"
         );
@@ -226,7 +213,30 @@ mod tests {
         ]
         .map(|(k, v)| (k.to_string(), v))
         .into());
-        load_str(&text, std::path::Path::new("/tmp"), &env).unwrap_err()
+        load_str(&text, std::path::Path::new("/tmp"), &env)
+    }
+
+    fn load_err(auth: &str) -> ConfigError {
+        load(auth).unwrap_err()
+    }
+
+    #[test]
+    fn algorithms_and_the_jwks_url_arrive_parsed_with_their_defaults() {
+        let a = load("[auth.jwks]\nurl = \"https://idp.example/jwks\"\nalgorithms = [\"ES256\"]")
+            .unwrap()
+            .auth;
+        assert_eq!(a.hmac_algorithms, [Algorithm::HS256]);
+        assert_eq!(a.leeway, Duration::from_secs(30));
+        let j = a.jwks.unwrap();
+        assert_eq!((j.url.host(), j.url.path()), (Some("idp.example"), "/jwks"));
+        assert_eq!(j.algorithms, [Algorithm::ES256]);
+        let secs = [
+            j.refresh_interval,
+            j.min_refetch_interval,
+            j.unknown_kid_ttl,
+            j.timeout,
+        ];
+        assert_eq!(secs.map(|d| d.as_secs()), [300, 30, 300, 5]);
     }
 
     #[test]

@@ -169,6 +169,11 @@ fn validate_upstream(u: &UpstreamConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `#[serde(default = "secs::<30>")]`: a default of that many seconds.
+pub(super) fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
+}
+
 /// The first of `durations` that is zero, named.
 pub(super) fn non_zero(durations: &[(&str, Duration)]) -> Result<(), ConfigError> {
     match durations.iter().find(|(_, d)| d.is_zero()) {
