@@ -88,7 +88,10 @@ impl Authenticator {
         prev: Option<&Authenticator>,
     ) -> Result<Arc<Authenticator>, ConfigError> {
         let counts = prev.map_or_else(Arc::default, |p| p.counts.clone());
-        let jwks = (cfg.jwks.as_ref()).map(|j| Arc::new(jwks::Jwks::new(j, http, counts.clone())));
+        let jwks = cfg
+            .jwks
+            .as_ref()
+            .map(|j| Arc::new(jwks::Jwks::new(j, http, counts.clone())));
         Ok(Arc::new(Authenticator {
             keys: keys::load(cfg)?,
             jwks,
