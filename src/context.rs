@@ -56,13 +56,7 @@ pub fn plain(s: &str) -> &str {
     if is_plain(s) { s } else { "?" }
 }
 
-/// Whether [`plain`] keeps `s` as it is: 1-128 of `A-Z a-z 0-9 . _ ~ : @ -`.
-pub fn is_plain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._~:@-".contains(&b))
-}
+pub use crate::config::is_plain;
 
 /// What the server saw before any layer ran (inserted by the server, folded into the
 /// [`Context`] by [`ContextLayer`]).

@@ -1,6 +1,6 @@
 //! The `[auth]` section (JWT verification: HMAC secret, PEM keys, JWKS) and its validation.
 
-use super::validate::{err, secs};
+use super::validate::{UNKNOWN_ALG, err, secs};
 use super::{ConfigError, Secret};
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -93,12 +93,6 @@ fn default_true() -> bool {
 fn default_token_cache() -> u64 {
     10_000
 }
-
-/// Why an algorithm name was refused (see `validate::OWN_ERRORS`).
-pub(super) const UNKNOWN_ALG: &str = "unknown JWT algorithm";
-/// The fix shown with [`UNKNOWN_ALG`].
-pub(super) const ALG_FIX: &str =
-    "use one of HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA";
 
 /// Algorithm names, parsed once at load.
 fn algorithms<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Algorithm>, D::Error> {

@@ -1,6 +1,7 @@
 //! Reading the file, overlaying the environment, resolving secrets and relative paths.
 
 use super::Config;
+pub use super::validate::ConfigError;
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretBox};
 use std::collections::BTreeMap;
@@ -16,35 +17,6 @@ pub const ENV_ADMIN_TOKEN: &str = "CLINIKO_GATEWAY_ADMIN_TOKEN";
 pub const ENV_MASTER_KEY: &str = "CLINIKO_GATEWAY_MASTER_KEY";
 /// Environment variable holding the PostgreSQL URL of the key store.
 pub const ENV_POSTGRES_URL: &str = "CLINIKO_GATEWAY_POSTGRES_URL";
-
-/// A start-up configuration problem: which field, what is wrong, how to fix it.
-///
-/// Never carries a field's value: values can be secrets.
-#[derive(Debug, thiserror::Error)]
-#[error("config error in `{field}`: {problem}; fix: {fix}")]
-pub struct ConfigError {
-    /// Dotted path of the field (or the env var / file involved).
-    pub field: String,
-    /// What is wrong.
-    pub problem: String,
-    /// What to do about it.
-    pub fix: String,
-}
-
-impl ConfigError {
-    /// Builds an error for `field`.
-    pub fn new(
-        field: impl Into<String>,
-        problem: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> Self {
-        ConfigError {
-            field: field.into(),
-            problem: problem.into(),
-            fix: fix.into(),
-        }
-    }
-}
 
 /// The environment the config is read against; injectable so tests never touch the process env.
 #[derive(Clone, Default)]
@@ -156,7 +128,7 @@ pub fn load_str(text: &str, base_dir: &Path, env: &Env) -> Result<Config, Config
     cfg.deprecated = deprecated;
     resolve_paths(&mut cfg, base_dir);
     resolve_secrets(&mut cfg, env)?;
-    super::validate::validate(&cfg)?;
+    super::check(&cfg)?;
     Ok(cfg)
 }
 

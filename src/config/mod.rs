@@ -34,7 +34,8 @@ pub use redis::{RedisConfig, RedisFailure, RedisUrl};
 pub use retries::RetryConfig;
 pub use server::{AdminConfig, ServerConfig};
 pub use telemetry::TelemetryConfig;
-pub use validate::{is_shard_name, is_shard_name_bytes, valid_user_agent};
+use validate::{check_https_url, err, non_zero};
+pub use validate::{is_plain, is_shard_name, is_shard_name_bytes, valid_user_agent};
 
 pub use load::{
     ConfigError, ConfigSource, ENV_HMAC_SECRET, ENV_MASTER_KEY, ENV_POSTGRES_URL, ENV_PREFIX, Env,
@@ -253,4 +254,95 @@ fn default_pool_max_idle() -> usize {
 /// reaches under the key budget (burst 10, then about 3 a second). See docs/security.md.
 fn default_max_in_flight_per_user() -> usize {
     16
+}
+
+/// Every section's rules; each error names the field and the fix.
+fn check(c: &Config) -> Result<(), ConfigError> {
+    policy::validate(&c.policy)?;
+    keystore::validate(&c.keystore, &c.enrol)?;
+    telemetry::validate(&c.telemetry)?;
+    cors::validate(&c.cors)?;
+    server::validate(&c.server, &c.admin)?;
+    auth::validate(&c.auth)?;
+    validate_cache(&c.cache)?;
+    compression::validate(&c.compression)?;
+    ratelimit::validate(&c.ratelimit)?;
+    redis::validate(&c.redis)?;
+    retries::validate(&c.upstream.retries)?;
+    non_zero(&[
+        ("upstream.connect_timeout", c.upstream.connect_timeout),
+        ("upstream.timeout", c.upstream.timeout),
+    ])?;
+    validate_upstream(&c.upstream)
+}
+
+fn validate_cache(k: &CacheConfig) -> Result<(), ConfigError> {
+    // A fill holds the answer while reading it, out of the 1/16 of the capacity kept for that.
+    if k.enabled && (k.max_entry_bytes == 0 || k.max_entry_bytes > k.capacity_bytes / 16) {
+        return Err(err(
+            "cache.max_entry_bytes",
+            "must be between 1 and cache.capacity_bytes / 16",
+            "use e.g. 1048576 (1 MiB) with a capacity of 268435456 (256 MiB)",
+        ));
+    }
+    if k.max_entry_bytes > u64::from(u32::MAX) {
+        return Err(err(
+            "cache.max_entry_bytes",
+            "too large",
+            "keep entries under 4 GiB (1 MiB is typical)",
+        ));
+    }
+    for (i, r) in k.rules.iter().enumerate() {
+        if !(r.prefix == "/v1" || r.prefix.starts_with("/v1/"))
+            || r.prefix.ends_with('/')
+            || r.prefix.contains('?')
+        {
+            return Err(err(
+                &format!("cache.rules[{i}].prefix"),
+                "must be a /v1/... path without a trailing slash or query",
+                "write it like \"/v1/practitioners\"",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_upstream(u: &UpstreamConfig) -> Result<(), ConfigError> {
+    if !valid_user_agent(&u.user_agent) {
+        return Err(err(
+            "upstream.user_agent",
+            "Cliniko requires `App name (contact email)`",
+            "write it like \"Acme Clinic Gateway (it@acme.example)\"",
+        ));
+    }
+    if !u.url_template.contains("{shard}") {
+        return Err(err(
+            "upstream.url_template",
+            "has no {shard} placeholder",
+            "use https://api.{shard}.cliniko.com/v1",
+        ));
+    }
+    if !(1..=1000).contains(&u.max_in_flight_per_user) {
+        return Err(err(
+            "upstream.max_in_flight_per_user",
+            "out of range",
+            "use 1 to 1000, well below Cliniko's concurrent streams per connection (default 16)",
+        ));
+    }
+    check_https_url(
+        "upstream.url_template",
+        &u.url_template.replace("{shard}", "au1"),
+    )?;
+    for (shard, url) in &u.shards {
+        let f = format!("upstream.shards.{shard}");
+        if !is_shard_name(shard) {
+            return Err(err(
+                &f,
+                "not a shard name",
+                "shard names look like au1, uk2, ca1",
+            ));
+        }
+        check_https_url(&f, url)?;
+    }
+    Ok(())
 }

@@ -87,7 +87,7 @@ fn check_share(field: &str, s: &Share) -> Result<(), ConfigError> {
 /// (`[A-Za-z0-9._~:@-]`, at most 128 bytes), so any other configured name could never match.
 fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
     // The names the request context keeps as they are (anything else is logged as `?`).
-    if crate::context::is_plain(name) {
+    if super::is_plain(name) {
         return Ok(());
     }
     Err(ConfigError::new(

@@ -1,8 +1,37 @@
-//! Each section's own rules live beside its types; here are the helpers they share, the rules
-//! of `[cache]` and `[upstream]`, and [`validate`], which runs them all.
+//! The ground floor of `config`: the error every rule returns and the helpers the sections'
+//! rules share. Each section's own rules live beside its types; `config::check` runs them all.
+//! Imports nothing of `config`, so no section and no rule can import in a loop.
 
-use super::{CacheConfig, Config, ConfigError, UpstreamConfig};
 use std::time::Duration;
+
+/// A start-up configuration problem: which field, what is wrong, how to fix it.
+///
+/// Never carries a field's value: values can be secrets.
+#[derive(Debug, thiserror::Error)]
+#[error("config error in `{field}`: {problem}; fix: {fix}")]
+pub struct ConfigError {
+    /// Dotted path of the field (or the env var / file involved).
+    pub field: String,
+    /// What is wrong.
+    pub problem: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+impl ConfigError {
+    /// Builds an error for `field`.
+    pub fn new(
+        field: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        ConfigError {
+            field: field.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
 
 /// True when `s` is a Cliniko shard name (`au1`, `uk2`, ...).
 pub fn is_shard_name(s: &str) -> bool {
@@ -34,10 +63,15 @@ const URL_SECRETS: (&str, &str) = (
     "write it as https://host[:port]/path",
 );
 
+/// Why an algorithm name was refused (see `OWN_ERRORS`).
+pub(super) const UNKNOWN_ALG: &str = "unknown JWT algorithm";
+/// The fix shown with [`UNKNOWN_ALG`].
+pub(super) const ALG_FIX: &str =
+    "use one of HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA";
 /// What this crate's own deserialisers report (serde carries only a message), with the fix.
 /// None holds a value, so the loader shows them whole; any other message may echo a value.
 pub(super) const OWN_ERRORS: [(&str, &str); 4] = [
-    (super::auth::UNKNOWN_ALG, super::auth::ALG_FIX),
+    (UNKNOWN_ALG, ALG_FIX),
     URL_INVALID,
     URL_NOT_HTTPS,
     URL_SECRETS,
@@ -78,97 +112,6 @@ pub(super) fn carries_secrets(uri: &http::Uri) -> bool {
     uri.authority().is_some_and(|a| a.as_str().contains('@')) || uri.query().is_some()
 }
 
-/// Every section's rules; each error names the field and the fix.
-pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
-    super::policy::validate(&c.policy)?;
-    super::keystore::validate(&c.keystore, &c.enrol)?;
-    super::telemetry::validate(&c.telemetry)?;
-    super::cors::validate(&c.cors)?;
-    super::server::validate(&c.server, &c.admin)?;
-    super::auth::validate(&c.auth)?;
-    validate_cache(&c.cache)?;
-    super::compression::validate(&c.compression)?;
-    super::ratelimit::validate(&c.ratelimit)?;
-    super::redis::validate(&c.redis)?;
-    super::retries::validate(&c.upstream.retries)?;
-    non_zero(&[
-        ("upstream.connect_timeout", c.upstream.connect_timeout),
-        ("upstream.timeout", c.upstream.timeout),
-    ])?;
-    validate_upstream(&c.upstream)
-}
-
-fn validate_cache(k: &CacheConfig) -> Result<(), ConfigError> {
-    // A fill holds the answer while reading it, out of the 1/16 of the capacity kept for that.
-    if k.enabled && (k.max_entry_bytes == 0 || k.max_entry_bytes > k.capacity_bytes / 16) {
-        return Err(err(
-            "cache.max_entry_bytes",
-            "must be between 1 and cache.capacity_bytes / 16",
-            "use e.g. 1048576 (1 MiB) with a capacity of 268435456 (256 MiB)",
-        ));
-    }
-    if k.max_entry_bytes > u64::from(u32::MAX) {
-        return Err(err(
-            "cache.max_entry_bytes",
-            "too large",
-            "keep entries under 4 GiB (1 MiB is typical)",
-        ));
-    }
-    for (i, r) in k.rules.iter().enumerate() {
-        if !(r.prefix == "/v1" || r.prefix.starts_with("/v1/"))
-            || r.prefix.ends_with('/')
-            || r.prefix.contains('?')
-        {
-            return Err(err(
-                &format!("cache.rules[{i}].prefix"),
-                "must be a /v1/... path without a trailing slash or query",
-                "write it like \"/v1/practitioners\"",
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn validate_upstream(u: &UpstreamConfig) -> Result<(), ConfigError> {
-    if !valid_user_agent(&u.user_agent) {
-        return Err(err(
-            "upstream.user_agent",
-            "Cliniko requires `App name (contact email)`",
-            "write it like \"Acme Clinic Gateway (it@acme.example)\"",
-        ));
-    }
-    if !u.url_template.contains("{shard}") {
-        return Err(err(
-            "upstream.url_template",
-            "has no {shard} placeholder",
-            "use https://api.{shard}.cliniko.com/v1",
-        ));
-    }
-    if !(1..=1000).contains(&u.max_in_flight_per_user) {
-        return Err(err(
-            "upstream.max_in_flight_per_user",
-            "out of range",
-            "use 1 to 1000, well below Cliniko's concurrent streams per connection (default 16)",
-        ));
-    }
-    check_https_url(
-        "upstream.url_template",
-        &u.url_template.replace("{shard}", "au1"),
-    )?;
-    for (shard, url) in &u.shards {
-        let f = format!("upstream.shards.{shard}");
-        if !is_shard_name(shard) {
-            return Err(err(
-                &f,
-                "not a shard name",
-                "shard names look like au1, uk2, ca1",
-            ));
-        }
-        check_https_url(&f, url)?;
-    }
-    Ok(())
-}
-
 /// `#[serde(default = "secs::<30>")]`: a default of that many seconds.
 pub(super) fn secs<const N: u64>() -> Duration {
     Duration::from_secs(N)
@@ -200,6 +143,15 @@ pub fn valid_user_agent(ua: &str) -> bool {
         && email
             .split_once('@')
             .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+}
+
+/// Whether `s` is a plain token, kept as it is in records and labels: 1-128 of
+/// `A-Z a-z 0-9 . _ ~ : @ -` (`context::plain` prints anything else as `?`).
+pub fn is_plain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~:@-".contains(&b))
 }
 
 #[cfg(test)]
