@@ -10,7 +10,7 @@
 //! pass the check that nobody else holds it. File I/O and decryption run off the async threads.
 
 use super::edit::{self, ListedUser, Resealed};
-use super::file::{self, Document};
+use super::file::{self, Document, Edited};
 use super::new_key::{AddOutcome, NewKey};
 use super::postgres::PgStore;
 use super::{KeyStore, KeyStoreError, blocking};
@@ -31,9 +31,6 @@ pub enum Backend {
     /// One row in PostgreSQL.
     Postgres(Arc<PgStore>),
 }
-
-/// What an edit does with the document it was given: `Some` is signed and written.
-pub(super) type Edited<T> = (Option<Document>, T);
 
 impl Backend {
     /// Opens the configured backend (for PostgreSQL: connects and creates the table if needed).
@@ -80,14 +77,10 @@ impl Backend {
             }
             Backend::Postgres(pg) => pg.read().await?,
         };
-        let place = self.place().to_path_buf();
-        let master = master.clone();
-        let store = blocking(move || match doc {
-            Some(doc) => KeyStore::from_document(&place, &doc, &master),
-            None if missing_ok => Ok(KeyStore::default()),
-            None => Err(KeyStoreError::NotFound { path: place }),
-        })
-        .await?;
+        let (place, master) = (self.place().to_path_buf(), master.clone());
+        let store =
+            blocking(move || KeyStore::from_stored(&place, doc.as_ref(), &master, missing_ok))
+                .await?;
         Ok((store, revision))
     }
 
@@ -103,15 +96,7 @@ impl Backend {
             Backend::File { path, lock } => {
                 let _ours = lock.lock().await;
                 let path = path.clone();
-                blocking(move || {
-                    let _theirs = lock_file(&path)?;
-                    let (doc, out) = f(file::read(&path)?)?;
-                    if let Some(mut doc) = doc {
-                        file::write_signed(&path, &mut doc, master.expose_secret())?;
-                    }
-                    Ok(out)
-                })
-                .await
+                blocking(move || file::edit(&path, master.expose_secret(), f)).await
             }
             Backend::Postgres(pg) => {
                 pg.edit(move |doc| {
@@ -143,25 +128,15 @@ impl Backend {
         new: Vec<NewKey>,
     ) -> Result<Vec<AddOutcome>, KeyStoreError> {
         let (place, m) = (self.place().to_path_buf(), master.clone());
-        self.edit(master, move |doc| {
-            let (doc, out) = edit::add_all(doc, &place, &m, &new)?;
-            Ok((Some(doc), out))
-        })
-        .await
+        self.edit(master, move |doc| edit::add_all(doc, &place, &m, &new))
+            .await
     }
 
     /// Removes a user; `false` when the user had no key.
     pub async fn remove(&self, master: &MasterKey, user: &str) -> Result<bool, KeyStoreError> {
         let (place, m, user) = (self.place().to_path_buf(), master.clone(), user.to_string());
-        self.edit(master, move |doc| {
-            let Some(doc) = doc else {
-                return Ok((None, false));
-            };
-            let changed = edit::remove_from(doc, &place, &m, &user)?;
-            let found = changed.is_some();
-            Ok((changed, found))
-        })
-        .await
+        self.edit(master, move |doc| edit::remove_from(doc, &place, &m, &user))
+            .await
     }
 
     /// Signs the store (see [`super::reseal`]).
@@ -172,12 +147,7 @@ impl Backend {
     ) -> Result<Resealed, KeyStoreError> {
         let (place, m) = (self.place().to_path_buf(), master.clone());
         self.edit(master, move |doc| {
-            let doc = doc.ok_or_else(|| KeyStoreError::NotFound {
-                path: place.clone(),
-            })?;
-            let done = edit::reseal_check(&doc, &place, &m, accept_edits)?;
-            let write = (done != Resealed::AlreadySigned).then_some(doc);
-            Ok((write, done))
+            edit::resealed(doc, &place, &m, accept_edits)
         })
         .await
     }
@@ -216,30 +186,4 @@ impl Backend {
             Backend::File { .. } => None,
         }
     }
-}
-
-/// An exclusive lock on `.<name>.lock` beside the store, so the gateway's enrolments and a
-/// `keys` command on the same file never interleave their read and write; released on drop.
-fn lock_file(path: &Path) -> Result<std::fs::File, KeyStoreError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "keystore".into());
-    let lock = path.with_file_name(format!(".{name}.lock"));
-    let io = |op| {
-        let p = lock.clone();
-        move |source| KeyStoreError::Io {
-            op,
-            path: p,
-            source,
-        }
-    };
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock)
-        .map_err(io("create"))?;
-    f.lock().map_err(io("lock"))?;
-    Ok(f)
 }

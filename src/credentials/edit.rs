@@ -10,7 +10,7 @@
 use super::new_key::{AddOutcome, NewKey};
 use super::{
     ApiKey, KeyStore, KeyStoreError, crypto,
-    file::{self, Document, KeyEntry},
+    file::{self, Document, Edited, KeyEntry},
     store::{Integrity, integrity},
 };
 use crate::config::MasterKey;
@@ -58,9 +58,9 @@ pub fn add_keys(
     master: &MasterKey,
     mappings: &[NewKey],
 ) -> Result<Vec<AddOutcome>, KeyStoreError> {
-    let (mut doc, outcomes) = add_all(file::read(path)?, path, master, mappings)?;
-    file::write_signed(path, &mut doc, master.expose_secret())?;
-    Ok(outcomes)
+    file::edit(path, master.expose_secret(), |doc| {
+        add_all(doc, path, master, mappings)
+    })
 }
 
 /// [`add_keys`] on a document in memory (`None`: no store yet); the caller signs and writes.
@@ -69,16 +69,13 @@ pub(super) fn add_all(
     place: &Path,
     master: &MasterKey,
     mappings: &[NewKey],
-) -> Result<(Document, Vec<AddOutcome>), KeyStoreError> {
+) -> Result<Edited<Vec<AddOutcome>>, KeyStoreError> {
     let shards = mappings
         .iter()
         .map(NewKey::check)
         .collect::<Result<Vec<_>, _>>()?;
     let mut created_file = existing.is_none();
-    let store = match &existing {
-        Some(doc) => KeyStore::from_document(place, doc, master)?,
-        None => KeyStore::default(),
-    };
+    let store = KeyStore::from_stored(place, existing.as_ref(), master, true)?;
     let mut doc = existing.unwrap_or_else(Document::empty);
     // Stored keys by fingerprint (confirmed by comparing the keys), so a batch is linear.
     let mut known: HashMap<String, (String, ApiKey)> = store
@@ -126,7 +123,7 @@ pub(super) fn add_all(
     if let Some(last) = outcomes.last_mut() {
         last.dropped_key_ids = drop_unreferenced(&mut doc);
     }
-    Ok((doc, outcomes))
+    Ok((Some(doc), outcomes))
 }
 
 /// Points `m.user` at the stored key `id`, (re)labelling it; refused when `m` is exclusive
@@ -148,29 +145,31 @@ fn reuse(doc: &mut Document, id: String, m: &NewKey) -> Result<String, KeyStoreE
 
 /// Removes `user`; `Ok(false)` when the user had no key. Keys left unreferenced are dropped.
 pub fn remove_user(path: &Path, master: &MasterKey, user: &str) -> Result<bool, KeyStoreError> {
-    let doc = file::read(path)?.ok_or_else(|| KeyStoreError::NotFound {
-        path: path.to_path_buf(),
-    })?;
-    let Some(mut doc) = remove_from(doc, path, master, user)? else {
-        return Ok(false);
-    };
-    file::write_signed(path, &mut doc, master.expose_secret())?;
-    Ok(true)
+    file::edit(path, master.expose_secret(), |doc| {
+        let doc = doc.ok_or_else(|| KeyStoreError::NotFound {
+            path: path.to_path_buf(),
+        })?;
+        remove_from(Some(doc), path, master, user)
+    })
 }
 
-/// [`remove_user`] in memory: the changed document, or `None` when the user had no key.
+/// [`remove_user`] in memory: `false` (nothing to write) when there is no store or the user
+/// had no key.
 pub(super) fn remove_from(
-    mut doc: Document,
+    doc: Option<Document>,
     place: &Path,
     master: &MasterKey,
     user: &str,
-) -> Result<Option<Document>, KeyStoreError> {
+) -> Result<Edited<bool>, KeyStoreError> {
+    let Some(mut doc) = doc else {
+        return Ok((None, false));
+    };
     KeyStore::from_document(place, &doc, master)?;
     if doc.users.remove(user).is_none() {
-        return Ok(None);
+        return Ok((None, false));
     }
     drop_unreferenced(&mut doc);
-    Ok(Some(doc))
+    Ok((Some(doc), true))
 }
 
 /// What [`reseal`] did.
@@ -192,35 +191,34 @@ pub fn reseal(
     master: &MasterKey,
     accept_edits: bool,
 ) -> Result<Resealed, KeyStoreError> {
-    let mut doc = file::read(path)?.ok_or_else(|| KeyStoreError::NotFound {
-        path: path.to_path_buf(),
-    })?;
-    let outcome = reseal_check(&doc, path, master, accept_edits)?;
-    if outcome != Resealed::AlreadySigned {
-        file::write_signed(path, &mut doc, master.expose_secret())?;
-    }
-    Ok(outcome)
+    file::edit(path, master.expose_secret(), |doc| {
+        resealed(doc, path, master, accept_edits)
+    })
 }
 
-/// What [`reseal`] would do with `doc` (the caller signs and writes unless already signed).
-pub(super) fn reseal_check(
-    doc: &Document,
+/// [`reseal`] in memory: the document to sign and write, unless it is already signed.
+pub(super) fn resealed(
+    doc: Option<Document>,
     place: &Path,
     master: &MasterKey,
     accept_edits: bool,
-) -> Result<Resealed, KeyStoreError> {
-    KeyStore::open_entries(place, doc, master)?;
+) -> Result<Edited<Resealed>, KeyStoreError> {
+    let doc = doc.ok_or_else(|| KeyStoreError::NotFound {
+        path: place.to_path_buf(),
+    })?;
+    KeyStore::open_entries(place, &doc, master)?;
     // Nothing vouches for an unsigned or edited file: signing it is accepting whatever it
     // says, which takes the explicit flag.
-    let state = integrity(doc, master)?;
+    let state = integrity(&doc, master)?;
     if let Some(refused) = state.refusal(place).filter(|_| !accept_edits) {
         return Err(refused);
     }
-    Ok(match state {
+    let done = match state {
         Integrity::Signed => Resealed::AlreadySigned,
         Integrity::Unsigned => Resealed::Migrated,
         Integrity::Mismatch => Resealed::AcceptedEdits,
-    })
+    };
+    Ok(((done != Resealed::AlreadySigned).then_some(doc), done))
 }
 
 /// Every user with their key's id, fingerprint, shard and label, sorted by user.

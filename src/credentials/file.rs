@@ -188,14 +188,49 @@ fn is_safe_label(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'))
 }
 
-/// Signs `doc` under `master` (as the current version) and replaces `path` with it.
-pub(super) fn write_signed(
+/// What an edit does with the document it was given: `Some` is signed and written.
+pub(super) type Edited<T> = (Option<Document>, T);
+
+/// Runs `f` on the file's document (`None`: no file yet) under the lock file, then signs the
+/// document it returns, if any, under `master` and replaces the file with it.
+pub(super) fn edit<T>(
     path: &Path,
-    doc: &mut Document,
     master: &[u8; 32],
-) -> Result<(), KeyStoreError> {
-    sign(doc, master)?;
-    write_atomic(path, doc)
+    f: impl FnOnce(Option<Document>) -> Result<Edited<T>, KeyStoreError>,
+) -> Result<T, KeyStoreError> {
+    let _theirs = lock_file(path)?;
+    let (doc, out) = f(read(path)?)?;
+    if let Some(mut doc) = doc {
+        sign(&mut doc, master)?;
+        write_atomic(path, &doc)?;
+    }
+    Ok(out)
+}
+
+/// An exclusive lock on `.<name>.lock` beside the store, so the gateway's enrolments and a
+/// `keys` command on the same file never interleave their read and write; released on drop.
+fn lock_file(path: &Path) -> Result<std::fs::File, KeyStoreError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "keystore".into());
+    let lock = path.with_file_name(format!(".{name}.lock"));
+    let io = |op| {
+        let p = lock.clone();
+        move |source| KeyStoreError::Io {
+            op,
+            path: p,
+            source,
+        }
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(io("create"))?;
+    f.lock().map_err(io("lock"))?;
+    Ok(f)
 }
 
 /// Makes `doc` the current version, signed under `master`.

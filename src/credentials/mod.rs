@@ -60,6 +60,7 @@ mod crypto;
 mod edit;
 mod file;
 mod layer;
+mod live;
 mod new_key;
 mod postgres;
 mod store;
@@ -69,8 +70,9 @@ mod tests;
 pub use backend::Backend;
 pub use crypto::{fingerprint, generate_master_key};
 pub use edit::{ListedUser, Resealed, add_key, add_keys, list, remove_user, reseal};
+pub use live::Credentials;
 pub use new_key::{AddOutcome, NewKey, check_api_key};
-pub use store::{Credentials, KeyStore};
+pub use store::KeyStore;
 
 use crate::upstream::Shard;
 use base64::Engine as _;

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{MappedMutexGuard, MutexGuard, Notify};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
@@ -85,12 +85,12 @@ impl PgStore {
         };
         store
             .bounded("create the table", async {
-                let mut guard = store.client().await?;
-                let client = guard.as_mut().ok_or_else(closed)?;
-                client
+                store
+                    .client()
+                    .await?
                     .batch_execute(SCHEMA)
                     .await
-                    .map_err(|e| failed("create the table", &e))
+                    .map_err(failed("create the table"))
             })
             .await?;
         Ok(store)
@@ -123,14 +123,14 @@ impl PgStore {
     }
 
     /// The connected client, connecting first when there is none or it was lost.
-    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, KeyStoreError> {
+    async fn client(&self) -> Result<MappedMutexGuard<'_, Client>, KeyStoreError> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
             let (client, connection) = self
                 .config
                 .connect(NoTls)
                 .await
-                .map_err(|e| failed("connect", &e))?;
+                .map_err(failed("connect"))?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::warn!(error = %e, "key-store database connection lost; reconnecting on next use");
@@ -138,42 +138,32 @@ impl PgStore {
             });
             *guard = Some(client);
         }
-        Ok(guard)
+        MutexGuard::try_map(guard, Option::as_mut)
+            .map_err(|_| db_error("use the connection", "it is closed"))
     }
 
     /// The stored document (`None` before the first write) and its revision.
     pub(super) async fn read(&self) -> Result<(Option<Document>, i64), KeyStoreError> {
-        self.bounded("read", self.read_now()).await
-    }
-
-    async fn read_now(&self) -> Result<(Option<Document>, i64), KeyStoreError> {
-        let mut guard = self.client().await?;
-        let client = guard.as_mut().ok_or_else(closed)?;
-        let row = client
-            .query_one(
-                &format!("SELECT revision, document FROM {TABLE} WHERE id = 1"),
-                &[],
-            )
-            .await
-            .map_err(|e| failed("read", &e))?;
-        let revision: i64 = column(&row, 0, "revision", "bigint")?;
-        let text: String = column(&row, 1, "document", "text")?;
-        Ok((self.parse(&text)?, revision))
+        self.bounded("read", async {
+            let sql = format!("SELECT revision, document FROM {TABLE} WHERE id = 1");
+            let row = self.client().await?.query_one(&sql, &[]).await;
+            let row = row.map_err(failed("read"))?;
+            let revision: i64 = column(&row, 0, "revision", "bigint")?;
+            let text: String = column(&row, 1, "document", "text")?;
+            Ok((self.parse(&text)?, revision))
+        })
+        .await
     }
 
     /// The revision now stored: what replicas poll.
     pub async fn revision(&self) -> Result<i64, KeyStoreError> {
-        self.bounded("read the revision", self.revision_now()).await
-    }
-
-    async fn revision_now(&self) -> Result<i64, KeyStoreError> {
-        let mut guard = self.client().await?;
-        let client = guard.as_mut().ok_or_else(closed)?;
-        let row = client
-            .query_one(&format!("SELECT revision FROM {TABLE} WHERE id = 1"), &[])
-            .await
-            .map_err(|e| failed("read the revision", &e))?;
-        column(&row, 0, "revision", "bigint")
+        self.bounded("read the revision", async {
+            let sql = format!("SELECT revision FROM {TABLE} WHERE id = 1");
+            let row = self.client().await?.query_one(&sql, &[]).await;
+            let row = row.map_err(failed("read the revision"))?;
+            column(&row, 0, "revision", "bigint")
+        })
+        .await
     }
 
     /// Runs `f` (off the async threads) on the stored document with its row locked; the
@@ -183,42 +173,30 @@ impl PgStore {
         T: Send + 'static,
         F: FnOnce(Option<Document>) -> Result<(Option<Vec<u8>>, T), KeyStoreError> + Send + 'static,
     {
-        self.bounded("edit", self.edit_now(f)).await
-    }
-
-    async fn edit_now<T, F>(&self, f: F) -> Result<T, KeyStoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(Option<Document>) -> Result<(Option<Vec<u8>>, T), KeyStoreError> + Send + 'static,
-    {
-        let mut guard = self.client().await?;
-        let client = guard.as_mut().ok_or_else(closed)?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| failed("begin", &e))?;
-        let sql = format!("SELECT document FROM {TABLE} WHERE id = 1 FOR UPDATE");
-        let row = tx
-            .query_one(&sql, &[])
-            .await
-            .map_err(|e| failed("read", &e))?;
-        let text: String = column(&row, 0, "document", "text")?;
-        let doc = self.parse(&text)?;
-        let (bytes, out) = blocking(move || f(doc)).await?;
-        if let Some(bytes) = bytes {
-            let text = String::from_utf8(bytes).map_err(|_| KeyStoreError::Crypto("not UTF-8"))?;
-            let sql =
-                format!("UPDATE {TABLE} SET document = $1, revision = revision + 1 WHERE id = 1");
-            tx.execute(&sql, &[&text])
-                .await
-                .map_err(|e| failed("write", &e))?;
-            // Delivered on commit, to every replica listening.
-            tx.batch_execute(&format!("NOTIFY {TABLE}"))
-                .await
-                .map_err(|e| failed("notify", &e))?;
-        }
-        tx.commit().await.map_err(|e| failed("commit", &e))?;
-        Ok(out)
+        self.bounded("edit", async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(failed("begin"))?;
+            let sql = format!("SELECT document FROM {TABLE} WHERE id = 1 FOR UPDATE");
+            let row = tx.query_one(&sql, &[]).await.map_err(failed("read"))?;
+            let text: String = column(&row, 0, "document", "text")?;
+            let doc = self.parse(&text)?;
+            let (bytes, out) = blocking(move || f(doc)).await?;
+            if let Some(bytes) = bytes {
+                let text =
+                    String::from_utf8(bytes).map_err(|_| KeyStoreError::Crypto("not UTF-8"))?;
+                let sql = format!(
+                    "UPDATE {TABLE} SET document = $1, revision = revision + 1 WHERE id = 1"
+                );
+                tx.execute(&sql, &[&text]).await.map_err(failed("write"))?;
+                // Delivered on commit, to every replica listening.
+                tx.batch_execute(&format!("NOTIFY {TABLE}"))
+                    .await
+                    .map_err(failed("notify"))?;
+            }
+            tx.commit().await.map_err(failed("commit"))?;
+            Ok(out)
+        })
+        .await
     }
 
     /// Listens for other replicas' writes, waking `wake` on each (and once per (re)connection,
@@ -312,15 +290,13 @@ fn db_error(op: &'static str, problem: &str) -> KeyStoreError {
     }
 }
 
-fn closed() -> KeyStoreError {
-    db_error("use the connection", "it is closed")
-}
-
 /// The driver's message: server errors and I/O causes, never the URL or a bound value.
-fn failed(op: &'static str, e: &tokio_postgres::Error) -> KeyStoreError {
-    let problem = match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
-    };
-    KeyStoreError::Database { op, problem }
+fn failed(op: &'static str) -> impl Fn(tokio_postgres::Error) -> KeyStoreError {
+    move |e| {
+        let problem = match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        };
+        KeyStoreError::Database { op, problem }
+    }
 }
