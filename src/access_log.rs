@@ -9,14 +9,13 @@
 use crate::body::{Body, BodyObserver, observe};
 use crate::context::Context as RequestContext;
 use crate::metrics::{HttpMetrics, RouteClass, method_label};
-use futures_util::future::BoxFuture;
-use http::{Method, Request, Response};
+use crate::step::{Answer, Inner, Wrap, Wrapped};
+use http::{Method, Request};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-/// Layer that installs [`AccessLog`]; with metrics, the same moment that writes the line
+/// Writes the access-log line; with metrics, the same moment that writes the line
 /// also counts the request and observes its duration.
 #[derive(Clone, Default)]
 pub struct AccessLogLayer {
@@ -31,20 +30,10 @@ impl AccessLogLayer {
 }
 
 impl<S> tower::Layer<S> for AccessLogLayer {
-    type Service = AccessLog<S>;
-    fn layer(&self, inner: S) -> AccessLog<S> {
-        AccessLog {
-            inner,
-            metrics: self.metrics.clone(),
-        }
+    type Service = Wrapped<S, AccessLogLayer>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Wrapped::new(inner, self.clone())
     }
-}
-
-/// Writes the access-log line.
-#[derive(Clone)]
-pub struct AccessLog<S> {
-    inner: S,
-    metrics: Option<Arc<HttpMetrics>>,
 }
 
 struct Line {
@@ -94,25 +83,15 @@ impl Drop for Line {
     }
 }
 
-impl<S> tower::Service<Request<Body>> for AccessLog<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
+impl Wrap for AccessLogLayer {
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn wrap<S: Inner<Infallible>>(&self, inner: &mut S, req: Request<Body>) -> Answer<Infallible> {
         let start = Instant::now();
         let ctx = RequestContext::of(&req).cloned();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let fut = self.inner.call(req);
+        let fut = inner.call(req);
         if let Some(m) = &self.metrics {
             m.started();
         }

@@ -10,13 +10,12 @@
 
 use crate::body::Body;
 use crate::error::ErrorCode;
-use futures_util::future::BoxFuture;
-use http::{HeaderName, HeaderValue, Request, Response};
+use crate::step::{Answer, Inner, Wrap, Wrapped};
+use http::{HeaderName, HeaderValue, Request};
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context as TaskContext, Poll};
 
 /// `X-Request-Id`.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -264,36 +263,20 @@ impl ContextLayer {
 }
 
 impl<S> tower::Layer<S> for ContextLayer {
-    type Service = WithContext<S>;
-    fn layer(&self, inner: S) -> WithContext<S> {
-        WithContext {
-            inner,
-            trusted_proxies: self.trusted_proxies.clone(),
-        }
+    type Service = Wrapped<S, ContextLayer>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Wrapped::new(inner, self.clone())
     }
 }
 
-/// Installs the [`Context`].
-#[derive(Clone)]
-pub struct WithContext<S> {
-    inner: S,
-    trusted_proxies: Arc<[ipnet::IpNet]>,
-}
-
-impl<S> tower::Service<Request<Body>> for WithContext<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
+impl Wrap for ContextLayer {
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
 
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+    fn wrap<S: Inner<Infallible>>(
+        &self,
+        inner: &mut S,
+        mut req: Request<Body>,
+    ) -> Answer<Infallible> {
         let arrival = req.extensions_mut().remove::<Arrival>().unwrap_or_default();
         let mut ctx = Context::new(arrival);
         ctx.client_id = req
@@ -307,7 +290,7 @@ where
         );
         let visible = ctx.visible_id().0.clone();
         req.extensions_mut().insert(Arc::new(ctx));
-        let fut = self.inner.call(req);
+        let fut = inner.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;
             resp.headers_mut().insert(REQUEST_ID, visible);

@@ -13,11 +13,10 @@
 
 use crate::body::Body;
 use crate::error::GatewayError;
-use futures_util::future::BoxFuture;
+use crate::step::{Answer, Inner, Wrap, Wrapped};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 /// Longest request path accepted.
 pub const MAX_PATH_BYTES: usize = 2048;
@@ -28,7 +27,7 @@ pub trait Readiness: Send + Sync + 'static {
     fn ready(&self) -> bool;
 }
 
-/// Layer that installs [`Guard`].
+/// Local routes, request-target checks and the body limit.
 #[derive(Clone)]
 pub struct GuardLayer {
     limits: Arc<Limits>,
@@ -56,37 +55,20 @@ impl GuardLayer {
 }
 
 impl<S> tower::Layer<S> for GuardLayer {
-    type Service = Guard<S>;
-    fn layer(&self, inner: S) -> Guard<S> {
-        Guard {
-            inner,
-            limits: self.limits.clone(),
-            readiness: self.readiness.clone(),
-        }
+    type Service = Wrapped<S, GuardLayer>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Wrapped::new(inner, self.clone())
     }
 }
 
-/// Local routes, request-target checks and the body limit.
-#[derive(Clone)]
-pub struct Guard<S> {
-    inner: S,
-    limits: Arc<Limits>,
-    readiness: Arc<dyn Readiness>,
-}
-
-impl<S> tower::Service<Request<Body>> for Guard<S>
-where
-    S: crate::step::Next,
-{
-    type Response = Response<Body>;
+impl Wrap for GuardLayer {
     type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<Response<Body>, GatewayError>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn wrap<S: Inner<GatewayError>>(
+        &self,
+        inner: &mut S,
+        req: Request<Body>,
+    ) -> Answer<GatewayError> {
         // First: the path it shows is only a stand-in for what was sent.
         let ctx = crate::context::Context::of(&req).cloned();
         if ctx.as_ref().is_some_and(|c| c.arrival.unusable_target) {
@@ -123,7 +105,7 @@ where
                 axum_core::Error::new(e)
             }))
         });
-        Box::pin(self.inner.call(req))
+        Box::pin(inner.call(req))
     }
 }
 

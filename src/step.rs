@@ -161,3 +161,57 @@ where
         }
     }
 }
+
+/// The rest of the stack below a [`Wrap`] layer, failing with `E`.
+pub trait Inner<E>:
+    Service<Request<Body>, Response = Response<Body>, Error = E, Future: Send + 'static>
+{
+}
+
+impl<S, E> Inner<E> for S where
+    S: Service<Request<Body>, Response = Response<Body>, Error = E, Future: Send + 'static>
+{
+}
+
+/// What a [`Wrap`] layer answers.
+pub type Answer<E> = BoxFuture<'static, Result<Response<Body>, E>>;
+
+/// A layer whose whole work is one function of the request and the rest of the stack
+/// (`inner`): the context, the access log, the audit, the server span, the guard. The layer
+/// is its own state (cloned into each [`Wrapped`] service) and fails as the rest fails.
+pub trait Wrap: Clone + Send + Sync + 'static {
+    /// `Infallible` outside the rescue, [`GatewayError`] inside it.
+    type Error;
+
+    /// Handles one request.
+    fn wrap<S: Inner<Self::Error>>(&self, inner: &mut S, req: Request<Body>)
+    -> Answer<Self::Error>;
+}
+
+/// The service a [`Wrap`] layer installs.
+#[derive(Clone)]
+pub struct Wrapped<S, T> {
+    inner: S,
+    wrap: T,
+}
+
+impl<S, T> Wrapped<S, T> {
+    /// `wrap` around `inner`.
+    pub fn new(inner: S, wrap: T) -> Self {
+        Wrapped { inner, wrap }
+    }
+}
+
+impl<S: Inner<T::Error>, T: Wrap> Service<Request<Body>> for Wrapped<S, T> {
+    type Response = Response<Body>;
+    type Error = T::Error;
+    type Future = Answer<T::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), T::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        self.wrap.wrap(&mut self.inner, req)
+    }
+}

@@ -13,11 +13,10 @@
 use crate::body::Body;
 use crate::context::{Context as RequestContext, plain};
 use crate::metrics::RouteClass;
-use futures_util::future::BoxFuture;
-use http::{Method, Request, Response};
+use crate::step::{Answer, Inner, Wrap, Wrapped};
+use http::{Method, Request};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 /// The tracing target of audit records.
@@ -48,21 +47,15 @@ pub fn resource(path: &str) -> Resource<'_> {
     }
 }
 
-/// Layer that installs [`Audit`].
+/// Writes one audit record per API request.
 #[derive(Clone, Copy, Default)]
 pub struct AuditLayer;
 
 impl<S> tower::Layer<S> for AuditLayer {
-    type Service = Audit<S>;
-    fn layer(&self, inner: S) -> Audit<S> {
-        Audit { inner }
+    type Service = Wrapped<S, AuditLayer>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Wrapped::new(inner, *self)
     }
-}
-
-/// Writes one audit record per API request.
-#[derive(Clone)]
-pub struct Audit<S> {
-    inner: S,
 }
 
 struct Record {
@@ -96,22 +89,12 @@ impl Drop for Record {
     }
 }
 
-impl<S> tower::Service<Request<Body>> for Audit<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
+impl Wrap for AuditLayer {
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn wrap<S: Inner<Infallible>>(&self, inner: &mut S, req: Request<Body>) -> Answer<Infallible> {
         if RouteClass::of(req.uri().path()) != RouteClass::Proxy {
-            return Box::pin(self.inner.call(req));
+            return Box::pin(inner.call(req));
         }
         let path = req.uri().path().to_string();
         // Built before awaiting so a caller that goes away still leaves a record (499).
@@ -121,7 +104,7 @@ where
             ctx: RequestContext::of(&req).cloned(),
             status: 499,
         };
-        let fut = self.inner.call(req);
+        let fut = inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
             record.status = resp.status().as_u16();

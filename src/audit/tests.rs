@@ -1,6 +1,7 @@
 use super::*;
 use crate::context::{Arrival, RequestId};
 use crate::error::GatewayError;
+use http::Response;
 use std::io::Write;
 use std::sync::Mutex;
 use tower::ServiceExt;

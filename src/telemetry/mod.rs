@@ -21,11 +21,10 @@ mod span;
 
 use crate::body::Body;
 use crate::config::{ConfigError, TelemetryConfig};
-use futures_util::future::BoxFuture;
-use http::{Request, Response};
+use crate::step::{Answer, Inner, Wrap, Wrapped};
+use http::Request;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 #[cfg(feature = "otel")]
 pub use span::{ClientSpan, RequestTrace};
@@ -110,49 +109,29 @@ pub fn upstream_span(
     }
 }
 
-/// Layer that installs [`Traced`]; only in the stack when telemetry is on.
+/// Wraps each request in a server span; only in the stack when telemetry is on.
 #[derive(Clone)]
 pub struct TraceLayer(pub Arc<Telemetry>);
 
 impl<S> tower::Layer<S> for TraceLayer {
-    type Service = Traced<S>;
-    fn layer(&self, inner: S) -> Traced<S> {
-        Traced {
-            inner,
-            telemetry: self.0.clone(),
-        }
+    type Service = Wrapped<S, TraceLayer>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Wrapped::new(inner, self.clone())
     }
 }
 
-/// Wraps each request in a server span.
-#[derive(Clone)]
-pub struct Traced<S> {
-    inner: S,
-    telemetry: Arc<Telemetry>,
-}
-
-impl<S> tower::Service<Request<Body>> for Traced<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
+impl Wrap for TraceLayer {
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn wrap<S: Inner<Infallible>>(&self, inner: &mut S, req: Request<Body>) -> Answer<Infallible> {
         #[cfg(feature = "otel")]
         {
-            span::call(&self.telemetry, &mut self.inner, req)
+            span::call(&self.0, inner, req)
         }
         #[cfg(not(feature = "otel"))]
         {
-            let _ = req;
-            match *self.telemetry {}
+            let _ = (inner, req);
+            match *self.0 {}
         }
     }
 }
