@@ -38,6 +38,13 @@ const LATENCY_BUCKETS: [f64; 16] = [
     60.0,
 ];
 
+/// Registers each metric (a clone, sharing its values with the handle) under its name and
+/// help text.
+macro_rules! register {
+    ($registry:expr; $($name:literal, $metric:expr, $help:literal;)+) => {
+        $($registry.register($name, $help, $metric.clone());)+
+    };
+}
 /// Which kind of route a request hit (bounded: three values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteClass {
@@ -66,10 +73,6 @@ impl RouteClass {
             RouteClass::Health => "health",
             RouteClass::Other => "other",
         }
-    }
-
-    fn index(self) -> usize {
-        self as usize
     }
 }
 
@@ -152,7 +155,7 @@ impl HttpMetrics {
                 status,
             })
             .inc();
-        self.durations[route.index()].observe(elapsed.as_secs_f64());
+        self.durations[route as usize].observe(elapsed.as_secs_f64());
     }
 }
 
@@ -345,18 +348,26 @@ impl Metrics {
         let (upstream, handshakes) = register_upstream(&mut registry);
         let reloads = register_reloads(&mut registry);
         process::register(&mut registry);
-        let (connections, connections_max, stalled) = register_connections(&mut registry);
-        Metrics {
+        let mut m = Metrics {
             registry,
             http,
             upstream,
             handshakes,
             reloads,
-            connections,
-            connections_max,
-            stalled,
+            connections: Family::default(),
+            connections_max: Family::default(),
+            stalled: Family::default(),
             sources: None,
-        }
+        };
+        register!(m.registry;
+            "connections_open", m.connections,
+            "Open inbound connections by listener (public, admin)";
+            "connections_max", m.connections_max,
+            "The listener's connection limit (server.max_connections, admin.max_connections): at this many open, new connections wait in the backlog";
+            "connections_stalled", m.stalled,
+            "Connections closed because the caller took none of a response for server.send_timeout";
+        );
+        m
     }
 
     /// Adds the figures other parts keep themselves (cache, rate limits, JWKS), read at scrape.
@@ -424,140 +435,68 @@ impl Metrics {
 
 /// Requests answered, their durations, and those in flight.
 fn register_http(registry: &mut Registry) -> HttpMetrics {
-    let requests = Family::<RequestLabels, Counter>::default();
-    registry.register(
-        "http_requests",
-        "Requests answered, by route class (proxy, health, other), method and status",
-        requests.clone(),
-    );
-    let duration_family =
+    let durations =
         Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency);
-    let durations = [RouteClass::Proxy, RouteClass::Health, RouteClass::Other]
-        .map(|r| duration_family.get_or_create_owned(&RouteLabels { route: r.label() }));
-    registry.register(
-        "http_request_duration_seconds",
-        "Whole request time, until the response body was sent, by route class",
-        duration_family,
+    let m = HttpMetrics {
+        requests: Family::default(),
+        durations: [RouteClass::Proxy, RouteClass::Health, RouteClass::Other]
+            .map(|r| durations.get_or_create_owned(&RouteLabels { route: r.label() })),
+        in_flight: Gauge::default(),
+    };
+    register!(registry;
+        "http_requests", m.requests,
+        "Requests answered, by route class (proxy, health, other), method and status";
+        "http_request_duration_seconds", durations,
+        "Whole request time, until the response body was sent, by route class";
+        "http_requests_in_flight", m.in_flight,
+        "Requests being handled right now";
     );
-    let in_flight = Gauge::default();
-    registry.register(
-        "http_requests_in_flight",
-        "Requests being handled right now",
-        in_flight.clone(),
-    );
-    HttpMetrics {
-        requests,
-        durations,
-        in_flight,
-    }
+    m
 }
 
 /// Exchanges with Cliniko: durations, failures, refused keys; and new TLS connections.
 fn register_upstream(registry: &mut Registry) -> (UpstreamMetrics, Counter) {
-    let up_duration = latency();
-    registry.register(
-        "upstream_duration_seconds",
-        "Time from sending a request to Cliniko until its response headers (or the failure)",
-        up_duration.clone(),
-    );
-    let up_errors = Family::<KindLabels, Counter>::default();
-    registry.register(
-        "upstream_errors",
-        "Failed exchanges with Cliniko by kind (connect, connect_timeout, tls, timeout, protocol, credential_rejected)",
-        up_errors.clone(),
-    );
-    let rejected = Family::<KeyLabels, Counter>::default();
-    registry.register(
-        "upstream_credential_rejected",
-        "Cliniko 401s to a stored key, by the key's fingerprint (rotate that key)",
-        rejected.clone(),
-    );
+    let m = UpstreamMetrics {
+        duration: latency(),
+        errors: Family::default(),
+        rejected: Family::default(),
+    };
     let handshakes = Counter::default();
-    registry.register(
-        "upstream_tls_handshakes",
-        "New outbound TLS connections (Cliniko and JWKS); low means the pool is reused",
-        handshakes.clone(),
+    register!(registry;
+        "upstream_duration_seconds", m.duration,
+        "Time from sending a request to Cliniko until its response headers (or the failure)";
+        "upstream_errors", m.errors,
+        "Failed exchanges with Cliniko by kind (connect, connect_timeout, tls, timeout, protocol, credential_rejected)";
+        "upstream_credential_rejected", m.rejected,
+        "Cliniko 401s to a stored key, by the key's fingerprint (rotate that key)";
+        "upstream_tls_handshakes", handshakes,
+        "New outbound TLS connections (Cliniko and JWKS); low means the pool is reused";
     );
-    (
-        UpstreamMetrics {
-            duration: up_duration,
-            errors: up_errors,
-            rejected,
-        },
-        handshakes,
-    )
+    (m, handshakes)
 }
 
 /// Config and key-store reloads, and whether the last ones succeeded.
 fn register_reloads(registry: &mut Registry) -> ReloadMetrics {
-    let reloads = ReloadMetrics::default();
-    registry.register(
-        "keystore_reloads",
-        "Key-store reload attempts by trigger (signal, admin, file) and result (ok, failed)",
-        reloads.reloads.clone(),
+    let m = ReloadMetrics::default();
+    m.keystore_ok.set(1);
+    m.config_ok.set(1);
+    register!(registry;
+        "keystore_reloads", m.reloads,
+        "Key-store reload attempts by trigger (signal, admin, file) and result (ok, failed)";
+        "keystore_users", m.users,
+        "Users in the key store now serving";
+        "config_reloads", m.config_reloads,
+        "Config reload attempts by trigger (signal, admin, file) and result (ok, failed)";
+        "keystore_integrity_failures", m.integrity,
+        "Key-store files refused on reload because their integrity MAC is missing or wrong (changed without the master key)";
+        "config_restart_pending", m.restart_pending,
+        "1 when the last reloaded config changed a section that only applies after a restart";
+        "keystore_last_reload_successful", m.keystore_ok,
+        "0 after a refused key-store reload (the previous store keeps serving) until one succeeds";
+        "config_last_reload_successful", m.config_ok,
+        "0 after a refused config reload (the previous config keeps serving) until one succeeds";
     );
-    registry.register(
-        "keystore_users",
-        "Users in the key store now serving",
-        reloads.users.clone(),
-    );
-    registry.register(
-        "config_reloads",
-        "Config reload attempts by trigger (signal, admin, file) and result (ok, failed)",
-        reloads.config_reloads.clone(),
-    );
-    registry.register(
-        "keystore_integrity_failures",
-        "Key-store files refused on reload because their integrity MAC is missing or wrong (changed without the master key)",
-        reloads.integrity.clone(),
-    );
-    registry.register(
-        "config_restart_pending",
-        "1 when the last reloaded config changed a section that only applies after a restart",
-        reloads.restart_pending.clone(),
-    );
-    reloads.keystore_ok.set(1);
-    registry.register(
-        "keystore_last_reload_successful",
-        "0 after a refused key-store reload (the previous store keeps serving) until one succeeds",
-        reloads.keystore_ok.clone(),
-    );
-    reloads.config_ok.set(1);
-    registry.register(
-        "config_last_reload_successful",
-        "0 after a refused config reload (the previous config keeps serving) until one succeeds",
-        reloads.config_ok.clone(),
-    );
-    reloads
-}
-
-/// Inbound connections by listener: open, the limit, closed as stalled.
-fn register_connections(
-    registry: &mut Registry,
-) -> (
-    Family<ListenerLabels, Gauge>,
-    Family<ListenerLabels, Gauge>,
-    Family<ListenerLabels, Counter>,
-) {
-    let connections = Family::<ListenerLabels, Gauge>::default();
-    registry.register(
-        "connections_open",
-        "Open inbound connections by listener (public, admin)",
-        connections.clone(),
-    );
-    let connections_max = Family::<ListenerLabels, Gauge>::default();
-    registry.register(
-        "connections_max",
-        "The listener's connection limit (server.max_connections, admin.max_connections): at this many open, new connections wait in the backlog",
-        connections_max.clone(),
-    );
-    let stalled = Family::<ListenerLabels, Counter>::default();
-    registry.register(
-        "connections_stalled",
-        "Connections closed because the caller took none of a response for server.send_timeout",
-        stalled.clone(),
-    );
-    (connections, connections_max, stalled)
+    m
 }
 
 #[cfg(test)]
