@@ -49,17 +49,7 @@ impl Admin {
     }
 
     /// The admin routes as a service, for [`crate::server::serve`] on the admin listener.
-    pub fn service(
-        self: Arc<Self>,
-    ) -> impl tower::Service<
-        Request<Body>,
-        Response = Response<Body>,
-        Error = Infallible,
-        Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
-    > + Clone
-    + Send
-    + Sync
-    + 'static {
+    pub fn service(self: Arc<Self>) -> impl crate::server::Served {
         tower::service_fn(move |req: Request<Body>| {
             let admin = self.clone();
             async move { Ok::<_, Infallible>(admin.handle(req).await) }
@@ -192,15 +182,5 @@ impl Admin {
 }
 
 fn reply(status: StatusCode, v: serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(Body::from(v.to_string()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut().insert(
-        header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    r
+    crate::error::json_response(status, &v)
 }

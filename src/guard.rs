@@ -110,17 +110,7 @@ impl Wrap for GuardLayer {
 }
 
 fn status_json(status: StatusCode, s: &'static str) -> Response<Body> {
-    let mut r = Response::new(Body::from(format!("{{\"status\":\"{s}\"}}")));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut().insert(
-        header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    r
+    crate::error::json_response(status, &serde_json::json!({ "status": s }))
 }
 
 fn unusable_target() -> GatewayError {

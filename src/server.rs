@@ -10,6 +10,7 @@
 use crate::body::{Body, BodyObserver, observe};
 use crate::config::{AdminConfig, ServerConfig};
 use crate::metrics::ConnMetrics;
+use crate::step::Inner;
 use http::{HeaderValue, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -169,27 +170,9 @@ impl ConnSettings {
 
 /// What a listener serves: the whole stack (or the admin routes), which never fails (errors
 /// are responses by then), cloned into every connection task.
-pub trait Served:
-    Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send + 'static>
-    + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
+pub trait Served: Inner<Infallible> + Clone + Send + Sync + 'static {}
 
-impl<S> Served for S where
-    S: Service<
-            Request<Body>,
-            Response = Response<Body>,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + Sync
-        + 'static
-{
-}
+impl<S: Inner<Infallible> + Clone + Send + Sync + 'static> Served for S {}
 
 /// First and longest pause after a failed `accept`.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));

@@ -22,10 +22,10 @@ use crate::auth::{Authenticator, User};
 use crate::body::Body;
 use crate::context::Context as RequestContext;
 use crate::credentials::{AddOutcome, ApiKey, Credentials, KeyStoreError, NewKey};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, json_response};
 use crate::guard::Limits;
 use crate::policy::Policy;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -297,21 +297,6 @@ fn audit<T>(
         fingerprint = stored.map(|o| o.fingerprint.as_str()),
         shard = stored.map(|o| o.shard.as_str()),
     );
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    let mut r = Response::new(Body::from(body.to_string()));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    r
 }
 
 fn refused(status: StatusCode, code: &'static str, message: &str) -> GatewayError {

@@ -261,15 +261,9 @@ impl GatewayError {
         if let GatewayError::TooManyInFlight { .. } = &self {
             body["error"]["retry_after"] = IN_FLIGHT_RETRY_AFTER.into();
         }
-        let mut resp = Response::new(Body::from(body.to_string()));
-        *resp.status_mut() = self.status();
+        let mut resp = json_response(self.status(), &body);
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         h.insert(GATEWAY_ERROR_HEADER, HeaderValue::from_static(self.code()));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match &self {
             GatewayError::RateLimited(r) => refusal::apply(h, r),
             // No quota to quote: a slot frees as soon as one of the caller's answers is read.
@@ -288,6 +282,20 @@ impl GatewayError {
         }
         resp
     }
+}
+
+/// A JSON answer the gateway makes itself (errors, health, enrolment, admin): never stored
+/// by a cache on the way.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 #[cfg(test)]
