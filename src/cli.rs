@@ -189,15 +189,12 @@ pub fn run(cli: Cli) -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::from(70);
-        }
+        Err(e) => return fail(70, format!("cannot start the async runtime: {e}")),
     };
-    match cli.command {
+    let done = match cli.command {
         Command::Serve { config } => rt.block_on(serve(config)),
         #[cfg(feature = "sandbox")]
-        Command::Demo { listen } => rt.block_on(crate::demo::run(listen)),
+        Command::Demo { listen } => return rt.block_on(crate::demo::run(listen)),
         Command::CheckConfig { config } => check_config(&config),
         Command::Keys { action } => rt.block_on(keys(action)),
         Command::Token { action } => token(action),
@@ -208,85 +205,77 @@ pub fn run(cli: Cli) -> ExitCode {
             accounts,
             names,
             shard,
-        } => rt.block_on(crate::tools::sandbox(
-            listen, ca_out, accounts, names, shard,
-        )),
-        Command::Healthcheck { url, tcp, timeout } => {
-            rt.block_on(crate::tools::healthcheck(url, tcp, timeout))
+        } => {
+            return rt.block_on(crate::tools::sandbox(
+                listen, ca_out, accounts, names, shard,
+            ));
         }
-    }
+        Command::Healthcheck { url, tcp, timeout } => {
+            return rt.block_on(crate::tools::healthcheck(url, tcp, timeout));
+        }
+    };
+    done.err().unwrap_or(ExitCode::SUCCESS)
+}
+
+/// A command's outcome: `Err` holds the exit code, its reason already printed.
+type Done = Result<(), ExitCode>;
+
+/// Prints `msg` on stderr and gives the exit `code` (64 usage or configuration, 70 runtime).
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("{msg}");
+    ExitCode::from(code)
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    config::load(path, &Env::from_process()).map_err(|e| {
-        eprintln!("{e}");
-        ExitCode::from(64)
+    config::load(path, &Env::from_process()).map_err(|e| fail(64, e))
+}
+
+async fn serve(path: PathBuf) -> Done {
+    let cfg = load(&path)?;
+    crate::logging::init(cfg.log.format, &cfg.log.level);
+    let signals = crate::gateway::Signals::install()
+        .map_err(|e| fail(70, format!("cannot handle signals: {e}")))?;
+    let gw = Gateway::bind_and_start(cfg).await.map_err(|e| {
+        let code = match e {
+            StartError::Config(_) | StartError::KeyStore(_) => 64,
+            StartError::Io(_) => 70,
+        };
+        fail(code, format!("cannot start: {e}"))
+    })?;
+    gw.run_until_signal(signals).await.map_err(|e| {
+        tracing::error!(error = %e, "signal handling failed");
+        ExitCode::from(70)
     })
 }
 
-async fn serve(path: PathBuf) -> ExitCode {
-    let cfg = match load(&path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    crate::logging::init(cfg.log.format, &cfg.log.level);
-    let signals = match crate::gateway::Signals::install() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("cannot handle signals: {e}");
-            return ExitCode::from(70);
-        }
-    };
-    match Gateway::bind_and_start(cfg).await {
-        Ok(gw) => match gw.run_until_signal(signals).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = %e, "signal handling failed");
-                ExitCode::from(70)
-            }
-        },
-        Err(e) => {
-            eprintln!("cannot start: {e}");
-            match e {
-                StartError::Config(_) | StartError::KeyStore(_) => ExitCode::from(64),
-                StartError::Io(_) => ExitCode::from(70),
-            }
-        }
-    }
-}
-
-fn check_config(path: &std::path::Path) -> ExitCode {
-    let cfg = match load(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+fn check_config(path: &std::path::Path) -> Done {
+    let cfg = load(path)?;
     for d in &cfg.deprecated {
         eprintln!("warning: {d}");
     }
-    match toml::to_string_pretty(&cfg) {
-        Ok(s) => {
-            println!("# effective configuration (valid)\n{s}");
-            println!("# secrets (never printed)");
-            let set = |b: bool| if b { "set, redacted" } else { "not set" };
-            println!(
-                "# auth.hmac_secret: {}",
-                set(cfg.auth.hmac_secret.is_some())
-            );
-            println!(
-                "# keystore.master_key: {}",
-                set(cfg.keystore.master_key.is_some())
-            );
-            println!(
-                "# keystore.postgres_url: {}",
-                set(cfg.keystore.postgres_url.is_some())
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("cannot print the config: {e}");
-            ExitCode::from(70)
-        }
-    }
+    let s = toml::to_string_pretty(&cfg)
+        .map_err(|e| fail(70, format!("cannot print the config: {e}")))?;
+    println!("# effective configuration (valid)\n{s}");
+    println!("# secrets (never printed)");
+    let set = |b: bool| if b { "set, redacted" } else { "not set" };
+    println!(
+        "# auth.hmac_secret: {}",
+        set(cfg.auth.hmac_secret.is_some())
+    );
+    println!(
+        "# keystore.master_key: {}",
+        set(cfg.keystore.master_key.is_some())
+    );
+    println!(
+        "# keystore.postgres_url: {}",
+        set(cfg.keystore.postgres_url.is_some())
+    );
+    Ok(())
+}
+
+/// A key-store failure: printed, exit 64.
+fn store_failed(e: credentials::KeyStoreError) -> ExitCode {
+    fail(64, e)
 }
 
 /// `keys migrate`: copies the file store at `from` into the database store.
@@ -294,17 +283,16 @@ async fn migrate(
     store: &credentials::Backend,
     m: &config::MasterKey,
     from: &std::path::Path,
-) -> Result<(), KeysFailed> {
+) -> Done {
     if store.database().is_none() {
         let e = ConfigError::new(
             "keystore.store",
             "keys migrate copies into the database store",
             "set keystore.store = \"postgres\" (and CLINIKO_GATEWAY_POSTGRES_URL) in the config given with --config",
         );
-        eprintln!("{e}");
-        return Err(KeysFailed::Usage(ExitCode::from(64)));
+        return Err(fail(64, e));
     }
-    let n = store.import(m, from).await?;
+    let n = store.import(m, from).await.map_err(store_failed)?;
     println!(
         "copied {n} users from {} into {}",
         from.display(),
@@ -314,12 +302,10 @@ async fn migrate(
 }
 
 /// `keys import`: parses every stdin line first, then stores them all in one signed write.
-async fn import(store: &credentials::Backend, m: &config::MasterKey) -> Result<(), KeysFailed> {
-    let usage = || KeysFailed::Usage(ExitCode::from(64));
+async fn import(store: &credentials::Backend, m: &config::MasterKey) -> Done {
     let mut text = String::new();
     if std::io::stdin().read_to_string(&mut text).is_err() {
-        eprintln!("cannot read the mappings from stdin");
-        return Err(usage());
+        return Err(fail(64, "cannot read the mappings from stdin"));
     }
     let mut rows = Vec::new();
     for (n, line) in text
@@ -331,27 +317,20 @@ async fn import(store: &credentials::Backend, m: &config::MasterKey) -> Result<(
         let (Some(user), Some(key), label, None) =
             (fields.next(), fields.next(), fields.next(), fields.next())
         else {
-            eprintln!("line {}: expected user<TAB>key[<TAB>cliniko_user]", n + 1);
-            return Err(usage());
+            let msg = format!("line {}: expected user<TAB>key[<TAB>cliniko_user]", n + 1);
+            return Err(fail(64, msg));
         };
         let new = credentials::NewKey::new(user, ApiKey::new(key.trim().to_string()), label);
         if let Err(e) = new.check() {
-            eprintln!("line {}: {e}; nothing was stored", n + 1);
-            return Err(usage());
+            return Err(fail(64, format!("line {}: {e}; nothing was stored", n + 1)));
         }
         rows.push(new);
     }
-    match store.add_many(m, rows).await {
-        Ok(done) => {
-            let new_keys = done.iter().filter(|o| !o.reused_key).count();
-            println!("stored {} users ({new_keys} new keys)", done.len());
-            Ok(())
-        }
-        Err(e) => {
-            eprintln!("{e}; nothing was stored");
-            Err(usage())
-        }
-    }
+    let done = (store.add_many(m, rows).await)
+        .map_err(|e| fail(64, format!("{e}; nothing was stored")))?;
+    let new_keys = done.iter().filter(|o| !o.reused_key).count();
+    println!("stored {} users ({new_keys} new keys)", done.len());
+    Ok(())
 }
 
 /// The key store named by the config at `config` (file or database) and its master key.
@@ -359,32 +338,20 @@ async fn open_store(
     config: &std::path::Path,
 ) -> Result<(credentials::Backend, config::MasterKey), ExitCode> {
     let cfg = load(config)?;
-    let m = cfg.keystore.master_key.clone().ok_or_else(|| {
-        eprintln!("no master key: set CLINIKO_GATEWAY_MASTER_KEY");
-        ExitCode::from(64)
-    })?;
-    match credentials::Backend::open(&cfg.keystore).await {
-        Ok(b) => Ok((b, m)),
-        Err(e) => {
-            eprintln!("{e}");
-            Err(ExitCode::from(64))
-        }
-    }
+    let m = (cfg.keystore.master_key.clone())
+        .ok_or_else(|| fail(64, "no master key: set CLINIKO_GATEWAY_MASTER_KEY"))?;
+    let b = (credentials::Backend::open(&cfg.keystore).await).map_err(store_failed)?;
+    Ok((b, m))
 }
 
-async fn keys(action: KeysAction) -> ExitCode {
+async fn keys(action: KeysAction) -> Done {
     let config = match &action {
         KeysAction::GenMasterKey => {
-            return match credentials::generate_master_key() {
-                Ok(k) => {
-                    println!("{k}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::from(64)
-                }
-            };
+            println!(
+                "{}",
+                credentials::generate_master_key().map_err(store_failed)?
+            );
+            return Ok(());
         }
         KeysAction::Add { config, .. }
         | KeysAction::Import { config }
@@ -393,36 +360,11 @@ async fn keys(action: KeysAction) -> ExitCode {
         | KeysAction::Reseal { config, .. }
         | KeysAction::Migrate { config, .. } => config.clone(),
     };
-    let (store, m) = match open_store(&config).await {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    match keys_on(action, &store, &m).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(KeysFailed::Usage(code)) => code,
-        Err(KeysFailed::Store(e)) => {
-            eprintln!("{e}");
-            ExitCode::from(64)
-        }
-    }
+    let (store, m) = open_store(&config).await?;
+    keys_on(action, &store, &m).await
 }
 
-enum KeysFailed {
-    Usage(ExitCode),
-    Store(credentials::KeyStoreError),
-}
-
-impl From<credentials::KeyStoreError> for KeysFailed {
-    fn from(e: credentials::KeyStoreError) -> Self {
-        KeysFailed::Store(e)
-    }
-}
-
-async fn keys_on(
-    action: KeysAction,
-    store: &credentials::Backend,
-    m: &config::MasterKey,
-) -> Result<(), KeysFailed> {
+async fn keys_on(action: KeysAction, store: &credentials::Backend, m: &config::MasterKey) -> Done {
     match action {
         KeysAction::GenMasterKey => {}
         KeysAction::Add {
@@ -431,15 +373,12 @@ async fn keys_on(
             key_file,
             ..
         } => {
-            let mut raw = String::new();
             let read = match &key_file {
-                Some(p) => std::fs::read_to_string(p).map(|s| raw = s),
-                None => std::io::stdin().read_to_string(&mut raw).map(|_| ()),
+                Some(p) => std::fs::read_to_string(p),
+                None => std::io::read_to_string(std::io::stdin()),
             };
-            if read.is_err() {
-                eprintln!("cannot read the API key from stdin or --key-file");
-                return Err(KeysFailed::Usage(ExitCode::from(64)));
-            }
+            let raw =
+                read.map_err(|_| fail(64, "cannot read the API key from stdin or --key-file"))?;
             let new = credentials::NewKey {
                 user: user.clone(),
                 key: ApiKey::new(raw.trim().to_string()),
@@ -447,16 +386,16 @@ async fn keys_on(
                 verified_at: None,
                 exclusive: false,
             };
-            store.add(m, new).await?;
+            store.add(m, new).await.map_err(store_failed)?;
             println!(
                 "stored a key for {user}; running gateways reload it (file watch, database notification or SIGHUP)"
             );
         }
         KeysAction::Import { .. } => import(store, m).await?,
-        KeysAction::List { .. } => print_users(store.list(m).await?),
+        KeysAction::List { .. } => print_users(store.list(m).await.map_err(store_failed)?),
         KeysAction::Reseal { accept_edits, .. } => {
             use credentials::Resealed;
-            let done = store.reseal(m, accept_edits).await?;
+            let done = store.reseal(m, accept_edits).await.map_err(store_failed)?;
             println!(
                 "{}",
                 match done {
@@ -465,10 +404,10 @@ async fn keys_on(
                     Resealed::AcceptedEdits => "signed the key store as it is, edits included",
                 }
             );
-            print_users(store.list(m).await?);
+            print_users(store.list(m).await.map_err(store_failed)?);
         }
         KeysAction::Remove { user, .. } => {
-            if store.remove(m, &user).await? {
+            if store.remove(m, &user).await.map_err(store_failed)? {
                 println!("removed {user}");
             } else {
                 println!("{user} had no key");
@@ -495,7 +434,7 @@ fn print_users(users: Vec<credentials::ListedUser>) {
     }
 }
 
-fn token(action: TokenAction) -> ExitCode {
+fn token(action: TokenAction) -> Done {
     let TokenAction::Mint {
         config,
         sub,
@@ -508,17 +447,13 @@ fn token(action: TokenAction) -> ExitCode {
     } = action;
     let mut map = serde_json::Map::new();
     for c in claims {
-        let Some((k, v)) = c.split_once('=') else {
-            eprintln!("--claim takes key=value");
-            return ExitCode::from(64);
-        };
+        let (k, v) = c
+            .split_once('=')
+            .ok_or_else(|| fail(64, "--claim takes key=value"))?;
         let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.into()));
         map.insert(k.into(), v);
     }
-    let (key, alg) = match mint_key(config, signing_key, &alg) {
-        Ok(k) => k,
-        Err(code) => return code,
-    };
+    let (key, alg) = mint_key(config, signing_key, &alg)?;
     let mut header = jsonwebtoken::Header::new(alg);
     header.kid = kid;
     let mut out = String::new();
@@ -527,19 +462,13 @@ fn token(action: TokenAction) -> ExitCode {
         if count > 1 {
             claims.insert("jti".into(), format!("{}-{i}", uuid::Uuid::new_v4()).into());
         }
-        match crate::auth::mint::mint(&key, header.clone(), &sub, ttl, claims) {
-            Ok(t) => {
-                out.push_str(&t);
-                out.push('\n');
-            }
-            Err(e) => {
-                eprintln!("cannot sign: {e}");
-                return ExitCode::from(70);
-            }
-        }
+        let t = crate::auth::mint::mint(&key, header.clone(), &sub, ttl, claims)
+            .map_err(|e| fail(70, format!("cannot sign: {e}")))?;
+        out.push_str(&t);
+        out.push('\n');
     }
     print!("{out}");
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 /// The key `token mint` signs with: the PEM of `--signing-key` with `--alg`, else the
@@ -551,38 +480,37 @@ fn mint_key(
 ) -> Result<(jsonwebtoken::EncodingKey, jsonwebtoken::Algorithm), ExitCode> {
     match signing_key {
         Some(path) => {
-            let Ok(alg) = alg.parse::<jsonwebtoken::Algorithm>() else {
-                eprintln!("--alg: unknown algorithm");
-                return Err(ExitCode::from(64));
-            };
+            let alg = (alg.parse::<jsonwebtoken::Algorithm>())
+                .map_err(|_| fail(64, "--alg: unknown algorithm"))?;
             let key = std::fs::read(&path)
                 .ok()
                 .and_then(|pem| crate::auth::mint::signing_key(&pem, alg).ok());
-            let Some(key) = key else {
-                eprintln!(
+            let key = key.ok_or_else(|| {
+                let msg = format!(
                     "--signing-key: cannot read a {alg:?} private key from {}",
                     path.display()
                 );
-                return Err(ExitCode::from(64));
-            };
+                fail(64, msg)
+            })?;
             Ok((key, alg))
         }
         None => {
-            let Some(config) = config else {
-                eprintln!("token mint needs --config (for the HMAC secret) or --signing-key");
-                return Err(ExitCode::from(64));
-            };
+            let config = config.ok_or_else(|| {
+                fail(
+                    64,
+                    "token mint needs --config (for the HMAC secret) or --signing-key",
+                )
+            })?;
             let cfg = load(&config)?;
             let Some(secret) = &cfg.auth.hmac_secret else {
-                eprintln!(
-                    "{}",
+                return Err(fail(
+                    64,
                     ConfigError::new(
                         "auth.hmac_secret",
                         "token mint needs the HMAC secret (or --signing-key)",
-                        "set CLINIKO_GATEWAY_HMAC_SECRET"
-                    )
-                );
-                return Err(ExitCode::from(64));
+                        "set CLINIKO_GATEWAY_HMAC_SECRET",
+                    ),
+                ));
             };
             let alg = cfg
                 .auth
