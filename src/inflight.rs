@@ -104,39 +104,25 @@ impl InFlight {
 }
 
 impl crate::step::Step for InFlight {
-    fn run<S>(
+    async fn run<S: crate::step::Next>(
         self: Arc<Self>,
         inner: S,
         req: Request<Body>,
-    ) -> impl std::future::Future<Output = Result<Response<Body>, GatewayError>> + Send
-    where
-        S: crate::step::Next,
-    {
-        handle(self, inner, req)
+    ) -> Result<Response<Body>, GatewayError> {
+        // Every request that gets here was authenticated; without a user there is no one to
+        // count against (as with the per-user rate limit).
+        let Some(user) = req.extensions().get::<User>().map(|u| u.id.clone()) else {
+            return inner.oneshot(req).await;
+        };
+        let Some(slot) = self.try_acquire(&user) else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(GatewayError::TooManyInFlight { max: self.max });
+        };
+        // An error or a dropped future gives the slot back at once; an answer keeps it until its
+        // body is done with.
+        let resp = inner.oneshot(req).await?;
+        Ok(resp.map(|b| observe(b, slot)))
     }
-}
-
-async fn handle<S>(
-    caps: Arc<InFlight>,
-    inner: S,
-    req: Request<Body>,
-) -> Result<Response<Body>, GatewayError>
-where
-    S: crate::step::Next,
-{
-    // Every request that gets here was authenticated; without a user there is no one to
-    // count against (as with the per-user rate limit).
-    let Some(user) = req.extensions().get::<User>().map(|u| u.id.clone()) else {
-        return inner.oneshot(req).await;
-    };
-    let Some(slot) = caps.try_acquire(&user) else {
-        caps.refused.fetch_add(1, Ordering::Relaxed);
-        return Err(GatewayError::TooManyInFlight { max: caps.max });
-    };
-    // An error or a dropped future gives the slot back at once; an answer keeps it until its
-    // body is done with.
-    let resp = inner.oneshot(req).await?;
-    Ok(resp.map(|b| observe(b, slot)))
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@ use super::Telemetry;
 use crate::body::{Body, BodyObserver, observe};
 use crate::context::Context as RequestContext;
 use crate::metrics::{RouteClass, method_label};
-use futures_util::future::BoxFuture;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use crate::step::{Answer, Inner};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, TraceFlags, Tracer};
 use opentelemetry::{Context, KeyValue};
@@ -130,15 +130,11 @@ impl Drop for ServerSpan {
 }
 
 /// Handles one request under a server span (health probes pass through untraced).
-pub(super) fn call<S>(
+pub(super) fn call<S: Inner<Infallible>>(
     t: &Telemetry,
     inner: &mut S,
     mut req: Request<Body>,
-) -> BoxFuture<'static, Result<Response<Body>, Infallible>>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
+) -> Answer<Infallible> {
     let route = RouteClass::of(req.uri().path());
     if route == RouteClass::Health {
         return Box::pin(inner.call(req));
