@@ -82,15 +82,7 @@ pub struct ClientSpan {
 impl ClientSpan {
     /// Records Cliniko's status (4xx and 5xx mark the call failed, as the conventions say).
     pub fn status(&self, status: u16) {
-        let span = self.cx.span();
-        span.set_attribute(KeyValue::new(
-            "http.response.status_code",
-            i64::from(status),
-        ));
-        if status >= 400 {
-            span.set_attribute(KeyValue::new("error.type", status.to_string()));
-            span.set_status(Status::error(""));
-        }
+        record_status(&self.cx, status, 400);
     }
 
     /// Records why the call failed (`timeout`, `connect`, ...).
@@ -104,6 +96,19 @@ impl ClientSpan {
 impl Drop for ClientSpan {
     fn drop(&mut self) {
         self.cx.span().end();
+    }
+}
+
+/// Records `status` on the span of `cx`, marking it failed from `failed_from` up.
+fn record_status(cx: &Context, status: u16, failed_from: u16) {
+    let span = cx.span();
+    span.set_attribute(KeyValue::new(
+        "http.response.status_code",
+        i64::from(status),
+    ));
+    if status >= failed_from {
+        span.set_attribute(KeyValue::new("error.type", status.to_string()));
+        span.set_status(Status::error(""));
     }
 }
 
@@ -178,18 +183,8 @@ pub(super) fn call<S: Inner<Infallible>>(
     let fut = inner.call(req);
     Box::pin(async move {
         let mut resp = fut.await?;
-        let status = resp.status().as_u16();
-        {
-            let span = done.cx.span();
-            span.set_attribute(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status),
-            ));
-            if status >= 500 {
-                span.set_attribute(KeyValue::new("error.type", status.to_string()));
-                span.set_status(Status::error(""));
-            }
-        }
+        // A server span fails on 5xx only: a 4xx is the caller's mistake, not the gateway's.
+        record_status(&done.cx, resp.status().as_u16(), 500);
         done.answered = true;
         // "And back": a caller without tracing of its own can still find the trace.
         if let Some(v) = header {
