@@ -286,28 +286,16 @@ impl ReloadMetrics {
 
     /// One reload attempt; `users` is the new store's size on success.
     pub fn record(&self, trigger: ReloadTrigger, users: Option<usize>) {
-        let result = if users.is_some() { "ok" } else { "failed" };
-        self.reloads
-            .get_or_create(&ReloadLabels {
-                trigger: trigger.label(),
-                result,
-            })
-            .inc();
+        count(&self.reloads, trigger, users.is_some());
         self.keystore_ok.set(i64::from(users.is_some()));
         if let Some(n) = users {
-            self.users.set(i64::try_from(n).unwrap_or(i64::MAX));
+            self.set_users(n);
         }
     }
 
     /// One config reload attempt; `restart_pending`: sections changed that need a restart.
     pub fn record_config(&self, trigger: ReloadTrigger, ok: bool, restart_pending: bool) {
-        let result = if ok { "ok" } else { "failed" };
-        self.config_reloads
-            .get_or_create(&ReloadLabels {
-                trigger: trigger.label(),
-                result,
-            })
-            .inc();
+        count(&self.config_reloads, trigger, ok);
         self.config_ok.set(i64::from(ok));
         if ok {
             self.restart_pending.set(i64::from(restart_pending));
@@ -318,6 +306,14 @@ impl ReloadMetrics {
     pub fn set_users(&self, n: usize) {
         self.users.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
+}
+
+fn count(attempts: &Family<ReloadLabels, Counter>, trigger: ReloadTrigger, ok: bool) {
+    let result = if ok { "ok" } else { "failed" };
+    let trigger = trigger.label();
+    attempts
+        .get_or_create(&ReloadLabels { trigger, result })
+        .inc();
 }
 
 /// The registry and every handle into it; built once in `Gateway::start`.
