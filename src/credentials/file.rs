@@ -87,13 +87,7 @@ pub(super) fn read(path: &Path) -> Result<Option<Document>, KeyStoreError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(KeyStoreError::Io {
-                op: "read",
-                path: path.to_path_buf(),
-                source,
-            });
-        }
+        Err(e) => return Err(io_error("read", path)(e)),
     };
     parse(path, &bytes).map(Some)
 }
@@ -210,27 +204,30 @@ pub(super) fn edit<T>(
 /// An exclusive lock on `.<name>.lock` beside the store, so the gateway's enrolments and a
 /// `keys` command on the same file never interleave their read and write; released on drop.
 fn lock_file(path: &Path) -> Result<std::fs::File, KeyStoreError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "keystore".into());
-    let lock = path.with_file_name(format!(".{name}.lock"));
-    let io = |op| {
-        let p = lock.clone();
-        move |source| KeyStoreError::Io {
-            op,
-            path: p,
-            source,
-        }
-    };
+    let lock = beside(path, ".lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock)
-        .map_err(io("create"))?;
-    f.lock().map_err(io("lock"))?;
+        .map_err(io_error("create", &lock))?;
+    f.lock().map_err(io_error("lock", &lock))?;
     Ok(f)
+}
+
+/// `.<file name><suffix>` beside the store file: its lock and temp files.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "keystore".into());
+    path.with_file_name(format!(".{name}{suffix}"))
+}
+
+/// What doing `op` on `path` failed with.
+fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> KeyStoreError {
+    let path = path.to_path_buf();
+    move |source| KeyStoreError::Io { op, path, source }
 }
 
 /// Makes `doc` the current version, signed under `master`.
@@ -255,26 +252,14 @@ fn write_atomic(path: &Path, doc: &Document) -> Result<(), KeyStoreError> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "keystore".into());
     let mut suffix = [0u8; 6];
     super::crypto::random(&mut suffix)?;
-    let tmp = dir.join(format!(".{name}.tmp-{}", hex::encode(suffix)));
-    let io_err = |op: &'static str, p: &Path| {
-        let p = p.to_path_buf();
-        move |source| KeyStoreError::Io {
-            op,
-            path: p,
-            source,
-        }
-    };
+    let tmp = beside(path, &format!(".tmp-{}", hex::encode(suffix)));
     let result = (|| {
-        let mut f = create_private(&tmp).map_err(io_err("create", &tmp))?;
-        f.write_all(&json).map_err(io_err("write", &tmp))?;
-        f.sync_all().map_err(io_err("fsync", &tmp))?;
-        fs::rename(&tmp, path).map_err(io_err("replace", path))
+        let mut f = create_private(&tmp).map_err(io_error("create", &tmp))?;
+        f.write_all(&json).map_err(io_error("write", &tmp))?;
+        f.sync_all().map_err(io_error("fsync", &tmp))?;
+        fs::rename(&tmp, path).map_err(io_error("replace", path))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
