@@ -130,49 +130,35 @@ impl Retries {
 }
 
 impl crate::step::Step for Retries {
-    fn run<S>(
+    async fn run<S: crate::step::Next>(
         self: Arc<Self>,
         inner: S,
         req: Request<Body>,
-    ) -> impl std::future::Future<Output = Result<Response<Body>, GatewayError>> + Send
-    where
-        S: crate::step::Next,
-    {
-        handle(self, inner, req)
-    }
-}
-
-async fn handle<S>(
-    r: Arc<Retries>,
-    inner: S,
-    req: Request<Body>,
-) -> Result<Response<Body>, GatewayError>
-where
-    S: crate::step::Next,
-{
-    let replay = Replay::of(&req);
-    let cred = req.extensions().get::<Arc<Credential>>().cloned();
-    let safe = matches!(*req.method(), Method::GET | Method::HEAD);
-    let resp = r.send(inner.clone(), req, replay.as_ref()).await?;
-    let Some(wait) = throttled(&resp) else {
-        return Ok(resp);
-    };
-    let resend = r.cfg.throttled && safe && replay.is_some() && wait <= r.max_wait;
-    let slot = r.pause(cred.as_deref(), wait, resend).await;
-    let (Some(slot), Some(replay)) = (slot.filter(|_| resend), replay) else {
-        return Ok(with_retry_after(resp, wait));
-    };
-    // Cliniko told us when; the first slot after its pause is ours. The refused answer's
-    // body is dropped unread: the caller gets the resend's answer instead.
-    drop(resp);
-    tokio::time::sleep(slot).await;
-    r.stats.throttled.fetch_add(1, Ordering::Relaxed);
-    let again = r.send(inner, replay.build(), Some(&replay)).await?;
-    match throttled(&again) {
-        None => Ok(again),
-        Some(wait) => {
-            r.pause(cred.as_deref(), wait, false).await;
-            Ok(with_retry_after(again, wait))
+    ) -> Result<Response<Body>, GatewayError> {
+        let replay = Replay::of(&req);
+        let cred = req.extensions().get::<Arc<Credential>>().cloned();
+        let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+        let resp = self.send(inner.clone(), req, replay.as_ref()).await?;
+        let Some(wait) = throttled(&resp) else {
+            return Ok(resp);
+        };
+        let resend = self.cfg.throttled && safe && replay.is_some() && wait <= self.max_wait;
+        let slot = self.pause(cred.as_deref(), wait, resend).await;
+        let (Some(slot), Some(replay)) = (slot.filter(|_| resend), replay) else {
+            return Ok(with_retry_after(resp, wait));
+        };
+        // Cliniko told us when; the first slot after its pause is ours. The refused answer's
+        // body is dropped unread: the caller gets the resend's answer instead.
+        drop(resp);
+        tokio::time::sleep(slot).await;
+        self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+        let again = self.send(inner, replay.build(), Some(&replay)).await?;
+        match throttled(&again) {
+            None => Ok(again),
+            Some(wait) => {
+                self.pause(cred.as_deref(), wait, false).await;
+                Ok(with_retry_after(again, wait))
+            }
         }
     }
 }

@@ -14,37 +14,23 @@ use std::time::Duration;
 use tower::ServiceExt;
 
 impl crate::step::Step for RateLimits {
-    fn run<S>(
+    async fn run<S: crate::step::Next>(
         self: Arc<Self>,
         inner: S,
         req: Request<Body>,
-    ) -> impl std::future::Future<Output = Result<Response<Body>, GatewayError>> + Send
-    where
-        S: crate::step::Next,
-    {
-        handle(self, inner, req)
+    ) -> Result<Response<Body>, GatewayError> {
+        if let (Some(users), Some(user)) = (&self.users, req.extensions().get::<User>())
+            && let Err(r) = users.check(user)
+        {
+            self.stats.refused_user.fetch_add(1, Ordering::Relaxed);
+            return Err(GatewayError::RateLimited(r));
+        }
+        if let (Some(b), Some(cred)) = (&self.budget, req.extensions().get::<Arc<Credential>>()) {
+            let who = self.shares.of(req.extensions().get::<User>());
+            b.acquire(cred.budget_id(), &who).await?;
+        }
+        inner.oneshot(req).await
     }
-}
-
-async fn handle<S>(
-    l: Arc<RateLimits>,
-    inner: S,
-    req: Request<Body>,
-) -> Result<Response<Body>, GatewayError>
-where
-    S: crate::step::Next,
-{
-    if let (Some(users), Some(user)) = (&l.users, req.extensions().get::<User>())
-        && let Err(r) = users.check(user)
-    {
-        l.stats.refused_user.fetch_add(1, Ordering::Relaxed);
-        return Err(GatewayError::RateLimited(r));
-    }
-    if let (Some(b), Some(cred)) = (&l.budget, req.extensions().get::<Arc<Credential>>()) {
-        let who = l.shares.of(req.extensions().get::<User>());
-        b.acquire(cred.budget_id(), &who).await?;
-    }
-    inner.oneshot(req).await
 }
 
 impl RateLimits {
