@@ -105,27 +105,52 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let accepts = Accepts::of(req.headers());
-        if !accepts.anything() {
-            return Box::pin(async { Err(GatewayError::NotAcceptable) });
-        }
         if accepts.gzip
             && let Some(ctx) = RequestContext::of(&req)
         {
             ctx.set_accepts_gzip();
         }
-        if req.method() == Method::HEAD {
-            let plain = self.plain.clone().oneshot(req);
-            return Box::pin(async move { Ok(finish(plain.await?)) });
-        }
-        let compressing = if accepts.identity {
-            self.usual.clone()
-        } else {
-            self.always.clone()
+        let compressing = match Plan::of(req.method(), accepts) {
+            Plan::Refuse => return Box::pin(async { Err(GatewayError::NotAcceptable) }),
+            Plan::AsIs => {
+                let plain = self.plain.clone().oneshot(req);
+                return Box::pin(async move { Ok(finish(plain.await?)) });
+            }
+            Plan::Compress => self.usual.clone(),
+            Plan::CompressAll => self.always.clone(),
         };
         Box::pin(async move {
             let resp = compressing.oneshot(req).await?;
             Ok(finish(resp.map(Body::new)))
         })
+    }
+}
+
+/// How one request's answer is to be sent, decided before the inner service is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// 406: nothing the caller accepts.
+    Refuse,
+    /// As it is: HEAD, or a caller who takes none of our codings. No tower-http wrapper, which
+    /// would only pass the frames through (and cost a box and a poll per frame).
+    AsIs,
+    /// Compressed when worth it (`min_bytes`).
+    Compress,
+    /// Compressed whatever its size: the caller refuses identity.
+    CompressAll,
+}
+
+impl Plan {
+    fn of(method: &Method, a: Accepts) -> Plan {
+        if !a.anything() {
+            Plan::Refuse
+        } else if method == Method::HEAD || !a.coding() {
+            Plan::AsIs
+        } else if a.identity {
+            Plan::Compress
+        } else {
+            Plan::CompressAll
+        }
     }
 }
 
@@ -181,16 +206,21 @@ impl Accepts {
             .flat_map(|s| s.split(','));
         for entry in entries {
             let mut parts = entry.split(';');
-            let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let coding = parts.next().unwrap_or("").trim();
             let Some(q) = qvalue(parts.next()) else {
                 continue;
             };
-            let slot = match coding.as_str() {
-                "gzip" | "x-gzip" => &mut gzip,
-                "br" => &mut br,
-                "identity" => &mut identity,
-                "*" => &mut star,
-                _ => continue,
+            let is = |name: &str| coding.eq_ignore_ascii_case(name);
+            let slot = if is("gzip") || is("x-gzip") {
+                &mut gzip
+            } else if is("br") {
+                &mut br
+            } else if is("identity") {
+                &mut identity
+            } else if coding == "*" {
+                &mut star
+            } else {
+                continue;
             };
             *slot = Some(q);
         }
@@ -204,7 +234,12 @@ impl Accepts {
 
     /// At least one coding we can send is acceptable.
     pub fn anything(&self) -> bool {
-        self.gzip || self.br || self.identity
+        self.coding() || self.identity
+    }
+
+    /// A coding we compress with is acceptable.
+    pub fn coding(&self) -> bool {
+        self.gzip || self.br
     }
 }
 
@@ -248,5 +283,24 @@ mod tests {
         // An unreadable q-value drops the entry, not the header.
         assert_eq!(of("gzip;q=2, br"), a(false, true, true));
         assert!(!of("identity;q=0, gzip;q=0").anything());
+    }
+
+    #[test]
+    fn only_callers_who_take_a_coding_get_the_compressing_service() {
+        let plan = |m: Method, v: &str| Plan::of(&m, of(v));
+        assert_eq!(
+            Plan::of(&Method::GET, Accepts::of(&HeaderMap::new())),
+            Plan::AsIs,
+            "no Accept-Encoding"
+        );
+        assert_eq!(plan(Method::GET, "identity"), Plan::AsIs);
+        assert_eq!(plan(Method::GET, "deflate, zstd"), Plan::AsIs);
+        assert_eq!(plan(Method::GET, "gzip;q=0"), Plan::AsIs);
+        assert_eq!(plan(Method::HEAD, "gzip"), Plan::AsIs);
+        assert_eq!(plan(Method::GET, "gzip"), Plan::Compress);
+        assert_eq!(plan(Method::GET, "br"), Plan::Compress);
+        assert_eq!(plan(Method::GET, "gzip, identity;q=0"), Plan::CompressAll);
+        assert_eq!(plan(Method::GET, "identity;q=0"), Plan::Refuse);
+        assert_eq!(plan(Method::HEAD, "*;q=0"), Plan::Refuse);
     }
 }
