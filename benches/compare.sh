@@ -76,7 +76,7 @@ taskset -c 0 "$bin" serve --config "$w/gw-rs.toml" >"$w/gw-rs.log" 2>&1 &
 gwrpid=$!; pids+=($gwrpid)
 taskset -c 0 "$bin" serve --config "$w/gw-h2.toml" >"$w/gw-h2.log" 2>&1 &
 gw2pid=$!; pids+=($gw2pid)
-cargo build --release --quiet --example stack_floor
+if [ -z "${GATEWAY_BIN:-}" ]; then cargo build --release --quiet --example stack_floor; fi
 floor=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/stack_floor
 taskset -c 0 "$floor" "127.0.0.1:$FL1" "https://localhost:$UP/v1" "$w/ca.pem" &
 fl1pid=$!; pids+=($fl1pid)

@@ -5,8 +5,9 @@
 
 need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
 need nginx nginx; need wrk wrk; need openssl openssl; need taskset util-linux
-cargo build --release --quiet
-bin=${CARGO_TARGET_DIR:-$PWD/target}/release/cliniko-gateway
+# GATEWAY_BIN=<path>: run that binary instead of building this tree (to compare two builds).
+if [ -z "${GATEWAY_BIN:-}" ]; then cargo build --release --quiet; fi
+bin=${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/cliniko-gateway}
 mkdir -p target/bench
 w=$(mktemp -d)
 pids=()
