@@ -151,7 +151,7 @@ impl Admin {
             }
             (None, Some(u), None) => match self.credentials.lookup(u) {
                 Some(c) => {
-                    cache.purge_credential(cache.credential_id(c.key.expose()));
+                    cache.purge_credential(cache.id_of(&c));
                     // Other replicas get the fingerprint and find their own entries by it.
                     cache.publish(Invalidation::Credential {
                         fingerprint: c.fingerprint.to_string(),

@@ -463,7 +463,7 @@ fn apply(shared: &Shared, cache: &Cache, what: &Invalidation) {
                 .users()
                 .find(|(_, c)| &*c.fingerprint == fingerprint.as_str());
             match known {
-                Some((_, c)) => cache.purge_credential(cache.credential_id(c.key.expose())),
+                Some((_, c)) => cache.purge_credential(cache.id_of(c)),
                 // Not a key this replica holds (rotated already, or another store): all of it.
                 None => cache.purge_all(),
             }

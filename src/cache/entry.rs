@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, header};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// A keyed hash standing for one Cliniko API key (never the key itself).
@@ -43,6 +44,12 @@ impl std::fmt::Debug for CacheKey {
     }
 }
 
+/// Identity callers' hits that decode an entry's gzip copy before the entry is stored again
+/// holding the decoded copy too: a second one says the entry is read that way, and every
+/// further hit would decode it again (~270,000 instructions for a 15 KB page against ~60,000
+/// for the whole hit otherwise; benches/RESULTS.md).
+pub const DECODES_BEFORE_PLAIN: u32 = 2;
+
 /// One stored 200 answer, links already rewritten.
 pub struct Entry {
     /// Response headers (hop-by-hop and length headers removed).
@@ -51,8 +58,13 @@ pub struct Entry {
     pub body: Bytes,
     /// `body` is one gzip member (no `Content-Encoding` in `headers`: it is added per caller).
     pub gzipped: bool,
+    /// The decoded body beside the gzip copy, for callers that do not take gzip: only in an
+    /// entry identity callers read (see [`DECODES_BEFORE_PLAIN`]), and charged in its weight.
+    pub plain: Option<Bytes>,
     /// The body's length once decoded (its `Content-Length` for identity callers and HEAD).
     pub plain_len: usize,
+    /// Hits that decoded the gzip copy (only counted while `plain` is `None`).
+    pub decodes: AtomicU32,
     /// When it was fetched or last revalidated.
     pub stored: Instant,
     /// Fresh for this long.
@@ -68,6 +80,7 @@ impl std::fmt::Debug for Entry {
             .field("headers", &self.headers.len())
             .field("body_bytes", &self.body.len())
             .field("gzipped", &self.gzipped)
+            .field("plain_bytes", &self.plain.as_ref().map(Bytes::len))
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
@@ -113,14 +126,30 @@ impl Entry {
     /// The same entry, confirmed fresh now (after a 304).
     pub fn revalidated(&self) -> Entry {
         Entry {
+            stored: Instant::now(),
+            ..self.with_plain(self.plain.clone())
+        }
+    }
+
+    /// The same entry (same fetch time), holding `plain` as its decoded copy.
+    pub fn with_plain(&self, plain: Option<Bytes>) -> Entry {
+        Entry {
             headers: self.headers.clone(),
             body: self.body.clone(),
             gzipped: self.gzipped,
+            plain,
             plain_len: self.plain_len,
-            stored: Instant::now(),
+            decodes: AtomicU32::new(0),
+            stored: self.stored,
             ttl: self.ttl,
             window: self.window,
         }
+    }
+
+    /// Counts one decode of the gzip copy; `true` when it is the one after which the decoded
+    /// copy is worth keeping.
+    pub fn decoded_once_more(&self) -> bool {
+        self.decodes.fetch_add(1, Ordering::Relaxed) + 1 == DECODES_BEFORE_PLAIN
     }
 
     /// Bytes charged against the capacity: what the process holds for it, allocator rounding
@@ -133,17 +162,20 @@ impl Entry {
             .sum();
         let key_len = allocated(key.target.len() + 16)
             + key.accept.as_ref().map_or(0, |a| allocated(a.len()));
-        let total = allocated(self.body.len()) + headers + key_len + ENTRY_OVERHEAD;
+        let plain = self.plain.as_ref().map_or(0, |p| allocated(p.len()));
+        let total = allocated(self.body.len()) + plain + headers + key_len + ENTRY_OVERHEAD;
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 
-    /// How long moka keeps it: the TTL, plus the revalidation window when it has an ETag.
+    /// How long moka keeps it from now: the TTL, plus the revalidation window when it has an
+    /// ETag, counted from its fetch (an entry stored again with its decoded copy keeps its end).
     fn lifetime(&self) -> Duration {
-        if self.etag().is_some() {
+        let whole = if self.etag().is_some() {
             self.ttl + self.window
         } else {
             self.ttl
-        }
+        };
+        whole.saturating_sub(self.stored.elapsed())
     }
 }
 

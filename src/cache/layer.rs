@@ -12,8 +12,9 @@ use crate::replay::Replay;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
+use moka::ops::compute::Op;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
@@ -73,11 +74,14 @@ where
 
     // A stale entry with an ETag is revalidated rather than refetched.
     let mut stale: Option<Arc<Entry>> = None;
+    // Read before the lookup: a decoded copy stored back must not outlive a purge.
+    let epoch = cache.epoch.load(Ordering::Acquire);
     if !no_cache && let Some(entry) = cache.store.get(&key).await {
         if entry.is_fresh() {
             cache.stats.hits.fetch_add(1, Ordering::Relaxed);
             note(ctx.as_ref(), CacheOutcome::Hit);
-            return serve(&entry, CacheOutcome::Hit, &asked);
+            let plain = decode_for(&cache, &key, &entry, &asked, epoch).await?;
+            return serve(&entry, CacheOutcome::Hit, &asked, plain);
         }
         if entry.etag().is_some() {
             stale = Some(entry);
@@ -110,7 +114,7 @@ where
                 CacheOutcome::Miss
             };
             note(ctx.as_ref(), how);
-            serve(&e, how, &asked)
+            serve(&e, how, &asked, None)
         }
         Landed::Failed(e) => Err(e),
         Landed::Uncacheable => {
@@ -138,7 +142,7 @@ fn lookup(
     ctx: Option<&RequestContext>,
 ) -> (CacheKey, Asked) {
     let key = CacheKey {
-        credential: cache.credential_id(cred.key.expose()),
+        credential: cache.id_of(cred),
         target: req.uri().path_and_query().map_or("", |p| p.as_str()).into(),
         accept: req.headers().get(header::ACCEPT).cloned(),
     };
@@ -304,15 +308,23 @@ async fn store(
     let entry = Arc::new(Entry {
         headers: owned(&parts.headers),
         gzipped: gzipped.is_some(),
-        body: gzipped.unwrap_or(body),
+        body: gzipped.unwrap_or_else(|| body.clone()),
+        plain: None,
         plain_len,
+        decodes: AtomicU32::new(0),
         stored: Instant::now(),
         ttl,
         window: cache.window,
     });
     // A write that landed while we fetched may have made this copy stale: serve, don't keep.
     keep(cache, key, entry.clone(), epoch).await;
-    Ok(entry)
+    // The flight's callers are answered from the plain body at hand, not by decoding the copy
+    // just made (what the store holds is charged for the gzip copy only).
+    Ok(if entry.gzipped {
+        Arc::new(entry.with_plain(Some(body)))
+    } else {
+        entry
+    })
 }
 
 /// A copy of `h` that owns its bytes. Parsed headers are slices of the client's read buffer;
@@ -389,6 +401,52 @@ fn gzip(plain: &[u8]) -> Option<Bytes> {
     (out.len() < plain.len()).then(|| Bytes::from(out))
 }
 
+/// The decoded body for a hit that needs it and whose entry holds only the gzip copy, else
+/// `None`. Once an entry has been decoded
+/// [`DECODES_BEFORE_PLAIN`](super::entry::DECODES_BEFORE_PLAIN) times it is stored again
+/// holding the decoded copy as well (charged for both), so identity callers' later hits send
+/// bytes as they are; entries only gzip callers read keep the one small copy.
+async fn decode_for(
+    cache: &Cache,
+    key: &CacheKey,
+    e: &Arc<Entry>,
+    a: &Asked,
+    epoch: u64,
+) -> Result<Option<Bytes>, GatewayError> {
+    if !e.gzipped || e.plain.is_some() || a.gzip || a.is_head || not_modified(e, a) {
+        return Ok(None);
+    }
+    let plain = gunzip(e)?;
+    if e.decoded_once_more() {
+        keep_plain(cache, key, e, plain.clone(), epoch).await;
+    }
+    Ok(Some(plain))
+}
+
+/// Stores `read` again holding its decoded copy `plain`, unless it is no longer what the store
+/// holds (replaced, dropped or purged since) or a purge ran since `epoch` was read before the
+/// lookup that found it: a copy of a dropped entry must never come back.
+async fn keep_plain(cache: &Cache, key: &CacheKey, read: &Arc<Entry>, plain: Bytes, epoch: u64) {
+    // Odd: a purge was under way when the lookup ran (see `Cache::purging`).
+    if epoch % 2 == 1 {
+        return;
+    }
+    let both = Arc::new(read.with_plain(Some(plain)));
+    let read = read.clone();
+    // Replaces the entry only if it is still the one read, atomically for the key.
+    cache
+        .store
+        .entry(key.clone())
+        .and_compute_with(|now| {
+            let same = now.is_some_and(|n| Arc::ptr_eq(n.value(), &read));
+            std::future::ready(if same { Op::Put(both) } else { Op::Nop })
+        })
+        .await;
+    if cache.epoch.load(Ordering::Acquire) != epoch {
+        cache.store.invalidate(key).await;
+    }
+}
+
 /// A gzip copy decoded for a caller that does not take gzip.
 fn gunzip(e: &Entry) -> Result<Bytes, GatewayError> {
     use crate::upstream::body::{Coding, inflate};
@@ -415,20 +473,34 @@ struct Asked {
     gzip: bool,
 }
 
+/// The caller's validator matches the entry: a 304.
+fn not_modified(e: &Entry, a: &Asked) -> bool {
+    matches!((&a.if_none_match, e.etag()), (Some(i), Some(t)) if etag_matches(i, t))
+}
+
 /// Builds the answer from an entry: 304 when the caller's validator matches, else the body
-/// (shared, not copied; the gzip copy as it is to a caller that takes gzip, decoded for one
-/// that does not); HEAD gets the identity headers only.
-fn serve(e: &Entry, how: CacheOutcome, a: &Asked) -> Result<Response<Body>, GatewayError> {
-    let not_modified =
-        matches!((&a.if_none_match, e.etag()), (Some(i), Some(t)) if etag_matches(i, t));
+/// (shared, not copied; the gzip copy as it is to a caller that takes gzip, the plain bytes to
+/// one that does not: `decoded` if given, the entry's own, or decoded now); HEAD gets the
+/// identity headers only.
+fn serve(
+    e: &Entry,
+    how: CacheOutcome,
+    a: &Asked,
+    decoded: Option<Bytes>,
+) -> Result<Response<Body>, GatewayError> {
+    let not_modified = not_modified(e, a);
     let as_stored = e.gzipped && a.gzip;
-    let mut resp = if not_modified || a.is_head {
-        Response::new(Body::empty())
-    } else if e.gzipped && !as_stored {
-        Response::new(Body::from(gunzip(e)?))
+    let body = if not_modified || a.is_head {
+        Body::empty()
+    } else if as_stored || !e.gzipped {
+        Body::from(e.body.clone())
     } else {
-        Response::new(Body::from(e.body.clone()))
+        Body::from(match decoded.or_else(|| e.plain.clone()) {
+            Some(plain) => plain,
+            None => gunzip(e)?,
+        })
     };
+    let mut resp = Response::new(body);
     *resp.headers_mut() = e.headers.clone();
     if not_modified {
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
@@ -474,6 +546,7 @@ fn note(ctx: Option<&Arc<RequestContext>>, how: CacheOutcome) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::entry::DECODES_BEFORE_PLAIN;
     use crate::config::{CacheConfig, CacheRule};
     use crate::credentials::ApiKey;
     use crate::step::OptionalLayer;
@@ -507,6 +580,125 @@ mod tests {
         r.headers_mut()
             .insert(header::ETAG, HeaderValue::from_static(etag));
         r
+    }
+
+    /// A page worth a gzip copy (> 1 KiB, compressible), as the origin sent it.
+    fn page() -> Bytes {
+        Bytes::from("{\"practitioners\":[{\"id\":\"1\",\"name\":\"Ada\"}]}".repeat(100))
+    }
+
+    /// A caller's GET; `gzip`: the compression layer found it takes gzip.
+    fn get(cred: &Arc<Credential>, gzip: bool) -> Request<Body> {
+        let mut r = req(cred);
+        let ctx = RequestContext::new(crate::context::Arrival {
+            peer: None,
+            ambiguous_length: false,
+            unusable_target: false,
+        });
+        if gzip {
+            ctx.set_accepts_gzip();
+        }
+        r.extensions_mut().insert(Arc::new(ctx));
+        r
+    }
+
+    async fn read(resp: Response<Body>) -> Bytes {
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn identity_hits_get_the_origin_bytes_and_a_read_entry_keeps_them_beside_the_gzip() {
+        let inner = tower::service_fn(|_r: Request<Body>| async {
+            Ok::<_, GatewayError>(Response::new(Body::from(page())))
+        });
+        let c = cache(Duration::from_secs(60));
+        let svc = tower::Layer::layer(&OptionalLayer(Some(c.clone())), inner);
+        let cred = Arc::new(Credential::new(ApiKey::new("k-au1".into()), "k", None).unwrap());
+        let key = CacheKey {
+            credential: c.id_of(&cred),
+            target: "/v1/practitioners".into(),
+            accept: None,
+        };
+        let miss = svc.clone().oneshot(get(&cred, false)).await.unwrap();
+        assert_eq!(miss.headers()[X_CACHE], "MISS");
+        assert_eq!(read(miss).await, page(), "the filling caller, not decoded");
+        let gzip_only = c.weighted_size().await;
+        let mut stored = c.store.get(&key).await.unwrap();
+        assert!(stored.gzipped && stored.plain.is_none());
+        for hit in 1..=3 {
+            let resp = svc.clone().oneshot(get(&cred, false)).await.unwrap();
+            assert_eq!(resp.headers()[X_CACHE], "HIT");
+            assert!(!resp.headers().contains_key(header::CONTENT_ENCODING));
+            assert_eq!(
+                resp.headers()[header::CONTENT_LENGTH],
+                page().len().to_string()
+            );
+            assert_eq!(read(resp).await, page(), "hit {hit}: the origin's bytes");
+            stored = c.store.get(&key).await.unwrap();
+            let kept = u32::try_from(hit).unwrap() >= DECODES_BEFORE_PLAIN;
+            assert_eq!(stored.plain.as_ref() == Some(&page()), kept, "hit {hit}");
+        }
+        assert!(
+            c.weighted_size().await >= gzip_only + page().len() as u64,
+            "charged for both copies"
+        );
+        // A gzip caller still gets the stored copy as it is.
+        let resp = svc.clone().oneshot(get(&cred, true)).await.unwrap();
+        assert_eq!(resp.headers()[header::CONTENT_ENCODING], "gzip");
+        assert_eq!(read(resp).await, stored.body);
+        // Only entries identity callers read hold both: a gzip caller's keeps the one copy.
+        let other = Arc::new(Credential::new(ApiKey::new("j-au1".into()), "j", None).unwrap());
+        for _ in 0..4 {
+            svc.clone().oneshot(get(&other, true)).await.unwrap();
+        }
+        let key = CacheKey {
+            credential: c.id_of(&other),
+            ..key
+        };
+        assert!(c.store.get(&key).await.unwrap().plain.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_decoded_copy_is_never_stored_over_a_purge_or_a_newer_entry() {
+        let inner = tower::service_fn(|_r: Request<Body>| async {
+            Ok::<_, GatewayError>(Response::new(Body::from(page())))
+        });
+        let c = cache(Duration::from_secs(60));
+        let svc = tower::Layer::layer(&OptionalLayer(Some(c.clone())), inner);
+        let cred = Arc::new(Credential::new(ApiKey::new("k-au1".into()), "k", None).unwrap());
+        let key = CacheKey {
+            credential: c.id_of(&cred),
+            target: "/v1/practitioners".into(),
+            accept: None,
+        };
+        let fill = || svc.clone().oneshot(get(&cred, false));
+        fill().await.unwrap();
+        let plain = page();
+        // A purge after the lookup (epoch read before it): nothing comes back.
+        let epoch = c.epoch.load(Ordering::Acquire);
+        let read = c.store.get(&key).await.unwrap();
+        c.purge_all();
+        keep_plain(&c, &key, &read, plain.clone(), epoch).await;
+        assert!(c.store.get(&key).await.is_none(), "purged stays purged");
+        // A purge under way when the lookup ran (odd epoch): not stored.
+        fill().await.unwrap();
+        let read = c.store.get(&key).await.unwrap();
+        let epoch = c.epoch.load(Ordering::Acquire);
+        keep_plain(&c, &key, &read, plain.clone(), epoch + 1).await;
+        assert!(c.store.get(&key).await.unwrap().plain.is_none());
+        // The entry read was replaced since: the newer one stays as it is.
+        c.purge_all();
+        fill().await.unwrap();
+        let newer = c.store.get(&key).await.unwrap();
+        let epoch = c.epoch.load(Ordering::Acquire);
+        keep_plain(&c, &key, &read, plain.clone(), epoch).await;
+        let now = c.store.get(&key).await.unwrap();
+        assert!(Arc::ptr_eq(&now, &newer) && now.plain.is_none());
+        // Still the one read, nothing in between: stored with both copies, same fetch time.
+        keep_plain(&c, &key, &newer, plain.clone(), epoch).await;
+        let now = c.store.get(&key).await.unwrap();
+        assert_eq!(now.plain.as_ref(), Some(&plain));
+        assert_eq!(now.stored, newer.stored);
     }
 
     #[tokio::test]

@@ -4,7 +4,8 @@
 //! the Cliniko API key that fetched it (HMAC-SHA256 under a per-process random key, never the
 //! key itself), plus path, query and `Accept`. Two users sharing one key share entries; users
 //! with different keys never do. Only 200 answers to GET on configured paths are stored, with
-//! links already rewritten, as one gzip copy (`compress`), bounded in bytes of memory (not
+//! links already rewritten, as one gzip copy (`compress`; with the decoded one beside it once
+//! callers that do not take gzip have read it twice), bounded in bytes of memory (not
 //! entries; see [`Entry::weight`]). Concurrent misses for one key send
 //! one request upstream. A successful write drops every credential's entries of that resource
 //! type, and an epoch counter stops a fill that raced with a write from storing stale data.
@@ -51,7 +52,7 @@ pub struct Cache {
     /// the capacity the store leaves for them, so fills in flight stay inside the bound.
     filling: flight::Reserve,
     window: Duration,
-    hmac: hmac::Key,
+    hmac: &'static hmac::Key,
     flights: flight::Flights,
     epoch: AtomicU64,
     stats: Arc<CacheStats>,
@@ -98,8 +99,7 @@ impl Cache {
         let mut rules = cfg.rules.clone();
         // Longest prefix first, so the most specific rule wins.
         rules.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let hmac = hmac::Key::generate(hmac::HMAC_SHA256, &rng).ok()?;
+        let hmac = process_key()?;
         let cache = Arc::new(Cache {
             store,
             rules,
@@ -142,10 +142,18 @@ impl Cache {
 
     /// The keyed hash that stands for an API key in cache keys.
     pub fn credential_id(&self, api_key: &str) -> CredentialId {
-        let tag = hmac::sign(&self.hmac, api_key.as_bytes());
+        let tag = hmac::sign(self.hmac, api_key.as_bytes());
         let mut id = [0u8; 32];
         id.copy_from_slice(tag.as_ref());
         CredentialId(id)
+    }
+
+    /// [`Cache::credential_id`] of a credential's key, worked out once per credential (the
+    /// hash is the same for every cache of the process), not on every request.
+    pub fn id_of(&self, cred: &crate::credentials::Credential) -> CredentialId {
+        *cred
+            .cache_id
+            .get_or_init(|| self.credential_id(cred.key.expose()))
     }
 
     /// Counters.
@@ -165,18 +173,27 @@ impl Cache {
         self.store.entry_count()
     }
 
+    /// Runs `drop` between two steps of the epoch: a fill begun before it ends sees the epoch
+    /// move, and an odd epoch tells a hit that a purge is under way (the entry it read may be
+    /// one being dropped, so it must not be stored again; see `layer::keep_plain`).
+    fn purging(&self, drop: impl FnOnce()) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        drop();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Drops every entry.
     pub fn purge_all(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.store.invalidate_all();
+        self.purging(|| self.store.invalidate_all());
     }
 
     /// Drops every entry fetched with one API key.
     pub fn purge_credential(&self, id: CredentialId) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        let _ = self
-            .store
-            .invalidate_entries_if(move |k, _| k.credential == id);
+        self.purging(|| {
+            let _ = self
+                .store
+                .invalidate_entries_if(move |k, _| k.credential == id);
+        });
     }
 
     /// Drops every entry (any credential) whose path is `prefix` or below it; nothing at all
@@ -187,10 +204,11 @@ impl Cache {
         if !self.may_hold(&prefix) {
             return;
         }
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        let _ = self
-            .store
-            .invalidate_entries_if(move |k, _| under(k.path(), &prefix));
+        self.purging(|| {
+            let _ = self
+                .store
+                .invalidate_entries_if(move |k, _| under(k.path(), &prefix));
+        });
     }
 
     /// After a successful write: drop the resource type for every credential, since other keys
@@ -231,6 +249,17 @@ impl Cache {
             bus.publish(what);
         }
     }
+}
+
+/// The process's random key for credential ids: made at first use, never stored or shown, the
+/// same for every cache a reload builds. `None` only if the system's RNG failed.
+fn process_key() -> Option<&'static hmac::Key> {
+    static KEY: std::sync::OnceLock<Option<hmac::Key>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        hmac::Key::generate(hmac::HMAC_SHA256, &rng).ok()
+    })
+    .as_ref()
 }
 
 /// `path` is `prefix` or below it on a segment boundary.
@@ -298,11 +327,22 @@ mod tests {
         let d = Cache::new(&CacheConfig::default(), None, None).unwrap();
         assert_eq!(c.credential_id("k-au1"), c.credential_id("k-au1"));
         assert_ne!(c.credential_id("k-au1"), c.credential_id("j-au1"));
+        // One key per process, so a credential's id can be kept across reloads.
+        assert_eq!(c.credential_id("k-au1"), d.credential_id("k-au1"));
+        let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"k-au1");
         assert_ne!(
-            c.credential_id("k-au1"),
-            d.credential_id("k-au1"),
-            "per-process key"
+            c.credential_id("k-au1").0,
+            hash.as_ref(),
+            "keyed, not a plain hash"
         );
+        let k = crate::credentials::Credential::new(
+            crate::credentials::ApiKey::new("k-au1".into()),
+            "k",
+            None,
+        )
+        .unwrap();
+        assert_eq!(d.id_of(&k), c.credential_id("k-au1"));
+        assert_eq!(c.id_of(&k), c.credential_id("k-au1"), "memo");
     }
 
     #[test]
@@ -333,6 +373,10 @@ mod tests {
             "fills in flight are kept"
         );
         c.purge_prefix("/v1/patients/");
-        assert_eq!(c.epoch.load(Ordering::Acquire), 1);
+        assert_eq!(
+            c.epoch.load(Ordering::Acquire),
+            2,
+            "moved, and even once done"
+        );
     }
 }

@@ -123,6 +123,8 @@ pub struct Credential {
     pub candidate: bool,
     auth_header: http::HeaderValue,
     budget: Arc<str>,
+    /// The cache's keyed hash of `key`, once worked out ([`crate::cache::Cache::id_of`]).
+    pub(crate) cache_id: std::sync::OnceLock<crate::cache::CredentialId>,
 }
 
 impl Credential {
@@ -152,6 +154,7 @@ impl Credential {
             candidate: false,
             auth_header,
             budget,
+            cache_id: std::sync::OnceLock::new(),
         })
     }
 
