@@ -11,6 +11,7 @@
 # instructions / N is printed. Scenarios, all with a verified JWT:
 #   hit identity   GET /v1/practitioners, no Accept-Encoding
 #   hit gzip       the same with Accept-Encoding: gzip
+#   fill identity  GET /v1/practitioners?miss=<n>, n unique: a miss that is stored
 #   uncached       GET /v1/patients (no cache rule: upstream over TLS, link rewrite)
 # ANNOTATE=<n> prints each scenario's top n functions (inclusive) from callgrind_annotate.
 # ONLY=<regex> runs the scenarios it matches; COMPRESS="true false" picks the runs.
@@ -25,11 +26,13 @@ wait_ports "$UP"
 scenario() { # name, path, extra curl config lines
   local name=$1 path=$2 extra=${3:-}
   if [ -n "${ONLY:-}" ] && ! [[ "$name" =~ $ONLY ]]; then return; fi
-  local cfg=$w/curl-$RANDOM.cfg url="http://127.0.0.1:$GW$path"
-  { echo "header = \"Authorization: Bearer $token\""; [ -n "$extra" ] && echo "$extra"
-    for _ in $(seq "$n"); do echo "url = \"$url\""; echo "output = /dev/null"; done; } >"$cfg"
-  local warm=$w/warm.cfg
-  head -n $((${extra:+1} + 1 + 2 * 5)) "$cfg" >"$warm"
+  local cfg=$w/curl-$RANDOM.cfg warm=$w/warm.cfg
+  curl_config() { # first, last: one request each ({n} in the path numbered)
+    echo "header = \"Authorization: Bearer $token\""; [ -n "$extra" ] && echo "$extra"
+    for i in $(seq "$1" "$2"); do echo "url = \"http://127.0.0.1:$GW${path//\{n\}/$i}\""; echo "output = /dev/null"; done
+  }
+  curl_config $((n + 1)) $((n + 5)) >"$warm"
+  curl_config 1 "$n" >"$cfg"
   curl -s --fail -K "$warm"
   callgrind_control -z "$gw" >/dev/null
   curl -s --fail -K "$cfg"
@@ -53,6 +56,7 @@ for compress in ${COMPRESS:-true false}; do
   for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/"$GW") 2>/dev/null && break; sleep 0.2; done
   scenario "hit identity" /v1/practitioners
   scenario "hit gzip" /v1/practitioners 'header = "Accept-Encoding: gzip"'
+  scenario "fill identity" "/v1/practitioners?miss={n}"
   scenario "uncached" /v1/patients
   kill "$gw"; wait "$gw" 2>/dev/null || true
 done

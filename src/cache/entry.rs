@@ -146,10 +146,10 @@ impl Entry {
         }
     }
 
-    /// Counts one decode of the gzip copy; `true` when it is the one after which the decoded
-    /// copy is worth keeping.
+    /// Counts one decode of the gzip copy; `true` once the decoded copy is worth keeping (and
+    /// on every decode after, in case storing it was skipped for a purge under way).
     pub fn decoded_once_more(&self) -> bool {
-        self.decodes.fetch_add(1, Ordering::Relaxed) + 1 == DECODES_BEFORE_PLAIN
+        self.decodes.fetch_add(1, Ordering::Relaxed) + 1 >= DECODES_BEFORE_PLAIN
     }
 
     /// Bytes charged against the capacity: what the process holds for it, allocator rounding

@@ -686,6 +686,15 @@ mod tests {
         let epoch = c.epoch.load(Ordering::Acquire);
         keep_plain(&c, &key, &read, plain.clone(), epoch + 1).await;
         assert!(c.store.get(&key).await.unwrap().plain.is_none());
+        // Skipped past its count (as for that purge), the next decode stores it.
+        read.decodes
+            .store(DECODES_BEFORE_PLAIN + 3, Ordering::Relaxed);
+        let hit = fill().await.unwrap();
+        assert_eq!(hit.headers()[X_CACHE], "HIT");
+        assert_eq!(
+            c.store.get(&key).await.unwrap().plain.as_ref(),
+            Some(&plain)
+        );
         // The entry read was replaced since: the newer one stays as it is.
         c.purge_all();
         fill().await.unwrap();
