@@ -49,12 +49,11 @@ impl Compress {
     }
 }
 
-impl<S: Clone> tower::Layer<S> for Compress {
+impl<S> tower::Layer<S> for Compress {
     type Service = Compressing<S>;
     fn layer(&self, inner: S) -> Compressing<S> {
         Compressing {
-            usual: self.tower(inner.clone(), self.min_bytes),
-            always: self.tower(inner.clone(), 1),
+            compress: self.clone(),
             plain: inner,
         }
     }
@@ -78,11 +77,21 @@ impl Predicate for Worth {
     }
 }
 
-/// The service [`Compress`] installs: picks tower-http's service by what the caller accepts.
+/// Whether an answer goes out as it is even to a caller that takes a coding: already encoded
+/// (the cache's gzip copy), a range, or not worth compressing. tower-http would decide the
+/// same, after wrapping the body anyway.
+fn as_it_is<B: http_body::Body>(resp: &Response<B>, min_bytes: u64) -> bool {
+    let h = resp.headers();
+    h.contains_key(header::CONTENT_ENCODING)
+        || h.contains_key(header::CONTENT_RANGE)
+        || !Worth(min_bytes).should_compress(resp)
+}
+
+/// The service [`Compress`] installs: tower-http's compression only for the answers it would
+/// compress.
 #[derive(Clone)]
 pub struct Compressing<S> {
-    usual: Compression<S, Worth>,
-    always: Compression<S, Worth>,
+    compress: Compress,
     plain: S,
 }
 
@@ -110,17 +119,35 @@ where
         {
             ctx.set_accepts_gzip();
         }
-        let compressing = match Plan::of(req.method(), accepts) {
+        let min_bytes = match Plan::of(req.method(), accepts) {
             Plan::Refuse => return Box::pin(async { Err(GatewayError::NotAcceptable) }),
             Plan::AsIs => {
                 let plain = self.plain.clone().oneshot(req);
                 return Box::pin(async move { Ok(finish(plain.await?)) });
             }
-            Plan::Compress => self.usual.clone(),
-            Plan::CompressAll => self.always.clone(),
+            Plan::Compress => self.compress.min_bytes,
+            Plan::CompressAll => 1,
         };
+        // tower-http picks the coding from the caller's `Accept-Encoding`, all it is given.
+        let mut asked = Request::new(());
+        for v in req.headers().get_all(header::ACCEPT_ENCODING) {
+            asked
+                .headers_mut()
+                .append(header::ACCEPT_ENCODING, v.clone());
+        }
+        let compress = self.compress.clone();
+        let plain = self.plain.clone().oneshot(req);
         Box::pin(async move {
-            let resp = compressing.oneshot(req).await?;
+            let resp = plain.await?;
+            if as_it_is(&resp, min_bytes) {
+                return Ok(finish(resp));
+            }
+            // tower-http's service over the answer already in hand.
+            let mut answer = Some(resp);
+            let ready = tower::service_fn(move |_: Request<()>| {
+                std::future::ready(answer.take().ok_or(GatewayError::Internal))
+            });
+            let resp = compress.tower(ready, min_bytes).oneshot(asked).await?;
             Ok(finish(resp.map(Body::new)))
         })
     }
@@ -283,6 +310,33 @@ mod tests {
         // An unreadable q-value drops the entry, not the header.
         assert_eq!(of("gzip;q=2, br"), a(false, true, true));
         assert!(!of("identity;q=0, gzip;q=0").anything());
+    }
+
+    #[test]
+    fn answers_already_encoded_ranges_and_small_ones_skip_the_compressor() {
+        let resp = |body: &str, h: &[(header::HeaderName, &'static str)]| {
+            let mut r = Response::new(Body::from(body.to_string()));
+            for (k, v) in h {
+                r.headers_mut().insert(k, HeaderValue::from_static(v));
+            }
+            r
+        };
+        let page = &"x".repeat(2048);
+        assert!(!as_it_is(&resp(page, &[]), 1024), "a page worth it");
+        assert!(as_it_is(
+            &resp(page, &[(header::CONTENT_ENCODING, "gzip")]),
+            1024
+        ));
+        assert!(as_it_is(
+            &resp(page, &[(header::CONTENT_RANGE, "bytes 0-9/99")]),
+            1024
+        ));
+        assert!(as_it_is(
+            &resp(page, &[(header::CONTENT_TYPE, "image/png")]),
+            1024
+        ));
+        assert!(as_it_is(&resp("{}", &[]), 1024), "under min_bytes");
+        assert!(!as_it_is(&resp("{}", &[]), 1), "identity refused: any size");
     }
 
     #[test]
