@@ -103,12 +103,20 @@ fn decoded(encoded: &str) -> Result<String, AuthError> {
 
 /// Three base64url parts, not empty, not too long: anything else is not worth verifying.
 fn jwt_shaped(token: &str) -> Result<&str, AuthError> {
-    let is_jwt_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
-    if token.is_empty()
-        || token.len() > MAX_TOKEN_BYTES
-        || !token.bytes().all(is_jwt_char)
-        || token.bytes().filter(|b| *b == b'.').count() != 2
-    {
+    if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+        return Err(AuthError::Malformed);
+    }
+    // One pass (this runs on every request): the characters and the dots together.
+    let mut dots = 0;
+    for b in token.bytes() {
+        match b {
+            b'.' => dots += 1,
+            b'-' | b'_' => {}
+            _ if b.is_ascii_alphanumeric() => {}
+            _ => return Err(AuthError::Malformed),
+        }
+    }
+    if dots != 2 {
         return Err(AuthError::Malformed);
     }
     Ok(token)

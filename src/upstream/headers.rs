@@ -21,20 +21,24 @@ pub const FORWARDED_REQUEST_HEADERS: &[HeaderName] = &[
     header::CACHE_CONTROL,
 ];
 
-/// W3C trace-context headers, forwarded so traces can span the gateway.
-const TRACE_HEADERS: &[&str] = &["traceparent", "tracestate"];
+/// W3C trace-context headers, forwarded (the first value only) so traces can span the gateway.
+static TRACE_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+];
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1). Names, not
+/// strings: a removal by string parses the name first, and this runs on every answer.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Headers the gateway sets on every upstream request.
@@ -44,7 +48,8 @@ pub struct FixedHeaders {
     pub user_agent: HeaderValue,
 }
 
-/// Builds the upstream request headers from the caller's.
+/// Builds the upstream request headers from the caller's: one pass over what the caller sent
+/// (a handful of headers) rather than a lookup per allowlisted name.
 pub fn upstream_request_headers(
     caller: &HeaderMap,
     fixed: &FixedHeaders,
@@ -53,21 +58,15 @@ pub fn upstream_request_headers(
 ) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(12);
     let named = connection_named(caller);
-    for name in FORWARDED_REQUEST_HEADERS {
-        if named.contains(name) {
+    for (name, v) in caller {
+        let trace = TRACE_HEADERS.contains(name);
+        if !(trace || FORWARDED_REQUEST_HEADERS.contains(name))
+            || named.contains(name)
+            || (trace && out.contains_key(name))
+        {
             continue;
         }
-        for v in caller.get_all(name) {
-            out.append(name.clone(), v.clone());
-        }
-    }
-    for name in TRACE_HEADERS {
-        if named.iter().any(|n| n == name) {
-            continue;
-        }
-        if let Some(v) = caller.get(*name) {
-            out.insert(HeaderName::from_static(name), v.clone());
-        }
+        out.append(name.clone(), v.clone());
     }
     out.insert(header::AUTHORIZATION, basic_auth.clone());
     out.insert(header::USER_AGENT, fixed.user_agent.clone());
@@ -88,14 +87,15 @@ fn connection_named(h: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// Removes hop-by-hop headers, those named in `Connection`, and `Set-Cookie` from a response.
+/// Looks first: a usual answer has none of them, and then nothing is hashed or removed.
 pub fn clean_response_headers(h: &mut HeaderMap) {
-    for n in connection_named(h) {
+    let named = connection_named(h);
+    let goes =
+        |n: &HeaderName| HOP_BY_HOP.contains(n) || *n == header::SET_COOKIE || named.contains(n);
+    let gone: Vec<HeaderName> = h.keys().filter(|n| goes(n)).cloned().collect();
+    for n in gone {
         h.remove(n);
     }
-    for n in HOP_BY_HOP {
-        h.remove(*n);
-    }
-    h.remove(header::SET_COOKIE);
 }
 
 #[cfg(test)]
