@@ -70,9 +70,21 @@ pub(crate) async fn handle(
             return Ok(resp);
         }
         Some(Fault::Raw(s, headers, bytes)) => {
-            let mut resp = Response::new(Body::from(bytes));
+            // `transfer-encoding: chunked` asked: the body goes as a stream with no length (a
+            // server compressing on the fly answers so); the framing is hyper's to write.
+            let chunked = headers.iter().any(|(k, v)| {
+                k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+            });
+            let body = match chunked {
+                true => Body::from_stream(futures_util::stream::iter([Ok::<_, Infallible>(bytes)])),
+                false => Body::from(bytes),
+            };
+            let mut resp = Response::new(body);
             *resp.status_mut() = status(s);
-            for (k, v) in headers {
+            for (k, v) in headers
+                .into_iter()
+                .filter(|(k, _)| !chunked || k != "transfer-encoding")
+            {
                 if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
                     resp.headers_mut().append(k, v);
                 }

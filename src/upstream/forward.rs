@@ -16,6 +16,8 @@ use crate::context::Context as RequestContext;
 use crate::credentials::Credential;
 use crate::error::GatewayError;
 use crate::metrics::{UpstreamError, UpstreamMetrics};
+use bytes::Bytes;
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
@@ -216,21 +218,31 @@ impl Upstream {
         let body = match (is_head, json, coding) {
             (true, ..) => body,
             (false, false, Some(c)) => decode(body, c),
-            (false, ..) => match declared.filter(|n| *n <= SMALL_BODY) {
-                Some(_) => {
-                    let out = self.rewrite_whole(body, coding).await?;
-                    if let Some(n) = http_body::Body::size_hint(&out).exact() {
-                        parts
-                            .headers
-                            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            (false, ..) => {
+                // A page compressed on the fly usually comes chunked, with no length: it is
+                // read whole too when it ends within the bound (measured: the streaming
+                // decoder and rewriter cost about twice the whole-page path).
+                let read = match declared {
+                    Some(n) if n <= SMALL_BODY => Ok(collect(body).await?),
+                    None if coding.is_some() => read_within(body, SMALL_BODY).await?,
+                    _ => Err(body),
+                };
+                match read {
+                    Ok(read) => {
+                        let out = self.rewrite_whole(read, coding)?;
+                        if let Some(n) = http_body::Body::size_hint(&out).exact() {
+                            parts
+                                .headers
+                                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                        }
+                        out
                     }
-                    out
+                    Err(body) => self.links.rewrite_body(match coding {
+                        Some(c) => decode(body, c),
+                        None => body,
+                    }),
                 }
-                None => self.links.rewrite_body(match coding {
-                    Some(c) => decode(body, c),
-                    None => body,
-                }),
-            },
+            }
         };
         Ok(Response::from_parts(parts, body))
     }
@@ -239,16 +251,7 @@ impl Upstream {
     /// length: one write instead of chunked frames (measured: fewer syscalls per request on the
     /// miss path). Nothing has been sent yet, so a failed read is still a clean 502. A gzip
     /// that decodes past [`SMALL_BODY`] is rewritten streaming instead (no length).
-    async fn rewrite_whole(
-        &self,
-        body: Body,
-        coding: Option<Coding>,
-    ) -> Result<Body, GatewayError> {
-        let read = body
-            .collect()
-            .await
-            .map_err(|_| GatewayError::UpstreamUnavailable)?
-            .to_bytes();
+    fn rewrite_whole(&self, read: Bytes, coding: Option<Coding>) -> Result<Body, GatewayError> {
         let plain = match coding.map(|c| (c, inflate(&read, c, SMALL_BODY))) {
             None => read,
             Some((_, Ok(plain))) => plain,
@@ -264,8 +267,39 @@ impl Upstream {
     }
 }
 
-/// JSON bodies up to this size (declared by Cliniko, and once decoded) are rewritten whole
-/// rather than streamed.
+/// The whole body (its trailers dropped); a failed read is Cliniko's failure.
+async fn collect(body: Body) -> Result<Bytes, GatewayError> {
+    let read = body.collect().await;
+    Ok(read
+        .map_err(|_| GatewayError::UpstreamUnavailable)?
+        .to_bytes())
+}
+
+/// `body` read whole when it ends within `limit` bytes; else a body that gives what was read,
+/// then the rest. Trailers are dropped, as the decoders drop them.
+async fn read_within(mut body: Body, limit: usize) -> Result<Result<Bytes, Body>, GatewayError> {
+    let mut read: Vec<Bytes> = Vec::new();
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| GatewayError::UpstreamUnavailable)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len += data.len();
+        read.push(data);
+        if len > limit {
+            let read = futures_util::stream::iter(read.into_iter().map(Ok::<_, axum_core::Error>));
+            return Ok(Err(Body::from_stream(read.chain(body.into_data_stream()))));
+        }
+    }
+    Ok(Ok(match read.len() {
+        1 => read.swap_remove(0),
+        _ => Bytes::from(read.concat()),
+    }))
+}
+
+/// JSON bodies up to this size (declared by Cliniko, or read within it when compressed without
+/// a length, and once decoded) are rewritten whole rather than streamed.
 const SMALL_BODY: usize = 256 * 1024;
 
 /// Only JSON carries links we rewrite; other bodies pass through byte for byte.

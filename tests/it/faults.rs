@@ -174,6 +174,41 @@ async fn the_gateway_asks_cliniko_for_gzip_and_rewrites_the_decoded_page() {
     assert!(!got.text().contains(&h.sandbox("au1").base_url()));
 }
 
+/// Compressed on the fly, a page comes without a length: it is still read whole, decoded and
+/// sent with its length in one piece (not through the streaming decoder and rewriter).
+#[tokio::test]
+async fn a_chunked_gzip_page_is_read_whole_and_sent_with_its_length() {
+    use std::io::Write;
+    let h = Harness::start(Setup::default()).await;
+    let up = h.sandbox("au1").base_url();
+    let json = format!(r#"{{"links":{{"self":"{up}/patients/1"}},"name":"Ada"}}"#);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(json.as_bytes()).unwrap();
+    h.sandbox("au1").set_fault(
+        "/v1/invoices",
+        Fault::Raw(
+            200,
+            vec![
+                ("content-type".into(), "application/json".into()),
+                ("content-encoding".into(), "gzip".into()),
+                ("transfer-encoding".into(), "chunked".into()),
+            ],
+            gz.finish().unwrap().into(),
+        ),
+    );
+    let got = h.get_as("alice", "/v1/invoices").await;
+    assert_eq!(got.status, 200);
+    assert!(!got.headers.contains_key("content-encoding"));
+    assert_eq!(got.headers["content-length"], got.body.len().to_string());
+    assert_eq!(
+        got.headers["x-cache"], "BYPASS",
+        "not collected by a cache fill"
+    );
+    let v = got.json();
+    assert_eq!(v["links"]["self"], format!("{}/v1/patients/1", h.base));
+    assert_eq!(v["name"], "Ada");
+}
+
 #[tokio::test]
 async fn a_small_gzip_that_decodes_to_a_large_page_streams() {
     use std::io::Write;
