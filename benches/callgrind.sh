@@ -9,7 +9,8 @@
 # Accept-Encoding). miss: /v1/patients, compare.sh's miss row (no cache rule: passes the cache);
 # fill: a unique /v1/practitioners query each time (a real cache fill); hit: one cached
 # /v1/practitioners; floor: benches/stack_floor.rs doing only nginx's job. Config changes go in
-# the environment as usual (CLINIKO_GATEWAY__COMPRESSION__ENABLED=false ...). Prints
+# the environment as usual (CLINIKO_GATEWAY__CACHE__COMPRESS=false ...); AE=gzip makes the
+# caller send Accept-Encoding (a gzip caller's hit: `AE=gzip benches/callgrind.sh hit`). Prints
 # instructions per request and the top symbols (self cost); the profile stays in
 # target/bench/callgrind-<scenario>.out. Build with CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
 # for file:line in callgrind_annotate.
@@ -45,7 +46,7 @@ requests() {
     printf 'url = "http://127.0.0.1:%s%s"\noutput = /dev/null\n' "$GW" "$path"
   done
 }
-send() { requests "$1" | curl -sf -H "Authorization: Bearer $hs" -K - -w '%{http_code}\n' | sort | uniq -c >&2; }
+send() { requests "$1" | curl -sf -H "Authorization: Bearer $hs" ${AE:+-H "Accept-Encoding: $AE"} -K - -w '%{http_code}\n' | sort | uniq -c >&2; }
 wrk_miss() { wrk -t1 -c"$CONNS" -d"$1s" -H "Authorization: Bearer $hs" "http://127.0.0.1:$GW/v1/patients"; }
 send 200                                 # warm-up: pools, token cache, the cached entry
 if [ -n "${CONNS:-}" ]; then wrk_miss 5 >/dev/null; fi  # and as many upstream connections
