@@ -304,7 +304,13 @@ async fn store(
     parts.headers.remove(header::AGE);
     parts.headers.remove(X_CACHE);
     let plain_len = body.len();
-    let gzipped = cache.compress.then(|| gzip(&body)).flatten();
+    let gzipped = match cache.compress {
+        true => {
+            let plain = body.clone();
+            off_worker(plain_len, move || gzip(&plain)).await.flatten()
+        }
+        false => None,
+    };
     let entry = Arc::new(Entry {
         headers: owned(&parts.headers),
         gzipped: gzipped.is_some(),
@@ -416,7 +422,10 @@ async fn decode_for(
     if !e.gzipped || e.plain.is_some() || a.gzip || a.is_head || not_modified(e, a) {
         return Ok(None);
     }
-    let plain = gunzip(e)?;
+    let read = e.clone();
+    let plain = off_worker(e.plain_len, move || gunzip(&read))
+        .await
+        .unwrap_or(Err(GatewayError::Internal))?;
     if e.decoded_once_more() {
         keep_plain(cache, key, e, plain.clone(), epoch).await;
     }
@@ -445,6 +454,22 @@ async fn keep_plain(cache: &Cache, key: &CacheKey, read: &Arc<Entry>, plain: Byt
     if cache.epoch.load(Ordering::Acquire) != epoch {
         cache.store.invalidate(key).await;
     }
+}
+
+/// Bodies from this size on are gzipped and decoded on tokio's blocking pool: a 1 MiB entry is
+/// milliseconds of CPU, which on an async worker would stall every request queued behind it.
+const OFF_WORKER_FROM: usize = 64 * 1024;
+
+/// Runs `f`, a (de)compression of `len` bytes, where it stalls nobody: here when small, on the
+/// blocking pool when large (`None` if it could not run there: the runtime is shutting down).
+async fn off_worker<T: Send + 'static>(
+    len: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    if len < OFF_WORKER_FROM {
+        return Some(f());
+    }
+    tokio::task::spawn_blocking(f).await.ok()
 }
 
 /// A gzip copy decoded for a caller that does not take gzip.
@@ -604,6 +629,19 @@ mod tests {
 
     async fn read(resp: Response<Body>) -> Bytes {
         resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn large_bodies_are_compressed_off_the_async_worker() {
+        let here = std::thread::current().id();
+        let small = off_worker(OFF_WORKER_FROM - 1, || std::thread::current().id()).await;
+        let large = off_worker(OFF_WORKER_FROM, || std::thread::current().id()).await;
+        assert_eq!(small, Some(here), "a small body is not worth a thread hop");
+        assert_ne!(
+            large.unwrap(),
+            here,
+            "a large one must not run on the request's worker"
+        );
     }
 
     #[tokio::test]
