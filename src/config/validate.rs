@@ -106,6 +106,25 @@ pub(super) mod https_url {
     }
 }
 
+/// `#[serde(with = "https_urls")]`: names mapped to [`https_url`]s (an error names its key).
+pub(super) mod https_urls {
+    use serde::{Deserialize, Deserializer, Serializer};
+    type Urls = std::collections::BTreeMap<String, http::Uri>;
+
+    #[derive(Deserialize)]
+    #[serde(transparent)]
+    struct Url(#[serde(with = "super::https_url")] http::Uri);
+
+    pub fn serialize<S: Serializer>(m: &Urls, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(m.iter().map(|(k, v)| (k, v.to_string())))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Urls, D::Error> {
+        let urls = std::collections::BTreeMap::<String, Url>::deserialize(d)?;
+        Ok(urls.into_iter().map(|(k, Url(u))| (k, u)).collect())
+    }
+}
+
 /// Userinfo or a query in a configured URL: refused, because URLs are logged and printed by
 /// check-config and there is no place there for a credential.
 pub(super) fn carries_secrets(uri: &http::Uri) -> bool {

@@ -70,16 +70,11 @@ pub struct ShardBase {
 }
 
 impl ShardBase {
-    fn parse(url: &str) -> Option<ShardBase> {
-        let uri: http::Uri = url.parse().ok()?;
-        let parts = uri.into_parts();
+    fn new(uri: &http::Uri) -> Option<ShardBase> {
         Some(ShardBase {
-            scheme: parts.scheme?,
-            authority: parts.authority?,
-            prefix: parts
-                .path_and_query
-                .map(|p| p.path().trim_end_matches('/').to_string())
-                .unwrap_or_default(),
+            scheme: uri.scheme()?.clone(),
+            authority: uri.authority()?.clone(),
+            prefix: uri.path().trim_end_matches('/').to_string(),
         })
     }
 
@@ -106,7 +101,7 @@ impl ShardRouter {
             let field = format!("upstream.shards.{name}");
             let shard = Shard::parse(name)
                 .map_err(|_| ConfigError::new(&field, "not a shard name", "use e.g. au1"))?;
-            let base = ShardBase::parse(url).ok_or_else(|| {
+            let base = ShardBase::new(url).ok_or_else(|| {
                 ConfigError::new(&field, "not a valid URL", "use https://host:port/v1")
             })?;
             overrides.insert(shard, Arc::new(base));
@@ -126,9 +121,8 @@ impl ShardRouter {
         if let Some(b) = self.derived.read().ok()?.get(shard) {
             return Some(b.clone());
         }
-        let b = Arc::new(ShardBase::parse(
-            &self.template.replace("{shard}", shard.as_str()),
-        )?);
+        let url = self.template.replace("{shard}", shard.as_str());
+        let b = Arc::new(ShardBase::new(&url.parse().ok()?)?);
         if let Ok(mut m) = self.derived.write() {
             m.insert(shard.clone(), b.clone());
         }
