@@ -6,15 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// A keyed hash standing for one Cliniko API key (never the key itself).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CredentialId(pub [u8; 32]);
-
-impl std::fmt::Debug for CredentialId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CredentialId({})", hex::encode(&self.0[..4]))
-    }
-}
+pub use crate::credentials::CredentialId;
 
 /// Credential + target + `Accept`: two different keys can never share a key.
 #[derive(Clone, PartialEq, Eq, Hash)]

@@ -64,6 +64,17 @@ mod live;
 mod new_key;
 mod postgres;
 mod store;
+/// A keyed hash standing for one Cliniko API key (never the key itself): what the cache keys
+/// its entries by, kept in the credential once worked out.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CredentialId(pub [u8; 32]);
+
+impl std::fmt::Debug for CredentialId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CredentialId({})", hex::encode(&self.0[..4]))
+    }
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -124,7 +135,7 @@ pub struct Credential {
     auth_header: http::HeaderValue,
     budget: Arc<str>,
     /// The cache's keyed hash of `key`, once worked out ([`crate::cache::Cache::id_of`]).
-    pub(crate) cache_id: std::sync::OnceLock<crate::cache::CredentialId>,
+    pub(crate) cache_id: std::sync::OnceLock<CredentialId>,
 }
 
 impl Credential {
