@@ -21,19 +21,6 @@ use tower::ServiceExt;
 /// Response header saying how the cache handled a request.
 pub const X_CACHE: &str = "x-cache";
 
-impl crate::step::Step for Cache {
-    fn run<S>(
-        self: Arc<Self>,
-        inner: S,
-        req: Request<Body>,
-    ) -> impl std::future::Future<Output = Result<Response<Body>, GatewayError>> + Send
-    where
-        S: crate::step::Next,
-    {
-        handle(self, inner, req)
-    }
-}
-
 /// The caller's `Cache-Control` directives that matter to us.
 fn directives(h: &HeaderMap) -> (bool, bool) {
     let mut no_cache = false;
@@ -48,90 +35,101 @@ fn directives(h: &HeaderMap) -> (bool, bool) {
     (no_cache, no_store)
 }
 
-async fn handle<S>(
-    cache: Arc<Cache>,
+impl crate::step::Step for Cache {
+    async fn run<S: crate::step::Next>(
+        self: Arc<Self>,
+        inner: S,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let method = req.method().clone();
+        if method != Method::GET && method != Method::HEAD {
+            return pass_through(&self, inner, req).await;
+        }
+        let (no_cache, no_store) = directives(req.headers());
+        let ttl = self.ttl_for(req.uri().path());
+        let cred = req.extensions().get::<Arc<Credential>>().cloned();
+        let (Some(ttl), Some(cred), false) = (ttl, cred, no_store) else {
+            return bypass(&self, inner, req).await;
+        };
+        let ctx = RequestContext::of(&req).cloned();
+        let (key, asked) = lookup(&self, &req, &cred, ctx.as_deref());
+        let is_head = asked.is_head;
+
+        // A stale entry with an ETag is revalidated rather than refetched.
+        let mut stale: Option<Arc<Entry>> = None;
+        // Read before the lookup: a decoded copy stored back must not outlive a purge.
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if !no_cache && let Some(entry) = self.store.get(&key).await {
+            if entry.is_fresh() {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                note(ctx.as_ref(), CacheOutcome::Hit);
+                let plain = decode_for(&self, &key, &entry, &asked, epoch).await?;
+                return serve(&entry, CacheOutcome::Hit, &asked, plain);
+            }
+            if entry.etag().is_some() {
+                stale = Some(entry);
+            }
+        }
+        // Only a miss needs to send the request again: hits skip copying its head.
+        let template = template(&req);
+        drop(req);
+
+        // Miss, refresh or revalidation: one request upstream per key at a time.
+        let mut own: Option<Result<Response<Body>, GatewayError>> = None;
+        let fetch = {
+            let (parts, template, stale, own) = (
+                (self.clone(), key.clone(), inner.clone()),
+                &template,
+                stale.clone(),
+                &mut own,
+            );
+            move || fill(parts, template, stale, (no_cache, ttl), own)
+        };
+        let landed = self.flights.run(&key, fetch).await;
+        match landed {
+            Landed::Entry(e) => {
+                let how = filled(&self, stale.as_deref(), &e);
+                note(ctx.as_ref(), how);
+                serve(&e, how, &asked, None)
+            }
+            Landed::Failed(e) => Err(e),
+            Landed::Uncacheable => {
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                note(ctx.as_ref(), CacheOutcome::Miss);
+                let resp = match own {
+                    Some(result) => result?,
+                    // We waited on someone else's uncacheable answer: ask Cliniko ourselves.
+                    None => {
+                        inner
+                            .oneshot(fill_request(&template, asked.if_none_match))
+                            .await?
+                    }
+                };
+                Ok(mark(headless(resp, is_head), CacheOutcome::Miss, None))
+            }
+        }
+    }
+}
+
+/// A request the cache does not handle (path not enabled, `no-store`, no credential).
+async fn bypass<S: crate::step::Next>(
+    cache: &Cache,
     inner: S,
     req: Request<Body>,
-) -> Result<Response<Body>, GatewayError>
-where
-    S: crate::step::Next,
-{
-    let method = req.method().clone();
-    if method != Method::GET && method != Method::HEAD {
-        return pass_through(&cache, inner, req).await;
-    }
-    let (no_cache, no_store) = directives(req.headers());
-    let ttl = cache.ttl_for(req.uri().path());
-    let cred = req.extensions().get::<Arc<Credential>>().cloned();
-    let (Some(ttl), Some(cred), false) = (ttl, cred, no_store) else {
-        cache.stats.bypasses.fetch_add(1, Ordering::Relaxed);
-        note(RequestContext::of(&req), CacheOutcome::Bypass);
-        return Ok(mark(inner.oneshot(req).await?, CacheOutcome::Bypass, None));
-    };
-    let ctx = RequestContext::of(&req).cloned();
-    let (key, asked) = lookup(&cache, &req, &cred, ctx.as_deref());
-    let is_head = asked.is_head;
+) -> Result<Response<Body>, GatewayError> {
+    cache.stats.bypasses.fetch_add(1, Ordering::Relaxed);
+    note(RequestContext::of(&req), CacheOutcome::Bypass);
+    Ok(mark(inner.oneshot(req).await?, CacheOutcome::Bypass, None))
+}
 
-    // A stale entry with an ETag is revalidated rather than refetched.
-    let mut stale: Option<Arc<Entry>> = None;
-    // Read before the lookup: a decoded copy stored back must not outlive a purge.
-    let epoch = cache.epoch.load(Ordering::Acquire);
-    if !no_cache && let Some(entry) = cache.store.get(&key).await {
-        if entry.is_fresh() {
-            cache.stats.hits.fetch_add(1, Ordering::Relaxed);
-            note(ctx.as_ref(), CacheOutcome::Hit);
-            let plain = decode_for(&cache, &key, &entry, &asked, epoch).await?;
-            return serve(&entry, CacheOutcome::Hit, &asked, plain);
-        }
-        if entry.etag().is_some() {
-            stale = Some(entry);
-        }
+/// How an entry that landed answered: revalidated when it has the stale copy's body bytes
+/// (Cliniko confirmed it with a 304), else a miss (counted).
+fn filled(cache: &Cache, stale: Option<&Entry>, e: &Entry) -> CacheOutcome {
+    if stale.is_some_and(|s| s.body.as_ptr() == e.body.as_ptr()) {
+        return CacheOutcome::Revalidated;
     }
-    // Only a miss needs to send the request again: hits skip copying its head.
-    let template = template(&req);
-    drop(req);
-
-    // Miss, refresh or revalidation: one request upstream per key at a time.
-    let mut own: Option<Result<Response<Body>, GatewayError>> = None;
-    let fetch = {
-        let (parts, template, stale, own) = (
-            (cache.clone(), key.clone(), inner.clone()),
-            &template,
-            stale.clone(),
-            &mut own,
-        );
-        move || fill(parts, template, stale, (no_cache, ttl), own)
-    };
-    let landed = cache.flights.run(&key, fetch).await;
-    match landed {
-        Landed::Entry(e) => {
-            // Same body bytes as the stale copy: Cliniko confirmed it (304).
-            let confirmed = stale.is_some_and(|s| s.body.as_ptr() == e.body.as_ptr());
-            let how = if confirmed {
-                CacheOutcome::Revalidated
-            } else {
-                cache.stats.misses.fetch_add(1, Ordering::Relaxed);
-                CacheOutcome::Miss
-            };
-            note(ctx.as_ref(), how);
-            serve(&e, how, &asked, None)
-        }
-        Landed::Failed(e) => Err(e),
-        Landed::Uncacheable => {
-            cache.stats.misses.fetch_add(1, Ordering::Relaxed);
-            note(ctx.as_ref(), CacheOutcome::Miss);
-            let resp = match own {
-                Some(result) => result?,
-                // We waited on someone else's uncacheable answer: ask Cliniko ourselves.
-                None => {
-                    inner
-                        .oneshot(fill_request(&template, asked.if_none_match))
-                        .await?
-                }
-            };
-            Ok(mark(headless(resp, is_head), CacheOutcome::Miss, None))
-        }
-    }
+    cache.stats.misses.fetch_add(1, Ordering::Relaxed);
+    CacheOutcome::Miss
 }
 
 /// The entry's key (the caller's credential, target and `Accept`) and what the caller asked.
