@@ -3,7 +3,7 @@
 
 use crate::access_log::AccessLogLayer;
 use crate::audit::AuditLayer;
-use crate::auth::{AuthLayer, Authenticator};
+use crate::auth::Authenticator;
 use crate::body::Body;
 use crate::cache::Cache;
 use crate::context::ContextLayer;
@@ -120,7 +120,7 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
         // Cheap refusals before any crypto: local routes, bad targets, framing, body limit.
         .layer(GuardLayer::new(f.limits.clone(), f.readiness.clone()))
         // Who is calling (401).
-        .layer(AuthLayer(p.authn.clone()))
+        .layer(OptionalLayer(Some(p.authn.clone())))
         // What they may do (403 forbidden): before any key is looked up or anything is sent.
         .layer(CheckLayer(p.policy.clone()))
         // Which Cliniko key they use (403 no_credential).

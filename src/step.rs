@@ -1,7 +1,7 @@
 //! The shapes the journey's own steps take, so each step is only its logic:
 //! - [`Check`] (policy, credentials): decided at once, annotate the request or refuse it;
-//! - [`Step`] behind an [`OptionalLayer`] (cache, rate limits): asynchronous and stateful, and
-//!   passed over entirely when the feature is switched off;
+//! - [`Step`] behind an [`OptionalLayer`] (token verification, cache, rate limits): asynchronous
+//!   and stateful, and passed over entirely when the feature is switched off;
 //! - [`Wrap`] (context, access log, audit, server span, guard): a layer that is one function
 //!   of the request and the rest of the stack, outside the rescue or inside it.
 

@@ -4,55 +4,23 @@
 use super::{Authenticator, User};
 use crate::body::Body;
 use crate::error::GatewayError;
-use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use tower::ServiceExt;
 
-/// Layer that installs [`Authenticate`].
-#[derive(Clone)]
-pub struct AuthLayer(pub Arc<Authenticator>);
-
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = Authenticate<S>;
-    fn layer(&self, inner: S) -> Authenticate<S> {
-        Authenticate {
-            inner,
-            authn: self.0.clone(),
+// A step, not a `Wrap`: the rest of the stack is called only once the token is verified,
+// after an await, so the future needs its own (cloned) `inner`.
+impl crate::step::Step for Authenticator {
+    async fn run<S: crate::step::Next>(
+        self: Arc<Self>,
+        inner: S,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let user: User = self.authenticate(req.headers()).await?;
+        if let Some(c) = crate::context::Context::of(&req) {
+            c.set_user(user.id.clone(), user.app.clone());
         }
-    }
-}
-
-/// Verifies the JWT and records the user.
-#[derive(Clone)]
-pub struct Authenticate<S> {
-    inner: S,
-    authn: Arc<Authenticator>,
-}
-
-impl<S> tower::Service<Request<Body>> for Authenticate<S>
-where
-    S: crate::step::Next,
-{
-    type Response = Response<Body>;
-    type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<Response<Body>, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let authn = self.authn.clone();
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let user: User = authn.authenticate(req.headers()).await?;
-            if let Some(c) = crate::context::Context::of(&req) {
-                c.set_user(user.id.clone(), user.app.clone());
-            }
-            req.extensions_mut().insert(user);
-            inner.call(req).await
-        })
+        req.extensions_mut().insert(user);
+        inner.oneshot(req).await
     }
 }

@@ -16,8 +16,6 @@ pub mod mint;
 mod scheme;
 mod verify;
 
-pub use layer::AuthLayer;
-
 #[cfg(test)]
 mod tests;
 
