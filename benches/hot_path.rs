@@ -189,7 +189,7 @@ fn cache(c: &mut Criterion) {
         .build()
         .unwrap();
     let cfg = config();
-    let cache = Cache::new(&cfg.cache, None, None).unwrap();
+    let cache = Cache::new(&cfg.cache, Arc::default(), None).unwrap();
     let body = Bytes::from(list_body(36));
     let inner = tower::service_fn(move |_req: Request<Body>| {
         let body = body.clone();

@@ -343,6 +343,7 @@ async fn fixed_parts(
         http,
         telemetry,
         bus,
+        cache_stats: Arc::default(),
         compression: crate::compression::Compress::new(&cfg.compression),
     })
 }

@@ -9,7 +9,7 @@
 
 use crate::auth::Authenticator;
 use crate::body::Body;
-use crate::cache::{Cache, CacheStats};
+use crate::cache::Cache;
 use crate::config::{Config, ConfigError};
 use crate::guard::Readiness;
 use crate::policy::Policy;
@@ -64,9 +64,6 @@ pub struct Previous<'a> {
     /// Whether token verification changed (compared by digest of the section and its key
     /// files, not by `config`: a key file rotated in place reads the same through both).
     pub auth_changed: bool,
-    /// The counters of the cache that served last (they carry on, even across caching off
-    /// and on again).
-    pub cache_stats: Option<Arc<CacheStats>>,
 }
 
 impl Live {
@@ -130,7 +127,7 @@ impl Live {
                         compress,
                         ..cfg.cache.clone()
                     },
-                    prev.as_ref().and_then(|p| p.cache_stats.clone()),
+                    fixed.cache_stats.clone(),
                     Some(fixed.bus.clone()),
                 )
             }

@@ -49,6 +49,9 @@ pub struct Fixed {
     /// Cache invalidations shared with the other replicas (idle without `[redis]`); every
     /// cache a reload builds joins it.
     pub bus: Arc<crate::cache::CacheBus>,
+    /// The cache's counters, counted into by every cache a reload builds, so they carry on
+    /// (even across caching off and on again).
+    pub cache_stats: Arc<crate::cache::CacheStats>,
     /// Compressed answers for callers that ask (`None`: off).
     pub compression: Option<crate::compression::Compress>,
     /// Self-service key enrolment (`None`: off, and its routes are 404s like any non-/v1 path).

@@ -583,7 +583,7 @@ mod tests {
             }],
             ..CacheConfig::default()
         };
-        Cache::new(&cfg, None, None).unwrap()
+        Cache::new(&cfg, Arc::default(), None).unwrap()
     }
 
     fn req(cred: &Arc<Credential>) -> Request<Body> {

@@ -71,17 +71,17 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
-    /// Builds an empty cache, or `None` when disabled, counting into `stats` (after a reload
-    /// the previous cache's, so the counters carry on) and sharing invalidations over `bus`.
+    /// Builds an empty cache, or `None` when disabled, counting into `stats` (the process's,
+    /// shared by every cache a reload builds, so the counters carry on) and sharing
+    /// invalidations over `bus`.
     pub fn new(
         cfg: &CacheConfig,
-        stats: Option<Arc<CacheStats>>,
+        stats: Arc<CacheStats>,
         bus: Option<Arc<CacheBus>>,
     ) -> Option<Arc<Cache>> {
         if !cfg.enabled {
             return None;
         }
-        let stats = stats.unwrap_or_default();
         let on_evict = stats.clone();
         // The store gets 15/16 of the bound; the rest is for answers still being read in.
         let reserve = cfg.capacity_bytes / 16;
@@ -157,7 +157,7 @@ impl Cache {
     }
 
     /// Counters.
-    pub fn stats(&self) -> &Arc<CacheStats> {
+    pub fn stats(&self) -> &CacheStats {
         &self.stats
     }
 
@@ -301,7 +301,7 @@ mod tests {
             prefix: "/v1/patients/export".into(),
             ttl: Duration::ZERO,
         });
-        let c = Cache::new(&cfg, None, None).unwrap();
+        let c = Cache::new(&cfg, Arc::default(), None).unwrap();
         assert_eq!(c.ttl_for("/v1/patients"), Some(Duration::from_secs(10)));
         assert_eq!(c.ttl_for("/v1/patients/7"), Some(Duration::from_secs(10)));
         assert_eq!(c.ttl_for("/v1/patientsx"), None);
@@ -323,8 +323,8 @@ mod tests {
 
     #[test]
     fn credential_ids_are_keyed_and_distinct() {
-        let c = Cache::new(&CacheConfig::default(), None, None).unwrap();
-        let d = Cache::new(&CacheConfig::default(), None, None).unwrap();
+        let c = Cache::new(&CacheConfig::default(), Arc::default(), None).unwrap();
+        let d = Cache::new(&CacheConfig::default(), Arc::default(), None).unwrap();
         assert_eq!(c.credential_id("k-au1"), c.credential_id("k-au1"));
         assert_ne!(c.credential_id("k-au1"), c.credential_id("j-au1"));
         // One key per process, so a credential's id can be kept across reloads.
@@ -360,7 +360,7 @@ mod tests {
 
     #[test]
     fn only_prefixes_a_rule_can_hold_are_purged() {
-        let c = Cache::new(&CacheConfig::default(), None, None).unwrap();
+        let c = Cache::new(&CacheConfig::default(), Arc::default(), None).unwrap();
         assert!(c.may_hold("/v1/patients"));
         assert!(c.may_hold("/v1"), "above a rule");
         assert!(c.may_hold("/v1/patients/7"), "below a rule");

@@ -57,8 +57,6 @@ struct Configs {
     /// Digest of what the current token verifier was built from (section, secret, key files'
     /// bytes as read then): a key file rotated in place differs from it.
     auth: Vec<u8>,
-    /// Its counters, kept (small) so that caching off then on does not reset them.
-    cache_stats: Option<Arc<crate::cache::CacheStats>>,
 }
 
 /// Reloads the key store and the config, and records the outcomes; shared by every trigger.
@@ -90,7 +88,6 @@ impl Reloader {
                 started: applied.clone(),
                 applied,
                 auth,
-                cache_stats: None,
             })),
             metrics,
         })
@@ -180,24 +177,12 @@ impl Reloader {
         let restart_needed = config::restart_needed(&configs.started, &new);
         let current = self.live.load_full();
         let auth_changed = auth != configs.auth;
-        let stats = current
-            .cache
-            .as_ref()
-            .map(|c| c.stats().clone())
-            .or_else(|| configs.cache_stats.clone());
         let prev = Previous {
             config: &configs.applied,
             live: &current,
             auth_changed,
-            cache_stats: stats.clone(),
         };
         let applied = Live::build(&self.fixed, &new, Some(prev)).await?;
-        configs.cache_stats = applied
-            .live
-            .cache
-            .as_ref()
-            .map(|c| c.stats().clone())
-            .or(stats);
         self.live.store(Arc::new(applied.live));
         // Only now that the new set serves: a changed [redis] moves the bus to it.
         self.fixed.bus.configure(&new.redis);
