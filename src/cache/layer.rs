@@ -625,6 +625,28 @@ mod tests {
         r
     }
 
+    /// A cache in front of an origin that always sends [`page`], a caller's credential and
+    /// the key of its entry.
+    fn page_rig() -> (
+        Arc<Cache>,
+        impl crate::step::Next,
+        Arc<Credential>,
+        CacheKey,
+    ) {
+        let inner = tower::service_fn(|_r: Request<Body>| async {
+            Ok::<_, GatewayError>(Response::new(Body::from(page())))
+        });
+        let c = cache(Duration::from_secs(60));
+        let svc = tower::Layer::layer(&OptionalLayer(Some(c.clone())), inner);
+        let cred = Arc::new(Credential::new(ApiKey::new("k-au1".into()), "k", None).unwrap());
+        let key = CacheKey {
+            credential: c.id_of(&cred),
+            target: "/v1/practitioners".into(),
+            accept: None,
+        };
+        (c, svc, cred, key)
+    }
+
     async fn read(resp: Response<Body>) -> Bytes {
         resp.into_body().collect().await.unwrap().to_bytes()
     }
@@ -644,17 +666,7 @@ mod tests {
 
     #[tokio::test]
     async fn identity_hits_get_the_origin_bytes_and_a_read_entry_keeps_them_beside_the_gzip() {
-        let inner = tower::service_fn(|_r: Request<Body>| async {
-            Ok::<_, GatewayError>(Response::new(Body::from(page())))
-        });
-        let c = cache(Duration::from_secs(60));
-        let svc = tower::Layer::layer(&OptionalLayer(Some(c.clone())), inner);
-        let cred = Arc::new(Credential::new(ApiKey::new("k-au1".into()), "k", None).unwrap());
-        let key = CacheKey {
-            credential: c.id_of(&cred),
-            target: "/v1/practitioners".into(),
-            accept: None,
-        };
+        let (c, svc, cred, key) = page_rig();
         let miss = svc.clone().oneshot(get(&cred, false)).await.unwrap();
         assert_eq!(miss.headers()[X_CACHE], "MISS");
         assert_eq!(read(miss).await, page(), "the filling caller, not decoded");
@@ -696,17 +708,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_decoded_copy_is_never_stored_over_a_purge_or_a_newer_entry() {
-        let inner = tower::service_fn(|_r: Request<Body>| async {
-            Ok::<_, GatewayError>(Response::new(Body::from(page())))
-        });
-        let c = cache(Duration::from_secs(60));
-        let svc = tower::Layer::layer(&OptionalLayer(Some(c.clone())), inner);
-        let cred = Arc::new(Credential::new(ApiKey::new("k-au1".into()), "k", None).unwrap());
-        let key = CacheKey {
-            credential: c.id_of(&cred),
-            target: "/v1/practitioners".into(),
-            accept: None,
-        };
+        let (c, svc, cred, key) = page_rig();
         let fill = || svc.clone().oneshot(get(&cred, false));
         fill().await.unwrap();
         let plain = page();
