@@ -80,24 +80,7 @@ impl Live {
         prev: Option<Previous<'_>>,
     ) -> Result<Applied, ConfigError> {
         let mut changed = Vec::new();
-        let authn = match &prev {
-            Some(p) if !p.auth_changed => p.live.authn.clone(),
-            _ => {
-                let before = prev.as_ref().map(|p| p.live.authn.clone());
-                let authn = verifier(fixed, cfg, before).await?;
-                if prev.is_some() {
-                    changed.push("auth");
-                    if !authn.ready() {
-                        return Err(ConfigError::new(
-                            "auth.jwks.url",
-                            "the new key set could not be fetched",
-                            "check the URL and that the identity provider answers; the previous keys keep serving",
-                        ));
-                    }
-                }
-                authn
-            }
-        };
+        let authn = authn_for(fixed, cfg, prev.as_ref(), &mut changed).await?;
         let (old, cur) = (
             prev.as_ref().map(|p| p.config),
             prev.as_ref().map(|p| p.live),
@@ -113,25 +96,7 @@ impl Live {
         if old.is_some_and(|o| o.redis != cfg.redis) {
             changed.push("redis");
         }
-        let cache = match (old, cur) {
-            (Some(o), Some(c)) if o.cache == cfg.cache => c.cache.clone(),
-            _ => {
-                changed.extend(old.map(|_| "cache"));
-                // New rules apply to every answer from now on: entries stored under the old
-                // TTLs go.
-                // The gzip copy only pays when callers can be sent it: with [compression] off
-                // every hit would decode it.
-                let compress = cfg.cache.compress && fixed.compression.is_some();
-                Cache::new(
-                    &crate::config::CacheConfig {
-                        compress,
-                        ..cfg.cache.clone()
-                    },
-                    fixed.cache_stats.clone(),
-                    Some(fixed.bus.clone()),
-                )
-            }
-        };
+        let cache = cache_for(fixed, cfg, old.zip(cur), &mut changed);
         let ratelimits = match (old, cur) {
             (Some(o), Some(c)) if o.ratelimit == cfg.ratelimit && o.redis == cfg.redis => {
                 c.ratelimits.clone()
@@ -166,6 +131,62 @@ impl Live {
             live: Live::assemble(fixed, parts),
             changed,
         })
+    }
+}
+
+/// The token verifier: the serving one when verification did not change, else a new one
+/// (whose key set must answer now on a reload).
+async fn authn_for(
+    fixed: &Fixed,
+    cfg: &Config,
+    prev: Option<&Previous<'_>>,
+    changed: &mut Vec<&'static str>,
+) -> Result<Arc<Authenticator>, ConfigError> {
+    Ok(match prev {
+        Some(p) if !p.auth_changed => p.live.authn.clone(),
+        _ => {
+            let before = prev.map(|p| p.live.authn.clone());
+            let authn = verifier(fixed, cfg, before).await?;
+            if prev.is_some() {
+                changed.push("auth");
+                if !authn.ready() {
+                    return Err(ConfigError::new(
+                        "auth.jwks.url",
+                        "the new key set could not be fetched",
+                        "check the URL and that the identity provider answers; the previous keys keep serving",
+                    ));
+                }
+            }
+            authn
+        }
+    })
+}
+
+/// The cache: the serving one (with its entries) when `[cache]` did not change, else a new one.
+fn cache_for(
+    fixed: &Fixed,
+    cfg: &Config,
+    prev: Option<(&Config, &Live)>,
+    changed: &mut Vec<&'static str>,
+) -> Option<Arc<Cache>> {
+    match prev {
+        Some((o, c)) if o.cache == cfg.cache => c.cache.clone(),
+        _ => {
+            changed.extend(prev.map(|_| "cache"));
+            // New rules apply to every answer from now on: entries stored under the old
+            // TTLs go.
+            // The gzip copy only pays when callers can be sent it: with [compression] off
+            // every hit would decode it.
+            let compress = cfg.cache.compress && fixed.compression.is_some();
+            Cache::new(
+                &crate::config::CacheConfig {
+                    compress,
+                    ..cfg.cache.clone()
+                },
+                fixed.cache_stats.clone(),
+                Some(fixed.bus.clone()),
+            )
+        }
     }
 }
 
