@@ -165,11 +165,44 @@ impl Origins {
         }
     }
 
-    /// The common spellings, decided without parsing: Cliniko's `https://api.<shard>.cliniko.com`
-    /// and the configured origins exactly as configured (lower case). `None` means "not one of
-    /// those", not "no match": [`Origins::classify`] then decides (upper case, ports, escapes).
-    /// Whenever this says `Some(k)`, `classify(s, true)` says `Match(k)` too (a test holds it).
-    pub(crate) fn quick(&self, s: &[u8]) -> Option<usize> {
+    /// Decides a whole string without parsing when it is spelled the common way: a match for
+    /// Cliniko's `https://api.<shard>.cliniko.com` and the configured origins exactly as
+    /// configured (lower case), `NoMatch` for a plain `http(s)://` URL whose host cannot be
+    /// an upstream one. `None` means "not decided here": [`Origins::classify`] then decides
+    /// (upper case, ports, escapes). Whenever this says `Some(d)`, `classify(s, true)` says
+    /// `d` too (a property test holds it).
+    pub(crate) fn quick(&self, s: &[u8]) -> Option<Decision> {
+        match self.quick_match(s) {
+            Some(k) => Some(Decision::Match(k)),
+            None => self.surely_not(s).then_some(Decision::NoMatch),
+        }
+    }
+
+    /// Whether `s` is a lower-case `http(s)://` URL whose host neither starts with `api.` (as
+    /// every Cliniko API host does) nor with a configured host of that scheme: such a string
+    /// is no upstream link. Pages carry many (Cliniko's own non-API hosts, e.g. a patient's
+    /// `telehealth_url`), and the full parse costs each of them hundreds of instructions.
+    fn surely_not(&self, s: &[u8]) -> bool {
+        let (https, rest) = match s.strip_prefix(b"https://") {
+            Some(rest) => (true, rest),
+            None => match s.strip_prefix(b"http://") {
+                Some(rest) => (false, rest),
+                None => return false,
+            },
+        };
+        let starts_ci = |p: &[u8]| {
+            rest.get(..p.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(p))
+        };
+        !starts_ci(b"api.")
+            && !self
+                .extras
+                .iter()
+                .any(|e| e.https == https && starts_ci(&e.host))
+    }
+
+    /// The match half of [`Origins::quick`].
+    fn quick_match(&self, s: &[u8]) -> Option<usize> {
         let origin_end = if let Some(rest) = s.strip_prefix(b"https://api.") {
             // The shard is three or four bytes (two letters, one or two digits), read in place:
             // most candidates on a page are these, so no UTF-8 check and no search.

@@ -336,6 +336,9 @@ const URL_PIECES: &[&str] = &[
     "1",
     "12",
     "https://api.",
+    "http://localhost",
+    "acme.",
+    "API.",
     "cliniko",
     ".com",
     "x",
@@ -353,7 +356,8 @@ proptest! {
             (
                 proptest::sample::select(&["https://", "http://", "HTTPS://", "https:/"][..]),
                 proptest::sample::select(&["api.au1.cliniko.com", "api.uk12.cliniko.com", "api.xx123.cliniko.com",
-                    "api.cliniko.com", "api.au1.cliniko.community", "localhost", "LOCALHOST", "localhostx"][..]),
+                    "api.cliniko.com", "api.au1.cliniko.community", "localhost", "LOCALHOST", "localhostx",
+                    "acme.cliniko.com", "API.au1.cliniko.com", "Api.cliniko.com", "ap", "", "[::1]", "local"][..]),
                 proptest::sample::select(&["", ":8443", ":443", ":80", ":"][..]),
                 proptest::sample::select(&["", "/v1", "/v10", "/v1/patients/7", "?page=2", "#f", "/", "x"][..]),
             ).prop_map(|(a, b, c, d)| format!("{a}{b}{c}{d}").into_bytes()),
@@ -362,13 +366,16 @@ proptest! {
                 .prop_map(String::into_bytes),
         ]
     ) {
-        let origins = super::matcher::Origins::new(&["https://localhost:8443/v1".to_string()]);
-        if let Some(k) = origins.quick(&s) {
-            prop_assert_eq!(origins.classify(&s, true), super::matcher::Decision::Match(k));
+        let origins = super::matcher::Origins::new(&[
+            "https://localhost:8443/v1".to_string(),
+            "http://[::1]:8080".to_string(),
+        ]);
+        if let Some(d) = origins.quick(&s) {
+            prop_assert_eq!(origins.classify(&s, true), d);
         }
         let link = [b"https://api.au1.cliniko.com".as_slice(), &s].concat();
-        if let Some(k) = origins.quick(&link) {
-            prop_assert_eq!(origins.classify(&link, true), super::matcher::Decision::Match(k));
+        if let Some(d) = origins.quick(&link) {
+            prop_assert_eq!(origins.classify(&link, true), d);
         }
     }
 }

@@ -420,7 +420,7 @@ pub(super) fn decide_string(inner: &Inner, s: &[u8], after: &[u8]) -> Option<Opt
         return if ws > MAX_WS { None } else { Some(None) };
     }
     let decision = match inner.origins.quick(s) {
-        Some(k) => Decision::Match(k),
+        Some(d) => d,
         None => inner.origins.classify(s, true),
     };
     Some(match decision {

@@ -1,4 +1,5 @@
 use super::LinkRewriter;
+use super::matcher::Decision;
 use crate::body::Body;
 use http_body_util::BodyExt;
 
@@ -355,19 +356,29 @@ fn the_quick_path_covers_the_common_spellings() {
         ("https://localhost:8443/v1?page=2", 25),
         ("https://localhost:8443", 22),
     ] {
-        assert_eq!(o.quick(s.as_bytes()), Some(k), "{s}");
-        assert_eq!(
-            o.classify(s.as_bytes(), true),
-            super::matcher::Decision::Match(k),
-            "{s}"
-        );
+        assert_eq!(o.quick(s.as_bytes()), Some(Decision::Match(k)), "{s}");
+        assert_eq!(o.classify(s.as_bytes(), true), Decision::Match(k), "{s}");
     }
     for s in [
         "https://api.au1.cliniko.com.evil.example/",
         "https://localhost:9999/v1",
         "HTTPS://api.au1.cliniko.com/",
+        "https://LocalHost:8443/v1",
+        "https://API.au1.cliniko.com/v1",
     ] {
         assert_eq!(o.quick(s.as_bytes()), None, "{s}");
+    }
+    // Cliniko's hosts that are not its API (a telehealth link), and other sites, are refused
+    // without the full parse; a configured host of the other scheme is not that origin.
+    for s in [
+        "https://acme.cliniko.com/telehealth/abc",
+        "https://cliniko.com",
+        "http://localhost:8443/v1",
+        "https://example.com/api.au1.cliniko.com",
+        "https://",
+    ] {
+        assert_eq!(o.quick(s.as_bytes()), Some(Decision::NoMatch), "{s}");
+        assert_eq!(o.classify(s.as_bytes(), true), Decision::NoMatch, "{s}");
     }
 }
 
@@ -427,14 +438,18 @@ fn quick_takes_the_usual_spellings() {
         ("https://api.au1x.cliniko.com/v1", None),
         ("https://api.Au1.cliniko.com/v1", None),
         ("HTTPS://api.au1.cliniko.com/v1", None),
-        ("https://acme.cliniko.com/t/1", None),
         ("https://api.au1", None),
     ];
     for &(s, want) in cases {
         assert_eq!(
             super::matcher::Origins::default().quick(s.as_bytes()),
-            want,
+            want.map(Decision::Match),
             "{s}"
         );
     }
+    // Not an API host: refused on the spot.
+    assert_eq!(
+        super::matcher::Origins::default().quick(b"https://acme.cliniko.com/t/1"),
+        Some(Decision::NoMatch)
+    );
 }
