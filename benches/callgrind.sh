@@ -11,7 +11,8 @@
 # /v1/practitioners; floor: benches/stack_floor.rs doing only nginx's job. Config changes go in
 # the environment as usual (CLINIKO_GATEWAY__CACHE__COMPRESS=false ...); AE=gzip makes the
 # caller send Accept-Encoding (a gzip caller's hit: `AE=gzip benches/callgrind.sh hit`). Prints
-# instructions per request and the top symbols (self cost); the profile stays in
+# instructions per request and the top symbols (inclusive: the self-cost listing is empty
+# on some valgrind builds); the profile stays in
 # target/bench/callgrind-<scenario>.out. Build with CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
 # for file:line in callgrind_annotate.
 set -euo pipefail
@@ -60,5 +61,5 @@ fi
 callgrind_control -d "${pids[-1]}" >/dev/null
 total=$(callgrind_annotate "$out".* 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
 echo "$scenario: $((total / n)) instructions per request ($total over $n)"
-callgrind_annotate --threshold=80 "$out".* 2>/dev/null | sed -n '/^Ir/,$p' | sed -n '3,28p' |
+callgrind_annotate --inclusive=yes "$out".* 2>/dev/null | sed -n '/^Ir/,$p' | sed -n '3,28p' |
   awk -v n="$n" '{ir=$1; gsub(",", "", ir); $1=""; $2=""; printf "%9d  %s\n", ir / n, $0}'
