@@ -178,24 +178,10 @@ async fn the_gateway_asks_cliniko_for_gzip_and_rewrites_the_decoded_page() {
 /// sent with its length in one piece (not through the streaming decoder and rewriter).
 #[tokio::test]
 async fn a_chunked_gzip_page_is_read_whole_and_sent_with_its_length() {
-    use std::io::Write;
     let h = Harness::start(Setup::default()).await;
     let up = h.sandbox("au1").base_url();
     let json = format!(r#"{{"links":{{"self":"{up}/patients/1"}},"name":"Ada"}}"#);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(json.as_bytes()).unwrap();
-    h.sandbox("au1").set_fault(
-        "/v1/invoices",
-        Fault::Raw(
-            200,
-            vec![
-                ("content-type".into(), "application/json".into()),
-                ("content-encoding".into(), "gzip".into()),
-                ("transfer-encoding".into(), "chunked".into()),
-            ],
-            gz.finish().unwrap().into(),
-        ),
-    );
+    gzip_answer(&h, "application/json", gzip(&json), Framing::Chunked);
     let got = h.get_as("alice", "/v1/invoices").await;
     assert_eq!(got.status, 200);
     assert!(!got.headers.contains_key("content-encoding"));
@@ -211,7 +197,6 @@ async fn a_chunked_gzip_page_is_read_whole_and_sent_with_its_length() {
 
 #[tokio::test]
 async fn a_small_gzip_that_decodes_to_a_large_page_streams() {
-    use std::io::Write;
     let h = Harness::start(Setup::default()).await;
     let up = h.sandbox("au1").base_url();
     // 400 KiB of JSON decoded (over the whole-body limit), a few KiB compressed.
@@ -220,21 +205,7 @@ async fn a_small_gzip_that_decodes_to_a_large_page_streams() {
         r#"{{"patients":[{}{{}}]}}"#,
         item.repeat(400 * 1024 / item.len())
     );
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(json.as_bytes()).unwrap();
-    let gz = gz.finish().unwrap();
-    h.sandbox("au1").set_fault(
-        "/v1/invoices",
-        Fault::Raw(
-            200,
-            vec![
-                ("content-type".into(), "application/json".into()),
-                ("content-encoding".into(), "gzip".into()),
-                ("content-length".into(), gz.len().to_string()),
-            ],
-            gz.into(),
-        ),
-    );
+    gzip_answer(&h, "application/json", gzip(&json), Framing::Length);
     let got = h.get_as("alice", "/v1/invoices").await;
     assert_eq!(got.status, 200);
     assert!(!got.headers.contains_key("content-length"), "streamed");
@@ -251,24 +222,9 @@ async fn a_small_gzip_that_decodes_to_a_large_page_streams() {
 
 #[tokio::test]
 async fn a_gzipped_body_that_is_not_json_reaches_a_plain_caller_decoded() {
-    use std::io::Write;
     let h = Harness::start(Setup::default()).await;
     let csv = "id,name\n1,Ada\n".repeat(200);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(csv.as_bytes()).unwrap();
-    let gz = gz.finish().unwrap();
-    h.sandbox("au1").set_fault(
-        "/v1/invoices",
-        Fault::Raw(
-            200,
-            vec![
-                ("content-type".into(), "text/csv".into()),
-                ("content-encoding".into(), "gzip".into()),
-                ("content-length".into(), gz.len().to_string()),
-            ],
-            gz.into(),
-        ),
-    );
+    gzip_answer(&h, "text/csv", gzip(&csv), Framing::Length);
     let got = h.get_as("alice", "/v1/invoices").await;
     assert_eq!(got.status, 200);
     assert!(!got.headers.contains_key("content-encoding"));
@@ -279,18 +235,7 @@ async fn a_gzipped_body_that_is_not_json_reaches_a_plain_caller_decoded() {
 async fn a_gzip_that_does_not_decode_is_a_clean_502() {
     let h = Harness::start(Setup::default()).await;
     let junk = b"\x1f\x8bnot really gzip".to_vec();
-    h.sandbox("au1").set_fault(
-        "/v1/invoices",
-        Fault::Raw(
-            200,
-            vec![
-                ("content-type".into(), "application/json".into()),
-                ("content-encoding".into(), "gzip".into()),
-                ("content-length".into(), junk.len().to_string()),
-            ],
-            junk.into(),
-        ),
-    );
+    gzip_answer(&h, "application/json", junk, Framing::Length);
     let got = h.get_as("alice", "/v1/invoices").await;
     assert_eq!(got.status, 502);
     assert_eq!(got.code(), "upstream_unavailable");
@@ -330,5 +275,39 @@ async fn garbage_resets_and_5xx_from_cliniko() {
     assert_eq!(
         h.get_as("alice", "/v1/patients?per_page=1").await.status,
         200
+    );
+}
+
+/// How the stand-in frames a raw answer.
+enum Framing {
+    Length,
+    Chunked,
+}
+
+/// `text` gzipped.
+fn gzip(text: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(text.as_bytes()).unwrap();
+    gz.finish().unwrap()
+}
+
+/// The stand-in answers `/v1/invoices` with `body` labelled `Content-Encoding: gzip`.
+fn gzip_answer(h: &Harness, content_type: &str, body: Vec<u8>, framing: Framing) {
+    let framing = match framing {
+        Framing::Length => ("content-length".into(), body.len().to_string()),
+        Framing::Chunked => ("transfer-encoding".into(), "chunked".into()),
+    };
+    h.sandbox("au1").set_fault(
+        "/v1/invoices",
+        Fault::Raw(
+            200,
+            vec![
+                ("content-type".into(), content_type.into()),
+                ("content-encoding".into(), "gzip".into()),
+                framing,
+            ],
+            body.into(),
+        ),
     );
 }
