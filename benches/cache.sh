@@ -21,13 +21,6 @@ pids+=($!)
 wait_ports "$UP" "$GW"
 token=$("$bin" token mint --config "$w/gw.toml" --sub bench --ttl 2h)
 url="http://127.0.0.1:$GW/v1/practitioners"
-cat >"$w/unique.lua" <<'LUA'
-counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format(nil, "/v1/practitioners?miss=" .. counter)
-end
-LUA
 
 run() { # name, extra wrk args
   taskset -c 1 wrk -t1 -c32 -d2s -H "Authorization: Bearer $token" $2 "$url" >/dev/null

@@ -31,29 +31,31 @@ openssl pkey -in "$w/rs.key" -pubout -out "$w/rs.pub"
 # --- the upstream's answer: a ~15 KB list with absolute links, like GET /v1/patients ------
 # Links name Cliniko's own host, as real answers do, so every gateway (h1 or h2 upstream port)
 # rewrites the same 74 links.
-python3 - "$UP" >"$w/list.json" <<'PY'
+page() { # records per page: a list like Cliniko's, every record with its links
+  python3 - "$1" <<'PY'
 import json, sys
+n = int(sys.argv[1])
 base = "https://api.au1.cliniko.com/v1"  # what Cliniko writes, whichever port served it
 pts = [{"id": str(836447129235883061 + i), "first_name": f"Ada{i}", "last_name": "Lovelace",
         "date_of_birth": "1941-02-02", "email": f"ada{i}@example.invalid",
         "telehealth_url": f"https://acme.cliniko.com/telehealth/{i}",
         "appointments": {"links": {"self": f"{base}/patients/{836447129235883061 + i}/appointments"}},
-        "links": {"self": f"{base}/patients/{836447129235883061 + i}"}} for i in range(36)]
+        "links": {"self": f"{base}/patients/{836447129235883061 + i}"}} for i in range(n)]
 print(json.dumps({"patients": pts, "total_entries": 1200,
-  "links": {"self": f"{base}/patients?page=1&per_page=36", "next": f"{base}/patients?page=2&per_page=36"}}))
+  "links": {"self": f"{base}/patients?page=1&per_page={n}", "next": f"{base}/patients?page=2&per_page={n}"}}))
 PY
+}
+page 36 >"$w/list.json"
 # The same records, 100 to a page (the largest page Cliniko sends), for bytes-per-page figures.
-python3 - <<'PY' >"$w/page100.json"
-import json
-base = "https://api.au1.cliniko.com/v1"
-pts = [{"id": str(836447129235883061 + i), "first_name": f"Ada{i}", "last_name": "Lovelace",
-        "date_of_birth": "1941-02-02", "email": f"ada{i}@example.invalid",
-        "telehealth_url": f"https://acme.cliniko.com/telehealth/{i}",
-        "appointments": {"links": {"self": f"{base}/patients/{836447129235883061 + i}/appointments"}},
-        "links": {"self": f"{base}/patients/{836447129235883061 + i}"}} for i in range(100)]
-print(json.dumps({"patients": pts, "total_entries": 1200,
-  "links": {"self": f"{base}/patients?page=1&per_page=100", "next": f"{base}/patients?page=2&per_page=100"}}))
-PY
+page 100 >"$w/page100.json"
+# A wrk script asking for a new URL each request: every request a cache miss that is stored.
+cat >"$w/unique.lua" <<'LUA'
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, "/v1/practitioners?miss=" .. counter)
+end
+LUA
 key="benchkey0000000000000000-au1"
 basic=$(printf '%s:' "$key" | base64 -w0)
 ua="Gateway Bench (bench@example.invalid)"

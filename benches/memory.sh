@@ -27,13 +27,6 @@ echo "bytes from the upstream per 100-record page: identity $plain, gzip $gz ($(
 metric() { curl -s -H "Authorization: Bearer $CLINIKO_GATEWAY_ADMIN_TOKEN" \
   "http://127.0.0.1:$ADMIN/metrics" | awk -v m="cliniko_gateway_$1" '$1 == m {print $2}'; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-cat >"$w/unique.lua" <<'LUA'
-counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format(nil, "/v1/practitioners?miss=" .. counter)
-end
-LUA
 wrk_run() { # seconds, extra args...
   local s=$1; shift
   local out; out=$(taskset -c 1 wrk -t1 -c32 -d"${s}s" -H "Authorization: Bearer $token" "$@" \
