@@ -258,15 +258,9 @@ impl Publisher {
                     backoff = BACKOFF.0;
                 } else {
                     self.owed.store(true, Ordering::Release);
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        m = rx.recv() => match m {
-                            Some(_) => {
-                                stats.dropped.fetch_add(1, Ordering::Relaxed);
-                            }
-                            None => return,
-                        },
-                    };
+                    if !wait_out(backoff, &mut rx, stats).await {
+                        return;
+                    }
                     backoff = (backoff * 2).min(BACKOFF.1);
                     continue;
                 }
@@ -452,6 +446,29 @@ fn clear_all(shared: &Shared) {
     }
 }
 
+/// Waits the whole `backoff` before Redis is tried again, dropping (and counting) what is
+/// queued meanwhile: the owed `all` covers it. A message must not cut the wait short, or every
+/// write during an outage would be another reconnect. False when the channel closed.
+async fn wait_out(
+    backoff: Duration,
+    rx: &mut mpsc::Receiver<Invalidation>,
+    stats: &BusStats,
+) -> bool {
+    let pause = tokio::time::sleep(backoff);
+    tokio::pin!(pause);
+    loop {
+        tokio::select! {
+            _ = &mut pause => return true,
+            m = rx.recv() => match m {
+                Some(_) => {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                None => return false,
+            },
+        }
+    }
+}
+
 /// Drops here what another replica dropped there (never published again).
 fn apply(shared: &Shared, cache: &Cache, what: &Invalidation) {
     match what {
@@ -474,6 +491,29 @@ fn apply(shared: &Shared, cache: &Cache, what: &Invalidation) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes during an outage do not cut the backoff short (each would be a reconnect).
+    #[tokio::test(start_paused = true)]
+    async fn the_backoff_is_waited_out_whatever_arrives_meanwhile() {
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let stats = BusStats::default();
+        let start = tokio::time::Instant::now();
+        let writes = tokio::spawn(async move {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                tx.send(Invalidation::All).await.unwrap();
+            }
+            tx
+        });
+        assert!(wait_out(Duration::from_secs(1), &mut rx, &stats).await);
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 3);
+        drop(writes.await.unwrap());
+        assert!(
+            !wait_out(Duration::from_secs(1), &mut rx, &stats).await,
+            "closed"
+        );
+    }
 
     #[test]
     fn the_wire_format_names_what_to_drop_and_nothing_else() {
