@@ -67,11 +67,6 @@ struct Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        // The clock read and its formatting are the record's dearest part: none when nobody
-        // collects records (the field values below are only evaluated when enabled anyway).
-        if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
-            return;
-        }
         let r = resource(&self.path);
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let ctx = self.ctx.as_deref();
@@ -98,7 +93,10 @@ impl Wrap for AuditLayer {
     type Error = Infallible;
 
     fn wrap<S: Inner<Infallible>>(&self, inner: &mut S, req: Request<Body>) -> Answer<Infallible> {
-        if RouteClass::of(req.uri().path()) != RouteClass::Proxy {
+        // No record (no path copy, no context clone, no clock read) when nobody collects them.
+        if RouteClass::of(req.uri().path()) != RouteClass::Proxy
+            || !tracing::enabled!(target: TARGET, tracing::Level::INFO)
+        {
             return Box::pin(inner.call(req));
         }
         let path = req.uri().path().to_string();
