@@ -86,20 +86,16 @@ impl Retries {
     where
         S: crate::step::Next,
     {
+        // Nothing to resend with (a body): one try, its answer as it is.
+        let Some(replay) = replay else {
+            return inner.oneshot(req).await;
+        };
         let (mut connects, mut stale) = (0, false);
-        let idempotent = replay
-            .is_some_and(|r| matches!(r.method, Method::GET | Method::HEAD | Method::OPTIONS));
-        let mut next = Some(req);
+        let idempotent = matches!(replay.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let mut req = req;
         loop {
-            let req = match (next.take(), replay) {
-                (Some(r), _) => r,
-                (None, Some(r)) => r.build(),
-                (None, None) => return Err(GatewayError::Internal),
-            };
             match inner.clone().oneshot(req).await {
-                Err(GatewayError::UpstreamConnect)
-                    if replay.is_some() && connects < self.cfg.connect =>
-                {
+                Err(GatewayError::UpstreamConnect) if connects < self.cfg.connect => {
                     connects += 1;
                     self.stats.connect.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(backoff(self.cfg.backoff, connects)).await;
@@ -110,6 +106,7 @@ impl Retries {
                 }
                 other => return other,
             }
+            req = replay.build();
         }
     }
 
