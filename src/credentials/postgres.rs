@@ -55,6 +55,10 @@ COMMIT;";
 pub struct PgStore {
     config: tokio_postgres::Config,
     client: tokio::sync::Mutex<Option<Client>>,
+    /// Set when an operation timed out: its connection may sit on an unanswered query, so
+    /// whoever takes the lock next connects afresh (the timed-out one may not get the lock
+    /// back before a waiter does).
+    hung: std::sync::atomic::AtomicBool,
     place: PathBuf,
 }
 
@@ -81,6 +85,7 @@ impl PgStore {
         let store = PgStore {
             config,
             client: tokio::sync::Mutex::new(None),
+            hung: std::sync::atomic::AtomicBool::new(false),
             place: PathBuf::from(format!("postgresql table {TABLE}")),
         };
         store
@@ -106,9 +111,7 @@ impl PgStore {
         match tokio::time::timeout(OP_TIMEOUT, fut).await {
             Ok(r) => r,
             Err(_) => {
-                if let Ok(mut guard) = self.client.try_lock() {
-                    *guard = None;
-                }
+                self.hung.store(true, std::sync::atomic::Ordering::Release);
                 Err(db_error(
                     op,
                     "the database did not answer within 5 s; check that it is up and reachable",
@@ -125,7 +128,8 @@ impl PgStore {
     /// The connected client, connecting first when there is none or it was lost.
     async fn client(&self) -> Result<MappedMutexGuard<'_, Client>, KeyStoreError> {
         let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(Client::is_closed) {
+        let hung = self.hung.swap(false, std::sync::atomic::Ordering::AcqRel);
+        if hung || guard.as_ref().is_none_or(Client::is_closed) {
             let (client, connection) = self
                 .config
                 .connect(NoTls)
