@@ -153,3 +153,61 @@ pub fn ec_keypair() -> Result<SigningKeyPair, SandboxError> {
 pub fn ed25519_keypair() -> Result<SigningKeyPair, SandboxError> {
     keypair(&rcgen::PKCS_ED25519)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signing_key_pairs_round_trip_through_jsonwebtoken() {
+        use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Claims {
+            sub: String,
+            exp: u64,
+        }
+        type Keys = (EncodingKey, DecodingKey);
+        type Loader = fn(&SigningKeyPair) -> Keys;
+        let cases: Vec<(Algorithm, SigningKeyPair, Loader)> = vec![
+            (Algorithm::RS256, rsa_keypair().unwrap(), |k| {
+                (
+                    EncodingKey::from_rsa_pem(k.private_pem.as_bytes()).unwrap(),
+                    DecodingKey::from_rsa_pem(k.public_pem.as_bytes()).unwrap(),
+                )
+            }),
+            (Algorithm::ES256, ec_keypair().unwrap(), |k| {
+                (
+                    EncodingKey::from_ec_pem(k.private_pem.as_bytes()).unwrap(),
+                    DecodingKey::from_ec_pem(k.public_pem.as_bytes()).unwrap(),
+                )
+            }),
+            (Algorithm::EdDSA, ed25519_keypair().unwrap(), |k| {
+                (
+                    EncodingKey::from_ed_pem(k.private_pem.as_bytes()).unwrap(),
+                    DecodingKey::from_ed_pem(k.public_pem.as_bytes()).unwrap(),
+                )
+            }),
+        ];
+        for (alg, pair, load) in cases {
+            assert!(
+                !format!("{pair:?}").contains("PRIVATE"),
+                "Debug hides the key"
+            );
+            let (enc, dec) = load(&pair);
+            let claims = Claims {
+                sub: "u1".into(),
+                exp: 4_000_000_000,
+            };
+            let token = jsonwebtoken::encode(&Header::new(alg), &claims, &enc).unwrap();
+            let back = jsonwebtoken::decode::<Claims>(&token, &dec, &Validation::new(alg)).unwrap();
+            assert_eq!(back.claims.sub, "u1");
+            let stranger = ed25519_keypair().unwrap();
+            if alg == Algorithm::EdDSA {
+                let wrong = DecodingKey::from_ed_pem(stranger.public_pem.as_bytes()).unwrap();
+                assert!(
+                    jsonwebtoken::decode::<Claims>(&token, &wrong, &Validation::new(alg)).is_err()
+                );
+            }
+        }
+    }
+}
