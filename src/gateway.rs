@@ -89,8 +89,7 @@ impl Gateway {
         );
         let metrics = Arc::new(metrics);
         let (tx, rx) = watch::channel(false);
-        let settings = ConnSettings::public(&cfg.server, tls).with_metrics(&metrics);
-        let grace = cfg.server.shutdown_grace;
+        let settings = ConnSettings::public(&cfg.server, tls, &metrics);
         let mut tasks = Vec::new();
         let admin = start_admin(&cfg, &credentials, &reloader, &metrics, rx.clone()).await?;
         let admin_addr = admin.map(|(bound, serving)| {
@@ -103,7 +102,6 @@ impl Gateway {
             settings,
             Current(live),
             rx,
-            grace,
         )));
         tracing::info!(%local_addr, "gateway listening");
         Ok(Gateway {
@@ -367,9 +365,8 @@ async fn start_admin(
     };
     let l = TcpListener::bind(addr).await?;
     let bound = l.local_addr()?;
-    let settings = ConnSettings::admin(&cfg.server, &cfg.admin).with_metrics(metrics);
-    let grace = cfg.server.shutdown_grace;
-    let serving = server::serve(l, settings, admin.service(), rx, grace);
+    let settings = ConnSettings::admin(&cfg.server, &cfg.admin, metrics);
+    let serving = server::serve(l, settings, admin.service(), rx);
     tracing::info!(admin_addr = %bound, "admin listening");
     Ok(Some((bound, tokio::spawn(serving))))
 }

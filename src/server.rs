@@ -3,18 +3,19 @@
 //! builder, a connection limit, back-off on accept errors, each connection closed when idle or
 //! when its caller stops taking its responses, and a graceful drain on shutdown.
 //!
-//! Draining follows mini-redis: every connection task holds a clone of an mpsc sender; after
-//! the shutdown signal the server drops its own and waits (up to the grace period) until
-//! `recv()` returns `None`, i.e. every connection has finished its in-flight requests.
+//! Draining: after the shutdown signal every connection closes gracefully (in-flight requests
+//! finish) and the server waits for their tasks (a `JoinSet`) up to the grace period, then
+//! aborts the rest.
 
 use crate::body::{Body, BodyObserver, observe};
 use crate::config::{AdminConfig, ServerConfig};
-use crate::metrics::ConnMetrics;
+use crate::metrics::{ConnMetrics, Metrics};
 use crate::step::Inner;
 use http::{HeaderValue, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::gauge::Gauge;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -22,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 
@@ -64,18 +66,6 @@ pub fn tls_acceptor(cfg: &ServerConfig) -> Result<Option<TlsAcceptor>, crate::co
     Ok(Some(TlsAcceptor::from(Arc::new(tls))))
 }
 
-/// The bounds one listener's connections live under.
-#[derive(Clone, Copy, Debug)]
-struct Limits {
-    head_timeout: Duration,
-    idle_timeout: Duration,
-    send_timeout: Duration,
-    max_connections: usize,
-    max_head_bytes: usize,
-    max_headers: usize,
-    max_streams: u32,
-}
-
 /// Bytes of response one HTTP/2 stream may queue inside hyper beyond what the caller's window
 /// lets out (hyper's default is 400 KiB): with the stream limit, it bounds a connection's
 /// memory when its caller stops reading.
@@ -87,74 +77,56 @@ const ADMIN_MAX_HEADERS: usize = 100;
 const ADMIN_MAX_STREAMS: u32 = 16;
 
 /// What a listener's connections need to know: the hyper builder, TLS, limits and metrics.
-#[derive(Clone)]
 pub struct ConnSettings {
     /// `public` or `admin`: names the listener in logs and metrics.
     listener: &'static str,
     builder: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
-    limits: Limits,
+    /// The bounds this listener's connections live under (timeouts, sizes, counts, grace).
+    limits: ServerConfig,
     metrics: ConnMetrics,
 }
 
 impl ConnSettings {
     /// The public port: every bound from `[server]`.
-    pub fn public(cfg: &ServerConfig, tls: Option<TlsAcceptor>) -> Self {
-        ConnSettings::new(
-            "public",
-            Limits {
-                head_timeout: cfg.header_read_timeout,
-                idle_timeout: cfg.idle_timeout,
-                send_timeout: cfg.send_timeout,
-                max_connections: cfg.max_connections,
-                max_head_bytes: cfg.max_header_bytes,
-                max_headers: cfg.max_headers,
-                max_streams: cfg.max_streams_per_connection,
-            },
-            tls,
-        )
+    pub fn public(cfg: &ServerConfig, tls: Option<TlsAcceptor>, m: &Metrics) -> Self {
+        ConnSettings::new("public", cfg.clone(), tls, m)
     }
 
     /// The admin port: the `[server]` timeouts, `admin.max_connections`, small fixed head and
     /// stream limits, plain HTTP.
-    pub fn admin(server: &ServerConfig, admin: &AdminConfig) -> Self {
-        ConnSettings::new(
-            "admin",
-            Limits {
-                head_timeout: server.header_read_timeout,
-                idle_timeout: server.idle_timeout,
-                send_timeout: server.send_timeout,
-                max_connections: admin.max_connections,
-                max_head_bytes: ADMIN_HEAD_BYTES,
-                max_headers: ADMIN_MAX_HEADERS,
-                max_streams: ADMIN_MAX_STREAMS,
-            },
-            None,
-        )
+    pub fn admin(server: &ServerConfig, admin: &AdminConfig, m: &Metrics) -> Self {
+        let limits = ServerConfig {
+            max_connections: admin.max_connections,
+            max_header_bytes: ADMIN_HEAD_BYTES,
+            max_headers: ADMIN_MAX_HEADERS,
+            max_streams_per_connection: ADMIN_MAX_STREAMS,
+            ..server.clone()
+        };
+        ConnSettings::new("admin", limits, None, m)
     }
 
-    /// Records open and stalled connections into `m`, labelled with the listener.
-    pub fn with_metrics(mut self, m: &crate::metrics::Metrics) -> Self {
-        self.metrics = m.connections(self.listener, self.limits.max_connections);
-        self
-    }
-
-    fn new(listener: &'static str, limits: Limits, tls: Option<TlsAcceptor>) -> Self {
+    fn new(
+        listener: &'static str,
+        limits: ServerConfig,
+        tls: Option<TlsAcceptor>,
+        m: &Metrics,
+    ) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
             // Also bounds idle keep-alive: hyper restarts this timer while waiting for the next
             // request head.
-            .header_read_timeout(limits.head_timeout)
+            .header_read_timeout(limits.header_read_timeout)
             // Bounds both the read buffer (heads, pipelined requests) and the write buffer.
-            .max_buf_size(limits.max_head_bytes)
+            .max_buf_size(limits.max_header_bytes)
             .max_headers(limits.max_headers);
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(limits.max_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(limits.max_streams_per_connection)
             .max_send_buf_size(SEND_BUF_PER_STREAM)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
@@ -162,8 +134,8 @@ impl ConnSettings {
             listener,
             builder,
             tls,
+            metrics: m.connections(listener, limits.max_connections),
             limits,
-            metrics: ConnMetrics::default(),
         }
     }
 }
@@ -177,22 +149,23 @@ impl<S: Inner<Infallible> + Clone + Send + Sync + 'static> Served for S {}
 /// First and longest pause after a failed `accept`.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
-/// Runs the accept loop until `shutdown` flips to true, then drains for up to `grace`.
+/// Runs the accept loop until `shutdown` flips to true, then drains for up to
+/// `shutdown_grace`: connections still open then are dropped.
 pub async fn serve<S>(
     listener: TcpListener,
     settings: ConnSettings,
     svc: S,
     mut shutdown: watch::Receiver<bool>,
-    grace: Duration,
 ) where
     S: Served,
 {
-    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-    let (force_tx, force_rx) = watch::channel(false);
-    let for_conns = shutdown.clone();
+    let settings = Arc::new(settings);
+    let mut conns = JoinSet::new();
     let slots = Arc::new(Semaphore::new(settings.limits.max_connections));
     let mut backoff = ACCEPT_BACKOFF.0;
     loop {
+        // Finished connections leave the set here, so it holds only open ones.
+        while conns.try_join_next().is_some() {}
         // At the connection limit we stop accepting (the kernel backlog queues the rest)
         // rather than accept and drop.
         let slot = tokio::select! {
@@ -214,13 +187,10 @@ pub async fn serve<S>(
                     peer,
                     settings: settings.clone(),
                     svc: svc.clone(),
-                    shutdown: for_conns.clone(),
-                    force: force_rx.clone(),
-                    _alive: alive_tx.clone(),
-                    _open: Open::new(&settings.metrics),
-                    _slot: slot,
+                    shutdown: shutdown.clone(),
+                    _open: Open::new(&settings.metrics, slot),
                 };
-                tokio::spawn(conn.run(tcp));
+                conns.spawn(conn.run(tcp));
             }
             // The peer gave up between its connect and our accept: nothing to wait for.
             Err(e) if peer_gone(&e) => {}
@@ -242,15 +212,16 @@ pub async fn serve<S>(
         }
     }
     drop(listener);
-    drop(alive_tx);
-    if tokio::time::timeout(grace, alive_rx.recv()).await.is_err() {
+    let grace = settings.limits.shutdown_grace;
+    let drained = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(
             grace_ms = grace.as_millis() as u64,
             "drain deadline passed; closing remaining connections"
         );
-        let _ = force_tx.send(true);
-        // Connections drop at their next poll; this wait is only for their tasks to notice.
-        let _ = tokio::time::timeout(Duration::from_secs(5), alive_rx.recv()).await;
+        // Aborted connections drop at their next poll; this wait is only for their tasks to
+        // notice.
+        let _ = tokio::time::timeout(Duration::from_secs(5), conns.shutdown()).await;
     }
 }
 
@@ -268,34 +239,37 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// Counts a connection in `connections_open` for as long as it lives.
-struct Open(prometheus_client::metrics::gauge::Gauge);
+/// A connection's hold on its listener: one of the `max_connections` slots, and a count in
+/// `connections_open`, for as long as it lives.
+struct Open {
+    open: Gauge,
+    _slot: OwnedSemaphorePermit,
+}
 
 impl Open {
-    fn new(m: &ConnMetrics) -> Open {
+    fn new(m: &ConnMetrics, slot: OwnedSemaphorePermit) -> Open {
         m.open.inc();
-        Open(m.open.clone())
+        Open {
+            open: m.open.clone(),
+            _slot: slot,
+        }
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.dec();
+        // Before the slot goes back (fields drop after this), so the gauge never shows more
+        // than the limit.
+        self.open.dec();
     }
 }
 
 struct Connection<S> {
     peer: std::net::SocketAddr,
-    settings: ConnSettings,
+    settings: Arc<ConnSettings>,
     svc: S,
     shutdown: watch::Receiver<bool>,
-    // Flips after the drain deadline: drop the connection, whatever it is doing.
-    force: watch::Receiver<bool>,
-    _alive: mpsc::Sender<()>,
-    // Fields drop in order: the gauge goes down before the slot can be given to a new
-    // connection, so it never shows more than the limit.
     _open: Open,
-    _slot: OwnedSemaphorePermit,
 }
 
 impl<S> Connection<S>
@@ -306,7 +280,7 @@ where
         match self.settings.tls.clone() {
             None => self.serve_io(tcp).await,
             Some(acc) => {
-                let limit = self.settings.limits.head_timeout;
+                let limit = self.settings.limits.header_read_timeout;
                 match tokio::time::timeout(limit, acc.accept(tcp)).await {
                     Ok(Ok(tls)) => self.serve_io(tls).await,
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
@@ -320,7 +294,7 @@ where
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let limits = self.settings.limits;
+        let limits = &self.settings.limits;
         let progress = Arc::new(Progress::new());
         let io = WriteWatch {
             wait: progress.waiter(),
@@ -329,7 +303,7 @@ where
         };
         // hyper resolves Content-Length + Transfer-Encoding itself and drops the length before
         // we see the request; the framing watch saw the raw head and tells us (see framing.rs).
-        let (io, framing) = crate::framing::watch(io, limits.max_head_bytes, limits.max_headers);
+        let (io, framing) = crate::framing::watch(io, limits.max_header_bytes, limits.max_headers);
         let svc = per_request(self.svc.clone(), progress.clone(), framing, self.peer);
         let conn = self
             .settings
@@ -344,7 +318,7 @@ where
         loop {
             // A graceful close still needs the caller to take what is queued, so the send
             // timeout keeps running while closing.
-            let Some(wait) = next_check(&progress, &limits, closing, close_by) else {
+            let Some(wait) = next_check(&progress, limits, closing, close_by) else {
                 self.settings.metrics.stalled.inc();
                 tracing::debug!(
                     listener = self.settings.listener,
@@ -358,10 +332,6 @@ where
                     if let Err(e) = res {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
-                    break;
-                }
-                _ = stopped(&mut self.force) => {
-                    tracing::debug!("connection closed at the drain deadline");
                     break;
                 }
                 _ = stopped(&mut self.shutdown), if !closing => {
@@ -426,7 +396,7 @@ where
 /// has stalled a response (or a closing connection's queue) past `send_timeout`: close it.
 fn next_check(
     progress: &Progress,
-    limits: &Limits,
+    limits: &ServerConfig,
     closing: bool,
     close_by: Option<Instant>,
 ) -> Option<Duration> {
@@ -452,22 +422,8 @@ struct Progress {
     epoch: Instant,
     in_flight: AtomicUsize,
     last_done_ms: AtomicU64,
-    waits: Mutex<Waits>,
-}
-
-/// The registered waits; finished ones are forgotten when the watchdog looks, or when the
-/// list has doubled since the last clean-up (a busy connection between two looks).
-struct Waits {
-    list: Vec<Arc<Wait>>,
-    prune_at: usize,
-}
-
-impl Waits {
-    /// Drops the stamps only this list still holds (their response is finished).
-    fn prune(&mut self) {
-        self.list.retain(|w| Arc::strong_count(w) > 1);
-        self.prune_at = (2 * self.list.len()).max(64);
-    }
+    /// The registered waits; finished ones are forgotten as the next one is registered.
+    waits: Mutex<Vec<Arc<Wait>>>,
 }
 
 /// When a wait on the caller began: ms since the connection's epoch plus one; 0 = not waiting.
@@ -480,10 +436,7 @@ impl Progress {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_done_ms: AtomicU64::new(0),
-            waits: Mutex::new(Waits {
-                list: Vec::new(),
-                prune_at: 64,
-            }),
+            waits: Mutex::default(),
         }
     }
 
@@ -495,10 +448,9 @@ impl Progress {
     fn waiter(&self) -> Arc<Wait> {
         let w = Arc::new(Wait::default());
         let mut waits = lock(&self.waits);
-        if waits.list.len() >= waits.prune_at {
-            waits.prune();
-        }
-        waits.list.push(w.clone());
+        // Drops the stamps only this list still holds (their response is finished).
+        waits.retain(|w| Arc::strong_count(w) > 1);
+        waits.push(w.clone());
         w
     }
 
@@ -512,15 +464,11 @@ impl Progress {
 
     /// How long the oldest current wait on the caller has lasted (zero: nothing waits).
     fn longest_wait(&self) -> Duration {
-        let mut waits = lock(&self.waits);
-        waits.prune();
-        let oldest = waits
-            .list
+        let oldest = lock(&self.waits)
             .iter()
             .map(|w| w.0.load(Ordering::Acquire))
             .filter(|&t| t != 0)
             .min();
-        drop(waits);
         oldest.map_or(Duration::ZERO, |t| {
             Duration::from_millis(self.now().saturating_sub(t))
         })
@@ -669,7 +617,7 @@ mod tests {
         for _ in 0..10_000 {
             drop(p.waiter());
         }
-        let len = lock(&p.waits).list.len();
+        let len = lock(&p.waits).len();
         assert!((10..=128).contains(&len), "{len} stamps kept");
         drop(held);
     }
