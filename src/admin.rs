@@ -102,18 +102,11 @@ impl Admin {
                 }
             }
             (&Method::GET, "/metrics") => match self.metrics.render().await {
-                Ok(text) => {
-                    let mut r = Response::new(Body::from(text));
-                    r.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-                    );
-                    r.headers_mut().insert(
-                        header::CACHE_CONTROL,
-                        http::HeaderValue::from_static("no-store"),
-                    );
-                    r
-                }
+                Ok(text) => Response::builder()
+                    .header(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
+                    .header(header::CACHE_CONTROL, "no-store")
+                    .body(Body::from(text))
+                    .unwrap_or_default(),
                 Err(_) => reply(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     json!({"error": {"code": "internal"}}),

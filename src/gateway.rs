@@ -63,7 +63,7 @@ impl Gateway {
             .then(|| crate::reload::config::auth_identity(&cfg));
         let local_addr = listener.local_addr()?;
         let tls = server::tls_acceptor(&cfg.server)?;
-        let readiness = GatewayReadiness::new();
+        let readiness = Arc::new(GatewayReadiness::default());
         let fixed = fixed_parts(&cfg, &metrics, local_addr, readiness.clone()).await?;
         let (credentials, bus) = (fixed.credentials.clone(), fixed.bus.clone());
         let (inflight, telemetry) = (fixed.inflight.clone(), fixed.telemetry.clone());

@@ -28,14 +28,6 @@ pub struct InFlight {
     refused: AtomicU64,
 }
 
-impl std::fmt::Debug for InFlight {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InFlight")
-            .field("max", &self.max)
-            .finish_non_exhaustive()
-    }
-}
-
 /// One request's slot; given back when dropped (with the response body that carries it).
 pub struct Slot {
     owner: Arc<InFlight>,

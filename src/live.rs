@@ -228,7 +228,8 @@ impl Service<Request<Body>> for Current {
     }
 }
 
-/// Ready while not draining and while the verifier of the set serving now has its keys.
+/// Ready while not draining and while the verifier of the set serving now has its keys (not
+/// ready until it follows a live set).
 #[derive(Default)]
 pub struct GatewayReadiness {
     // Weak: the set's own stack holds this readiness (in the guard).
@@ -237,11 +238,6 @@ pub struct GatewayReadiness {
 }
 
 impl GatewayReadiness {
-    /// Not ready until it follows a live set.
-    pub fn new() -> Arc<GatewayReadiness> {
-        Arc::default()
-    }
-
     /// From now on readiness is that of whichever set `live` holds (start-up, reloads alike).
     pub fn follow(&self, live: &Shared) {
         let _ = self.live.set(Arc::downgrade(live));

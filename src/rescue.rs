@@ -12,7 +12,7 @@ use http::{Request, Response};
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 /// Layer that installs [`Rescue`].
 #[derive(Clone, Copy, Default)]
@@ -43,14 +43,10 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Our inner services are always ready; should one ever fail here, the next `call`
         // reports it as a per-request error, so the connection stays usable.
-        match self.inner.poll_ready(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(e)) => {
-                tracing::error!(error = %e, "inner service not ready");
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+        if let Err(e) = ready!(self.inner.poll_ready(cx)) {
+            tracing::error!(error = %e, "inner service not ready");
         }
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {

@@ -1,5 +1,6 @@
 //! The shapes the journey's own steps take, so each step is only its logic:
-//! - [`Check`] (policy, credentials): decided at once, annotate the request or refuse it;
+//! - [`Check`] (policy, credentials): decided at once, annotate the request or refuse it (a
+//!   step like the others, with no waiting of its own);
 //! - [`Step`] behind an [`OptionalLayer`] (token verification, cache, rate limits): asynchronous
 //!   and stateful, and passed over entirely when the feature is switched off;
 //! - [`Wrap`] (context, access log, audit, server span, guard): a layer that is one function
@@ -108,59 +109,16 @@ pub trait Check: Send + Sync + 'static {
     fn check(&self, req: &mut Request<Body>) -> Result<(), GatewayError>;
 }
 
-/// Installs a [`Check`].
-pub struct CheckLayer<T>(pub Arc<T>);
-
-impl<T> Clone for CheckLayer<T> {
-    fn clone(&self) -> Self {
-        CheckLayer(self.0.clone())
-    }
-}
-
-impl<S, T> tower::Layer<S> for CheckLayer<T> {
-    type Service = Checked<S, T>;
-    fn layer(&self, inner: S) -> Checked<S, T> {
-        Checked {
-            inner,
-            check: self.0.clone(),
-        }
-    }
-}
-
-/// The service a [`CheckLayer`] installs.
-pub struct Checked<S, T> {
-    inner: S,
-    check: Arc<T>,
-}
-
-impl<S: Clone, T> Clone for Checked<S, T> {
-    fn clone(&self) -> Self {
-        Checked {
-            inner: self.inner.clone(),
-            check: self.check.clone(),
-        }
-    }
-}
-
-impl<S, T> Service<Request<Body>> for Checked<S, T>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>,
-    S::Future: Send + 'static,
-    T: Check,
-{
-    type Response = Response<Body>;
-    type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<Response<Body>, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        match self.check.check(&mut req) {
-            Ok(()) => Box::pin(self.inner.call(req)),
-            Err(e) => Box::pin(async { Err(e) }),
-        }
+/// A [`Check`] is installed as a [`Step`] (behind `OptionalLayer(Some(..))`): the check, then
+/// the rest of the stack.
+impl<T: Check> Step for T {
+    async fn run<S: Next>(
+        self: Arc<Self>,
+        inner: S,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, GatewayError> {
+        self.check(&mut req)?;
+        inner.oneshot(req).await
     }
 }
 

@@ -90,14 +90,6 @@ impl FramingWatch {
     }
 }
 
-impl std::fmt::Debug for FramingWatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FramingWatch")
-            .field("taken", &self.shared.taken.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
-    }
-}
-
 pin_project! {
     /// An inbound connection whose reads are watched for request framing; writes pass through.
     pub struct Watched<I> {

@@ -409,12 +409,7 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 }
 
 fn hex(b: u8) -> Option<u64> {
-    match b {
-        b'0'..=b'9' => Some(u64::from(b - b'0')),
-        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
-        b'A'..=b'F' => Some(u64::from(b - b'A' + 10)),
-        _ => None,
-    }
+    char::from(b).to_digit(16).map(u64::from)
 }
 
 /// Advances hyper's chunked decoder grammar over `data`; returns the new state and bytes used.
