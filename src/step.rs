@@ -17,21 +17,9 @@ use tower::{Service, ServiceExt};
 
 /// The rest of the stack below a step: answers a request or fails with a [`GatewayError`]
 /// (turned into a response by the rescue layer), and can be cloned into a spawned future.
-pub trait Next:
-    Service<Request<Body>, Response = Response<Body>, Error = GatewayError, Future: Send>
-    + Clone
-    + Send
-    + 'static
-{
-}
+pub trait Next: Inner<GatewayError> + Clone + Send + 'static {}
 
-impl<S> Next for S where
-    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError, Future: Send>
-        + Clone
-        + Send
-        + 'static
-{
-}
+impl<S: Inner<GatewayError> + Clone + Send + 'static> Next for S {}
 
 /// What a step does with a request, given the rest of the stack (`inner`).
 pub trait Step: Send + Sync + 'static {

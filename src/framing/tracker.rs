@@ -64,7 +64,7 @@ enum ChunkStep {
 /// Follows request framing over every byte read from one connection.
 pub(super) struct Tracker {
     state: State,
-    /// Only an incomplete head that spans reads is buffered here.
+    /// The head being read: kept across reads while incomplete, never what follows it.
     head: Vec<u8>,
     /// How much of `head` hyper has already read: the method and its space go on at once (so
     /// hyper-util can tell HTTP/1 from an HTTP/2 preface and hyper's header timer runs); from
@@ -147,7 +147,7 @@ impl Tracker {
 
     /// Consumes head bytes from `at`; returns where what follows the head starts (or the end
     /// of the input if the head is incomplete).
-    fn feed_head(&mut self, edit: &mut Edit<'_>, at: usize) -> usize {
+    fn feed_head(&mut self, edit: &mut Edit<'_>, mut at: usize) -> usize {
         let input = edit.input;
         let end_of_input = input.len();
         if self.head.is_empty() {
@@ -156,24 +156,7 @@ impl Tracker {
             let Some(skip) = input[at..].iter().position(|b| *b != b'\r' && *b != b'\n') else {
                 return end_of_input;
             };
-            let start = at + skip;
-            let data = &input[start..];
-            if let Some(end) = head_end(data) {
-                if end > self.max_head_bytes {
-                    self.state = State::Off;
-                    return end_of_input;
-                }
-                self.head_sent = 0;
-                self.complete_head(edit, (start, start + end), &data[..end], 0);
-                return start + end;
-            }
-            if data.len() > self.max_head_bytes {
-                self.state = State::Off;
-                return end_of_input;
-            }
-            self.head_sent = 0;
-            self.hold(edit, start);
-            return end_of_input;
+            at += skip;
         }
         // Find where the head ends without copying what follows it: first an end marker
         // straddling the boundary (its first LF is one of the last two buffered bytes), then
@@ -204,7 +187,7 @@ impl Tracker {
         self.head.extend_from_slice(&data[..used]);
         let head = std::mem::take(&mut self.head);
         self.complete_head(edit, (at, at + used), &head, old);
-        // Keep the allocation for the next head that spans reads.
+        // Keep the allocation for the next head.
         self.head = head;
         self.head.clear();
         at + used
