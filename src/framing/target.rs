@@ -71,29 +71,6 @@ enum Part {
     Fragment,
 }
 
-/// What to do with one ASCII byte in `part`.
-enum Verdict {
-    Keep,
-    /// Percent-encode; the target stays usable.
-    Encode,
-    /// Percent-encode (so it parses) and refuse the request.
-    Refuse,
-}
-
-fn judge(b: u8, part: Part) -> Verdict {
-    if b < 0x20 || b == 0x7f {
-        return Verdict::Refuse;
-    }
-    match (part, b) {
-        // `http::Uri`'s path accepts `"`, `{`, `}` and `|` as sent; not these.
-        (Part::Path, b' ' | b'<' | b'>' | b'`') => Verdict::Refuse,
-        (Part::Query, b' ' | b'"' | b'<' | b'>') => Verdict::Encode,
-        // Never parsed (`http::Uri` drops the fragment); only httparse must accept it.
-        (Part::Fragment, b' ') => Verdict::Encode,
-        _ => Verdict::Keep,
-    }
-}
-
 /// The target with every byte `http::Uri` refuses percent-encoded, and whether one of them
 /// makes it unusable; `None` when nothing needed encoding.
 fn fix_target(target: &[u8]) -> Option<(Vec<u8>, bool)> {
@@ -108,31 +85,35 @@ fn fix_target(target: &[u8]) -> Option<(Vec<u8>, bool)> {
                 (Part::Path | Part::Query, b'#') => Part::Fragment,
                 _ => part,
             };
-            let verdict = if b.is_ascii() {
-                judge(b, part)
-            } else {
-                Verdict::Keep
+            // Refused: a control byte anywhere; in the path, what `http::Uri`'s path refuses
+            // (it accepts `"`, `{`, `}` and `|` as sent).
+            let refuse = b < 0x20 || b == 0x7f || (part == Part::Path && b" <>`".contains(&b));
+            // Encoded and let through: what a query means literally; in the fragment (never
+            // parsed: `http::Uri` drops it) only what httparse would not accept.
+            let encode = match part {
+                Part::Query => b" \"<>".contains(&b),
+                Part::Fragment => b == b' ',
+                Part::Path => false,
             };
-            match verdict {
-                Verdict::Keep => out.push(b),
-                Verdict::Encode | Verdict::Refuse => {
-                    bad |= matches!(verdict, Verdict::Refuse);
-                    changed = true;
-                    encode(b, &mut out);
-                }
+            if refuse || encode {
+                bad |= refuse;
+                changed = true;
+                encode_byte(b, &mut out);
+            } else {
+                out.push(b);
             }
         }
         // Not UTF-8 (`http::Uri` requires it): a Latin-1 name in a query is encoded.
         for &b in chunk.invalid() {
             bad |= part == Part::Path;
             changed = true;
-            encode(b, &mut out);
+            encode_byte(b, &mut out);
         }
     }
     changed.then_some((out, bad))
 }
 
-fn encode(b: u8, out: &mut Vec<u8>) {
+fn encode_byte(b: u8, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
 }
