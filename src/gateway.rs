@@ -3,7 +3,7 @@
 use crate::config::{Config, ConfigError};
 use crate::credentials::{Credentials, KeyStoreError};
 use crate::guard::Readiness as _;
-use crate::live::{Current, GatewayReadiness, Live, Shared};
+use crate::live::{GatewayReadiness, Live, Shared};
 use crate::metrics::{Metrics, ReloadTrigger};
 use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::server::{self, ConnSettings};
@@ -100,7 +100,7 @@ impl Gateway {
         tasks.push(tokio::spawn(server::serve(
             listener,
             settings,
-            Current(live),
+            crate::live::current(live),
             rx,
         )));
         tracing::info!(%local_addr, "gateway listening");
@@ -124,9 +124,10 @@ impl Gateway {
         Gateway::start(cfg, listener).await
     }
 
-    /// The GET cache now serving, if enabled (for purges and stats).
-    pub fn cache(&self) -> Option<Arc<crate::cache::Cache>> {
-        self.reloader.current().cache.clone()
+    /// The reloadable parts now serving (the cache for purges and stats, the rate limits and
+    /// retries for their counters).
+    pub fn live(&self) -> Arc<Live> {
+        self.reloader.current()
     }
 
     /// The admin listener's address, when enabled.
@@ -137,16 +138,6 @@ impl Gateway {
     /// The cache invalidation bus (for its counters).
     pub fn cache_bus(&self) -> &Arc<crate::cache::CacheBus> {
         &self.bus
-    }
-
-    /// The rate limits now serving, if enabled (for stats).
-    pub fn ratelimits(&self) -> Option<Arc<crate::ratelimit::RateLimits>> {
-        self.reloader.current().ratelimits.clone()
-    }
-
-    /// The retry policy now serving (for its counters).
-    pub fn retries(&self) -> Arc<crate::retry::Retries> {
-        self.reloader.current().retries.clone()
     }
 
     /// The address actually bound.

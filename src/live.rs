@@ -17,13 +17,10 @@ use crate::ratelimit::RateLimits;
 use crate::retry::Retries;
 use crate::stack::{self, Fixed, GatewayService, Parts};
 use arc_swap::ArcSwap;
-use http::{Request, Response};
-use std::convert::Infallible;
+use http::Request;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
-use tower::Service;
-use tower::util::Oneshot;
+use tower::ServiceExt;
 
 /// One consistent set of reloadable parts and the stack built from them (read its parts
 /// through `Deref`: `live.cache`, `live.authn`).
@@ -211,21 +208,8 @@ async fn verifier(
 pub type Shared = Arc<ArcSwap<Live>>;
 
 /// The gateway as the server sees it: each request goes through the set current at arrival.
-#[derive(Clone)]
-pub struct Current(pub Shared);
-
-impl Service<Request<Body>> for Current {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Oneshot<GatewayService, Request<Body>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        Oneshot::new(self.0.load().service.clone(), req)
-    }
+pub fn current(live: Shared) -> impl crate::server::Served {
+    tower::service_fn(move |req: Request<Body>| live.load().service.clone().oneshot(req))
 }
 
 /// Ready while not draining and while the verifier of the set serving now has its keys (not

@@ -172,7 +172,11 @@ format = "text"
     }
 
     pub(crate) fn limits(&self, i: usize) -> Arc<RateLimits> {
-        self.gws[i].ratelimits().expect("rate limits enabled")
+        self.gws[i]
+            .live()
+            .ratelimits
+            .clone()
+            .expect("rate limits enabled")
     }
 
     pub(crate) async fn send(
@@ -493,7 +497,7 @@ burst = 5
         bob.at.duration_since(first.at) >= Duration::from_secs(1),
         "bob's request waited for the pause"
     );
-    let retries = rig.gws[0].retries();
+    let retries = rig.gws[0].live().retries.clone();
     assert_eq!(retries.stats().throttled.load(Ordering::Relaxed), 1);
 }
 
@@ -692,7 +696,12 @@ async fn connect_failures_are_retried_for_bodiless_requests_only() {
     assert_eq!(r.status, 502);
     assert_eq!(accepts.load(Ordering::SeqCst), 7, "a body is never resent");
     assert_eq!(
-        rig.gws[0].retries().stats().connect.load(Ordering::Relaxed),
+        rig.gws[0]
+            .live()
+            .retries
+            .stats()
+            .connect
+            .load(Ordering::Relaxed),
         4
     );
 }

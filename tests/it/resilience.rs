@@ -122,7 +122,13 @@ async fn a_reused_connection_dying_under_a_get_is_retried_once_on_a_fresh_one() 
     // The dead connection is gone from the pool: the next request opens a fresh one.
     assert_eq!(h.get_as("erin", "/v1/invoices?n=3").await.status, 200);
     // A POST is never sent twice: on a reused connection that dies it is a clean 502.
-    let resent = h.gateway().retries().stats().stale.load(Ordering::Relaxed);
+    let resent = h
+        .gateway()
+        .live()
+        .retries
+        .stats()
+        .stale
+        .load(Ordering::Relaxed);
     assert!(resent >= 1);
     let auth = format!("Bearer {}", h.token("erin"));
     let got = h
@@ -140,7 +146,14 @@ async fn a_reused_connection_dying_under_a_get_is_retried_once_on_a_fresh_one() 
         (got.status.as_u16(), got.code().as_str()),
         (502, "upstream_unavailable")
     );
-    let stale = || h.gateway().retries().stats().stale.load(Ordering::Relaxed);
+    let stale = || {
+        h.gateway()
+            .live()
+            .retries
+            .stats()
+            .stale
+            .load(Ordering::Relaxed)
+    };
     assert_eq!(stale(), resent, "the GETs' resends, not the POST's");
     assert_eq!(
         h.get_as("alice", "/v1/patients").await.status,

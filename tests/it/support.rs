@@ -268,7 +268,7 @@ format = "text"
     pub fn cache(&self) -> std::sync::Arc<cliniko_gateway::cache::Cache> {
         self.gw
             .as_ref()
-            .and_then(|g| g.cache())
+            .and_then(|g| g.live().cache.clone())
             .expect("cache enabled")
     }
 
