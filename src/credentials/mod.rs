@@ -47,10 +47,10 @@
 //! - `cliniko_user` optionally labels which Cliniko user owns the key (rate limits group by it).
 //!
 //! Version 1 is the same without `mac`. It is refused at start-up and reload until
-//! [`reseal`] (`keys reseal`) has signed it; the other edits refuse it too, so nothing signs an
+//! [`Backend::reseal`] (`keys reseal`) has signed it; the other edits refuse it too, so nothing signs an
 //! unreviewed file by the way.
 //!
-//! Edits ([`add_key`], [`remove_user`], [`reseal`]) check the master key against every
+//! Edits ([`add_key`], [`remove_user`], [`Backend::reseal`]) check the master key against every
 //! existing entry and the MAC first, then sign and replace the file atomically (temp file with
 //! mode 0600 in the same directory, fsync, rename). A running gateway picks the change up on
 //! [`Credentials::reload`] (SIGHUP or the file watch).
@@ -77,7 +77,7 @@ impl std::fmt::Debug for CredentialId {
 
 pub use backend::Backend;
 pub use crypto::{fingerprint, generate_master_key};
-pub use edit::{ListedUser, Resealed, add_key, add_keys, list, remove_user, reseal};
+pub use edit::{ListedUser, Resealed, add_key, add_keys, list, remove_user};
 pub use live::Credentials;
 pub use new_key::{AddOutcome, NewKey, check_api_key};
 pub use store::KeyStore;
@@ -433,7 +433,7 @@ mod tests {
         assert_eq!(a.key_id, b.key_id);
         assert_eq!(json(&path)["keys"].as_object().unwrap().len(), 1);
         let store = KeyStore::load(&path, &m).unwrap();
-        assert_eq!((store.len(), store.key_count()), (2, 1));
+        assert_eq!((store.len(), store.keys().count()), (2, 1));
         let (ca, cb) = (store.get("alice").unwrap(), store.get("bob").unwrap());
         assert!(Arc::ptr_eq(&ca, &cb), "shared keys share one Credential");
     }
@@ -612,6 +612,10 @@ mod tests {
         run(creds.reload())
     }
 
+    fn reseal(path: &Path, m: &MasterKey, accept_edits: bool) -> Result<Resealed, KeyStoreError> {
+        run(Backend::file(path.to_path_buf()).reseal(m, accept_edits))
+    }
+
     #[test]
     fn missing_file_and_missing_master_key_are_clear_errors() {
         let (_d, path, m) = setup();
@@ -622,7 +626,11 @@ mod tests {
             msg.contains("keys.json") && msg.contains("cliniko-gateway keys add"),
             "{msg}"
         );
-        assert!(KeyStore::load_or_empty(&path, &m).unwrap().is_empty());
+        assert!(
+            KeyStore::from_stored(&path, None, &m, true)
+                .unwrap()
+                .is_empty()
+        );
         let mut cfg = config(&path, &m);
         cfg.master_key = None;
         assert!(matches!(open(&cfg), Err(KeyStoreError::NoMasterKey)));
@@ -713,14 +721,6 @@ mod tests {
             assert!(!text.contains(&b64(k)[..20]));
             assert!(!text.contains(&b64(&format!("{k}:"))[..20]));
         }
-    }
-
-    #[test]
-    fn in_memory_store_serves_lookups() {
-        let c = Arc::new(Credential::new(key(KEY_B), "k", Some("u".into())).unwrap());
-        let store = KeyStore::from_users([("alice".to_string(), c.clone())]);
-        assert!(Arc::ptr_eq(&store.get("alice").unwrap(), &c));
-        assert_eq!(store.users().map(|(u, _)| u).collect::<Vec<_>>(), ["alice"]);
     }
 
     /// Writes `v` back as the attacker would: pretty JSON, MAC untouched.

@@ -167,21 +167,6 @@ impl Policy {
                 _ => false,
             })
     }
-
-    /// The names of the grants a token's claims give (for diagnostics and tests).
-    pub fn grant_names(&self, claims: &Map<String, Value>) -> Vec<&str> {
-        let mut found: Vec<usize> = Vec::new();
-        self.any_granted(claims, |i| {
-            if !found.contains(&i) {
-                found.push(i);
-            }
-            false
-        });
-        found
-            .into_iter()
-            .map(|i| self.grants[i].name.as_str())
-            .collect()
-    }
 }
 
 /// A claim by exact name, else by a dotted path into nested objects (`realm_access.roles`).
@@ -223,6 +208,23 @@ mod tests {
     use crate::config::policy::validate;
     use proptest::prelude::*;
     use serde_json::json;
+
+    impl Policy {
+        /// The names of the grants a token's claims give (for diagnostics and tests).
+        fn grant_names(&self, claims: &Map<String, Value>) -> Vec<&str> {
+            let mut found: Vec<usize> = Vec::new();
+            self.any_granted(claims, |i| {
+                if !found.contains(&i) {
+                    found.push(i);
+                }
+                false
+            });
+            found
+                .into_iter()
+                .map(|i| self.grants[i].name.as_str())
+                .collect()
+        }
+    }
 
     fn policy(toml_text: &str) -> Policy {
         let cfg: PolicyConfig = toml::from_str(toml_text).unwrap();
