@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 
 /// The methods the guard lets through; `*` in a grant means all of them.
-const ALL_METHODS: [Method; 7] = [
+pub const ALL_METHODS: [Method; 7] = [
     Method::GET,
     Method::HEAD,
     Method::POST,
