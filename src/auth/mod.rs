@@ -209,13 +209,15 @@ impl Authenticator {
         const NOT_ALLOWED: AuthError = AuthError::Invalid("algorithm not allowed for this key");
         let alg = header.alg;
         let kid = header.kid.as_deref();
-        let attempt = |key: &jsonwebtoken::DecodingKey| self.rules.check(token, alg, key);
+        let attempt = |key: &jsonwebtoken::DecodingKey| {
+            (self.rules.check(token, alg, key)).map_err(|e| verify::map_error(&e))
+        };
 
         // The family decides which keys are even considered: an HS* token never meets the
         // bytes of a public key, and an RS*/ES* token never meets the HMAC secret.
         if alg.family() == AlgorithmFamily::Hmac {
             return match &self.keys.hmac {
-                Some(k) if k.allows(alg) => attempt(&k.key).map_err(|e| verify::map_error(&e)),
+                Some(k) if k.allows(alg) => attempt(&k.key),
                 _ => Err(NOT_ALLOWED),
             };
         }
@@ -229,8 +231,8 @@ impl Authenticator {
             }
             match attempt(&k.key) {
                 Ok(c) => return Ok(c),
-                Err(e) if verify::try_next_key(&e) => last = Some(verify::map_error(&e)),
-                Err(e) => return Err(verify::map_error(&e)),
+                Err(e) if e == verify::BAD_SIGNATURE => last = Some(e),
+                Err(e) => return Err(e),
             }
         }
 
@@ -246,8 +248,8 @@ impl Authenticator {
                 }
                 match attempt(&k.key) {
                     Ok(c) => return Ok(c),
-                    Err(e) if verify::try_next_key(&e) => last = Some(verify::map_error(&e)),
-                    Err(e) => return Err(verify::map_error(&e)),
+                    Err(e) if e == verify::BAD_SIGNATURE => last = Some(e),
+                    Err(e) => return Err(e),
                 }
             }
             allowed_somewhere = true;
