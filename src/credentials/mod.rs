@@ -113,6 +113,8 @@ impl fmt::Debug for ApiKey {
 }
 
 /// Everything needed to call Cliniko for one user; shared (`Arc`) by users of the same key.
+/// Its `Debug` shows no secret: the key is redacted, the header marked sensitive.
+#[derive(Debug)]
 pub struct Credential {
     /// The API key.
     pub key: ApiKey,
@@ -189,18 +191,6 @@ fn basic_header(key: &ApiKey) -> http::HeaderValue {
         .unwrap_or_else(|_| http::HeaderValue::from_static("Basic"));
     value.set_sensitive(true);
     value
-}
-
-impl fmt::Debug for Credential {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credential")
-            .field("key", &self.key)
-            .field("shard", &self.shard)
-            .field("fingerprint", &self.fingerprint)
-            .field("key_id", &self.key_id)
-            .field("cliniko_user", &self.cliniko_user)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Why the key store could not be read, decrypted or changed. Never carries a key.

@@ -52,10 +52,7 @@ impl KeyStore {
         master: &MasterKey,
     ) -> Result<KeyStore, KeyStoreError> {
         let store = KeyStore::open_entries(path, doc, master)?;
-        match integrity(doc, master)?.refusal(path) {
-            None => Ok(store),
-            Some(e) => Err(e),
-        }
+        integrity(doc, master)?.refusal(path).map_or(Ok(store), Err)
     }
 
     /// Decrypts and cross-checks every entry and user, without looking at the MAC.
