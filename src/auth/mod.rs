@@ -23,7 +23,7 @@ use jsonwebtoken::{AlgorithmFamily, Header, decode_header};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use tokio::task::JoinHandle;
 
 /// The calling app from verified claims (`azp`, else `client_id`), as logs and the audit record it.
@@ -106,11 +106,11 @@ impl Authenticator {
         let Some(jwks) = &self.jwks else { return };
         let first_ok = jwks.refresh().await;
         let handle = tokio::spawn(refresh_loop(Arc::downgrade(jwks), first_ok));
-        let old = match self.refresher.lock() {
-            Ok(mut slot) => slot.replace(handle),
-            Err(poisoned) => poisoned.into_inner().replace(handle),
-        };
-        if let Some(old) = old {
+        let mut slot = self
+            .refresher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = slot.replace(handle) {
             old.abort();
         }
     }
@@ -277,11 +277,11 @@ impl fmt::Debug for Authenticator {
 
 impl Drop for Authenticator {
     fn drop(&mut self) {
-        let handle = match self.refresher.get_mut() {
-            Ok(slot) => slot.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some(h) = handle {
+        let slot = self
+            .refresher
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(h) = slot.take() {
             h.abort();
         }
     }
