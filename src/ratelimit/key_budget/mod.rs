@@ -13,7 +13,7 @@ mod admit;
 
 use super::RateLimitStats;
 use super::fair::FairQueue;
-use super::gcra::{Decision, Gcra};
+use super::gcra::{Decision, Gcra, micros};
 use super::redis::SharedBudget;
 use crate::config::{Quota, RateLimitConfig, RedisFailure};
 use crate::error::GatewayError;
@@ -242,10 +242,6 @@ impl KeyBudgets {
         }
         d
     }
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
