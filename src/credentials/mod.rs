@@ -296,11 +296,8 @@ pub enum KeyStoreError {
     Crypto(&'static str),
 }
 
-/// Checks a user name: non-empty, at most [`MAX_USER_BYTES`], no control characters.
-pub fn validate_user(user: &str) -> Result<(), KeyStoreError> {
-    validate_name("user name", user)
-}
-
+/// Checks a user name or label (`what`): non-empty, at most [`MAX_USER_BYTES`], no control
+/// characters, no whitespace at either end.
 fn validate_name(what: &'static str, s: &str) -> Result<(), KeyStoreError> {
     let problem = if s.is_empty() {
         "it is empty"
