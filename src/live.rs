@@ -104,7 +104,7 @@ impl Live {
                         .map(|_| "ratelimit"),
                 );
                 let prev = cur.and_then(|c| c.ratelimits.as_ref());
-                RateLimits::new(&cfg.ratelimit, &cfg.redis, prev)?
+                Some(RateLimits::new(&cfg.ratelimit, &cfg.redis, prev)?)
             }
         };
         if old.is_some_and(|o| o.upstream.retries != cfg.upstream.retries) {

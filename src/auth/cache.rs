@@ -45,18 +45,10 @@ pub(crate) fn ttl_for(exp: u64, now: Duration) -> Duration {
 
 struct UntilExp;
 
+// A token inserted again (two first requests at once) has the same `exp`: moka's default for
+// an update, keeping the entry's expiry, is right.
 impl Expiry<TokenHash, Cached> for UntilExp {
     fn expire_after_create(&self, _: &TokenHash, v: &Cached, _: Instant) -> Option<Duration> {
-        Some(ttl_for(v.exp, now()))
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &TokenHash,
-        v: &Cached,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
         Some(ttl_for(v.exp, now()))
     }
 }

@@ -107,17 +107,8 @@ pub(crate) fn exp_of(claims: &Claims) -> Option<u64> {
     })
 }
 
-/// True when the error means "this key did not verify it": another candidate may still.
-pub(crate) fn try_next_key(e: &JwtError) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::InvalidSignature
-            | ErrorKind::InvalidEcdsaKey
-            | ErrorKind::InvalidEddsaKey
-            | ErrorKind::InvalidRsaKey(_)
-            | ErrorKind::InvalidKeyFormat
-    )
-}
+/// What [`map_error`] makes of "this key did not verify it": another candidate may still.
+pub(crate) const BAD_SIGNATURE: AuthError = AuthError::Invalid("signature");
 
 /// Maps jsonwebtoken's error onto the caller-facing reason.
 pub(crate) fn map_error(e: &JwtError) -> AuthError {
@@ -128,7 +119,7 @@ pub(crate) fn map_error(e: &JwtError) -> AuthError {
         | ErrorKind::InvalidEcdsaKey
         | ErrorKind::InvalidEddsaKey
         | ErrorKind::InvalidRsaKey(_)
-        | ErrorKind::InvalidKeyFormat => AuthError::Invalid("signature"),
+        | ErrorKind::InvalidKeyFormat => BAD_SIGNATURE,
         ErrorKind::InvalidIssuer => AuthError::Invalid("issuer"),
         ErrorKind::InvalidAudience => AuthError::Invalid("audience"),
         ErrorKind::InvalidSubject => AuthError::Invalid("subject"),
@@ -169,8 +160,13 @@ mod tests {
 
     #[test]
     fn signature_errors_try_the_next_key_but_claim_errors_do_not() {
-        assert!(try_next_key(&JwtError::from(ErrorKind::InvalidSignature)));
-        assert!(!try_next_key(&JwtError::from(ErrorKind::ExpiredSignature)));
+        for kind in [ErrorKind::InvalidSignature, ErrorKind::InvalidKeyFormat] {
+            assert_eq!(map_error(&JwtError::from(kind)), BAD_SIGNATURE);
+        }
+        assert_ne!(
+            map_error(&JwtError::from(ErrorKind::ExpiredSignature)),
+            BAD_SIGNATURE
+        );
         assert_eq!(
             map_error(&JwtError::from(ErrorKind::ImmatureSignature)),
             AuthError::NotYetValid

@@ -139,7 +139,8 @@ impl Backend {
             .await
     }
 
-    /// Signs the store (see [`super::reseal`]).
+    /// Signs the store with its whole-document MAC: migrates a version-1 file, or (only with
+    /// `accept_edits`) accepts a file changed without the master key (see [`edit::resealed`]).
     pub async fn reseal(
         &self,
         master: &MasterKey,

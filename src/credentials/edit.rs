@@ -172,7 +172,7 @@ pub(super) fn remove_from(
     Ok((Some(doc), true))
 }
 
-/// What [`reseal`] did.
+/// What [`super::Backend::reseal`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resealed {
     /// The file already carried a valid MAC; nothing was written.
@@ -183,20 +183,9 @@ pub enum Resealed {
     AcceptedEdits,
 }
 
-/// Signs the store with its whole-document MAC: migrates a version-1 file, or (only with
-/// `accept_edits`) accepts a file changed without the master key. Every entry must still open
-/// with `master`.
-pub fn reseal(
-    path: &Path,
-    master: &MasterKey,
-    accept_edits: bool,
-) -> Result<Resealed, KeyStoreError> {
-    file::edit(path, master.expose_secret(), |doc| {
-        resealed(doc, path, master, accept_edits)
-    })
-}
-
-/// [`reseal`] in memory: the document to sign and write, unless it is already signed.
+/// What signing the store with its whole-document MAC ([`super::Backend::reseal`]) writes:
+/// a version-1 file migrated, or (only with `accept_edits`) a file changed without the master
+/// key accepted; nothing when it is already signed. Every entry must still open with `master`.
 pub(super) fn resealed(
     doc: Option<Document>,
     place: &Path,

@@ -1,7 +1,7 @@
 //! A key to store and what storing it did: shared by the file edits ([`super::edit`]) and
 //! the serving store ([`super::store`]), below both so neither imports the other for them.
 
-use super::{ApiKey, KeyStoreError, validate_name, validate_user};
+use super::{ApiKey, KeyStoreError, validate_name};
 use crate::upstream::Shard;
 
 /// Longest accepted API key in bytes (Cliniko keys are far shorter; this catches paste accidents).
@@ -56,7 +56,7 @@ impl NewKey {
 
     /// Checks the user name, the label and the key; the key's shard when all are valid.
     pub fn check(&self) -> Result<Shard, KeyStoreError> {
-        validate_user(&self.user)?;
+        validate_name("user name", &self.user)?;
         if let Some(label) = &self.cliniko_user {
             validate_name("cliniko_user label", label)?;
         }

@@ -27,11 +27,6 @@ impl KeyStore {
         KeyStore::from_stored(path, file::read(path)?.as_ref(), master, false)
     }
 
-    /// Like [`KeyStore::load`], but a missing file is an empty store (for `keys add`).
-    pub fn load_or_empty(path: &Path, master: &MasterKey) -> Result<KeyStore, KeyStoreError> {
-        KeyStore::from_stored(path, file::read(path)?.as_ref(), master, true)
-    }
-
     /// The store a stored document holds; nothing stored is [`KeyStoreError::NotFound`], or
     /// an empty store when `missing_ok`.
     pub(super) fn from_stored(
@@ -49,16 +44,6 @@ impl KeyStore {
         }
     }
 
-    /// A store built in memory (tests and embedders); `users` maps names to credentials.
-    pub fn from_users(users: impl IntoIterator<Item = (String, Arc<Credential>)>) -> KeyStore {
-        let mut store = KeyStore::default();
-        for (user, cred) in users {
-            store.keys.insert(cred.key_id.clone(), cred.clone());
-            store.users.insert(user.into(), cred);
-        }
-        store
-    }
-
     /// Opens every entry and checks the document MAC (last, so that a wrong master key is
     /// reported as such rather than as an edit).
     pub(super) fn from_document(
@@ -67,10 +52,7 @@ impl KeyStore {
         master: &MasterKey,
     ) -> Result<KeyStore, KeyStoreError> {
         let store = KeyStore::open_entries(path, doc, master)?;
-        match integrity(doc, master)?.refusal(path) {
-            None => Ok(store),
-            Some(e) => Err(e),
-        }
+        integrity(doc, master)?.refusal(path).map_or(Ok(store), Err)
     }
 
     /// Decrypts and cross-checks every entry and user, without looking at the MAC.
@@ -155,11 +137,6 @@ impl KeyStore {
     /// True when no user has a key.
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
-    }
-
-    /// Number of distinct keys.
-    pub fn key_count(&self) -> usize {
-        self.keys.len()
     }
 }
 

@@ -2,7 +2,7 @@
 //! requests refused. The `app` label is a name from `[ratelimit.shares.apps]` or `other`, never
 //! a name straight from a token, so a caller cannot mint series.
 
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -13,10 +13,8 @@ const WAIT_BUCKETS: [f64; 13] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 15.0, 60.0,
 ];
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AppLabels {
-    app: String,
-}
+/// `app`: a configured app name or `other`.
+type AppLabels = [(&'static str, String); 1];
 
 fn wait_histogram() -> Histogram {
     Histogram::new(WAIT_BUCKETS)
@@ -46,9 +44,7 @@ impl AppMetrics {
     /// [`OTHER_APP`](crate::config::shares::OTHER_APP)); taken once per config
     /// so a request only bumps atomics.
     pub fn app(&self, label: &str) -> AppCounts {
-        let l = AppLabels {
-            app: label.to_owned(),
-        };
+        let l = [("app", label.to_owned())];
         AppCounts {
             admitted: self.admitted.get_or_create_owned(&l),
             refused: self.refused.get_or_create_owned(&l),

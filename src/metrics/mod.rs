@@ -78,16 +78,10 @@ impl RouteClass {
 
 /// A method as a label: Cliniko's seven, everything else `OTHER` (the guard refuses those).
 pub fn method_label(m: &http::Method) -> &'static str {
-    match *m {
-        http::Method::GET => "GET",
-        http::Method::HEAD => "HEAD",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::PATCH => "PATCH",
-        http::Method::DELETE => "DELETE",
-        http::Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
-    }
+    crate::policy::ALL_METHODS
+        .iter()
+        .find(|k| *k == m)
+        .map_or("OTHER", http::Method::as_str)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,28 +91,8 @@ struct RequestLabels {
     status: u16,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabels {
-    route: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    kind: &'static str,
-}
-
-/// A stored key's fingerprint (`sha256:` + 16 hex digits of its hash, as `keys list` prints
-/// it): not the key, and bounded by the key store's size.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KeyLabels {
-    key_fingerprint: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReloadLabels {
-    trigger: &'static str,
-    result: &'static str,
-}
+/// `N` labels whose values are fixed words, e.g. `[("kind", "tls")]`.
+type Words<const N: usize> = [(&'static str, &'static str); N];
 
 fn latency() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
@@ -194,8 +168,10 @@ impl UpstreamError {
 #[derive(Clone, Debug)]
 pub struct UpstreamMetrics {
     duration: Histogram,
-    errors: Family<KindLabels, Counter>,
-    rejected: Family<KeyLabels, Counter>,
+    errors: Family<Words<1>, Counter>,
+    /// By `key_fingerprint`: a stored key's fingerprint (`sha256:` + 16 hex digits of its
+    /// hash, as `keys list` prints it): not the key, and bounded by the key store's size.
+    rejected: Family<[(&'static str, String); 1], Counter>,
 }
 
 impl UpstreamMetrics {
@@ -206,9 +182,7 @@ impl UpstreamMetrics {
 
     /// One failed exchange.
     pub fn error(&self, kind: UpstreamError) {
-        self.errors
-            .get_or_create(&KindLabels { kind: kind.label() })
-            .inc();
+        self.errors.get_or_create(&[("kind", kind.label())]).inc();
     }
 
     /// Cliniko answered 401 to the stored key with this fingerprint: counted as an error and
@@ -216,16 +190,9 @@ impl UpstreamMetrics {
     pub fn credential_rejected(&self, fingerprint: &str) {
         self.error(UpstreamError::CredentialRejected);
         self.rejected
-            .get_or_create(&KeyLabels {
-                key_fingerprint: fingerprint.to_owned(),
-            })
+            .get_or_create(&[("key_fingerprint", fingerprint.to_owned())])
             .inc();
     }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ListenerLabels {
-    listener: &'static str,
 }
 
 /// What one listener's accept loop records: open connections, and those it closed because
@@ -266,9 +233,9 @@ impl ReloadTrigger {
 /// Key-store and config reload outcomes.
 #[derive(Clone, Debug, Default)]
 pub struct ReloadMetrics {
-    reloads: Family<ReloadLabels, Counter>,
+    reloads: Family<Words<2>, Counter>,
     users: Gauge,
-    config_reloads: Family<ReloadLabels, Counter>,
+    config_reloads: Family<Words<2>, Counter>,
     restart_pending: Gauge,
     // 0 from a refused reload until the next one succeeds: the state alerts need ("the old
     // one is still serving"), which the counters only tell for a while.
@@ -308,11 +275,10 @@ impl ReloadMetrics {
     }
 }
 
-fn count(attempts: &Family<ReloadLabels, Counter>, trigger: ReloadTrigger, ok: bool) {
+fn count(attempts: &Family<Words<2>, Counter>, trigger: ReloadTrigger, ok: bool) {
     let result = if ok { "ok" } else { "failed" };
-    let trigger = trigger.label();
     attempts
-        .get_or_create(&ReloadLabels { trigger, result })
+        .get_or_create(&[("trigger", trigger.label()), ("result", result)])
         .inc();
 }
 
@@ -324,9 +290,9 @@ pub struct Metrics {
     upstream: UpstreamMetrics,
     handshakes: Counter,
     reloads: ReloadMetrics,
-    connections: Family<ListenerLabels, Gauge>,
-    connections_max: Family<ListenerLabels, Gauge>,
-    stalled: Family<ListenerLabels, Counter>,
+    connections: Family<Words<1>, Gauge>,
+    connections_max: Family<Words<1>, Gauge>,
+    stalled: Family<Words<1>, Counter>,
     sources: Option<Arc<dyn Source>>,
 }
 
@@ -403,7 +369,7 @@ impl Metrics {
 
     /// Handles for the accept loop of `listener` (`public` or `admin`), whose limit is `max`.
     pub fn connections(&self, listener: &'static str, max: usize) -> ConnMetrics {
-        let l = ListenerLabels { listener };
+        let l = [("listener", listener)];
         self.connections_max
             .get_or_create(&l)
             .set(i64::try_from(max).unwrap_or(i64::MAX));
@@ -431,12 +397,11 @@ impl Metrics {
 
 /// Requests answered, their durations, and those in flight.
 fn register_http(registry: &mut Registry) -> HttpMetrics {
-    let durations =
-        Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency);
+    let durations = Family::<Words<1>, Histogram, fn() -> Histogram>::new_with_constructor(latency);
     let m = HttpMetrics {
         requests: Family::default(),
         durations: [RouteClass::Proxy, RouteClass::Health, RouteClass::Other]
-            .map(|r| durations.get_or_create_owned(&RouteLabels { route: r.label() })),
+            .map(|r| durations.get_or_create_owned(&[("route", r.label())])),
         in_flight: Gauge::default(),
     };
     register!(registry;

@@ -143,11 +143,6 @@ impl<T> FairQueue<T> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// Lines remembered (waiting, or empty but still ahead of their class's virtual time).
-    pub fn lines(&self) -> usize {
-        self.classes.iter().map(|c| c.lines.len()).sum()
-    }
 }
 
 impl<T> Lines<T> {
@@ -172,6 +167,13 @@ impl<T> Lines<T> {
 mod tests {
     use super::*;
     use Class::{Batch, Interactive};
+
+    impl<T> FairQueue<T> {
+        /// Lines remembered (waiting, or empty but still ahead of their class's virtual time).
+        fn lines(&self) -> usize {
+            self.classes.iter().map(|c| c.lines.len()).sum()
+        }
+    }
 
     struct Rig {
         q: FairQueue<&'static str>,

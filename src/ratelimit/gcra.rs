@@ -6,6 +6,13 @@
 //! *reserved* (TAT moves on by `T`) and the request waits until it; otherwise nothing changes.
 //! Reserving means any window of length `W` holds at most `burst + W/T` slots.
 
+use std::time::Duration;
+
+/// `d` in whole µs (saturating).
+pub fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// What the budget said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -28,9 +35,7 @@ impl Gcra {
     /// From a quota.
     pub fn of(q: &crate::config::Quota) -> Gcra {
         Gcra {
-            interval: u64::try_from(q.interval().as_micros())
-                .unwrap_or(u64::MAX)
-                .max(1),
+            interval: micros(q.interval()).max(1),
             burst: u64::from(q.burst.max(1)),
         }
     }
@@ -56,9 +61,7 @@ impl Gcra {
             .saturating_add(self.interval.saturating_mul(self.burst - 1));
         tat.max(floor)
     }
-}
 
-impl Gcra {
     /// A budget's state under this quota, restated under quota `to` (a config reload): the
     /// share of the burst in use is kept, and a key that had to wait (spent, or paused by
     /// Cliniko) waits no less for its next slot. So a reload never hands out a fresh burst

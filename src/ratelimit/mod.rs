@@ -134,7 +134,7 @@ impl RateLimits {
         cfg: &RateLimitConfig,
         redis: &RedisConfig,
         prev: Option<&Arc<RateLimits>>,
-    ) -> Result<Option<Arc<RateLimits>>, ConfigError> {
+    ) -> Result<Arc<RateLimits>, ConfigError> {
         crate::config::ratelimit::validate(cfg)?;
         let prev = prev.map(|p| &**p);
         let stats = prev.map_or_else(Arc::default, |p| p.stats.clone());
@@ -143,7 +143,7 @@ impl RateLimits {
             Some(p) if p.cfg.user == cfg.user && p.users.is_some() => p.users.clone(),
             _ => user_limits(cfg),
         };
-        Ok(Some(Arc::new(RateLimits {
+        Ok(Arc::new(RateLimits {
             cfg: cfg.clone(),
             redis: redis.clone(),
             users: users.filter(|_| on),
@@ -153,7 +153,7 @@ impl RateLimits {
             shares: shares::Shares::new(&cfg.shares, &stats.apps),
             stats,
             pauses: watch::Sender::new(0),
-        })))
+        }))
     }
 
     /// Counters.
@@ -183,7 +183,7 @@ mod tests {
     async fn a_reload_applies_new_weights_and_keeps_the_queues() {
         let mut cfg = RateLimitConfig::default();
         let redis = RedisConfig::default();
-        let a = RateLimits::new(&cfg, &redis, None).unwrap().unwrap();
+        let a = RateLimits::new(&cfg, &redis, None).unwrap();
         cfg.shares.apps.insert(
             "sync".into(),
             Share {
@@ -191,7 +191,7 @@ mod tests {
                 class: Class::Batch,
             },
         );
-        let b = RateLimits::new(&cfg, &redis, Some(&a)).unwrap().unwrap();
+        let b = RateLimits::new(&cfg, &redis, Some(&a)).unwrap();
         let (qa, qb) = (a.budget.as_ref().unwrap(), b.budget.as_ref().unwrap());
         assert!(
             Arc::ptr_eq(qa, qb),

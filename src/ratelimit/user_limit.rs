@@ -111,11 +111,6 @@ impl UserLimits {
             t.limiter.retain_recent();
         }
     }
-
-    /// Users currently tracked by the default quota (for tests of the pruning).
-    pub fn tracked(&self) -> usize {
-        self.default.limiter.len()
-    }
 }
 
 #[cfg(test)]
@@ -123,6 +118,13 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::time::Duration;
+
+    impl UserLimits {
+        /// Users currently tracked by the default quota (for tests of the pruning).
+        fn tracked(&self) -> usize {
+            self.default.limiter.len()
+        }
+    }
 
     fn user(id: &str, groups: serde_json::Value) -> User {
         let mut claims = serde_json::Map::new();

@@ -7,9 +7,9 @@ use crate::metrics::{RouteClass, method_label};
 use crate::step::{Answer, Inner};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, TraceFlags, Tracer};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_http::HeaderExtractor;
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracer;
 use std::convert::Infallible;
@@ -25,21 +25,13 @@ pub struct RequestTrace {
     tracer: SdkTracer,
 }
 
-/// The `traceparent` naming the active span of `cx` (none when it has no valid span).
-fn traceparent(cx: &Context) -> Option<HeaderValue> {
-    let span = cx.span();
-    let sc = span.span_context();
-    if !sc.is_valid() {
-        return None;
+/// Writes `traceparent` and `tracestate` naming the active span of `cx` (nothing when it has
+/// no valid span; no `tracestate` when the state is empty).
+fn inject(cx: &Context, headers: &mut HeaderMap) {
+    TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(headers));
+    if headers.get(TRACESTATE).is_some_and(HeaderValue::is_empty) {
+        headers.remove(TRACESTATE);
     }
-    let flags = sc.trace_flags() & TraceFlags::SAMPLED;
-    HeaderValue::try_from(format!(
-        "00-{}-{}-{:02x}",
-        sc.trace_id(),
-        sc.span_id(),
-        flags.to_u8()
-    ))
-    .ok()
 }
 
 impl RequestTrace {
@@ -61,15 +53,7 @@ impl RequestTrace {
         // caller's (inherited through the parent), empty when their traceparent was invalid.
         headers.remove(TRACEPARENT);
         headers.remove(TRACESTATE);
-        if let Some(v) = traceparent(&cx) {
-            headers.insert(TRACEPARENT, v);
-            let state = cx.span().span_context().trace_state().header();
-            if !state.is_empty()
-                && let Ok(v) = HeaderValue::try_from(state)
-            {
-                headers.insert(TRACESTATE, v);
-            }
-        }
+        inject(&cx, headers);
         ClientSpan { cx }
     }
 }
@@ -170,7 +154,9 @@ pub(super) fn call<S: Inner<Infallible>>(
         .with_attributes(attrs)
         .start_with_context(&t.tracer, &parent);
     let cx = parent.with_span(span);
-    let header = traceparent(&cx);
+    let mut header = HeaderMap::new();
+    inject(&cx, &mut header);
+    let header = header.remove(TRACEPARENT);
     let mut done = ServerSpan {
         cx: cx.clone(),
         ctx,

@@ -20,7 +20,7 @@
 //! budget is never exceeded (every slot is one atomic script), and the slots a replica wins
 //! are shared fairly among the requests waiting on that replica.
 
-use super::{KeyBudgets, Where, micros};
+use super::{KeyBudgets, Params, Where, micros};
 use crate::error::{GatewayError, Limit, Refusal};
 #[cfg(doc)]
 use crate::ratelimit::fair::FairQueue;
@@ -100,35 +100,40 @@ impl KeyBudgets {
         who: &Caller,
         started: Instant,
     ) -> Result<(), GatewayError> {
-        let mut me = self.enter(id, who)?;
-        let max_wait = self.params().max_wait;
+        // One config for the whole admission: a reload meanwhile applies to the next one.
+        let p = self.params.load_full();
+        let mut me = self.enter(&p, id, who)?;
         // µs until the budget's next slot, when this request asked it.
         let mut next = 0;
         if me.asking {
-            match self.decide(id, 0, 0, true).await? {
+            match self.decide(&p, id, 0, 0, true).await? {
                 (Decision::Admit(_), _) => return Ok(()),
-                (Decision::Refuse(w), place) if w > micros(max_wait) => {
-                    return Err(self.refusal(place, w));
+                (Decision::Refuse(w), place) if w > micros(p.max_wait) => {
+                    return Err(refusal(&p, place, w));
                 }
                 (Decision::Refuse(w), _) => next = w,
             }
         }
         let (tx, rx) = oneshot::channel();
-        self.queue(&mut me, tx, next)?;
+        self.queue(&p, &mut me, tx, next)?;
         // Counted once it really waits: `queue` refuses a hopeless wait at once.
         self.stats.shaped.fetch_add(1, Ordering::Relaxed);
-        self.wait(rx, started + max_wait).await
+        self.wait(&p, rx, started + p.max_wait).await
     }
 
     /// Counts the request in, or refuses it when `max_waiting` are in already. When nobody
     /// is queued or asking, it may ask the budget itself (`asking`); else it queues, fairly.
-    fn enter<'a>(&'a self, id: &'a Arc<str>, who: &'a Caller) -> Result<Entered<'a>, GatewayError> {
-        let max_waiting = self.params().max_waiting;
+    fn enter<'a>(
+        &'a self,
+        p: &Params,
+        id: &'a Arc<str>,
+        who: &'a Caller,
+    ) -> Result<Entered<'a>, GatewayError> {
         let mut t = self.table();
         let slot = t.entry(Arc::clone(id)).or_default();
-        if slot.waiting >= max_waiting {
+        if slot.waiting >= p.max_waiting {
             drop(t);
-            return Err(self.refusal(self.preferred(), micros(self.params().max_wait)));
+            return Err(refusal(p, self.preferred(p), micros(p.max_wait)));
         }
         slot.waiting += 1;
         let asking = !slot.pumping && !slot.asking;
@@ -149,15 +154,16 @@ impl KeyBudgets {
     /// pump sleeps until then rather than ask again at once).
     fn queue(
         self: &Arc<Self>,
+        p: &Params,
         me: &mut Entered<'_>,
         tx: Waker,
         next: u64,
     ) -> Result<(), GatewayError> {
         let (id, who) = (me.id, me.who);
         let now = self.now_us();
-        let place = self.preferred();
-        let interval = micros(self.quota_of(place).interval()).max(1);
-        let max_wait = micros(self.params().max_wait);
+        let place = self.preferred(p);
+        let interval = micros(p.quota(place).interval()).max(1);
+        let max_wait = micros(p.max_wait);
         let mut t = self.table();
         let slot = t.entry(Arc::clone(id)).or_default();
         slot.asking &= !std::mem::take(&mut me.asking);
@@ -172,7 +178,7 @@ impl KeyBudgets {
         let wait = first.saturating_add(ahead.saturating_mul(interval));
         if wait > max_wait {
             drop(t);
-            return Err(self.refusal(place, wait));
+            return Err(refusal(p, place, wait));
         }
         slot.tickets += 1;
         me.ticket = Some(slot.tickets);
@@ -184,14 +190,6 @@ impl KeyBudgets {
             tokio::spawn(self.clone().pump(Arc::clone(id), next));
         }
         Ok(())
-    }
-
-    fn refusal(&self, place: Where, wait_us: u64) -> GatewayError {
-        GatewayError::RateLimited(Refusal::new(
-            Limit::Key,
-            &self.quota_of(place),
-            Duration::from_micros(wait_us),
-        ))
     }
 
     /// Serves budget `id`'s queue until it is empty (see the module notes), first sleeping
@@ -207,7 +205,9 @@ impl KeyBudgets {
                 return;
             }
             loop {
-                let more = match self.decide(&id, 0, 0, true).await {
+                // Each question with the config of its time: a reload applies at once.
+                let p = self.params.load_full();
+                let more = match self.decide(&p, &id, 0, 0, true).await {
                     Ok((Decision::Refuse(w), _)) => {
                         wait = self.next_try_in(&id, w);
                         break;
@@ -261,6 +261,7 @@ impl KeyBudgets {
     /// Waits for the pump's word until `deadline`; then the usual 429.
     async fn wait(
         &self,
+        p: &Params,
         mut rx: oneshot::Receiver<Verdict>,
         deadline: Instant,
     ) -> Result<(), GatewayError> {
@@ -275,9 +276,18 @@ impl KeyBudgets {
         match verdict {
             Some(Verdict::Go) => Ok(()),
             Some(Verdict::Unavailable) => Err(GatewayError::RateLimiterUnavailable),
-            None => Err(self.refusal(self.preferred(), micros(self.params().max_wait))),
+            None => Err(refusal(p, self.preferred(p), micros(p.max_wait))),
         }
     }
+}
+
+/// The 429 for a request that would wait `wait_us` for the budget `place` decides with.
+fn refusal(p: &Params, place: Where, wait_us: u64) -> GatewayError {
+    GatewayError::RateLimited(Refusal::new(
+        Limit::Key,
+        &p.quota(place),
+        Duration::from_micros(wait_us),
+    ))
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ mod admit;
 
 use super::RateLimitStats;
 use super::fair::FairQueue;
-use super::gcra::{Decision, Gcra};
+use super::gcra::{Decision, Gcra, micros};
 use super::redis::SharedBudget;
 use crate::config::{Quota, RateLimitConfig, RedisFailure};
 use crate::error::GatewayError;
@@ -74,6 +74,14 @@ impl Params {
             shared,
         }
     }
+
+    /// The quota the arithmetic that decided (`w`) applies.
+    fn quota(&self, w: Where) -> Quota {
+        match w {
+            Where::Shared => self.quota,
+            Where::Local => self.local_quota,
+        }
+    }
 }
 
 /// Every key budget of this process (and its view of the shared ones). Built once and kept
@@ -119,7 +127,7 @@ impl KeyBudgets {
     /// the requests already queued (their pump asks with it next).
     pub(super) fn reconfigure(&self, cfg: &RateLimitConfig, shared: Option<SharedBudget>) {
         let next = Params::of(cfg, shared);
-        let (from, to) = (self.params().local_gcra, next.local_gcra);
+        let (from, to) = (self.params.load().local_gcra, next.local_gcra);
         let mut t = self.table();
         if (from.interval, from.burst) != (to.interval, to.burst) {
             let now = self.now_us();
@@ -132,10 +140,6 @@ impl KeyBudgets {
         self.down_until.store(0, Ordering::Release);
     }
 
-    fn params(&self) -> arc_swap::Guard<Arc<Params>> {
-        self.params.load()
-    }
-
     fn table(&self) -> MutexGuard<'_, HashMap<Arc<str>, Slot>> {
         // The table holds only counters; a panic elsewhere cannot leave it inconsistent.
         self.table.lock().unwrap_or_else(|p| p.into_inner())
@@ -143,14 +147,6 @@ impl KeyBudgets {
 
     fn now_us(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
-    }
-
-    fn quota_of(&self, w: Where) -> Quota {
-        let p = self.params();
-        match w {
-            Where::Shared => p.quota,
-            Where::Local => p.local_quota,
-        }
     }
 
     /// Cliniko asked for `pause`: nobody on budget `id` goes before it. With `reserve`, the
@@ -162,18 +158,19 @@ impl KeyBudgets {
         pause: Duration,
         reserve: bool,
     ) -> Result<Option<Duration>, GatewayError> {
+        let p = self.params.load_full();
         let pause_us = micros(pause).max(1);
-        let limit = pause_us.saturating_add(micros(self.params().max_wait));
-        let (decision, _) = self.decide(id, limit, pause_us, reserve).await?;
+        let limit = pause_us.saturating_add(micros(p.max_wait));
+        let (decision, _) = self.decide(&p, id, limit, pause_us, reserve).await?;
         Ok(match decision {
             Decision::Admit(w) if reserve => Some(Duration::from_micros(w)),
             _ => None,
         })
     }
 
-    /// Where decisions go while Redis is healthy.
-    fn preferred(&self) -> Where {
-        if self.params().shared.is_some() && !self.redis_down() {
+    /// Where decisions under `p` go while Redis is healthy.
+    fn preferred(&self, p: &Params) -> Where {
+        if p.shared.is_some() && !self.redis_down() {
             Where::Shared
         } else {
             Where::Local
@@ -185,15 +182,16 @@ impl KeyBudgets {
         until != 0 && self.now_us() < until
     }
 
+    /// Asks the budget under `p` (the caller holds it across the await: a reload meanwhile
+    /// leaves this decision on the old Redis).
     async fn decide(
         &self,
+        p: &Params,
         id: &Arc<str>,
         max_wait: u64,
         pause: u64,
         reserve: bool,
     ) -> Result<(Decision, Where), GatewayError> {
-        // Held across the await: a reload meanwhile leaves this decision on the old Redis.
-        let p = self.params.load_full();
         if let Some(shared) = &p.shared {
             if !self.redis_down() {
                 match shared.decide(id, max_wait, pause, reserve).await {
@@ -225,7 +223,7 @@ impl KeyBudgets {
         // Under the lock: a reload restates the TATs and swaps the quota under it too.
         let mut t = self.table();
         let now = self.now_us();
-        let g = self.params().local_gcra;
+        let g = self.params.load().local_gcra;
         let slot = t.entry(Arc::clone(id)).or_default();
         if pause > 0 {
             slot.tat = g.pause(slot.tat, now, pause);
@@ -244,10 +242,6 @@ impl KeyBudgets {
         }
         d
     }
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
