@@ -20,25 +20,17 @@ mod tracker;
 use pin_project_lite::pin_project;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracker::Tracker;
-
-/// Sentinel for "no such request on this connection".
-const NONE: u64 = u64::MAX;
 
 /// Wraps an inbound connection's IO; hand the wrapper to hyper and keep the watch.
 ///
 /// `max_head_bytes` and `max_headers` should match hyper's own limits (`max_buf_size`,
 /// `max_headers`): a head beyond them stops the watch rather than being buffered.
 pub fn watch<I>(io: I, max_head_bytes: usize, max_headers: usize) -> (Watched<I>, FramingWatch) {
-    let shared = Arc::new(Shared {
-        taken: AtomicU64::new(0),
-        ambiguous: AtomicU64::new(NONE),
-        bad_target: AtomicU64::new(NONE),
-    });
+    let shared = Arc::new(Mutex::default());
     let watched = Watched {
         io,
         tracker: Tracker::new(max_head_bytes, max_headers),
@@ -49,14 +41,17 @@ pub fn watch<I>(io: I, max_head_bytes: usize, max_headers: usize) -> (Watched<I>
     (watched, FramingWatch { shared })
 }
 
+/// What the tracker has seen so far, and what the service has asked about.
+#[derive(Default)]
 struct Shared {
+    seen: tracker::Seen,
     /// Verdicts handed out so far, i.e. the index of the next request the service asks about.
-    taken: AtomicU64,
-    /// Index of the one ambiguous request (hyper closes right after it), or `NONE`.
-    ambiguous: AtomicU64,
-    /// Index of the first request with an unusable target (the server closes after it), or
-    /// `NONE`.
-    bad_target: AtomicU64,
+    taken: u64,
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    // Plain counters inside; a panic elsewhere cannot leave them inconsistent.
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What the raw head of one request showed.
@@ -71,7 +66,7 @@ pub struct Verdict {
 /// The service's side of a watched connection.
 #[derive(Clone)]
 pub struct FramingWatch {
-    shared: Arc<Shared>,
+    shared: Arc<Mutex<Shared>>,
 }
 
 impl FramingWatch {
@@ -82,10 +77,12 @@ impl FramingWatch {
     /// read a head (through [`Watched`]) before the service sees it, so the n-th call answers
     /// for the n-th request. Skipping a call shifts later answers; call it first thing.
     pub fn take_next(&self) -> Verdict {
-        let index = self.shared.taken.fetch_add(1, Ordering::Relaxed);
+        let mut shared = lock(&self.shared);
+        let index = shared.taken;
+        shared.taken += 1;
         Verdict {
-            ambiguous_length: self.shared.ambiguous.load(Ordering::Acquire) == index,
-            bad_target: self.shared.bad_target.load(Ordering::Acquire) == index,
+            ambiguous_length: shared.seen.ambiguous == Some(index),
+            bad_target: shared.seen.bad_target == Some(index),
         }
     }
 }
@@ -96,7 +93,7 @@ pin_project! {
         #[pin]
         io: I,
         tracker: Tracker,
-        shared: Arc<Shared>,
+        shared: Arc<Mutex<Shared>>,
         // Bytes hyper reads in place of what came off the connection, and how many of them
         // it has been given (they may not fit in one read buffer).
         out: Vec<u8>,
@@ -131,7 +128,8 @@ impl<I: AsyncRead> AsyncRead for Watched<I> {
             } else {
                 this.tracker.feed(read, this.out)
             };
-            publish(this.tracker, this.shared);
+            // Visible to the service before hyper can hand it the request.
+            lock(this.shared).seen = this.tracker.seen();
             if !changed {
                 return Poll::Ready(Ok(()));
             }
@@ -152,19 +150,6 @@ fn hand_over(out: &[u8], sent: &mut usize, buf: &mut ReadBuf<'_>) {
     let n = buf.remaining().min(out.len() - *sent);
     buf.put_slice(&out[*sent..*sent + n]);
     *sent += n;
-}
-
-/// Makes what the tracker saw visible to the service, before hyper can hand it the request.
-fn publish(tracker: &Tracker, shared: &Shared) {
-    let seen = tracker.seen();
-    for (found, slot) in [
-        (seen.ambiguous, &shared.ambiguous),
-        (seen.bad_target, &shared.bad_target),
-    ] {
-        if let Some(index) = found {
-            slot.store(index, Ordering::Release);
-        }
-    }
 }
 
 impl<I: AsyncWrite> AsyncWrite for Watched<I> {
