@@ -69,12 +69,8 @@ impl Wrap for GuardLayer {
         inner: &mut S,
         req: Request<Body>,
     ) -> Answer<GatewayError> {
-        // First: the path it shows is only a stand-in for what was sent.
         let ctx = crate::context::Context::of(&req).cloned();
-        if ctx.as_ref().is_some_and(|c| c.arrival.unusable_target) {
-            return Box::pin(async { Err(unusable_target()) });
-        }
-        if let Err(e) = check_host(&req) {
+        if let Err(e) = check_arrival(&req) {
             return Box::pin(async { Err(e) });
         }
         match req.uri().path() {
@@ -113,12 +109,18 @@ fn status_json(status: StatusCode, s: &'static str) -> Response<Body> {
     crate::error::json_response(status, &serde_json::json!({ "status": s }))
 }
 
-fn unusable_target() -> GatewayError {
-    bad(
-        "bad_target",
-        "the request target holds a byte that must be percent-encoded there: a control byte, \
-         or in the path a space, '<', '>', '`' or a byte that is not UTF-8",
-    )
+/// What is wrong with the message whatever its route (the local routes included): first an
+/// unusable target (the path it shows is only a stand-in for what was sent), then the `Host`
+/// rule.
+fn check_arrival<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    if crate::context::Context::of(req).is_some_and(|c| c.arrival.unusable_target) {
+        return Err(bad(
+            "bad_target",
+            "the request target holds a byte that must be percent-encoded there: a control \
+             byte, or in the path a space, '<', '>', '`' or a byte that is not UTF-8",
+        ));
+    }
+    check_host(req)
 }
 
 fn bad(code: &'static str, message: &'static str) -> GatewayError {
@@ -142,10 +144,7 @@ pub fn check_message<B>(
     limits: &Limits,
     max_body: u64,
 ) -> Result<(), GatewayError> {
-    if crate::context::Context::of(req).is_some_and(|c| c.arrival.unusable_target) {
-        return Err(unusable_target());
-    }
-    check_host(req)?;
+    check_arrival(req)?;
     check_method(req.method())?;
     check_authority(req, &limits.authority)?;
     check_length(req, max_body)
@@ -192,7 +191,7 @@ fn check_method(m: &Method) -> Result<(), GatewayError> {
 
 /// RFC 9112 §3.2: 400 for an HTTP/1.1 request without `Host` and for any HTTP/1.x request
 /// with more than one. HTTP/2 carries `:authority` instead and is not checked.
-pub fn check_host<B>(req: &Request<B>) -> Result<(), GatewayError> {
+fn check_host<B>(req: &Request<B>) -> Result<(), GatewayError> {
     let v = req.version();
     if v != http::Version::HTTP_11 && v != http::Version::HTTP_10 {
         return Ok(());
