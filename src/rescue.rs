@@ -14,22 +14,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-/// Layer that installs [`Rescue`].
-#[derive(Clone, Copy, Default)]
-pub struct RescueLayer;
-
-impl<S> tower::Layer<S> for RescueLayer {
-    type Service = Rescue<S>;
-    fn layer(&self, inner: S) -> Rescue<S> {
-        Rescue { inner }
-    }
-}
-
-/// Turns errors into JSON error responses.
+/// Turns the errors of the service it wraps into JSON error responses.
 #[derive(Clone)]
-pub struct Rescue<S> {
-    inner: S,
-}
+pub struct Rescue<S>(pub S);
 
 impl<S> tower::Service<Request<Body>> for Rescue<S>
 where
@@ -43,7 +30,7 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Our inner services are always ready; should one ever fail here, the next `call`
         // reports it as a per-request error, so the connection stays usable.
-        if let Err(e) = ready!(self.inner.poll_ready(cx)) {
+        if let Err(e) = ready!(self.0.poll_ready(cx)) {
             tracing::error!(error = %e, "inner service not ready");
         }
         Poll::Ready(Ok(()))
@@ -54,7 +41,7 @@ where
         // A panic below must cost one request a 500, not the connection: both while building
         // the future (layers do synchronous work in `call`) and while it runs. A panic while a
         // response body streams is past this point; hyper then closes that connection.
-        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| self.0.call(req))) {
             Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
             Err(_) => {
                 let resp = render(GatewayError::Internal, ctx.as_ref(), true);
@@ -108,20 +95,17 @@ mod tests {
 
     #[tokio::test]
     async fn panics_become_500s() {
-        let resp = tower::Layer::layer(&RescueLayer, PanicsInCall)
+        let resp = Rescue(PanicsInCall)
             .oneshot(Request::new(Body::empty()))
             .await
             .unwrap();
         assert_eq!(resp.status(), 500);
-        let in_future = tower::Layer::layer(
-            &RescueLayer,
-            tower::service_fn(|_: Request<Body>| async {
-                if true {
-                    panic!("bug in future");
-                }
-                Ok::<Response<Body>, GatewayError>(Response::new(Body::empty()))
-            }),
-        );
+        let in_future = Rescue(tower::service_fn(|_: Request<Body>| async {
+            if true {
+                panic!("bug in future");
+            }
+            Ok::<Response<Body>, GatewayError>(Response::new(Body::empty()))
+        }));
         let resp = in_future
             .oneshot(Request::new(Body::empty()))
             .await
@@ -131,12 +115,9 @@ mod tests {
 
     #[tokio::test]
     async fn errors_render_with_the_request_id() {
-        let svc = tower::Layer::layer(
-            &RescueLayer,
-            tower::service_fn(|_: Request<Body>| async {
-                Err::<Response<Body>, _>(GatewayError::NoCredential)
-            }),
-        );
+        let svc = Rescue(tower::service_fn(|_: Request<Body>| async {
+            Err::<Response<Body>, _>(GatewayError::NoCredential)
+        }));
         let mut req = Request::new(Body::empty());
         let mut ctx = RequestContext::new(Default::default());
         ctx.client_id = Some(crate::context::RequestId(http::HeaderValue::from_static(

@@ -14,7 +14,7 @@ use crate::guard::{GuardLayer, Readiness};
 use crate::inflight::InFlight;
 use crate::policy::Policy;
 use crate::ratelimit::RateLimits;
-use crate::rescue::RescueLayer;
+use crate::rescue::Rescue;
 use crate::retry::Retries;
 use crate::step::OptionalLayer;
 use crate::telemetry::{Telemetry, TraceLayer};
@@ -108,7 +108,7 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
         // Who did what, on its own target; outside the rescue so refusals are recorded too.
         .layer(AuditLayer)
         // Every error below becomes one JSON response here, and nowhere else.
-        .layer(RescueLayer)
+        .layer_fn(Rescue)
         // Compression for callers that ask: inside the rescue, so its 406 (nothing the caller
         // accepts) is rendered like any error, and before the guard, so that refusal costs
         // nothing; outside the cache, which may answer with its stored gzip copy as it is
