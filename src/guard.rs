@@ -30,8 +30,10 @@ pub trait Readiness: Send + Sync + 'static {
 /// Local routes, request-target checks and the body limit.
 #[derive(Clone)]
 pub struct GuardLayer {
-    limits: Arc<Limits>,
-    readiness: Arc<dyn Readiness>,
+    /// What requests are checked against.
+    pub limits: Limits,
+    /// What `/readyz` answers.
+    pub readiness: Arc<dyn Readiness>,
 }
 
 /// What the guard checks requests against.
@@ -42,16 +44,6 @@ pub struct Limits {
     /// The gateway's own authority (from the public base URL): the only one an absolute-form
     /// target may name.
     pub authority: http::uri::Authority,
-}
-
-impl GuardLayer {
-    /// Builds the layer.
-    pub fn new(limits: Limits, readiness: Arc<dyn Readiness>) -> Self {
-        GuardLayer {
-            limits: Arc::new(limits),
-            readiness,
-        }
-    }
 }
 
 impl<S> tower::Layer<S> for GuardLayer {

@@ -121,7 +121,10 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
             EnrolRoutes::new(e, p.authn.clone(), p.policy.clone(), verify(f, p))
         })))
         // Cheap refusals before any crypto: local routes, bad targets, framing, body limit.
-        .layer(GuardLayer::new(f.limits.clone(), f.readiness.clone()))
+        .layer(GuardLayer {
+            limits: f.limits.clone(),
+            readiness: f.readiness.clone(),
+        })
         // Who is calling (401).
         .layer(OptionalLayer(Some(p.authn.clone())))
         // What they may do (403 forbidden): before any key is looked up or anything is sent.
