@@ -17,10 +17,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::gauge::Gauge;
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -296,14 +294,14 @@ where
     {
         let limits = &self.settings.limits;
         let progress = Arc::new(Progress::new());
-        let io = WriteWatch {
-            wait: progress.waiter(),
-            progress: progress.clone(),
-            io,
-        };
         // hyper resolves Content-Length + Transfer-Encoding itself and drops the length before
         // we see the request; the framing watch saw the raw head and tells us (see framing.rs).
-        let (io, framing) = crate::framing::watch(io, limits.max_header_bytes, limits.max_headers);
+        let (io, framing) = crate::framing::watch(
+            io,
+            limits.max_header_bytes,
+            limits.max_headers,
+            progress.on_write(),
+        );
         let svc = per_request(self.svc.clone(), progress.clone(), framing, self.peer);
         let conn = self
             .settings
@@ -462,6 +460,23 @@ impl Progress {
         }
     }
 
+    /// The socket's wait on the caller, for the framing watch to report each write to: from
+    /// the first blocked write (the caller's receive buffer is full) until one goes through.
+    fn on_write(self: &Arc<Self>) -> impl Fn(bool) + Send + Sync + Unpin + 'static {
+        let (progress, wait) = (self.clone(), self.waiter());
+        move |blocked| {
+            if blocked {
+                // Keep the first stamp: the wait began at the first blocked write.
+                let now = progress.now();
+                let _ = wait
+                    .0
+                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+            } else {
+                wait.0.store(0, Ordering::Release);
+            }
+        }
+    }
+
     /// How long the oldest current wait on the caller has lasted (zero: nothing waits).
     fn longest_wait(&self) -> Duration {
         let oldest = lock(&self.waits)
@@ -531,78 +546,6 @@ impl Drop for Busy {
         let now = p.epoch.elapsed().as_millis() as u64;
         p.last_done_ms.store(now, Ordering::Release);
         p.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The connection's socket, noting when a write is blocked (the caller's receive buffer
-    /// is full) and when one goes through again.
-    struct WriteWatch<I> {
-        #[pin]
-        io: I,
-        progress: Arc<Progress>,
-        wait: Arc<Wait>,
-    }
-}
-
-impl<I> WriteWatch<I> {
-    fn note<T>(&self, polled: Poll<T>) -> Poll<T> {
-        match polled {
-            // Keep the first stamp: the wait began at the first blocked write.
-            Poll::Pending => {
-                let now = self.progress.now();
-                let _ = self
-                    .wait
-                    .0
-                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
-            }
-            Poll::Ready(_) => self.wait.0.store(0, Ordering::Release),
-        }
-        polled
-    }
-}
-
-impl<I: tokio::io::AsyncRead> tokio::io::AsyncRead for WriteWatch<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        self.project().io.poll_read(cx, buf)
-    }
-}
-
-impl<I: tokio::io::AsyncWrite> tokio::io::AsyncWrite for WriteWatch<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = self.as_mut().project().io.poll_write(cx, buf);
-        self.note(polled)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = self.as_mut().project().io.poll_write_vectored(cx, bufs);
-        self.note(polled)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let polled = self.as_mut().project().io.poll_flush(cx);
-        self.note(polled)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let polled = self.as_mut().project().io.poll_shutdown(cx);
-        self.note(polled)
     }
 }
 

@@ -29,7 +29,14 @@ use tracker::Tracker;
 ///
 /// `max_head_bytes` and `max_headers` should match hyper's own limits (`max_buf_size`,
 /// `max_headers`): a head beyond them stops the watch rather than being buffered.
-pub fn watch<I>(io: I, max_head_bytes: usize, max_headers: usize) -> (Watched<I>, FramingWatch) {
+/// `on_write` is told after every write-side poll whether it is blocked (`Pending`): the
+/// server's watch on callers who stop taking their responses.
+pub fn watch<I, F: Fn(bool)>(
+    io: I,
+    max_head_bytes: usize,
+    max_headers: usize,
+    on_write: F,
+) -> (Watched<I, F>, FramingWatch) {
     let shared = Arc::new(Mutex::default());
     let watched = Watched {
         io,
@@ -37,6 +44,7 @@ pub fn watch<I>(io: I, max_head_bytes: usize, max_headers: usize) -> (Watched<I>
         shared: shared.clone(),
         out: Vec::new(),
         sent: 0,
+        on_write,
     };
     (watched, FramingWatch { shared })
 }
@@ -88,8 +96,9 @@ impl FramingWatch {
 }
 
 pin_project! {
-    /// An inbound connection whose reads are watched for request framing; writes pass through.
-    pub struct Watched<I> {
+    /// An inbound connection whose reads are watched for request framing; writes pass through,
+    /// each reported to `on_write`.
+    pub struct Watched<I, F> {
         #[pin]
         io: I,
         tracker: Tracker,
@@ -98,10 +107,11 @@ pin_project! {
         // it has been given (they may not fit in one read buffer).
         out: Vec<u8>,
         sent: usize,
+        on_write: F,
     }
 }
 
-impl<I: AsyncRead> AsyncRead for Watched<I> {
+impl<I: AsyncRead, F> AsyncRead for Watched<I, F> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -152,13 +162,22 @@ fn hand_over(out: &[u8], sent: &mut usize, buf: &mut ReadBuf<'_>) {
     *sent += n;
 }
 
-impl<I: AsyncWrite> AsyncWrite for Watched<I> {
+impl<I, F: Fn(bool)> Watched<I, F> {
+    fn noted<T>(self: Pin<&mut Self>, poll: impl FnOnce(Pin<&mut I>) -> Poll<T>) -> Poll<T> {
+        let this = self.project();
+        let polled = poll(this.io);
+        (this.on_write)(polled.is_pending());
+        polled
+    }
+}
+
+impl<I: AsyncWrite, F: Fn(bool)> AsyncWrite for Watched<I, F> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
+        self.noted(|io| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -166,7 +185,7 @@ impl<I: AsyncWrite> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
+        self.noted(|io| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -174,11 +193,11 @@ impl<I: AsyncWrite> AsyncWrite for Watched<I> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
+        self.noted(|io| io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
+        self.noted(|io| io.poll_shutdown(cx))
     }
 }
 
@@ -214,7 +233,7 @@ mod tests {
         let server_log = log.clone();
         tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            let (io, watch) = watch(tcp, 16 * 1024, 100);
+            let (io, watch) = watch(tcp, 16 * 1024, 100, |_| {});
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let ambiguous = watch.take_next().ambiguous_length;
                 let log = server_log.clone();
@@ -343,7 +362,7 @@ mod tests {
     fn wrapper_and_watch_fit_hyper_and_tokio_tasks() {
         fn send_unpin<T: Send + Unpin + 'static>() {}
         fn send_sync<T: Send + Sync + Clone + 'static>() {}
-        send_unpin::<super::Watched<TcpStream>>();
+        send_unpin::<super::Watched<TcpStream, fn(bool)>>();
         send_sync::<super::FramingWatch>();
     }
 
@@ -358,7 +377,7 @@ mod tests {
         let server_log = log.clone();
         tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            let (io, watch) = watch(tcp, 16 * 1024, 100);
+            let (io, watch) = watch(tcp, 16 * 1024, 100, |_| {});
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let verdict = watch.take_next();
                 server_log
@@ -426,7 +445,7 @@ mod tests {
         let body = b"POST /v1/p?q=<<<<<<<<<< HTTP/1.1\r\nContent-Length: 2\r\n\r\n<>";
         let want =
             b"POST /v1/p?q=%3C%3C%3C%3C%3C%3C%3C%3C%3C%3C HTTP/1.1\r\nContent-Length: 2\r\n\r\n<>";
-        let (mut io, _) = watch(Trickle(body.to_vec(), 0), 1024, 10);
+        let (mut io, _) = watch(Trickle(body.to_vec(), 0), 1024, 10, |_| {});
         let mut got = Vec::new();
         let mut small = [0u8; 5];
         loop {
