@@ -79,6 +79,17 @@ fn same_budget(a: &RateLimitConfig, b: &RateLimitConfig) -> bool {
     budget_part(a) == budget_part(b)
 }
 
+/// The groups a user's `claim` names (a string, or an array of strings), read in place: no
+/// list is built per request.
+fn groups_of<'a>(user: &'a crate::auth::User, claim: &str) -> impl Iterator<Item = &'a str> {
+    let values = match user.claims.get(claim) {
+        Some(v @ serde_json::Value::String(_)) => std::slice::from_ref(v),
+        Some(serde_json::Value::Array(a)) => a.as_slice(),
+        _ => &[],
+    };
+    values.iter().filter_map(serde_json::Value::as_str)
+}
+
 /// Counters for metrics, logs and tests.
 #[derive(Debug, Default)]
 pub struct RateLimitStats {

@@ -71,16 +71,9 @@ impl Shares {
     }
 
     fn best_group(&self, user: &User) -> Option<Share> {
-        let share = |v: &serde_json::Value| v.as_str().and_then(|g| self.groups.get(g)).copied();
-        let values = match user.claims.get(&self.group_claim)? {
-            v @ serde_json::Value::String(_) => std::slice::from_ref(v),
-            serde_json::Value::Array(a) => a.as_slice(),
-            _ => return None,
-        };
-        // First class first, then the heaviest weight; no list built per request.
-        values
-            .iter()
-            .filter_map(share)
+        // First class first, then the heaviest weight.
+        super::groups_of(user, &self.group_claim)
+            .filter_map(|g| self.groups.get(g).copied())
             .min_by_key(|s| (s.class, std::cmp::Reverse(s.weight)))
     }
 }

@@ -77,13 +77,7 @@ impl UserLimits {
         if let Some(t) = self.users.get(&*user.id) {
             return t;
         }
-        let names: Vec<&str> = match user.claims.get(&self.group_claim) {
-            Some(serde_json::Value::String(s)) => vec![s.as_str()],
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).collect(),
-            _ => vec![],
-        };
-        names
-            .into_iter()
+        super::groups_of(user, &self.group_claim)
             .filter_map(|n| self.groups.get(n))
             .max_by_key(|t| t.generosity())
             .unwrap_or(&self.default)
