@@ -438,6 +438,9 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod tests {
+    // Real-crypto tests: HMAC secrets here, PEM keys in `keys`' tests, JWKS over a loopback TLS
+    // server in `jwks`' tests.
+
     use super::test_support::*;
     use super::*;
     use base64::Engine;
