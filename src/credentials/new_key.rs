@@ -57,11 +57,29 @@ impl NewKey {
     /// Checks the user name, the label and the key; the key's shard when all are valid.
     pub fn check(&self) -> Result<Shard, KeyStoreError> {
         validate_name("user name", &self.user)?;
+        if looks_like_api_key(&self.user) {
+            // `keys import` with the columns swapped would store the key as a user name, which
+            // `keys list`, logs and metrics then show; refuse without echoing it.
+            return Err(KeyStoreError::InvalidName {
+                what: "user name",
+                problem: "it looks like a Cliniko API key (user and key swapped?)",
+            });
+        }
         if let Some(label) = &self.cliniko_user {
             validate_name("cliniko_user label", label)?;
         }
         check_api_key(&self.key)
     }
+}
+
+/// Shaped like a Cliniko API key: at least 32 base64 characters and a shard suffix. No user
+/// claim of an identity provider looks like this (they carry `@`, `|`, `.` or UUID hyphens).
+fn looks_like_api_key(s: &str) -> bool {
+    let Some((body, suffix)) = s.rsplit_once('-') else {
+        return false;
+    };
+    let base64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=' | '_');
+    body.len() >= 32 && body.chars().all(base64) && crate::config::is_shard_name(suffix)
 }
 
 /// Checks a key's form (length, no whitespace, a shard suffix) and returns its shard.
@@ -83,4 +101,26 @@ pub fn check_api_key(key: &ApiKey) -> Result<Shard, KeyStoreError> {
             "its shard suffix (after the last '-') is not a shard name such as au1 or uk2",
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_like_api_key;
+
+    #[test]
+    fn a_key_shaped_user_name_is_recognised_and_real_user_claims_are_not() {
+        assert!(looks_like_api_key(
+            "MS0xMjM0NTY3ODkwMTIzNDU2Nzg5LWFiY2RlZjAxMjM0NTY3ODk-au1"
+        ));
+        for user in [
+            "alice",
+            "alice@example.com",
+            "auth0|5f7c8ec7c33c6c004bbafe82",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "MS0xMjM0NTY3ODkwMTIzNDU2Nzg5LWFiY2RlZjAxMjM0NTY3ODk", // no shard suffix
+            "short-au1",
+        ] {
+            assert!(!looks_like_api_key(user), "{user}");
+        }
+    }
 }

@@ -110,10 +110,18 @@ async fn keys_import_stores_every_line_or_nothing() {
     .await;
     assert_eq!(bad.status.code(), Some(64), "{}", out(&bad));
     assert!(out(&bad).contains("line 2") && !out(&bad).contains("faykeysecret"));
+    // Columns swapped (key, then user): refused, the key never echoed nor stored as a name.
+    let real_shape = "MS0xMjM0NTY3ODkwMTIzNDU2Nzg5LWFiY2RlZjAxMjM0NTY3ODk-uk2";
+    let swapped = run(&["keys", "import"], &cfg, &format!("{real_shape}\tgus\n")).await;
+    assert_eq!(swapped.status.code(), Some(64), "{}", out(&swapped));
+    assert!(out(&swapped).contains("swapped") && !out(&swapped).contains("MS0x"));
     let malformed = run(&["keys", "import"], &cfg, "gus only-one-field\n").await;
     assert_eq!(malformed.status.code(), Some(64));
     let list = out(&run(&["keys", "list"], &cfg, "").await);
-    assert!(!list.contains("erin") && !list.contains("gus"), "{list}");
+    assert!(
+        !list.contains("erin") && !list.contains("gus") && !list.contains("MS0x"),
+        "{list}"
+    );
     for shown in [
         &list,
         &std::fs::read_to_string(dir.path().join("keys.json")).unwrap(),
