@@ -7,7 +7,7 @@ use cliniko_gateway::cache::Cache;
 use cliniko_gateway::config::{Env, load_str};
 use cliniko_gateway::credentials::{ApiKey, Credential};
 use cliniko_gateway::step::OptionalLayer;
-use cliniko_gateway::upstream::headers::{FixedHeaders, upstream_request_headers};
+use cliniko_gateway::upstream::headers::upstream_request_headers;
 use cliniko_gateway::upstream::links::LinkRewriter;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request, Response};
@@ -130,16 +130,14 @@ fn headers(c: &mut Criterion) {
             HeaderValue::from_static(v),
         );
     }
-    let fixed = FixedHeaders {
-        user_agent: HeaderValue::from_static("Bench (b@e.x)"),
-    };
+    let user_agent = HeaderValue::from_static("Bench (b@e.x)");
     let basic = HeaderValue::from_static("Basic a2V5LWF1MTo=");
     let rid = HeaderValue::from_static("0c6a2b8e-5b2f-4f31-9a55-0e0b7a7e8e11");
     c.bench_function("headers/rewrite request", |b| {
         b.iter(|| {
             black_box(upstream_request_headers(
                 black_box(&caller),
-                &fixed,
+                &user_agent,
                 &basic,
                 &rid,
             ))

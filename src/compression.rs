@@ -17,14 +17,13 @@ use crate::body::Body;
 use crate::config::CompressionConfig;
 use crate::context::Context as RequestContext;
 use crate::error::GatewayError;
-use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
-use std::task::{Context, Poll};
-use tower::{Service, ServiceExt};
-use tower_http::compression::{Compression, CompressionLayer, CompressionLevel, Predicate};
+use std::sync::Arc;
+use tower::ServiceExt;
+use tower_http::compression::predicate::{NotForContentType, SizeAbove};
+use tower_http::compression::{Compression, CompressionLevel, Predicate};
 
-/// The compression step: a layer for the stack (absent when `[compression]` is off).
-#[derive(Clone)]
+/// The compression step (absent when `[compression]` is off).
 pub struct Compress {
     level: i32,
     min_bytes: u64,
@@ -32,49 +31,30 @@ pub struct Compress {
 
 impl Compress {
     /// `None` when compression is off. Assumes a validated config.
-    pub fn new(cfg: &CompressionConfig) -> Option<Compress> {
-        cfg.enabled.then(|| Compress {
-            level: i32::try_from(cfg.level).unwrap_or(1),
-            min_bytes: cfg.min_bytes,
-        })
+    pub fn new(cfg: &CompressionConfig) -> Option<Arc<Compress>> {
+        cfg.enabled
+            .then(|| Compress {
+                level: i32::try_from(cfg.level).unwrap_or(1),
+                min_bytes: cfg.min_bytes,
+            })
+            .map(Arc::new)
     }
 
-    fn tower<S>(&self, inner: S, min_bytes: u64) -> Compression<S, Worth> {
-        let layer = CompressionLayer::new()
+    fn tower<S>(&self, inner: S, min_bytes: u64) -> Compression<S, impl Predicate> {
+        Compression::new(inner)
             .no_deflate()
             .no_zstd()
             .quality(CompressionLevel::Precise(self.level))
-            .compress_when(Worth(min_bytes));
-        tower::Layer::layer(&layer, inner)
+            .compress_when(worth(min_bytes))
     }
 }
 
-impl<S> tower::Layer<S> for Compress {
-    type Service = Compressing<S>;
-    fn layer(&self, inner: S) -> Compressing<S> {
-        Compressing {
-            compress: self.clone(),
-            plain: inner,
-        }
-    }
-}
-
-/// Whether a body is worth compressing: not empty, not known to be under the minimum, not an
-/// image (already compressed) or an event stream (must flush per event).
-#[derive(Clone, Copy)]
-pub struct Worth(u64);
-
-impl Predicate for Worth {
-    fn should_compress<B: http_body::Body>(&self, r: &Response<B>) -> bool {
-        let ct = r
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map_or(&b""[..], HeaderValue::as_bytes);
-        r.body().size_hint().exact().is_none_or(|n| n >= self.0)
-            && !r.body().is_end_stream()
-            && !ct.starts_with(b"image/")
-            && !ct.starts_with(b"text/event-stream")
-    }
+/// Whether a body is worth compressing: not known to be under the minimum (nor empty), not an
+/// image (already compressed; SVG is text and is) or an event stream (must flush per event).
+fn worth(min_bytes: u64) -> impl Predicate {
+    SizeAbove::new(min_bytes.max(1))
+        .and(NotForContentType::IMAGES)
+        .and(NotForContentType::SSE)
 }
 
 /// Whether an answer goes out as it is even to a caller that takes a coding: already encoded
@@ -84,35 +64,16 @@ fn as_it_is<B: http_body::Body>(resp: &Response<B>, min_bytes: u64) -> bool {
     let h = resp.headers();
     h.contains_key(header::CONTENT_ENCODING)
         || h.contains_key(header::CONTENT_RANGE)
-        || !Worth(min_bytes).should_compress(resp)
+        || !worth(min_bytes).should_compress(resp)
 }
 
-/// The service [`Compress`] installs: tower-http's compression only for the answers it would
-/// compress.
-#[derive(Clone)]
-pub struct Compressing<S> {
-    compress: Compress,
-    plain: S,
-}
-
-impl<S> Service<Request<Body>> for Compressing<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<Response<Body>, GatewayError>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        // Each call drives a clone to readiness itself (`oneshot`).
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+/// tower-http's compression, only for the answers it would compress.
+impl crate::step::Step for Compress {
+    async fn run<S: crate::step::Next>(
+        self: Arc<Self>,
+        inner: S,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, GatewayError> {
         let accepts = Accepts::of(req.headers());
         if accepts.gzip
             && let Some(ctx) = RequestContext::of(&req)
@@ -120,12 +81,9 @@ where
             ctx.set_accepts_gzip();
         }
         let min_bytes = match Plan::of(req.method(), accepts) {
-            Plan::Refuse => return Box::pin(async { Err(GatewayError::NotAcceptable) }),
-            Plan::AsIs => {
-                let plain = self.plain.clone().oneshot(req);
-                return Box::pin(async move { Ok(finish(plain.await?)) });
-            }
-            Plan::Compress => self.compress.min_bytes,
+            Plan::Refuse => return Err(GatewayError::NotAcceptable),
+            Plan::AsIs => return Ok(finish(inner.oneshot(req).await?)),
+            Plan::Compress => self.min_bytes,
             Plan::CompressAll => 1,
         };
         // tower-http picks the coding from the caller's `Accept-Encoding`, all it is given.
@@ -135,21 +93,17 @@ where
                 .headers_mut()
                 .append(header::ACCEPT_ENCODING, v.clone());
         }
-        let compress = self.compress.clone();
-        let plain = self.plain.clone().oneshot(req);
-        Box::pin(async move {
-            let resp = plain.await?;
-            if as_it_is(&resp, min_bytes) {
-                return Ok(finish(resp));
-            }
-            // tower-http's service over the answer already in hand.
-            let mut answer = Some(resp);
-            let ready = tower::service_fn(move |_: Request<()>| {
-                std::future::ready(answer.take().ok_or(GatewayError::Internal))
-            });
-            let resp = compress.tower(ready, min_bytes).oneshot(asked).await?;
-            Ok(finish(resp.map(Body::new)))
-        })
+        let resp = inner.oneshot(req).await?;
+        if as_it_is(&resp, min_bytes) {
+            return Ok(finish(resp));
+        }
+        // tower-http's service over the answer already in hand.
+        let mut answer = Some(resp);
+        let ready = tower::service_fn(move |_: Request<()>| {
+            std::future::ready(answer.take().ok_or(GatewayError::Internal))
+        });
+        let resp = self.tower(ready, min_bytes).oneshot(asked).await?;
+        Ok(finish(resp.map(Body::new)))
     }
 }
 

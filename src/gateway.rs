@@ -9,7 +9,6 @@ use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::server::{self, ConnSettings};
 use crate::stack::Fixed;
 use crate::upstream::forward::Upstream;
-use crate::upstream::headers::FixedHeaders;
 use crate::upstream::links::LinkRewriter;
 use crate::upstream::{ShardRouter, client};
 use arc_swap::ArcSwap;
@@ -259,15 +258,16 @@ fn upstream(
             "use printable ASCII",
         )
     })?;
-    let upstream = Upstream::new(
-        http,
+    let upstream = Upstream {
+        client: http,
         router,
-        FixedHeaders { user_agent },
+        user_agent,
         links,
-        (cfg.upstream.timeout, cfg.upstream.body_timeout),
-        cfg.server.max_body_bytes,
-    )
-    .with_metrics(metrics.upstream());
+        timeout: cfg.upstream.timeout,
+        body_timeout: cfg.upstream.body_timeout,
+        max_body: cfg.server.max_body_bytes,
+        metrics: metrics.upstream(),
+    };
     Ok((Arc::new(upstream), authority))
 }
 

@@ -8,8 +8,8 @@
 //! - a reused connection closed before Cliniko answered (it had closed it while idle): a
 //!   GET/HEAD/OPTIONS, once, at once (the pool hands out a fresh connection). Not another
 //!   method: Cliniko may have acted on it before the connection died;
-//! - Cliniko's 429, or a 503 with a wait: a GET/HEAD, once, when `throttled` and the wait is
-//!   within `max_wait`, taking the first slot of the key's budget after the pause.
+//! - Cliniko's 429, or a 503 with a wait: a GET/HEAD/OPTIONS, once, when `throttled` and the
+//!   wait is within `max_wait`, taking the first slot of the key's budget after the pause.
 //!
 //! Every throttling answer pauses the key's budget (the rate limits', asked from here) and is
 //! passed on with a `Retry-After` when it is not resent. A POST/PUT/PATCH/DELETE that Cliniko
@@ -34,7 +34,7 @@ pub const DEFAULT_UPSTREAM_PAUSE: Duration = Duration::from_secs(5);
 /// Resends by reason, for metrics and tests (they carry over reloads).
 #[derive(Debug, Default)]
 pub struct RetryStats {
-    /// GET/HEAD resent after Cliniko's pause.
+    /// Resent after Cliniko's pause.
     pub throttled: AtomicU64,
     /// Resent after a connection failure.
     pub connect: AtomicU64,
@@ -91,7 +91,7 @@ impl Retries {
             return inner.oneshot(req).await;
         };
         let (mut connects, mut stale) = (0, false);
-        let idempotent = matches!(replay.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let idempotent = safe(&replay.method);
         let mut req = req;
         loop {
             match inner.clone().oneshot(req).await {
@@ -134,7 +134,7 @@ impl crate::step::Step for Retries {
     ) -> Result<Response<Body>, GatewayError> {
         let replay = Replay::of(&req);
         let cred = req.extensions().get::<Arc<Credential>>().cloned();
-        let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+        let safe = safe(req.method());
         let resp = self.send(inner.clone(), req, replay.as_ref()).await?;
         let Some(wait) = throttled(&resp) else {
             return Ok(resp);
@@ -158,6 +158,14 @@ impl crate::step::Step for Retries {
             }
         }
     }
+}
+
+/// The methods sent again once Cliniko may have seen them (a closed connection, a throttling
+/// answer): GET, HEAD and OPTIONS, safe by definition (RFC 9110 §9.2.1), so a second arrival
+/// changes nothing. One rule for both resends: which methods may arrive twice does not depend
+/// on why the first try failed (the 429 resend used to leave OPTIONS out, for no reason).
+fn safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
 /// How long Cliniko wants us to back off, if this is a throttling answer.

@@ -19,7 +19,7 @@ use crate::retry::Retries;
 use crate::step::OptionalLayer;
 use crate::telemetry::{Telemetry, TraceLayer};
 use crate::upstream::client::HttpClient;
-use crate::upstream::forward::{Upstream, UpstreamService};
+use crate::upstream::forward::{self, Upstream};
 use http::{Request, Response};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -53,7 +53,7 @@ pub struct Fixed {
     /// (even across caching off and on again).
     pub cache_stats: Arc<crate::cache::CacheStats>,
     /// Compressed answers for callers that ask (`None`: off).
-    pub compression: Option<crate::compression::Compress>,
+    pub compression: Option<Arc<crate::compression::Compress>>,
     /// Self-service key enrolment (`None`: off, and its routes are 404s like any non-/v1 path).
     pub enrol: Option<Arc<Enrol>>,
 }
@@ -82,7 +82,7 @@ fn verify(f: &Fixed, p: &Parts) -> crate::enrol::Verify {
             .layer(OptionalLayer(Some(f.inflight.clone())))
             .layer(OptionalLayer(p.ratelimits.clone()))
             .layer(OptionalLayer(Some(p.retries.clone())))
-            .service(UpstreamService(f.upstream.clone())),
+            .service(forward::service(f.upstream.clone())),
     )
 }
 
@@ -113,7 +113,7 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
         // accepts) is rendered like any error, and before the guard, so that refusal costs
         // nothing; outside the cache, which may answer with its stored gzip copy as it is
         // (this layer records in the context that the caller takes gzip). Absent when off.
-        .option_layer(f.compression.clone())
+        .layer(OptionalLayer(f.compression.clone()))
         // Enrolment's own routes (src/enrol/ owns them) branch off before the guard, whose
         // rules are for the proxied /v1, and check keys with Cliniko through the same in-flight
         // cap, rate limits and upstream as below. Absent when off.
@@ -147,6 +147,6 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
         // each of Cliniko's answers, so a throttled key is paused.
         .layer(OptionalLayer(Some(p.retries.clone())))
         // Header rewrite, pooled rustls client, link rewriting (502/504).
-        .service(UpstreamService(f.upstream.clone()));
+        .service(forward::service(f.upstream.clone()));
     BoxCloneSyncService::new(svc)
 }

@@ -109,15 +109,6 @@ pub struct CacheBus {
     link: ArcSwapOption<Link>,
 }
 
-impl std::fmt::Debug for CacheBus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheBus")
-            .field("id", &self.shared.id)
-            .field("on", &self.is_on())
-            .finish_non_exhaustive()
-    }
-}
-
 impl CacheBus {
     /// A bus with no Redis yet; `credentials` maps received fingerprints to keys.
     pub fn new(credentials: Arc<Credentials>) -> Arc<CacheBus> {
@@ -148,11 +139,6 @@ impl CacheBus {
             let client = redis::Client::open(url.0.as_str()).ok()?;
             Some(Arc::new(start(self.shared.clone(), client, cfg, resume)))
         }));
-    }
-
-    /// Whether a Redis is configured.
-    pub fn is_on(&self) -> bool {
-        self.link.load().is_some()
     }
 
     /// Whether invalidations from other replicas reach this one now (`None`: no Redis).

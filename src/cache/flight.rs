@@ -9,9 +9,8 @@ use super::entry::{CacheKey, Entry};
 use crate::error::GatewayError;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
 /// What one flight produced, shared by everybody who waited for it.
 #[derive(Clone, Debug)]
@@ -28,27 +27,22 @@ pub enum Landed {
 
 type Cell = Arc<OnceCell<Landed>>;
 
-/// Bytes held by answers being read in to be stored, against a fixed allowance.
+/// Bytes held by answers being read in to be stored, against a fixed allowance (a permit per
+/// byte).
 #[derive(Debug)]
-pub struct Reserve {
-    held: AtomicUsize,
-    max: usize,
-}
+pub struct Reserve(Semaphore);
 
 impl Reserve {
     /// An allowance of `max` bytes.
     pub fn new(max: usize) -> Reserve {
-        Reserve {
-            held: AtomicUsize::new(0),
-            max,
-        }
+        Reserve(Semaphore::new(max.min(Semaphore::MAX_PERMITS)))
     }
 
     /// A claim on the allowance for one fill, empty at first; released when dropped.
     pub fn claim(&self) -> Claim<'_> {
         Claim {
             reserve: self,
-            held: 0,
+            held: None,
         }
     }
 }
@@ -57,26 +51,21 @@ impl Reserve {
 /// fill finished, gave up, or was cancelled with its caller).
 pub struct Claim<'a> {
     reserve: &'a Reserve,
-    held: usize,
+    held: Option<SemaphorePermit<'a>>,
 }
 
 impl Claim<'_> {
     /// Takes `n` more bytes; `false` (taking nothing) when the allowance would be overrun.
     pub fn take(&mut self, n: usize) -> bool {
-        let r = self.reserve;
-        let before = r.held.fetch_add(n, Ordering::AcqRel);
-        if before + n > r.max {
-            r.held.fetch_sub(n, Ordering::AcqRel);
+        let more = u32::try_from(n).map(|n| self.reserve.0.try_acquire_many(n));
+        let Ok(Ok(more)) = more else {
             return false;
+        };
+        match &mut self.held {
+            Some(held) => held.merge(more),
+            None => self.held = Some(more),
         }
-        self.held += n;
         true
-    }
-}
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        self.reserve.held.fetch_sub(self.held, Ordering::AcqRel);
     }
 }
 

@@ -3,15 +3,15 @@
 
 use super::Cache;
 use super::entry::{CacheKey, Entry, etag_matches};
-use super::flight::{Claim, Landed};
+use super::flight::Landed;
 use crate::body::Body;
 use crate::context::{CacheOutcome, Context as RequestContext};
 use crate::credentials::Credential;
 use crate::error::GatewayError;
 use crate::replay::Replay;
-use bytes::{Bytes, BytesMut};
+use crate::upstream::body::read_while;
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::BodyExt;
 use moka::ops::compute::Op;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -291,11 +291,15 @@ async fn store(
         return Err(NotStored::Pass(resp));
     }
     let (mut parts, body) = resp.into_parts();
+    // What fills in flight hold stays within their slice of the capacity.
     let mut claim = cache.filling.claim();
-    let body = match collect_limited(body, cache.max_entry, &mut claim).await {
-        Collected::Whole(b) => b,
-        Collected::TooBig(rest) => return Err(NotStored::Pass(Response::from_parts(parts, rest))),
-        Collected::Failed => return Err(NotStored::Broken),
+    let fits = |total, len| total <= cache.max_entry && claim.take(len);
+    let body = match read_while(body, fits).await {
+        // One allocation of the body's own size: an entry must hold what it is charged for.
+        Ok(Ok(read)) => Bytes::from(read.concat()),
+        // Over the limit, or over what fills in flight may hold: passed on, still streaming.
+        Ok(Err(rest)) => return Err(NotStored::Pass(Response::from_parts(parts, rest))),
+        Err(_) => return Err(NotStored::Broken),
     };
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.remove(header::TRANSFER_ENCODING);
@@ -342,46 +346,6 @@ fn owned(h: &HeaderMap) -> HeaderMap {
         out.append(name, value);
     }
     out
-}
-
-enum Collected {
-    /// The whole body, in an allocation of its own size.
-    Whole(Bytes),
-    /// Over the limit, or over what fills in flight may hold: the part read so far, chained
-    /// with the rest, still streaming.
-    TooBig(Body),
-    /// The upstream body failed.
-    Failed,
-}
-
-async fn collect_limited(mut body: Body, max: usize, claim: &mut Claim<'_>) -> Collected {
-    let mut buf = BytesMut::new();
-    loop {
-        match body.frame().await {
-            None => return Collected::Whole(exact(buf)),
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    let fits = buf.len() + data.len() <= max;
-                    if !fits || !claim.take(data.len()) {
-                        buf.extend_from_slice(&data);
-                        return Collected::TooBig(prepend(buf.freeze(), body));
-                    }
-                    buf.extend_from_slice(&data);
-                }
-            }
-            Some(Err(_)) => return Collected::Failed,
-        }
-    }
-}
-
-/// `buf` without the spare room its growth left (up to half of it): an entry must hold what
-/// it is charged for.
-fn exact(buf: BytesMut) -> Bytes {
-    if buf.capacity() - buf.len() > buf.len() / 16 {
-        Bytes::copy_from_slice(&buf)
-    } else {
-        buf.freeze()
-    }
 }
 
 /// Bodies under this are kept as they are: the gzip header and the decoding would cost more
@@ -480,14 +444,6 @@ fn gunzip(e: &Entry) -> Result<Bytes, GatewayError> {
     })
 }
 
-/// `head` followed by the rest of `tail`, streaming.
-fn prepend(head: Bytes, tail: Body) -> Body {
-    use futures_util::StreamExt;
-    let first = futures_util::stream::once(async move { Ok(http_body::Frame::data(head)) });
-    let rest = http_body_util::BodyStream::new(tail);
-    Body::new(http_body_util::StreamBody::new(first.chain(rest)))
-}
-
 /// How one caller is to be answered from an entry.
 struct Asked {
     is_head: bool,
@@ -573,6 +529,7 @@ mod tests {
     use crate::config::{CacheConfig, CacheRule};
     use crate::credentials::ApiKey;
     use crate::step::OptionalLayer;
+    use http_body_util::BodyExt;
     use std::sync::atomic::AtomicUsize;
 
     fn cache(ttl: Duration) -> Arc<Cache> {

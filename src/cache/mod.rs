@@ -61,15 +61,6 @@ pub struct Cache {
     bus: Option<Arc<CacheBus>>,
 }
 
-impl std::fmt::Debug for Cache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cache")
-            .field("entries", &self.store.entry_count())
-            .field("weighted_size", &self.store.weighted_size())
-            .finish_non_exhaustive()
-    }
-}
-
 impl Cache {
     /// Builds an empty cache, or `None` when disabled, counting into `stats` (the process's,
     /// shared by every cache a reload builds, so the counters carry on) and sharing

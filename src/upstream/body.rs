@@ -4,7 +4,7 @@
 
 use crate::body::Body;
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
@@ -74,6 +74,33 @@ impl HttpBody for IdleLimit {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Reads `body` whole while `admit(total, len)` takes each data frame (`len` bytes, `total`
+/// read with it). The first frame refused ends the reading: what was read, that frame
+/// included, comes back ahead of the rest, still streaming. A body read whole loses its
+/// trailers (the decoders and the cache drop them anyway).
+pub async fn read_while(
+    mut body: Body,
+    mut admit: impl FnMut(usize, usize) -> bool,
+) -> Result<Result<Vec<Bytes>, Body>, axum_core::Error> {
+    let (mut read, mut total) = (Vec::new(), 0);
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        let len = data.len();
+        total += len;
+        read.push(data);
+        if !admit(total, len) {
+            let head = futures_util::stream::iter(read.into_iter().map(|d| Ok(Frame::data(d))));
+            let rest = http_body_util::BodyStream::new(body);
+            return Ok(Err(Body::new(http_body_util::StreamBody::new(
+                head.chain(rest),
+            ))));
+        }
+    }
+    Ok(Ok(read))
 }
 
 /// A content coding the gateway can undo.

@@ -6,8 +6,8 @@
 //! and a warning with the key's fingerprint. JSON bodies and `Location` headers have Cliniko's
 //! absolute URLs rewritten onto the gateway's public base URL, streaming.
 
-use super::body::{Coding, Inflate, decode, idle_limit, inflate};
-use super::headers::{FixedHeaders, clean_response_headers, upstream_request_headers};
+use super::body::{Coding, Inflate, decode, idle_limit, inflate, read_while};
+use super::headers::{clean_response_headers, upstream_request_headers};
 use super::links::LinkRewriter;
 use super::shard::ShardBase;
 use super::{HttpClient, ShardRouter};
@@ -17,64 +17,35 @@ use crate::credentials::Credential;
 use crate::error::GatewayError;
 use crate::metrics::{UpstreamError, UpstreamMetrics};
 use bytes::Bytes;
-use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
-use http_body_util::BodyExt;
 use std::error::Error as _;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// Everything the forwarder needs, built once at start-up.
 pub struct Upstream {
-    client: HttpClient,
-    router: ShardRouter,
-    fixed: FixedHeaders,
-    links: LinkRewriter,
-    timeout: Duration,
-    body_timeout: Duration,
-    max_body: u64,
-    metrics: Option<UpstreamMetrics>,
+    /// The pooled client.
+    pub client: HttpClient,
+    /// Where each shard lives.
+    pub router: ShardRouter,
+    /// The `User-Agent` every request to Cliniko carries.
+    pub user_agent: HeaderValue,
+    /// Cliniko's links onto the gateway.
+    pub links: LinkRewriter,
+    /// Until Cliniko's response headers.
+    pub timeout: Duration,
+    /// Between two frames of Cliniko's body.
+    pub body_timeout: Duration,
+    /// The caller's body limit (named in the 413 when it trips under the exchange).
+    pub max_body: u64,
+    /// Latency and failures of each exchange.
+    pub metrics: UpstreamMetrics,
 }
 
 impl Upstream {
-    /// Assembles the forwarder; `timeouts` = (until response headers, between body frames).
-    pub fn new(
-        client: HttpClient,
-        router: ShardRouter,
-        fixed: FixedHeaders,
-        links: LinkRewriter,
-        timeouts: (Duration, Duration),
-        max_body: u64,
-    ) -> Self {
-        Upstream {
-            client,
-            router,
-            fixed,
-            links,
-            timeout: timeouts.0,
-            body_timeout: timeouts.1,
-            max_body,
-            metrics: None,
-        }
-    }
-
-    /// Records latency and failures of each exchange into `m`.
-    pub fn with_metrics(mut self, m: UpstreamMetrics) -> Self {
-        self.metrics = Some(m);
-        self
-    }
-
-    fn count_error(&self, kind: UpstreamError) {
-        if let Some(m) = &self.metrics {
-            m.error(kind);
-        }
-    }
-
     /// An exchange that got no answer: counted, and the client span (if traced) says why.
     fn failed(&self, span: Option<&crate::telemetry::ClientSpan>, kind: UpstreamError) {
-        self.count_error(kind);
+        self.metrics.error(kind);
         if let Some(s) = span {
             s.fail(kind.label());
         }
@@ -101,8 +72,12 @@ impl Upstream {
         let (parts, body) = req.into_parts();
         let uri = upstream_uri(&base, &parts.uri)?;
         let is_head = parts.method == Method::HEAD;
-        let mut headers =
-            upstream_request_headers(&parts.headers, &self.fixed, &cred.basic_auth_header(), &rid);
+        let mut headers = upstream_request_headers(
+            &parts.headers,
+            &self.user_agent,
+            &cred.basic_auth_header(),
+            &rid,
+        );
         // Traced requests send Cliniko a traceparent naming this call's client span.
         let span =
             crate::telemetry::upstream_span(&parts.extensions, &parts.method, &uri, &mut headers);
@@ -118,9 +93,7 @@ impl Upstream {
             return Err(GatewayError::CredentialRejected);
         }
         if status == StatusCode::UNAUTHORIZED {
-            if let Some(m) = &self.metrics {
-                m.credential_rejected(&cred.fingerprint);
-            }
+            self.metrics.credential_rejected(&cred.fingerprint);
             tracing::warn!(
                 request_id = ctx.id.as_str(),
                 key_fingerprint = &*cred.fingerprint,
@@ -152,9 +125,7 @@ impl Upstream {
 
         let sent = std::time::Instant::now();
         let result = tokio::time::timeout(self.timeout, exchange).await;
-        if let Some(m) = &self.metrics {
-            m.observe(sent.elapsed());
-        }
+        self.metrics.observe(sent.elapsed());
         match result {
             Err(_) => {
                 self.failed(span, UpstreamError::Timeout);
@@ -222,14 +193,16 @@ impl Upstream {
                 // A page compressed on the fly usually comes chunked, with no length: it is
                 // read whole too when it ends within the bound (measured: the streaming
                 // decoder and rewriter cost about twice the whole-page path).
-                let read = match declared {
-                    Some(n) if n <= SMALL_BODY => Ok(collect(body).await?),
-                    None if coding.is_some() => read_within(body, SMALL_BODY).await?,
-                    _ => Err(body),
+                let whole = declared.map_or(coding.is_some(), |n| n <= SMALL_BODY);
+                let read = match whole {
+                    true => read_while(body, |total, _| total <= SMALL_BODY)
+                        .await
+                        .map_err(|_| GatewayError::UpstreamUnavailable)?,
+                    false => Err(body),
                 };
                 match read {
                     Ok(read) => {
-                        let out = self.rewrite_whole(read, coding)?;
+                        let out = self.rewrite_whole(joined(read), coding)?;
                         if let Some(n) = http_body::Body::size_hint(&out).exact() {
                             parts
                                 .headers
@@ -267,35 +240,12 @@ impl Upstream {
     }
 }
 
-/// The whole body (its trailers dropped); a failed read is Cliniko's failure.
-async fn collect(body: Body) -> Result<Bytes, GatewayError> {
-    let read = body.collect().await;
-    Ok(read
-        .map_err(|_| GatewayError::UpstreamUnavailable)?
-        .to_bytes())
-}
-
-/// `body` read whole when it ends within `limit` bytes; else a body that gives what was read,
-/// then the rest. Trailers are dropped, as the decoders drop them.
-async fn read_within(mut body: Body, limit: usize) -> Result<Result<Bytes, Body>, GatewayError> {
-    let mut read: Vec<Bytes> = Vec::new();
-    let mut len = 0;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| GatewayError::UpstreamUnavailable)?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        len += data.len();
-        read.push(data);
-        if len > limit {
-            let read = futures_util::stream::iter(read.into_iter().map(Ok::<_, axum_core::Error>));
-            return Ok(Err(Body::from_stream(read.chain(body.into_data_stream()))));
-        }
-    }
-    Ok(Ok(match read.len() {
+/// Frames read as one buffer: the frame itself when there is only one (no copy).
+fn joined(mut read: Vec<Bytes>) -> Bytes {
+    match read.len() {
         1 => read.swap_remove(0),
         _ => Bytes::from(read.concat()),
-    }))
+    }
 }
 
 /// JSON bodies up to this size (declared by Cliniko, or read within it when compressed without
@@ -402,21 +352,10 @@ fn error_kind(e: &hyper_util::client::legacy::Error) -> UpstreamError {
     }
 }
 
-/// Layer-less service wrapper so the forwarder sits at the bottom of the tower stack.
-#[derive(Clone)]
-pub struct UpstreamService(pub Arc<Upstream>);
-
-impl tower::Service<Request<Body>> for UpstreamService {
-    type Response = Response<Body>;
-    type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<Response<Body>, GatewayError>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let up = self.0.clone();
-        Box::pin(async move { up.forward(req).await })
-    }
+/// The forwarder as the service at the bottom of the tower stack.
+pub fn service(up: Arc<Upstream>) -> impl crate::step::Next + Sync {
+    tower::service_fn(move |req| {
+        let up = up.clone();
+        async move { up.forward(req).await }
+    })
 }

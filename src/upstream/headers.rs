@@ -41,18 +41,11 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
-/// Headers the gateway sets on every upstream request.
-#[derive(Clone, Debug)]
-pub struct FixedHeaders {
-    /// `User-Agent`, from config.
-    pub user_agent: HeaderValue,
-}
-
 /// Builds the upstream request headers from the caller's: one pass over what the caller sent
 /// (a handful of headers) rather than a lookup per allowlisted name.
 pub fn upstream_request_headers(
     caller: &HeaderMap,
-    fixed: &FixedHeaders,
+    user_agent: &HeaderValue,
     basic_auth: &HeaderValue,
     request_id: &HeaderValue,
 ) -> HeaderMap {
@@ -69,7 +62,7 @@ pub fn upstream_request_headers(
         out.append(name.clone(), v.clone());
     }
     out.insert(header::AUTHORIZATION, basic_auth.clone());
-    out.insert(header::USER_AGENT, fixed.user_agent.clone());
+    out.insert(header::USER_AGENT, user_agent.clone());
     out.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
     out.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
     out.insert(crate::context::REQUEST_ID, request_id.clone());
@@ -126,12 +119,9 @@ mod tests {
         ] {
             caller.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        let fixed = FixedHeaders {
-            user_agent: HeaderValue::from_static("Gw (a@b.c)"),
-        };
         let out = upstream_request_headers(
             &caller,
-            &fixed,
+            &HeaderValue::from_static("Gw (a@b.c)"),
             &HeaderValue::from_static("Basic a2V5Og=="),
             &HeaderValue::from_static("rid"),
         );

@@ -7,7 +7,7 @@ use cliniko_gateway::auth::Authenticator;
 use cliniko_gateway::config::{Env, load_str};
 use cliniko_gateway::guard::{Limits, check, check_path};
 use cliniko_gateway::upstream::forward::upstream_uri;
-use cliniko_gateway::upstream::headers::{FixedHeaders, upstream_request_headers};
+use cliniko_gateway::upstream::headers::upstream_request_headers;
 use cliniko_gateway::upstream::shard::{Shard, ShardRouter};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
@@ -86,8 +86,8 @@ proptest! {
             }
         }
         let ours = HeaderValue::from_static("Basic b3VyLWtleTo=");
-        let fixed = FixedHeaders { user_agent: HeaderValue::from_static("Gw (a@b.c)") };
-        let out = upstream_request_headers(&caller, &fixed, &ours, &HeaderValue::from_static("rid"));
+        let ua = HeaderValue::from_static("Gw (a@b.c)");
+        let out = upstream_request_headers(&caller, &ua, &ours, &HeaderValue::from_static("rid"));
         let auths: Vec<_> = out.get_all("authorization").iter().collect();
         prop_assert_eq!(auths.len(), 1);
         prop_assert_eq!(auths[0], &ours);

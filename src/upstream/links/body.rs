@@ -56,7 +56,7 @@ impl HttpBody for RewriteBody {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         this.buf.reserve(data.len().max(INITIAL_CAPACITY));
-                        this.stream.push_buf(&data, this.buf);
+                        this.stream.push(&data, this.buf);
                         if !this.buf.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
                         }
@@ -64,7 +64,7 @@ impl HttpBody for RewriteBody {
                     }
                     Err(frame) => match frame.into_trailers() {
                         Ok(t) => {
-                            this.stream.finish_buf(this.buf);
+                            this.stream.finish(this.buf);
                             *this.trailers = Some(t);
                             if !this.buf.is_empty() {
                                 return Poll::Ready(Some(Ok(Frame::data(
@@ -78,7 +78,7 @@ impl HttpBody for RewriteBody {
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => {
                     *this.done = true;
-                    this.stream.finish_buf(this.buf);
+                    this.stream.finish(this.buf);
                     if !this.buf.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
                     }

@@ -385,3 +385,79 @@ fn parse_extra(origin: &str) -> Option<Extra> {
         path: path.as_bytes().to_vec(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quick_path_covers_the_common_spellings() {
+        let o = Origins::new(&["https://localhost:8443/v1".to_string()]);
+        for (s, k) in [
+            ("https://api.au1.cliniko.com/v1/patients/7", 30),
+            ("https://api.uk12.cliniko.com/patients", 28),
+            ("https://localhost:8443/v1?page=2", 25),
+            ("https://localhost:8443", 22),
+        ] {
+            assert_eq!(o.quick(s.as_bytes()), Some(Decision::Match(k)), "{s}");
+            assert_eq!(o.classify(s.as_bytes(), true), Decision::Match(k), "{s}");
+        }
+        for s in [
+            "https://api.au1.cliniko.com.evil.example/",
+            "https://localhost:9999/v1",
+            "HTTPS://api.au1.cliniko.com/",
+            "https://LocalHost:8443/v1",
+            "https://API.au1.cliniko.com/v1",
+        ] {
+            assert_eq!(o.quick(s.as_bytes()), None, "{s}");
+        }
+        // Cliniko's hosts that are not its API (a telehealth link), and other sites, are refused
+        // without the full parse; a configured host of the other scheme is not that origin.
+        for s in [
+            "https://acme.cliniko.com/telehealth/abc",
+            "https://cliniko.com",
+            "http://localhost:8443/v1",
+            "https://example.com/api.au1.cliniko.com",
+            "https://",
+        ] {
+            assert_eq!(o.quick(s.as_bytes()), Some(Decision::NoMatch), "{s}");
+            assert_eq!(o.classify(s.as_bytes(), true), Decision::NoMatch, "{s}");
+        }
+    }
+
+    #[test]
+    fn quick_takes_the_usual_spellings() {
+        let cases: &[(&str, Option<usize>)] = &[
+            ("https://api.au1.cliniko.com/v1/patients/7", Some(30)),
+            ("https://api.uk12.cliniko.com/v1", Some(31)),
+            ("https://api.au1.cliniko.com", Some(27)),
+            ("https://api.au1.cliniko.com?x", Some(27)),
+            ("https://api.au1.cliniko.com/v10", Some(27)),
+            ("https://api.au1.cliniko.com/v1#f", Some(30)),
+            // Left to the matcher: other hosts, ports, case, look-alikes.
+            ("https://api.au1.cliniko.com.evil.example/v1", None),
+            ("https://api.au1.cliniko.community", None),
+            ("https://api.au1.cliniko.com:443/v1", None),
+            ("https://api.cliniko.com/v1", None),
+            ("https://api.au123.cliniko.com/v1", None),
+            ("https://api.aux.cliniko.com/v1", None),
+            ("https://api.a12.cliniko.com/v1", None),
+            ("https://api.au1x.cliniko.com/v1", None),
+            ("https://api.Au1.cliniko.com/v1", None),
+            ("HTTPS://api.au1.cliniko.com/v1", None),
+            ("https://api.au1", None),
+        ];
+        for &(s, want) in cases {
+            assert_eq!(
+                Origins::default().quick(s.as_bytes()),
+                want.map(Decision::Match),
+                "{s}"
+            );
+        }
+        // Not an API host: refused on the spot.
+        assert_eq!(
+            Origins::default().quick(b"https://acme.cliniko.com/t/1"),
+            Some(Decision::NoMatch)
+        );
+    }
+}

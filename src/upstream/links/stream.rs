@@ -71,18 +71,9 @@ impl RewriteStream {
         }
     }
 
-    /// Rewrites `chunk`, appending whatever can be emitted so far to `out`.
-    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        self.push_buf(chunk, out);
-    }
-
-    /// Emits everything still held; call once after the last chunk.
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
-        self.finish_buf(out);
-    }
-
-    /// [`RewriteStream::push`] into any buffer (the body wrapper uses `BytesMut`).
-    pub(super) fn push_buf<B: BufMut>(&mut self, chunk: &[u8], out: &mut B) {
+    /// Rewrites `chunk`, appending whatever can be emitted so far to `out` (any buffer: the
+    /// body wrapper uses `BytesMut`, tests and the whole-body path a `Vec`).
+    pub fn push<B: BufMut>(&mut self, chunk: &[u8], out: &mut B) {
         let mut i = 0;
         while i < chunk.len() {
             i = match self.state {
@@ -95,8 +86,8 @@ impl RewriteStream {
         }
     }
 
-    /// [`RewriteStream::finish`] into any buffer.
-    pub(super) fn finish_buf<B: BufMut>(&mut self, out: &mut B) {
+    /// Emits everything still held; call once after the last chunk.
+    pub fn finish<B: BufMut>(&mut self, out: &mut B) {
         match self.state {
             // An unterminated string is not JSON we understand: give it back as it came.
             State::Candidate | State::Matched { .. } => out.put_slice(&self.raw),
