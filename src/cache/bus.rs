@@ -182,17 +182,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn channel(cfg: &RedisConfig) -> String {
-    format!("{}:cache", cfg.prefix)
-}
-
 fn start(shared: Arc<Shared>, client: redis::Client, cfg: &RedisConfig, resume: bool) -> Link {
     let (tx, rx) = mpsc::channel(QUEUE);
     let (stop, stopped) = oneshot::channel();
     let (up, owed) = (Arc::<AtomicBool>::default(), Arc::<AtomicBool>::default());
+    let channel = format!("{}:cache", cfg.prefix);
     let publisher = Publisher {
         shared: shared.clone(),
-        channel: channel(cfg),
+        channel: channel.clone(),
         timeout: cfg.timeout,
         owed: owed.clone(),
     };
@@ -200,7 +197,7 @@ fn start(shared: Arc<Shared>, client: redis::Client, cfg: &RedisConfig, resume: 
     let sub = Subscriber {
         shared,
         client,
-        channel: channel(cfg),
+        channel,
         bound: cfg.timeout.max(Duration::from_secs(1)),
         up: up.clone(),
     };
@@ -298,7 +295,7 @@ impl Subscriber {
         loop {
             match tokio::time::timeout(self.bound, subscribe(&self.client, channel)).await {
                 Ok(Ok(pubsub)) => {
-                    clear_all(&self.shared);
+                    live_caches(&self.shared).iter().for_each(|c| c.purge_all());
                     if again {
                         let clears = &self.shared.stats.resubscribe_clears;
                         clears.fetch_add(1, Ordering::Relaxed);
@@ -424,12 +421,6 @@ fn live_caches(shared: &Shared) -> Vec<Arc<Cache>> {
         .iter()
         .filter_map(Weak::upgrade)
         .collect()
-}
-
-fn clear_all(shared: &Shared) {
-    for cache in live_caches(shared) {
-        cache.purge_all();
-    }
 }
 
 /// Waits the whole `backoff` before Redis is tried again, dropping (and counting) what is

@@ -76,16 +76,18 @@ impl crate::step::Step for Cache {
 
         // Miss, refresh or revalidation: one request upstream per key at a time.
         let mut own: Option<Result<Response<Body>, GatewayError>> = None;
-        let fetch = {
-            let (parts, template, stale, own) = (
-                (self.clone(), key.clone(), inner.clone()),
-                &template,
-                stale.clone(),
-                &mut own,
-            );
-            move || fill(parts, template, stale, (no_cache, ttl), own)
-        };
-        let landed = self.flights.run(&key, fetch).await;
+        let runner = inner.clone();
+        let fetch = fill(
+            &self,
+            &key,
+            runner,
+            &template,
+            stale.clone(),
+            (no_cache, ttl),
+            &mut own,
+        );
+        // Lazy: only the flight's runner polls it.
+        let landed = self.flights.run(&key, || fetch).await;
         match landed {
             Landed::Entry(e) => {
                 let how = filled(&self, stale.as_deref(), &e);
@@ -105,7 +107,12 @@ impl crate::step::Step for Cache {
                             .await?
                     }
                 };
-                Ok(mark(headless(resp, is_head), CacheOutcome::Miss, None))
+                // A HEAD caller answered from a GET gets the GET's headers and no body.
+                let resp = match is_head {
+                    true => resp.map(|_| Body::empty()),
+                    false => resp,
+                };
+                Ok(mark(resp, CacheOutcome::Miss, None))
             }
         }
     }
@@ -176,7 +183,9 @@ async fn pass_through<S: crate::step::Next>(
 /// The one fetch of a flight: refetch, or revalidate `stale` with its ETag, and store what
 /// can be stored. An answer about this caller alone lands in `own` instead.
 async fn fill<S: crate::step::Next>(
-    (cache, key, runner): (Arc<Cache>, CacheKey, S),
+    cache: &Cache,
+    key: &CacheKey,
+    runner: S,
     template: &Replay,
     stale: Option<Arc<Entry>>,
     (no_cache, ttl): (bool, Duration),
@@ -184,7 +193,7 @@ async fn fill<S: crate::step::Next>(
 ) -> Landed {
     // Someone may have filled it between our lookup and joining the flight.
     if !no_cache
-        && let Some(e) = cache.store.get(&key).await
+        && let Some(e) = cache.store.get(key).await
         && e.is_fresh()
     {
         return Landed::Entry(e);
@@ -205,10 +214,10 @@ async fn fill<S: crate::step::Next>(
             };
             cache.stats.revalidated.fetch_add(1, Ordering::Relaxed);
             let fresh = Arc::new(old.revalidated());
-            keep(&cache, key.clone(), fresh.clone(), epoch).await;
+            keep(cache, key.clone(), fresh.clone(), epoch).await;
             Landed::Entry(fresh)
         }
-        Ok(resp) => match store(&cache, key.clone(), resp, ttl, epoch).await {
+        Ok(resp) => match store(cache, key.clone(), resp, ttl, epoch).await {
             Ok(entry) => Landed::Entry(entry),
             Err(NotStored::Pass(resp)) => {
                 *own = Some(Ok(resp));
@@ -494,15 +503,6 @@ fn serve(
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(e.plain_len));
     }
     Ok(mark(resp, how, Some(e.age_secs())))
-}
-
-/// A HEAD caller answered from a GET gets the GET's headers and no body.
-fn headless(resp: Response<Body>, is_head: bool) -> Response<Body> {
-    if is_head {
-        resp.map(|_| Body::empty())
-    } else {
-        resp
-    }
 }
 
 fn mark(mut resp: Response<Body>, how: CacheOutcome, age: Option<u64>) -> Response<Body> {

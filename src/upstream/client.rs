@@ -15,6 +15,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 /// The outbound client type.
 pub type HttpClient = Client<ConnectTimeout<HttpsConnector<Buffered>>, Body>;
@@ -27,33 +28,14 @@ const READ_BUFFER: usize = 32 * 1024;
 /// Why: rustls asks its transport for at most 4 KiB per read, so a 15 KB Cliniko page cost
 /// four `recvfrom` calls (measured with `strace -c`); through the buffer it is one, and rustls
 /// takes its 4 KiB pieces from memory.
-#[derive(Clone, Debug)]
-pub struct Buffered(HttpConnector);
+pub type Buffered = tower::util::MapResponse<HttpConnector, fn(TokioIo<TcpStream>) -> BufferedTcp>;
 
 /// A TCP connection read through a buffer (writes go straight through).
-pub struct BufferedTcp(TokioIo<tokio::io::BufReader<tokio::net::TcpStream>>);
+pub struct BufferedTcp(TokioIo<tokio::io::BufReader<TcpStream>>);
 
-impl tower::Service<http::Uri> for Buffered {
-    type Response = BufferedTcp;
-    type Error = <HttpConnector as tower::Service<http::Uri>>::Error;
-    type Future = futures_util::future::BoxFuture<'static, Result<BufferedTcp, Self::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let fut = self.0.call(uri);
-        Box::pin(async move {
-            let tcp = fut.await?.into_inner();
-            Ok(BufferedTcp(TokioIo::new(
-                tokio::io::BufReader::with_capacity(READ_BUFFER, tcp),
-            )))
-        })
-    }
+fn buffered(tcp: TokioIo<TcpStream>) -> BufferedTcp {
+    let read = tokio::io::BufReader::with_capacity(READ_BUFFER, tcp.into_inner());
+    BufferedTcp(TokioIo::new(read))
 }
 
 impl Connection for BufferedTcp {
@@ -239,7 +221,7 @@ pub fn build_counted(cfg: &UpstreamConfig, handshakes: Counter) -> Result<HttpCl
         .https_only()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(Buffered(http));
+        .wrap_connector(Buffered::new(http, buffered as fn(_) -> _));
     let connector = ConnectTimeout {
         inner: https,
         limit: cfg.connect_timeout,

@@ -285,28 +285,30 @@ pub fn upstream_uri(base: &ShardBase, caller: &Uri) -> Result<Uri, GatewayError>
 /// timeout or a garbled answer, which a retry would only repeat.
 fn is_stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
     use std::io::ErrorKind;
-    if e.is_connect() {
-        return false;
-    }
-    let mut src = e.source();
-    while let Some(s) = src {
+    // The first hyper or I/O error down the chain says.
+    let stale = causes(e).find_map(|s| {
         if let Some(h) = s.downcast_ref::<hyper::Error>()
             && (h.is_incomplete_message() || h.is_canceled())
         {
-            return true;
+            return Some(true);
         }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                ErrorKind::UnexpectedEof
-                    | ErrorKind::ConnectionReset
-                    | ErrorKind::ConnectionAborted
-                    | ErrorKind::BrokenPipe
-            );
-        }
-        src = s.source();
-    }
-    false
+        let io = s.downcast_ref::<std::io::Error>()?;
+        Some(matches!(
+            io.kind(),
+            ErrorKind::UnexpectedEof
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
+        ))
+    });
+    !e.is_connect() && stale == Some(true)
+}
+
+/// The causes of `e`, outermost first.
+fn causes(
+    e: &hyper_util::client::legacy::Error,
+) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(e.source(), |&c| c.source())
 }
 
 /// Any other failed exchange means Cliniko could not be reached or talked to; the kinds the
@@ -330,25 +332,23 @@ fn classify(e: &hyper_util::client::legacy::Error) -> GatewayError {
 /// The metric kind of a failed exchange: walks the cause chain for the connect timeout or a
 /// rustls error (`io::Error::source` skips its payload, so payloads are looked at directly).
 fn error_kind(e: &hyper_util::client::legacy::Error) -> UpstreamError {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = e.source();
-    while let Some(c) = cause {
+    let tls = |c: &(dyn std::error::Error + 'static)| {
+        let payload = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        c.is::<rustls::Error>() || payload.is_some_and(|p| p.is::<rustls::Error>())
+    };
+    let found = causes(e).find_map(|c| {
         if c.is::<super::client::ConnectTimedOut>() {
-            return UpstreamError::ConnectTimeout;
+            Some(UpstreamError::ConnectTimeout)
+        } else {
+            tls(c).then_some(UpstreamError::Tls)
         }
-        if c.is::<rustls::Error>() {
-            return UpstreamError::Tls;
-        }
-        if let Some(io) = c.downcast_ref::<std::io::Error>()
-            && io.get_ref().is_some_and(|p| p.is::<rustls::Error>())
-        {
-            return UpstreamError::Tls;
-        }
-        cause = c.source();
-    }
-    if e.is_connect() {
-        UpstreamError::Connect
-    } else {
-        UpstreamError::Protocol
+    });
+    match found {
+        Some(kind) => kind,
+        None if e.is_connect() => UpstreamError::Connect,
+        None => UpstreamError::Protocol,
     }
 }
 

@@ -5,11 +5,10 @@
 
 use crate::config::{ConfigError, UpstreamConfig};
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::sync::{Arc, RwLock};
 
 /// A validated shard name such as `au1`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Shard(Arc<str>);
 
 /// The key's suffix is not a shard name.
@@ -46,15 +45,9 @@ impl Shard {
     }
 }
 
-impl fmt::Display for Shard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for Shard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Shard({})", self.0)
     }
 }
 

@@ -39,14 +39,10 @@ impl LinkRewriter {
     /// override URLs (their path, minus a trailing `/v1`, becomes part of the origin).
     pub fn new(public_base: &str, extra_origins: &[String]) -> LinkRewriter {
         let public_base = public_base.trim_end_matches('/').to_string();
-        let mut json_prefix = Vec::with_capacity(public_base.len() + 3);
-        for &b in public_base.as_bytes() {
-            match b {
-                b'"' | b'\\' => json_prefix.extend_from_slice(&[b'\\', b]),
-                0..=0x1F => json_prefix.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
-                _ => json_prefix.push(b),
-            }
-        }
+        // As it reads inside a JSON string: serde_json's escaping, without its quotes.
+        let quoted = serde_json::to_string(&public_base).unwrap_or_default();
+        let inside = quoted.get(1..quoted.len().saturating_sub(1));
+        let mut json_prefix = inside.unwrap_or_default().as_bytes().to_vec();
         json_prefix.extend_from_slice(b"/v1");
         LinkRewriter {
             inner: Arc::new(Inner {
