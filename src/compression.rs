@@ -144,12 +144,9 @@ fn finish(mut resp: Response<Body>) -> Response<Body> {
     if h.contains_key(header::CONTENT_ENCODING)
         && let Some(tag) = h.get(header::ETAG)
         && !tag.as_bytes().starts_with(b"W/")
+        && let Ok(v) = HeaderValue::from_bytes(&[b"W/", tag.as_bytes()].concat())
     {
-        let mut weak = b"W/".to_vec();
-        weak.extend_from_slice(tag.as_bytes());
-        if let Ok(v) = HeaderValue::from_bytes(&weak) {
-            h.insert(header::ETAG, v);
-        }
+        h.insert(header::ETAG, v);
     }
     resp
 }

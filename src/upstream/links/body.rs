@@ -45,6 +45,10 @@ impl HttpBody for RewriteBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let mut this = self.project();
         loop {
+            // What the rewriter let out goes first, then the trailers, then the end.
+            if !this.buf.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
+            }
             if let Some(t) = this.trailers.take() {
                 *this.done = true;
                 return Poll::Ready(Some(Ok(Frame::trailers(t))));
@@ -52,25 +56,17 @@ impl HttpBody for RewriteBody {
             if *this.done {
                 return Poll::Ready(None);
             }
+            // Whatever the rewriter holds back (e.g. the start of a link) waits for more.
             match ready!(this.inner.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         this.buf.reserve(data.len().max(INITIAL_CAPACITY));
                         this.stream.push(&data, this.buf);
-                        if !this.buf.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
-                        }
-                        // Everything was held back (e.g. the start of a link): read on.
                     }
                     Err(frame) => match frame.into_trailers() {
                         Ok(t) => {
                             this.stream.finish(this.buf);
                             *this.trailers = Some(t);
-                            if !this.buf.is_empty() {
-                                return Poll::Ready(Some(Ok(Frame::data(
-                                    this.buf.split().freeze(),
-                                ))));
-                            }
                         }
                         Err(other) => return Poll::Ready(Some(Ok(other))),
                     },
@@ -79,17 +75,13 @@ impl HttpBody for RewriteBody {
                 None => {
                     *this.done = true;
                     this.stream.finish(this.buf);
-                    if !this.buf.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
-                    }
-                    return Poll::Ready(None);
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.trailers.is_none()
+        self.done && self.trailers.is_none() && self.buf.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
