@@ -140,11 +140,13 @@ where
     }
 }
 
-/// Builds a rustls root store: Mozilla roots plus every certificate in `ca_file`.
-pub fn root_store(
+/// The outbound TLS settings: aws-lc-rs (the only provider built in), rustls's safe protocol
+/// versions, the Mozilla roots plus every certificate in `ca_file`; `field` names the CA
+/// setting in errors.
+pub fn tls_config(
     ca_file: Option<&Path>,
     field: &str,
-) -> Result<rustls::RootCertStore, ConfigError> {
+) -> Result<rustls::ClientConfig, ConfigError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -174,16 +176,6 @@ pub fn root_store(
             })?;
         }
     }
-    Ok(roots)
-}
-
-/// The outbound TLS settings: aws-lc-rs (the only provider built in), rustls's safe protocol
-/// versions, the roots of [`root_store`]; `field` names the CA setting in errors.
-pub fn tls_config(
-    ca_file: Option<&Path>,
-    field: &str,
-) -> Result<rustls::ClientConfig, ConfigError> {
-    let roots = root_store(ca_file, field)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

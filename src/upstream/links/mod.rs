@@ -75,16 +75,14 @@ impl LinkRewriter {
         match whole::rewrite(&self.inner, &body) {
             Ok(None) => body,
             Ok(Some(out)) => bytes::Bytes::from(out),
-            Err(()) => self.rewrite_streaming(&body),
+            Err(()) => {
+                let mut out = Vec::with_capacity(body.len() + body.len() / 8 + 64);
+                let mut s = self.stream();
+                s.push(&body, &mut out);
+                s.finish(&mut out);
+                bytes::Bytes::from(out)
+            }
         }
-    }
-
-    fn rewrite_streaming(&self, body: &[u8]) -> bytes::Bytes {
-        let mut out = Vec::with_capacity(body.len() + body.len() / 8 + 64);
-        let mut s = self.stream();
-        s.push(body, &mut out);
-        s.finish(&mut out);
-        bytes::Bytes::from(out)
     }
 
     /// A fresh streaming rewriter for one body (for tests, benches and the body wrapper).
