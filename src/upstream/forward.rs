@@ -88,18 +88,17 @@ impl Upstream {
             s.status(status.as_u16());
         }
         ctx.set_upstream_status(status.as_u16());
-        if status == StatusCode::UNAUTHORIZED && cred.candidate {
-            // A key being enrolled: the person enrolling gets the refusal; nothing to rotate.
-            return Err(GatewayError::CredentialRejected);
-        }
         if status == StatusCode::UNAUTHORIZED {
-            self.metrics.credential_rejected(&cred.fingerprint);
-            tracing::warn!(
-                request_id = ctx.id.as_str(),
-                key_fingerprint = &*cred.fingerprint,
-                shard = cred.shard.as_str(),
-                "Cliniko rejected a stored API key; rotate it"
-            );
+            // A key being enrolled: the person enrolling gets the refusal; nothing to rotate.
+            if !cred.candidate {
+                self.metrics.credential_rejected(&cred.fingerprint);
+                tracing::warn!(
+                    request_id = ctx.id.as_str(),
+                    key_fingerprint = &*cred.fingerprint,
+                    shard = cred.shard.as_str(),
+                    "Cliniko rejected a stored API key; rotate it"
+                );
+            }
             return Err(GatewayError::CredentialRejected);
         }
         self.shape(resp, is_head).await
