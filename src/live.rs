@@ -103,8 +103,8 @@ impl Live {
                     old.filter(|o| o.ratelimit != cfg.ratelimit)
                         .map(|_| "ratelimit"),
                 );
-                let prev = cur.and_then(|c| c.ratelimits.as_ref());
-                Some(RateLimits::new(&cfg.ratelimit, &cfg.redis, prev)?)
+                let prev = cur.map(|c| &c.ratelimits);
+                RateLimits::new(&cfg.ratelimit, &cfg.redis, prev)?
             }
         };
         if old.is_some_and(|o| o.upstream.retries != cfg.upstream.retries) {

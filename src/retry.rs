@@ -49,8 +49,8 @@ pub struct Retries {
     cfg: RetryConfig,
     /// `cfg.max_wait`, or `ratelimit.max_wait` when unset.
     max_wait: Duration,
-    /// Paused when Cliniko throttles (`None`: nothing to pause, a resend just waits).
-    limits: Option<Arc<RateLimits>>,
+    /// Paused when Cliniko throttles.
+    limits: Arc<RateLimits>,
     stats: Arc<RetryStats>,
 }
 
@@ -59,7 +59,7 @@ impl Retries {
     pub fn new(
         cfg: &RetryConfig,
         max_wait: Duration,
-        limits: Option<Arc<RateLimits>>,
+        limits: Arc<RateLimits>,
         prev: Option<&Retries>,
     ) -> Arc<Retries> {
         Arc::new(Retries {
@@ -109,21 +109,6 @@ impl Retries {
             req = replay.build();
         }
     }
-
-    /// Pauses the key's budget for Cliniko's `wait`; with `reserve`, how long until the slot
-    /// kept for the resend.
-    async fn pause(
-        &self,
-        cred: Option<&Credential>,
-        wait: Duration,
-        reserve: bool,
-    ) -> Option<Duration> {
-        match (&self.limits, cred) {
-            (Some(l), Some(c)) => l.throttled(c, wait, reserve).await,
-            // No budget to pause: the resend simply waits Cliniko's wait.
-            _ => reserve.then_some(wait),
-        }
-    }
 }
 
 impl crate::step::Step for Retries {
@@ -132,15 +117,19 @@ impl crate::step::Step for Retries {
         inner: S,
         req: Request<Body>,
     ) -> Result<Response<Body>, GatewayError> {
+        // The forwarder answers nothing without a credential: nothing to resend or pause.
+        let Some(cred) = req.extensions().get::<Arc<Credential>>().cloned() else {
+            return inner.oneshot(req).await;
+        };
         let replay = Replay::of(&req);
-        let cred = req.extensions().get::<Arc<Credential>>().cloned();
         let safe = safe(req.method());
         let resp = self.send(inner.clone(), req, replay.as_ref()).await?;
         let Some(wait) = throttled(&resp) else {
             return Ok(resp);
         };
         let resend = self.cfg.throttled && safe && replay.is_some() && wait <= self.max_wait;
-        let slot = self.pause(cred.as_deref(), wait, resend).await;
+        // Cliniko's wait pauses the key's budget; a resend is kept the first slot after it.
+        let slot = self.limits.throttled(&cred, wait, resend).await;
         let (Some(slot), Some(replay)) = (slot.filter(|_| resend), replay) else {
             return Ok(with_retry_after(resp, wait));
         };
@@ -153,7 +142,7 @@ impl crate::step::Step for Retries {
         match throttled(&again) {
             None => Ok(again),
             Some(wait) => {
-                self.pause(cred.as_deref(), wait, false).await;
+                self.limits.throttled(&cred, wait, false).await;
                 Ok(with_retry_after(again, wait))
             }
         }

@@ -193,9 +193,7 @@ impl Collector for Sources {
         if let Some(up) = self.bus.subscribed() {
             bus(&mut enc, self.bus.stats(), up)?;
         }
-        if let Some(r) = &live.ratelimits {
-            ratelimits(&mut enc, r.stats())?;
-        }
+        ratelimits(&mut enc, live.ratelimits.stats())?;
         let r = live.retries.stats();
         family(
             &mut enc,

@@ -67,7 +67,7 @@ pub struct Parts {
     /// The GET cache (`None` when disabled).
     pub cache: Option<Arc<Cache>>,
     /// Rate limits.
-    pub ratelimits: Option<Arc<RateLimits>>,
+    pub ratelimits: Arc<RateLimits>,
     /// When a request goes to Cliniko again (`[upstream.retries]`; pauses `ratelimits`).
     pub retries: Arc<Retries>,
     /// CORS for browser apps (`None`: off).
@@ -80,7 +80,7 @@ fn verify(f: &Fixed, p: &Parts) -> crate::enrol::Verify {
     BoxCloneSyncService::new(
         ServiceBuilder::new()
             .layer(OptionalLayer(Some(f.inflight.clone())))
-            .layer(OptionalLayer(p.ratelimits.clone()))
+            .layer(OptionalLayer(Some(p.ratelimits.clone())))
             .layer(OptionalLayer(Some(p.retries.clone())))
             .service(forward::service(f.upstream.clone())),
     )
@@ -141,7 +141,7 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
         .layer(OptionalLayer(Some(f.inflight.clone())))
         // Only what really goes to Cliniko gets here: per-user limit, key budget (waits up to
         // max_wait).
-        .layer(OptionalLayer(p.ratelimits.clone()))
+        .layer(OptionalLayer(Some(p.ratelimits.clone())))
         // Resends (connect failures, closed pooled connections, Cliniko's 429/503), whatever
         // [ratelimit] says: inside the limits, so a resend spends no budget twice, and it sees
         // each of Cliniko's answers, so a throttled key is paused.

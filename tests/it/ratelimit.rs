@@ -172,11 +172,7 @@ format = "text"
     }
 
     pub(crate) fn limits(&self, i: usize) -> Arc<RateLimits> {
-        self.gws[i]
-            .live()
-            .ratelimits
-            .clone()
-            .expect("rate limits enabled")
+        self.gws[i].live().ratelimits.clone()
     }
 
     pub(crate) async fn send(
