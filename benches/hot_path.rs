@@ -151,7 +151,7 @@ fn tokens(c: &mut Criterion) {
         .build()
         .unwrap();
     let cfg = config();
-    let http = cliniko_gateway::upstream::client::build(&cfg.upstream).unwrap();
+    let http = cliniko_gateway::upstream::client::build(&cfg.upstream, Default::default()).unwrap();
     let secret = cfg.auth.hmac_secret.clone().unwrap();
     let secret = secrecy::SecretSlice::from(secrecy::ExposeSecret::expose_secret(&secret).to_vec());
     let token = cliniko_gateway::auth::mint::mint_hs(

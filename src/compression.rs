@@ -39,14 +39,6 @@ impl Compress {
             })
             .map(Arc::new)
     }
-
-    fn tower<S>(&self, inner: S, min_bytes: u64) -> Compression<S, impl Predicate> {
-        Compression::new(inner)
-            .no_deflate()
-            .no_zstd()
-            .quality(CompressionLevel::Precise(self.level))
-            .compress_when(worth(min_bytes))
-    }
 }
 
 /// Whether a body is worth compressing: not known to be under the minimum (nor empty), not an
@@ -102,7 +94,13 @@ impl crate::step::Step for Compress {
         let ready = tower::service_fn(move |_: Request<()>| {
             std::future::ready(answer.take().ok_or(GatewayError::Internal))
         });
-        let resp = self.tower(ready, min_bytes).oneshot(asked).await?;
+        let resp = Compression::new(ready)
+            .no_deflate()
+            .no_zstd()
+            .quality(CompressionLevel::Precise(self.level))
+            .compress_when(worth(min_bytes))
+            .oneshot(asked)
+            .await?;
         Ok(finish(resp.map(Body::new)))
     }
 }

@@ -307,7 +307,7 @@ async fn fixed_parts(
     readiness: Arc<GatewayReadiness>,
 ) -> Result<Fixed, StartError> {
     let telemetry = crate::telemetry::start(&cfg.telemetry)?;
-    let http = client::build_counted(&cfg.upstream, metrics.tls_handshakes())?;
+    let http = client::build(&cfg.upstream, metrics.tls_handshakes())?;
     let credentials = Arc::new(Credentials::open(&cfg.keystore, cfg.enrol.enabled).await?);
     let (upstream, authority) = upstream(cfg, http.clone(), local_addr, metrics)?;
     let bus = crate::cache::CacheBus::new(credentials.clone());

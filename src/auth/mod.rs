@@ -362,7 +362,7 @@ pub(crate) mod test_support {
             text.push_str(&format!("ca_file = \"{}\"\n", p.display()));
         }
         let u: UpstreamConfig = toml::from_str(&text).unwrap();
-        crate::upstream::client::build(&u).unwrap()
+        crate::upstream::client::build(&u, Default::default()).unwrap()
     }
 
     pub(crate) fn authn(cfg: &AuthConfig) -> Arc<Authenticator> {

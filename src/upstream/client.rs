@@ -196,13 +196,9 @@ const STREAM_WINDOW: u32 = 256 * 1024;
 /// response (resetting its stream) of a caller who stopped reading.
 const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 
-/// Builds the pooled client from validated upstream config.
-pub fn build(cfg: &UpstreamConfig) -> Result<HttpClient, ConfigError> {
-    build_counted(cfg, Counter::default())
-}
-
-/// Like [`build`], bumping `handshakes` for every new (TLS) connection.
-pub fn build_counted(cfg: &UpstreamConfig, handshakes: Counter) -> Result<HttpClient, ConfigError> {
+/// Builds the pooled client from validated upstream config, bumping `handshakes` for every
+/// new (TLS) connection.
+pub fn build(cfg: &UpstreamConfig, handshakes: Counter) -> Result<HttpClient, ConfigError> {
     let tls = tls_config(cfg.ca_file.as_deref(), "upstream.ca_file")?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);

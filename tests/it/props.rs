@@ -137,7 +137,7 @@ fn authenticator() -> Arc<Authenticator> {
     .into_iter()
     .collect());
     let cfg = load_str(text, std::path::Path::new("/tmp"), &env).unwrap();
-    let http = cliniko_gateway::upstream::client::build(&cfg.upstream).unwrap();
+    let http = cliniko_gateway::upstream::client::build(&cfg.upstream, Default::default()).unwrap();
     Authenticator::new(&cfg.auth, http).unwrap()
 }
 

@@ -35,7 +35,7 @@ async fn inbound_tls_negotiates_http2_and_proxies() {
         ca_dir.path().join("ca.pem").display()
     ))
     .unwrap();
-    let client = cliniko_gateway::upstream::client::build(&ucfg).unwrap();
+    let client = cliniko_gateway::upstream::client::build(&ucfg, Default::default()).unwrap();
     let req = http::Request::get(format!("https://localhost:{port}/v1/patients?per_page=2"))
         .header("authorization", format!("Bearer {}", h.token("alice")))
         .body(Body::empty())
