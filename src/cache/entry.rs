@@ -110,11 +110,6 @@ impl Entry {
         self.stored.elapsed() < self.ttl
     }
 
-    /// Seconds since it was fetched or revalidated, for `Age`.
-    pub fn age_secs(&self) -> u64 {
-        self.stored.elapsed().as_secs()
-    }
-
     /// The same entry, confirmed fresh now (after a 304).
     pub fn revalidated(&self) -> Entry {
         Entry {

@@ -502,7 +502,8 @@ fn serve(
     } else {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(e.plain_len));
     }
-    Ok(mark(resp, how, Some(e.age_secs())))
+    // `Age`: seconds since it was fetched or revalidated.
+    Ok(mark(resp, how, Some(e.stored.elapsed().as_secs())))
 }
 
 fn mark(mut resp: Response<Body>, how: CacheOutcome, age: Option<u64>) -> Response<Body> {

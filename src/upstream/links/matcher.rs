@@ -287,9 +287,8 @@ impl Origins {
             }
         } else {
             match self.match_extra(&c, https, host, port, complete) {
-                ExtraMatch::Found(end) => end,
-                ExtraMatch::NotFound => return Decision::NoMatch,
-                ExtraMatch::NeedMore => return Decision::NeedMore,
+                Ok(end) => end,
+                Err(d) => return d,
             }
         };
         if c.peek().is_none() && !complete {
@@ -315,7 +314,8 @@ impl Origins {
         Decision::Match(after_origin)
     }
 
-    /// Matches an extra origin's host, port and path at the cursor.
+    /// Matches an extra origin's host, port and path at the cursor: where the origin (with its
+    /// path prefix) ends, or the decision when none matches (yet).
     fn match_extra(
         &self,
         c: &Cursor<'_>,
@@ -323,7 +323,7 @@ impl Origins {
         host: &[u8],
         port: Option<u16>,
         complete: bool,
-    ) -> ExtraMatch {
+    ) -> Result<usize, Decision> {
         let mut need_more = false;
         for e in &self.extras {
             if e.https != https || e.host != host {
@@ -340,8 +340,8 @@ impl Origins {
             if rest.starts_with(&e.path) {
                 let end = c.i + e.path.len();
                 match c.s.get(end) {
-                    None if !complete => return ExtraMatch::NeedMore,
-                    next if is_boundary(next.copied()) => return ExtraMatch::Found(end),
+                    None if !complete => return Err(Decision::NeedMore),
+                    next if is_boundary(next.copied()) => return Ok(end),
                     _ => continue,
                 }
             }
@@ -349,20 +349,11 @@ impl Origins {
                 need_more = true;
             }
         }
-        if need_more {
-            ExtraMatch::NeedMore
-        } else {
-            ExtraMatch::NotFound
-        }
+        Err(match need_more {
+            true => Decision::NeedMore,
+            false => Decision::NoMatch,
+        })
     }
-}
-
-/// Outcome of matching the configured extra origins.
-enum ExtraMatch {
-    /// Origin (with its path prefix) ends at this unescaped offset.
-    Found(usize),
-    NotFound,
-    NeedMore,
 }
 
 fn parse_extra(origin: &str) -> Option<Extra> {
