@@ -205,9 +205,11 @@ impl Cache {
     /// After a successful write: drop the resource type for every credential, since other keys
     /// may have cached the same record (e.g. PATCH /v1/patients/7 drops /v1/patients…), here
     /// and on every other replica.
-    /// Prefixes no rule caches are neither dropped nor published (replicas share the rules).
+    /// Every write's scope is published, even one no rule here caches: during a rollout that
+    /// changes `[cache] rules`, another replica may cache what this one does not. Each cache
+    /// (here and there) drops only what its own rules can hold, so nothing else moves.
     pub fn invalidate_after_write(&self, path: &str) {
-        let mut prefixes = write_scope(path);
+        let prefixes = write_scope(path);
         // A reload may have put another cache in this one's place while the write was in
         // flight: every cache of this process still in use drops them (the bus knows them
         // all; this one among them), or a fill on the new stack could keep pre-write data.
@@ -219,7 +221,6 @@ impl Cache {
         for cache in &caches {
             prefixes.iter().for_each(|p| cache.purge_prefix(p));
         }
-        prefixes.retain(|p| caches.iter().any(|c| c.may_hold(p)));
         if !prefixes.is_empty() {
             self.publish(Invalidation::Prefixes { prefixes });
         }
