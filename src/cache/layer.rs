@@ -364,16 +364,10 @@ const GZIP_FROM: usize = 1024;
 /// The body as one gzip member at the fastest level (a fill pays it once, every hit for a
 /// gzip caller saves it), or `None` when small or when that does not make it smaller.
 fn gzip(plain: &[u8]) -> Option<Bytes> {
-    use std::io::Write;
     if plain.len() < GZIP_FROM {
         return None;
     }
-    let mut e = flate2::write::GzEncoder::new(
-        Vec::with_capacity(plain.len() / 4 + 64),
-        flate2::Compression::fast(),
-    );
-    e.write_all(plain).ok()?;
-    let mut out = e.finish().ok()?;
+    let mut out = crate::upstream::body::gzip_fast(plain)?;
     out.shrink_to_fit();
     (out.len() < plain.len()).then(|| Bytes::from(out))
 }

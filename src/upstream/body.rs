@@ -8,6 +8,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
@@ -151,36 +152,74 @@ pub enum Inflate {
 /// Decodes a whole compressed body, refusing to grow it past `limit` bytes (a small gzip can
 /// decode to a very large page; that one streams instead of filling memory).
 ///
-/// Decoders are kept for reuse and reset per body: a fresh one allocates and clears its
-/// ~40 KiB state and window every time, which was about half the cost of inflating a Cliniko
-/// page. At most [`KEPT`] per coding are kept (not one per thread: the blocking pool can run
-/// hundreds). The output goes straight into spare capacity (nothing zeroed first).
+/// Decoders are kept and reset per body: a fresh one allocates and clears its ~40 KiB state
+/// and window every time, which was about half the cost of inflating a Cliniko page. The output
+/// goes straight into spare capacity (nothing zeroed first).
 pub fn inflate(bytes: &[u8], coding: Coding, limit: usize) -> Result<Bytes, Inflate> {
     use flate2::Decompress;
-    use std::sync::Mutex;
-    static GZIP: Mutex<Vec<Decompress>> = Mutex::new(Vec::new());
-    static ZLIB: Mutex<Vec<Decompress>> = Mutex::new(Vec::new());
-    let (kept, fresh): (_, fn() -> Decompress) = match coding {
-        Coding::Gzip => (&GZIP, || Decompress::new_gzip(15)),
-        Coding::Deflate => (&ZLIB, || Decompress::new(true)),
-        Coding::Brotli => return Err(Inflate::Stream),
-    };
+    static GZIP: Kept<Decompress> = Mutex::new(Vec::new());
+    static ZLIB: Kept<Decompress> = Mutex::new(Vec::new());
+    match coding {
+        Coding::Gzip => with_kept(
+            &GZIP,
+            || Decompress::new_gzip(15),
+            |d| members(d, bytes, limit),
+        ),
+        Coding::Deflate => with_kept(
+            &ZLIB,
+            || Decompress::new(true),
+            |d| members(d, bytes, limit),
+        ),
+        Coding::Brotli => Err(Inflate::Stream),
+    }
+}
+
+/// `plain` as one gzip member at the fastest level, through a kept encoder (a fresh one
+/// allocates and clears ~256 KiB of state, more than compressing a Cliniko page costs).
+pub fn gzip_fast(plain: &[u8]) -> Option<Vec<u8>> {
+    use flate2::{Compress, Compression, FlushCompress, Status};
+    static KEPT_GZIP: Kept<Compress> = Mutex::new(Vec::new());
+    let fresh = || Compress::new_gzip(Compression::fast(), 15);
+    with_kept(&KEPT_GZIP, fresh, |c| {
+        c.reset();
+        let mut out = Vec::with_capacity(plain.len() / 4 + 64);
+        let mut input = plain;
+        loop {
+            out.reserve(4096);
+            let before = c.total_in();
+            let status = c.compress_vec(input, &mut out, FlushCompress::Finish);
+            input = &input[usize::try_from(c.total_in() - before).unwrap_or(input.len())..];
+            match status {
+                Ok(Status::StreamEnd) => return Some(out),
+                Ok(_) => {}
+                Err(_) => return None, // never a truncated copy
+            }
+        }
+    })
+}
+
+/// (De)compressors kept for reuse, at most [`KEPT`] (not one per thread: the blocking pool can
+/// run hundreds).
+type Kept<T> = Mutex<Vec<T>>;
+
+/// Kept (de)compressors of each kind: about one per core and body worked on at once.
+const KEPT: usize = 8;
+
+/// Runs `f` on a kept `T` (or a fresh one), then keeps it if there is room.
+fn with_kept<T, R>(kept: &Kept<T>, fresh: fn() -> T, f: impl FnOnce(&mut T) -> R) -> R {
     let lock = || {
         kept.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     };
     let taken = lock().pop();
-    let mut d = taken.unwrap_or_else(fresh);
-    let out = members(&mut d, bytes, limit);
+    let mut t = taken.unwrap_or_else(fresh);
+    let r = f(&mut t);
     let mut kept = lock();
     if kept.len() < KEPT {
-        kept.push(d);
+        kept.push(t);
     }
-    out
+    r
 }
-
-/// Decoders of each coding kept for reuse: about one per core and body inflated at once.
-const KEPT: usize = 8;
 
 /// Every member of `input` (gzip allows several back to back) through `d`, into one buffer.
 fn members(d: &mut flate2::Decompress, mut input: &[u8], limit: usize) -> Result<Bytes, Inflate> {
@@ -258,6 +297,15 @@ mod tests {
             Ok(n) if n > limit => Err(Inflate::Stream),
             Ok(_) => Ok(Bytes::from(out)),
             Err(_) => Err(Inflate::Corrupt),
+        }
+    }
+
+    #[test]
+    fn kept_encoders_make_whole_gzip_members() {
+        let page = b"{\"patients\":[{\"id\":\"1\"}]}".repeat(3000);
+        for body in [&page[..], b"", &page[..10], &page[..]] {
+            let gz = gzip_fast(body).unwrap();
+            assert_eq!(reference(&gz, Coding::Gzip, 1 << 20).unwrap(), body);
         }
     }
 
