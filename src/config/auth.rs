@@ -1,6 +1,6 @@
 //! The `[auth]` section (JWT verification: HMAC secret, PEM keys, JWKS) and its validation.
 
-use super::validate::{UNKNOWN_ALG, err, secs};
+use super::validate::{err, own_error, secs};
 use super::{ConfigError, Secret};
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -94,11 +94,17 @@ fn default_token_cache() -> u64 {
     10_000
 }
 
+/// Why an algorithm name was refused, and the fix.
+const UNKNOWN_ALG: (&str, &str) = (
+    "unknown JWT algorithm",
+    "use one of HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA",
+);
+
 /// Algorithm names, parsed once at load.
 fn algorithms<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Algorithm>, D::Error> {
     Vec::<String>::deserialize(d)?
         .iter()
-        .map(|s| Algorithm::from_str(s).map_err(|_| serde::de::Error::custom(UNKNOWN_ALG)))
+        .map(|s| Algorithm::from_str(s).map_err(|_| own_error(UNKNOWN_ALG)))
         .collect()
 }
 

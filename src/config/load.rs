@@ -116,8 +116,8 @@ pub fn load_str(text: &str, base_dir: &Path, env: &Env) -> Result<Config, Config
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let field = e.path().to_string();
             let msg = e.inner().message();
-            match super::validate::OWN_ERRORS.iter().find(|(p, _)| *p == msg) {
-                Some((problem, fix)) => ConfigError::new(field, *problem, *fix),
+            match super::validate::own_parts(msg) {
+                Some((problem, fix)) => ConfigError::new(field, problem, fix),
                 None => ConfigError::new(
                     field,
                     without_values(msg),
@@ -166,38 +166,27 @@ fn without_values(msg: &str) -> String {
 }
 
 fn refuse_inline_secrets(t: &toml::Table) -> Result<(), ConfigError> {
-    let has = |sec: &str, key: &str| {
-        t.get(sec)
-            .and_then(|s| s.as_table())
-            .is_some_and(|s| s.contains_key(key))
-    };
-    if has("auth", "hmac_secret") {
-        return Err(ConfigError::new(
-            "auth.hmac_secret",
-            "secrets are never read from the config file",
-            format!("set {ENV_HMAC_SECRET} or point auth.hmac_secret_file at a file"),
-        ));
-    }
-    if has("admin", "token") {
-        return Err(ConfigError::new(
-            "admin.token",
-            "secrets are never read from the config file",
-            format!("set {ENV_ADMIN_TOKEN} or point admin.token_file at a file"),
-        ));
-    }
-    if has("keystore", "postgres_url") {
-        return Err(ConfigError::new(
-            "keystore.postgres_url",
-            "secrets are never read from the config file (the URL may carry a password)",
-            format!("set {ENV_POSTGRES_URL} or point keystore.postgres_url_file at a file"),
-        ));
-    }
-    if has("keystore", "master_key") {
-        return Err(ConfigError::new(
-            "keystore.master_key",
-            "secrets are never read from the config file",
-            format!("set {ENV_MASTER_KEY} or point keystore.master_key_file at a file"),
-        ));
+    // (section, field, the variable that holds it instead, why beyond it being a secret)
+    let secrets = [
+        ("auth", "hmac_secret", ENV_HMAC_SECRET, ""),
+        ("admin", "token", ENV_ADMIN_TOKEN, ""),
+        (
+            "keystore",
+            "postgres_url",
+            ENV_POSTGRES_URL,
+            " (the URL may carry a password)",
+        ),
+        ("keystore", "master_key", ENV_MASTER_KEY, ""),
+    ];
+    for (sec, key, var, why) in secrets {
+        let section = t.get(sec).and_then(|s| s.as_table());
+        if section.is_some_and(|s| s.contains_key(key)) {
+            return Err(ConfigError::new(
+                format!("{sec}.{key}"),
+                format!("secrets are never read from the config file{why}"),
+                format!("set {var} or point {sec}.{key}_file at a file"),
+            ));
+        }
     }
     Ok(())
 }

@@ -136,7 +136,7 @@ fn check_quota(field: &str, q: &Quota) -> Result<(), ConfigError> {
 }
 
 /// The `[ratelimit]` rules the types cannot express; called from the config validator.
-pub fn validate(c: &RateLimitConfig) -> Result<(), ConfigError> {
+pub(super) fn validate(c: &RateLimitConfig) -> Result<(), ConfigError> {
     check_quota("ratelimit.key", &c.key)?;
     check_quota("ratelimit.user.default", &c.user.default)?;
     for (name, q) in &c.user.groups {

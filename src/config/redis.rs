@@ -73,7 +73,7 @@ pub enum RedisFailure {
 }
 
 /// The `[redis]` rules the types cannot express.
-pub fn validate(c: &RedisConfig) -> Result<(), ConfigError> {
+pub(super) fn validate(c: &RedisConfig) -> Result<(), ConfigError> {
     if c.timeout.is_zero() || c.timeout > Duration::from_secs(5) {
         return Err(ConfigError::new(
             "redis.timeout",

@@ -35,7 +35,7 @@ impl Default for RetryConfig {
 }
 
 /// The `[upstream.retries]` rules the types cannot express.
-pub fn validate(c: &RetryConfig) -> Result<(), ConfigError> {
+pub(super) fn validate(c: &RetryConfig) -> Result<(), ConfigError> {
     if c.connect > 5 {
         return Err(ConfigError::new(
             "upstream.retries.connect",

@@ -14,45 +14,10 @@ pub struct Secret<S: ?Sized + Zeroize> {
     digest: [u8; 32],
 }
 
-/// Types a secret can hold: their bytes (for the digest) and a fresh boxed copy (for `Clone`).
-pub trait SecretBytes: Zeroize {
-    /// The bytes the digest is taken over.
-    fn bytes(&self) -> &[u8];
-    /// A boxed copy, for the one place a config is cloned (kept for reloads).
-    fn boxed_copy(&self) -> Box<Self>;
-}
-
-impl SecretBytes for [u8] {
-    fn bytes(&self) -> &[u8] {
-        self
-    }
-    fn boxed_copy(&self) -> Box<Self> {
-        self.into()
-    }
-}
-
-impl SecretBytes for str {
-    fn bytes(&self) -> &[u8] {
-        self.as_bytes()
-    }
-    fn boxed_copy(&self) -> Box<Self> {
-        self.into()
-    }
-}
-
-impl SecretBytes for [u8; 32] {
-    fn bytes(&self) -> &[u8] {
-        self
-    }
-    fn boxed_copy(&self) -> Box<Self> {
-        Box::new(*self)
-    }
-}
-
-impl<S: ?Sized + SecretBytes> Secret<S> {
+impl<S: ?Sized + Zeroize + AsRef<[u8]>> Secret<S> {
     /// Wraps a boxed secret.
     pub fn new(value: Box<S>) -> Secret<S> {
-        let d = digest::digest(&digest::SHA256, value.bytes());
+        let d = digest::digest(&digest::SHA256, (*value).as_ref());
         let mut digest = [0u8; 32];
         digest.copy_from_slice(d.as_ref());
         Secret {
@@ -74,10 +39,14 @@ impl<S: ?Sized + Zeroize> PartialEq for Secret<S> {
     }
 }
 
-impl<S: ?Sized + SecretBytes> Clone for Secret<S> {
+// The copy is made by `to_owned` and moved into the box: no second, unzeroed copy is left.
+impl<S: ?Sized + Zeroize + ToOwned> Clone for Secret<S>
+where
+    Box<S>: From<S::Owned>,
+{
     fn clone(&self) -> Self {
         Secret {
-            inner: SecretBox::new(self.inner.expose_secret().boxed_copy()),
+            inner: SecretBox::new(self.inner.expose_secret().to_owned().into()),
             digest: self.digest,
         }
     }

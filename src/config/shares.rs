@@ -98,7 +98,7 @@ fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
 }
 
 /// The `[ratelimit.shares]` rules the types cannot express.
-pub fn validate(s: &SharesConfig) -> Result<(), ConfigError> {
+pub(super) fn validate(s: &SharesConfig) -> Result<(), ConfigError> {
     check_share("ratelimit.shares.default", &s.default)?;
     if s.group_claim.trim().is_empty() {
         return Err(ConfigError::new(

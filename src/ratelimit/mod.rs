@@ -146,7 +146,6 @@ impl RateLimits {
         redis: &RedisConfig,
         prev: Option<&Arc<RateLimits>>,
     ) -> Result<Arc<RateLimits>, ConfigError> {
-        crate::config::ratelimit::validate(cfg)?;
         let prev = prev.map(|p| &**p);
         let stats = prev.map_or_else(Arc::default, |p| p.stats.clone());
         let on = cfg.enabled;
