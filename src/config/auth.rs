@@ -6,42 +6,38 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::{path::PathBuf, str::FromStr, time::Duration};
 
-/// JWT verification settings.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    /// The claim that names the user (looked up in the key store).
-    #[serde(default = "default_user_claim")]
-    pub user_claim: String,
-    /// Clock skew tolerated on `exp`/`nbf`.
-    #[serde(default = "secs::<30>", with = "humantime_serde")]
-    pub leeway: Duration,
-    /// Accepted `iss` values; when non-empty, `iss` is required.
-    #[serde(default)]
-    pub issuers: Vec<String>,
-    /// Accepted `aud` values; when non-empty, `aud` is required.
-    #[serde(default)]
-    pub audiences: Vec<String>,
-    /// Algorithms allowed with the HMAC secret (HS256/384/512).
-    #[serde(default = "default_hmac_algs", deserialize_with = "algorithms")]
-    pub hmac_algorithms: Vec<Algorithm>,
-    /// File holding the HMAC secret (else `CLINIKO_GATEWAY_HMAC_SECRET`).
-    pub hmac_secret_file: Option<PathBuf>,
-    /// PEM public keys, each with its own algorithm allowlist.
-    #[serde(default)]
-    pub public_keys: Vec<PublicKeyConfig>,
-    /// A JWKS endpoint of the identity provider.
-    pub jwks: Option<JwksConfig>,
-    /// How many verified tokens to remember (until their `exp`).
-    #[serde(default = "default_token_cache")]
-    pub token_cache_size: u64,
-    /// Also take the JWT from `Authorization: Basic base64(<JWT>:)`, the form clients written
-    /// for Cliniko send (the JWT where they put the API key).
-    #[serde(default = "default_true")]
-    pub accept_basic: bool,
-    /// Resolved at load: the HMAC secret, if any. Never in the file.
-    #[serde(skip)]
-    pub hmac_secret: Option<Secret<[u8]>>,
+settings! {
+    /// JWT verification settings.
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct AuthConfig {
+        /// The claim that names the user (looked up in the key store).
+        pub user_claim: String = "sub".into(),
+        /// Clock skew tolerated on `exp`/`nbf`.
+        #[serde(with = "humantime_serde")]
+        pub leeway: Duration = Duration::from_secs(30),
+        /// Accepted `iss` values; when non-empty, `iss` is required.
+        pub issuers: Vec<String> = Vec::new(),
+        /// Accepted `aud` values; when non-empty, `aud` is required.
+        pub audiences: Vec<String> = Vec::new(),
+        /// Algorithms allowed with the HMAC secret (HS256/384/512).
+        #[serde(deserialize_with = "algorithms")]
+        pub hmac_algorithms: Vec<Algorithm> = vec![Algorithm::HS256],
+        /// File holding the HMAC secret (else `CLINIKO_GATEWAY_HMAC_SECRET`).
+        pub hmac_secret_file: Option<PathBuf> = None,
+        /// PEM public keys, each with its own algorithm allowlist.
+        pub public_keys: Vec<PublicKeyConfig> = Vec::new(),
+        /// A JWKS endpoint of the identity provider.
+        pub jwks: Option<JwksConfig> = None,
+        /// How many verified tokens to remember (until their `exp`).
+        pub token_cache_size: u64 = 10_000,
+        /// Also take the JWT from `Authorization: Basic base64(<JWT>:)`, the form clients
+        /// written for Cliniko send (the JWT where they put the API key).
+        pub accept_basic: bool = true,
+        /// Resolved at load: the HMAC secret, if any. Never in the file.
+        #[serde(skip)]
+        pub hmac_secret: Option<Secret<[u8]>> = None,
+    }
 }
 
 /// One PEM public key.
@@ -79,19 +75,6 @@ pub struct JwksConfig {
     /// Timeout of one fetch.
     #[serde(default = "secs::<5>", with = "humantime_serde")]
     pub timeout: Duration,
-}
-
-fn default_user_claim() -> String {
-    "sub".into()
-}
-fn default_hmac_algs() -> Vec<Algorithm> {
-    vec![Algorithm::HS256]
-}
-fn default_true() -> bool {
-    true
-}
-fn default_token_cache() -> u64 {
-    10_000
 }
 
 /// Why an algorithm name was refused, and the fix.

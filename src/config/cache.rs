@@ -4,25 +4,28 @@ use super::validate::{ConfigError, err};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// The in-memory GET cache.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {
-    /// Master switch.
-    pub enabled: bool,
-    /// Memory the cache may hold: bodies as stored, headers, keys and bookkeeping, rounded as
-    /// the allocator rounds them; 1/16 of it is kept for answers being read in.
-    pub capacity_bytes: u64,
-    /// Larger responses stream through uncached.
-    pub max_entry_bytes: u64,
-    /// Keep each answer as one gzip copy (sent as it is to callers that take gzip, decoded for
-    /// the others): 4-5x more answers in the same bytes.
-    pub compress: bool,
-    /// How long past its TTL an entry with an ETag is kept for revalidation.
-    #[serde(with = "humantime_serde")]
-    pub revalidate_window: Duration,
-    /// Which paths are cached and for how long; the longest matching prefix wins, TTL 0 = never.
-    pub rules: Vec<CacheRule>,
+settings! {
+    /// The in-memory GET cache.
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct CacheConfig {
+        /// Master switch.
+        pub enabled: bool = true,
+        /// Memory the cache may hold: bodies as stored, headers, keys and bookkeeping, rounded
+        /// as the allocator rounds them; 1/16 of it is kept for answers being read in.
+        pub capacity_bytes: u64 = 256 * 1024 * 1024,
+        /// Larger responses stream through uncached.
+        pub max_entry_bytes: u64 = 1024 * 1024,
+        /// Keep each answer as one gzip copy (sent as it is to callers that take gzip, decoded
+        /// for the others): 4-5x more answers in the same bytes.
+        pub compress: bool = true,
+        /// How long past its TTL an entry with an ETag is kept for revalidation.
+        #[serde(with = "humantime_serde")]
+        pub revalidate_window: Duration = Duration::from_secs(600),
+        /// Which paths are cached and for how long; the longest matching prefix wins, TTL 0 =
+        /// never.
+        pub rules: Vec<CacheRule> = default_rules(),
+    }
 }
 
 /// One cache rule.
@@ -36,33 +39,24 @@ pub struct CacheRule {
     pub ttl: Duration,
 }
 
-impl Default for CacheConfig {
-    fn default() -> Self {
-        let rule = |prefix: &str, secs: u64| CacheRule {
-            prefix: prefix.into(),
-            ttl: Duration::from_secs(secs),
-        };
-        CacheConfig {
-            enabled: true,
-            capacity_bytes: 256 * 1024 * 1024,
-            max_entry_bytes: 1024 * 1024,
-            compress: true,
-            revalidate_window: Duration::from_secs(600),
-            rules: vec![
-                // Reference data changes rarely: minutes.
-                rule("/v1/practitioners", 300),
-                rule("/v1/businesses", 300),
-                rule("/v1/appointment_types", 300),
-                rule("/v1/billable_items", 300),
-                rule("/v1/services", 300),
-                rule("/v1/settings", 300),
-                // Patient and diary data changes all day: seconds.
-                rule("/v1/patients", 10),
-                rule("/v1/individual_appointments", 10),
-                rule("/v1/appointments", 10),
-            ],
-        }
-    }
+fn default_rules() -> Vec<CacheRule> {
+    let rule = |prefix: &str, secs: u64| CacheRule {
+        prefix: prefix.into(),
+        ttl: Duration::from_secs(secs),
+    };
+    vec![
+        // Reference data changes rarely: minutes.
+        rule("/v1/practitioners", 300),
+        rule("/v1/businesses", 300),
+        rule("/v1/appointment_types", 300),
+        rule("/v1/billable_items", 300),
+        rule("/v1/services", 300),
+        rule("/v1/settings", 300),
+        // Patient and diary data changes all day: seconds.
+        rule("/v1/patients", 10),
+        rule("/v1/individual_appointments", 10),
+        rule("/v1/appointments", 10),
+    ]
 }
 
 /// The `[cache]` rules the types cannot express.

@@ -3,28 +3,20 @@
 use super::ConfigError;
 use serde::{Deserialize, Serialize};
 
-/// `[compression]`: gzip or br for callers that ask (`Accept-Encoding`); needs a restart.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CompressionConfig {
-    /// Master switch; off, every answer goes out as it is (identity).
-    pub enabled: bool,
-    /// 1 (fastest) to 9 (smallest), gzip's scale; brotli gets the same number.
-    pub level: u32,
-    /// Bodies known to be smaller than this go out uncompressed (not worth the CPU or the
-    /// gzip header), unless the caller refuses identity.
-    pub min_bytes: u64,
-}
-
-impl Default for CompressionConfig {
-    fn default() -> Self {
-        CompressionConfig {
-            enabled: true,
-            // The LAN leg is fast: level 1 keeps most of the gain (JSON shrinks 5-10x) for a
-            // fraction of the CPU of the higher levels.
-            level: 1,
-            min_bytes: 1024,
-        }
+settings! {
+    /// `[compression]`: gzip or br for callers that ask (`Accept-Encoding`); needs a restart.
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct CompressionConfig {
+        /// Master switch; off, every answer goes out as it is (identity).
+        pub enabled: bool = true,
+        /// 1 (fastest) to 9 (smallest), gzip's scale; brotli gets the same number.
+        // The LAN leg is fast: level 1 keeps most of the gain (JSON shrinks 5-10x) for a
+        // fraction of the CPU of the higher levels.
+        pub level: u32 = 1,
+        /// Bodies known to be smaller than this go out uncompressed (not worth the CPU or the
+        /// gzip header), unless the caller refuses identity.
+        pub min_bytes: u64 = 1024,
     }
 }
 

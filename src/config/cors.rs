@@ -5,39 +5,35 @@ use super::validate::err;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// CORS: which web origins may call the gateway from a browser. Off while `allowed_origins`
-/// is empty; then browsers keep other origins out, as they would without a gateway.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CorsConfig {
-    /// Exact origins, `scheme://host[:port]` as browsers send them
-    /// (`https://app.example.com`); no wildcards, no path.
-    pub allowed_origins: Vec<String>,
-    /// Methods a preflight allows.
-    pub allowed_methods: Vec<String>,
-    /// Request headers a preflight allows.
-    pub allowed_headers: Vec<String>,
-    /// How long a browser may keep a preflight's answer.
-    #[serde(with = "humantime_serde")]
-    pub max_age: Duration,
+settings! {
+    /// CORS: which web origins may call the gateway from a browser. Off while
+    /// `allowed_origins` is empty; then browsers keep other origins out, as they would without
+    /// a gateway.
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct CorsConfig {
+        /// Exact origins, `scheme://host[:port]` as browsers send them
+        /// (`https://app.example.com`); no wildcards, no path.
+        pub allowed_origins: Vec<String> = vec![],
+        /// Methods a preflight allows.
+        pub allowed_methods: Vec<String> =
+            strings(&["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
+        /// Request headers a preflight allows.
+        pub allowed_headers: Vec<String> = strings(&[
+            "authorization",
+            "accept",
+            "content-type",
+            "if-none-match",
+            "x-request-id",
+        ]),
+        /// How long a browser may keep a preflight's answer.
+        #[serde(with = "humantime_serde")]
+        pub max_age: Duration = Duration::from_secs(600),
+    }
 }
 
-impl Default for CorsConfig {
-    fn default() -> Self {
-        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
-        CorsConfig {
-            allowed_origins: vec![],
-            allowed_methods: strings(&["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
-            allowed_headers: strings(&[
-                "authorization",
-                "accept",
-                "content-type",
-                "if-none-match",
-                "x-request-id",
-            ]),
-            max_age: Duration::from_secs(600),
-        }
-    }
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
 }
 
 /// The `[cors]` rules the types cannot express.

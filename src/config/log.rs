@@ -2,22 +2,15 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Log output.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// `auto` (text on a terminal, else JSON), `json` (one object per line) or `text`.
-    pub format: LogFormat,
-    /// Filter, e.g. `info` or `cliniko_gateway=debug`; `RUST_LOG` wins when set.
-    pub level: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Auto,
-            level: "info".into(),
-        }
+settings! {
+    /// Log output.
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct LogConfig {
+        /// `auto` (text on a terminal, else JSON), `json` (one object per line) or `text`.
+        pub format: LogFormat = LogFormat::Auto,
+        /// Filter, e.g. `info` or `cliniko_gateway=debug`; `RUST_LOG` wins when set.
+        pub level: String = "info".into(),
     }
 }
 

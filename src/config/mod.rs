@@ -5,6 +5,29 @@
 //! the JWT HMAC secret and the key-store master key come from `CLINIKO_GATEWAY_HMAC_SECRET` /
 //! `CLINIKO_GATEWAY_MASTER_KEY` or from files named in the config.
 
+/// A section whose every field has a default, written after the field's type
+/// (`pub name: Type = default,`): declares the struct and its `Default` from one list, so a
+/// field and its default cannot drift apart.
+macro_rules! settings {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $($(#[$field_meta:meta])* pub $field:ident: $ty:ty = $default:expr,)*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($(#[$field_meta])* pub $field: $ty,)*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $($field: $default,)* }
+            }
+        }
+    };
+}
+
 mod auth;
 mod cache;
 mod compression;

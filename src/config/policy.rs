@@ -4,27 +4,19 @@ use super::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Which claims carry permissions, what each named grant allows, and what a caller whose
-/// token carries none of those claims gets.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PolicyConfig {
-    /// Claims whose values name grants: a space-separated string (`scope`) or an array of
-    /// strings (`roles`); a dotted name reaches into nested objects (`realm_access.roles`).
-    pub claims: Vec<String>,
-    /// Grants of a caller whose token has none of `claims`. Empty (the default) = refuse.
-    pub default: Vec<String>,
-    /// Named grants, e.g. `cliniko:read`.
-    pub grants: BTreeMap<String, GrantConfig>,
-}
-
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        PolicyConfig {
-            claims: vec!["scope".into(), "scp".into(), "roles".into()],
-            default: Vec::new(),
-            grants: BTreeMap::new(),
-        }
+settings! {
+    /// Which claims carry permissions, what each named grant allows, and what a caller whose
+    /// token carries none of those claims gets.
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct PolicyConfig {
+        /// Claims whose values name grants: a space-separated string (`scope`) or an array of
+        /// strings (`roles`); a dotted name reaches into nested objects (`realm_access.roles`).
+        pub claims: Vec<String> = vec!["scope".into(), "scp".into(), "roles".into()],
+        /// Grants of a caller whose token has none of `claims`. Empty (the default) = refuse.
+        pub default: Vec<String> = Vec::new(),
+        /// Named grants, e.g. `cliniko:read`.
+        pub grants: BTreeMap<String, GrantConfig> = BTreeMap::new(),
     }
 }
 

@@ -5,26 +5,29 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// `[ratelimit]`: every limit the gateway keeps.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RateLimitConfig {
-    /// Master switch for the limits (per user, per key, Cliniko pauses). The resends are not
-    /// limits: `[upstream.retries]` has them, whatever this says.
-    pub enabled: bool,
-    /// The budget per Cliniko user (all replicas together when `redis.url` is set).
-    pub key: Quota,
-    /// The limit per verified user.
-    pub user: UserLimitConfig,
-    /// How the requests waiting on one key budget are shared among apps.
-    pub shares: super::shares::SharesConfig,
-    /// Longest a request waits for a key-budget slot (or a Cliniko pause) instead of a 429.
-    #[serde(with = "humantime_serde")]
-    pub max_wait: Duration,
-    /// Most requests waiting on one key budget at once (per replica); beyond it, 429.
-    pub max_waiting: usize,
-    /// Replicas sharing each key without Redis: the local budget is `key` divided by this.
-    pub replicas: u32,
+settings! {
+    /// `[ratelimit]`: every limit the gateway keeps.
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct RateLimitConfig {
+        /// Master switch for the limits (per user, per key, Cliniko pauses). The resends are
+        /// not limits: `[upstream.retries]` has them, whatever this says.
+        pub enabled: bool = true,
+        /// The budget per Cliniko user (all replicas together when `redis.url` is set).
+        // Cliniko allows 200/min per Cliniko user; stay a little under it.
+        pub key: Quota = Quota { rate: 190, period: minute(), burst: 10 },
+        /// The limit per verified user.
+        pub user: UserLimitConfig = UserLimitConfig::default(),
+        /// How the requests waiting on one key budget are shared among apps.
+        pub shares: super::shares::SharesConfig = Default::default(),
+        /// Longest a request waits for a key-budget slot (or a Cliniko pause) instead of a 429.
+        #[serde(with = "humantime_serde")]
+        pub max_wait: Duration = Duration::from_secs(2),
+        /// Most requests waiting on one key budget at once (per replica); beyond it, 429.
+        pub max_waiting: usize = 100,
+        /// Replicas sharing each key without Redis: the local budget is `key` divided by this.
+        pub replicas: u32 = 1,
+    }
 }
 
 /// A GCRA quota: `rate` requests per `period`, up to `burst` at once.
@@ -57,60 +60,27 @@ impl Quota {
     }
 }
 
-/// `[ratelimit.user]`: the per-user limit.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UserLimitConfig {
-    /// Switch for the per-user limit alone.
-    pub enabled: bool,
-    /// The quota of a user with no group or user override.
-    pub default: Quota,
-    /// The JWT claim holding the caller's groups (a string or an array of strings).
-    pub group_claim: String,
-    /// Quota per group name; a user in several groups gets the most generous one.
-    pub groups: BTreeMap<String, Quota>,
-    /// Quota per user (the configured user claim's value); wins over groups.
-    pub users: BTreeMap<String, Quota>,
+settings! {
+    /// `[ratelimit.user]`: the per-user limit.
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct UserLimitConfig {
+        /// Switch for the per-user limit alone.
+        pub enabled: bool = true,
+        /// The quota of a user with no group or user override.
+        // About two thirds of a key's budget: one app alone cannot starve the others.
+        pub default: Quota = Quota { rate: 120, period: minute(), burst: 20 },
+        /// The JWT claim holding the caller's groups (a string or an array of strings).
+        pub group_claim: String = "groups".into(),
+        /// Quota per group name; a user in several groups gets the most generous one.
+        pub groups: BTreeMap<String, Quota> = BTreeMap::new(),
+        /// Quota per user (the configured user claim's value); wins over groups.
+        pub users: BTreeMap<String, Quota> = BTreeMap::new(),
+    }
 }
 
 fn minute() -> Duration {
     Duration::from_secs(60)
-}
-
-impl Default for RateLimitConfig {
-    fn default() -> Self {
-        RateLimitConfig {
-            enabled: true,
-            // Cliniko allows 200/min per Cliniko user; stay a little under it.
-            key: Quota {
-                rate: 190,
-                period: minute(),
-                burst: 10,
-            },
-            user: UserLimitConfig::default(),
-            shares: super::shares::SharesConfig::default(),
-            max_wait: Duration::from_secs(2),
-            max_waiting: 100,
-            replicas: 1,
-        }
-    }
-}
-
-impl Default for UserLimitConfig {
-    fn default() -> Self {
-        UserLimitConfig {
-            enabled: true,
-            // About two thirds of a key's budget: one app alone cannot starve the others.
-            default: Quota {
-                rate: 120,
-                period: minute(),
-                burst: 20,
-            },
-            group_claim: "groups".into(),
-            groups: BTreeMap::new(),
-            users: BTreeMap::new(),
-        }
-    }
 }
 
 fn err(field: &str, problem: &str, fix: &str) -> ConfigError {

@@ -9,29 +9,20 @@ use super::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// `[redis]`: shared state across replicas.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisConfig {
-    /// `redis://[:password@]host:port[/db]`; unset = no Redis (each replica on its own).
-    pub url: Option<RedisUrl>,
-    /// Longest one Redis call may take before Redis counts as down.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// What the key budgets do while Redis is down: `open` (local budget) or `closed` (503).
-    pub failure: RedisFailure,
-    /// Prefix of every Redis key and channel the gateway uses.
-    pub prefix: String,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        RedisConfig {
-            url: None,
-            timeout: Duration::from_millis(100),
-            failure: RedisFailure::Open,
-            prefix: "cliniko-gateway".into(),
-        }
+settings! {
+    /// `[redis]`: shared state across replicas.
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct RedisConfig {
+        /// `redis://[:password@]host:port[/db]`; unset = no Redis (each replica on its own).
+        pub url: Option<RedisUrl> = None,
+        /// Longest one Redis call may take before Redis counts as down.
+        #[serde(with = "humantime_serde")]
+        pub timeout: Duration = Duration::from_millis(100),
+        /// What the key budgets do while Redis is down: `open` (local budget) or `closed` (503).
+        pub failure: RedisFailure = RedisFailure::Open,
+        /// Prefix of every Redis key and channel the gateway uses.
+        pub prefix: String = "cliniko-gateway".into(),
     }
 }
 

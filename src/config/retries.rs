@@ -5,32 +5,23 @@ use super::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// `[upstream.retries]`: one policy for every resend, whatever `[ratelimit]` says.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    /// Resends of a bodiless request whose connection to Cliniko failed (nothing was sent).
-    pub connect: u32,
-    /// The wait before the first such resend; it doubles for each next one, jittered down to
-    /// as little as half.
-    #[serde(with = "humantime_serde")]
-    pub backoff: Duration,
-    /// Resend a bodiless GET/HEAD once after Cliniko's 429/503, once its wait is over.
-    pub throttled: bool,
-    /// The longest wait of Cliniko's that such a GET/HEAD waits out (beyond it, Cliniko's
-    /// answer is passed on); unset: `ratelimit.max_wait`.
-    #[serde(default, with = "humantime_serde")]
-    pub max_wait: Option<Duration>,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        RetryConfig {
-            connect: 2,
-            backoff: Duration::from_millis(100),
-            throttled: true,
-            max_wait: None,
-        }
+settings! {
+    /// `[upstream.retries]`: one policy for every resend, whatever `[ratelimit]` says.
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct RetryConfig {
+        /// Resends of a bodiless request whose connection to Cliniko failed (nothing was sent).
+        pub connect: u32 = 2,
+        /// The wait before the first such resend; it doubles for each next one, jittered down
+        /// to as little as half.
+        #[serde(with = "humantime_serde")]
+        pub backoff: Duration = Duration::from_millis(100),
+        /// Resend a bodiless GET/HEAD once after Cliniko's 429/503, once its wait is over.
+        pub throttled: bool = true,
+        /// The longest wait of Cliniko's that such a GET/HEAD waits out (beyond it, Cliniko's
+        /// answer is passed on); unset: `ratelimit.max_wait`.
+        #[serde(default, with = "humantime_serde")]
+        pub max_wait: Option<Duration> = None,
     }
 }
 

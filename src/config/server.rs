@@ -6,69 +6,51 @@ use super::{ConfigError, Secret};
 use serde::{Deserialize, Serialize};
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-/// Inbound listener settings.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// Address to listen on.
-    pub listen: SocketAddr,
-    /// Base URL callers use to reach the gateway; Cliniko links are rewritten onto it.
-    pub public_base_url: Option<String>,
-    /// PEM certificate chain for inbound TLS (with `tls_key_file`); plain HTTP when absent.
-    pub tls_cert_file: Option<PathBuf>,
-    /// PEM private key for inbound TLS.
-    pub tls_key_file: Option<PathBuf>,
-    /// Largest request head (request line + headers) in bytes.
-    pub max_header_bytes: usize,
-    /// Most headers in one request.
-    pub max_headers: usize,
-    /// Largest request body in bytes (413 beyond).
-    pub max_body_bytes: u64,
-    /// Time a client has to send a complete request head.
-    #[serde(with = "humantime_serde")]
-    pub header_read_timeout: Duration,
-    /// Idle keep-alive connections are closed after this long.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    /// A connection whose caller takes none of a response (socket or HTTP/2 window full) for
-    /// this long is closed, and the responses it held (Cliniko's included) are dropped.
-    #[serde(with = "humantime_serde")]
-    pub send_timeout: Duration,
-    /// Most concurrent HTTP/2 streams (requests) on one connection.
-    pub max_streams_per_connection: u32,
-    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
-    /// On SIGTERM/SIGINT, how long `/readyz` fails before the listener closes (lets load
-    /// balancers stop sending first).
-    #[serde(with = "humantime_serde")]
-    pub shutdown_delay: Duration,
-    /// Most open inbound connections; beyond it the gateway stops accepting until one closes.
-    pub max_connections: usize,
-    /// Proxies (CIDR, e.g. `10.0.0.0/8`; one host is `/32`) whose `X-Forwarded-For` is
-    /// believed for the client address in the access log and the audit. Empty: the TCP peer.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            public_base_url: None,
-            tls_cert_file: None,
-            tls_key_file: None,
-            max_header_bytes: 16 * 1024,
-            max_headers: 100,
-            max_body_bytes: 10 * 1024 * 1024,
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            send_timeout: Duration::from_secs(30),
-            max_streams_per_connection: 100,
-            shutdown_grace: Duration::from_secs(30),
-            shutdown_delay: Duration::ZERO,
-            max_connections: 10_000,
-            trusted_proxies: Vec::new(),
-        }
+settings! {
+    /// Inbound listener settings.
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct ServerConfig {
+        /// Address to listen on.
+        pub listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)),
+        /// Base URL callers use to reach the gateway; Cliniko links are rewritten onto it.
+        pub public_base_url: Option<String> = None,
+        /// PEM certificate chain for inbound TLS (with `tls_key_file`); plain HTTP when absent.
+        pub tls_cert_file: Option<PathBuf> = None,
+        /// PEM private key for inbound TLS.
+        pub tls_key_file: Option<PathBuf> = None,
+        /// Largest request head (request line + headers) in bytes.
+        pub max_header_bytes: usize = 16 * 1024,
+        /// Most headers in one request.
+        pub max_headers: usize = 100,
+        /// Largest request body in bytes (413 beyond).
+        pub max_body_bytes: u64 = 10 * 1024 * 1024,
+        /// Time a client has to send a complete request head.
+        #[serde(with = "humantime_serde")]
+        pub header_read_timeout: Duration = Duration::from_secs(10),
+        /// Idle keep-alive connections are closed after this long.
+        #[serde(with = "humantime_serde")]
+        pub idle_timeout: Duration = Duration::from_secs(60),
+        /// A connection whose caller takes none of a response (socket or HTTP/2 window full)
+        /// for this long is closed, and the responses it held (Cliniko's included) are dropped.
+        #[serde(with = "humantime_serde")]
+        pub send_timeout: Duration = Duration::from_secs(30),
+        /// Most concurrent HTTP/2 streams (requests) on one connection.
+        pub max_streams_per_connection: u32 = 100,
+        /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+        #[serde(with = "humantime_serde")]
+        pub shutdown_grace: Duration = Duration::from_secs(30),
+        /// On SIGTERM/SIGINT, how long `/readyz` fails before the listener closes (lets load
+        /// balancers stop sending first).
+        #[serde(with = "humantime_serde")]
+        pub shutdown_delay: Duration = Duration::ZERO,
+        /// Most open inbound connections; beyond it the gateway stops accepting until one
+        /// closes.
+        pub max_connections: usize = 10_000,
+        /// Proxies (CIDR, e.g. `10.0.0.0/8`; one host is `/32`) whose `X-Forwarded-For` is
+        /// believed for the client address in the access log and the audit. Empty: the TCP
+        /// peer.
+        pub trusted_proxies: Vec<ipnet::IpNet> = Vec::new(),
     }
 }
 
@@ -89,31 +71,22 @@ impl ServerConfig {
     }
 }
 
-/// The admin listener: separate address, own bearer token. Served by the same server code as
-/// the public port, with the `[server]` timeouts and its own connection limit.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    /// Where admin routes listen (keep it on loopback or a private network); off when unset.
-    pub listen: Option<SocketAddr>,
-    /// Most open admin connections; beyond it the admin listener stops accepting.
-    pub max_connections: usize,
-    /// File holding the admin bearer token (else `CLINIKO_GATEWAY_ADMIN_TOKEN`).
-    pub token_file: Option<PathBuf>,
-    /// Resolved at load. Never in the file.
-    #[serde(skip)]
-    pub token: Option<Secret<str>>,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            listen: None,
-            // Scrapers and operators, not traffic: a small fixed pool is plenty.
-            max_connections: 64,
-            token_file: None,
-            token: None,
-        }
+settings! {
+    /// The admin listener: separate address, own bearer token. Served by the same server code
+    /// as the public port, with the `[server]` timeouts and its own connection limit.
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct AdminConfig {
+        /// Where admin routes listen (keep it on loopback or a private network); off when unset.
+        pub listen: Option<SocketAddr> = None,
+        /// Most open admin connections; beyond it the admin listener stops accepting.
+        // Scrapers and operators, not traffic: a small fixed pool is plenty.
+        pub max_connections: usize = 64,
+        /// File holding the admin bearer token (else `CLINIKO_GATEWAY_ADMIN_TOKEN`).
+        pub token_file: Option<PathBuf> = None,
+        /// Resolved at load. Never in the file.
+        #[serde(skip)]
+        pub token: Option<Secret<str>> = None,
     }
 }
 

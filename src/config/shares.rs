@@ -27,48 +27,32 @@ impl Class {
     pub const ALL: [Class; 2] = [Class::Interactive, Class::Batch];
 }
 
-/// One app's (or group's) share: its class, and its weight within the class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Share {
-    /// Relative share of the budget among the waiting apps of its class (1..=1000).
-    pub weight: u32,
-    /// `interactive` (admitted first) or `batch`.
-    pub class: Class,
-}
-
-impl Default for Share {
-    fn default() -> Self {
-        Share {
-            weight: 1,
-            class: Class::Interactive,
-        }
+settings! {
+    /// One app's (or group's) share: its class, and its weight within the class.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Share {
+        /// Relative share of the budget among the waiting apps of its class (1..=1000).
+        pub weight: u32 = 1,
+        /// `interactive` (admitted first) or `batch`.
+        pub class: Class = Class::Interactive,
     }
 }
 
-/// `[ratelimit.shares]`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SharesConfig {
-    /// The share of an app named by no entry below (and of tokens naming no app).
-    pub default: Share,
-    /// The JWT claim holding the caller's groups (a string or an array of strings).
-    pub group_claim: String,
-    /// Share per app (the token's `azp`, else `client_id`); wins over groups.
-    pub apps: BTreeMap<String, Share>,
-    /// Share per group claim value; a caller in several gets the first class, then the
-    /// heaviest weight.
-    pub groups: BTreeMap<String, Share>,
-}
-
-impl Default for SharesConfig {
-    fn default() -> Self {
-        SharesConfig {
-            default: Share::default(),
-            group_claim: "groups".into(),
-            apps: BTreeMap::new(),
-            groups: BTreeMap::new(),
-        }
+settings! {
+    /// `[ratelimit.shares]`.
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct SharesConfig {
+        /// The share of an app named by no entry below (and of tokens naming no app).
+        pub default: Share = Share::default(),
+        /// The JWT claim holding the caller's groups (a string or an array of strings).
+        pub group_claim: String = "groups".into(),
+        /// Share per app (the token's `azp`, else `client_id`); wins over groups.
+        pub apps: BTreeMap<String, Share> = BTreeMap::new(),
+        /// Share per group claim value; a caller in several gets the first class, then the
+        /// heaviest weight.
+        pub groups: BTreeMap<String, Share> = BTreeMap::new(),
     }
 }
 

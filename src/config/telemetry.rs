@@ -4,26 +4,19 @@ use super::ConfigError;
 use super::validate::{carries_secrets, err};
 use serde::{Deserialize, Serialize};
 
-/// OpenTelemetry: one server span per request, a client span per Cliniko call, exported over
-/// OTLP/HTTP (protobuf). Setting `otlp_endpoint` is the one switch that turns it on.
-#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TelemetryConfig {
-    /// Collector base URL, e.g. `http://127.0.0.1:4318` (spans go to `<it>/v1/traces`).
-    pub otlp_endpoint: Option<String>,
-    /// `service.name` of the exported spans.
-    pub service_name: String,
-    /// Share of traces kept (0..=1), decided by trace id (a caller's sampled flag is not trusted).
-    pub sample_ratio: f64,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        TelemetryConfig {
-            otlp_endpoint: None,
-            service_name: "cliniko-gateway".into(),
-            sample_ratio: 1.0,
-        }
+settings! {
+    /// OpenTelemetry: one server span per request, a client span per Cliniko call, exported
+    /// over OTLP/HTTP (protobuf). Setting `otlp_endpoint` is the one switch that turns it on.
+    #[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct TelemetryConfig {
+        /// Collector base URL, e.g. `http://127.0.0.1:4318` (spans go to `<it>/v1/traces`).
+        pub otlp_endpoint: Option<String> = None,
+        /// `service.name` of the exported spans.
+        pub service_name: String = "cliniko-gateway".into(),
+        /// Share of traces kept (0..=1), decided by trace id (a caller's sampled flag is not
+        /// trusted).
+        pub sample_ratio: f64 = 1.0,
     }
 }
 
