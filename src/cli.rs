@@ -53,39 +53,9 @@ enum Command {
     },
     #[cfg(feature = "sandbox")]
     /// Run the Cliniko stand-in alone (compose, manual tests); prints its base URL.
-    Sandbox {
-        /// Where it listens.
-        #[arg(long, default_value = "127.0.0.1:9443")]
-        listen: std::net::SocketAddr,
-        /// Write the PEM of its CA here (give it to the gateway as upstream.ca_file).
-        #[arg(long)]
-        ca_out: Option<PathBuf>,
-        /// Accepted API keys with a data label, as KEY:LABEL,... (default: the demo key).
-        #[arg(long, value_delimiter = ',', value_parser = crate::tools::parse_account)]
-        accounts: Vec<crate::sandbox::Account>,
-        /// Host names in its certificate; the first one is used in its links.
-        #[arg(
-            long = "name",
-            value_delimiter = ',',
-            default_value = "localhost,127.0.0.1"
-        )]
-        names: Vec<String>,
-        /// Shard name shown in its data.
-        #[arg(long, default_value = "au1")]
-        shard: String,
-    },
+    Sandbox(crate::tools::SandboxArgs),
     /// Container health probe: exit 0 if the URL answers 2xx (or the TCP port accepts), else 1.
-    Healthcheck {
-        /// Plain-http URL to GET.
-        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
-        url: String,
-        /// Only check that this address accepts a TCP connection (e.g. the TLS sandbox).
-        #[arg(long)]
-        tcp: Option<std::net::SocketAddr>,
-        /// Give up after this long.
-        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
-    },
+    Healthcheck(crate::tools::HealthcheckArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -199,20 +169,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Keys { action } => rt.block_on(keys(action)),
         Command::Token { action } => token(action),
         #[cfg(feature = "sandbox")]
-        Command::Sandbox {
-            listen,
-            ca_out,
-            accounts,
-            names,
-            shard,
-        } => {
-            return rt.block_on(crate::tools::sandbox(
-                listen, ca_out, accounts, names, shard,
-            ));
-        }
-        Command::Healthcheck { url, tcp, timeout } => {
-            return rt.block_on(crate::tools::healthcheck(url, tcp, timeout));
-        }
+        Command::Sandbox(args) => return rt.block_on(crate::tools::sandbox(args)),
+        Command::Healthcheck(args) => return rt.block_on(crate::tools::healthcheck(args)),
     };
     done.err().unwrap_or(ExitCode::SUCCESS)
 }
@@ -257,19 +215,14 @@ fn check_config(path: &std::path::Path) -> Done {
         .map_err(|e| fail(70, format!("cannot print the config: {e}")))?;
     println!("# effective configuration (valid)\n{s}");
     println!("# secrets (never printed)");
-    let set = |b: bool| if b { "set, redacted" } else { "not set" };
-    println!(
-        "# auth.hmac_secret: {}",
-        set(cfg.auth.hmac_secret.is_some())
-    );
-    println!(
-        "# keystore.master_key: {}",
-        set(cfg.keystore.master_key.is_some())
-    );
-    println!(
-        "# keystore.postgres_url: {}",
-        set(cfg.keystore.postgres_url.is_some())
-    );
+    for (name, set) in [
+        ("auth.hmac_secret", cfg.auth.hmac_secret.is_some()),
+        ("keystore.master_key", cfg.keystore.master_key.is_some()),
+        ("keystore.postgres_url", cfg.keystore.postgres_url.is_some()),
+    ] {
+        let set = if set { "set, redacted" } else { "not set" };
+        println!("# {name}: {set}");
+    }
     Ok(())
 }
 
@@ -379,13 +332,8 @@ async fn keys_on(action: KeysAction, store: &credentials::Backend, m: &config::M
             };
             let raw =
                 read.map_err(|_| fail(64, "cannot read the API key from stdin or --key-file"))?;
-            let new = credentials::NewKey {
-                user: user.clone(),
-                key: ApiKey::new(raw.trim().to_string()),
-                cliniko_user,
-                verified_at: None,
-                exclusive: false,
-            };
+            let key = ApiKey::new(raw.trim().to_string());
+            let new = credentials::NewKey::new(&user, key, cliniko_user.as_deref());
             store.add(m, new).await.map_err(store_failed)?;
             println!(
                 "stored a key for {user}; running gateways reload it (file watch, database notification or SIGHUP)"

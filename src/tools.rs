@@ -10,40 +10,59 @@ use std::time::Duration;
 
 #[cfg(feature = "sandbox")]
 /// Parses `KEY:LABEL` (the label is the part after the last `:`).
-pub fn parse_account(s: &str) -> Result<Account, String> {
+fn parse_account(s: &str) -> Result<Account, String> {
     match s.rsplit_once(':') {
         Some((k, l)) if !k.is_empty() && !l.is_empty() => Ok(Account::new(k, l)),
         _ => Err("write accounts as KEY:LABEL".into()),
     }
 }
 
+/// `sandbox`'s options.
+#[cfg(feature = "sandbox")]
+#[derive(clap::Args, Debug)]
+pub struct SandboxArgs {
+    /// Where it listens.
+    #[arg(long, default_value = "127.0.0.1:9443")]
+    listen: SocketAddr,
+    /// Write the PEM of its CA here (give it to the gateway as upstream.ca_file).
+    #[arg(long)]
+    ca_out: Option<std::path::PathBuf>,
+    /// Accepted API keys with a data label, as KEY:LABEL,... (default: the demo key).
+    #[arg(long, value_delimiter = ',', value_parser = parse_account)]
+    accounts: Vec<Account>,
+    /// Host names in its certificate; the first one is used in its links.
+    #[arg(
+        long = "name",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1"
+    )]
+    names: Vec<String>,
+    /// Shard name shown in its data.
+    #[arg(long, default_value = "au1")]
+    shard: String,
+}
+
 #[cfg(feature = "sandbox")]
 /// `sandbox`: serves the stand-in on `listen` until SIGTERM/SIGINT.
-pub async fn sandbox(
-    listen: SocketAddr,
-    ca_out: Option<std::path::PathBuf>,
-    accounts: Vec<Account>,
-    names: Vec<String>,
-    shard: String,
-) -> ExitCode {
+pub async fn sandbox(args: SandboxArgs) -> ExitCode {
     crate::logging::init(crate::config::LogFormat::Json, "info");
     let result = async {
         let pki = std::sync::Arc::new(TestPki::new()?);
         // Written before the port opens: whoever sees the port up can read the CA.
-        if let Some(path) = &ca_out {
+        if let Some(path) = &args.ca_out {
             std::fs::write(path, pki.ca_pem())?;
         }
-        let accounts = if accounts.is_empty() {
+        let accounts = if args.accounts.is_empty() {
             vec![Account::new(DEMO_API_KEY, "demo")]
         } else {
-            accounts
+            args.accounts
         };
         let sb = Sandbox::start(SandboxOptions {
             accounts,
-            names,
+            names: args.names,
             pki: Some(pki),
-            shard,
-            listen,
+            shard: args.shard,
+            listen: args.listen,
             max_concurrent_streams: None,
         })
         .await?;
@@ -79,9 +98,23 @@ async fn until_signal() -> std::io::Result<()> {
     Ok(())
 }
 
+/// `healthcheck`'s options.
+#[derive(clap::Args, Debug)]
+pub struct HealthcheckArgs {
+    /// Plain-http URL to GET.
+    #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+    url: String,
+    /// Only check that this address accepts a TCP connection (e.g. the TLS sandbox).
+    #[arg(long)]
+    tcp: Option<SocketAddr>,
+    /// Give up after this long.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
 /// `healthcheck`: exit 0 when `url` (plain http) answers 2xx, or when `tcp` accepts a
 /// connection, within `timeout`; else 1 (what Docker's HEALTHCHECK expects).
-pub async fn healthcheck(url: String, tcp: Option<SocketAddr>, timeout: Duration) -> ExitCode {
+pub async fn healthcheck(HealthcheckArgs { url, tcp, timeout }: HealthcheckArgs) -> ExitCode {
     let outcome = tokio::time::timeout(timeout, async {
         if let Some(addr) = tcp {
             return tokio::net::TcpStream::connect(addr)
@@ -144,21 +177,21 @@ mod tests {
     async fn healthcheck_fails_on_a_closed_port_and_passes_on_a_listening_one() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let ok = healthcheck(String::new(), Some(addr), Duration::from_secs(2)).await;
+        let args = |url: String, tcp| HealthcheckArgs {
+            url,
+            tcp,
+            timeout: Duration::from_secs(2),
+        };
+        let ok = healthcheck(args(String::new(), Some(addr))).await;
         assert_eq!(ok, ExitCode::SUCCESS);
         // Bound but not listening: refuses for as long as it is held (a dropped listener's
         // port could be taken by a parallel test).
         let closed = tokio::net::TcpSocket::new_v4().unwrap();
         closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = closed.local_addr().unwrap();
-        let bad = healthcheck(
-            format!("http://{addr}/healthz"),
-            None,
-            Duration::from_secs(2),
-        )
-        .await;
+        let bad = healthcheck(args(format!("http://{addr}/healthz"), None)).await;
         assert_eq!(bad, ExitCode::from(1));
-        let bad = healthcheck("https://127.0.0.1:1/".into(), None, Duration::from_secs(2)).await;
+        let bad = healthcheck(args("https://127.0.0.1:1/".into(), None)).await;
         assert_eq!(bad, ExitCode::from(1));
     }
 }
