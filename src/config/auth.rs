@@ -1,6 +1,6 @@
 //! The `[auth]` section (JWT verification: HMAC secret, PEM keys, JWKS) and its validation.
 
-use super::validate::{err, own_error, secs};
+use super::validate::{own_error, refuse_if, secs};
 use super::{ConfigError, Secret};
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -97,87 +97,76 @@ fn is_hmac(a: &Algorithm) -> bool {
 
 /// The `[auth]` rules the types cannot express.
 pub(super) fn validate(a: &AuthConfig) -> Result<(), ConfigError> {
-    if a.user_claim.is_empty() {
-        return Err(err(
-            "auth.user_claim",
-            "is empty",
-            "name the claim holding the user, e.g. \"sub\"",
-        ));
-    }
-    if a.hmac_secret.is_none() && a.public_keys.is_empty() && a.jwks.is_none() {
-        return Err(err(
-            "auth",
-            "no way to verify tokens is configured",
-            "set CLINIKO_GATEWAY_HMAC_SECRET (or auth.hmac_secret_file), add [[auth.public_keys]], or add [auth.jwks]",
-        ));
-    }
+    refuse_if(
+        a.user_claim.is_empty(),
+        "auth.user_claim",
+        "is empty",
+        "name the claim holding the user, e.g. \"sub\"",
+    )?;
+    refuse_if(
+        a.hmac_secret.is_none() && a.public_keys.is_empty() && a.jwks.is_none(),
+        "auth",
+        "no way to verify tokens is configured",
+        "set CLINIKO_GATEWAY_HMAC_SECRET (or auth.hmac_secret_file), add [[auth.public_keys]], or add [auth.jwks]",
+    )?;
     if let Some(secret) = &a.hmac_secret {
         use secrecy::ExposeSecret;
-        if secret.expose_secret().len() < 32 {
-            return Err(err(
-                "auth.hmac_secret",
-                "the HMAC secret is shorter than 32 bytes",
-                "use at least 32 random bytes (e.g. `openssl rand -base64 48`)",
-            ));
-        }
-        if a.hmac_algorithms.is_empty() {
-            return Err(err(
-                "auth.hmac_algorithms",
-                "is empty",
-                "list e.g. [\"HS256\"]",
-            ));
-        }
-    }
-    if !a.hmac_algorithms.iter().all(is_hmac) {
-        return Err(err(
+        refuse_if(
+            secret.expose_secret().len() < 32,
+            "auth.hmac_secret",
+            "the HMAC secret is shorter than 32 bytes",
+            "use at least 32 random bytes (e.g. `openssl rand -base64 48`)",
+        )?;
+        refuse_if(
+            a.hmac_algorithms.is_empty(),
             "auth.hmac_algorithms",
-            "only HS256/HS384/HS512 belong here",
-            "list public-key algorithms on the key in [[auth.public_keys]] or [auth.jwks]",
-        ));
+            "is empty",
+            "list e.g. [\"HS256\"]",
+        )?;
     }
+    refuse_if(
+        !a.hmac_algorithms.iter().all(is_hmac),
+        "auth.hmac_algorithms",
+        "only HS256/HS384/HS512 belong here",
+        "list public-key algorithms on the key in [[auth.public_keys]] or [auth.jwks]",
+    )?;
     for (i, k) in a.public_keys.iter().enumerate() {
         let f = format!("auth.public_keys[{i}].algorithms");
-        if k.algorithms.is_empty() {
-            return Err(err(
-                &f,
-                "is empty",
-                "list the algorithms this key signs with, e.g. [\"RS256\"]",
-            ));
-        }
-        if k.algorithms.iter().any(is_hmac) {
-            return Err(err(
-                &f,
-                "an HMAC algorithm cannot be used with a public key",
-                "use RS*/PS*/ES*/EdDSA",
-            ));
-        }
+        refuse_if(
+            k.algorithms.is_empty(),
+            &f,
+            "is empty",
+            "list the algorithms this key signs with, e.g. [\"RS256\"]",
+        )?;
+        refuse_if(
+            k.algorithms.iter().any(is_hmac),
+            &f,
+            "an HMAC algorithm cannot be used with a public key",
+            "use RS*/PS*/ES*/EdDSA",
+        )?;
     }
     a.jwks.as_ref().map_or(Ok(()), validate_jwks)
 }
 
 fn validate_jwks(j: &JwksConfig) -> Result<(), ConfigError> {
-    if j.algorithms.is_empty() {
-        return Err(err(
-            "auth.jwks.algorithms",
-            "is empty",
-            "list e.g. [\"RS256\"]",
-        ));
-    }
-    if j.algorithms.iter().any(is_hmac) {
-        return Err(err(
-            "auth.jwks.algorithms",
-            "HMAC algorithms cannot come from a JWKS",
-            "use RS*/PS*/ES*/EdDSA",
-        ));
-    }
-    if j.refresh_interval.is_zero() || j.timeout.is_zero() {
-        return Err(err(
-            "auth.jwks.refresh_interval",
-            "must be longer than zero",
-            "use e.g. \"5m\"",
-        ));
-    }
-    Ok(())
+    refuse_if(
+        j.algorithms.is_empty(),
+        "auth.jwks.algorithms",
+        "is empty",
+        "list e.g. [\"RS256\"]",
+    )?;
+    refuse_if(
+        j.algorithms.iter().any(is_hmac),
+        "auth.jwks.algorithms",
+        "HMAC algorithms cannot come from a JWKS",
+        "use RS*/PS*/ES*/EdDSA",
+    )?;
+    refuse_if(
+        j.refresh_interval.is_zero() || j.timeout.is_zero(),
+        "auth.jwks.refresh_interval",
+        "must be longer than zero",
+        "use e.g. \"5m\"",
+    )
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The `[cache]` section (the in-memory GET cache) and its validation.
 
-use super::validate::{ConfigError, err};
+use super::validate::{ConfigError, refuse_if};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -62,31 +62,27 @@ fn default_rules() -> Vec<CacheRule> {
 /// The `[cache]` rules the types cannot express.
 pub(super) fn validate(k: &CacheConfig) -> Result<(), ConfigError> {
     // A fill holds the answer while reading it, out of the 1/16 of the capacity kept for that.
-    if k.enabled && (k.max_entry_bytes == 0 || k.max_entry_bytes > k.capacity_bytes / 16) {
-        return Err(err(
-            "cache.max_entry_bytes",
-            "must be between 1 and cache.capacity_bytes / 16",
-            "use e.g. 1048576 (1 MiB) with a capacity of 268435456 (256 MiB)",
-        ));
-    }
-    if k.max_entry_bytes > u64::from(u32::MAX) {
-        return Err(err(
-            "cache.max_entry_bytes",
-            "too large",
-            "keep entries under 4 GiB (1 MiB is typical)",
-        ));
-    }
+    refuse_if(
+        k.enabled && (k.max_entry_bytes == 0 || k.max_entry_bytes > k.capacity_bytes / 16),
+        "cache.max_entry_bytes",
+        "must be between 1 and cache.capacity_bytes / 16",
+        "use e.g. 1048576 (1 MiB) with a capacity of 268435456 (256 MiB)",
+    )?;
+    refuse_if(
+        k.max_entry_bytes > u64::from(u32::MAX),
+        "cache.max_entry_bytes",
+        "too large",
+        "keep entries under 4 GiB (1 MiB is typical)",
+    )?;
     for (i, r) in k.rules.iter().enumerate() {
-        if !(r.prefix == "/v1" || r.prefix.starts_with("/v1/"))
-            || r.prefix.ends_with('/')
-            || r.prefix.contains('?')
-        {
-            return Err(err(
-                &format!("cache.rules[{i}].prefix"),
-                "must be a /v1/... path without a trailing slash or query",
-                "write it like \"/v1/practitioners\"",
-            ));
-        }
+        refuse_if(
+            !(r.prefix == "/v1" || r.prefix.starts_with("/v1/"))
+                || r.prefix.ends_with('/')
+                || r.prefix.contains('?'),
+            format!("cache.rules[{i}].prefix"),
+            "must be a /v1/... path without a trailing slash or query",
+            "write it like \"/v1/practitioners\"",
+        )?;
     }
     Ok(())
 }

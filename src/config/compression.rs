@@ -1,6 +1,7 @@
 //! The `[compression]` section (answers to callers) and its validation.
 
 use super::ConfigError;
+use super::validate::refuse_if;
 use serde::{Deserialize, Serialize};
 
 settings! {
@@ -22,19 +23,16 @@ settings! {
 
 /// Rules the types cannot express.
 pub(super) fn validate(c: &CompressionConfig) -> Result<(), ConfigError> {
-    if !(1..=9).contains(&c.level) {
-        return Err(ConfigError::new(
-            "compression.level",
-            "out of range",
-            "use 1 (fastest, the default) to 9 (smallest)",
-        ));
-    }
-    if c.min_bytes > 1024 * 1024 {
-        return Err(ConfigError::new(
-            "compression.min_bytes",
-            "too large: bodies this big are exactly the ones worth compressing",
-            "use a value up to 1048576; 1024 is typical (or set compression.enabled = false)",
-        ));
-    }
-    Ok(())
+    refuse_if(
+        !(1..=9).contains(&c.level),
+        "compression.level",
+        "out of range",
+        "use 1 (fastest, the default) to 9 (smallest)",
+    )?;
+    refuse_if(
+        c.min_bytes > 1024 * 1024,
+        "compression.min_bytes",
+        "too large: bodies this big are exactly the ones worth compressing",
+        "use a value up to 1048576; 1024 is typical (or set compression.enabled = false)",
+    )
 }

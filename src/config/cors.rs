@@ -1,7 +1,7 @@
 //! The `[cors]` section (browser apps) and its validation.
 
 use super::ConfigError;
-use super::validate::err;
+use super::validate::refuse_if;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -40,39 +40,35 @@ fn strings(v: &[&str]) -> Vec<String> {
 pub(super) fn validate(c: &CorsConfig) -> Result<(), ConfigError> {
     for (i, o) in c.allowed_origins.iter().enumerate() {
         let field = format!("cors.allowed_origins[{i}]");
-        if o == "*" || o.eq_ignore_ascii_case("null") {
-            return Err(err(
-                &field,
-                "is a wildcard or `null`, not an origin",
-                "list each web app's origin exactly, e.g. \"https://app.example.com\"",
-            ));
-        }
-        if !is_origin(o) {
-            return Err(err(
-                &field,
-                "is not an origin as browsers send it",
-                "write scheme://host[:port] in lower case with no path or trailing slash, e.g. \
-                 \"https://app.example.com\"",
-            ));
-        }
+        refuse_if(
+            o == "*" || o.eq_ignore_ascii_case("null"),
+            &field,
+            "is a wildcard or `null`, not an origin",
+            "list each web app's origin exactly, e.g. \"https://app.example.com\"",
+        )?;
+        refuse_if(
+            !is_origin(o),
+            &field,
+            "is not an origin as browsers send it",
+            "write scheme://host[:port] in lower case with no path or trailing slash, e.g. \
+             \"https://app.example.com\"",
+        )?;
     }
     for (i, m) in c.allowed_methods.iter().enumerate() {
-        if http::Method::from_bytes(m.as_bytes()).is_err() || m.to_ascii_uppercase() != *m {
-            return Err(err(
-                &format!("cors.allowed_methods[{i}]"),
-                "is not an HTTP method",
-                "use upper-case method names, e.g. \"GET\"",
-            ));
-        }
+        refuse_if(
+            http::Method::from_bytes(m.as_bytes()).is_err() || m.to_ascii_uppercase() != *m,
+            format!("cors.allowed_methods[{i}]"),
+            "is not an HTTP method",
+            "use upper-case method names, e.g. \"GET\"",
+        )?;
     }
     for (i, h) in c.allowed_headers.iter().enumerate() {
-        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-            return Err(err(
-                &format!("cors.allowed_headers[{i}]"),
-                "is not a header name",
-                "use header names, e.g. \"content-type\"",
-            ));
-        }
+        refuse_if(
+            http::HeaderName::from_bytes(h.as_bytes()).is_err(),
+            format!("cors.allowed_headers[{i}]"),
+            "is not a header name",
+            "use header names, e.g. \"content-type\"",
+        )?;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The `[keystore]` section (where Cliniko keys are kept) and `[enrol]` (people adding their
 //! own), with their validation.
 
-use super::validate::err;
+use super::validate::refuse_if;
 use super::{ConfigError, Secret};
 use serde::{Deserialize, Serialize};
 use std::{path::PathBuf, time::Duration};
@@ -65,20 +65,17 @@ settings! {
 
 /// The file store needs its file; enrolment needs a grant to look for.
 pub(super) fn validate(k: &KeyStoreConfig, enrol: &EnrolConfig) -> Result<(), ConfigError> {
-    if k.store == StoreKind::File && k.path.as_os_str().is_empty() {
-        return Err(err(
-            "keystore.path",
-            "the file store (keystore.store = \"file\", the default) needs its file",
-            "set keystore.path, e.g. \"keys.json\", or keystore.store = \"postgres\"",
-        ));
-    }
+    refuse_if(
+        k.store == StoreKind::File && k.path.as_os_str().is_empty(),
+        "keystore.path",
+        "the file store (keystore.store = \"file\", the default) needs its file",
+        "set keystore.path, e.g. \"keys.json\", or keystore.store = \"postgres\"",
+    )?;
     let g = &enrol.grant;
-    if enrol.enabled && (g.is_empty() || g.chars().any(char::is_whitespace)) {
-        return Err(err(
-            "enrol.grant",
-            "is not a usable grant name (non-empty, no spaces)",
-            "use the scope or role value tokens carry, e.g. \"cliniko:connect\"",
-        ));
-    }
-    Ok(())
+    refuse_if(
+        enrol.enabled && (g.is_empty() || g.chars().any(char::is_whitespace)),
+        "enrol.grant",
+        "is not a usable grant name (non-empty, no spaces)",
+        "use the scope or role value tokens carry, e.g. \"cliniko:connect\"",
+    )
 }

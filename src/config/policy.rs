@@ -1,6 +1,7 @@
 //! The `[policy]` section and its validation (called from `config::validate`).
 
 use super::ConfigError;
+use super::validate::refuse_if;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -37,30 +38,27 @@ const METHODS: [&str; 8] = [
 /// Checks the section; every error names the field and the fix.
 pub fn validate(p: &PolicyConfig) -> Result<(), ConfigError> {
     for (i, c) in p.claims.iter().enumerate() {
-        if c.trim().is_empty() {
-            return Err(ConfigError::new(
-                format!("policy.claims[{i}]"),
-                "is empty",
-                "name a claim, e.g. \"scope\" or \"roles\"",
-            ));
-        }
+        refuse_if(
+            c.trim().is_empty(),
+            format!("policy.claims[{i}]"),
+            "is empty",
+            "name a claim, e.g. \"scope\" or \"roles\"",
+        )?;
     }
     for (name, g) in &p.grants {
         let field = format!("policy.grants.\"{name}\"");
-        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_whitespace) {
-            return Err(ConfigError::new(
-                field,
-                "is not a usable grant name (1-128 characters, no spaces)",
-                "use the scope or role name as it appears in tokens, e.g. \"cliniko:read\"",
-            ));
-        }
-        if g.methods.is_empty() {
-            return Err(ConfigError::new(
-                format!("{field}.methods"),
-                "is empty, so the grant allows nothing",
-                "list methods, e.g. [\"GET\", \"HEAD\"], or [\"*\"] for all",
-            ));
-        }
+        refuse_if(
+            name.is_empty() || name.len() > 128 || name.chars().any(char::is_whitespace),
+            &field,
+            "is not a usable grant name (1-128 characters, no spaces)",
+            "use the scope or role name as it appears in tokens, e.g. \"cliniko:read\"",
+        )?;
+        refuse_if(
+            g.methods.is_empty(),
+            format!("{field}.methods"),
+            "is empty, so the grant allows nothing",
+            "list methods, e.g. [\"GET\", \"HEAD\"], or [\"*\"] for all",
+        )?;
         if let Some(m) = g.methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
             return Err(ConfigError::new(
                 format!("{field}.methods"),
@@ -68,13 +66,12 @@ pub fn validate(p: &PolicyConfig) -> Result<(), ConfigError> {
                 "use GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS (upper case) or \"*\"",
             ));
         }
-        if g.paths.is_empty() {
-            return Err(ConfigError::new(
-                format!("{field}.paths"),
-                "is empty, so the grant allows nothing",
-                "list path prefixes, e.g. [\"/v1/appointments\"], or [\"/v1\"] for everything",
-            ));
-        }
+        refuse_if(
+            g.paths.is_empty(),
+            format!("{field}.paths"),
+            "is empty, so the grant allows nothing",
+            "list path prefixes, e.g. [\"/v1/appointments\"], or [\"/v1\"] for everything",
+        )?;
         for path in &g.paths {
             if let Some(problem) = bad_prefix(path) {
                 return Err(ConfigError::new(
@@ -86,13 +83,12 @@ pub fn validate(p: &PolicyConfig) -> Result<(), ConfigError> {
         }
     }
     for d in &p.default {
-        if !p.grants.contains_key(d) {
-            return Err(ConfigError::new(
-                "policy.default",
-                format!("names {d:?}, which is not under [policy.grants]"),
-                "define the grant or remove it from policy.default",
-            ));
-        }
+        refuse_if(
+            !p.grants.contains_key(d),
+            "policy.default",
+            format!("names {d:?}, which is not under [policy.grants]"),
+            "define the grant or remove it from policy.default",
+        )?;
     }
     Ok(())
 }

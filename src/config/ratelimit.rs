@@ -1,6 +1,7 @@
 //! The `[ratelimit]` section and its validation (called from `config::validate`).
 
 use super::ConfigError;
+use super::validate::refuse_if;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -83,26 +84,19 @@ fn minute() -> Duration {
     Duration::from_secs(60)
 }
 
-fn err(field: &str, problem: &str, fix: &str) -> ConfigError {
-    ConfigError::new(field, problem, fix)
-}
-
 fn check_quota(field: &str, q: &Quota) -> Result<(), ConfigError> {
-    if q.rate == 0 || q.burst == 0 {
-        return Err(err(
-            field,
-            "rate and burst must be at least 1",
-            "write it like { rate = 190, period = \"1m\", burst = 10 }",
-        ));
-    }
-    if q.period.is_zero() || q.interval() < Duration::from_micros(1) {
-        return Err(err(
-            field,
-            "period must be longer than zero and at least 1µs per request",
-            "use e.g. period = \"1m\"",
-        ));
-    }
-    Ok(())
+    refuse_if(
+        q.rate == 0 || q.burst == 0,
+        field,
+        "rate and burst must be at least 1",
+        "write it like { rate = 190, period = \"1m\", burst = 10 }",
+    )?;
+    refuse_if(
+        q.period.is_zero() || q.interval() < Duration::from_micros(1),
+        field,
+        "period must be longer than zero and at least 1µs per request",
+        "use e.g. period = \"1m\"",
+    )
 }
 
 /// The `[ratelimit]` rules the types cannot express; called from the config validator.
@@ -116,22 +110,24 @@ pub(super) fn validate(c: &RateLimitConfig) -> Result<(), ConfigError> {
         check_quota(&format!("ratelimit.user.users.{name}"), q)?;
     }
     super::shares::validate(&c.shares)?;
-    if c.user.group_claim.is_empty() {
-        return Err(err(
-            "ratelimit.user.group_claim",
-            "is empty",
-            "name the JWT claim holding groups, e.g. \"groups\"",
-        ));
-    }
-    if c.max_wait > Duration::from_secs(60) {
-        return Err(err(
-            "ratelimit.max_wait",
-            "longer than a minute",
-            "keep it short (default 2s): callers are waiting",
-        ));
-    }
+    refuse_if(
+        c.user.group_claim.is_empty(),
+        "ratelimit.user.group_claim",
+        "is empty",
+        "name the JWT claim holding groups, e.g. \"groups\"",
+    )?;
+    refuse_if(
+        c.max_wait > Duration::from_secs(60),
+        "ratelimit.max_wait",
+        "longer than a minute",
+        "keep it short (default 2s): callers are waiting",
+    )?;
     if c.replicas == 0 {
-        return Err(err("ratelimit.replicas", "must be at least 1", "use 1"));
+        return Err(ConfigError::new(
+            "ratelimit.replicas",
+            "must be at least 1",
+            "use 1",
+        ));
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! and `redis_prefix`; those still load, with a warning ([`super::deprecated`]).
 
 use super::ConfigError;
+use super::validate::refuse_if;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -65,13 +66,12 @@ pub enum RedisFailure {
 
 /// The `[redis]` rules the types cannot express.
 pub(super) fn validate(c: &RedisConfig) -> Result<(), ConfigError> {
-    if c.timeout.is_zero() || c.timeout > Duration::from_secs(5) {
-        return Err(ConfigError::new(
-            "redis.timeout",
-            "must be between 1ms and 5s",
-            "use e.g. \"100ms\"",
-        ));
-    }
+    refuse_if(
+        c.timeout.is_zero() || c.timeout > Duration::from_secs(5),
+        "redis.timeout",
+        "must be between 1ms and 5s",
+        "use e.g. \"100ms\"",
+    )?;
     if let Some(RedisUrl(url)) = &c.url
         && (!url.starts_with("redis://") || ::redis::Client::open(url.as_str()).is_err())
     {

@@ -2,6 +2,7 @@
 //! `crate::retry` applies). Reloadable, unlike the rest of `[upstream]`.
 
 use super::ConfigError;
+use super::validate::refuse_if;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -27,26 +28,22 @@ settings! {
 
 /// The `[upstream.retries]` rules the types cannot express.
 pub(super) fn validate(c: &RetryConfig) -> Result<(), ConfigError> {
-    if c.connect > 5 {
-        return Err(ConfigError::new(
-            "upstream.retries.connect",
-            "more than 5",
-            "use 0 to 5 (default 2): each resend makes the caller wait longer",
-        ));
-    }
-    if c.backoff > Duration::from_secs(5) {
-        return Err(ConfigError::new(
-            "upstream.retries.backoff",
-            "longer than 5s",
-            "keep it short (default \"100ms\"): callers are waiting",
-        ));
-    }
-    if c.max_wait.is_some_and(|w| w > Duration::from_secs(60)) {
-        return Err(ConfigError::new(
-            "upstream.retries.max_wait",
-            "longer than a minute",
-            "keep it short (default: ratelimit.max_wait, 2s): callers are waiting",
-        ));
-    }
-    Ok(())
+    refuse_if(
+        c.connect > 5,
+        "upstream.retries.connect",
+        "more than 5",
+        "use 0 to 5 (default 2): each resend makes the caller wait longer",
+    )?;
+    refuse_if(
+        c.backoff > Duration::from_secs(5),
+        "upstream.retries.backoff",
+        "longer than 5s",
+        "keep it short (default \"100ms\"): callers are waiting",
+    )?;
+    refuse_if(
+        c.max_wait.is_some_and(|w| w > Duration::from_secs(60)),
+        "upstream.retries.max_wait",
+        "longer than a minute",
+        "keep it short (default: ratelimit.max_wait, 2s): callers are waiting",
+    )
 }

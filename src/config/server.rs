@@ -1,7 +1,7 @@
 //! The listeners: `[server]` (the public port) and `[admin]` (its own port and token, served by
 //! the same code with the `[server]` timeouts), with their validation.
 
-use super::validate::err;
+use super::validate::{err, refuse_if};
 use super::{ConfigError, Secret};
 use serde::{Deserialize, Serialize};
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -92,13 +92,12 @@ settings! {
 
 /// `[server]` and `[admin]`: sizes in range, TLS in pairs, no zero timeouts, two distinct ports.
 pub(super) fn validate(s: &ServerConfig, admin: &AdminConfig) -> Result<(), ConfigError> {
-    if !(8192..=1024 * 1024).contains(&s.max_header_bytes) {
-        return Err(err(
-            "server.max_header_bytes",
-            "out of range",
-            "use a value between 8192 and 1048576",
-        ));
-    }
+    refuse_if(
+        !(8192..=1024 * 1024).contains(&s.max_header_bytes),
+        "server.max_header_bytes",
+        "out of range",
+        "use a value between 8192 and 1048576",
+    )?;
     if s.max_headers == 0 || s.max_headers > 1000 {
         return Err(err("server.max_headers", "out of range", "use 1 to 1000"));
     }
@@ -113,41 +112,36 @@ pub(super) fn validate(s: &ServerConfig, admin: &AdminConfig) -> Result<(), Conf
             "use another port, e.g. 127.0.0.1:9901",
         ));
     }
-    if s.max_connections == 0 {
-        return Err(err(
-            "server.max_connections",
-            "must be at least 1",
-            "use e.g. 10000",
-        ));
-    }
-    if admin.max_connections == 0 {
-        return Err(err(
-            "admin.max_connections",
-            "must be at least 1",
-            "use e.g. 64",
-        ));
-    }
-    if !(1..=1000).contains(&s.max_streams_per_connection) {
-        return Err(err(
-            "server.max_streams_per_connection",
-            "out of range",
-            "use 1 to 1000 (e.g. 100)",
-        ));
-    }
-    if s.public_base_url.is_none() && s.listen.ip().is_unspecified() {
-        return Err(err(
-            "server.public_base_url",
-            "must be set when listening on all interfaces (links would point at 0.0.0.0)",
-            "set it to the URL callers use, e.g. https://cliniko-gateway.internal",
-        ));
-    }
-    if s.tls_cert_file.is_some() != s.tls_key_file.is_some() {
-        return Err(err(
-            "server.tls_cert_file",
-            "inbound TLS needs both a certificate and a key",
-            "set both server.tls_cert_file and server.tls_key_file, or neither",
-        ));
-    }
+    refuse_if(
+        s.max_connections == 0,
+        "server.max_connections",
+        "must be at least 1",
+        "use e.g. 10000",
+    )?;
+    refuse_if(
+        admin.max_connections == 0,
+        "admin.max_connections",
+        "must be at least 1",
+        "use e.g. 64",
+    )?;
+    refuse_if(
+        !(1..=1000).contains(&s.max_streams_per_connection),
+        "server.max_streams_per_connection",
+        "out of range",
+        "use 1 to 1000 (e.g. 100)",
+    )?;
+    refuse_if(
+        s.public_base_url.is_none() && s.listen.ip().is_unspecified(),
+        "server.public_base_url",
+        "must be set when listening on all interfaces (links would point at 0.0.0.0)",
+        "set it to the URL callers use, e.g. https://cliniko-gateway.internal",
+    )?;
+    refuse_if(
+        s.tls_cert_file.is_some() != s.tls_key_file.is_some(),
+        "server.tls_cert_file",
+        "inbound TLS needs both a certificate and a key",
+        "set both server.tls_cert_file and server.tls_key_file, or neither",
+    )?;
     super::validate::non_zero(&[
         ("server.header_read_timeout", s.header_read_timeout),
         ("server.idle_timeout", s.idle_timeout),
@@ -168,12 +162,10 @@ fn check_public_base(u: &str) -> Result<(), ConfigError> {
     })?;
     let ok_scheme = matches!(uri.scheme_str(), Some("http" | "https"));
     let no_path = matches!(uri.path(), "" | "/") && uri.query().is_none();
-    if !ok_scheme || uri.authority().is_none() || !no_path {
-        return Err(err(
-            "server.public_base_url",
-            "must be scheme and host only",
-            "write it as https://gateway.example (no path; the gateway serves /v1/...)",
-        ));
-    }
-    Ok(())
+    refuse_if(
+        !ok_scheme || uri.authority().is_none() || !no_path,
+        "server.public_base_url",
+        "must be scheme and host only",
+        "write it as https://gateway.example (no path; the gateway serves /v1/...)",
+    )
 }

@@ -2,6 +2,7 @@
 //! calling apps (weighted fair queuing, see `ratelimit::fair`), and its validation.
 
 use super::ConfigError;
+use super::validate::refuse_if;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -57,14 +58,12 @@ settings! {
 }
 
 fn check_share(field: &str, s: &Share) -> Result<(), ConfigError> {
-    if s.weight == 0 || s.weight > MAX_WEIGHT {
-        return Err(ConfigError::new(
-            format!("{field}.weight"),
-            format!("must be between 1 and {MAX_WEIGHT}"),
-            "use a whole number, e.g. weight = 3 for three times the share of weight 1",
-        ));
-    }
-    Ok(())
+    refuse_if(
+        s.weight == 0 || s.weight > MAX_WEIGHT,
+        format!("{field}.weight"),
+        format!("must be between 1 and {MAX_WEIGHT}"),
+        "use a whole number, e.g. weight = 3 for three times the share of weight 1",
+    )
 }
 
 /// A name as tokens carry it: the gateway keeps app names only when they are plain
@@ -84,34 +83,31 @@ fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
 /// The `[ratelimit.shares]` rules the types cannot express.
 pub(super) fn validate(s: &SharesConfig) -> Result<(), ConfigError> {
     check_share("ratelimit.shares.default", &s.default)?;
-    if s.group_claim.trim().is_empty() {
-        return Err(ConfigError::new(
-            "ratelimit.shares.group_claim",
-            "is empty",
-            "name the JWT claim holding groups, e.g. \"groups\"",
-        ));
-    }
+    refuse_if(
+        s.group_claim.trim().is_empty(),
+        "ratelimit.shares.group_claim",
+        "is empty",
+        "name the JWT claim holding groups, e.g. \"groups\"",
+    )?;
     for (name, share) in &s.apps {
         let field = format!("ratelimit.shares.apps.\"{name}\"");
         check_name(&field, name)?;
-        if name == OTHER_APP {
-            return Err(ConfigError::new(
-                field,
-                "is the metrics label of every unlisted app",
-                "leave the app out (it gets the default share) or list it under its groups",
-            ));
-        }
+        refuse_if(
+            name == OTHER_APP,
+            &field,
+            "is the metrics label of every unlisted app",
+            "leave the app out (it gets the default share) or list it under its groups",
+        )?;
         check_share(&field, share)?;
     }
     for (name, share) in &s.groups {
         let field = format!("ratelimit.shares.groups.\"{name}\"");
-        if name.is_empty() {
-            return Err(ConfigError::new(
-                field,
-                "is empty",
-                "use the group exactly as the token's group claim has it",
-            ));
-        }
+        refuse_if(
+            name.is_empty(),
+            &field,
+            "is empty",
+            "use the group exactly as the token's group claim has it",
+        )?;
         check_share(&field, share)?;
     }
     Ok(())

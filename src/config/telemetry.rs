@@ -1,7 +1,7 @@
 //! The `[telemetry]` section (OpenTelemetry trace export) and its validation.
 
 use super::ConfigError;
-use super::validate::{carries_secrets, err};
+use super::validate::{carries_secrets, err, refuse_if};
 use serde::{Deserialize, Serialize};
 
 settings! {
@@ -22,30 +22,27 @@ settings! {
 
 /// The `[telemetry]` rules the types cannot express.
 pub(super) fn validate(t: &TelemetryConfig) -> Result<(), ConfigError> {
-    if !(0.0..=1.0).contains(&t.sample_ratio) {
-        return Err(err(
-            "telemetry.sample_ratio",
-            "must be between 0 and 1",
-            "use e.g. 1.0 (keep every trace) or 0.1 (keep one in ten)",
-        ));
-    }
-    if t.service_name.trim().is_empty() {
-        return Err(err(
-            "telemetry.service_name",
-            "is empty",
-            "name the service, e.g. \"cliniko-gateway\"",
-        ));
-    }
+    refuse_if(
+        !(0.0..=1.0).contains(&t.sample_ratio),
+        "telemetry.sample_ratio",
+        "must be between 0 and 1",
+        "use e.g. 1.0 (keep every trace) or 0.1 (keep one in ten)",
+    )?;
+    refuse_if(
+        t.service_name.trim().is_empty(),
+        "telemetry.service_name",
+        "is empty",
+        "name the service, e.g. \"cliniko-gateway\"",
+    )?;
     let Some(url) = &t.otlp_endpoint else {
         return Ok(());
     };
-    if !cfg!(feature = "otel") {
-        return Err(err(
-            "telemetry.otlp_endpoint",
-            "this binary was built without OpenTelemetry support",
-            "rebuild with `--features otel` (a default feature), or unset telemetry.otlp_endpoint",
-        ));
-    }
+    refuse_if(
+        !cfg!(feature = "otel"),
+        "telemetry.otlp_endpoint",
+        "this binary was built without OpenTelemetry support",
+        "rebuild with `--features otel` (a default feature), or unset telemetry.otlp_endpoint",
+    )?;
     let uri: http::Uri = url.parse().map_err(|_| {
         err(
             "telemetry.otlp_endpoint",
@@ -53,17 +50,14 @@ pub(super) fn validate(t: &TelemetryConfig) -> Result<(), ConfigError> {
             "write the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318",
         )
     })?;
-    if !matches!(uri.scheme_str(), Some("http" | "https"))
-        || uri.authority().is_none()
-        || carries_secrets(&uri)
-    {
-        return Err(err(
-            "telemetry.otlp_endpoint",
-            "must be an absolute http:// or https:// URL without credentials or a query (it is printed by check-config)",
-            "write the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318",
-        ));
-    }
-    Ok(())
+    refuse_if(
+        !matches!(uri.scheme_str(), Some("http" | "https"))
+            || uri.authority().is_none()
+            || carries_secrets(&uri),
+        "telemetry.otlp_endpoint",
+        "must be an absolute http:// or https:// URL without credentials or a query (it is printed by check-config)",
+        "write the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318",
+    )
 }
 
 #[cfg(test)]

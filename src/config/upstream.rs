@@ -2,7 +2,7 @@
 
 use super::retries::RetryConfig;
 use super::validate::{
-    ConfigError, check_https_url, err, is_shard_name, non_zero, secs, valid_user_agent,
+    ConfigError, check_https_url, err, is_shard_name, non_zero, refuse_if, secs, valid_user_agent,
 };
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
@@ -66,27 +66,24 @@ pub(super) fn validate(u: &UpstreamConfig) -> Result<(), ConfigError> {
         ("upstream.connect_timeout", u.connect_timeout),
         ("upstream.timeout", u.timeout),
     ])?;
-    if !valid_user_agent(&u.user_agent) {
-        return Err(err(
-            "upstream.user_agent",
-            "Cliniko requires `App name (contact email)`",
-            "write it like \"Acme Clinic Gateway (it@acme.example)\"",
-        ));
-    }
-    if !u.url_template.contains("{shard}") {
-        return Err(err(
-            "upstream.url_template",
-            "has no {shard} placeholder",
-            "use https://api.{shard}.cliniko.com/v1",
-        ));
-    }
-    if !(1..=1000).contains(&u.max_in_flight_per_user) {
-        return Err(err(
-            "upstream.max_in_flight_per_user",
-            "out of range",
-            "use 1 to 1000, well below Cliniko's concurrent streams per connection (default 16)",
-        ));
-    }
+    refuse_if(
+        !valid_user_agent(&u.user_agent),
+        "upstream.user_agent",
+        "Cliniko requires `App name (contact email)`",
+        "write it like \"Acme Clinic Gateway (it@acme.example)\"",
+    )?;
+    refuse_if(
+        !u.url_template.contains("{shard}"),
+        "upstream.url_template",
+        "has no {shard} placeholder",
+        "use https://api.{shard}.cliniko.com/v1",
+    )?;
+    refuse_if(
+        !(1..=1000).contains(&u.max_in_flight_per_user),
+        "upstream.max_in_flight_per_user",
+        "out of range",
+        "use 1 to 1000, well below Cliniko's concurrent streams per connection (default 16)",
+    )?;
     check_https_url(
         "upstream.url_template",
         &u.url_template.replace("{shard}", "au1"),

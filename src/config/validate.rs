@@ -51,6 +51,20 @@ pub(super) fn err(field: &str, problem: &str, fix: &str) -> ConfigError {
     ConfigError::new(field, problem, fix)
 }
 
+/// A rule: `bad` is an error naming `field`, what is wrong and the fix. The sections' rules
+/// are lists of these, checked in order, the first broken one reported.
+pub(super) fn refuse_if(
+    bad: bool,
+    field: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> Result<(), ConfigError> {
+    match bad {
+        true => Err(ConfigError::new(field, problem, fix)),
+        false => Ok(()),
+    }
+}
+
 /// The problems [`https_uri`] finds, each with its fix; they hold no value, so the loader
 /// shows them as they are when serde reports one (see [`own_error`]).
 const URL_INVALID: (&str, &str) = ("not a valid URL", "write it as https://host[:port]/path");
