@@ -194,25 +194,7 @@ pub enum GatewayError {
 impl GatewayError {
     /// The stable machine-readable code.
     pub fn code(&self) -> &'static str {
-        match self {
-            GatewayError::BadRequest { code, .. } => code,
-            GatewayError::NotFound => "route_not_found",
-            GatewayError::NotAcceptable => "not_acceptable",
-            GatewayError::BodyTooLarge { .. } => "body_too_large",
-            GatewayError::Auth(e) => e.code(),
-            GatewayError::NoCredential => "no_credential",
-            GatewayError::Forbidden { .. } => "forbidden",
-            GatewayError::CredentialRejected => "credential_rejected",
-            GatewayError::UpstreamUnavailable
-            | GatewayError::UpstreamConnect
-            | GatewayError::UpstreamClosed => "upstream_unavailable",
-            GatewayError::RateLimited(_) => "rate_limited",
-            GatewayError::TooManyInFlight { .. } => "too_many_in_flight",
-            GatewayError::RateLimiterUnavailable => "rate_limiter_unavailable",
-            GatewayError::UpstreamTimeout => "upstream_timeout",
-            GatewayError::Refused { code, .. } => code,
-            GatewayError::Internal => "internal",
-        }
+        self.code_and_status().0
     }
 
     /// The code as a typed value, for the request context.
@@ -222,26 +204,32 @@ impl GatewayError {
 
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
+        self.code_and_status().1
+    }
+
+    fn code_and_status(&self) -> (&'static str, StatusCode) {
+        use GatewayError as E;
+        use StatusCode as S;
         match self {
-            GatewayError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            GatewayError::NotFound => StatusCode::NOT_FOUND,
-            GatewayError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
-            GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::Auth(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::Auth(AuthError::Ambiguous) => StatusCode::BAD_REQUEST,
-            GatewayError::Auth(_) => StatusCode::UNAUTHORIZED,
-            GatewayError::NoCredential | GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            GatewayError::CredentialRejected
-            | GatewayError::UpstreamUnavailable
-            | GatewayError::UpstreamConnect
-            | GatewayError::UpstreamClosed => StatusCode::BAD_GATEWAY,
-            GatewayError::RateLimited(_) | GatewayError::TooManyInFlight { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
+            E::BadRequest { code, .. } => (code, S::BAD_REQUEST),
+            E::NotFound => ("route_not_found", S::NOT_FOUND),
+            E::NotAcceptable => ("not_acceptable", S::NOT_ACCEPTABLE),
+            E::BodyTooLarge { .. } => ("body_too_large", S::PAYLOAD_TOO_LARGE),
+            E::Auth(e @ AuthError::KeysUnavailable) => (e.code(), S::SERVICE_UNAVAILABLE),
+            E::Auth(e @ AuthError::Ambiguous) => (e.code(), S::BAD_REQUEST),
+            E::Auth(e) => (e.code(), S::UNAUTHORIZED),
+            E::NoCredential => ("no_credential", S::FORBIDDEN),
+            E::Forbidden { .. } => ("forbidden", S::FORBIDDEN),
+            E::CredentialRejected => ("credential_rejected", S::BAD_GATEWAY),
+            E::UpstreamUnavailable | E::UpstreamConnect | E::UpstreamClosed => {
+                ("upstream_unavailable", S::BAD_GATEWAY)
             }
-            GatewayError::RateLimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::Refused { status, .. } => *status,
-            GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            E::RateLimited(_) => ("rate_limited", S::TOO_MANY_REQUESTS),
+            E::TooManyInFlight { .. } => ("too_many_in_flight", S::TOO_MANY_REQUESTS),
+            E::RateLimiterUnavailable => ("rate_limiter_unavailable", S::SERVICE_UNAVAILABLE),
+            E::UpstreamTimeout => ("upstream_timeout", S::GATEWAY_TIMEOUT),
+            E::Refused { status, code, .. } => (code, *status),
+            E::Internal => ("internal", S::INTERNAL_SERVER_ERROR),
         }
     }
 
