@@ -95,8 +95,15 @@ impl CacheOutcome {
     }
 }
 
+/// A fresh id: what a request gets unless told otherwise.
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId::fresh()
+    }
+}
+
 /// The facts of one request.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Context {
     /// The gateway's own id: what logs and the audit are keyed by.
     pub id: RequestId,
@@ -121,18 +128,9 @@ impl Context {
     /// A context for a request that arrived as `arrival` (ids and address not yet worked out).
     pub fn new(arrival: Arrival) -> Context {
         Context {
-            id: RequestId::fresh(),
-            client_id: None,
             client_addr: arrival.peer.map(|p| p.ip()),
             arrival,
-            user: OnceLock::new(),
-            app: OnceLock::new(),
-            shard: OnceLock::new(),
-            cache: OnceLock::new(),
-            error: OnceLock::new(),
-            upstream_status: AtomicU16::new(0),
-            body_limit_tripped: AtomicBool::new(false),
-            accepts_gzip: AtomicBool::new(false),
+            ..Context::default()
         }
     }
 

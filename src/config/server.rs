@@ -1,7 +1,7 @@
 //! The listeners: `[server]` (the public port) and `[admin]` (its own port and token, served by
 //! the same code with the `[server]` timeouts), with their validation.
 
-use super::validate::{err, refuse_if};
+use super::validate::refuse_if;
 use super::{ConfigError, Secret};
 use serde::{Deserialize, Serialize};
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -99,14 +99,18 @@ pub(super) fn validate(s: &ServerConfig, admin: &AdminConfig) -> Result<(), Conf
         "use a value between 8192 and 1048576",
     )?;
     if s.max_headers == 0 || s.max_headers > 1000 {
-        return Err(err("server.max_headers", "out of range", "use 1 to 1000"));
+        return Err(ConfigError::new(
+            "server.max_headers",
+            "out of range",
+            "use 1 to 1000",
+        ));
     }
     // Port 0 means "any free port", so two zeros never collide.
     if let Some(a) = admin.listen
         && a == s.listen
         && a.port() != 0
     {
-        return Err(err(
+        return Err(ConfigError::new(
             "admin.listen",
             "must differ from server.listen: the proxy port never serves admin routes",
             "use another port, e.g. 127.0.0.1:9901",
@@ -154,7 +158,7 @@ pub(super) fn validate(s: &ServerConfig, admin: &AdminConfig) -> Result<(), Conf
 
 fn check_public_base(u: &str) -> Result<(), ConfigError> {
     let uri: http::Uri = u.parse().map_err(|_| {
-        err(
+        ConfigError::new(
             "server.public_base_url",
             "not a valid URL",
             "write it as https://gateway.example",

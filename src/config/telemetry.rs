@@ -1,7 +1,7 @@
 //! The `[telemetry]` section (OpenTelemetry trace export) and its validation.
 
 use super::ConfigError;
-use super::validate::{carries_secrets, err, refuse_if};
+use super::validate::{carries_secrets, refuse_if};
 use serde::{Deserialize, Serialize};
 
 settings! {
@@ -44,7 +44,7 @@ pub(super) fn validate(t: &TelemetryConfig) -> Result<(), ConfigError> {
         "rebuild with `--features otel` (a default feature), or unset telemetry.otlp_endpoint",
     )?;
     let uri: http::Uri = url.parse().map_err(|_| {
-        err(
+        ConfigError::new(
             "telemetry.otlp_endpoint",
             "not a valid URL",
             "write the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318",

@@ -2,7 +2,7 @@
 
 use super::retries::RetryConfig;
 use super::validate::{
-    ConfigError, check_https_url, err, is_shard_name, non_zero, refuse_if, secs, valid_user_agent,
+    ConfigError, check_https_url, is_shard_name, non_zero, refuse_if, secs, valid_user_agent,
 };
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
@@ -89,8 +89,8 @@ pub(super) fn validate(u: &UpstreamConfig) -> Result<(), ConfigError> {
         &u.url_template.replace("{shard}", "au1"),
     )?;
     match u.shards.keys().find(|s| !is_shard_name(s)) {
-        Some(s) => Err(err(
-            &format!("upstream.shards.{s}"),
+        Some(s) => Err(ConfigError::new(
+            format!("upstream.shards.{s}"),
             "not a shard name",
             "shard names look like au1, uk2, ca1",
         )),

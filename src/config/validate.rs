@@ -47,10 +47,6 @@ pub fn is_shard_name_bytes(b: &[u8]) -> bool {
         && b[2..].iter().all(u8::is_ascii_digit)
 }
 
-pub(super) fn err(field: &str, problem: &str, fix: &str) -> ConfigError {
-    ConfigError::new(field, problem, fix)
-}
-
 /// A rule: `bad` is an error naming `field`, what is wrong and the fix. The sections' rules
 /// are lists of these, checked in order, the first broken one reported.
 pub(super) fn refuse_if(
@@ -105,7 +101,7 @@ fn https_uri(url: &str) -> Result<http::Uri, (&'static str, &'static str)> {
 }
 
 pub(super) fn check_https_url(field: &str, url: &str) -> Result<http::Uri, ConfigError> {
-    https_uri(url).map_err(|(problem, fix)| err(field, problem, fix))
+    https_uri(url).map_err(|(problem, fix)| ConfigError::new(field, problem, fix))
 }
 
 /// `#[serde(with = "https_url")]`: an absolute `https://` URL without credentials or query,
@@ -155,8 +151,8 @@ pub(super) fn secs<const N: u64>() -> Duration {
 /// The first of `durations` that is zero, named.
 pub(super) fn non_zero(durations: &[(&str, Duration)]) -> Result<(), ConfigError> {
     match durations.iter().find(|(_, d)| d.is_zero()) {
-        Some((f, _)) => Err(err(
-            f,
+        Some((f, _)) => Err(ConfigError::new(
+            *f,
             "must be longer than zero",
             "use a duration such as \"10s\"",
         )),
