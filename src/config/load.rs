@@ -41,21 +41,14 @@ impl secrecy::zeroize::Zeroize for Env {
 
 impl secrecy::CloneableSecret for Env {}
 
-/// Where a config was read from, so a reload reads it again the same way.
-#[derive(Clone)]
+/// Where a config was read from, so a reload reads it again the same way (`Debug` shows the
+/// path; `SecretBox` prints no value of the environment).
+#[derive(Clone, Debug)]
 pub struct ConfigSource {
     /// The config file.
     pub path: PathBuf,
     /// Only the gateway's own variables (they include secrets), zeroed when dropped.
     env: SecretBox<Env>,
-}
-
-impl std::fmt::Debug for ConfigSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConfigSource")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
 }
 
 impl ConfigSource {
