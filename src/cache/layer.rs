@@ -77,17 +77,21 @@ impl crate::step::Step for Cache {
         // Miss, refresh or revalidation: one request upstream per key at a time.
         let mut own: Option<Result<Response<Body>, GatewayError>> = None;
         let runner = inner.clone();
-        let fetch = fill(
-            &self,
-            &key,
-            runner,
-            &template,
-            stale.clone(),
-            (no_cache, ttl),
-            &mut own,
-        );
-        // Lazy: only the flight's runner polls it.
-        let landed = self.flights.run(&key, || fetch).await;
+        // Made only by the flight's runner, and boxed: the fill's future is large, and every
+        // hit would otherwise carry (and move) its space in this future too.
+        let fetch = || {
+            let own = &mut own;
+            Box::pin(fill(
+                &self,
+                &key,
+                runner,
+                &template,
+                stale.clone(),
+                (no_cache, ttl),
+                own,
+            ))
+        };
+        let landed = self.flights.run(&key, fetch).await;
         match landed {
             Landed::Entry(e) => {
                 let how = filled(&self, stale.as_deref(), &e);
