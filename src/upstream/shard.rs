@@ -47,7 +47,7 @@ impl Shard {
 
 impl std::fmt::Display for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0) // honours width: `keys list` lines its shard column up with `{:<6}`
     }
 }
 
@@ -139,6 +139,12 @@ mod tests {
         assert!(Shard::from_key("abc-evil.com").is_err());
         assert!(Shard::from_key("abc-").is_err());
         assert!(Shard::from_key("abc-au1/x").is_err());
+        let uk2 = Shard::from_key("abc-uk2").unwrap();
+        assert_eq!(
+            format!("{uk2:<6}|{uk2}"),
+            "uk2   |uk2",
+            "padded only when asked"
+        );
     }
 
     #[test]
