@@ -57,9 +57,11 @@ impl NewKey {
     /// Checks the user name, the label and the key; the key's shard when all are valid.
     pub fn check(&self) -> Result<Shard, KeyStoreError> {
         validate_name("user name", &self.user)?;
-        if looks_like_api_key(&self.user) {
-            // `keys import` with the columns swapped would store the key as a user name, which
-            // `keys list`, logs and metrics then show; refuse without echoing it.
+        // Ops paste both user and key (`keys add`/`import`; not exclusive): with the columns
+        // swapped the key would be stored as a user name, which `keys list`, logs and metrics
+        // then show; refuse without echoing it. Enrolment's user comes from a verified token,
+        // whose `sub` may be any base64url string: not checked there.
+        if !self.exclusive && looks_like_api_key(&self.user) {
             return Err(KeyStoreError::InvalidName {
                 what: "user name",
                 problem: "it looks like a Cliniko API key (user and key swapped?)",
@@ -72,8 +74,8 @@ impl NewKey {
     }
 }
 
-/// Shaped like a Cliniko API key: at least 32 base64 characters and a shard suffix. No user
-/// claim of an identity provider looks like this (they carry `@`, `|`, `.` or UUID hyphens).
+/// Shaped like a Cliniko API key: at least 32 base64 characters and a shard suffix (a user
+/// name ops type rarely does: e-mail addresses, `provider|id`, UUIDs).
 fn looks_like_api_key(s: &str) -> bool {
     let Some((body, suffix)) = s.rsplit_once('-') else {
         return false;
@@ -105,7 +107,16 @@ pub fn check_api_key(key: &ApiKey) -> Result<Shard, KeyStoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::looks_like_api_key;
+    use super::{ApiKey, NewKey, looks_like_api_key};
+
+    #[test]
+    fn only_ops_mappings_refuse_a_key_shaped_user_name() {
+        let shaped = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_AbCd-ab1"; // a base64url `sub`
+        let mut new = NewKey::new(shaped, ApiKey::new("MS0xMjM0-au1".into()), None);
+        assert!(new.check().is_err(), "keys add/import: columns swapped?");
+        new.exclusive = true; // enrolment: the user name comes from a verified token
+        assert!(new.check().is_ok());
+    }
 
     #[test]
     fn a_key_shaped_user_name_is_recognised_and_real_user_claims_are_not() {

@@ -163,12 +163,12 @@ pub fn inflate(bytes: &[u8], coding: Coding, limit: usize) -> Result<Bytes, Infl
         Coding::Gzip => with_kept(
             &GZIP,
             || Decompress::new_gzip(15),
-            |d| members(d, bytes, limit),
+            |d| members(d, bytes, limit, true),
         ),
         Coding::Deflate => with_kept(
             &ZLIB,
             || Decompress::new(true),
-            |d| members(d, bytes, limit),
+            |d| members(d, bytes, limit, false),
         ),
         Coding::Brotli => Err(Inflate::Stream),
     }
@@ -221,8 +221,14 @@ fn with_kept<T, R>(kept: &Kept<T>, fresh: fn() -> T, f: impl FnOnce(&mut T) -> R
     r
 }
 
-/// Every member of `input` (gzip allows several back to back) through `d`, into one buffer.
-fn members(d: &mut flate2::Decompress, mut input: &[u8], limit: usize) -> Result<Bytes, Inflate> {
+/// Every member of `input` through `d`, into one buffer: gzip allows several back to back
+/// (`multi`), a zlib stream is one.
+fn members(
+    d: &mut flate2::Decompress,
+    mut input: &[u8],
+    limit: usize,
+    multi: bool,
+) -> Result<Bytes, Inflate> {
     use flate2::{FlushDecompress, Status};
     if input.is_empty() {
         return Err(Inflate::Corrupt); // not even one member's header
@@ -252,6 +258,9 @@ fn members(d: &mut flate2::Decompress, mut input: &[u8], limit: usize) -> Result
         }
         if out.len() > limit {
             return Err(Inflate::Stream);
+        }
+        if !multi {
+            break; // one zlib stream; what follows it is ignored, as flate2's reader does
         }
     }
     Ok(Bytes::from(out))
@@ -318,6 +327,7 @@ mod tests {
         let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
         z.write_all(&page).unwrap();
         let z = z.finish().unwrap();
+        let z_trailing = [&z[..], b"trailing bytes"].concat();
         let mut garbage = gz.clone();
         garbage.extend_from_slice(b"not gzip");
         let cases: Vec<(&[u8], Coding, usize)> = vec![
@@ -334,6 +344,7 @@ mod tests {
             (&z, Coding::Deflate, 1 << 20),
             (&z[..z.len() - 3], Coding::Deflate, 1 << 20),
             (&z, Coding::Deflate, 100),
+            (&z_trailing, Coding::Deflate, 1 << 20),
         ];
         // Twice over: the second round runs on decoders the first one used.
         for (bytes, coding, limit) in cases.iter().chain(cases.iter()) {
