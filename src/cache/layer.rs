@@ -53,7 +53,6 @@ impl crate::step::Step for Cache {
         };
         let ctx = RequestContext::of(&req).cloned();
         let (key, asked) = lookup(&self, &req, &cred, ctx.as_deref());
-        let is_head = asked.is_head;
 
         // A stale entry with an ETag is revalidated rather than refetched.
         let mut stale: Option<Arc<Entry>> = None;
@@ -102,24 +101,34 @@ impl crate::step::Step for Cache {
             Landed::Uncacheable => {
                 self.stats.misses.fetch_add(1, Ordering::Relaxed);
                 note(ctx.as_ref(), CacheOutcome::Miss);
-                let resp = match own {
-                    Some(result) => result?,
-                    // We waited on someone else's uncacheable answer: ask Cliniko ourselves.
-                    None => {
-                        inner
-                            .oneshot(fill_request(&template, asked.if_none_match))
-                            .await?
-                    }
-                };
-                // A HEAD caller answered from a GET gets the GET's headers and no body.
-                let resp = match is_head {
-                    true => resp.map(|_| Body::empty()),
-                    false => resp,
-                };
-                Ok(mark(resp, CacheOutcome::Miss, None))
+                uncacheable(own, inner, &template, asked).await
             }
         }
     }
+}
+
+/// The caller's answer when the flight stored nothing: the fill's own answer if this caller
+/// ran it, else a request of its own (it waited on someone else's uncacheable answer).
+async fn uncacheable<S: crate::step::Next>(
+    own: Option<Result<Response<Body>, GatewayError>>,
+    inner: S,
+    template: &Replay,
+    asked: Asked,
+) -> Result<Response<Body>, GatewayError> {
+    let resp = match own {
+        Some(result) => result?,
+        None => {
+            inner
+                .oneshot(fill_request(template, asked.if_none_match))
+                .await?
+        }
+    };
+    // A HEAD caller answered from a GET gets the GET's headers and no body.
+    let resp = match asked.is_head {
+        true => resp.map(|_| Body::empty()),
+        false => resp,
+    };
+    Ok(mark(resp, CacheOutcome::Miss, None))
 }
 
 /// A request the cache does not handle (path not enabled, `no-store`, no credential).
