@@ -414,8 +414,8 @@ async fn decode_for(
 /// holds (replaced, dropped or purged since) or a purge ran since `epoch` was read before the
 /// lookup that found it: a copy of a dropped entry must never come back.
 async fn keep_plain(cache: &Cache, key: &CacheKey, read: &Arc<Entry>, plain: Bytes, epoch: u64) {
-    // Odd: a purge was under way when the lookup ran (see `Cache::purging`).
-    if epoch % 2 == 1 {
+    // A purge under way, or one since the lookup (see `Cache::purging`).
+    if cache.purged_since(epoch) {
         return;
     }
     let both = Arc::new(read.with_plain(Some(plain)));
@@ -429,7 +429,7 @@ async fn keep_plain(cache: &Cache, key: &CacheKey, read: &Arc<Entry>, plain: Byt
             std::future::ready(if same { Op::Put(both) } else { Op::Nop })
         })
         .await;
-    if cache.epoch.load(Ordering::Acquire) != epoch {
+    if cache.purged_since(epoch) {
         cache.store.invalidate(key).await;
     }
 }
@@ -683,12 +683,18 @@ mod tests {
         c.purge_all();
         keep_plain(&c, &key, &read, plain.clone(), epoch).await;
         assert!(c.store.get(&key).await.is_none(), "purged stays purged");
-        // A purge under way when the lookup ran (odd epoch): not stored.
+        // A purge since the lookup (the epoch moved): not stored.
         fill().await.unwrap();
         let read = c.store.get(&key).await.unwrap();
         let epoch = c.epoch.load(Ordering::Acquire);
         keep_plain(&c, &key, &read, plain.clone(), epoch + 1).await;
         assert!(c.store.get(&key).await.unwrap().plain.is_none());
+        // Two purges overlapping leave the epoch even while they run: still not stored.
+        c.purges.fetch_add(1, Ordering::AcqRel);
+        let epoch = c.epoch.load(Ordering::Acquire);
+        keep_plain(&c, &key, &read, plain.clone(), epoch).await;
+        assert!(c.store.get(&key).await.unwrap().plain.is_none());
+        c.purges.fetch_sub(1, Ordering::AcqRel);
         // Skipped past its count (as for that purge), the next decode stores it.
         read.decodes
             .store(DECODES_BEFORE_PLAIN + 3, Ordering::Relaxed);

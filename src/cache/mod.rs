@@ -55,6 +55,9 @@ pub struct Cache {
     hmac: &'static hmac::Key,
     flights: flight::Flights,
     epoch: AtomicU64,
+    /// Purges running now. The epoch's parity cannot tell: two overlapping purges leave it
+    /// even while both run.
+    purges: AtomicU64,
     stats: Arc<CacheStats>,
     /// Carries this cache's invalidations to the other replicas and theirs to it, and knows
     /// every cache of this process still in use (see [`Cache::invalidate_after_write`]).
@@ -101,6 +104,7 @@ impl Cache {
             hmac,
             flights: flight::Flights::default(),
             epoch: AtomicU64::new(0),
+            purges: AtomicU64::new(0),
             stats,
             bus,
         });
@@ -165,12 +169,19 @@ impl Cache {
     }
 
     /// Runs `drop` between two steps of the epoch: a fill begun before it ends sees the epoch
-    /// move, and an odd epoch tells a hit that a purge is under way (the entry it read may be
-    /// one being dropped, so it must not be stored again; see `layer::keep_plain`).
+    /// move, and `purges` tells a hit that a purge is under way (the entry it read may be one
+    /// being dropped, so it must not be stored again; see `layer::keep_plain`).
     fn purging(&self, drop: impl FnOnce()) {
+        self.purges.fetch_add(1, Ordering::AcqRel);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         drop();
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.purges.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A purge is under way, or one ran since `epoch` was read.
+    fn purged_since(&self, epoch: u64) -> bool {
+        self.purges.load(Ordering::Acquire) > 0 || self.epoch.load(Ordering::Acquire) != epoch
     }
 
     /// Drops every entry.
