@@ -122,15 +122,10 @@ fn jwt_shaped(token: &str) -> Result<&str, AuthError> {
     Ok(token)
 }
 
-/// Refuses `s` if it has the shape of a Cliniko API key: at least 16 base64 characters and a
-/// shard suffix (`…-au2`). A JWT never matches (it has dots).
+/// Refuses `s` if it has the shape of a Cliniko API key (at least 16 characters before the
+/// shard suffix).
 fn not_a_key(s: &str) -> Result<(), Refused> {
-    let Some((body, shard)) = s.rsplit_once('-') else {
-        return Ok(());
-    };
-    let key_char =
-        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'_' | b'-');
-    if body.len() >= 16 && body.bytes().all(key_char) && crate::config::is_shard_name(shard) {
+    if crate::credentials::key_shaped(s, 16) {
         return Err(Refused::ClinikoKey(crate::credentials::fingerprint(s)));
     }
     Ok(())

@@ -79,7 +79,7 @@ pub use backend::Backend;
 pub use crypto::{fingerprint, generate_master_key};
 pub use edit::{ListedUser, Resealed, add_key, add_keys, list, remove_user};
 pub use live::Credentials;
-pub use new_key::{AddOutcome, NewKey, check_api_key};
+pub use new_key::{AddOutcome, NewKey, check_api_key, key_shaped};
 pub use store::KeyStore;
 
 use crate::upstream::Shard;
@@ -113,8 +113,8 @@ impl fmt::Debug for ApiKey {
 }
 
 /// Everything needed to call Cliniko for one user; shared (`Arc`) by users of the same key.
-/// Its `Debug` shows no secret: the key is redacted, the header marked sensitive.
-#[derive(Debug)]
+/// Its `Debug` is written by hand and lists only what is safe to log: a field added later is
+/// not printed until someone decides it may be.
 pub struct Credential {
     /// The API key.
     pub key: ApiKey,
@@ -135,6 +135,17 @@ pub struct Credential {
     budget: Arc<str>,
     /// The cache's keyed hash of `key`, once worked out ([`crate::cache::Cache::id_of`]).
     pub(crate) cache_id: std::sync::OnceLock<CredentialId>,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("shard", &self.shard)
+            .field("fingerprint", &self.fingerprint)
+            .field("key_id", &self.key_id)
+            .field("cliniko_user", &self.cliniko_user)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Credential {

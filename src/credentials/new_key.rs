@@ -61,7 +61,7 @@ impl NewKey {
         // swapped the key would be stored as a user name, which `keys list`, logs and metrics
         // then show; refuse without echoing it. Enrolment's user comes from a verified token,
         // whose `sub` may be any base64url string: not checked there.
-        if !self.exclusive && looks_like_api_key(&self.user) {
+        if !self.exclusive && key_shaped(&self.user, 32) {
             return Err(KeyStoreError::InvalidName {
                 what: "user name",
                 problem: "it looks like a Cliniko API key (user and key swapped?)",
@@ -74,14 +74,17 @@ impl NewKey {
     }
 }
 
-/// Shaped like a Cliniko API key: at least 32 base64 characters and a shard suffix (a user
-/// name ops type rarely does: e-mail addresses, `provider|id`, UUIDs).
-fn looks_like_api_key(s: &str) -> bool {
+/// Shaped like a Cliniko API key: at least `min_body` base64 characters, then a hyphen and a
+/// shard name. A JWT never matches (it has dots), nor do the user names ops type (e-mail
+/// addresses, `provider|id`, UUIDs). Shared by the token check (a key sent as a bearer token)
+/// and `keys add`/`import` (columns swapped).
+pub fn key_shaped(s: &str, min_body: usize) -> bool {
     let Some((body, suffix)) = s.rsplit_once('-') else {
         return false;
     };
-    let base64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=' | '_');
-    body.len() >= 32 && body.chars().all(base64) && crate::config::is_shard_name(suffix)
+    let key_char =
+        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'_' | b'-');
+    body.len() >= min_body && body.bytes().all(key_char) && crate::config::is_shard_name(suffix)
 }
 
 /// Checks a key's form (length, no whitespace, a shard suffix) and returns its shard.
@@ -107,7 +110,11 @@ pub fn check_api_key(key: &ApiKey) -> Result<Shard, KeyStoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{ApiKey, NewKey, looks_like_api_key};
+    use super::{ApiKey, NewKey, key_shaped};
+
+    fn looks_like_api_key(s: &str) -> bool {
+        key_shaped(s, 32)
+    }
 
     #[test]
     fn only_ops_mappings_refuse_a_key_shaped_user_name() {
