@@ -44,6 +44,7 @@ pub fn watch<I, F: Fn(bool)>(
         shared: shared.clone(),
         out: Vec::new(),
         sent: 0,
+        published: tracker::Seen::default(),
         on_write,
     };
     (watched, FramingWatch { shared })
@@ -107,6 +108,9 @@ pin_project! {
         // it has been given (they may not fit in one read buffer).
         out: Vec<u8>,
         sent: usize,
+        // The verdicts last handed to `shared`: the lock is taken only when one is new (at
+        // most twice a connection), not on every read.
+        published: tracker::Seen,
         on_write: F,
     }
 }
@@ -139,7 +143,13 @@ impl<I: AsyncRead, F> AsyncRead for Watched<I, F> {
                 this.tracker.feed(read, this.out)
             };
             // Visible to the service before hyper can hand it the request.
-            lock(this.shared).seen = this.tracker.seen();
+            let now = this.tracker.seen();
+            if (now.ambiguous, now.bad_target)
+                != (this.published.ambiguous, this.published.bad_target)
+            {
+                lock(this.shared).seen = now;
+                *this.published = now;
+            }
             if !changed {
                 return Poll::Ready(Ok(()));
             }
