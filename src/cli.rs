@@ -219,6 +219,7 @@ fn check_config(path: &std::path::Path) -> Done {
         ("auth.hmac_secret", cfg.auth.hmac_secret.is_some()),
         ("keystore.master_key", cfg.keystore.master_key.is_some()),
         ("keystore.postgres_url", cfg.keystore.postgres_url.is_some()),
+        ("admin.token", cfg.admin.token.is_some()),
     ] {
         let set = if set { "set, redacted" } else { "not set" };
         println!("# {name}: {set}");
