@@ -95,7 +95,9 @@ impl crate::step::Step for Cache {
             Landed::Entry(e) => {
                 let how = filled(&self, stale.as_deref(), &e);
                 note(ctx.as_ref(), how);
-                serve(&e, how, &asked, None)
+                // Revalidated, or filled by another caller: may hold only the gzip copy.
+                let plain = decode_for(&self, &key, &e, &asked, epoch).await?;
+                serve(&e, how, &asked, plain)
             }
             Landed::Failed(e) => Err(e),
             Landed::Uncacheable => {
@@ -490,10 +492,12 @@ fn serve(
     } else if as_stored || !e.gzipped {
         Body::from(e.body.clone())
     } else {
-        Body::from(match decoded.or_else(|| e.plain.clone()) {
-            Some(plain) => plain,
-            None => gunzip(e)?,
-        })
+        // `decode_for` decoded it (off the worker when large) unless the entry holds it.
+        Body::from(
+            decoded
+                .or_else(|| e.plain.clone())
+                .ok_or(GatewayError::Internal)?,
+        )
     };
     let mut resp = Response::new(body);
     *resp.headers_mut() = e.headers.clone();

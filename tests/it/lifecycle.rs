@@ -184,7 +184,10 @@ async fn check_config_prints_the_effective_config_without_secrets() {
     );
     assert!(stdout.contains("42s"));
     assert!(stdout.contains("auth.hmac_secret: set, redacted"));
-    assert!(stdout.contains("admin.token: "), "every secret has its line");
+    assert!(
+        stdout.contains("admin.token: "),
+        "every secret has its line"
+    );
     assert!(!stdout.contains(HMAC) && !stdout.contains(MASTER));
     // A bad config exits 64 and names the field.
     let out = Command::new(env!("CARGO_BIN_EXE_cliniko-gateway"))
