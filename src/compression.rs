@@ -1,4 +1,4 @@
-//! Compressed answers to callers that ask (`Accept-Encoding: gzip` or `br`): tower-http's
+//! Compressed answers to callers that ask (`Accept-Encoding`: gzip, br or zstd): tower-http's
 //! [`CompressionLayer`](tower_http::compression), streaming, at the configured (fast) level,
 //! with the rules it leaves to us:
 //! - the caller's preferences are read once, up front: when they refuse every coding we can
@@ -10,8 +10,12 @@
 //! - a compressed body's strong ETag becomes weak (RFC 9110 §8.8.1: the bytes differ from the
 //!   identity ones); `If-None-Match` compares weakly, so revalidation still answers 304.
 //!
+//! tower-http picks the coding: the highest q-value, then zstd over br over gzip (so
+//! `gzip, br, zstd` gets zstd). The level is one number on each coding's own scale.
+//!
 //! The caller's acceptance of gzip goes into the request context, so the cache can send its
-//! stored gzip copy as it is.
+//! stored gzip copy as it is (even to a caller that would prefer zstd: a valid answer with no
+//! work); a caller that does not take gzip gets the decoded bytes, compressed here.
 
 use crate::body::Body;
 use crate::config::CompressionConfig;
@@ -96,7 +100,6 @@ impl crate::step::Step for Compress {
         });
         let resp = Compression::new(ready)
             .no_deflate()
-            .no_zstd()
             .quality(CompressionLevel::Precise(self.level))
             .compress_when(worth(min_bytes))
             .oneshot(asked)
@@ -167,6 +170,8 @@ pub struct Accepts {
     pub gzip: bool,
     /// br.
     pub br: bool,
+    /// zstd.
+    pub zstd: bool,
     /// No coding at all.
     pub identity: bool,
 }
@@ -174,7 +179,7 @@ pub struct Accepts {
 impl Accepts {
     /// Reads every `Accept-Encoding` header; entries with an unreadable q-value are ignored.
     pub fn of(h: &HeaderMap) -> Accepts {
-        let (mut gzip, mut br, mut identity, mut star) = (None, None, None, None);
+        let (mut gzip, mut br, mut zstd, mut identity, mut star) = (None, None, None, None, None);
         let entries = h
             .get_all(header::ACCEPT_ENCODING)
             .iter()
@@ -191,6 +196,8 @@ impl Accepts {
                 &mut gzip
             } else if is("br") {
                 &mut br
+            } else if is("zstd") {
+                &mut zstd
             } else if is("identity") {
                 &mut identity
             } else if coding == "*" {
@@ -204,6 +211,7 @@ impl Accepts {
         Accepts {
             gzip: ok(gzip, false),
             br: ok(br, false),
+            zstd: ok(zstd, false),
             identity: ok(identity, true),
         }
     }
@@ -215,7 +223,7 @@ impl Accepts {
 
     /// A coding we compress with is acceptable.
     pub fn coding(&self) -> bool {
-        self.gzip || self.br
+        self.gzip || self.br || self.zstd
     }
 }
 
@@ -244,21 +252,46 @@ mod tests {
 
     #[test]
     fn what_callers_accept() {
-        let a = |gzip, br, identity| Accepts { gzip, br, identity };
-        assert_eq!(Accepts::of(&HeaderMap::new()), a(false, false, true));
-        assert_eq!(of(""), a(false, false, true));
-        assert_eq!(of("gzip, deflate, br, zstd"), a(true, true, true));
-        assert_eq!(of("x-gzip"), a(true, false, true));
-        assert_eq!(of("gzip;q=0"), a(false, false, true));
-        assert_eq!(of("GZIP;Q=0.5, identity;q=0"), a(true, false, false));
-        assert_eq!(of("identity;q=0"), a(false, false, false));
-        assert_eq!(of("*;q=0"), a(false, false, false));
-        assert_eq!(of("*;q=0, identity"), a(false, false, true));
-        assert_eq!(of("*"), a(true, true, true));
-        assert_eq!(of("br, *;q=0"), a(false, true, false));
+        let a = |gzip, br, zstd, identity| Accepts {
+            gzip,
+            br,
+            zstd,
+            identity,
+        };
+        assert_eq!(Accepts::of(&HeaderMap::new()), a(false, false, false, true));
+        assert_eq!(of(""), a(false, false, false, true));
+        assert_eq!(of("gzip, deflate, br, zstd"), a(true, true, true, true));
+        assert_eq!(of("x-gzip"), a(true, false, false, true));
+        assert_eq!(of("gzip;q=0"), a(false, false, false, true));
+        assert_eq!(of("GZIP;Q=0.5, identity;q=0"), a(true, false, false, false));
+        assert_eq!(of("identity;q=0"), a(false, false, false, false));
+        assert_eq!(of("*;q=0"), a(false, false, false, false));
+        assert_eq!(of("*;q=0, identity"), a(false, false, false, true));
+        assert_eq!(of("*"), a(true, true, true, true));
+        assert_eq!(of("br, *;q=0"), a(false, true, false, false));
         // An unreadable q-value drops the entry, not the header.
-        assert_eq!(of("gzip;q=2, br"), a(false, true, true));
+        assert_eq!(of("gzip;q=2, br"), a(false, true, false, true));
         assert!(!of("identity;q=0, gzip;q=0").anything());
+    }
+
+    #[test]
+    fn zstd_is_a_coding_we_send_like_br() {
+        let a = |gzip, br, zstd, identity| Accepts {
+            gzip,
+            br,
+            zstd,
+            identity,
+        };
+        assert_eq!(of("zstd"), a(false, false, true, true));
+        assert_eq!(of("ZSTD;q=0.1"), a(false, false, true, true));
+        assert_eq!(of("zstd;q=0"), a(false, false, false, true));
+        assert_eq!(of("zstd, identity;q=0"), a(false, false, true, false));
+        assert_eq!(of("zstd, *;q=0"), a(false, false, true, false));
+        assert_eq!(of("*, zstd;q=0"), a(true, true, false, true));
+        assert_eq!(of("zstd;q=1.5, gzip"), a(true, false, false, true));
+        assert!(of("zstd, identity;q=0").anything());
+        assert!(!of("zstd;q=0, identity;q=0").anything());
+        assert!(!of("zstd;q=0, *;q=0").anything());
     }
 
     #[test]
@@ -297,11 +330,15 @@ mod tests {
             "no Accept-Encoding"
         );
         assert_eq!(plan(Method::GET, "identity"), Plan::AsIs);
-        assert_eq!(plan(Method::GET, "deflate, zstd"), Plan::AsIs);
+        assert_eq!(plan(Method::GET, "deflate, compress"), Plan::AsIs);
         assert_eq!(plan(Method::GET, "gzip;q=0"), Plan::AsIs);
         assert_eq!(plan(Method::HEAD, "gzip"), Plan::AsIs);
         assert_eq!(plan(Method::GET, "gzip"), Plan::Compress);
         assert_eq!(plan(Method::GET, "br"), Plan::Compress);
+        assert_eq!(plan(Method::GET, "deflate, zstd"), Plan::Compress);
+        assert_eq!(plan(Method::HEAD, "zstd"), Plan::AsIs);
+        assert_eq!(plan(Method::GET, "zstd, identity;q=0"), Plan::CompressAll);
+        assert_eq!(plan(Method::GET, "zstd;q=0, identity;q=0"), Plan::Refuse);
         assert_eq!(plan(Method::GET, "gzip, identity;q=0"), Plan::CompressAll);
         assert_eq!(plan(Method::GET, "identity;q=0"), Plan::Refuse);
         assert_eq!(plan(Method::HEAD, "*;q=0"), Plan::Refuse);

@@ -5,7 +5,7 @@ use super::validate::refuse_if;
 use serde::{Deserialize, Serialize};
 
 settings! {
-    /// `[compression]`: gzip or br for callers that ask (`Accept-Encoding`); needs a restart.
+    /// `[compression]`: gzip, br or zstd for callers that ask (`Accept-Encoding`); needs a restart.
     #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
     #[serde(deny_unknown_fields, default)]
     pub struct CompressionConfig {

@@ -121,7 +121,7 @@ pub enum GatewayError {
     /// The caller's `Accept-Encoding` refuses every coding the gateway can send (identity
     /// included), e.g. `identity;q=0` alone or `*;q=0`; nothing was sent upstream.
     #[error(
-        "no acceptable content coding: allow identity, gzip or br in Accept-Encoding (or send none)"
+        "no acceptable content coding: allow identity, gzip, br or zstd in Accept-Encoding (or send none)"
     )]
     NotAcceptable,
     /// Request body over the configured limit.

@@ -1,4 +1,4 @@
-//! Compressed answers to callers who ask: gzip and br, `Vary`, weak ETags and 304s, what stays
+//! Compressed answers to callers who ask: gzip, br and zstd, `Vary`, weak ETags and 304s, what stays
 //! uncompressed (HEAD, small bodies, callers who ask for nothing), `Accept-Encoding` edge cases
 //! (406 only when nothing is acceptable), and a real client (curl --compressed).
 
@@ -24,6 +24,10 @@ async fn unbrotli(b: &[u8]) -> Vec<u8> {
         .await
         .unwrap();
     out
+}
+
+fn unzstd(b: &[u8]) -> Vec<u8> {
+    zstd::stream::decode_all(b).unwrap()
 }
 
 /// Cliniko answering `path` with a strong ETag and a 6 KiB JSON page full of its own links.
@@ -149,7 +153,8 @@ async fn accept_encoding_edge_cases_get_a_sensible_answer() {
         "identity;q=0",
         "*;q=0",
         "gzip;q=0, identity;q=0",
-        "zstd, identity;q=0",
+        "zstd;q=0, identity;q=0",
+        "gzip;q=0, br;q=0, zstd;q=0, identity;q=0",
     ] {
         let got = h
             .get_as_with("alice", "/v1/invoices", &[("accept-encoding", refuse)])
@@ -169,11 +174,27 @@ async fn accept_encoding_edge_cases_get_a_sensible_answer() {
     assert_eq!(got.status, 200);
     assert_eq!(got.headers["content-encoding"], "gzip");
     serde_json::from_slice::<serde_json::Value>(&gunzip(&got.body)).unwrap();
-    // `*` covers gzip and br; identity refused by the wildcard but named on its own is fine.
+    // The same for a caller that takes zstd only.
+    let got = h
+        .get_as_with(
+            "alice",
+            "/v1/patients?per_page=1",
+            &[("accept-encoding", "zstd, identity;q=0")],
+        )
+        .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.headers["content-encoding"], "zstd");
+    serde_json::from_slice::<serde_json::Value>(&unzstd(&got.body)).unwrap();
+    // `*` covers gzip, br and zstd; identity refused by the wildcard but named on its own is
+    // fine. Between codings of equal q, tower-http prefers zstd, then br, then gzip.
     for (ae, coding) in [
-        ("*", "br"),
+        ("*", "zstd"),
+        ("*, zstd;q=0", "br"),
         ("*;q=0, gzip", "gzip"),
         ("br;q=0.5, gzip;q=0.9", "gzip"),
+        ("gzip, br, zstd", "zstd"),
+        ("zstd;q=0.5, gzip", "gzip"),
+        ("zstd, *;q=0", "zstd"),
     ] {
         let got = h
             .get_as_with("alice", "/v1/invoices", &[("accept-encoding", ae)])
@@ -222,8 +243,118 @@ async fn curl_compressed_reads_the_page() {
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let head = head.to_ascii_lowercase();
     assert!(
-        head.contains("content-encoding: gzip") || head.contains("content-encoding: br"),
+        ["gzip", "br", "zstd"]
+            .iter()
+            .any(|c| head.contains(&format!("content-encoding: {c}"))),
         "{head}"
     );
     assert_eq!(body, want);
+}
+
+#[tokio::test]
+async fn zstd_callers_get_a_zstd_body_with_vary_and_a_weak_etag_that_still_revalidates() {
+    let h = Harness::start(Setup::default()).await;
+    let want = strong_page(&h, "/v1/invoices");
+    let zst = h
+        .get_as_with("alice", "/v1/invoices", &[("accept-encoding", "zstd")])
+        .await;
+    assert_eq!(zst.status, 200);
+    assert_eq!(zst.headers["content-encoding"], "zstd");
+    assert!(
+        vary(&zst).contains(&"accept-encoding".into()),
+        "{:?}",
+        vary(&zst)
+    );
+    assert_eq!(zst.headers["etag"], "W/\"v1\"", "transformed: weak");
+    assert!(zst.body.len() * 4 < want.len(), "{} bytes", zst.body.len());
+    // Exactly the identity body: Cliniko's links rewritten to the gateway's.
+    assert_eq!(unzstd(&zst.body), want.as_bytes());
+
+    // A cached path: the weak ETag a zstd caller got still answers 304.
+    strong_page(&h, "/v1/patients/1");
+    let first = h
+        .get_as_with("alice", "/v1/patients/1", &[("accept-encoding", "zstd")])
+        .await;
+    assert_eq!(first.headers["content-encoding"], "zstd");
+    assert_eq!(first.headers["etag"], "W/\"v1\"");
+    let again = h
+        .get_as_with(
+            "alice",
+            "/v1/patients/1",
+            &[("accept-encoding", "zstd"), ("if-none-match", "W/\"v1\"")],
+        )
+        .await;
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+    assert!(!again.headers.contains_key("content-encoding"));
+}
+
+#[tokio::test]
+async fn zstd_callers_get_head_and_small_bodies_uncompressed() {
+    let h = Harness::start(Setup::default()).await;
+    strong_page(&h, "/v1/invoices");
+    let zstd = [("accept-encoding", "zstd")];
+    // The page itself is worth it: zstd.
+    let get = h.get_as_with("alice", "/v1/invoices", &zstd).await;
+    assert_eq!(get.headers["content-encoding"], "zstd");
+    let auth = format!("Bearer {}", h.token("alice"));
+    let head = h
+        .send(
+            Method::HEAD,
+            "/v1/invoices",
+            &[("authorization", &auth), zstd[0]],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(head.status, 200);
+    assert!(!head.headers.contains_key("content-encoding"));
+    assert_eq!(head.headers["etag"], "\"v1\"", "not transformed: strong");
+    assert!(head.body.is_empty());
+    let small = h
+        .get_as_with("alice", "/v1/patients?per_page=1", &zstd)
+        .await;
+    assert_eq!(small.status, 200);
+    assert!(small.body.len() < 1024, "{}", small.body.len());
+    assert!(!small.headers.contains_key("content-encoding"));
+    assert!(vary(&small).contains(&"accept-encoding".into()));
+    small.json();
+}
+
+/// The cache keeps one gzip copy: a caller that takes gzip gets it as it is (whatever else it
+/// takes), a zstd-only caller gets the decoded bytes compressed with zstd on the way out.
+#[tokio::test]
+async fn cache_hits_for_zstd_callers_decode_to_the_page() {
+    let h = Harness::start(Setup::default()).await;
+    let path = "/v1/patients?per_page=50";
+    let first = h
+        .get_as_with("alice", path, &[("accept-encoding", "zstd")])
+        .await;
+    assert_eq!((first.status.as_u16(), xcache(&first)), (200, "MISS"));
+    assert_eq!(first.headers["content-encoding"], "zstd");
+    let plain = unzstd(&first.body);
+    serde_json::from_slice::<serde_json::Value>(&plain).unwrap();
+
+    let hit = h
+        .get_as_with("alice", path, &[("accept-encoding", "zstd")])
+        .await;
+    assert_eq!(xcache(&hit), "HIT");
+    assert_eq!(hit.headers["content-encoding"], "zstd");
+    assert!(hit.body.len() * 2 < plain.len(), "{} bytes", hit.body.len());
+    assert_eq!(unzstd(&hit.body), plain);
+
+    // Takes both, prefers zstd: the stored gzip copy, labelled as what it is.
+    let both = h
+        .get_as_with("alice", path, &[("accept-encoding", "gzip;q=0.5, zstd")])
+        .await;
+    assert_eq!(xcache(&both), "HIT");
+    assert_eq!(both.headers["content-encoding"], "gzip");
+    assert_eq!(gunzip(&both.body), plain);
+    // Refuses gzip: zstd again, not the stored copy.
+    let no_gzip = h
+        .get_as_with("alice", path, &[("accept-encoding", "gzip;q=0, zstd")])
+        .await;
+    assert_eq!(xcache(&no_gzip), "HIT");
+    assert_eq!(no_gzip.headers["content-encoding"], "zstd");
+    assert_eq!(unzstd(&no_gzip.body), plain);
+    assert_eq!(h.upstream_hits(), 1);
 }
