@@ -21,7 +21,7 @@ use crate::body::Body;
 use crate::config::CompressionConfig;
 use crate::context::Context as RequestContext;
 use crate::error::GatewayError;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use std::sync::Arc;
 use tower::ServiceExt;
 use tower_http::compression::predicate::{NotForContentType, SizeAbove};
@@ -94,6 +94,7 @@ impl crate::step::Step for Compress {
             return Ok(finish(resp));
         }
         // tower-http's service over the answer already in hand.
+        let status = resp.status();
         let mut answer = Some(resp);
         let ready = tower::service_fn(move |_: Request<()>| {
             std::future::ready(answer.take().ok_or(GatewayError::Internal))
@@ -104,6 +105,12 @@ impl crate::step::Step for Compress {
             .compress_when(worth(min_bytes))
             .oneshot(asked)
             .await?;
+        // tower-http relabels an answer it finds no coding for as 406, body and all. `Accepts`
+        // reads the header as it does, so this never happens; if it did, the caller gets our
+        // 406 rather than the answer under that status.
+        if resp.status() == StatusCode::NOT_ACCEPTABLE && status != StatusCode::NOT_ACCEPTABLE {
+            return Err(GatewayError::NotAcceptable);
+        }
         Ok(finish(resp.map(Body::new)))
     }
 }
@@ -177,42 +184,54 @@ pub struct Accepts {
 }
 
 impl Accepts {
-    /// Reads every `Accept-Encoding` header; entries with an unreadable q-value are ignored.
+    /// Reads every `Accept-Encoding` header exactly as tower-http's compression does: it picks
+    /// the coding, and answers 406 with an empty body when it finds none, so our up-front
+    /// refusal must see the same (every 406 ours, in JSON, before Cliniko is asked). Entries
+    /// with an unknown coding or an unreadable q-value are ignored. Without `*`, a coding is
+    /// acceptable when any of its entries has q > 0, identity unless an entry refuses it and
+    /// none takes it; with `*`, each coding's first entry decides, else the first `*`'s.
     pub fn of(h: &HeaderMap) -> Accepts {
-        let (mut gzip, mut br, mut zstd, mut identity, mut star) = (None, None, None, None, None);
+        // Per coding (gzip, br, zstd, identity): its first entry, any entry above 0, any at 0.
+        let (mut first, mut taken, mut refused) = ([None::<bool>; 4], [false; 4], [false; 4]);
+        let mut star = None;
         let entries = h
             .get_all(header::ACCEPT_ENCODING)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|s| s.split(','));
         for entry in entries {
-            let mut parts = entry.split(';');
-            let coding = parts.next().unwrap_or("").trim();
-            let Some(q) = qvalue(parts.next()) else {
-                continue;
+            let (coding, q) = match entry.split_once(';') {
+                Some((coding, q)) => (coding.trim(), qvalue(Some(q))),
+                None => (entry.trim(), qvalue(None)),
             };
+            let Some(q) = q else { continue };
             let is = |name: &str| coding.eq_ignore_ascii_case(name);
-            let slot = if is("gzip") || is("x-gzip") {
-                &mut gzip
-            } else if is("br") {
-                &mut br
-            } else if is("zstd") {
-                &mut zstd
-            } else if is("identity") {
-                &mut identity
-            } else if coding == "*" {
-                &mut star
-            } else {
-                continue;
+            let i = match () {
+                _ if is("gzip") || is("x-gzip") => 0,
+                _ if is("br") => 1,
+                _ if is("zstd") => 2,
+                _ if is("identity") => 3,
+                _ => {
+                    if coding == "*" {
+                        star = star.or(Some(q));
+                    }
+                    continue;
+                }
             };
-            *slot = Some(q);
+            first[i] = first[i].or(Some(q));
+            taken[i] |= q;
+            refused[i] |= !q;
         }
-        let ok = |q: Option<bool>, default: bool| q.or(star).unwrap_or(default);
+        let ok = |i: usize| match star {
+            Some(s) => first[i].unwrap_or(s),
+            None if i == 3 => taken[3] || !refused[3],
+            None => taken[i],
+        };
         Accepts {
-            gzip: ok(gzip, false),
-            br: ok(br, false),
-            zstd: ok(zstd, false),
-            identity: ok(identity, true),
+            gzip: ok(0),
+            br: ok(1),
+            zstd: ok(2),
+            identity: ok(3),
         }
     }
 
@@ -227,17 +246,20 @@ impl Accepts {
     }
 }
 
-/// `q=...` → whether it is above zero; no parameter is q=1; `None` when unreadable.
+/// A q-value as tower-http reads it (RFC 9110 §12.4.2: `q=` then 0 or 1 with at most three
+/// decimals, no space around `=`): whether it is above zero; none is q=1; `None` when unreadable.
 fn qvalue(param: Option<&str>) -> Option<bool> {
     let Some(p) = param else {
         return Some(true);
     };
-    let (k, v) = p.split_once('=')?;
-    if !k.trim().eq_ignore_ascii_case("q") {
-        return None;
+    let v = p.trim().strip_prefix(['q', 'Q'])?.strip_prefix('=')?;
+    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    let digits = frac.len() <= 3 && frac.bytes().all(|b| b.is_ascii_digit());
+    match int {
+        "0" if digits => Some(frac.bytes().any(|b| b != b'0')),
+        "1" if digits && frac.bytes().all(|b| b == b'0') => Some(true),
+        _ => None,
     }
-    let q: f32 = v.trim().parse().ok()?;
-    (0.0..=1.0).contains(&q).then_some(q > 0.0)
 }
 
 #[cfg(test)]
@@ -248,6 +270,59 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
         Accepts::of(&h)
+    }
+
+    /// Our up-front refusal and tower-http's own 406 agree on every header: a disagreement would
+    /// either refuse what tower-http sends or let tower-http relabel a fetched answer as 406.
+    #[tokio::test]
+    async fn refusals_agree_with_tower_http() {
+        let headers = [
+            "",
+            "*",
+            "identity;q=0",
+            "*;q=0",
+            "gzip;q=0.5000, identity;q=0",
+            "gzip;q=.5, identity;q=0",
+            "gzip;q = 1, identity;q=0",
+            "gzip; q=1, identity;q=0",
+            "gzip, gzip;q=0, identity;q=0",
+            "gzip;q=0, gzip, identity;q=0",
+            "identity, identity;q=0",
+            "identity;q=0, identity",
+            "*;q=0, gzip;q=0.001",
+            "*;q=0.5, identity;q=0",
+            "*;q=0, *;q=1",
+            "*;q=x, *;q=0",
+            "gzip;q=1.0001, identity;q=0",
+            "gzip;q=1.000, *;q=0",
+            "gzip;q=1.5, identity;q=0",
+            "zstd;q=0.5;x=1, identity;q=0",
+            "deflate, identity;q=0",
+            "x-gzip, identity;q=0",
+            "BR;Q=0.2, identity;q=0",
+            "gzip;q=0., identity;q=0",
+            "gzip;q=1., identity;q=0",
+            "zstd;q=0, *;q=0.1, identity;q=0",
+            "Identity;q=0",
+            "*, identity;q=0, gzip;q=0, br;q=0, zstd;q=0",
+            "gzip;level=1, identity;q=0",
+        ];
+        for v in headers {
+            let mut req = Request::new(());
+            req.headers_mut()
+                .insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            let ours = !Accepts::of(req.headers()).anything();
+            let page = tower::service_fn(|_: Request<()>| async {
+                Ok::<_, std::convert::Infallible>(Response::new("x".repeat(2000)))
+            });
+            let resp = Compression::new(page)
+                .no_deflate()
+                .oneshot(req)
+                .await
+                .unwrap();
+            let theirs = resp.status() == StatusCode::NOT_ACCEPTABLE;
+            assert_eq!(ours, theirs, "Accept-Encoding: {v}");
+        }
     }
 
     #[test]
