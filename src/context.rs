@@ -114,11 +114,16 @@ pub struct Context {
     pub client_addr: Option<IpAddr>,
     /// What the server saw on the wire.
     pub arrival: Arrival,
-    user: OnceLock<Arc<str>>,
-    app: OnceLock<Arc<str>>,
-    shard: OnceLock<Arc<str>>,
-    cache: OnceLock<CacheOutcome>,
-    error: OnceLock<ErrorCode>,
+    /// The verified user, if any (see [`Context::set_user`]).
+    pub user: OnceLock<Arc<str>>,
+    /// The calling app, if the token named one.
+    pub app: OnceLock<Arc<str>>,
+    /// The shard the request went to, once routed.
+    pub shard: OnceLock<Arc<str>>,
+    /// How the cache handled the request, once known.
+    pub cache: OnceLock<CacheOutcome>,
+    /// The gateway's error code, if it answered with one (set where errors are rendered).
+    pub error: OnceLock<ErrorCode>,
     upstream_status: AtomicU16,
     body_limit_tripped: AtomicBool,
     accepts_gzip: AtomicBool,
@@ -151,18 +156,6 @@ impl Context {
             let _ = self.app.set(app);
         }
     }
-    /// Records the shard the request went to.
-    pub fn set_shard(&self, shard: Arc<str>) {
-        let _ = self.shard.set(shard);
-    }
-    /// Records how the cache handled the request.
-    pub fn set_cache(&self, how: CacheOutcome) {
-        let _ = self.cache.set(how);
-    }
-    /// Records the gateway's error code (set where errors are rendered).
-    pub fn set_error(&self, code: ErrorCode) {
-        let _ = self.error.set(code);
-    }
     /// Records Cliniko's status.
     pub fn set_upstream_status(&self, s: u16) {
         self.upstream_status.store(s, Ordering::Relaxed);
@@ -182,26 +175,6 @@ impl Context {
         self.accepts_gzip.load(Ordering::Relaxed)
     }
 
-    /// The verified user, if any.
-    pub fn user(&self) -> Option<&str> {
-        self.user.get().map(|u| &**u)
-    }
-    /// The calling app, if the token named one.
-    pub fn app(&self) -> Option<&str> {
-        self.app.get().map(|a| &**a)
-    }
-    /// The shard, once routed.
-    pub fn shard(&self) -> Option<&str> {
-        self.shard.get().map(|s| &**s)
-    }
-    /// How the cache handled the request, once known.
-    pub fn cache(&self) -> Option<CacheOutcome> {
-        self.cache.get().copied()
-    }
-    /// The gateway's error code, if it answered with one.
-    pub fn error(&self) -> Option<ErrorCode> {
-        self.error.get().copied()
-    }
     /// Cliniko's status, if Cliniko answered.
     pub fn upstream_status(&self) -> Option<u16> {
         Some(self.upstream_status.load(Ordering::Relaxed)).filter(|s| *s != 0)

@@ -68,7 +68,7 @@ fn render(e: GatewayError, ctx: Option<&Arc<RequestContext>>, panicked: bool) ->
         );
     }
     if let Some(c) = ctx {
-        c.set_error(e.error_code());
+        let _ = c.error.set(e.error_code());
     }
     e.into_response(ctx.map(|c| c.visible_id().as_str()))
 }
@@ -127,7 +127,7 @@ mod tests {
         req.extensions_mut().insert(ctx.clone());
         let resp = svc.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 403);
-        assert_eq!(ctx.error().map(|c| c.as_str()), Some("no_credential"));
+        assert_eq!(ctx.error.get().map(|c| c.as_str()), Some("no_credential"));
         let body = http_body_util::BodyExt::collect(resp.into_body())
             .await
             .unwrap()

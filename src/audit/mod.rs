@@ -76,15 +76,15 @@ impl Drop for Record {
             request_id = ctx.map(|c| c.id.as_str()),
             client_request_id = ctx.and_then(|c| c.client_id.as_ref()).map(|i| i.as_str()),
             client = ctx.and_then(|c| c.client_addr).map(tracing::field::display),
-            user = ctx.and_then(|c| c.user()),
-            app = ctx.and_then(|c| c.app()),
+            user = ctx.and_then(|c| c.user.get()).map(|u| &**u),
+            app = ctx.and_then(|c| c.app.get()).map(|a| &**a),
             method = self.method.as_str(),
             resource = r.kind,
             resource_id = r.id,
             sub_resource = r.sub,
             status = self.status,
-            code = ctx.and_then(|c| c.error()).map(|c| c.as_str()),
-            cache = ctx.and_then(|c| c.cache()).map(|c| c.as_str()),
+            code = ctx.and_then(|c| c.error.get()).map(|c| c.as_str()),
+            cache = ctx.and_then(|c| c.cache.get()).map(|c| c.as_str()),
         );
     }
 }
@@ -191,7 +191,9 @@ mod tests {
                     "u-1".into(),
                     crate::auth::app_of(claims.as_object().unwrap()).map(Into::into),
                 );
-                ctx.set_error(GatewayError::Forbidden { needed: "x".into() }.error_code());
+                let _ = ctx
+                    .error
+                    .set(GatewayError::Forbidden { needed: "x".into() }.error_code());
                 let r = slot.lock().unwrap().take().unwrap();
                 async move { Ok::<_, Infallible>(r) }
             }),

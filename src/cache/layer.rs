@@ -530,7 +530,7 @@ fn mark(mut resp: Response<Body>, how: CacheOutcome, age: Option<u64>) -> Respon
 /// Records the outcome for the access log, the audit and the span.
 fn note(ctx: Option<&Arc<RequestContext>>, how: CacheOutcome) {
     if let Some(c) = ctx {
-        c.set_cache(how);
+        let _ = c.cache.set(how);
     }
 }
 

@@ -108,7 +108,7 @@ impl BodyObserver for ServerSpan {}
 impl Drop for ServerSpan {
     fn drop(&mut self) {
         let span = self.cx.span();
-        if let Some(how) = self.ctx.as_ref().and_then(|c| c.cache()) {
+        if let Some(how) = self.ctx.as_ref().and_then(|c| c.cache.get()) {
             span.set_attribute(KeyValue::new("cliniko_gateway.cache", how.as_str()));
         }
         if !self.answered {

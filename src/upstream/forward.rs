@@ -67,7 +67,7 @@ impl Upstream {
             .router
             .base(&cred.shard)
             .ok_or(GatewayError::Internal)?;
-        ctx.set_shard(cred.shard.name());
+        let _ = ctx.shard.set(cred.shard.name());
 
         let (parts, body) = req.into_parts();
         let uri = upstream_uri(&base, &parts.uri)?;
