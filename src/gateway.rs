@@ -185,11 +185,7 @@ impl Gateway {
 
     /// Serves until SIGTERM/SIGINT (then drains); SIGHUP reloads the config and the key store.
     pub async fn run_until_signal(self, signals: Signals) -> std::io::Result<()> {
-        let Signals {
-            mut hup,
-            mut term,
-            mut int,
-        } = signals;
+        let Signals { mut hup, mut stop } = signals;
         loop {
             tokio::select! {
                 // In a task of its own: a reload waiting on a database must not delay a
@@ -198,8 +194,7 @@ impl Gateway {
                     let reloader = self.reloader.clone();
                     tokio::spawn(async move { reloader.reload(ReloadTrigger::Signal).await });
                 }
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+                _ = &mut stop => break,
             }
         }
         tracing::info!("shutdown signal received; draining");
@@ -212,8 +207,8 @@ impl Gateway {
 /// soon as `gateway listening` is logged reloads rather than kills the process.
 pub struct Signals {
     hup: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
+    /// SIGTERM or SIGINT (see [`stop_signal`]).
+    stop: futures_util::future::BoxFuture<'static, ()>,
 }
 
 impl Signals {
@@ -222,10 +217,22 @@ impl Signals {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Signals {
             hup: signal(SignalKind::hangup())?,
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
+            stop: Box::pin(stop_signal()?),
         })
     }
+}
+
+/// Takes over SIGTERM and SIGINT for this process now; resolves on the first of them.
+pub fn stop_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 /// The forwarder to Cliniko (routing, fixed headers, link rewriting towards our public base)

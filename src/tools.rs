@@ -78,24 +78,15 @@ pub async fn sandbox(args: SandboxArgs) -> ExitCode {
     };
     println!("{}", sb.base_url());
     tracing::info!(base_url = %sb.base_url(), addr = %sb.addr(), "sandbox listening");
-    if let Err(e) = until_signal().await {
-        eprintln!("signal handling failed: {e}");
-        return ExitCode::from(70);
+    match crate::gateway::stop_signal() {
+        Ok(stop) => stop.await,
+        Err(e) => {
+            eprintln!("signal handling failed: {e}");
+            return ExitCode::from(70);
+        }
     }
     sb.shutdown().await;
     ExitCode::SUCCESS
-}
-
-#[cfg(feature = "sandbox")]
-async fn until_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }
 
 /// `healthcheck`'s options.
