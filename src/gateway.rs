@@ -319,10 +319,10 @@ async fn fixed_parts(
     let (upstream, authority) = upstream(cfg, http.clone(), local_addr, metrics)?;
     let bus = crate::cache::CacheBus::new(credentials.clone());
     bus.configure(&cfg.redis);
-    let limits = crate::guard::Limits {
+    let limits = Arc::new(crate::guard::Limits {
         max_body: cfg.server.max_body_bytes,
         authority,
-    };
+    });
     let enrol = cfg
         .enrol
         .enabled

@@ -30,8 +30,9 @@ pub trait Readiness: Send + Sync + 'static {
 /// Local routes, request-target checks and the body limit.
 #[derive(Clone)]
 pub struct GuardLayer {
-    /// What requests are checked against.
-    pub limits: Limits,
+    /// What requests are checked against (shared: the layer is cloned with the stack for
+    /// every request).
+    pub limits: Arc<Limits>,
     /// What `/readyz` answers.
     pub readiness: Arc<dyn Readiness>,
 }

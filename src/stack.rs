@@ -39,7 +39,7 @@ pub struct Fixed {
     /// Whether `/readyz` says ready.
     pub readiness: Arc<dyn Readiness>,
     /// What the guard checks against.
-    pub limits: crate::guard::Limits,
+    pub limits: Arc<crate::guard::Limits>,
     /// Request metrics, recorded where the access line is written (`None`: not recorded).
     pub metrics: Option<Arc<crate::metrics::HttpMetrics>>,
     /// Trace export (`None`: off, and the trace layer is not in the stack at all).

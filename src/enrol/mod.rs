@@ -49,12 +49,12 @@ pub type Verify = BoxCloneSyncService<Request<Body>, Response<Body>, GatewayErro
 pub struct Enrol {
     credentials: Arc<Credentials>,
     grant: String,
-    limits: Limits,
+    limits: Arc<Limits>,
 }
 
 impl Enrol {
     /// Enrolment into `credentials` for callers carrying `grant`.
-    pub fn new(credentials: Arc<Credentials>, grant: &str, limits: Limits) -> Arc<Enrol> {
+    pub fn new(credentials: Arc<Credentials>, grant: &str, limits: Arc<Limits>) -> Arc<Enrol> {
         Arc::new(Enrol {
             credentials,
             grant: grant.to_string(),
