@@ -102,13 +102,10 @@ paths = ["/v1"]
     .collect());
     let cfg = load_str(&text, dir.path(), &env)?;
     let master = cfg.keystore.master_key.as_ref().ok_or("no master key")?;
-    credentials::add_key(
-        &cfg.keystore.path,
-        master,
-        DEMO_USER,
-        &ApiKey::new(api_key),
-        None,
-    )?;
+    let demo = credentials::NewKey::new(DEMO_USER, ApiKey::new(api_key), None);
+    (credentials::Backend::file(cfg.keystore.path.clone()))
+        .add(master, demo)
+        .await?;
     let secret = SecretSlice::from(hmac.into_bytes());
     let token = mint_hs(
         &secret,

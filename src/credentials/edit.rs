@@ -10,7 +10,7 @@
 use super::new_key::{AddOutcome, NewKey};
 use super::{
     ApiKey, KeyStore, KeyStoreError, crypto,
-    file::{self, Document, Edited, KeyEntry},
+    file::{Document, Edited, KeyEntry},
     store::{Integrity, integrity},
 };
 use crate::config::MasterKey;
@@ -21,7 +21,7 @@ use std::{
     path::Path,
 };
 
-/// One row of [`list`].
+/// One row of [`super::Backend::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedUser {
     /// The user name (the JWT claim value).
@@ -36,34 +36,10 @@ pub struct ListedUser {
     pub cliniko_user: Option<String>,
 }
 
-/// Maps `user` to `key` (creating the file if needed), replacing any previous mapping.
-///
-/// The same key already stored is reused; `cliniko_user`, when given, (re)labels the key.
-pub fn add_key(
-    path: &Path,
-    master: &MasterKey,
-    user: &str,
-    key: &ApiKey,
-    cliniko_user: Option<&str>,
-) -> Result<AddOutcome, KeyStoreError> {
-    let one = NewKey::new(user, key.clone(), cliniko_user);
-    let mut done = add_keys(path, master, &[one])?;
-    Ok(done.remove(0))
-}
-
-/// [`add_key`] for many mappings in one signed write (`keys import`): every mapping is checked
-/// before anything is written, so a bad line leaves the file as it was.
-pub fn add_keys(
-    path: &Path,
-    master: &MasterKey,
-    mappings: &[NewKey],
-) -> Result<Vec<AddOutcome>, KeyStoreError> {
-    file::edit(path, master.expose_secret(), |doc| {
-        add_all(doc, path, master, mappings)
-    })
-}
-
-/// [`add_keys`] on a document in memory (`None`: no store yet); the caller signs and writes.
+/// Maps each `user` to its key, replacing any previous mapping, on a document in memory
+/// (`None`: no store yet); the caller signs and writes. The same key already stored is reused;
+/// a `cliniko_user`, when given, (re)labels the key. Every mapping is checked before anything
+/// changes, so a bad one leaves the store as it was.
 pub(super) fn add_all(
     existing: Option<Document>,
     place: &Path,
@@ -143,18 +119,8 @@ fn reuse(doc: &mut Document, id: String, m: &NewKey) -> Result<String, KeyStoreE
     Ok(id)
 }
 
-/// Removes `user`; `Ok(false)` when the user had no key. Keys left unreferenced are dropped.
-pub fn remove_user(path: &Path, master: &MasterKey, user: &str) -> Result<bool, KeyStoreError> {
-    file::edit(path, master.expose_secret(), |doc| {
-        let doc = doc.ok_or_else(|| KeyStoreError::NotFound {
-            path: path.to_path_buf(),
-        })?;
-        remove_from(Some(doc), path, master, user)
-    })
-}
-
-/// [`remove_user`] in memory: `false` (nothing to write) when there is no store or the user
-/// had no key.
+/// Removes `user` from a document in memory (keys left unreferenced are dropped): `false`
+/// (nothing to write) when there is no store or the user had no key.
 pub(super) fn remove_from(
     doc: Option<Document>,
     place: &Path,
@@ -210,12 +176,8 @@ pub(super) fn resealed(
     Ok(((done != Resealed::AlreadySigned).then_some(doc), done))
 }
 
-/// Every user with their key's id, fingerprint, shard and label, sorted by user.
-pub fn list(path: &Path, master: &MasterKey) -> Result<Vec<ListedUser>, KeyStoreError> {
-    Ok(rows(&KeyStore::load(path, master)?))
-}
-
-/// The rows of [`list`] for a loaded store.
+/// Every user of a loaded store with their key's id, fingerprint, shard and label, sorted by
+/// user.
 pub(super) fn rows(store: &KeyStore) -> Vec<ListedUser> {
     let mut rows: Vec<ListedUser> = store
         .users()

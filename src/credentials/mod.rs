@@ -50,7 +50,7 @@
 //! [`Backend::reseal`] (`keys reseal`) has signed it; the other edits refuse it too, so nothing signs an
 //! unreviewed file by the way.
 //!
-//! Edits ([`add_key`], [`remove_user`], [`Backend::reseal`]) check the master key against every
+//! Edits ([`Backend::add`], [`Backend::remove`], [`Backend::reseal`]) check the master key against every
 //! existing entry and the MAC first, then sign and replace the file atomically (temp file with
 //! mode 0600 in the same directory, fsync, rename). A running gateway picks the change up on
 //! [`Credentials::reload`] (SIGHUP or the file watch).
@@ -77,7 +77,7 @@ impl std::fmt::Debug for CredentialId {
 
 pub use backend::Backend;
 pub use crypto::{fingerprint, generate_master_key};
-pub use edit::{ListedUser, Resealed, add_key, add_keys, list, remove_user};
+pub use edit::{ListedUser, Resealed};
 pub use live::Credentials;
 pub use new_key::{AddOutcome, NewKey, check_api_key, key_shaped};
 pub use store::KeyStore;
@@ -95,7 +95,7 @@ pub const MAX_USER_BYTES: usize = 256;
 pub struct ApiKey(SecretString);
 
 impl ApiKey {
-    /// Wraps a key (no validation; [`add_key`] validates).
+    /// Wraps a key (no validation; [`NewKey::check`] validates).
     pub fn new(key: String) -> ApiKey {
         ApiKey(SecretString::from(key))
     }
@@ -612,6 +612,28 @@ mod tests {
 
     fn reseal(path: &Path, m: &MasterKey, accept_edits: bool) -> Result<Resealed, KeyStoreError> {
         run(Backend::file(path.to_path_buf()).reseal(m, accept_edits))
+    }
+
+    /// `keys add` on the file store at `path`.
+    fn add_key(
+        path: &Path,
+        m: &MasterKey,
+        user: &str,
+        key: &ApiKey,
+        cliniko_user: Option<&str>,
+    ) -> Result<AddOutcome, KeyStoreError> {
+        let new = NewKey::new(user, key.clone(), cliniko_user);
+        run(Backend::file(path.to_path_buf()).add(m, new))
+    }
+
+    /// `keys remove` on the file store at `path`.
+    fn remove_user(path: &Path, m: &MasterKey, user: &str) -> Result<bool, KeyStoreError> {
+        run(Backend::file(path.to_path_buf()).remove(m, user))
+    }
+
+    /// `keys list` on the file store at `path`.
+    fn list(path: &Path, m: &MasterKey) -> Result<Vec<ListedUser>, KeyStoreError> {
+        run(Backend::file(path.to_path_buf()).list(m))
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::upstream::Shard;
 /// Longest accepted API key in bytes (Cliniko keys are far shorter; this catches paste accidents).
 const MAX_KEY_BYTES: usize = 1024;
 
-/// What [`add_key`] did.
+/// What [`super::Backend::add`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddOutcome {
     /// The id of the user's key in the file.

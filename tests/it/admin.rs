@@ -1,7 +1,7 @@
 //! The admin listener: its own port, its own token; purges, reload, key listing.
 
 use crate::support::*;
-use cliniko_gateway::credentials::{self, ApiKey};
+use cliniko_gateway::credentials::ApiKey;
 use http::Method;
 
 async fn start() -> Harness {
@@ -89,7 +89,7 @@ async fn reload_picks_up_new_users_and_refuses_a_broken_file() {
     assert_eq!(h.get_as("erin", "/v1/patients").await.status, 403);
     let master = cliniko_gateway::config::parse_master_key(MASTER).unwrap();
     let store = h.dir().join("keys.json");
-    credentials::add_key(
+    add_key(
         &store,
         &master,
         "erin",

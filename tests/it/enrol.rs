@@ -105,7 +105,7 @@ async fn enrol_then_the_next_request_uses_the_new_key_and_delete_means_no_creden
     assert_eq!(last.header("authorization"), Some(basic(KEY_DAVE).as_str()));
     // Stored sealed, labelled with the Cliniko user's id (its budget), created by enrolment.
     let master = cliniko_gateway::config::parse_master_key(MASTER).unwrap();
-    let rows = credentials::list(&h.dir().join("keys.json"), &master).unwrap();
+    let rows = list_keys(&h.dir().join("keys.json"), &master).unwrap();
     assert_eq!(rows.len(), 1);
     let label = rows[0].cliniko_user.clone().expect("labelled");
     assert!(

@@ -2,7 +2,7 @@
 //! `check-config` redacts secrets. Each test runs `cliniko-gateway` as a child process.
 
 use crate::support::*;
-use cliniko_gateway::credentials::{self, ApiKey};
+use cliniko_gateway::credentials::ApiKey;
 use cliniko_gateway::sandbox::{Fault, Sandbox, SandboxOptions};
 use std::process::Stdio;
 use std::time::Duration;
@@ -89,7 +89,7 @@ async fn sighup_reloads_the_key_store_without_a_restart() {
     let mut p = spawn(&sb, &[("alice", KEY_ALICE)]).await;
     assert_eq!(get(&p.base, "erin", "/v1/patients").await.0, 403);
     let master = cliniko_gateway::config::parse_master_key(MASTER).unwrap();
-    credentials::add_key(
+    add_key(
         &p.dir.path().join("keys.json"),
         &master,
         "erin",

@@ -6,11 +6,11 @@
 //! file is reloaded and a bad one refused.
 
 use crate::support::{
-    ChildLogs, HMAC, KEY_ALICE, MASTER, RedisServer, account, plain_client, sample, signal,
-    token_scoped,
+    ChildLogs, HMAC, KEY_ALICE, MASTER, RedisServer, account, add_key, plain_client, sample,
+    signal, token_scoped,
 };
 use bytes::Bytes;
-use cliniko_gateway::credentials::{self, ApiKey};
+use cliniko_gateway::credentials::ApiKey;
 use cliniko_gateway::sandbox::{Sandbox, SandboxOptions};
 use http_body_util::{BodyExt, Full};
 use std::path::{Path, PathBuf};
@@ -34,7 +34,7 @@ fn secrets_dir(sb: &Sandbox, users: &[&str]) -> tempfile::TempDir {
     std::fs::write(p.join("ca.pem"), sb.ca_pem()).unwrap();
     let master = cliniko_gateway::config::parse_master_key(MASTER).unwrap();
     for u in users {
-        credentials::add_key(
+        add_key(
             &p.join("keys.json"),
             &master,
             u,
@@ -293,7 +293,7 @@ async fn a_changed_key_store_file_is_reloaded_and_a_bad_one_refused() {
 
     // `keys add` writes a new file (temp + rename); no signal is sent.
     let master = cliniko_gateway::config::parse_master_key(MASTER).unwrap();
-    credentials::add_key(
+    add_key(
         &secrets.path().join("keys.json"),
         &master,
         "erin",

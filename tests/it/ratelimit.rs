@@ -8,13 +8,13 @@
 //! `wait_for_requests` and `RateLimits::wait_for_pauses`, never with sleeps.
 
 use crate::support::{
-    HMAC, KEY_ALICE, KEY_DAVE, MASTER, RedisServer, account, plain_client, token,
+    HMAC, KEY_ALICE, KEY_DAVE, MASTER, RedisServer, account, add_key, plain_client, token,
 };
 use bytes::Bytes;
 use cliniko_gateway::Gateway;
 use cliniko_gateway::auth::mint::mint_hs;
 use cliniko_gateway::config::{Env, load_str};
-use cliniko_gateway::credentials::{self, ApiKey};
+use cliniko_gateway::credentials::ApiKey;
 use cliniko_gateway::ratelimit::RateLimits;
 use cliniko_gateway::sandbox::{Fault, Recorded, Sandbox, SandboxOptions, TestPki};
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -148,7 +148,7 @@ format = "text"
             if i == 0 {
                 let master = cfg.keystore.master_key.as_ref().unwrap();
                 for (user, key, label) in &users {
-                    credentials::add_key(
+                    add_key(
                         &cfg.keystore.path,
                         master,
                         user,

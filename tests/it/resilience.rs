@@ -339,7 +339,7 @@ async fn a_bad_key_store_at_start_is_a_clear_exit_64() {
 
     std::fs::remove_file(&store).unwrap();
     let master = cliniko_gateway::config::parse_master_key(MASTER).unwrap();
-    cliniko_gateway::credentials::add_key(
+    add_key(
         &store,
         &master,
         "alice",

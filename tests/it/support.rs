@@ -635,7 +635,7 @@ pub fn process_config_dir(
     std::fs::write(dir.path().join("gw.toml"), cfg).unwrap();
     let master = cliniko_gateway::config::parse_master_key(MASTER).unwrap();
     for (user, key) in users {
-        credentials::add_key(
+        add_key(
             &dir.path().join("keys.json"),
             &master,
             user,
@@ -645,6 +645,51 @@ pub fn process_config_dir(
         .unwrap();
     }
     dir
+}
+
+/// Runs a key-store future to completion from sync or async code alike: on a thread of its
+/// own with its own runtime (a test's runtime may not be blocked on, nor nested).
+fn on_own_runtime<T: Send>(f: impl std::future::Future<Output = T> + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f)
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// `keys add` on the file store at `path`.
+pub fn add_key(
+    path: &std::path::Path,
+    master: &cliniko_gateway::config::MasterKey,
+    user: &str,
+    key: &ApiKey,
+    cliniko_user: Option<&str>,
+) -> Result<credentials::AddOutcome, credentials::KeyStoreError> {
+    let new = credentials::NewKey::new(user, key.clone(), cliniko_user);
+    on_own_runtime(credentials::Backend::file(path.to_path_buf()).add(master, new))
+}
+
+/// `keys remove` on the file store at `path`.
+pub fn remove_user(
+    path: &std::path::Path,
+    master: &cliniko_gateway::config::MasterKey,
+    user: &str,
+) -> Result<bool, credentials::KeyStoreError> {
+    on_own_runtime(credentials::Backend::file(path.to_path_buf()).remove(master, user))
+}
+
+/// `keys list` on the file store at `path`.
+pub fn list_keys(
+    path: &std::path::Path,
+    master: &cliniko_gateway::config::MasterKey,
+) -> Result<Vec<credentials::ListedUser>, credentials::KeyStoreError> {
+    on_own_runtime(credentials::Backend::file(path.to_path_buf()).list(master))
 }
 
 /// The value of one Prometheus sample line `name{labels} value` (0 when absent).

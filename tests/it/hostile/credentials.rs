@@ -3,7 +3,7 @@
 
 use super::*;
 use bytes::Bytes;
-use cliniko_gateway::credentials::{self, ApiKey, Credential, KeyStore};
+use cliniko_gateway::credentials::{ApiKey, Credential, KeyStore};
 use http::Method;
 use http_body_util::{BodyExt, Full};
 
@@ -34,7 +34,7 @@ fn a_crafted_shard_suffix_is_refused_when_added_and_when_loaded() {
         "key-",
         "key-au123",
     ] {
-        let err = credentials::add_key(
+        let err = add_key(
             &path,
             &master,
             "mallory",
@@ -51,7 +51,7 @@ fn a_crafted_shard_suffix_is_refused_when_added_and_when_loaded() {
         }
     }
     // A hand-edited store that claims another shard for a real key is refused as a whole.
-    credentials::add_key(
+    add_key(
         &path,
         &master,
         "alice",
@@ -96,7 +96,7 @@ async fn unknown_users_and_removed_keys_get_403_and_nothing_upstream() {
     let token = format!("Bearer {}", h.token("carol"));
     assert_eq!(h.get_with_auth(&token, "/v1/patients").await.status, 200);
     let master = cliniko_gateway::config::parse_master_key(MASTER).unwrap();
-    assert!(credentials::remove_user(&h.dir().join("keys.json"), &master, "carol").unwrap());
+    assert!(remove_user(&h.dir().join("keys.json"), &master, "carol").unwrap());
     assert_eq!(reload(&h).await, 200);
     let before = h.upstream_hits();
     let got = h.get_with_auth(&token, "/v1/patients").await;

@@ -179,7 +179,7 @@ async fn a_user_map_edited_while_serving_is_refused_and_the_old_store_keeps_serv
     let store = dir.path().join("keys.json");
     let master = cliniko_gateway::config::parse_master_key(MASTER).unwrap();
     let key = cliniko_gateway::credentials::ApiKey::new(KEY_ALICE.into());
-    cliniko_gateway::credentials::add_key(&store, &master, "frank", &key, None).unwrap();
+    add_key(&store, &master, "frank", &key, None).unwrap();
     gw.logs.wait_line("key store reloaded").await;
     assert_eq!(get(&gw.base, "frank", "/v1/patients").await.0, 200);
 
