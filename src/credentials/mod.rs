@@ -405,7 +405,7 @@ mod tests {
         let out = add_key(&path, &m, "alice", &key(KEY_A), Some("dr-smith")).unwrap();
         assert!(out.created_file && !out.reused_key);
         assert_eq!(out.shard.as_str(), "uk2");
-        let store = KeyStore::load(&path, &m).unwrap();
+        let store = load(&path, &m).unwrap();
         assert_eq!(store.len(), 1);
         let c = store.get("alice").unwrap();
         assert_eq!(c.key.expose(), KEY_A);
@@ -430,7 +430,7 @@ mod tests {
         assert!(b.reused_key && !b.created_file);
         assert_eq!(a.key_id, b.key_id);
         assert_eq!(json(&path)["keys"].as_object().unwrap().len(), 1);
-        let store = KeyStore::load(&path, &m).unwrap();
+        let store = load(&path, &m).unwrap();
         assert_eq!((store.len(), store.keys().count()), (2, 1));
         let (ca, cb) = (store.get("alice").unwrap(), store.get("bob").unwrap());
         assert!(Arc::ptr_eq(&ca, &cb), "shared keys share one Credential");
@@ -440,7 +440,7 @@ mod tests {
     fn wrong_master_key_is_a_decrypt_error_naming_the_key() {
         let (_d, path, m) = setup();
         let out = add_key(&path, &m, "alice", &key(KEY_A), None).unwrap();
-        let err = KeyStore::load(&path, &master(2)).unwrap_err();
+        let err = load(&path, &master(2)).unwrap_err();
         assert!(matches!(&err, KeyStoreError::Decrypt { key_id } if *key_id == out.key_id));
         let msg = err.to_string();
         assert!(
@@ -475,7 +475,7 @@ mod tests {
             base64::engine::general_purpose::STANDARD.encode(raw).into();
         fs::write(&path, v.to_string()).unwrap();
         assert!(matches!(
-            KeyStore::load(&path, &m),
+            load(&path, &m),
             Err(KeyStoreError::Decrypt { key_id }) if key_id == out.key_id
         ));
     }
@@ -490,7 +490,7 @@ mod tests {
         v["users"]["alice"] = "aaaaaaaaaaaa".into();
         fs::write(&path, v.to_string()).unwrap();
         assert!(matches!(
-            KeyStore::load(&path, &m),
+            load(&path, &m),
             Err(KeyStoreError::Decrypt { key_id }) if key_id == "aaaaaaaaaaaa"
         ));
     }
@@ -533,7 +533,7 @@ mod tests {
             "keys": { "k1": { "shard": "evil.com", "fingerprint": "x", "cliniko_user": null, "sealed": sealed } },
             "users": { "alice": "k1" } });
         fs::write(&path, doc.to_string()).unwrap();
-        let err = KeyStore::load(&path, &m).unwrap_err();
+        let err = load(&path, &m).unwrap_err();
         assert!(matches!(&err, KeyStoreError::BadShard { key_id } if key_id == "k1"));
         assert!(!err.to_string().contains("topsecret"));
     }
@@ -631,6 +631,11 @@ mod tests {
         run(Backend::file(path.to_path_buf()).remove(m, user))
     }
 
+    /// The file store at `path`, loaded as a gateway loads it (a missing file is an error).
+    fn load(path: &Path, m: &MasterKey) -> Result<KeyStore, KeyStoreError> {
+        run(Backend::file(path.to_path_buf()).load(m, false)).map(|(store, _)| store)
+    }
+
     /// `keys list` on the file store at `path`.
     fn list(path: &Path, m: &MasterKey) -> Result<Vec<ListedUser>, KeyStoreError> {
         run(Backend::file(path.to_path_buf()).list(m))
@@ -684,14 +689,11 @@ mod tests {
         let mut v = original.clone();
         v["keys"][&out.key_id]["fingerprint"] = "sha256:0000000000000000".into();
         fs::write(&path, v.to_string()).unwrap();
-        assert!(matches!(
-            KeyStore::load(&path, &m),
-            Err(KeyStoreError::Format { .. })
-        ));
+        assert!(matches!(load(&path, &m), Err(KeyStoreError::Format { .. })));
         let mut v = original;
         v["users"]["bob"] = "nokey".into();
         fs::write(&path, v.to_string()).unwrap();
-        let err = KeyStore::load(&path, &m).unwrap_err();
+        let err = load(&path, &m).unwrap_err();
         assert!(err.to_string().contains("\"nokey\""), "{err}");
     }
 
@@ -775,7 +777,7 @@ mod tests {
             let mut v = original.clone();
             edit(&mut v, &alice_id);
             write_json(&path, &v);
-            let err = KeyStore::load(&path, &m).unwrap_err();
+            let err = load(&path, &m).unwrap_err();
             assert!(
                 matches!(err, KeyStoreError::Tampered { .. }),
                 "{name}: {err}"
@@ -798,7 +800,7 @@ mod tests {
         let mut compact = original.to_string();
         compact.push_str("\n\n");
         fs::write(&path, compact).unwrap();
-        assert_eq!(KeyStore::load(&path, &m).unwrap().len(), 2);
+        assert_eq!(load(&path, &m).unwrap().len(), 2);
     }
 
     #[test]
@@ -809,7 +811,7 @@ mod tests {
         v["version"] = 1.into();
         v.as_object_mut().unwrap().remove("mac");
         write_json(&path, &v);
-        let err = KeyStore::load(&path, &m).unwrap_err();
+        let err = load(&path, &m).unwrap_err();
         assert!(matches!(err, KeyStoreError::Unsigned { .. }), "{err}");
         assert!(err.to_string().contains("keys reseal"), "{err}");
         assert!(matches!(
@@ -830,7 +832,7 @@ mod tests {
         let after = json(&path);
         assert_eq!(after["version"], 2);
         assert_eq!(after["users"], v["users"]);
-        assert_eq!(KeyStore::load(&path, &m).unwrap().len(), 1);
+        assert_eq!(load(&path, &m).unwrap().len(), 1);
         assert_eq!(reseal(&path, &m, false).unwrap(), Resealed::AlreadySigned);
     }
 
@@ -845,12 +847,9 @@ mod tests {
             reseal(&path, &m, false),
             Err(KeyStoreError::Tampered { .. })
         ));
-        assert!(
-            KeyStore::load(&path, &m).is_err(),
-            "a refusal writes nothing"
-        );
+        assert!(load(&path, &m).is_err(), "a refusal writes nothing");
         assert_eq!(reseal(&path, &m, true).unwrap(), Resealed::AcceptedEdits);
-        let store = KeyStore::load(&path, &m).unwrap();
+        let store = load(&path, &m).unwrap();
         assert_eq!(store.get("bob").unwrap().key.expose(), KEY_A);
     }
 

@@ -22,11 +22,6 @@ pub struct KeyStore {
 }
 
 impl KeyStore {
-    /// Loads and decrypts `path`; a missing file is an error.
-    pub fn load(path: &Path, master: &MasterKey) -> Result<KeyStore, KeyStoreError> {
-        KeyStore::from_stored(path, file::read(path)?.as_ref(), master, false)
-    }
-
     /// The store a stored document holds; nothing stored is [`KeyStoreError::NotFound`], or
     /// an empty store when `missing_ok`.
     pub(super) fn from_stored(

@@ -684,6 +684,15 @@ pub fn remove_user(
     on_own_runtime(credentials::Backend::file(path.to_path_buf()).remove(master, user))
 }
 
+/// The file store at `path`, loaded as a gateway loads it (a missing file is an error).
+pub fn load_keys(
+    path: &std::path::Path,
+    master: &cliniko_gateway::config::MasterKey,
+) -> Result<credentials::KeyStore, credentials::KeyStoreError> {
+    let store = credentials::Backend::file(path.to_path_buf());
+    on_own_runtime(store.load(master, false)).map(|(store, _)| store)
+}
+
 /// `keys list` on the file store at `path`.
 pub fn list_keys(
     path: &std::path::Path,

@@ -3,7 +3,7 @@
 
 use super::*;
 use bytes::Bytes;
-use cliniko_gateway::credentials::{ApiKey, Credential, KeyStore};
+use cliniko_gateway::credentials::{ApiKey, Credential};
 use http::Method;
 use http_body_util::{BodyExt, Full};
 
@@ -62,7 +62,7 @@ fn a_crafted_shard_suffix_is_refused_when_added_and_when_loaded() {
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains("\"au1\""));
     std::fs::write(&path, text.replace("\"au1\"", "\"evil.example\"")).unwrap();
-    let e = KeyStore::load(&path, &master)
+    let e = load_keys(&path, &master)
         .map(|_| ())
         .expect_err("tampered store loaded");
     assert!(e.to_string().contains("shard"), "{e}");
