@@ -184,6 +184,11 @@ impl Tracker {
             self.give_up(edit, at);
             return end_of_input;
         }
+        if old == 0 {
+            // The whole head came in this read (the common case): parsed where it lies.
+            self.complete_head(edit, (at, at + used), &data[..used], 0);
+            return at + used;
+        }
         self.head.extend_from_slice(&data[..used]);
         let head = std::mem::take(&mut self.head);
         self.complete_head(edit, (at, at + used), &head, old);
@@ -766,6 +771,30 @@ mod tests {
         t.feed(&[b'\n'; 51], &mut Vec::new());
         assert!(t.head.is_empty());
         assert_eq!(t.state, State::Body(50));
+    }
+
+    #[test]
+    fn a_head_that_came_whole_is_parsed_in_place() {
+        let mut t = Tracker::new(MAX_HEAD, 100);
+        let mut out = Vec::new();
+        let input = b"POST /v1/a<b HTTP/1.1\r\nContent-Length: 2\r\n\r\nhiGET /x HTTP/1.1\r\n\
+            Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(t.feed(input, &mut out));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /v1/a%3Cb HTTP/1.1\r\nContent-Length: 2\r\n\r\nhiGET /x HTTP/1.1\r\n\
+             Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        let seen = t.seen();
+        assert_eq!(
+            (seen.requests, seen.bad_target, seen.ambiguous),
+            (2, Some(0), Some(1))
+        );
+        assert_eq!(
+            t.head.capacity(),
+            0,
+            "nothing was copied into the head buffer"
+        );
     }
 
     #[test]
