@@ -23,11 +23,6 @@ pub enum Class {
     Batch,
 }
 
-impl Class {
-    /// Both classes, in the order they are served.
-    pub const ALL: [Class; 2] = [Class::Interactive, Class::Batch];
-}
-
 settings! {
     /// One app's (or group's) share: its class, and its weight within the class.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
