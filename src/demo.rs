@@ -115,7 +115,7 @@ paths = ["/v1"]
         serde_json::Map::new(),
     )?;
     let gateway = Gateway::bind_and_start(cfg).await?;
-    let base = format!("http://{}", gateway.local_addr());
+    let base = format!("http://{}", gateway.local_addr);
     Ok(Demo {
         gateway,
         sandbox,

@@ -35,17 +35,21 @@ pub enum StartError {
 
 /// A running gateway.
 pub struct Gateway {
-    local_addr: SocketAddr,
+    /// The address actually bound.
+    pub local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     /// The accept loops (public, and admin when on); each drains its own connections.
     tasks: Vec<JoinHandle<()>>,
     readiness: Arc<GatewayReadiness>,
     shutdown_delay: std::time::Duration,
-    admin_addr: Option<SocketAddr>,
+    /// The admin listener's address, when enabled.
+    pub admin_addr: Option<SocketAddr>,
     reloader: Arc<Reloader>,
-    metrics: Arc<Metrics>,
+    /// The metrics registry (what `/metrics` renders).
+    pub metrics: Arc<Metrics>,
     telemetry: Option<Arc<crate::telemetry::Telemetry>>,
-    bus: Arc<crate::cache::CacheBus>,
+    /// The cache invalidation bus (for its counters).
+    pub cache_bus: Arc<crate::cache::CacheBus>,
 }
 
 impl Gateway {
@@ -113,7 +117,7 @@ impl Gateway {
             reloader,
             metrics,
             telemetry,
-            bus,
+            cache_bus: bus,
         })
     }
 
@@ -129,21 +133,6 @@ impl Gateway {
         self.reloader.current()
     }
 
-    /// The admin listener's address, when enabled.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_addr
-    }
-
-    /// The cache invalidation bus (for its counters).
-    pub fn cache_bus(&self) -> &Arc<crate::cache::CacheBus> {
-        &self.bus
-    }
-
-    /// The address actually bound.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
     /// Re-reads the key store (file I/O and decryption off the async threads); on error the
     /// old store keeps serving.
     pub async fn reload_credentials(&self) -> Result<usize, KeyStoreError> {
@@ -154,11 +143,6 @@ impl Gateway {
     /// and the key store; each part that fails keeps serving its previous state.
     pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
         self.reloader.reload(ReloadTrigger::Signal).await
-    }
-
-    /// The metrics registry (what `/metrics` renders).
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
     }
 
     /// Fails readiness, waits `shutdown_delay`, stops accepting, and waits for in-flight
@@ -175,7 +159,8 @@ impl Gateway {
             let _ = t.await;
         }
         // Stops its Redis tasks (an in-process gateway must not outlive its shutdown).
-        self.bus.configure(&crate::config::RedisConfig::default());
+        self.cache_bus
+            .configure(&crate::config::RedisConfig::default());
         if let Some(t) = self.telemetry {
             // Exports what is still queued; blocking, so off the async threads.
             let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;

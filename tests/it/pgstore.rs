@@ -109,7 +109,7 @@ async fn two_gateways_on_one_database_see_each_others_changes_within_the_stated_
     // Both replicas' users gauge follows, the writer's too (its own notification).
     for h in [&a, &b] {
         let counted = within(STATED, || async {
-            let text = h.gateway().metrics().render().await.unwrap();
+            let text = h.gateway().metrics.render().await.unwrap();
             text.contains("cliniko_gateway_keystore_users 2")
         })
         .await;

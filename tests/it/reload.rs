@@ -19,7 +19,7 @@ fn with_sections(extra: &str) -> Setup {
 }
 
 async fn metrics_text(h: &Harness) -> String {
-    h.gateway().metrics().render().await.unwrap()
+    h.gateway().metrics.render().await.unwrap()
 }
 
 #[tokio::test]
@@ -549,7 +549,7 @@ async fn a_changed_redis_section_rebuilds_the_key_budgets_and_moves_the_cache_bu
         return;
     };
     let h = Harness::start(Setup::default()).await;
-    let bus = h.gateway().cache_bus().clone();
+    let bus = h.gateway().cache_bus.clone();
     assert_eq!(bus.subscribed(), None, "no Redis, no bus");
     assert_eq!(h.get_as("alice", "/v1/user").await.status, 200);
     h.edit_config(|t| format!("{t}[redis]\nurl = \"{}\"\nprefix = \"gw-one\"\n", redis.url));

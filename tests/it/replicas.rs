@@ -415,7 +415,7 @@ async fn a_replica_that_does_not_hold_the_purged_key_drops_its_whole_cache() {
     };
     let (a, b) = (replica(KEY_ALICE).await, replica(KEY_DAVE).await);
     for h in [&a, &b] {
-        let bus = h.gateway().cache_bus();
+        let bus = &h.gateway().cache_bus;
         eventually("subscribed", || async { bus.subscribed() == Some(true) }).await;
     }
     b.get_as("dave", "/v1/patients?per_page=1").await;
@@ -430,7 +430,7 @@ async fn a_replica_that_does_not_hold_the_purged_key_drops_its_whole_cache() {
     assert_eq!(status, 200, "{body}");
     let cache = b.cache();
     eventually("emptied", || async { cache.entry_count().await == 0 }).await;
-    let stats = b.gateway().cache_bus().stats();
+    let stats = b.gateway().cache_bus.stats();
     assert_eq!(stats.received.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
@@ -564,7 +564,7 @@ async fn a_write_to_a_prefix_no_rule_caches_keeps_fills_in_flight() {
     s.overrides
         .push(("CLINIKO_GATEWAY__REDIS__URL", redis.url.clone()));
     let h = Harness::start(s).await;
-    let bus = h.gateway().cache_bus();
+    let bus = &h.gateway().cache_bus;
     eventually("subscribed", || async { bus.subscribed() == Some(true) }).await;
     let sb = h.sandbox("au1");
     let path = format!("/v1/patients/{}", seeded_patient_id(0, 2));

@@ -212,7 +212,7 @@ async fn two_flooding_apps_share_the_budget_by_weight() {
     assert_three_to_one(sync, export, "one gateway");
     assert_within_budget(&arrivals(&rig), 50.0, 1);
     // The same figures are on /metrics, under the configured names.
-    let text = rig.gws[0].metrics().render().await.unwrap();
+    let text = rig.gws[0].metrics.render().await.unwrap();
     for app in ["nightly-sync", "export"] {
         let series = format!("cliniko_gateway_ratelimit_app_admitted_total{{app=\"{app}\"}} ");
         assert!(text.contains(&series), "no {series} in /metrics");

@@ -254,7 +254,7 @@ format = "text"
         let addr = self
             .gw
             .as_ref()
-            .and_then(|g| g.admin_addr())
+            .and_then(|g| g.admin_addr)
             .expect("admin enabled");
         format!("http://{addr}")
     }

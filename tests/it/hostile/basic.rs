@@ -91,7 +91,7 @@ async fn a_cliniko_key_sent_to_the_gateway_is_refused_counted_and_never_forwarde
         assert!(!got.text().contains(KEY_ALICE) && !got.text().contains(unknown));
     }
     assert_eq!(h.upstream_hits(), 0, "a key was passed through");
-    let metrics = h.gateway().metrics().render().await.unwrap();
+    let metrics = h.gateway().metrics.render().await.unwrap();
     assert!(
         metrics.contains(&format!(
             "cliniko_gateway_auth_cliniko_keys_refused_total {}",

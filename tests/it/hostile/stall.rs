@@ -41,7 +41,7 @@ pub fn setup(send_timeout: Duration, extra: &[(&'static str, &str)]) -> Setup {
 
 /// A metric's value from the gateway's registry (`name` includes its labels), 0 when absent.
 pub async fn metric(h: &Harness, name: &str) -> f64 {
-    let text = h.gateway().metrics().render().await.unwrap();
+    let text = h.gateway().metrics.render().await.unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
