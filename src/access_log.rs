@@ -9,7 +9,7 @@
 use crate::body::{Body, BodyObserver, observe};
 use crate::context::Context as RequestContext;
 use crate::metrics::{HttpMetrics, RouteClass, method_label};
-use crate::step::{Answer, Inner, Wrap, Wrapped};
+use crate::step::{Answer, Inner, Wrap};
 use http::{Method, Request};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,13 +26,6 @@ impl AccessLogLayer {
     /// Logs every request and, when given, records request metrics.
     pub fn new(metrics: Option<Arc<HttpMetrics>>) -> AccessLogLayer {
         AccessLogLayer { metrics }
-    }
-}
-
-impl<S> tower::Layer<S> for AccessLogLayer {
-    type Service = Wrapped<S, AccessLogLayer>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Wrapped::new(inner, self.clone())
     }
 }
 

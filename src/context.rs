@@ -10,7 +10,7 @@
 
 use crate::body::Body;
 use crate::error::ErrorCode;
-use crate::step::{Answer, Inner, Wrap, Wrapped};
+use crate::step::{Answer, Inner, Wrap};
 use http::{HeaderName, HeaderValue, Request};
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -230,13 +230,6 @@ impl ContextLayer {
         ContextLayer {
             trusted_proxies: trusted_proxies.into(),
         }
-    }
-}
-
-impl<S> tower::Layer<S> for ContextLayer {
-    type Service = Wrapped<S, ContextLayer>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Wrapped::new(inner, self.clone())
     }
 }
 

@@ -13,7 +13,7 @@
 
 use crate::body::Body;
 use crate::error::GatewayError;
-use crate::step::{Answer, Inner, Wrap, Wrapped};
+use crate::step::{Answer, Inner, Wrap};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::sync::Arc;
@@ -45,13 +45,6 @@ pub struct Limits {
     /// The gateway's own authority (from the public base URL): the only one an absolute-form
     /// target may name.
     pub authority: http::uri::Authority,
-}
-
-impl<S> tower::Layer<S> for GuardLayer {
-    type Service = Wrapped<S, GuardLayer>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Wrapped::new(inner, self.clone())
-    }
 }
 
 impl Wrap for GuardLayer {

@@ -16,7 +16,7 @@ use crate::policy::Policy;
 use crate::ratelimit::RateLimits;
 use crate::rescue::Rescue;
 use crate::retry::Retries;
-use crate::step::{CheckLayer, OptionalLayer};
+use crate::step::{CheckLayer, OptionalLayer, WrapLayer};
 use crate::telemetry::{Telemetry, TraceLayer};
 use crate::upstream::client::HttpClient;
 use crate::upstream::forward::{self, Upstream};
@@ -95,18 +95,18 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
         // First: the one typed record of the request's facts (the gateway's id, the caller's
         // id and address) that every layer below writes to and the logs read back; every
         // response, errors included, carries the id.
-        .layer(f.context.clone())
+        .layer(WrapLayer(f.context.clone()))
         // Outside the rescue so it logs the status the caller really got.
-        .layer(AccessLogLayer::new(f.metrics.clone()))
+        .layer(WrapLayer(AccessLogLayer::new(f.metrics.clone())))
         // The server span: inside the access log (it sees the request id and cache outcome),
         // outside the rescue (it records the status the caller got). Absent when off.
-        .option_layer(f.telemetry.clone().map(TraceLayer))
+        .option_layer(f.telemetry.clone().map(|t| WrapLayer(TraceLayer(t))))
         // Browser apps (tower-http's CorsLayer, gated to listed origins): outside the rescue,
         // so errors carry CORS headers and a browser app can read its 401 or 429; a preflight
         // is answered here, before the audit, the guard, auth or any budget. Absent when off.
         .option_layer(p.cors.clone())
         // Who did what, on its own target; outside the rescue so refusals are recorded too.
-        .layer(AuditLayer)
+        .layer(WrapLayer(AuditLayer))
         // Every error below becomes one JSON response here, and nowhere else.
         .layer_fn(Rescue)
         // Compression for callers that ask: inside the rescue, so its 406 (nothing the caller
@@ -121,10 +121,10 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
             EnrolRoutes::new(e, p.authn.clone(), p.policy.clone(), verify(f, p))
         })))
         // Cheap refusals before any crypto: local routes, bad targets, framing, body limit.
-        .layer(GuardLayer {
+        .layer(WrapLayer(GuardLayer {
             limits: f.limits.clone(),
             readiness: f.readiness.clone(),
-        })
+        }))
         // Who is calling (401).
         .layer(OptionalLayer(Some(p.authn.clone())))
         // What they may do (403 forbidden): before any key is looked up or anything is sent.

@@ -174,6 +174,17 @@ pub trait Wrap: Clone + Send + Sync + 'static {
     -> Answer<Self::Error>;
 }
 
+/// Installs a [`Wrap`] layer: its state is cloned into each [`Wrapped`] service.
+#[derive(Clone)]
+pub struct WrapLayer<T>(pub T);
+
+impl<S, T: Clone> tower::Layer<S> for WrapLayer<T> {
+    type Service = Wrapped<S, T>;
+    fn layer(&self, inner: S) -> Wrapped<S, T> {
+        Wrapped::new(inner, self.0.clone())
+    }
+}
+
 /// The service a [`Wrap`] layer installs.
 #[derive(Clone)]
 pub struct Wrapped<S, T> {

@@ -13,7 +13,7 @@
 use crate::body::Body;
 use crate::context::{Context as RequestContext, plain};
 use crate::metrics::RouteClass;
-use crate::step::{Answer, Inner, Wrap, Wrapped};
+use crate::step::{Answer, Inner, Wrap};
 use http::{Method, Request};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -50,13 +50,6 @@ pub fn resource(path: &str) -> Resource<'_> {
 /// Writes one audit record per API request.
 #[derive(Clone, Copy, Default)]
 pub struct AuditLayer;
-
-impl<S> tower::Layer<S> for AuditLayer {
-    type Service = Wrapped<S, AuditLayer>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Wrapped::new(inner, *self)
-    }
-}
 
 struct Record {
     method: Method,
@@ -181,8 +174,7 @@ mod tests {
             .finish();
         let _guard = tracing::subscriber::set_default(sub);
         let slot = Mutex::new(Some(resp));
-        let svc = tower::Layer::layer(
-            &AuditLayer,
+        let svc = crate::step::Wrapped::new(
             tower::service_fn(move |req: Request<Body>| {
                 // What the auth layer and the rescue record.
                 let claims = serde_json::json!({"azp": "billing-app", "client_id": "x"});
@@ -197,6 +189,7 @@ mod tests {
                 let r = slot.lock().unwrap().take().unwrap();
                 async move { Ok::<_, Infallible>(r) }
             }),
+            AuditLayer,
         );
         let _ = svc.oneshot(req).await;
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();

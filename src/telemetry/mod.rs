@@ -21,7 +21,7 @@ mod span;
 
 use crate::body::Body;
 use crate::config::{ConfigError, TelemetryConfig};
-use crate::step::{Answer, Inner, Wrap, Wrapped};
+use crate::step::{Answer, Inner, Wrap};
 use http::Request;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -112,13 +112,6 @@ pub fn upstream_span(
 /// Wraps each request in a server span; only in the stack when telemetry is on.
 #[derive(Clone)]
 pub struct TraceLayer(pub Arc<Telemetry>);
-
-impl<S> tower::Layer<S> for TraceLayer {
-    type Service = Wrapped<S, TraceLayer>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Wrapped::new(inner, self.clone())
-    }
-}
 
 impl Wrap for TraceLayer {
     type Error = Infallible;
