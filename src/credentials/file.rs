@@ -272,21 +272,14 @@ fn write_atomic(path: &Path, doc: &Document) -> Result<(), KeyStoreError> {
     Ok(())
 }
 
-#[cfg(unix)]
+/// A new file only its owner may read or write (0600). Unix only, like the whole gateway
+/// (signals, file modes): a branch for other systems could never be built.
 fn create_private(path: &Path) -> io::Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt as _;
     fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-}
-
-#[cfg(not(unix))]
-fn create_private(path: &Path) -> io::Result<fs::File> {
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
         .open(path)
 }
 
