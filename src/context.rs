@@ -9,6 +9,7 @@
 //! (`OnceLock`): a layer cannot overwrite what another one recorded.
 
 use crate::body::Body;
+use crate::config::is_plain;
 use crate::error::ErrorCode;
 use crate::step::{Answer, Inner, Wrap};
 use http::{HeaderName, HeaderValue, Request};
@@ -54,8 +55,6 @@ impl RequestId {
 pub fn plain(s: &str) -> &str {
     if is_plain(s) { s } else { "?" }
 }
-
-pub use crate::config::is_plain;
 
 /// What the server saw before any layer ran (inserted by the server, folded into the
 /// [`Context`] by [`ContextLayer`]).
