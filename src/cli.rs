@@ -43,10 +43,6 @@ enum Command {
     },
     /// Manage the encrypted key store.
     Keys {
-        /// Config file (for the key-store path and master key); every action but
-        /// gen-master-key needs it.
-        #[arg(long, short, global = true)]
-        config: Option<PathBuf>,
         #[command(subcommand)]
         action: KeysAction,
     },
@@ -66,6 +62,9 @@ enum Command {
 enum KeysAction {
     /// Store a Cliniko API key for a user; the key is read from stdin (never from argv).
     Add {
+        /// Config file (for the key-store path and master key).
+        #[arg(long, short)]
+        config: PathBuf,
         /// The user (the JWT's user claim).
         #[arg(long)]
         user: String,
@@ -78,11 +77,22 @@ enum KeysAction {
     },
     /// Store many keys in one write: stdin lines `user<TAB>key[<TAB>cliniko_user]`; a bad line
     /// stores nothing and names its line number (never the key).
-    Import,
+    Import {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// List users with key fingerprints and shards (never keys).
-    List,
+    List {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Remove a user's mapping (and the key if no one else uses it).
     Remove {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
         /// The user.
         #[arg(long)]
         user: String,
@@ -90,14 +100,19 @@ enum KeysAction {
     /// Sign the key store with its integrity MAC: migrates a file written by an older gateway
     /// (version 1), then lists the users it now vouches for.
     Reseal {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
         /// Sign what the file says though nothing vouches for it (a version-1 file without a
         /// MAC, or one edited without the master key): only after you have reviewed its users.
         #[arg(long)]
         accept_edits: bool,
     },
-    /// Copy a file store into the configured PostgreSQL store (which must hold no users; the
-    /// config sets keystore.store = "postgres" and the same master key as the file).
+    /// Copy a file store into the configured PostgreSQL store (which must hold no users).
     Migrate {
+        /// Config file (keystore.store = "postgres", and the same master key as the file).
+        #[arg(long, short)]
+        config: PathBuf,
         /// The key-store file to copy.
         #[arg(long)]
         from: PathBuf,
@@ -151,7 +166,7 @@ pub fn run(cli: Cli) -> ExitCode {
         #[cfg(feature = "sandbox")]
         Command::Demo { listen } => return rt.block_on(crate::demo::run(listen)),
         Command::CheckConfig { config } => check_config(&config),
-        Command::Keys { config, action } => rt.block_on(keys(config, action)),
+        Command::Keys { action } => rt.block_on(keys(action)),
         Command::Token { action } => token(action),
         #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => return rt.block_on(crate::tools::sandbox(args)),
@@ -283,22 +298,21 @@ async fn open_store(
     Ok((b, m))
 }
 
-async fn keys(config: Option<PathBuf>, action: KeysAction) -> Done {
-    if let KeysAction::GenMasterKey = action {
-        println!(
-            "{}",
-            credentials::generate_master_key().map_err(store_failed)?
-        );
-        return Ok(());
-    }
-    // Refused as clap refuses any missing required argument (exit 2, with the usage):
-    // `--config` is global to `keys`, and clap cannot require a global argument.
-    let Some(config) = config else {
-        use clap::CommandFactory;
-        let msg = "the following required arguments were not provided:\n  --config <CONFIG>";
-        Cli::command()
-            .error(clap::error::ErrorKind::MissingRequiredArgument, msg)
-            .exit()
+async fn keys(action: KeysAction) -> Done {
+    let config = match &action {
+        KeysAction::GenMasterKey => {
+            println!(
+                "{}",
+                credentials::generate_master_key().map_err(store_failed)?
+            );
+            return Ok(());
+        }
+        KeysAction::Add { config, .. }
+        | KeysAction::Import { config }
+        | KeysAction::List { config }
+        | KeysAction::Remove { config, .. }
+        | KeysAction::Reseal { config, .. }
+        | KeysAction::Migrate { config, .. } => config.clone(),
     };
     let (store, m) = open_store(&config).await?;
     keys_on(action, &store, &m).await
@@ -326,8 +340,8 @@ async fn keys_on(action: KeysAction, store: &credentials::Backend, m: &config::M
                 "stored a key for {user}; running gateways reload it (file watch, database notification or SIGHUP)"
             );
         }
-        KeysAction::Import => import(store, m).await?,
-        KeysAction::List => print_users(store.list(m).await.map_err(store_failed)?),
+        KeysAction::Import { .. } => import(store, m).await?,
+        KeysAction::List { .. } => print_users(store.list(m).await.map_err(store_failed)?),
         KeysAction::Reseal { accept_edits, .. } => {
             use credentials::Resealed;
             let done = store.reseal(m, accept_edits).await.map_err(store_failed)?;
