@@ -80,59 +80,36 @@ pub struct ConnSettings {
     listener: &'static str,
     builder: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
-    limits: Limits,
+    /// The bounds this listener's connections live under (timeouts, sizes, counts, grace).
+    limits: ServerConfig,
     metrics: ConnMetrics,
-}
-
-/// The bounds a listener's connections live under (timeouts, sizes, counts, grace): the
-/// `[server]` fields of those names.
-#[derive(Clone, Copy)]
-struct Limits {
-    header_read_timeout: Duration,
-    idle_timeout: Duration,
-    send_timeout: Duration,
-    shutdown_grace: Duration,
-    max_connections: usize,
-    max_header_bytes: usize,
-    max_headers: usize,
-    max_streams_per_connection: u32,
-}
-
-impl Limits {
-    fn of(c: &ServerConfig) -> Limits {
-        Limits {
-            header_read_timeout: c.header_read_timeout,
-            idle_timeout: c.idle_timeout,
-            send_timeout: c.send_timeout,
-            shutdown_grace: c.shutdown_grace,
-            max_connections: c.max_connections,
-            max_header_bytes: c.max_header_bytes,
-            max_headers: c.max_headers,
-            max_streams_per_connection: c.max_streams_per_connection,
-        }
-    }
 }
 
 impl ConnSettings {
     /// The public port: every bound from `[server]`.
     pub fn public(cfg: &ServerConfig, tls: Option<TlsAcceptor>, m: &Metrics) -> Self {
-        ConnSettings::new("public", Limits::of(cfg), tls, m)
+        ConnSettings::new("public", cfg.clone(), tls, m)
     }
 
     /// The admin port: the `[server]` timeouts, `admin.max_connections`, small fixed head and
     /// stream limits, plain HTTP.
     pub fn admin(server: &ServerConfig, admin: &AdminConfig, m: &Metrics) -> Self {
-        let limits = Limits {
+        let limits = ServerConfig {
             max_connections: admin.max_connections,
             max_header_bytes: ADMIN_HEAD_BYTES,
             max_headers: ADMIN_MAX_HEADERS,
             max_streams_per_connection: ADMIN_MAX_STREAMS,
-            ..Limits::of(server)
+            ..server.clone()
         };
         ConnSettings::new("admin", limits, None, m)
     }
 
-    fn new(listener: &'static str, limits: Limits, tls: Option<TlsAcceptor>, m: &Metrics) -> Self {
+    fn new(
+        listener: &'static str,
+        limits: ServerConfig,
+        tls: Option<TlsAcceptor>,
+        m: &Metrics,
+    ) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -417,7 +394,7 @@ where
 /// has stalled a response (or a closing connection's queue) past `send_timeout`: close it.
 fn next_check(
     progress: &Progress,
-    limits: &Limits,
+    limits: &ServerConfig,
     closing: bool,
     close_by: Option<Instant>,
 ) -> Option<Duration> {
