@@ -62,7 +62,7 @@ impl Drop for Line {
             request_id = ctx.map(|c| c.id.as_str()),
             client_request_id = ctx.and_then(|c| c.client_id.as_ref()).map(|i| i.as_str()),
             client = ctx.and_then(|c| c.client_addr).map(tracing::field::display),
-            user = ctx.and_then(|c| c.user.get()).map(|u| &**u),
+            user = ctx.and_then(|c| c.user()),
             method = %self.method,
             path = %self.path,
             status = self.status,

@@ -168,9 +168,8 @@ fn varies_on_encoding(h: &HeaderMap) -> bool {
     })
 }
 
-/// Which of the codings we can send the caller accepts (RFC 9110 §12.5.3): a coding listed
-/// with q > 0, or covered by `*` with q > 0; identity unless refused by `identity;q=0` or by
-/// `*;q=0` without an `identity` entry of its own.
+/// Which of the codings we can send the caller accepts (RFC 9110 §12.5.3), read as
+/// tower-http reads it: the rules are on [`Accepts::of`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Accepts {
     /// gzip (or `x-gzip`).

@@ -148,6 +148,11 @@ impl Context {
         self.client_id.as_ref().unwrap_or(&self.id)
     }
 
+    /// The verified user, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.user.get().map(|u| &**u)
+    }
+
     /// Records the verified user and the calling app.
     pub fn set_user(&self, user: Arc<str>, app: Option<Arc<str>>) {
         let _ = self.user.set(user);

@@ -69,7 +69,7 @@ impl Drop for Record {
             request_id = ctx.map(|c| c.id.as_str()),
             client_request_id = ctx.and_then(|c| c.client_id.as_ref()).map(|i| i.as_str()),
             client = ctx.and_then(|c| c.client_addr).map(tracing::field::display),
-            user = ctx.and_then(|c| c.user.get()).map(|u| &**u),
+            user = ctx.and_then(|c| c.user()),
             app = ctx.and_then(|c| c.app.get()).map(|a| &**a),
             method = self.method.as_str(),
             resource = r.kind,

@@ -291,7 +291,7 @@ fn audit<T>(
         time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string().as_str(),
         request_id = ctx.map(|c| c.id.as_str()),
         client = ctx.and_then(|c| c.client_addr).map(tracing::field::display),
-        user = ctx.and_then(|c| c.user.get()).map(|u| &**u),
+        user = ctx.and_then(|c| c.user()),
         status,
         code,
         fingerprint = stored.map(|o| o.fingerprint.as_str()),

@@ -471,6 +471,16 @@ fn register_reloads(registry: &mut Registry) -> ReloadMetrics {
 mod tests {
     use super::*;
 
+    /// Every method the gateway passes has its own label (a method added to the policy's list
+    /// but not here would be counted as OTHER).
+    #[test]
+    fn every_passed_method_is_labelled_by_name() {
+        for m in crate::policy::ALL_METHODS {
+            assert_eq!(method_label(&m), m.as_str());
+        }
+        assert_eq!(method_label(&http::Method::TRACE), "OTHER");
+    }
+
     #[test]
     fn routes_are_classified_into_three_bounded_values() {
         assert_eq!(RouteClass::of("/v1/patients/7"), RouteClass::Proxy);

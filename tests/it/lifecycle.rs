@@ -131,6 +131,26 @@ async fn sighup_reloads_the_key_store_without_a_restart() {
     }
 }
 
+/// Ctrl-C in a terminal (SIGINT) stops the gateway as SIGTERM does: drained, exit 0.
+#[tokio::test]
+async fn sigint_stops_the_gateway_like_sigterm() {
+    let sb = Sandbox::start(SandboxOptions {
+        accounts: vec![account(KEY_ALICE, "Alice")],
+        ..SandboxOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut p = spawn(&sb, &[("alice", KEY_ALICE)]).await;
+    assert_eq!(get(&p.base, "alice", "/v1/patients").await.0, 200);
+    signal(&p.child, "-INT");
+    p.wait_line("gateway stopped").await;
+    let exit = tokio::time::timeout(Duration::from_secs(20), p.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success());
+}
+
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_request_finish() {
     let sb = Sandbox::start(SandboxOptions {

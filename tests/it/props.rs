@@ -178,3 +178,73 @@ proptest! {
         }
     }
 }
+
+/// One `Accept-Encoding` entry: a coding we send, one we do not, `*`, or nothing, with a
+/// q-value tower-http reads or one it ignores.
+fn encoding_entry() -> impl Strategy<Value = String> {
+    let coding = prop_oneof![
+        Just("gzip"),
+        Just("x-gzip"),
+        Just("GZIP"),
+        Just("br"),
+        Just("zstd"),
+        Just("identity"),
+        Just("Identity"),
+        Just("*"),
+        Just("deflate"),
+        Just("compress"),
+        Just(""),
+    ];
+    let q = prop_oneof![
+        Just(""),
+        Just(";q=0"),
+        Just(";q=1"),
+        Just(";q=0.5"),
+        Just(";q=0.000"),
+        Just(";q=1.000"),
+        Just(";q=1.5"),
+        Just(";q=.5"),
+        Just(";q=0.5000"),
+        Just("; q=0"),
+        Just(";q =0"),
+        Just(";Q=0.001"),
+        Just(";q=0;x=1"),
+        Just(";level=1"),
+        Just(";q=0."),
+    ];
+    (coding, q).prop_map(|(c, q)| format!("{c}{q}"))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The gateway's up-front 406 and tower-http's own agree on any `Accept-Encoding` (one or
+    /// two header lines): otherwise a caller would be refused what tower-http sends, or get a
+    /// fetched answer relabelled 406 by tower-http.
+    #[test]
+    fn accept_encoding_refusals_agree_with_tower_http(
+        first in proptest::collection::vec(encoding_entry(), 1..4),
+        second in proptest::collection::vec(encoding_entry(), 0..3),
+    ) {
+        use cliniko_gateway::compression::Accepts;
+        use futures_util::FutureExt;
+        use tower::ServiceExt;
+        let mut req = http::Request::new(());
+        for line in [first.join(", "), second.join(",")] {
+            if !line.is_empty() {
+                req.headers_mut().append(http::header::ACCEPT_ENCODING, HeaderValue::from_str(&line).unwrap());
+            }
+        }
+        let ours = !Accepts::of(req.headers()).anything();
+        let page = tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new("x".repeat(2000)))
+        });
+        let resp = tower_http::compression::Compression::new(page)
+            .no_deflate()
+            .oneshot(req)
+            .now_or_never()
+            .expect("a ready service answers at once")
+            .unwrap();
+        prop_assert_eq!(ours, resp.status() == http::StatusCode::NOT_ACCEPTABLE);
+    }
+}
