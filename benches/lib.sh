@@ -49,11 +49,22 @@ page 36 >"$w/list.json"
 # The same records, 100 to a page (the largest page Cliniko sends), for bytes-per-page figures.
 page 100 >"$w/page100.json"
 # A wrk script asking for a new URL each request: every request a cache miss that is stored.
+# The URL carries the run's start second and the thread's number before the counter: a bare
+# counter repeats the warm-up run's URLs (hits for its first seconds) and, with -t2 or more,
+# every other thread's.
 cat >"$w/unique.lua" <<'LUA'
-counter = 0
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_no", threads)
+end
+function init()
+  prefix = "/v1/practitioners?miss=" .. os.time() .. "-" .. thread_no .. "-"
+  counter = 0
+end
 request = function()
   counter = counter + 1
-  return wrk.format(nil, "/v1/practitioners?miss=" .. counter)
+  return wrk.format(nil, prefix .. counter)
 end
 LUA
 key="benchkey0000000000000000-au1"
