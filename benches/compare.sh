@@ -14,6 +14,14 @@
 #   - the stack's floor (`benches/stack_floor.rs`): the same hyper/rustls/tokio client and
 #     server doing only what nginx does, over h1 and h2: what the gateway's own work costs is
 #     the difference
+#   - issue 16's cache-fill pair, every request a new URL under /v1/practitioners (the path the
+#     gateway caches; lib.sh's unique.lua), identity encoding both sides: a third nginx (njs
+#     module, libnginx-mod-http-js) checking the caller's HS256 JWT in JavaScript, limit_req
+#     on its `sub`, proxy_cache; and a fourth gateway, so the fill leaves the other gateways'
+#     caches and RSS alone. Both are probed before they are measured (401 for a bad token,
+#     MISS then HIT for a new URL, no Content-Encoding) and the run stops if either is wrong;
+#     after the window, upstream fetches per request (1.00: every request a miss) and failed
+#     responses are printed, then the ratio of the two
 # Load: wrk -t1 -c$CONNS pinned to core 1; upstream and proxies share core 0 (taskset), 2 s
 # warm-up before each measured window. Prints one table (requests/s, p50, p99, ratios against
 # nginx measured in this run, the gateway's RSS, upstream TLS handshakes per 10k requests, CPU
@@ -32,8 +40,12 @@ UP=${UP_PORT:-19443} NGX=${NGX_PORT:-19080} NGXC=${NGXC_PORT:-19081} GW=${GW_POR
 # The same upstream server also listens here offering HTTP/2 (ALPN), as Cliniko's edge does;
 # nginx cannot proxy to an h2 upstream, the gateway negotiates it.
 UP2=${UP2_PORT:-19444} GW2=${GW2_PORT:-19092} FL1=${FL1_PORT:-19093} FL2=${FL2_PORT:-19094}
+# The cache-fill pair: nginx + njs, and its own gateway.
+NJS=${NJS_PORT:-19082} GWF=${GWF_PORT:-19095}
 
 source "$(dirname "$0")/lib.sh"
+njs_so=/usr/lib/nginx/modules/ngx_http_js_module.so
+[ -f "$njs_so" ] || { apt-get update -qq && apt-get install -y -qq libnginx-mod-http-js >/dev/null; }
 
 # --- nginx: upstream (TLS), plain proxy, proxy_cache --------------------------------------
 mkdir -p "$w/cache"
@@ -66,9 +78,74 @@ NGINX
 taskset -c 0 nginx -c "$w/proxy.conf" -p "$w" &
 ngxpid=$!; pids+=($ngxpid)
 
+# --- nginx + njs: JWT, limit, proxy_cache; every request a miss --------------------------
+# Its own instance, so the JS module and a cache filling towards its limit touch no other row.
+# The checks are the gateway's with the bench config: HS256 with the gateway's secret, `exp`
+# required and `nbf` honoured with its 5 s leeway, `iss` (if any) a string, `aud` unchecked
+# (no issuers or audiences configured), `sub` a non-empty string of at most 256 characters.
+cat >"$w/jwt.js" <<JS
+import crypto from 'crypto';
+const SECRET = '$CLINIKO_GATEWAY_HMAC_SECRET';
+const LEEWAY = 5;
+function claims(part) {
+  return JSON.parse(Buffer.from(part, 'base64url').toString());
+}
+// The caller's user id when its token verifies, else '' (answered 401).
+function sub(r) {
+  const auth = r.headersIn.Authorization;
+  if (!auth || !auth.startsWith('Bearer ')) return '';
+  const parts = auth.slice(7).split('.');
+  if (parts.length !== 3) return '';
+  const mac = crypto.createHmac('sha256', SECRET).update(parts[0] + '.' + parts[1]);
+  if (mac.digest('base64url') !== parts[2]) return '';
+  let head, c;
+  try { head = claims(parts[0]); c = claims(parts[1]); } catch (e) { return ''; }
+  if (head.alg !== 'HS256') return '';
+  const now = Date.now() / 1000;
+  if (typeof c.exp !== 'number' || now > c.exp + LEEWAY) return '';
+  if (c.nbf !== undefined && (typeof c.nbf !== 'number' || now < c.nbf - LEEWAY)) return '';
+  if (c.iss !== undefined && typeof c.iss !== 'string') return '';
+  if (typeof c.sub !== 'string' || c.sub.length === 0 || c.sub.length > 256) return '';
+  if (/[\x00-\x1f\x7f]/.test(c.sub)) return '';
+  return c.sub;
+}
+export default { sub };
+JS
+# limit_req at the gateway's bench budget (1,000,000 a second, burst 1,000,000, per user):
+# it runs on every request and refuses none. The cache may hold what the gateway's does
+# (256 MiB); keys_zone 32m holds ~256k keys, more than a run asks for.
+cat >"$w/njs.conf" <<NGINX
+load_module $njs_so;
+$common
+pid $w/njs.pid;
+error_log $w/njs-error.log warn;
+http {
+  access_log off;
+  js_import jwt from $w/jwt.js;
+  js_set \$jwt_sub jwt.sub;
+  limit_req_zone \$jwt_sub zone=users:10m rate=1000000r/s;
+  proxy_cache_path $w/fill levels=1:2 keys_zone=f:32m max_size=256m inactive=10m use_temp_path=off;
+  upstream cliniko { server 127.0.0.1:$UP; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$NJS; keepalive_requests 1000000;
+    # Rewrite phase: a bad token is refused before the limit (preaccess) counts it.
+    if (\$jwt_sub = "") { return 401; }
+    location / {
+      limit_req zone=users burst=1000000 nodelay; limit_req_status 429;
+      proxy_cache f; proxy_cache_valid 200 5m; proxy_ignore_headers Cache-Control Expires Set-Cookie;
+      add_header X-Cache-Status \$upstream_cache_status;
+      $proxy_block
+    }
+  }
+}
+NGINX
+taskset -c 0 nginx -c "$w/njs.conf" -p "$w" &
+njspid=$!; pids+=("$njspid")
+
 gw_config "$GW" 10000 >"$w/gw.toml"
 gw_config "$GWR" 0 >"$w/gw-rs.toml"
 gw_config "$GW2" 10000 "$UP2" >"$w/gw-h2.toml"
+gw_config "$GWF" 10000 >"$w/gw-fill.toml"
 add_bench_key "$w/gw.toml"
 taskset -c 0 "$bin" serve --config "$w/gw.toml" >"$w/gw.log" 2>&1 &
 gwpid=$!; pids+=($gwpid)
@@ -76,6 +153,8 @@ taskset -c 0 "$bin" serve --config "$w/gw-rs.toml" >"$w/gw-rs.log" 2>&1 &
 gwrpid=$!; pids+=($gwrpid)
 taskset -c 0 "$bin" serve --config "$w/gw-h2.toml" >"$w/gw-h2.log" 2>&1 &
 gw2pid=$!; pids+=($gw2pid)
+taskset -c 0 "$bin" serve --config "$w/gw-fill.toml" >"$w/gw-fill.log" 2>&1 &
+gwfpid=$!; pids+=("$gwfpid")
 if [ -z "${GATEWAY_BIN:-}" ]; then cargo build --release --quiet --example stack_floor; fi
 floor=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/stack_floor
 taskset -c 0 "$floor" "127.0.0.1:$FL1" "https://localhost:$UP/v1" "$w/ca.pem" &
@@ -84,7 +163,7 @@ taskset -c 0 "$floor" "127.0.0.1:$FL2" "https://localhost:$UP2/v1" "$w/ca.pem" &
 fl2pid=$!; pids+=($fl2pid)
 hs=$("$bin" token mint --config "$w/gw.toml" --sub bench --ttl 2h)
 "$bin" token mint --sub bench --ttl 2h --signing-key "$w/rs.key" --alg RS256 --count 3000 >"$w/rs-tokens.txt"
-wait_ports "$UP" "$UP2" "$NGX" "$NGXC" "$GW" "$GWR" "$GW2" "$FL1" "$FL2"
+wait_ports "$UP" "$UP2" "$NGX" "$NGXC" "$GW" "$GWR" "$GW2" "$FL1" "$FL2" "$NJS" "$GWF"
 
 cat >"$w/tokens.lua" <<LUA
 local tokens = {}
@@ -98,14 +177,19 @@ LUA
 
 # --- scenarios --------------------------------------------------------------------------------
 results=()
+# Per row: upstream fetches per answered request, and failed responses (wrk's count).
+declare -A fetches failed
+wanted() { [ -z "${ONLY:-}" ] || [[ "$1" =~ $ONLY ]]; }
 measure() { # name, url, extra wrk args...
   local name=$1 url=$2; shift 2
-  if [ -n "${ONLY:-}" ] && ! [[ "$name" =~ $ONLY ]]; then return; fi
+  wanted "$name" || return 0
   taskset -c 1 wrk -t"$threads" -c"$conns" -d2s "$@" "$url" >/dev/null 2>&1
   : >"$w/up-conns.log"
   local proxy=""
   case "$url" in
     *":$NGX/"* | *":$NGXC/"*) proxy=$ngxpid ;;
+    *":$NJS/"*) proxy=$njspid ;;
+    *":$GWF/"*) proxy=$gwfpid ;;
     *":$GW/"*) proxy=$gwpid ;;
     *":$GWR/"*) proxy=$gwrpid ;;
     *":$GW2/"*) proxy=$gw2pid ;;
@@ -142,6 +226,8 @@ measure() { # name, url, extra wrk args...
   pxus=$(awk -v d=$((px1 - px0)) -v n="$n" -v hz="$hz" -v p="$proxy" 'BEGIN { if (p == "" || n == 0) print "-"; else printf "%.1f", d * 1e6 / hz / n }')
   upus=$(awk -v d=$((up1 - up0)) -v n="$n" -v hz="$hz" 'BEGIN { if (n == 0) print "-"; else printf "%.1f", d * 1e6 / hz / n }')
   results+=("$name|$rps|$p50|$p99|$hand|$pxus|$upus")
+  fetches[$name]=$(awk -v n="$n" 'END { if (n) printf "%.2f", NR / n; else print "-" }' "$w/up-conns.log")
+  failed[$name]=${bad:-0}
   printf '.' >&2
 }
 auth=(-H "Authorization: Bearer $hs")
@@ -154,6 +240,34 @@ measure "stack floor: hyper proxy, nothing else (h2 upstream)" "http://127.0.0.1
 measure "nginx proxy_cache hit" "http://127.0.0.1:$NGXC/v1/practitioners"
 measure "gateway cache hit (JWT verified)" "http://127.0.0.1:$GW/v1/practitioners" "${auth[@]}"
 measure "gateway, RS256, new token each request" "http://127.0.0.1:$GWR/v1/patients" -s "$w/tokens.lua"
+
+# --- issue 16's cache-fill pair: probed, then measured ----------------------------------------
+check() { # what, expected (a glob), got
+  # shellcheck disable=SC2053 # $2 is a pattern on purpose
+  if [[ "$3" != $2 ]]; then echo "FAILED: $1: expected '$2', got '$3'" >&2; exit 1; fi
+}
+# One GET: "<status> <cache header or -> <Content-Encoding or ->".
+probe() { # url, cache header, curl args...
+  local url=$1 h="${2,,}:"; shift 2
+  curl -s -o /dev/null -D - --max-time 5 "$@" "$url" | tr -d '\r' | awk -v h="$h" '
+    NR == 1 { s = $2 } tolower($1) == h { c = $2 } tolower($1) == "content-encoding:" { e = $2 }
+    END { print s, (c == "" ? "-" : c), (e == "" ? "-" : e) }'
+}
+# A row must do what its name says: tokens checked, a new URL a miss with an identity body
+# that is stored (asked again, a hit).
+probe_fill() { # base url, cache header
+  local u; u="$1/v1/practitioners?probe=$(date +%s%N)"
+  check "$1 without a token" "401 *" "$(probe "$u" "$2")"
+  check "$1 with a bad signature" "401 *" "$(probe "$u" "$2" -H "Authorization: Bearer ${hs%.*}.AAAA")"
+  check "$1 new URL" "200 MISS -" "$(probe "$u" "$2" "${auth[@]}")"
+  check "$1 the same URL again" "200 HIT -" "$(probe "$u" "$2" "${auth[@]}")"
+}
+njs_row="nginx + njs JWT + limit + proxy_cache, all misses"
+fill_row="gateway, cache fill (unique URLs)"
+if wanted "$njs_row"; then probe_fill "http://127.0.0.1:$NJS" X-Cache-Status; fi
+measure "$njs_row" "http://127.0.0.1:$NJS/v1/practitioners" "${auth[@]}" -s "$w/unique.lua"
+if wanted "$fill_row"; then probe_fill "http://127.0.0.1:$GWF" X-Cache; fi
+measure "$fill_row" "http://127.0.0.1:$GWF/v1/practitioners" "${auth[@]}" -s "$w/unique.lua"
 echo >&2
 rss=$(ps -o rss= -p "$gwpid" | awk '{printf "%.1f MiB", $1/1024}')
 
@@ -161,6 +275,7 @@ rps_of() {
   for r in "${results[@]}"; do IFS='|' read -r n v _ <<<"$r"; if [ "$n" = "$1" ]; then echo "$v"; fi; done
 }
 nginx_plain=$(rps_of "nginx proxy"); nginx_cache=$(rps_of "nginx proxy_cache hit")
+nginx_njs=$(rps_of "$njs_row"); gw_fill=$(rps_of "$fill_row")
 {
   echo "## compare.sh $(date -u '+%F %H:%M') UTC — $(nproc) cores, ${secs}s per scenario, wrk -t$threads -c$conns on core 1, servers on core 0"
   echo
@@ -170,11 +285,17 @@ nginx_plain=$(rps_of "nginx proxy"); nginx_cache=$(rps_of "nginx proxy_cache hit
     IFS='|' read -r n v p50 p99 hand pxus upus <<<"$r"
     case "$n" in
       *cache\ hit*) base=$nginx_cache ;;
+      "$fill_row") base=$nginx_njs ;;
       *) base=$nginx_plain ;;
     esac
     ratio=$(awk -v a="$v" -v b="$base" 'BEGIN { if (b > 0) printf "%.2fx", a/b; else print "-" }')
     echo "| $n | $v | $p50 | $p99 | $ratio | $hand | $pxus | $upus |"
   done
   echo
-  echo "Gateway RSS after the run: $rss. Ratios: cache-hit rows against nginx proxy_cache hit, the rest against nginx proxy."
+  echo "Gateway RSS after the run: $rss. Ratios: cache-hit rows against nginx proxy_cache hit, the cache fill against nginx + njs, the rest against nginx proxy."
+  if wanted "$njs_row" || wanted "$fill_row"; then
+    echo
+    echo "Cache-fill pair: upstream fetches per request (1.00: every request a miss) nginx + njs ${fetches[$njs_row]:--}, gateway ${fetches[$fill_row]:--}; failed responses ${failed[$njs_row]:--} and ${failed[$fill_row]:--}."
+    echo "Issue 16 target, gateway cache fill ÷ nginx + njs JWT + limit + proxy_cache (goal ≥ 2x): $(awk -v a="$gw_fill" -v b="$nginx_njs" 'BEGIN { if (b > 0) printf "%.2fx", a/b; else print "-" }')"
+  fi
 } | tee target/bench/compare.md
