@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The gateway beside nginx, same machine, same run, same upstream. Not a test.
 #
-#   benches/compare.sh [seconds-per-scenario]        (default 10; whole run < 5 min)
+#   benches/compare.sh [seconds-per-scenario]        (default 10; ROUNDS=3: whole run ~8 min)
 #
 # Starts on loopback (all installed from Debian if missing: nginx, wrk, openssl):
 #   - upstream: nginx over TLS 1.3 serving a ~15 KB Cliniko-style list (absolute links)
@@ -24,7 +24,8 @@
 #     fetches per request (1.00: every request a miss) and failed responses are printed, then
 #     the ratio of the two
 # Load: wrk -t1 -c$CONNS pinned to core 1; upstream and proxies share core 0 (taskset), 2 s
-# warm-up before each measured window. Prints one table (requests/s, p50, p99, ratios against
+# warm-up before each measured window; every row is measured once per round (ROUNDS, default
+# 3, rounds one after the other) and shown by its median round. Prints one table (requests/s, p50, p99, ratios against
 # nginx measured in this run, the gateway's RSS, upstream TLS handshakes per 10k requests, CPU
 # time per request of the proxy and of the upstream, from /proc) and
 # writes it to target/bench/compare.md. PROFILE=<part of a scenario name> records a perf
@@ -37,6 +38,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-10}
 conns=${CONNS:-32}
 threads=${THREADS:-1}
+rounds=${ROUNDS:-3}
 UP=${UP_PORT:-19443} NGX=${NGX_PORT:-19080} NGXC=${NGXC_PORT:-19081} GW=${GW_PORT:-19090} GWR=${GWR_PORT:-19091}
 # The same upstream server also listens here offering HTTP/2 (ALPN), as Cliniko's edge does;
 # nginx cannot proxy to an h2 upstream, the gateway negotiates it.
@@ -236,16 +238,6 @@ measure() { # name, url, extra wrk args...
   printf '.' >&2
 }
 auth=(-H "Authorization: Bearer $hs")
-measure "direct to upstream (ceiling)" "https://localhost:$UP/v1/patients"
-measure "nginx proxy" "http://127.0.0.1:$NGX/v1/patients"
-measure "gateway, full path, cache miss" "http://127.0.0.1:$GW/v1/patients" "${auth[@]}"
-measure "gateway, full path, cache miss, h2 upstream" "http://127.0.0.1:$GW2/v1/patients" "${auth[@]}"
-measure "stack floor: hyper proxy, nothing else (h1 upstream)" "http://127.0.0.1:$FL1/v1/patients"
-measure "stack floor: hyper proxy, nothing else (h2 upstream)" "http://127.0.0.1:$FL2/v1/patients"
-measure "nginx proxy_cache hit" "http://127.0.0.1:$NGXC/v1/practitioners"
-measure "gateway cache hit (JWT verified)" "http://127.0.0.1:$GW/v1/practitioners" "${auth[@]}"
-measure "gateway, RS256, new token each request" "http://127.0.0.1:$GWR/v1/patients" -s "$w/tokens.lua"
-
 # --- issue 16's cache-fill pair: probed, then measured ----------------------------------------
 check() { # what, expected (a glob), got
   # shellcheck disable=SC2053 # $2 is a pattern on purpose
@@ -270,24 +262,48 @@ probe_fill() { # base url, cache header
 njs_row="nginx + njs JWT + limit + proxy_cache, all misses"
 fill_row="gateway, cache fill (unique URLs)"
 if wanted "$njs_row"; then probe_fill "http://127.0.0.1:$NJS" X-Cache-Status; fi
-measure "$njs_row" "http://127.0.0.1:$NJS/v1/practitioners" "${auth[@]}" -s "$w/unique.lua"
 if wanted "$fill_row"; then probe_fill "http://127.0.0.1:$GWF" X-Cache; fi
-measure "$fill_row" "http://127.0.0.1:$GWF/v1/practitioners" "${auth[@]}" -s "$w/unique.lua"
+# Every row is measured in each of $rounds rounds, one after the other, so a drift of the host
+# falls on nginx and the gateway alike; the table shows each row's median round.
+scenarios() {
+  measure "direct to upstream (ceiling)" "https://localhost:$UP/v1/patients"
+  measure "nginx proxy" "http://127.0.0.1:$NGX/v1/patients"
+  measure "gateway, full path, cache miss" "http://127.0.0.1:$GW/v1/patients" "${auth[@]}"
+  measure "gateway, full path, cache miss, h2 upstream" "http://127.0.0.1:$GW2/v1/patients" "${auth[@]}"
+  measure "stack floor: hyper proxy, nothing else (h1 upstream)" "http://127.0.0.1:$FL1/v1/patients"
+  measure "stack floor: hyper proxy, nothing else (h2 upstream)" "http://127.0.0.1:$FL2/v1/patients"
+  measure "nginx proxy_cache hit" "http://127.0.0.1:$NGXC/v1/practitioners"
+  measure "gateway cache hit (JWT verified)" "http://127.0.0.1:$GW/v1/practitioners" "${auth[@]}"
+  measure "gateway, RS256, new token each request" "http://127.0.0.1:$GWR/v1/patients" -s "$w/tokens.lua"
+
+  measure "$njs_row" "http://127.0.0.1:$NJS/v1/practitioners" "${auth[@]}" -s "$w/unique.lua"
+  measure "$fill_row" "http://127.0.0.1:$GWF/v1/practitioners" "${auth[@]}" -s "$w/unique.lua"
+}
+for ((round = 1; round <= rounds; round++)); do scenarios; done
 echo >&2
 rss=$(ps -o rss= -p "$gwpid" | awk '{printf "%.1f MiB", $1/1024}')
 
-rps_of() {
-  for r in "${results[@]}"; do IFS='|' read -r n v _ <<<"$r"; if [ "$n" = "$1" ]; then echo "$v"; fi; done
+# Each row's median round (by requests/s), whole: its latencies and CPU go with it.
+median_of() {
+  for r in "${results[@]}"; do IFS='|' read -r n v _ <<<"$r"; if [ "$n" = "$1" ]; then echo "$v|$r"; fi; done |
+    sort -t'|' -k1,1g | awk '{ row[NR] = $0 } END { if (NR) { r = row[int((NR + 1) / 2)]; sub(/^[^|]*\|/, "", r); print r } }'
 }
+rps_of() { median_of "$1" | cut -d'|' -f2; }
+names=()
+for r in "${results[@]}"; do
+  n=${r%%|*}; seen=""
+  for x in "${names[@]}"; do if [ "$x" = "$n" ]; then seen=1; fi; done
+  if [ -z "$seen" ]; then names+=("$n"); fi
+done
 nginx_plain=$(rps_of "nginx proxy"); nginx_cache=$(rps_of "nginx proxy_cache hit")
 nginx_njs=$(rps_of "$njs_row"); gw_fill=$(rps_of "$fill_row")
 {
-  echo "## compare.sh $(date -u '+%F %H:%M') UTC — $(nproc) cores, ${secs}s per scenario, wrk -t$threads -c$conns on core 1, servers on core 0"
+  echo "## compare.sh $(date -u '+%F %H:%M') UTC — $(nproc) cores, ${secs}s per scenario, median of $rounds rounds, wrk -t$threads -c$conns on core 1, servers on core 0"
   echo
   echo "| scenario | requests/s | p50 | p99 | vs nginx | upstream TLS handshakes / 10k req | proxy CPU µs/req | upstream CPU µs/req |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-  for r in "${results[@]}"; do
-    IFS='|' read -r n v p50 p99 hand pxus upus <<<"$r"
+  for name in "${names[@]}"; do
+    IFS='|' read -r n v p50 p99 hand pxus upus <<<"$(median_of "$name")"
     case "$n" in
       *cache\ hit*) base=$nginx_cache ;;
       "$fill_row") base=$nginx_njs ;;
