@@ -318,9 +318,8 @@ async fn store(
     // What fills in flight hold stays within their slice of the capacity.
     let mut claim = cache.filling.claim();
     let fits = |total, len| total <= cache.max_entry && claim.take(len);
-    let body = match read_while(body, fits).await {
-        // One allocation of the body's own size: an entry must hold what it is charged for.
-        Ok(Ok(read)) => Bytes::from(read.concat()),
+    let read = match read_while(body, fits).await {
+        Ok(Ok(read)) => read,
         // Over the limit, or over what fills in flight may hold: passed on, still streaming.
         Ok(Err(rest)) => return Err(NotStored::Pass(Response::from_parts(parts, rest))),
         Err(_) => return Err(NotStored::Broken),
@@ -329,10 +328,16 @@ async fn store(
     parts.headers.remove(header::TRANSFER_ENCODING);
     parts.headers.remove(header::AGE);
     parts.headers.remove(X_CACHE);
-    let plain_len = body.len();
+    // A body that came in one piece (a page rewritten whole does) is used as it is to make the
+    // gzip copy and to answer the flight's callers; it is copied only if it is what gets stored.
+    let (plain, exact) = match read.as_slice() {
+        [one] => (one.clone(), false),
+        _ => (Bytes::from(read.concat()), true),
+    };
+    let plain_len = plain.len();
     let gzipped = match cache.compress {
         true => {
-            let plain = body.clone();
+            let plain = plain.clone();
             off_worker(plain_len, move || gzip(&plain)).await.flatten()
         }
         false => None,
@@ -340,7 +345,11 @@ async fn store(
     let entry = Arc::new(Entry {
         headers: owned(&parts.headers),
         gzipped: gzipped.is_some(),
-        body: gzipped.unwrap_or_else(|| body.clone()),
+        // One allocation of the body's own size: an entry must hold what it is charged for.
+        body: gzipped.unwrap_or_else(|| match exact {
+            true => plain.clone(),
+            false => Bytes::copy_from_slice(&plain),
+        }),
         plain: None,
         plain_len,
         decodes: AtomicU32::new(0),
@@ -353,7 +362,7 @@ async fn store(
     // The flight's callers are answered from the plain body at hand, not by decoding the copy
     // just made (what the store holds is charged for the gzip copy only).
     Ok(if entry.gzipped {
-        Arc::new(entry.with_plain(Some(body)))
+        Arc::new(entry.with_plain(Some(plain)))
     } else {
         entry
     })

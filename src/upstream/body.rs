@@ -175,27 +175,62 @@ pub fn inflate(bytes: &[u8], coding: Coding, limit: usize) -> Result<Bytes, Infl
 }
 
 /// `plain` as one gzip member at the fastest level, through a kept encoder (a fresh one
-/// allocates and clears ~256 KiB of state, more than compressing a Cliniko page costs).
+/// allocates and clears ~256 KiB of state, more than compressing a Cliniko page costs). The
+/// result is an allocation of its own size when it fits [`GZIP_SCRATCH`] (one copy out of the
+/// encoder's scratch buffer, nothing to shrink afterwards).
 pub fn gzip_fast(plain: &[u8]) -> Option<Vec<u8>> {
-    use flate2::{Compress, Compression, FlushCompress, Status};
-    static KEPT_GZIP: Kept<Compress> = Mutex::new(Vec::new());
-    let fresh = || Compress::new_gzip(Compression::fast(), 15);
-    with_kept(&KEPT_GZIP, fresh, |c| {
-        c.reset();
-        let mut out = Vec::with_capacity(plain.len() / 4 + 64);
+    static KEPT_GZIP: Kept<Gzip> = Mutex::new(Vec::new());
+    with_kept(&KEPT_GZIP, Gzip::new, |g| g.member(plain))
+}
+
+/// Bytes of compressed output taken from the encoder per call: a whole Cliniko page's gzip
+/// (~1–3 KiB for 15–40 KB) in one, and little memory for each kept encoder.
+const GZIP_SCRATCH: usize = 16 * 1024;
+
+/// A kept level-1 gzip encoder and the buffer it writes into.
+struct Gzip {
+    deflate: zlib_rs::Deflate,
+    scratch: Box<[u8]>,
+}
+
+impl Gzip {
+    fn new() -> Gzip {
+        let config = zlib_rs::DeflateConfig {
+            level: 1,
+            window_bits: 15 + 16, // 32 KiB window, gzip wrapper
+            // Level 1 (zlib-rs' deflate_quick, fixed Huffman codes) keeps no symbol buffer, but
+            // every reset zeroes one sized by memLevel: 48 KiB at the default 8, 768 bytes at
+            // 2. The output is the same; only its pending buffer (1 KiB) is flushed more often.
+            mem_level: 2,
+            ..zlib_rs::DeflateConfig::default()
+        };
+        Gzip {
+            deflate: zlib_rs::Deflate::new_with_config(config),
+            scratch: vec![0; GZIP_SCRATCH].into_boxed_slice(),
+        }
+    }
+
+    fn member(&mut self, plain: &[u8]) -> Option<Vec<u8>> {
+        use zlib_rs::{DeflateFlush, Status};
+        let d = &mut self.deflate;
+        d.reset();
+        let mut out = Vec::new();
         let mut input = plain;
         loop {
-            out.reserve(4096);
-            let before = c.total_in();
-            let status = c.compress_vec(input, &mut out, FlushCompress::Finish);
-            input = &input[usize::try_from(c.total_in() - before).unwrap_or(input.len())..];
-            match status {
-                Ok(Status::StreamEnd) => return Some(out),
-                Ok(_) => {}
-                Err(_) => return None, // never a truncated copy
+            let (read, wrote) = (d.total_in(), d.total_out());
+            // An error is never a truncated copy: no copy at all.
+            let status = d
+                .compress(input, &mut self.scratch, DeflateFlush::Finish)
+                .ok()?;
+            let used = usize::try_from(d.total_in() - read).unwrap_or(input.len());
+            input = &input[used..];
+            let made = usize::try_from(d.total_out() - wrote).ok()?;
+            out.extend_from_slice(&self.scratch[..made]);
+            if status == Status::StreamEnd {
+                return Some(out);
             }
         }
-    })
+    }
 }
 
 /// (De)compressors kept for reuse, at most [`KEPT`] (not one per thread: the blocking pool can
@@ -312,7 +347,17 @@ mod tests {
     #[test]
     fn kept_encoders_make_whole_gzip_members() {
         let page = b"{\"patients\":[{\"id\":\"1\"}]}".repeat(3000);
-        for body in [&page[..], b"", &page[..10], &page[..]] {
+        // Bytes that do not compress: their gzip takes several turns of the scratch buffer.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let noise: Vec<u8> = (0..3 * GZIP_SCRATCH)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for body in [&page[..], b"", &page[..10], &noise, &page[..]] {
             let gz = gzip_fast(body).unwrap();
             assert_eq!(reference(&gz, Coding::Gzip, 1 << 20).unwrap(), body);
         }
