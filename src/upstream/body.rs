@@ -184,7 +184,7 @@ pub fn gzip_fast(plain: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Bytes of compressed output taken from the encoder per call: a whole Cliniko page's gzip
-/// (~1–3 KiB for 15–40 KB) in one, and little memory for each kept encoder.
+/// (a few KiB for 15–40 KB) in one, and little memory for each kept encoder.
 const GZIP_SCRATCH: usize = 16 * 1024;
 
 /// A kept level-1 gzip encoder and the buffer it writes into.
