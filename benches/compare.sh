@@ -84,12 +84,14 @@ ngxpid=$!; pids+=($ngxpid)
 # --- nginx + njs: JWT, limit, proxy_cache; every request a miss --------------------------
 # Its own instance, so the JS module and a cache filling towards its limit touch no other row.
 # The checks are the gateway's with the bench config: HS256 with the gateway's secret, `exp`
-# required and `nbf` honoured with its 5 s leeway, `iss` (if any) a string, `aud` unchecked
-# (no issuers or audiences configured), `sub` a non-empty string of at most 256 characters.
+# required and `nbf` honoured with its default 30 s leeway, `iss` (if any) a string, `aud`
+# unchecked (no issuers or audiences configured), `sub` a non-empty string of at most 256
+# characters without ASCII controls (the gateway counts bytes and refuses every Unicode
+# control: the same for the bench token).
 cat >"$w/jwt.js" <<JS
 import crypto from 'crypto';
 const SECRET = '$CLINIKO_GATEWAY_HMAC_SECRET';
-const LEEWAY = 5;
+const LEEWAY = 30;
 function claims(part) {
   return JSON.parse(Buffer.from(part, 'base64url').toString());
 }
@@ -184,13 +186,12 @@ LUA
 
 # --- scenarios --------------------------------------------------------------------------------
 results=()
-# Per row: upstream fetches per answered request, and failed responses (wrk's count).
-declare -A fetches failed
 wanted() { [ -z "${ONLY:-}" ] || [[ "$1" =~ $ONLY ]]; }
 measure() { # name, url, extra wrk args...
   local name=$1 url=$2; shift 2
   wanted "$name" || return 0
   taskset -c 1 wrk -t"$threads" -c"$conns" -d2s "$@" "$url" >/dev/null 2>&1
+  sleep 0.3  # nginx's buffered log of the warm-up lands before it is emptied
   : >"$w/up-conns.log"
   local proxy=""
   case "$url" in
@@ -221,7 +222,8 @@ measure() { # name, url, extra wrk args...
   bad=$(awk '/Non-2xx/ {print $5} /Socket errors/ {e=$4+$6+$8+$10} END {if (e) print "socket:" e}' <<<"$out" | paste -sd' ')
   if [ -n "$bad" ]; then
     echo "WARNING: $name had failed responses: $bad; a sample:" >&2
-    curl -s -i --max-time 5 --cacert "$w/ca.pem" "$@" "$url" 2>&1 | head -5 >&2 || true
+    local h=(); for a in "$@"; do case "$a" in -s | *.lua) ;; *) h+=("$a") ;; esac; done
+    curl -s -i --max-time 5 --cacert "$w/ca.pem" "${h[@]}" "$url" 2>&1 | head -5 >&2 || true
   fi
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
@@ -232,9 +234,8 @@ measure() { # name, url, extra wrk args...
   local pxus upus
   pxus=$(awk -v d=$((px1 - px0)) -v n="$n" -v hz="$hz" -v p="$proxy" 'BEGIN { if (p == "" || n == 0) print "-"; else printf "%.1f", d * 1e6 / hz / n }')
   upus=$(awk -v d=$((up1 - up0)) -v n="$n" -v hz="$hz" 'BEGIN { if (n == 0) print "-"; else printf "%.1f", d * 1e6 / hz / n }')
-  results+=("$name|$rps|$p50|$p99|$hand|$pxus|$upus")
-  fetches[$name]=$(awk -v n="$n" 'END { if (n) printf "%.2f", NR / n; else print "-" }' "$w/up-conns.log")
-  failed[$name]=${bad:-0}
+  local fetched; fetched=$(awk -v n="$n" 'END { if (n) printf "%.2f", NR / n; else print "-" }' "$w/up-conns.log")
+  results+=("$name|$rps|$p50|$p99|$hand|$pxus|$upus|$fetched|${bad:-0}")
   printf '.' >&2
 }
 auth=(-H "Authorization: Bearer $hs")
@@ -283,18 +284,19 @@ for ((round = 1; round <= rounds; round++)); do scenarios; done
 echo >&2
 rss=$(ps -o rss= -p "$gwpid" | awk '{printf "%.1f MiB", $1/1024}')
 
-# Each row's median round (by requests/s), whole: its latencies and CPU go with it.
+# Each row's median round (by requests/s; the lower middle one for an even ROUNDS), whole: its
+# latencies and CPU go with it.
 median_of() {
   for r in "${results[@]}"; do IFS='|' read -r n v _ <<<"$r"; if [ "$n" = "$1" ]; then echo "$v|$r"; fi; done |
     sort -t'|' -k1,1g | awk '{ row[NR] = $0 } END { if (NR) { r = row[int((NR + 1) / 2)]; sub(/^[^|]*\|/, "", r); print r } }'
 }
 rps_of() { median_of "$1" | cut -d'|' -f2; }
-names=()
-for r in "${results[@]}"; do
-  n=${r%%|*}; seen=""
-  for x in "${names[@]}"; do if [ "$x" = "$n" ]; then seen=1; fi; done
-  if [ -z "$seen" ]; then names+=("$n"); fi
-done
+mapfile -t names < <(printf '%s\n' "${results[@]}" | cut -d'|' -f1 | awk '!seen[$0]++')
+# Failed responses of a row over all its rounds (wrk's Non-2xx and socket errors).
+failures() {
+  for r in "${results[@]}"; do IFS='|' read -r n _ _ _ _ _ _ _ bad <<<"$r"; if [ "$n" = "$1" ]; then echo "$bad"; fi; done |
+    paste -sd' '
+}
 nginx_plain=$(rps_of "nginx proxy"); nginx_cache=$(rps_of "nginx proxy_cache hit")
 nginx_njs=$(rps_of "$njs_row"); gw_fill=$(rps_of "$fill_row")
 {
@@ -303,7 +305,7 @@ nginx_njs=$(rps_of "$njs_row"); gw_fill=$(rps_of "$fill_row")
   echo "| scenario | requests/s | p50 | p99 | vs nginx | upstream TLS handshakes / 10k req | proxy CPU µs/req | upstream CPU µs/req |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|"
   for name in "${names[@]}"; do
-    IFS='|' read -r n v p50 p99 hand pxus upus <<<"$(median_of "$name")"
+    IFS='|' read -r n v p50 p99 hand pxus upus _ <<<"$(median_of "$name")"
     case "$n" in
       *cache\ hit*) base=$nginx_cache ;;
       "$fill_row") base=$nginx_njs ;;
@@ -316,7 +318,7 @@ nginx_njs=$(rps_of "$njs_row"); gw_fill=$(rps_of "$fill_row")
   echo "Gateway RSS after the run: $rss. Ratios: cache-hit rows against nginx proxy_cache hit, the cache fill against nginx + njs, the rest against nginx proxy."
   if wanted "$njs_row" || wanted "$fill_row"; then
     echo
-    echo "Cache-fill pair: upstream fetches per request (1.00: every request a miss) nginx + njs ${fetches[$njs_row]:--}, gateway ${fetches[$fill_row]:--}; failed responses ${failed[$njs_row]:--} and ${failed[$fill_row]:--}."
+    echo "Cache-fill pair: upstream fetches per request in the median round (1.00: every request a miss) nginx + njs $(median_of "$njs_row" | cut -d'|' -f8), gateway $(median_of "$fill_row" | cut -d'|' -f8); failed responses per round $(failures "$njs_row") and $(failures "$fill_row")."
     echo "Issue 16 target, gateway cache fill ÷ nginx + njs JWT + limit + proxy_cache (goal ≥ 2x): $(awk -v a="$gw_fill" -v b="$nginx_njs" 'BEGIN { if (b > 0) printf "%.2fx", a/b; else print "-" }')"
   fi
 } | tee target/bench/compare.md

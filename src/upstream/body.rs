@@ -218,10 +218,13 @@ impl Gzip {
         let mut input = plain;
         loop {
             let (read, wrote) = (d.total_in(), d.total_out());
-            // An error is never a truncated copy: no copy at all.
-            let status = d
-                .compress(input, &mut self.scratch, DeflateFlush::Finish)
-                .ok()?;
+            // An error is never a truncated copy: no copy at all. zlib-rs' reset does not
+            // fully clean an encoder stopped mid-member (its next output can be corrupt), so
+            // this one is replaced rather than kept.
+            let Ok(status) = d.compress(input, &mut self.scratch, DeflateFlush::Finish) else {
+                *self = Gzip::new();
+                return None;
+            };
             let used = usize::try_from(d.total_in() - read).unwrap_or(input.len());
             input = &input[used..];
             let made = usize::try_from(d.total_out() - wrote).ok()?;
