@@ -57,15 +57,9 @@ impl KeySet {
 
 /// The JWKS source.
 pub(crate) struct Jwks {
-    uri: http::Uri,
-    /// The URL without its query, safe to log.
-    log_url: String,
-    algorithms: Vec<Algorithm>,
-    /// Background refresh period.
-    pub refresh_interval: Duration,
-    min_refetch: Duration,
-    timeout: Duration,
-    unknown_ttl: Duration,
+    /// `[auth.jwks]` as configured (its URL is safe to log: loading refuses one with
+    /// credentials or a query).
+    pub cfg: JwksConfig,
     http: HttpClient,
     set: ArcSwapOption<KeySet>,
     /// Held while fetching: waiters share the fetch in progress. Holds the last attempt's start.
@@ -96,21 +90,8 @@ struct FetchError(Cow<'static, str>);
 impl Jwks {
     /// Prepares the source; nothing is fetched yet.
     pub fn new(cfg: &JwksConfig, http: HttpClient, counts: Arc<AuthCounts>) -> Self {
-        let uri = cfg.url.clone();
-        let log_url = format!(
-            "{}://{}{}",
-            uri.scheme_str().unwrap_or("https"),
-            uri.authority().map(|a| a.as_str()).unwrap_or(""),
-            uri.path()
-        );
         Jwks {
-            algorithms: cfg.algorithms.clone(),
-            uri,
-            log_url,
-            refresh_interval: cfg.refresh_interval,
-            min_refetch: cfg.min_refetch_interval,
-            timeout: cfg.timeout,
-            unknown_ttl: cfg.unknown_kid_ttl,
+            cfg: cfg.clone(),
             http,
             set: ArcSwapOption::empty(),
             fetch: tokio::sync::Mutex::new(None),
@@ -126,7 +107,7 @@ impl Jwks {
 
     /// True when keys from this set may verify `alg` at all.
     pub fn allows(&self, alg: Algorithm) -> bool {
-        self.algorithms.contains(&alg)
+        self.cfg.algorithms.contains(&alg)
     }
 
     /// True once a fetch has succeeded.
@@ -141,9 +122,9 @@ impl Jwks {
 
     /// Delay before retrying after a failed background fetch.
     pub fn retry_delay(&self) -> Duration {
-        self.min_refetch
+        (self.cfg.min_refetch_interval)
             .max(Duration::from_secs(1))
-            .min(self.refresh_interval)
+            .min(self.cfg.refresh_interval)
     }
 
     /// The key for `kid`, refetching the set once if it is unknown.
@@ -162,7 +143,8 @@ impl Jwks {
         }
         // Remember the kid only when the set is known to be newer than the request: if the
         // refetch was rate-limited or failed, a just-rotated kid must not be locked out.
-        if self.good_generation.load(Ordering::SeqCst) > seen && !self.unknown_ttl.is_zero() {
+        if self.good_generation.load(Ordering::SeqCst) > seen && !self.cfg.unknown_kid_ttl.is_zero()
+        {
             self.unknown.insert(kid.to_owned(), ()).await;
         }
         Err(UNKNOWN)
@@ -174,7 +156,7 @@ impl Jwks {
         if self.generation.load(Ordering::SeqCst) != seen {
             return;
         }
-        if last.is_some_and(|t| t.elapsed() < self.min_refetch) {
+        if last.is_some_and(|t| t.elapsed() < self.cfg.min_refetch_interval) {
             return;
         }
         self.fetch_locked(&mut last).await;
@@ -191,7 +173,7 @@ impl Jwks {
         let result = self.fetch_once().await;
         let ok = match result {
             Ok(set) => {
-                tracing::debug!(url = %self.log_url, keys = set.all.len(), "JWKS fetched");
+                tracing::debug!(url = %self.cfg.url, keys = set.all.len(), "JWKS fetched");
                 // Store before bumping the generation so waiters that see it also see the set.
                 self.set.store(Some(Arc::new(set)));
                 self.counts.ok.fetch_add(1, Ordering::SeqCst);
@@ -199,7 +181,7 @@ impl Jwks {
             }
             Err(FetchError(why)) => {
                 tracing::warn!(
-                    url = %self.log_url,
+                    url = %self.cfg.url,
                     reason = %why,
                     keeping_previous = self.ready(),
                     "JWKS fetch failed"
@@ -216,7 +198,7 @@ impl Jwks {
     }
 
     async fn fetch_once(&self) -> Result<KeySet, FetchError> {
-        let req = http::Request::get(self.uri.clone())
+        let req = http::Request::get(self.cfg.url.clone())
             .header(http::header::ACCEPT, "application/json")
             .body(Body::empty())
             .map_err(|_| FetchError("cannot build the request".into()))?;
@@ -236,9 +218,9 @@ impl Jwks {
                 .await
                 .map_err(|_| FetchError("body unreadable or larger than 1 MiB".into()))?
                 .to_bytes();
-            parse(&body, &self.algorithms)
+            parse(&body, &self.cfg.algorithms)
         };
-        tokio::time::timeout(self.timeout, work)
+        tokio::time::timeout(self.cfg.timeout, work)
             .await
             .map_err(|_| FetchError("timed out".into()))?
     }

@@ -291,7 +291,7 @@ impl Drop for Authenticator {
 async fn refresh_loop(jwks: Weak<jwks::Jwks>, mut last_ok: bool) {
     loop {
         let wait = match jwks.upgrade() {
-            Some(j) if last_ok => j.refresh_interval,
+            Some(j) if last_ok => j.cfg.refresh_interval,
             Some(j) => j.retry_delay(),
             None => return,
         };
