@@ -167,10 +167,10 @@ fn tokens(c: &mut Criterion) {
         http::header::AUTHORIZATION,
         HeaderValue::try_from(format!("Bearer {token}")).unwrap(),
     );
-    let cached = cliniko_gateway::auth::Authenticator::new(&cfg.auth, http.clone()).unwrap();
+    let cached = cliniko_gateway::auth::Authenticator::new(&cfg.auth, http.clone(), None).unwrap();
     let mut cold_cfg = config();
     cold_cfg.auth.token_cache_size = 0;
-    let cold = cliniko_gateway::auth::Authenticator::new(&cold_cfg.auth, http).unwrap();
+    let cold = cliniko_gateway::auth::Authenticator::new(&cold_cfg.auth, http, None).unwrap();
     c.bench_function("jwt/HS256 cold (verify every time)", |b| {
         b.to_async(&rt)
             .iter(|| async { black_box(cold.authenticate(&header).await.unwrap()) })

@@ -195,11 +195,10 @@ async fn verifier(
     before: Option<Arc<Authenticator>>,
 ) -> Result<Arc<Authenticator>, ConfigError> {
     let (auth, http) = (cfg.auth.clone(), fixed.http.clone());
-    let authn = tokio::task::spawn_blocking(move || {
-        Authenticator::new_after(&auth, http, before.as_deref())
-    })
-    .await
-    .map_err(|_| ConfigError::new("auth", "the build task failed", "try again"))??;
+    let authn =
+        tokio::task::spawn_blocking(move || Authenticator::new(&auth, http, before.as_deref()))
+            .await
+            .map_err(|_| ConfigError::new("auth", "the build task failed", "try again"))??;
     authn.start().await;
     Ok(authn)
 }

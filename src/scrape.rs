@@ -224,7 +224,7 @@ impl Collector for Sources {
             "auth_cliniko_keys_refused",
             "Requests refused because they carried a Cliniko API key instead of a JWT (rotate \
              that key: the warning log line has its fingerprint)",
-            live.authn.cliniko_keys_refused(),
+            load(&live.authn.counts.cliniko_keys_refused),
         )?;
         family(
             &mut enc,
@@ -232,8 +232,8 @@ impl Collector for Sources {
             "JWKS fetches by result (ok, failed)",
             "result",
             &[
-                ("ok", live.authn.jwks_fetches_ok()),
-                ("failed", live.authn.jwks_fetches_failed()),
+                ("ok", load(&live.authn.counts.ok)),
+                ("failed", load(&live.authn.counts.failed)),
             ],
         )
     }

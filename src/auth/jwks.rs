@@ -433,7 +433,7 @@ mod tests {
                 hmac_secret: None,
                 ..base_cfg()
             };
-            Authenticator::new(&cfg, client(Some(&self.ca))).unwrap()
+            Authenticator::new(&cfg, client(Some(&self.ca)), None).unwrap()
         }
     }
 
@@ -464,7 +464,7 @@ mod tests {
         assert_eq!(idp.hits(), 0, "new() does not fetch");
         a.start().await;
         assert!(a.ready());
-        assert_eq!((a.jwks_fetches_ok(), a.jwks_fetches_failed()), (1, 0));
+        assert_eq!(fetches(&a), (1, 0));
         assert_eq!(&*check(&a, &t).await.unwrap().id, "alice");
         // A token without kid is tried against the set's keys.
         let no_kid = k1.sign(Header::new(Algorithm::ES256), &claims("bob"));
@@ -571,7 +571,7 @@ mod tests {
         a.start().await;
         idp.fail(true);
         assert_eq!(check(&a, &es(&k9, "k9", "a")).await.unwrap_err(), UNKNOWN);
-        assert_eq!((a.jwks_fetches_ok(), a.jwks_fetches_failed()), (1, 1));
+        assert_eq!(fetches(&a), (1, 1));
         assert!(a.ready());
         assert!(
             check(&a, &es(&k1, "k1", "b")).await.is_ok(),
@@ -582,7 +582,7 @@ mod tests {
         idp.fail(false);
         idp.publish_raw("{\"keys\": 12}".into());
         assert_eq!(check(&a, &es(&k9, "k9", "c")).await.unwrap_err(), UNKNOWN);
-        assert_eq!(a.jwks_fetches_failed(), 2);
+        assert_eq!(fetches(&a).1, 2);
         assert!(check(&a, &es(&k1, "k1", "d")).await.is_ok());
 
         // k9 was not remembered as unknown (no good fetch saw it missing), so it works once published.
@@ -602,7 +602,7 @@ mod tests {
         });
         a.start().await;
         assert!(!a.ready());
-        assert!(a.jwks_fetches_failed() >= 1);
+        assert!(fetches(&a).1 >= 1);
         let t = es(&k1, "k1", "alice");
         assert_eq!(check(&a, &t).await.unwrap_err(), AuthError::KeysUnavailable);
         idp.fail(false);

@@ -294,7 +294,7 @@ mod tests {
                 }],
                 ..base_cfg()
             };
-            let err = Authenticator::new(&cfg, client(None)).err().unwrap();
+            let err = Authenticator::new(&cfg, client(None), None).err().unwrap();
             assert_eq!(err.field, field, "{algs:?}");
         }
     }

@@ -66,18 +66,15 @@ pub struct Authenticator {
     rules: verify::ClaimRules,
     cache: moka::future::Cache<cache::TokenHash, cache::Cached>,
     refresher: Mutex<Option<JoinHandle<()>>>,
-    counts: Arc<jwks::AuthCounts>,
+    /// JWKS fetches and Cliniko keys refused (read by the metrics).
+    pub(crate) counts: Arc<jwks::AuthCounts>,
     accept_basic: bool,
 }
 
 impl Authenticator {
     /// Builds key sources (reading PEM files); a JWKS is not fetched until [`Self::start`].
-    pub fn new(cfg: &AuthConfig, http: HttpClient) -> Result<Arc<Authenticator>, ConfigError> {
-        Authenticator::new_after(cfg, http, None)
-    }
-
-    /// Like [`Self::new`] for a reloaded `cfg`: counters carry on from `prev`'s.
-    pub fn new_after(
+    /// For a reloaded `cfg`, counters carry on from `prev`'s.
+    pub fn new(
         cfg: &AuthConfig,
         http: HttpClient,
         prev: Option<&Authenticator>,
@@ -168,21 +165,6 @@ impl Authenticator {
     /// True when every configured key source is usable (the JWKS fetched at least once).
     pub fn ready(&self) -> bool {
         self.jwks.as_ref().is_none_or(|j| j.ready())
-    }
-
-    /// Successful JWKS fetches so far.
-    pub fn jwks_fetches_ok(&self) -> u64 {
-        self.counts.ok.load(Ordering::SeqCst)
-    }
-
-    /// Failed JWKS fetches so far.
-    pub fn jwks_fetches_failed(&self) -> u64 {
-        self.counts.failed.load(Ordering::SeqCst)
-    }
-
-    /// Requests refused because they carried a Cliniko API key instead of a JWT.
-    pub fn cliniko_keys_refused(&self) -> u64 {
-        self.counts.cliniko_keys_refused.load(Ordering::Relaxed)
     }
 
     async fn verify(&self, token: &str) -> Result<User, AuthError> {
@@ -366,7 +348,13 @@ pub(crate) mod test_support {
     }
 
     pub(crate) fn authn(cfg: &AuthConfig) -> Arc<Authenticator> {
-        Authenticator::new(cfg, client(None)).unwrap()
+        Authenticator::new(cfg, client(None), None).unwrap()
+    }
+
+    /// JWKS fetches so far: (ok, failed).
+    pub(crate) fn fetches(a: &Authenticator) -> (u64, u64) {
+        let c = &a.counts;
+        (c.ok.load(Ordering::SeqCst), c.failed.load(Ordering::SeqCst))
     }
 
     pub(crate) fn claims(sub: &str) -> Value {
@@ -532,9 +520,13 @@ mod tests {
             let got = a.authenticate(&auth_header(&key)).await.unwrap_err();
             assert_eq!(got, AuthError::ClinikoKeySent);
         }
-        assert_eq!(a.cliniko_keys_refused(), 2);
-        let next = Authenticator::new_after(&base_cfg(), client(None), Some(&a)).unwrap();
-        assert_eq!(next.cliniko_keys_refused(), 2, "carried across a reload");
+        assert_eq!(a.counts.cliniko_keys_refused.load(Ordering::Relaxed), 2);
+        let next = Authenticator::new(&base_cfg(), client(None), Some(&a)).unwrap();
+        assert_eq!(
+            next.counts.cliniko_keys_refused.load(Ordering::Relaxed),
+            2,
+            "carried across a reload"
+        );
     }
 
     #[tokio::test]
@@ -563,7 +555,7 @@ mod tests {
             leeway: Duration::from_secs(7200),
             ..base_cfg()
         };
-        let err = Authenticator::new(&too_lenient, client(None))
+        let err = Authenticator::new(&too_lenient, client(None), None)
             .err()
             .unwrap();
         assert_eq!(err.field, "auth.leeway");

@@ -138,7 +138,7 @@ fn authenticator() -> Arc<Authenticator> {
     .collect());
     let cfg = load_str(text, std::path::Path::new("/tmp"), &env).unwrap();
     let http = cliniko_gateway::upstream::client::build(&cfg.upstream, Default::default()).unwrap();
-    Authenticator::new(&cfg.auth, http).unwrap()
+    Authenticator::new(&cfg.auth, http, None).unwrap()
 }
 
 fn b64(bytes: &[u8]) -> String {
