@@ -48,13 +48,12 @@ pub fn migrate_legacy(table: &mut toml::Table) -> Result<Vec<Deprecated>, Config
         let Some(dest) = section(table, new_section, true)? else {
             continue;
         };
-        if dest.contains_key(new_key) {
-            return Err(ConfigError::new(
-                old,
-                format!("is set and so is `{new}`"),
-                format!("keep only `{new}` (`{old}` is the deprecated name)"),
-            ));
-        }
+        super::validate::refuse_if(
+            dest.contains_key(new_key),
+            old,
+            format!("is set and so is `{new}`"),
+            format!("keep only `{new}` (`{old}` is the deprecated name)"),
+        )?;
         dest.insert(new_key.to_string(), value);
         moved.push(Deprecated { old, new });
     }

@@ -2,6 +2,7 @@
 
 use super::Config;
 pub use super::validate::ConfigError;
+use super::validate::refuse_if;
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretBox};
 use std::collections::BTreeMap;
@@ -173,13 +174,12 @@ fn refuse_inline_secrets(t: &toml::Table) -> Result<(), ConfigError> {
     ];
     for (sec, key, var, why) in secrets {
         let section = t.get(sec).and_then(|s| s.as_table());
-        if section.is_some_and(|s| s.contains_key(key)) {
-            return Err(ConfigError::new(
-                format!("{sec}.{key}"),
-                format!("secrets are never read from the config file{why}"),
-                format!("set {var} or point {sec}.{key}_file at a file"),
-            ));
-        }
+        refuse_if(
+            section.is_some_and(|s| s.contains_key(key)),
+            format!("{sec}.{key}"),
+            format!("secrets are never read from the config file{why}"),
+            format!("set {var} or point {sec}.{key}_file at a file"),
+        )?;
     }
     Ok(())
 }
@@ -192,13 +192,12 @@ fn overlay_env(table: &mut toml::Table, env: &Env) -> Result<(), ConfigError> {
             continue;
         };
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-        if path.iter().any(String::is_empty) {
-            return Err(ConfigError::new(
-                name.clone(),
-                "empty path segment in the variable name",
-                "name it CLINIKO_GATEWAY__<SECTION>__<FIELD>, e.g. CLINIKO_GATEWAY__SERVER__LISTEN",
-            ));
-        }
+        refuse_if(
+            path.iter().any(String::is_empty),
+            name,
+            "empty path segment in the variable name",
+            "name it CLINIKO_GATEWAY__<SECTION>__<FIELD>, e.g. CLINIKO_GATEWAY__SERVER__LISTEN",
+        )?;
         let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
             .ok()
             .and_then(|mut t| t.remove("v"))

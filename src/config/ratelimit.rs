@@ -122,14 +122,12 @@ pub(super) fn validate(c: &RateLimitConfig) -> Result<(), ConfigError> {
         "longer than a minute",
         "keep it short (default 2s): callers are waiting",
     )?;
-    if c.replicas == 0 {
-        return Err(ConfigError::new(
-            "ratelimit.replicas",
-            "must be at least 1",
-            "use 1",
-        ));
-    }
-    Ok(())
+    refuse_if(
+        c.replicas == 0,
+        "ratelimit.replicas",
+        "must be at least 1",
+        "use 1",
+    )
 }
 
 #[cfg(test)]

@@ -72,16 +72,14 @@ pub(super) fn validate(c: &RedisConfig) -> Result<(), ConfigError> {
         "must be between 1ms and 5s",
         "use e.g. \"100ms\"",
     )?;
-    if let Some(RedisUrl(url)) = &c.url
-        && (!url.starts_with("redis://") || ::redis::Client::open(url.as_str()).is_err())
-    {
-        return Err(ConfigError::new(
-            "redis.url",
-            "not a redis:// URL",
-            "write it like redis://127.0.0.1:6379/0",
-        ));
-    }
-    Ok(())
+    refuse_if(
+        c.url.as_ref().is_some_and(|RedisUrl(url)| {
+            !url.starts_with("redis://") || ::redis::Client::open(url.as_str()).is_err()
+        }),
+        "redis.url",
+        "not a redis:// URL",
+        "write it like redis://127.0.0.1:6379/0",
+    )
 }
 
 #[cfg(test)]

@@ -98,24 +98,19 @@ pub(super) fn validate(s: &ServerConfig, admin: &AdminConfig) -> Result<(), Conf
         "out of range",
         "use a value between 8192 and 1048576",
     )?;
-    if s.max_headers == 0 || s.max_headers > 1000 {
-        return Err(ConfigError::new(
-            "server.max_headers",
-            "out of range",
-            "use 1 to 1000",
-        ));
-    }
+    refuse_if(
+        !(1..=1000).contains(&s.max_headers),
+        "server.max_headers",
+        "out of range",
+        "use 1 to 1000",
+    )?;
     // Port 0 means "any free port", so two zeros never collide.
-    if let Some(a) = admin.listen
-        && a == s.listen
-        && a.port() != 0
-    {
-        return Err(ConfigError::new(
-            "admin.listen",
-            "must differ from server.listen: the proxy port never serves admin routes",
-            "use another port, e.g. 127.0.0.1:9901",
-        ));
-    }
+    refuse_if(
+        admin.listen.is_some_and(|a| a == s.listen && a.port() != 0),
+        "admin.listen",
+        "must differ from server.listen: the proxy port never serves admin routes",
+        "use another port, e.g. 127.0.0.1:9901",
+    )?;
     refuse_if(
         s.max_connections == 0,
         "server.max_connections",
