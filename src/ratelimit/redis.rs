@@ -7,7 +7,7 @@
 //! timeout or error is reported to the caller, which fails open or closed.
 
 use super::gcra::{Decision, Gcra};
-use crate::config::{ConfigError, Quota, RedisConfig, RedisFailure, RedisUrl};
+use crate::config::{ConfigError, Quota, RedisConfig, RedisUrl};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
 
@@ -63,11 +63,9 @@ pub enum SharedError {
 pub struct SharedBudget {
     conn: ConnectionManager,
     script: redis::Script,
-    prefix: String,
-    timeout: Duration,
+    /// `[redis]` as configured (its `failure`: what the budgets do while Redis is down).
+    pub(super) cfg: RedisConfig,
     gcra: Gcra,
-    /// What the budgets do while Redis is down.
-    pub(super) failure: RedisFailure,
 }
 
 impl SharedBudget {
@@ -96,10 +94,8 @@ impl SharedBudget {
         Ok(SharedBudget {
             conn,
             script: redis::Script::new(SCRIPT),
-            prefix: cfg.prefix.clone(),
-            timeout: cfg.timeout,
+            cfg: cfg.clone(),
             gcra: Gcra::of(key),
-            failure: cfg.failure,
         })
     }
 
@@ -112,7 +108,7 @@ impl SharedBudget {
         reserve: bool,
     ) -> Result<Decision, SharedError> {
         let mut conn = self.conn.clone();
-        let key = format!("{}:budget:{id}", self.prefix);
+        let key = format!("{}:budget:{id}", self.cfg.prefix);
         let mut call = self.script.key(key);
         call.arg(self.gcra.interval)
             .arg(self.gcra.burst)
@@ -120,9 +116,9 @@ impl SharedBudget {
             .arg(pause)
             .arg(if reserve { 1 } else { 0 });
         let run = call.invoke_async::<(i64, i64)>(&mut conn);
-        let (admitted, wait) = tokio::time::timeout(self.timeout, run)
+        let (admitted, wait) = tokio::time::timeout(self.cfg.timeout, run)
             .await
-            .map_err(|_| SharedError::Timeout(self.timeout))??;
+            .map_err(|_| SharedError::Timeout(self.cfg.timeout))??;
         let wait = u64::try_from(wait).unwrap_or(0);
         Ok(if admitted == 1 {
             Decision::Admit(wait)

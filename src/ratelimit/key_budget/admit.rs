@@ -108,7 +108,7 @@ impl KeyBudgets {
         if me.asking {
             match self.decide(&p, id, 0, 0, true).await? {
                 (Decision::Admit(_), _) => return Ok(()),
-                (Decision::Refuse(w), place) if w > micros(p.max_wait) => {
+                (Decision::Refuse(w), place) if w > micros(p.cfg.max_wait) => {
                     return Err(refusal(&p, place, w));
                 }
                 (Decision::Refuse(w), _) => next = w,
@@ -118,7 +118,7 @@ impl KeyBudgets {
         self.queue(&p, &mut me, tx, next)?;
         // Counted once it really waits: `queue` refuses a hopeless wait at once.
         self.stats.shaped.fetch_add(1, Ordering::Relaxed);
-        self.wait(&p, rx, started + p.max_wait).await
+        self.wait(&p, rx, started + p.cfg.max_wait).await
     }
 
     /// Counts the request in, or refuses it when `max_waiting` are in already. When nobody
@@ -131,9 +131,9 @@ impl KeyBudgets {
     ) -> Result<Entered<'a>, GatewayError> {
         let mut t = self.table();
         let slot = t.entry(Arc::clone(id)).or_default();
-        if slot.waiting >= p.max_waiting {
+        if slot.waiting >= p.cfg.max_waiting {
             drop(t);
-            return Err(refusal(p, self.preferred(p), micros(p.max_wait)));
+            return Err(refusal(p, self.preferred(p), micros(p.cfg.max_wait)));
         }
         slot.waiting += 1;
         let asking = !slot.pumping && !slot.asking;
@@ -163,7 +163,7 @@ impl KeyBudgets {
         let now = self.now_us();
         let place = self.preferred(p);
         let interval = micros(p.quota(place).interval()).max(1);
-        let max_wait = micros(p.max_wait);
+        let max_wait = micros(p.cfg.max_wait);
         let mut t = self.table();
         let slot = t.entry(Arc::clone(id)).or_default();
         slot.asking &= !std::mem::take(&mut me.asking);
@@ -276,7 +276,7 @@ impl KeyBudgets {
         match verdict {
             Some(Verdict::Go) => Ok(()),
             Some(Verdict::Unavailable) => Err(GatewayError::RateLimiterUnavailable),
-            None => Err(refusal(p, self.preferred(p), micros(p.max_wait))),
+            None => Err(refusal(p, self.preferred(p), micros(p.cfg.max_wait))),
         }
     }
 }

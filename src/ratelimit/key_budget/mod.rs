@@ -51,12 +51,9 @@ struct Slot {
 
 /// What the config sets: swapped whole by a reload, under the table's lock.
 struct Params {
-    quota: Quota,
+    cfg: RateLimitConfig,
     local_quota: Quota,
     local_gcra: Gcra,
-    max_wait: Duration,
-    max_waiting: usize,
-    failure: RedisFailure,
     shared: Option<SharedBudget>,
 }
 
@@ -65,12 +62,9 @@ impl Params {
         // Without Redis every replica keeps its own budget: each gets its share.
         let local_quota = cfg.key.divided(cfg.replicas);
         Params {
-            quota: cfg.key,
+            cfg: cfg.clone(),
             local_quota,
             local_gcra: Gcra::of(&local_quota),
-            max_wait: cfg.max_wait,
-            max_waiting: cfg.max_waiting,
-            failure: shared.as_ref().map_or(RedisFailure::Open, |s| s.failure),
             shared,
         }
     }
@@ -78,7 +72,7 @@ impl Params {
     /// The quota the arithmetic that decided (`w`) applies.
     fn quota(&self, w: Where) -> Quota {
         match w {
-            Where::Shared => self.quota,
+            Where::Shared => self.cfg.key,
             Where::Local => self.local_quota,
         }
     }
@@ -160,7 +154,7 @@ impl KeyBudgets {
     ) -> Result<Option<Duration>, GatewayError> {
         let p = self.params.load_full();
         let pause_us = micros(pause).max(1);
-        let limit = pause_us.saturating_add(micros(p.max_wait));
+        let limit = pause_us.saturating_add(micros(p.cfg.max_wait));
         let (decision, _) = self.decide(&p, id, limit, pause_us, reserve).await?;
         Ok(match decision {
             Decision::Admit(w) if reserve => Some(Duration::from_micros(w)),
@@ -202,13 +196,13 @@ impl KeyBudgets {
                         self.down_until.store(until, Ordering::Release);
                         tracing::warn!(
                             error = %e,
-                            fail = ?p.failure,
+                            fail = ?shared.cfg.failure,
                             "rate-limit Redis unavailable; not asking it again for 1s"
                         );
                     }
                 }
             }
-            if p.failure == RedisFailure::Closed {
+            if shared.cfg.failure == RedisFailure::Closed {
                 return Err(GatewayError::RateLimiterUnavailable);
             }
             self.stats.fail_open.fetch_add(1, Ordering::Relaxed);
