@@ -25,10 +25,9 @@ pub struct Caller {
 
 /// The compiled `[ratelimit.shares]`.
 pub struct Shares {
-    default: Share,
-    group_claim: String,
+    cfg: SharesConfig,
+    /// Each configured app's share, and where its admissions are counted.
     apps: HashMap<String, (Share, Arc<AppCounts>)>,
-    groups: HashMap<String, Share>,
     other: Arc<AppCounts>,
     no_app: Arc<str>,
 }
@@ -37,14 +36,10 @@ impl Shares {
     /// Compiles `cfg` (validated), taking each configured app's metric handles from `m`.
     pub fn new(cfg: &SharesConfig, m: &AppMetrics) -> Shares {
         Shares {
-            default: cfg.default,
-            group_claim: cfg.group_claim.clone(),
-            apps: cfg
-                .apps
-                .iter()
+            cfg: cfg.clone(),
+            apps: (cfg.apps.iter())
                 .map(|(name, s)| (name.clone(), (*s, Arc::new(m.app(name)))))
                 .collect(),
-            groups: cfg.groups.clone().into_iter().collect(),
             other: Arc::new(m.app(OTHER_APP)),
             // Not a name `app_of` can produce (it keeps only non-empty names).
             no_app: Arc::from(""),
@@ -58,7 +53,7 @@ impl Shares {
             Some((share, counts)) => (*share, counts.clone()),
             None => (
                 user.and_then(|u| self.best_group(u))
-                    .unwrap_or(self.default),
+                    .unwrap_or(self.cfg.default),
                 self.other.clone(),
             ),
         };
@@ -72,8 +67,8 @@ impl Shares {
 
     fn best_group(&self, user: &User) -> Option<Share> {
         // First class first, then the heaviest weight.
-        super::groups_of(user, &self.group_claim)
-            .filter_map(|g| self.groups.get(g).copied())
+        super::groups_of(user, &self.cfg.group_claim)
+            .filter_map(|g| self.cfg.groups.get(g).copied())
             .min_by_key(|s| (s.class, std::cmp::Reverse(s.weight)))
     }
 }
