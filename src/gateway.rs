@@ -71,8 +71,8 @@ impl Gateway {
         let (credentials, bus) = (fixed.credentials.clone(), fixed.bus.clone());
         let (inflight, telemetry) = (fixed.inflight.clone(), fixed.telemetry.clone());
         // The same build a reload runs, from nothing.
-        let built = Live::build(&fixed, &cfg, None).await?;
-        let live: Shared = Arc::new(ArcSwap::from_pointee(built.live));
+        let (built, _) = Live::build(&fixed, &cfg, None).await?;
+        let live: Shared = Arc::new(ArcSwap::from_pointee(built));
         readiness.follow(&live);
         metrics.add_sources(Arc::new(crate::scrape::Sources::new(
             live.clone(),

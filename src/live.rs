@@ -36,22 +36,6 @@ impl std::ops::Deref for Live {
     }
 }
 
-impl Live {
-    /// Builds the stack around these parts.
-    pub fn assemble(fixed: &Fixed, parts: Parts) -> Live {
-        let service = stack::build(fixed, &parts);
-        Live { parts, service }
-    }
-}
-
-/// A new set built from a config, and the reloadable sections that changed.
-pub struct Applied {
-    /// The set to swap in.
-    pub live: Live,
-    /// Reloadable sections that changed (and were rebuilt).
-    pub changed: Vec<&'static str>,
-}
-
 /// What a reload builds from: the set serving now and the config it was built from.
 pub struct Previous<'a> {
     /// The config the serving set was built from.
@@ -71,11 +55,12 @@ impl Live {
     /// parameters, built last, so a config that fails half-way changes nothing. On a reload a
     /// new verifier's JWKS must answer now: a key set that cannot be fetched is refused rather
     /// than swapped in unable to verify (at start-up the gateway starts not ready instead).
+    /// Returns the set to swap in and the reloadable sections that changed (and were rebuilt).
     pub async fn build(
         fixed: &Fixed,
         cfg: &Config,
         prev: Option<Previous<'_>>,
-    ) -> Result<Applied, ConfigError> {
+    ) -> Result<(Live, Vec<&'static str>), ConfigError> {
         let mut changed = Vec::new();
         let authn = authn_for(fixed, cfg, prev.as_ref(), &mut changed).await?;
         let (old, cur) = (
@@ -124,10 +109,8 @@ impl Live {
             ratelimits,
             cors: crate::cors::Cors::new(&cfg.cors),
         };
-        Ok(Applied {
-            live: Live::assemble(fixed, parts),
-            changed,
-        })
+        let service = stack::build(fixed, &parts);
+        Ok((Live { parts, service }, changed))
     }
 }
 

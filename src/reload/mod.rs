@@ -176,21 +176,20 @@ impl Reloader {
         new.warn_deprecated();
         let restart_needed = config::restart_needed(&configs.started, &new);
         let current = self.live.load_full();
-        let auth_changed = auth != configs.auth;
         let prev = Previous {
             config: &configs.applied,
             live: &current,
-            auth_changed,
+            auth_changed: auth != configs.auth,
         };
-        let applied = Live::build(&self.fixed, &new, Some(prev)).await?;
-        self.live.store(Arc::new(applied.live));
+        let (applied, changed) = Live::build(&self.fixed, &new, Some(prev)).await?;
+        self.live.store(Arc::new(applied));
         // Only now that the new set serves: a changed [redis] moves the bus to it.
         self.fixed.bus.configure(&new.redis);
         configs.applied = new;
         configs.auth = auth;
         Ok(Reloaded {
             users: None,
-            changed: applied.changed,
+            changed,
             restart_needed,
         })
     }
