@@ -330,7 +330,7 @@ mod tests {
         state: Arc<State>,
         ca: PathBuf,
         _dir: TempDir,
-        task: JoinHandle<()>,
+        task: tokio::task::JoinHandle<()>,
     }
 
     impl Drop for IdP {

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 /// The calling app from verified claims (`azp`, else `client_id`), as logs and the audit record it.
 pub fn app_of(claims: &Map<String, Value>) -> Option<String> {
@@ -65,7 +65,8 @@ pub struct Authenticator {
     jwks: Option<Arc<jwks::Jwks>>,
     rules: verify::ClaimRules,
     cache: moka::future::Cache<cache::TokenHash, cache::Cached>,
-    refresher: Mutex<Option<JoinHandle<()>>>,
+    /// The JWKS refresher, stopped when the `Authenticator` is dropped.
+    refresher: Mutex<Option<AbortOnDropHandle<()>>>,
     /// JWKS fetches and Cliniko keys refused (read by the metrics).
     pub(crate) counts: Arc<jwks::AuthCounts>,
     accept_basic: bool,
@@ -103,13 +104,11 @@ impl Authenticator {
         let Some(jwks) = &self.jwks else { return };
         let first_ok = jwks.refresh().await;
         let handle = tokio::spawn(refresh_loop(Arc::downgrade(jwks), first_ok));
-        let mut slot = self
+        // A refresher started before is stopped as it is replaced.
+        *self
             .refresher
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(old) = slot.replace(handle) {
-            old.abort();
-        }
+            .unwrap_or_else(PoisonError::into_inner) = Some(AbortOnDropHandle::new(handle));
     }
 
     /// Verifies the token of the request's `Authorization` header (Bearer, or Basic when
@@ -254,18 +253,6 @@ impl fmt::Debug for Authenticator {
             .field("jwks", &self.jwks.is_some())
             .field("ready", &self.ready())
             .finish()
-    }
-}
-
-impl Drop for Authenticator {
-    fn drop(&mut self) {
-        let slot = self
-            .refresher
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(h) = slot.take() {
-            h.abort();
-        }
     }
 }
 
