@@ -19,22 +19,6 @@ pub(crate) struct KeyEntry {
     pub kid: Option<String>,
 }
 
-impl KeyEntry {
-    /// True when a token signed with `alg` may be checked against this key.
-    pub fn allows(&self, alg: Algorithm) -> bool {
-        self.algs.contains(&alg)
-    }
-
-    /// True when a token with header `kid` may use this key.
-    pub fn matches_kid(&self, kid: Option<&str>) -> bool {
-        match (&self.kid, kid) {
-            (None, _) => true,
-            (Some(mine), Some(theirs)) => mine == theirs,
-            (Some(_), None) => false,
-        }
-    }
-}
-
 /// The keys that never change while the gateway runs.
 pub(crate) struct StaticKeys {
     /// The shared HMAC secret, if configured.
