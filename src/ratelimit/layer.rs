@@ -52,7 +52,7 @@ impl RateLimits {
             None => Ok(reserve.then_some(wait)),
             Some(b) => b.pause(cred.budget_id(), wait, reserve).await,
         };
-        self.note_pause();
+        self.pauses.send_modify(|c| *c += 1);
         slot.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "could not pause a key budget after Cliniko throttled it");
             None

@@ -42,17 +42,22 @@ fn key_budgets(
     stats: &Arc<RateLimitStats>,
     prev: Option<&RateLimits>,
 ) -> Result<Arc<key_budget::KeyBudgets>, ConfigError> {
+    // What the budgets hold: everything but the per-user part and the shares.
+    let budget_part = |c: &RateLimitConfig| RateLimitConfig {
+        user: UserLimitConfig::default(),
+        shares: SharesConfig::default(),
+        ..c.clone()
+    };
     let kept = prev.and_then(|p| Some((p.budget.as_ref()?, p)));
     if let Some((b, p)) = kept
-        && same_budget(&p.cfg, cfg)
+        && budget_part(&p.cfg) == budget_part(cfg)
         && p.redis == *redis
     {
         return Ok(b.clone());
     }
-    let shared = match &redis.url {
-        Some(url) => Some(redis::SharedBudget::new(url, redis, &cfg.key)?),
-        None => None,
-    };
+    let shared = (redis.url.as_ref())
+        .map(|url| redis::SharedBudget::new(url, redis, &cfg.key))
+        .transpose()?;
     Ok(match kept {
         Some((b, _)) => {
             b.reconfigure(cfg, shared);
@@ -60,23 +65,6 @@ fn key_budgets(
         }
         None => Arc::new(key_budget::KeyBudgets::new(cfg, shared, stats.clone())),
     })
-}
-
-fn user_limits(cfg: &RateLimitConfig) -> Option<Arc<user_limit::UserLimits>> {
-    cfg.user
-        .enabled
-        .then(|| Arc::new(user_limit::UserLimits::new(&cfg.user)))
-}
-
-/// Whether two configs give the same key budgets (everything but the per-user part and the
-/// shares, which the budgets do not hold).
-fn same_budget(a: &RateLimitConfig, b: &RateLimitConfig) -> bool {
-    let budget_part = |c: &RateLimitConfig| RateLimitConfig {
-        user: UserLimitConfig::default(),
-        shares: SharesConfig::default(),
-        ..c.clone()
-    };
-    budget_part(a) == budget_part(b)
 }
 
 /// The groups a user's `claim` names (a string, or an array of strings), read in place: no
@@ -151,7 +139,7 @@ impl RateLimits {
         let on = cfg.enabled;
         let users = match prev {
             Some(p) if p.cfg.user == cfg.user && p.users.is_some() => p.users.clone(),
-            _ => user_limits(cfg),
+            _ => (cfg.user.enabled).then(|| Arc::new(user_limit::UserLimits::new(&cfg.user))),
         };
         Ok(Arc::new(RateLimits {
             cfg: cfg.clone(),
@@ -176,10 +164,6 @@ impl RateLimits {
     pub async fn wait_for_pauses(&self, n: u64) {
         let mut rx = self.pauses.subscribe();
         let _ = rx.wait_for(|c| *c >= n).await;
-    }
-
-    fn note_pause(&self) {
-        self.pauses.send_modify(|c| *c += 1);
     }
 }
 
