@@ -13,7 +13,7 @@ use crate::config::{Quota, UserLimitConfig};
 use crate::error::{Limit, Refusal};
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota as GovQuota};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -36,12 +36,6 @@ impl Tier {
             limiter: DefaultKeyedRateLimiter::keyed(gq),
         }
     }
-
-    /// Requests per second, for "most generous".
-    fn generosity(&self) -> (u128, u32) {
-        let per = self.quota.interval().as_nanos().max(1);
-        (u128::MAX / per, self.quota.burst)
-    }
 }
 
 /// Every per-user quota.
@@ -56,18 +50,13 @@ pub struct UserLimits {
 impl UserLimits {
     /// One limiter per configured quota.
     pub fn new(cfg: &UserLimitConfig) -> UserLimits {
+        let tiers = |m: &BTreeMap<String, Quota>| {
+            m.iter().map(|(k, q)| (k.clone(), Tier::new(q))).collect()
+        };
         UserLimits {
             default: Tier::new(&cfg.default),
-            groups: cfg
-                .groups
-                .iter()
-                .map(|(k, q)| (k.clone(), Tier::new(q)))
-                .collect(),
-            users: cfg
-                .users
-                .iter()
-                .map(|(k, q)| (k.clone(), Tier::new(q)))
-                .collect(),
+            groups: tiers(&cfg.groups),
+            users: tiers(&cfg.users),
             group_claim: cfg.group_claim.clone(),
             checks: AtomicU64::new(0),
         }
@@ -79,7 +68,8 @@ impl UserLimits {
         }
         super::groups_of(user, &self.group_claim)
             .filter_map(|n| self.groups.get(n))
-            .max_by_key(|t| t.generosity())
+            // The most generous: the shortest interval, then the largest burst.
+            .max_by_key(|t| (std::cmp::Reverse(t.quota.interval()), t.quota.burst))
             .unwrap_or(&self.default)
     }
 
