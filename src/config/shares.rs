@@ -61,20 +61,6 @@ fn check_share(field: &str, s: &Share) -> Result<(), ConfigError> {
     )
 }
 
-/// A name as tokens carry it: the gateway keeps app names only when they are plain
-/// (`[A-Za-z0-9._~:@-]`, at most 128 bytes), so any other configured name could never match.
-fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
-    // The names the request context keeps as they are (anything else is logged as `?`).
-    if super::is_plain(name) {
-        return Ok(());
-    }
-    Err(ConfigError::new(
-        field,
-        "is not a name a token can carry here (1-128 of A-Z a-z 0-9 . _ ~ : @ -)",
-        "use the app's azp/client_id or the group exactly as the token has it",
-    ))
-}
-
 /// The `[ratelimit.shares]` rules the types cannot express.
 pub(super) fn validate(s: &SharesConfig) -> Result<(), ConfigError> {
     check_share("ratelimit.shares.default", &s.default)?;
@@ -86,7 +72,14 @@ pub(super) fn validate(s: &SharesConfig) -> Result<(), ConfigError> {
     )?;
     for (name, share) in &s.apps {
         let field = format!("ratelimit.shares.apps.\"{name}\"");
-        check_name(&field, name)?;
+        // A name as tokens carry it: the gateway keeps app names only when they are plain
+        // (anything else is logged as `?`), so any other configured name could never match.
+        refuse_if(
+            !super::is_plain(name),
+            &field,
+            "is not a name a token can carry here (1-128 of A-Z a-z 0-9 . _ ~ : @ -)",
+            "use the app's azp/client_id or the group exactly as the token has it",
+        )?;
         refuse_if(
             name == OTHER_APP,
             &field,
