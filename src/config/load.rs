@@ -64,10 +64,6 @@ impl Env {
     pub fn from_process() -> Self {
         Env(std::env::vars().collect())
     }
-
-    fn get(&self, k: &str) -> Option<&str> {
-        self.0.get(k).map(String::as_str)
-    }
 }
 
 /// Reads `path`, overlays `env`, resolves secrets and validates.
@@ -266,7 +262,7 @@ fn read_secret(
         })?;
         return Ok(Some(s.trim_end_matches(['\r', '\n']).to_string()));
     }
-    Ok(env.get(env_name).map(str::to_string))
+    Ok(env.0.get(env_name).cloned())
 }
 
 fn resolve_secrets(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
