@@ -220,30 +220,23 @@ fn overlay_env(table: &mut toml::Table, env: &Env) -> Result<(), ConfigError> {
 }
 
 fn resolve_paths(cfg: &mut Config, base: &Path) {
-    let fix = |p: &mut PathBuf| {
+    let optional = [
+        &mut cfg.server.tls_cert_file,
+        &mut cfg.server.tls_key_file,
+        &mut cfg.auth.hmac_secret_file,
+        &mut cfg.keystore.master_key_file,
+        &mut cfg.keystore.postgres_url_file,
+        &mut cfg.upstream.ca_file,
+        &mut cfg.admin.token_file,
+    ];
+    let keys = cfg.auth.public_keys.iter_mut().map(|k| &mut k.file);
+    // Empty: no file store configured (validation says so when one is needed).
+    let store = Some(&mut cfg.keystore.path).filter(|p| !p.as_os_str().is_empty());
+    for p in optional.into_iter().flatten().chain(keys).chain(store) {
         if p.is_relative() {
             *p = base.join(&*p);
         }
-    };
-    let fix_opt = |p: &mut Option<PathBuf>| {
-        if let Some(p) = p {
-            fix(p)
-        }
-    };
-    fix_opt(&mut cfg.server.tls_cert_file);
-    fix_opt(&mut cfg.server.tls_key_file);
-    fix_opt(&mut cfg.auth.hmac_secret_file);
-    for k in &mut cfg.auth.public_keys {
-        fix(&mut k.file);
     }
-    // Empty: no file store configured (validation says so when one is needed).
-    if !cfg.keystore.path.as_os_str().is_empty() {
-        fix(&mut cfg.keystore.path);
-    }
-    fix_opt(&mut cfg.keystore.master_key_file);
-    fix_opt(&mut cfg.keystore.postgres_url_file);
-    fix_opt(&mut cfg.upstream.ca_file);
-    fix_opt(&mut cfg.admin.token_file);
 }
 
 fn read_secret(
