@@ -241,12 +241,9 @@ fn parse(body: &[u8], allowed: &[Algorithm]) -> Result<KeySet, FetchError> {
             tracing::warn!(kept = MAX_KEYS, "JWKS has too many keys; ignoring the rest");
             break;
         }
-        let jwk: Jwk = match serde_json::from_value(value) {
-            Ok(j) => j,
-            Err(_) => {
-                tracing::warn!(index, "skipping JWK: unsupported key type or algorithm");
-                continue;
-            }
+        let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
+            tracing::warn!(index, "skipping JWK: unsupported key type or algorithm");
+            continue;
         };
         let key = match usable(&jwk, allowed) {
             Ok(k) => Arc::new(k),
