@@ -79,13 +79,10 @@ impl UserLimits {
             self.retain_recent();
         }
         let tier = self.tier_of(user);
-        match tier.limiter.check_key(&user.id.to_string()) {
-            Ok(()) => Ok(()),
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(tier.limiter.clock().now());
-                Err(Refusal::new(Limit::User, &tier.quota, wait))
-            }
-        }
+        (tier.limiter.check_key(&user.id.to_string())).map_err(|not_until| {
+            let wait = not_until.wait_time_from(tier.limiter.clock().now());
+            Refusal::new(Limit::User, &tier.quota, wait)
+        })
     }
 
     /// Forgets users whose state is back to "full burst available".
