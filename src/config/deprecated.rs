@@ -5,23 +5,15 @@
 
 use super::ConfigError;
 
-/// A deprecated config field that was read and moved to its new name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A deprecated config field that was read and moved to its new name (a warning, not an
+/// error: `thiserror` only writes its message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("`{old}` is deprecated and was read as `{new}`; rename it (the old name will go)")]
 pub struct Deprecated {
     /// The old dotted name, e.g. `ratelimit.redis_url`.
     pub old: &'static str,
     /// Where it lives now, e.g. `redis.url`.
     pub new: &'static str,
-}
-
-impl std::fmt::Display for Deprecated {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "`{}` is deprecated and was read as `{}`; rename it (the old name will go)",
-            self.old, self.new
-        )
-    }
 }
 
 /// (old dotted name, new dotted name).
