@@ -26,9 +26,7 @@ pub(crate) struct Cached {
 /// Hashes a token for use as a cache key.
 pub(crate) fn hash(token: &str) -> TokenHash {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
+    d.as_ref().try_into().unwrap_or_default()
 }
 
 /// Time since the epoch (zero if the clock is before 1970).

@@ -18,11 +18,9 @@ impl<S: ?Sized + Zeroize + AsRef<[u8]>> Secret<S> {
     /// Wraps a boxed secret.
     pub fn new(value: Box<S>) -> Secret<S> {
         let d = digest::digest(&digest::SHA256, (*value).as_ref());
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(d.as_ref());
         Secret {
+            digest: d.as_ref().try_into().unwrap_or_default(),
             inner: SecretBox::new(value),
-            digest,
         }
     }
 }
