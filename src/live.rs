@@ -61,40 +61,38 @@ impl Live {
         cfg: &Config,
         prev: Option<Previous<'_>>,
     ) -> Result<(Live, Vec<&'static str>), ConfigError> {
-        let mut changed = Vec::new();
-        let authn = authn_for(fixed, cfg, prev.as_ref(), &mut changed).await?;
+        let authn = authn_for(fixed, cfg, prev.as_ref()).await?;
         let (old, cur) = (
             prev.as_ref().map(|p| p.config),
             prev.as_ref().map(|p| p.live),
         );
-        if old.is_some_and(|o| o.policy != cfg.policy) {
-            changed.push("policy");
-        }
-        if old.is_some_and(|o| o.cors != cfg.cors) {
-            changed.push("cors");
-        }
-        // What depends on Redis is rebuilt: the key budgets' shared side below, the cache bus
+        let cache = cache_for(fixed, cfg, old.zip(cur));
+        // What depends on Redis is rebuilt: the key budgets' shared side here, the cache bus
         // once the new set serves (`CacheBus::configure`, by the caller).
-        if old.is_some_and(|o| o.redis != cfg.redis) {
-            changed.push("redis");
-        }
-        let cache = cache_for(fixed, cfg, old.zip(cur), &mut changed);
         let ratelimits = match (old, cur) {
             (Some(o), Some(c)) if o.ratelimit == cfg.ratelimit && o.redis == cfg.redis => {
                 c.ratelimits.clone()
             }
-            _ => {
-                changed.extend(
-                    old.filter(|o| o.ratelimit != cfg.ratelimit)
-                        .map(|_| "ratelimit"),
-                );
-                let prev = cur.map(|c| &c.ratelimits);
-                RateLimits::new(&cfg.ratelimit, &cfg.redis, prev)?
-            }
+            _ => RateLimits::new(&cfg.ratelimit, &cfg.redis, cur.map(|c| &c.ratelimits))?,
         };
-        if old.is_some_and(|o| o.upstream.retries != cfg.upstream.retries) {
-            changed.push("upstream.retries");
-        }
+        let changed = prev.map_or_else(Vec::new, |p| {
+            let o = p.config;
+            [
+                ("auth", p.auth_changed),
+                ("policy", o.policy != cfg.policy),
+                ("cors", o.cors != cfg.cors),
+                ("redis", o.redis != cfg.redis),
+                ("cache", o.cache != cfg.cache),
+                ("ratelimit", o.ratelimit != cfg.ratelimit),
+                (
+                    "upstream.retries",
+                    o.upstream.retries != cfg.upstream.retries,
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(name, changed)| changed.then_some(name))
+            .collect()
+        });
         // Cheap and stateless, always rebuilt, so a swap never shares them across configs.
         let parts = Parts {
             authn,
@@ -120,39 +118,33 @@ async fn authn_for(
     fixed: &Fixed,
     cfg: &Config,
     prev: Option<&Previous<'_>>,
-    changed: &mut Vec<&'static str>,
 ) -> Result<Arc<Authenticator>, ConfigError> {
-    Ok(match prev {
-        Some(p) if !p.auth_changed => p.live.authn.clone(),
-        _ => {
-            let before = prev.map(|p| p.live.authn.clone());
-            let authn = verifier(fixed, cfg, before).await?;
-            if prev.is_some() {
-                changed.push("auth");
-                if !authn.ready() {
-                    return Err(ConfigError::new(
-                        "auth.jwks.url",
-                        "the new key set could not be fetched",
-                        "check the URL and that the identity provider answers; the previous keys keep serving",
-                    ));
-                }
-            }
-            authn
-        }
-    })
+    if let Some(p) = prev.filter(|p| !p.auth_changed) {
+        return Ok(p.live.authn.clone());
+    }
+    // Counters carried on from the serving verifier; PEM files read off the async threads.
+    let before = prev.map(|p| p.live.authn.clone());
+    let (auth, http) = (cfg.auth.clone(), fixed.http.clone());
+    let authn =
+        tokio::task::spawn_blocking(move || Authenticator::new(&auth, http, before.as_deref()))
+            .await
+            .map_err(|_| ConfigError::new("auth", "the build task failed", "try again"))??;
+    authn.start().await;
+    if prev.is_some() && !authn.ready() {
+        return Err(ConfigError::new(
+            "auth.jwks.url",
+            "the new key set could not be fetched",
+            "check the URL and that the identity provider answers; the previous keys keep serving",
+        ));
+    }
+    Ok(authn)
 }
 
 /// The cache: the serving one (with its entries) when `[cache]` did not change, else a new one.
-fn cache_for(
-    fixed: &Fixed,
-    cfg: &Config,
-    prev: Option<(&Config, &Live)>,
-    changed: &mut Vec<&'static str>,
-) -> Option<Arc<Cache>> {
+fn cache_for(fixed: &Fixed, cfg: &Config, prev: Option<(&Config, &Live)>) -> Option<Arc<Cache>> {
     match prev {
         Some((o, c)) if o.cache == cfg.cache => c.cache.clone(),
         _ => {
-            changed.extend(prev.map(|_| "cache"));
             // New rules apply to every answer from now on: entries stored under the old
             // TTLs go.
             // The gzip copy only pays when callers can be sent it: with [compression] off
@@ -168,22 +160,6 @@ fn cache_for(
             )
         }
     }
-}
-
-/// A token verifier for `cfg` (counters carried on from `before`), with its first JWKS fetch
-/// done; PEM files are read off the async threads.
-async fn verifier(
-    fixed: &Fixed,
-    cfg: &Config,
-    before: Option<Arc<Authenticator>>,
-) -> Result<Arc<Authenticator>, ConfigError> {
-    let (auth, http) = (cfg.auth.clone(), fixed.http.clone());
-    let authn =
-        tokio::task::spawn_blocking(move || Authenticator::new(&auth, http, before.as_deref()))
-            .await
-            .map_err(|_| ConfigError::new("auth", "the build task failed", "try again"))??;
-    authn.start().await;
-    Ok(authn)
 }
 
 /// The current set, shared by the server, the reloader, the admin routes and the metrics.
