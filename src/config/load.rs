@@ -23,13 +23,6 @@ pub const ENV_POSTGRES_URL: &str = "CLINIKO_GATEWAY_POSTGRES_URL";
 #[derive(Clone, Default)]
 pub struct Env(pub BTreeMap<String, String>);
 
-/// Names only: values can be secrets.
-impl std::fmt::Debug for Env {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.0.keys()).finish()
-    }
-}
-
 // So a copy kept for reloads can live in a `SecretBox` (zeroed on drop).
 impl secrecy::zeroize::Zeroize for Env {
     fn zeroize(&mut self) {
