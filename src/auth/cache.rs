@@ -5,7 +5,6 @@
 
 use super::User;
 use moka::Expiry;
-use moka::future::Cache;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Longest time a verified token is remembered, whatever its `exp`.
@@ -41,7 +40,8 @@ pub(crate) fn ttl_for(exp: u64, now: Duration) -> Duration {
     Duration::from_secs(exp).saturating_sub(now).min(MAX_TTL)
 }
 
-struct UntilExp;
+/// Each entry lives until its token's `exp` (at most [`MAX_TTL`]).
+pub(crate) struct UntilExp;
 
 // A token inserted again (two first requests at once) has the same `exp`: moka's default for
 // an update, keeping the entry's expiry, is right.
@@ -49,14 +49,6 @@ impl Expiry<TokenHash, Cached> for UntilExp {
     fn expire_after_create(&self, _: &TokenHash, v: &Cached, _: Instant) -> Option<Duration> {
         Some(ttl_for(v.exp, now()))
     }
-}
-
-/// Builds the cache with room for `size` tokens.
-pub(crate) fn build(size: u64) -> Cache<TokenHash, Cached> {
-    Cache::builder()
-        .max_capacity(size)
-        .expire_after(UntilExp)
-        .build()
 }
 
 #[cfg(test)]

@@ -89,7 +89,10 @@ impl Authenticator {
             keys: keys::load(cfg)?,
             jwks,
             rules: verify::ClaimRules::new(cfg)?,
-            cache: cache::build(cfg.token_cache_size),
+            cache: (moka::future::Cache::builder())
+                .max_capacity(cfg.token_cache_size)
+                .expire_after(cache::UntilExp)
+                .build(),
             refresher: Mutex::new(None),
             counts,
             accept_basic: cfg.accept_basic,
