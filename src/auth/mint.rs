@@ -3,7 +3,7 @@
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::{ExposeSecret, SecretSlice};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Signs `claims` (plus `sub`, `iat`, `exp` = now + `ttl`) with the HMAC secret.
 pub fn mint_hs(
@@ -36,10 +36,7 @@ pub fn mint(
     ttl: Duration,
     mut claims: serde_json::Map<String, serde_json::Value>,
 ) -> Result<String, jsonwebtoken::errors::Error> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = super::cache::now().as_secs();
     claims.insert("sub".into(), sub.into());
     claims.insert("iat".into(), now.into());
     claims.insert("exp".into(), (now + ttl.as_secs()).into());
