@@ -30,11 +30,8 @@ pub fn upstream_wait(h: &HeaderMap) -> Option<Duration> {
                     at.duration_since(now).unwrap_or_default()
                 })
         });
-    let wait = match (retry_after, reset) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    };
-    wait.map(|w| w.min(MAX_UPSTREAM_WAIT))
+    // `None` orders below any wait: the later of the two, or the one present.
+    retry_after.max(reset).map(|w| w.min(MAX_UPSTREAM_WAIT))
 }
 
 #[cfg(test)]
