@@ -82,26 +82,24 @@ impl Config {
     /// Every configured file that holds a secret, with the field naming it: the HMAC secret,
     /// the master key, the key store, the admin token and the inbound TLS private key.
     pub fn secret_files(&self) -> Vec<(&'static str, &std::path::Path)> {
-        let mut out = Vec::new();
-        if self.keystore.store == StoreKind::File {
-            out.push(("keystore.path", self.keystore.path.as_path()));
-        }
-        let optional = [
-            ("auth.hmac_secret_file", &self.auth.hmac_secret_file),
-            ("keystore.master_key_file", &self.keystore.master_key_file),
+        let store = (self.keystore.store == StoreKind::File).then_some(&self.keystore.path);
+        [
+            ("keystore.path", store),
+            ("auth.hmac_secret_file", self.auth.hmac_secret_file.as_ref()),
+            (
+                "keystore.master_key_file",
+                self.keystore.master_key_file.as_ref(),
+            ),
             (
                 "keystore.postgres_url_file",
-                &self.keystore.postgres_url_file,
+                self.keystore.postgres_url_file.as_ref(),
             ),
-            ("admin.token_file", &self.admin.token_file),
-            ("server.tls_key_file", &self.server.tls_key_file),
-        ];
-        out.extend(
-            optional
-                .into_iter()
-                .filter_map(|(f, p)| p.as_deref().map(|p| (f, p))),
-        );
-        out
+            ("admin.token_file", self.admin.token_file.as_ref()),
+            ("server.tls_key_file", self.server.tls_key_file.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(field, path)| Some((field, path?.as_path())))
+        .collect()
     }
 }
 
