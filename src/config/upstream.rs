@@ -2,7 +2,7 @@
 
 use super::retries::RetryConfig;
 use super::validate::{
-    ConfigError, check_https_url, is_shard_name, non_zero, refuse_if, secs, valid_user_agent,
+    ConfigError, check_https_url, count, is_shard_name, non_zero, refuse_if, secs, valid_user_agent,
 };
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
@@ -35,11 +35,15 @@ pub struct UpstreamConfig {
     #[serde(default = "secs::<90>", with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
     /// Most idle pooled connections per shard.
-    #[serde(default = "default_pool_max_idle")]
+    #[serde(default = "count::<32>")]
     pub pool_max_idle_per_host: usize,
     /// Most requests one verified user may have in flight to Cliniko at once (sent, and the
     /// answer not yet fully delivered or dropped); beyond it, 429 `too_many_in_flight`.
-    #[serde(default = "default_max_in_flight_per_user")]
+    // Default 16: well under the concurrent streams Cliniko allows on the shard's one HTTP/2
+    // connection (typically 100-128), so one caller cannot take them all; and above what an
+    // honest caller reaches under the key budget (burst 10, then about 3 a second). See
+    // docs/security.md.
+    #[serde(default = "count::<16>")]
     pub max_in_flight_per_user: usize,
     /// When a request goes to Cliniko again (reloadable, unlike the rest of `[upstream]`).
     #[serde(default)]
@@ -48,15 +52,6 @@ pub struct UpstreamConfig {
 
 fn default_url_template() -> String {
     "https://api.{shard}.cliniko.com/v1".into()
-}
-fn default_pool_max_idle() -> usize {
-    32
-}
-/// Well under the concurrent streams Cliniko allows on the shard's one HTTP/2 connection
-/// (typically 100-128), so one caller cannot take them all; and above what an honest caller
-/// reaches under the key budget (burst 10, then about 3 a second). See docs/security.md.
-fn default_max_in_flight_per_user() -> usize {
-    16
 }
 
 /// The `[upstream]` rules the types cannot express (`[upstream.retries]` included).

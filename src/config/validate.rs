@@ -143,6 +143,11 @@ pub(super) fn carries_secrets(uri: &http::Uri) -> bool {
     uri.authority().is_some_and(|a| a.as_str().contains('@')) || uri.query().is_some()
 }
 
+/// `#[serde(default = "count::<32>")]`: a default of that number.
+pub(super) fn count<const N: usize>() -> usize {
+    N
+}
+
 /// `#[serde(default = "secs::<30>")]`: a default of that many seconds.
 pub(super) fn secs<const N: u64>() -> Duration {
     Duration::from_secs(N)
