@@ -153,13 +153,11 @@ impl Jwks {
     /// Fetches unless a fetch completed since generation `seen` or one started too recently.
     async fn refetch_after(&self, seen: u64) {
         let mut last = self.fetch.lock().await;
-        if self.generation.load(Ordering::SeqCst) != seen {
-            return;
+        let fetched_meanwhile = self.generation.load(Ordering::SeqCst) != seen;
+        let too_soon = last.is_some_and(|t| t.elapsed() < self.cfg.min_refetch_interval);
+        if !fetched_meanwhile && !too_soon {
+            self.fetch_locked(&mut last).await;
         }
-        if last.is_some_and(|t| t.elapsed() < self.cfg.min_refetch_interval) {
-            return;
-        }
-        self.fetch_locked(&mut last).await;
     }
 
     /// Fetches now (background refresh and start-up); true on success.
