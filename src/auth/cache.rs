@@ -25,7 +25,11 @@ pub(crate) struct Cached {
 /// Hashes a token for use as a cache key.
 pub(crate) fn hash(token: &str) -> TokenHash {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    d.as_ref().try_into().unwrap_or_default()
+    // Never a default on a length mismatch (every token would share one entry): SHA-256 is
+    // 32 bytes, and copy_from_slice panics otherwise.
+    let mut h = TokenHash::default();
+    h.copy_from_slice(d.as_ref());
+    h
 }
 
 /// Time since the epoch (zero if the clock is before 1970).

@@ -18,8 +18,12 @@ impl<S: ?Sized + Zeroize + AsRef<[u8]>> Secret<S> {
     /// Wraps a boxed secret.
     pub fn new(value: Box<S>) -> Secret<S> {
         let d = digest::digest(&digest::SHA256, (*value).as_ref());
+        // Never a default digest (every secret would compare equal): copy_from_slice panics
+        // on a length mismatch, and SHA-256 is 32 bytes.
+        let mut digest = [0; 32];
+        digest.copy_from_slice(d.as_ref());
         Secret {
-            digest: d.as_ref().try_into().unwrap_or_default(),
+            digest,
             inner: SecretBox::new(value),
         }
     }

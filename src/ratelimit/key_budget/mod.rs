@@ -49,7 +49,9 @@ struct Slot {
     tickets: u64,
 }
 
-/// What the config sets: swapped whole by a reload, under the table's lock.
+/// What the config sets: swapped whole by a reload that changes the budgets, under the table's
+/// lock. Its `[ratelimit.user]` and `[ratelimit.shares]` are never read here (a reload that
+/// changes only those keeps these, so they may be old).
 struct Params {
     cfg: RateLimitConfig,
     local_quota: Quota,
