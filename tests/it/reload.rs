@@ -231,6 +231,47 @@ async fn restart_only_sections_are_reported_and_not_applied() {
     );
 }
 
+/// One reload that changes every reloadable section but `[redis]` reports each of them, in the
+/// order the reloader lists them, and applies them (the policy's and CORS's effect checked).
+#[tokio::test]
+async fn a_reload_changing_many_sections_reports_each_in_order() {
+    let h = Harness::start(Setup::default()).await;
+    let app = "https://app.example.test";
+    h.edit_config(|t| {
+        let t = t
+            .replace("paths = [\"/v1\"]", "paths = [\"/v1/patients\"]")
+            .replace(
+                "hmac_algorithms = [\"HS256\"]",
+                "hmac_algorithms = [\"HS256\"]\nleeway = \"10s\"",
+            );
+        format!(
+            "{t}\n[cors]\nallowed_origins = [\"{app}\"]\n\
+             [cache]\nrules = [{{ prefix = \"/v1/patients\", ttl = \"60s\" }}]\n\
+             [ratelimit.user]\ndefault = {{ rate = 1000, period = \"1s\", burst = 1000 }}\n\
+             [upstream.retries]\nthrottled = false\n"
+        )
+    });
+    let r = h.gateway().reload().await.unwrap();
+    assert_eq!(
+        r.changed,
+        vec![
+            "auth",
+            "policy",
+            "cors",
+            "cache",
+            "ratelimit",
+            "upstream.retries"
+        ]
+    );
+    assert!(r.restart_needed.is_empty(), "{:?}", r.restart_needed);
+    assert_eq!(h.get_as("alice", "/v1/practitioners").await.status, 403);
+    let got = h
+        .get_as_with("alice", "/v1/patients", &[("origin", app)])
+        .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.headers["access-control-allow-origin"], app);
+}
+
 /// `[upstream.retries]` sits in a restart-only section but is itself reloadable.
 #[tokio::test]
 async fn a_new_retry_policy_applies_without_a_restart() {
