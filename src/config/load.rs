@@ -332,6 +332,35 @@ pub fn parse_master_key(s: &str) -> Option<super::MasterKey> {
 mod tests {
     use super::*;
 
+    /// Every file the config names is taken relative to the config file's folder.
+    #[test]
+    fn every_path_field_is_resolved_against_the_config_folder() {
+        let mut cfg: Config = toml::from_str(
+            r#"
+            [server]
+            tls_cert_file = "a/cert.pem"
+            tls_key_file = "a/key.pem"
+            [auth]
+            hmac_secret_file = "a/hmac"
+            public_keys = [{ file = "a/pub.pem", algorithms = ["RS256"] }]
+            [keystore]
+            path = "a/keys.json"
+            master_key_file = "a/master"
+            postgres_url_file = "a/pg"
+            [upstream]
+            user_agent = "Tests (tests@example.invalid)"
+            ca_file = "a/ca.pem"
+            [admin]
+            token_file = "a/token"
+            "#,
+        )
+        .unwrap();
+        resolve_paths(&mut cfg, Path::new("/base"));
+        let text = toml::to_string(&cfg).unwrap();
+        assert_eq!(text.matches("\"/base/a/").count(), 9, "{text}");
+        assert!(!text.contains("\"a/"), "a path left relative: {text}");
+    }
+
     #[test]
     fn messages_lose_quoted_values() {
         assert_eq!(
