@@ -271,6 +271,15 @@ mod tests {
         Accepts::of(&h)
     }
 
+    fn a(gzip: bool, br: bool, zstd: bool, identity: bool) -> Accepts {
+        Accepts {
+            gzip,
+            br,
+            zstd,
+            identity,
+        }
+    }
+
     /// Our up-front refusal and tower-http's own 406 agree on every header: a disagreement would
     /// either refuse what tower-http sends or let tower-http relabel a fetched answer as 406.
     #[tokio::test]
@@ -326,12 +335,6 @@ mod tests {
 
     #[test]
     fn what_callers_accept() {
-        let a = |gzip, br, zstd, identity| Accepts {
-            gzip,
-            br,
-            zstd,
-            identity,
-        };
         assert_eq!(Accepts::of(&HeaderMap::new()), a(false, false, false, true));
         assert_eq!(of(""), a(false, false, false, true));
         assert_eq!(of("gzip, deflate, br, zstd"), a(true, true, true, true));
@@ -350,12 +353,6 @@ mod tests {
 
     #[test]
     fn zstd_is_a_coding_we_send_like_br() {
-        let a = |gzip, br, zstd, identity| Accepts {
-            gzip,
-            br,
-            zstd,
-            identity,
-        };
         assert_eq!(of("zstd"), a(false, false, true, true));
         assert_eq!(of("ZSTD;q=0.1"), a(false, false, true, true));
         assert_eq!(of("zstd;q=0"), a(false, false, false, true));

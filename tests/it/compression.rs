@@ -49,6 +49,24 @@ fn strong_page(h: &Harness, path: &str) -> String {
     json.replace(&up, &format!("{}/v1", h.base))
 }
 
+/// `/v1/invoices` (uncached) for a caller taking only `coding`: compressed with it, `Vary`,
+/// a weak ETag, at least 4x smaller than `want`.
+async fn compressed_page(h: &Harness, coding: &str, want: &str) -> Got {
+    let got = h
+        .get_as_with("alice", "/v1/invoices", &[("accept-encoding", coding)])
+        .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.headers["content-encoding"], coding);
+    assert!(
+        vary(&got).contains(&"accept-encoding".into()),
+        "{:?}",
+        vary(&got)
+    );
+    assert_eq!(got.headers["etag"], "W/\"v1\"", "transformed: weak");
+    assert!(got.body.len() * 4 < want.len(), "{} bytes", got.body.len());
+    got
+}
+
 fn vary(g: &Got) -> Vec<String> {
     g.headers
         .get_all("vary")
@@ -62,18 +80,7 @@ async fn gzip_callers_get_a_compressed_body_with_vary_and_a_weak_etag_that_still
     let h = Harness::start(Setup::default()).await;
     // Not a cached path: the forwarder's answer is compressed on its way out.
     let want = strong_page(&h, "/v1/invoices");
-    let gz = h
-        .get_as_with("alice", "/v1/invoices", &[("accept-encoding", "gzip")])
-        .await;
-    assert_eq!(gz.status, 200);
-    assert_eq!(gz.headers["content-encoding"], "gzip");
-    assert!(
-        vary(&gz).contains(&"accept-encoding".into()),
-        "{:?}",
-        vary(&gz)
-    );
-    assert_eq!(gz.headers["etag"], "W/\"v1\"", "transformed: weak");
-    assert!(gz.body.len() * 4 < want.len(), "{} bytes", gz.body.len());
+    let gz = compressed_page(&h, "gzip", &want).await;
     assert_eq!(gunzip(&gz.body), want.as_bytes());
 
     // The same answer to a caller that asked for nothing: identity, strong ETag, a length.
@@ -255,18 +262,7 @@ async fn curl_compressed_reads_the_page() {
 async fn zstd_callers_get_a_zstd_body_with_vary_and_a_weak_etag_that_still_revalidates() {
     let h = Harness::start(Setup::default()).await;
     let want = strong_page(&h, "/v1/invoices");
-    let zst = h
-        .get_as_with("alice", "/v1/invoices", &[("accept-encoding", "zstd")])
-        .await;
-    assert_eq!(zst.status, 200);
-    assert_eq!(zst.headers["content-encoding"], "zstd");
-    assert!(
-        vary(&zst).contains(&"accept-encoding".into()),
-        "{:?}",
-        vary(&zst)
-    );
-    assert_eq!(zst.headers["etag"], "W/\"v1\"", "transformed: weak");
-    assert!(zst.body.len() * 4 < want.len(), "{} bytes", zst.body.len());
+    let zst = compressed_page(&h, "zstd", &want).await;
     // Exactly the identity body: Cliniko's links rewritten to the gateway's.
     assert_eq!(unzstd(&zst.body), want.as_bytes());
 

@@ -22,6 +22,16 @@ impl Proc {
     }
 }
 
+/// A stand-in serving Alice's account.
+async fn alice_sandbox() -> Sandbox {
+    Sandbox::start(SandboxOptions {
+        accounts: vec![account(KEY_ALICE, "Alice")],
+        ..SandboxOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
 async fn spawn(sb: &Sandbox, users: &[(&str, &str)]) -> Proc {
     spawn_with(sb, users, "").await
 }
@@ -80,12 +90,7 @@ async fn get(base: &str, user: &str, path: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn sighup_reloads_the_key_store_without_a_restart() {
-    let sb = Sandbox::start(SandboxOptions {
-        accounts: vec![account(KEY_ALICE, "Alice")],
-        ..SandboxOptions::default()
-    })
-    .await
-    .unwrap();
+    let sb = alice_sandbox().await;
     let mut p = spawn(&sb, &[("alice", KEY_ALICE)]).await;
     assert_eq!(get(&p.base, "erin", "/v1/patients").await.0, 403);
     let master = cliniko_gateway::config::parse_master_key(MASTER).unwrap();
@@ -134,12 +139,7 @@ async fn sighup_reloads_the_key_store_without_a_restart() {
 /// Ctrl-C in a terminal (SIGINT) stops the gateway as SIGTERM does: drained, exit 0.
 #[tokio::test]
 async fn sigint_stops_the_gateway_like_sigterm() {
-    let sb = Sandbox::start(SandboxOptions {
-        accounts: vec![account(KEY_ALICE, "Alice")],
-        ..SandboxOptions::default()
-    })
-    .await
-    .unwrap();
+    let sb = alice_sandbox().await;
     let mut p = spawn(&sb, &[("alice", KEY_ALICE)]).await;
     assert_eq!(get(&p.base, "alice", "/v1/patients").await.0, 200);
     signal(&p.child, "-INT");
@@ -153,12 +153,7 @@ async fn sigint_stops_the_gateway_like_sigterm() {
 
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_request_finish() {
-    let sb = Sandbox::start(SandboxOptions {
-        accounts: vec![account(KEY_ALICE, "Alice")],
-        ..SandboxOptions::default()
-    })
-    .await
-    .unwrap();
+    let sb = alice_sandbox().await;
     sb.set_fault("/v1/patients", Fault::Delay(Duration::from_millis(1500)));
     let mut p = spawn(&sb, &[("alice", KEY_ALICE)]).await;
     let base = p.base.clone();
@@ -225,12 +220,7 @@ async fn check_config_prints_the_effective_config_without_secrets() {
 
 #[tokio::test]
 async fn old_redis_field_names_warn_at_start_on_reload_and_in_check_config() {
-    let sb = Sandbox::start(SandboxOptions {
-        accounts: vec![account(KEY_ALICE, "Alice")],
-        ..SandboxOptions::default()
-    })
-    .await
-    .unwrap();
+    let sb = alice_sandbox().await;
     let old = "[ratelimit]\nredis_prefix = \"gw-old\"\n";
     let mut p = spawn_with(&sb, &[("alice", KEY_ALICE)], old).await;
     let deprecated = "`ratelimit.redis_prefix` is deprecated";
