@@ -28,44 +28,10 @@ pub mod redis;
 pub mod shares;
 pub mod user_limit;
 
-use crate::config::shares::SharesConfig;
-use crate::config::{ConfigError, RateLimitConfig, RedisConfig, UserLimitConfig};
+use crate::config::{ConfigError, RateLimitConfig, RedisConfig};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tokio::sync::watch;
-
-/// The key budgets for `cfg`: `prev`'s, kept (and reconfigured when their part of the config
-/// or `[redis]` changed), else new ones.
-fn key_budgets(
-    cfg: &RateLimitConfig,
-    redis: &RedisConfig,
-    stats: &Arc<RateLimitStats>,
-    prev: Option<&RateLimits>,
-) -> Result<Arc<key_budget::KeyBudgets>, ConfigError> {
-    // What the budgets hold: everything but the per-user part and the shares.
-    let budget_part = |c: &RateLimitConfig| RateLimitConfig {
-        user: UserLimitConfig::default(),
-        shares: SharesConfig::default(),
-        ..c.clone()
-    };
-    let kept = prev.and_then(|p| Some((p.budget.as_ref()?, p)));
-    if let Some((b, p)) = kept
-        && budget_part(&p.cfg) == budget_part(cfg)
-        && p.redis == *redis
-    {
-        return Ok(b.clone());
-    }
-    let shared = (redis.url.as_ref())
-        .map(|url| redis::SharedBudget::new(url, redis, &cfg.key))
-        .transpose()?;
-    Ok(match kept {
-        Some((b, _)) => {
-            b.reconfigure(cfg, shared);
-            b.clone()
-        }
-        None => Arc::new(key_budget::KeyBudgets::new(cfg, shared, stats.clone())),
-    })
-}
 
 /// The groups a user's `claim` names (a string, or an array of strings), read in place: no
 /// list is built per request.
@@ -102,8 +68,6 @@ pub struct RateLimitStats {
 /// Everything the rate-limit layer shares, built once at start-up.
 pub struct RateLimits {
     cfg: RateLimitConfig,
-    /// The `[redis]` the key budgets were built with (a change rebuilds them).
-    redis: RedisConfig,
     users: Option<Arc<user_limit::UserLimits>>,
     /// `None` with `enabled = false`: no limits (Cliniko's throttling still counted).
     budget: Option<Arc<key_budget::KeyBudgets>>,
@@ -117,7 +81,6 @@ impl std::fmt::Debug for RateLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimits")
             .field("key", &self.cfg.key)
-            .field("redis", &self.redis.url.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -141,13 +104,22 @@ impl RateLimits {
             Some(p) if p.cfg.user == cfg.user && p.users.is_some() => p.users.clone(),
             _ => (cfg.user.enabled).then(|| Arc::new(user_limit::UserLimits::new(&cfg.user))),
         };
+        let budget = match prev.and_then(|p| p.budget.clone()) {
+            _ if !on => None,
+            Some(b) => {
+                b.reconfigure(cfg, redis)?;
+                Some(b)
+            }
+            None => Some(Arc::new(key_budget::KeyBudgets::new(
+                cfg,
+                redis,
+                stats.clone(),
+            )?)),
+        };
         Ok(Arc::new(RateLimits {
             cfg: cfg.clone(),
-            redis: redis.clone(),
             users: users.filter(|_| on),
-            budget: on
-                .then(|| key_budgets(cfg, redis, &stats, prev))
-                .transpose()?,
+            budget,
             shares: shares::Shares::new(&cfg.shares, &stats.apps),
             stats,
             pauses: watch::Sender::new(0),

@@ -7,7 +7,7 @@
 //! timeout or error is reported to the caller, which fails open or closed.
 
 use super::gcra::{Decision, Gcra};
-use crate::config::{ConfigError, Quota, RedisConfig, RedisUrl};
+use crate::config::{ConfigError, RedisConfig, RedisUrl};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
 
@@ -59,23 +59,22 @@ pub enum SharedError {
     Redis(#[from] redis::RedisError),
 }
 
-/// The Redis side of the key budgets.
+/// The Redis side of the key budgets (a clone shares the connection).
+#[derive(Clone)]
 pub struct SharedBudget {
     conn: ConnectionManager,
     script: redis::Script,
     /// `[redis]` as configured (its `failure`: what the budgets do while Redis is down).
     pub(super) cfg: RedisConfig,
-    gcra: Gcra,
 }
 
 impl SharedBudget {
-    /// Prepares a lazy, self-reconnecting connection (nothing is sent until the first request,
-    /// so a Redis that is down at start-up does not stop the gateway).
-    pub(super) fn new(
-        url: &RedisUrl,
-        cfg: &RedisConfig,
-        key: &Quota,
-    ) -> Result<SharedBudget, ConfigError> {
+    /// Prepares a lazy, self-reconnecting connection when `redis.url` is set (nothing is sent
+    /// until the first request, so a Redis that is down at start-up does not stop the gateway).
+    pub(super) fn of(cfg: &RedisConfig) -> Result<Option<SharedBudget>, ConfigError> {
+        let Some(RedisUrl(url)) = &cfg.url else {
+            return Ok(None);
+        };
         let bad = || {
             ConfigError::new(
                 "redis.url",
@@ -83,7 +82,7 @@ impl SharedBudget {
                 "write it like redis://127.0.0.1:6379/0",
             )
         };
-        let client = redis::Client::open(url.0.as_str()).map_err(|_| bad())?;
+        let client = redis::Client::open(url.as_str()).map_err(|_| bad())?;
         let mc = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.timeout))
             .set_response_timeout(Some(cfg.timeout))
@@ -91,18 +90,18 @@ impl SharedBudget {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, mc).map_err(|_| bad())?;
-        Ok(SharedBudget {
+        Ok(Some(SharedBudget {
             conn,
             script: redis::Script::new(SCRIPT),
             cfg: cfg.clone(),
-            gcra: Gcra::of(key),
-        })
+        }))
     }
 
-    /// One decision on budget `id`; see [`super::gcra::Gcra::decide`] and `pause`.
+    /// One decision on budget `id` under `gcra`; see [`super::gcra::Gcra::decide`] and `pause`.
     pub async fn decide(
         &self,
         id: &str,
+        gcra: &Gcra,
         max_wait: u64,
         pause: u64,
         reserve: bool,
@@ -110,8 +109,8 @@ impl SharedBudget {
         let mut conn = self.conn.clone();
         let key = format!("{}:budget:{id}", self.cfg.prefix);
         let mut call = self.script.key(key);
-        call.arg(self.gcra.interval)
-            .arg(self.gcra.burst)
+        call.arg(gcra.interval)
+            .arg(gcra.burst)
             .arg(max_wait.min(1 << 52))
             .arg(pause)
             .arg(if reserve { 1 } else { 0 });

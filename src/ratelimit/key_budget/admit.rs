@@ -382,7 +382,7 @@ mod tests {
             max_wait: Duration::from_secs(60),
             ..RateLimitConfig::default()
         };
-        b.reconfigure(&cfg, None);
+        b.reconfigure(&cfg, &Default::default()).unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(log.lock().unwrap().len(), 40, "38 more in half a second");
     }

@@ -15,7 +15,7 @@ use super::RateLimitStats;
 use super::fair::FairQueue;
 use super::gcra::{Decision, Gcra, micros};
 use super::redis::SharedBudget;
-use crate::config::{Quota, RateLimitConfig, RedisFailure};
+use crate::config::{ConfigError, Quota, RateLimitConfig, RedisConfig, RedisFailure};
 use crate::error::GatewayError;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -49,9 +49,8 @@ struct Slot {
     tickets: u64,
 }
 
-/// What the config sets: swapped whole by a reload that changes the budgets, under the table's
-/// lock. Its `[ratelimit.user]` and `[ratelimit.shares]` are never read here (a reload that
-/// changes only those keeps these, so they may be old).
+/// What the config sets: swapped whole by each reload of `[ratelimit]` or `[redis]`, under the
+/// table's lock. Its `[ratelimit.user]` and `[ratelimit.shares]` are never read here.
 struct Params {
     cfg: RateLimitConfig,
     local_quota: Quota,
@@ -102,28 +101,40 @@ enum Where {
 }
 
 impl KeyBudgets {
-    /// Builds the budgets (`shared`: the Redis side when configured).
+    /// Builds the budgets (with their Redis side when `redis.url` is set).
     pub(super) fn new(
         cfg: &RateLimitConfig,
-        shared: Option<SharedBudget>,
+        redis: &RedisConfig,
         stats: Arc<RateLimitStats>,
-    ) -> KeyBudgets {
-        KeyBudgets {
-            params: ArcSwap::from_pointee(Params::of(cfg, shared)),
+    ) -> Result<KeyBudgets, ConfigError> {
+        Ok(KeyBudgets {
+            params: ArcSwap::from_pointee(Params::of(cfg, SharedBudget::of(redis)?)),
             table: Mutex::default(),
             epoch: Instant::now(),
             down_until: AtomicU64::new(0),
             ops: AtomicU64::new(0),
             stats,
-        }
+        })
     }
 
     /// A reload: the new quota applies from where each key stands (when each budget is free
     /// again, which also holds a Cliniko pause), so it never hands out a fresh burst, and to
-    /// the requests already queued (their pump asks with it next).
-    pub(super) fn reconfigure(&self, cfg: &RateLimitConfig, shared: Option<SharedBudget>) {
+    /// the requests already queued (their pump asks with it next). An unchanged `[redis]`
+    /// keeps its connection and its down time; a new Redis (or none) is asked at once.
+    pub(super) fn reconfigure(
+        &self,
+        cfg: &RateLimitConfig,
+        redis: &RedisConfig,
+    ) -> Result<(), ConfigError> {
+        let old = self.params.load_full();
+        let kept = old.shared.clone().filter(|s| s.cfg == *redis);
+        let renewed = kept.is_none();
+        let shared = match kept {
+            Some(s) => Some(s),
+            None => SharedBudget::of(redis)?,
+        };
         let next = Params::of(cfg, shared);
-        let (from, to) = (self.params.load().local_gcra, next.local_gcra);
+        let (from, to) = (old.local_gcra, next.local_gcra);
         let mut t = self.table();
         if (from.interval, from.burst) != (to.interval, to.burst) {
             let now = self.now_us();
@@ -131,9 +142,11 @@ impl KeyBudgets {
                 slot.tat = from.carry(&to, slot.tat, now);
             }
         }
+        if renewed {
+            self.down_until.store(0, Ordering::Release);
+        }
         self.params.store(Arc::new(next));
-        // A new Redis (or none) is asked at once.
-        self.down_until.store(0, Ordering::Release);
+        Ok(())
     }
 
     fn table(&self) -> MutexGuard<'_, HashMap<Arc<str>, Slot>> {
@@ -190,7 +203,10 @@ impl KeyBudgets {
     ) -> Result<(Decision, Where), GatewayError> {
         if let Some(shared) = &p.shared {
             if !self.redis_down() {
-                match shared.decide(id, max_wait, pause, reserve).await {
+                match shared
+                    .decide(id, &Gcra::of(&p.cfg.key), max_wait, pause, reserve)
+                    .await
+                {
                     Ok(d) => return Ok((d, Where::Shared)),
                     Err(e) => {
                         self.stats.redis_failures.fetch_add(1, Ordering::Relaxed);
@@ -272,11 +288,8 @@ mod tests {
             max_waiting,
             ..RateLimitConfig::default()
         };
-        Arc::new(KeyBudgets::new(
-            &cfg,
-            None,
-            Arc::new(RateLimitStats::default()),
-        ))
+        let stats = Arc::new(RateLimitStats::default());
+        Arc::new(KeyBudgets::new(&cfg, &Default::default(), stats).unwrap())
     }
 
     #[tokio::test(start_paused = true)]
