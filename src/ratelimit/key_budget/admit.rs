@@ -20,7 +20,8 @@
 //! budget is never exceeded (every slot is one atomic script), and the slots a replica wins
 //! are shared fairly among the requests waiting on that replica.
 
-use super::{KeyBudgets, Params, Where, micros};
+use super::{KeyBudgets, Params, micros};
+use crate::config::Quota;
 use crate::error::{GatewayError, Limit, Refusal};
 #[cfg(doc)]
 use crate::ratelimit::fair::FairQueue;
@@ -107,11 +108,11 @@ impl KeyBudgets {
         let mut next = 0;
         if me.asking {
             match self.decide(&p, id, 0, 0, true).await? {
-                (Decision::Admit(_), _) => return Ok(()),
-                (Decision::Refuse(w), place) if w > micros(p.cfg.max_wait) => {
-                    return Err(refusal(&p, place, w));
+                Decision::Admit(_) => return Ok(()),
+                Decision::Refuse(w) if w > micros(p.cfg.max_wait) => {
+                    return Err(refusal(self.quota(&p), w));
                 }
-                (Decision::Refuse(w), _) => next = w,
+                Decision::Refuse(w) => next = w,
             }
         }
         let (tx, rx) = oneshot::channel();
@@ -133,7 +134,7 @@ impl KeyBudgets {
         let slot = t.entry(Arc::clone(id)).or_default();
         if slot.waiting >= p.cfg.max_waiting {
             drop(t);
-            return Err(refusal(p, self.preferred(p), micros(p.cfg.max_wait)));
+            return Err(refusal(self.quota(p), micros(p.cfg.max_wait)));
         }
         slot.waiting += 1;
         let asking = !slot.pumping && !slot.asking;
@@ -161,8 +162,8 @@ impl KeyBudgets {
     ) -> Result<(), GatewayError> {
         let (id, who) = (me.id, me.who);
         let now = self.now_us();
-        let place = self.preferred(p);
-        let interval = micros(p.quota(place).interval()).max(1);
+        let quota = self.quota(p);
+        let interval = micros(quota.interval()).max(1);
         let max_wait = micros(p.cfg.max_wait);
         let mut t = self.table();
         let slot = t.entry(Arc::clone(id)).or_default();
@@ -178,7 +179,7 @@ impl KeyBudgets {
         let wait = first.saturating_add(ahead.saturating_mul(interval));
         if wait > max_wait {
             drop(t);
-            return Err(refusal(p, place, wait));
+            return Err(refusal(quota, wait));
         }
         slot.tickets += 1;
         me.ticket = Some(slot.tickets);
@@ -208,11 +209,11 @@ impl KeyBudgets {
                 // Each question with the config of its time: a reload applies at once.
                 let p = self.params.load_full();
                 let more = match self.decide(&p, &id, 0, 0, true).await {
-                    Ok((Decision::Refuse(w), _)) => {
+                    Ok(Decision::Refuse(w)) => {
                         wait = self.next_try_in(&id, w);
                         break;
                     }
-                    Ok((Decision::Admit(_), _)) => self.hand_out(&id, Verdict::Go),
+                    Ok(Decision::Admit(_)) => self.hand_out(&id, Verdict::Go),
                     Err(_) => self.hand_out(&id, Verdict::Unavailable),
                 };
                 if !more {
@@ -276,16 +277,16 @@ impl KeyBudgets {
         match verdict {
             Some(Verdict::Go) => Ok(()),
             Some(Verdict::Unavailable) => Err(GatewayError::RateLimiterUnavailable),
-            None => Err(refusal(p, self.preferred(p), micros(p.cfg.max_wait))),
+            None => Err(refusal(self.quota(p), micros(p.cfg.max_wait))),
         }
     }
 }
 
-/// The 429 for a request that would wait `wait_us` for the budget `place` decides with.
-fn refusal(p: &Params, place: Where, wait_us: u64) -> GatewayError {
+/// The 429 for a request that would wait `wait_us` for a budget of `quota`.
+fn refusal(quota: Quota, wait_us: u64) -> GatewayError {
     GatewayError::RateLimited(Refusal::new(
         Limit::Key,
-        &p.quota(place),
+        &quota,
         Duration::from_micros(wait_us),
     ))
 }

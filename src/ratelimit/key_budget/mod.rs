@@ -69,14 +69,6 @@ impl Params {
             shared,
         }
     }
-
-    /// The quota the arithmetic that decided (`w`) applies.
-    fn quota(&self, w: Where) -> Quota {
-        match w {
-            Where::Shared => self.cfg.key,
-            Where::Local => self.local_quota,
-        }
-    }
 }
 
 /// Every key budget of this process (and its view of the shared ones). Built once and kept
@@ -91,13 +83,6 @@ pub struct KeyBudgets {
     down_until: AtomicU64,
     ops: AtomicU64,
     stats: Arc<RateLimitStats>,
-}
-
-/// Which arithmetic decided, so refusals quote the right quota.
-#[derive(Clone, Copy)]
-enum Where {
-    Shared,
-    Local,
 }
 
 impl KeyBudgets {
@@ -170,19 +155,21 @@ impl KeyBudgets {
         let p = self.params.load_full();
         let pause_us = micros(pause).max(1);
         let limit = pause_us.saturating_add(micros(p.cfg.max_wait));
-        let (decision, _) = self.decide(&p, id, limit, pause_us, reserve).await?;
+        let decision = self.decide(&p, id, limit, pause_us, reserve).await?;
         Ok(match decision {
             Decision::Admit(w) if reserve => Some(Duration::from_micros(w)),
             _ => None,
         })
     }
 
-    /// Where decisions under `p` go while Redis is healthy.
-    fn preferred(&self, p: &Params) -> Where {
+    /// The quota decisions under `p` are made with now, what a refusal quotes: the shared one
+    /// while Redis answers, else this replica's share (right after a failed question too,
+    /// since it marks Redis down).
+    fn quota(&self, p: &Params) -> Quota {
         if p.shared.is_some() && !self.redis_down() {
-            Where::Shared
+            p.cfg.key
         } else {
-            Where::Local
+            p.local_quota
         }
     }
 
@@ -200,14 +187,14 @@ impl KeyBudgets {
         max_wait: u64,
         pause: u64,
         reserve: bool,
-    ) -> Result<(Decision, Where), GatewayError> {
+    ) -> Result<Decision, GatewayError> {
         if let Some(shared) = &p.shared {
             if !self.redis_down() {
                 match shared
                     .decide(id, &Gcra::of(&p.cfg.key), max_wait, pause, reserve)
                     .await
                 {
-                    Ok(d) => return Ok((d, Where::Shared)),
+                    Ok(d) => return Ok(d),
                     Err(e) => {
                         self.stats.redis_failures.fetch_add(1, Ordering::Relaxed);
                         let until = self.now_us().saturating_add(micros(REDIS_DOWN_FOR));
@@ -225,10 +212,7 @@ impl KeyBudgets {
             }
             self.stats.fail_open.fetch_add(1, Ordering::Relaxed);
         }
-        Ok((
-            self.decide_local(id, max_wait, pause, reserve),
-            Where::Local,
-        ))
+        Ok(self.decide_local(id, max_wait, pause, reserve))
     }
 
     fn decide_local(&self, id: &Arc<str>, max_wait: u64, pause: u64, reserve: bool) -> Decision {
