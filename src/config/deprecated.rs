@@ -32,14 +32,21 @@ pub fn migrate_legacy(table: &mut toml::Table) -> Result<Vec<Deprecated>, Config
     let mut moved = Vec::new();
     for (old, new) in MOVED {
         let (old_section, old_key) = old.rsplit_once('.').unwrap_or(("", old));
-        let Some(value) = section(table, old_section, false)?.and_then(|s| s.remove(old_key))
+        // A value that is not a section is left for deserialising to report.
+        let Some(value) = (old_section.split('.'))
+            .try_fold(&mut *table, |t, seg| t.get_mut(seg)?.as_table_mut())
+            .and_then(|s| s.remove(old_key))
         else {
             continue;
         };
         let (new_section, new_key) = new.rsplit_once('.').unwrap_or(("", new));
-        let Some(dest) = section(table, new_section, true)? else {
-            continue;
-        };
+        let dest = section(table, new_section.split('.')).map_err(|_| {
+            ConfigError::new(
+                new_section,
+                "is not a section",
+                format!("write it as [{new_section}]"),
+            )
+        })?;
         super::validate::refuse_if(
             dest.contains_key(new_key),
             old,
@@ -52,26 +59,19 @@ pub fn migrate_legacy(table: &mut toml::Table) -> Result<Vec<Deprecated>, Config
     Ok(moved)
 }
 
-/// The section at dotted `path`; a missing one is created when `create`, else `None` (so is
-/// a value that is not a section when not creating: deserialising reports it).
-fn section<'a>(
+/// The section at `path`, created where missing (the environment overlay's too); `Err` names
+/// the segment that holds a value rather than a section.
+pub(super) fn section<'a, 'p>(
     mut t: &'a mut toml::Table,
-    path: &str,
-    create: bool,
-) -> Result<Option<&'a mut toml::Table>, ConfigError> {
-    for seg in path.split('.') {
-        if !create && !t.get(seg).is_some_and(toml::Value::is_table) {
-            return Ok(None);
-        }
-        t = t
-            .entry(seg)
+    path: impl IntoIterator<Item = &'p str>,
+) -> Result<&'a mut toml::Table, &'p str> {
+    for seg in path {
+        t = (t.entry(seg))
             .or_insert_with(|| toml::Value::Table(toml::Table::new()))
             .as_table_mut()
-            .ok_or_else(|| {
-                ConfigError::new(path, "is not a section", format!("write it as [{path}]"))
-            })?;
+            .ok_or(seg)?;
     }
-    Ok(Some(t))
+    Ok(t)
 }
 
 #[cfg(test)]

@@ -180,9 +180,9 @@ fn overlay_env(table: &mut toml::Table, env: &Env) -> Result<(), ConfigError> {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        let path = rest.to_ascii_lowercase();
         refuse_if(
-            path.iter().any(String::is_empty),
+            path.split("__").any(str::is_empty),
             name,
             "empty path segment in the variable name",
             "name it CLINIKO_GATEWAY__<SECTION>__<FIELD>, e.g. CLINIKO_GATEWAY__SERVER__LISTEN",
@@ -191,23 +191,16 @@ fn overlay_env(table: &mut toml::Table, env: &Env) -> Result<(), ConfigError> {
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(raw.clone()));
-        let (last, parents) = path
-            .split_last()
-            .ok_or_else(|| ConfigError::new(name.clone(), "no field named", "append __<FIELD>"))?;
-        let mut cur = &mut *table;
-        for seg in parents {
-            let next = cur
-                .entry(seg.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            cur = next.as_table_mut().ok_or_else(|| {
-                ConfigError::new(
-                    name.clone(),
-                    format!("`{seg}` is not a section"),
-                    "override a field inside a section, e.g. CLINIKO_GATEWAY__SERVER__LISTEN",
-                )
-            })?;
-        }
-        cur.insert(last.clone(), value);
+        let (parents, last) = path.rsplit_once("__").unwrap_or(("", &path));
+        let parents = parents.split("__").filter(|s| !s.is_empty());
+        let cur = super::deprecated::section(table, parents).map_err(|seg| {
+            ConfigError::new(
+                name.clone(),
+                format!("`{seg}` is not a section"),
+                "override a field inside a section, e.g. CLINIKO_GATEWAY__SERVER__LISTEN",
+            )
+        })?;
+        cur.insert(last.to_string(), value);
     }
     Ok(())
 }
