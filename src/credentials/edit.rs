@@ -11,7 +11,7 @@ use super::new_key::{AddOutcome, NewKey};
 use super::{
     ApiKey, KeyStore, KeyStoreError, crypto,
     file::{Document, Edited, KeyEntry},
-    store::{Integrity, integrity},
+    store::check_mac,
 };
 use crate::config::MasterKey;
 use crate::upstream::Shard;
@@ -162,16 +162,13 @@ pub(super) fn resealed(
         path: place.to_path_buf(),
     })?;
     KeyStore::open_entries(place, &doc, master)?;
-    // Nothing vouches for an unsigned or edited file: signing it is accepting whatever it
-    // says, which takes the explicit flag.
-    let state = integrity(&doc, master)?;
-    if let Some(refused) = state.refusal(place).filter(|_| !accept_edits) {
-        return Err(refused);
-    }
-    let done = match state {
-        Integrity::Signed => Resealed::AlreadySigned,
-        Integrity::Unsigned => Resealed::Migrated,
-        Integrity::Mismatch => Resealed::AcceptedEdits,
+    let done = match check_mac(place, &doc, master) {
+        Ok(()) => Resealed::AlreadySigned,
+        // Nothing vouches for an unsigned or edited file: signing it is accepting whatever it
+        // says, which takes the explicit flag.
+        Err(KeyStoreError::Unsigned { .. }) if accept_edits => Resealed::Migrated,
+        Err(KeyStoreError::Tampered { .. }) if accept_edits => Resealed::AcceptedEdits,
+        Err(e) => return Err(e),
     };
     Ok(((done != Resealed::AlreadySigned).then_some(doc), done))
 }

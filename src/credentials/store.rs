@@ -47,7 +47,8 @@ impl KeyStore {
         master: &MasterKey,
     ) -> Result<KeyStore, KeyStoreError> {
         let store = KeyStore::open_entries(path, doc, master)?;
-        integrity(doc, master)?.refusal(path).map_or(Ok(store), Err)
+        check_mac(path, doc, master)?;
+        Ok(store)
     }
 
     /// Decrypts and cross-checks every entry and user, without looking at the MAC.
@@ -144,45 +145,27 @@ impl fmt::Debug for KeyStore {
     }
 }
 
-/// Where a document stands with its MAC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Integrity {
-    /// Version 2 with a MAC that matches.
-    Signed,
-    /// Version 1: written before the MAC existed.
-    Unsigned,
-    /// Version 2 whose MAC is missing or does not match: changed without the master key.
-    Mismatch,
-}
-
-impl Integrity {
-    /// Why a file in this state is not trusted as it is (`None`: it is signed).
-    pub(super) fn refusal(self, path: &Path) -> Option<KeyStoreError> {
-        let path = path.to_path_buf();
-        match self {
-            Integrity::Signed => None,
-            Integrity::Unsigned => Some(KeyStoreError::Unsigned { path }),
-            Integrity::Mismatch => Some(KeyStoreError::Tampered { path }),
-        }
-    }
-}
-
-pub(super) fn integrity(
+/// Checks the whole-document MAC: a version-1 document (written before the MAC existed) is
+/// [`KeyStoreError::Unsigned`], a missing or wrong MAC (changed without the master key)
+/// [`KeyStoreError::Tampered`].
+pub(super) fn check_mac(
+    path: &Path,
     doc: &file::Document,
     master: &MasterKey,
-) -> Result<Integrity, KeyStoreError> {
+) -> Result<(), KeyStoreError> {
+    let path = path.to_path_buf();
     if doc.version == file::UNSIGNED_VERSION {
-        return Ok(Integrity::Unsigned);
+        return Err(KeyStoreError::Unsigned { path });
     }
-    let Some(mac) = &doc.mac else {
-        return Ok(Integrity::Mismatch);
+    let signed = match &doc.mac {
+        Some(mac) => crypto::verify_document_mac(master.expose_secret(), &doc.canonical(), mac)?,
+        None => false,
     };
-    let ok = crypto::verify_document_mac(master.expose_secret(), &doc.canonical(), mac)?;
-    Ok(if ok {
-        Integrity::Signed
+    if signed {
+        Ok(())
     } else {
-        Integrity::Mismatch
-    })
+        Err(KeyStoreError::Tampered { path })
+    }
 }
 
 fn is_key_id(s: &str) -> bool {
