@@ -92,26 +92,19 @@ impl Backend {
         F: FnOnce(Option<Document>) -> Result<Edited<T>, KeyStoreError> + Send + 'static,
     {
         let master = master.clone();
+        // One signing step for both stores: what they write is the signed bytes.
+        let signed = move |doc| {
+            let (doc, out) = f(doc)?;
+            let bytes = doc.map(|d| file::signed(d, master.expose_secret()));
+            Ok((bytes.transpose()?, out))
+        };
         match self {
             Backend::File { path, lock } => {
                 let _ours = lock.lock().await;
                 let path = path.clone();
-                blocking(move || file::edit(&path, master.expose_secret(), f)).await
+                blocking(move || file::edit(&path, signed)).await
             }
-            Backend::Postgres(pg) => {
-                pg.edit(move |doc| {
-                    let (doc, out) = f(doc)?;
-                    let signed = match doc {
-                        Some(mut d) => {
-                            file::sign(&mut d, master.expose_secret())?;
-                            Some(file::to_bytes(&d))
-                        }
-                        None => None,
-                    };
-                    Ok((signed, out))
-                })
-                .await
-            }
+            Backend::Postgres(pg) => pg.edit(signed).await,
         }
     }
 

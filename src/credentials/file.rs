@@ -185,18 +185,16 @@ fn is_safe_label(s: &str) -> bool {
 /// What an edit does with the document it was given: `Some` is signed and written.
 pub(super) type Edited<T> = (Option<Document>, T);
 
-/// Runs `f` on the file's document (`None`: no file yet) under the lock file, then signs the
-/// document it returns, if any, under `master` and replaces the file with it.
+/// Runs `f` on the file's document (`None`: no file yet) under the lock file, then replaces
+/// the file with the signed bytes it returns, if any.
 pub(super) fn edit<T>(
     path: &Path,
-    master: &[u8; 32],
-    f: impl FnOnce(Option<Document>) -> Result<Edited<T>, KeyStoreError>,
+    f: impl FnOnce(Option<Document>) -> Result<(Option<Vec<u8>>, T), KeyStoreError>,
 ) -> Result<T, KeyStoreError> {
     let _theirs = lock_file(path)?;
-    let (doc, out) = f(read(path)?)?;
-    if let Some(mut doc) = doc {
-        sign(&mut doc, master)?;
-        write_atomic(path, &doc)?;
+    let (bytes, out) = f(read(path)?)?;
+    if let Some(bytes) = bytes {
+        write_atomic(path, &bytes)?;
     }
     Ok(out)
 }
@@ -230,24 +228,19 @@ fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> KeyStore
     move |source| KeyStoreError::Io { op, path, source }
 }
 
-/// Makes `doc` the current version, signed under `master`.
-pub(super) fn sign(doc: &mut Document, master: &[u8; 32]) -> Result<(), KeyStoreError> {
+/// `doc` as the current version, signed under `master`, in its stored form: pretty JSON,
+/// sorted keys, a final newline.
+pub(super) fn signed(mut doc: Document, master: &[u8; 32]) -> Result<Vec<u8>, KeyStoreError> {
     doc.version = VERSION;
     doc.mac = Some(super::crypto::document_mac(master, &doc.canonical())?);
-    Ok(())
-}
-
-/// The stored form: pretty JSON, sorted keys, a final newline.
-pub(super) fn to_bytes(doc: &Document) -> Vec<u8> {
     // Serialising strings, integers and maps into a Vec cannot fail.
-    let mut json = serde_json::to_vec_pretty(doc).unwrap_or_default();
+    let mut json = serde_json::to_vec_pretty(&doc).unwrap_or_default();
     json.push(b'\n');
-    json
+    Ok(json)
 }
 
-/// Replaces `path` with `doc`: temp file (0600) in the same directory, fsync, rename, fsync dir.
-fn write_atomic(path: &Path, doc: &Document) -> Result<(), KeyStoreError> {
-    let json = to_bytes(doc);
+/// Replaces `path` with `json`: temp file (0600) in the same directory, fsync, rename, fsync dir.
+fn write_atomic(path: &Path, json: &[u8]) -> Result<(), KeyStoreError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -257,7 +250,7 @@ fn write_atomic(path: &Path, doc: &Document) -> Result<(), KeyStoreError> {
     let tmp = beside(path, &format!(".tmp-{}", hex::encode(suffix)));
     let result = (|| {
         let mut f = create_private(&tmp).map_err(io_error("create", &tmp))?;
-        f.write_all(&json).map_err(io_error("write", &tmp))?;
+        f.write_all(json).map_err(io_error("write", &tmp))?;
         f.sync_all().map_err(io_error("fsync", &tmp))?;
         fs::rename(&tmp, path).map_err(io_error("replace", path))
     })();
@@ -340,7 +333,7 @@ mod tests {
         let p = dir.path().join("ks.json");
         fs::write(&p, "old").unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
-        write_atomic(&p, &Document::empty()).unwrap();
+        write_atomic(&p, &signed(Document::empty(), &[7; 32]).unwrap()).unwrap();
         let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(read(&p).unwrap().unwrap().version, VERSION);
