@@ -78,9 +78,12 @@ impl Backend {
             Backend::Postgres(pg) => pg.read().await?,
         };
         let (place, master) = (self.place().to_path_buf(), master.clone());
-        let store =
-            blocking(move || KeyStore::from_stored(&place, doc.as_ref(), &master, missing_ok))
-                .await?;
+        let store = blocking(move || match doc {
+            Some(doc) => KeyStore::from_document(&place, &doc, &master),
+            None if missing_ok => Ok(KeyStore::default()),
+            None => Err(KeyStoreError::NotFound { path: place }),
+        })
+        .await?;
         Ok((store, revision))
     }
 

@@ -51,7 +51,10 @@ pub(super) fn add_all(
         .map(NewKey::check)
         .collect::<Result<Vec<_>, _>>()?;
     let mut created_file = existing.is_none();
-    let store = KeyStore::from_stored(place, existing.as_ref(), master, true)?;
+    let store = match &existing {
+        Some(doc) => KeyStore::from_document(place, doc, master)?,
+        None => KeyStore::default(),
+    };
     let mut doc = existing.unwrap_or_else(Document::empty);
     // Stored keys by fingerprint (confirmed by comparing the keys), so a batch is linear.
     let mut known: HashMap<String, (String, ApiKey)> = store

@@ -652,8 +652,9 @@ mod tests {
             "{msg}"
         );
         assert!(
-            KeyStore::from_stored(&path, None, &m, true)
+            run(Backend::file(path.to_path_buf()).load(&m, true))
                 .unwrap()
+                .0
                 .is_empty()
         );
         let mut cfg = config(&path, &m);

@@ -22,23 +22,6 @@ pub struct KeyStore {
 }
 
 impl KeyStore {
-    /// The store a stored document holds; nothing stored is [`KeyStoreError::NotFound`], or
-    /// an empty store when `missing_ok`.
-    pub(super) fn from_stored(
-        place: &Path,
-        doc: Option<&file::Document>,
-        master: &MasterKey,
-        missing_ok: bool,
-    ) -> Result<KeyStore, KeyStoreError> {
-        match doc {
-            Some(doc) => KeyStore::from_document(place, doc, master),
-            None if missing_ok => Ok(KeyStore::default()),
-            None => Err(KeyStoreError::NotFound {
-                path: place.to_path_buf(),
-            }),
-        }
-    }
-
     /// Opens every entry and checks the document MAC (last, so that a wrong master key is
     /// reported as such rather than as an edit).
     pub(super) fn from_document(
