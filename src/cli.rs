@@ -341,7 +341,9 @@ async fn keys_on(action: KeysAction, store: &credentials::Backend, m: &config::M
             );
         }
         KeysAction::Import { .. } => import(store, m).await?,
-        KeysAction::List { .. } => print_users(store.list(m).await.map_err(store_failed)?),
+        KeysAction::List { .. } => {
+            print_users(&store.load(m, false).await.map_err(store_failed)?.0)
+        }
         KeysAction::Reseal { accept_edits, .. } => {
             use credentials::Resealed;
             let done = store.reseal(m, accept_edits).await.map_err(store_failed)?;
@@ -353,7 +355,7 @@ async fn keys_on(action: KeysAction, store: &credentials::Backend, m: &config::M
                     Resealed::AcceptedEdits => "signed the key store as it is, edits included",
                 }
             );
-            print_users(store.list(m).await.map_err(store_failed)?);
+            print_users(&store.load(m, false).await.map_err(store_failed)?.0);
         }
         KeysAction::Remove { user, .. } => {
             if store.remove(m, &user).await.map_err(store_failed)? {
@@ -367,18 +369,18 @@ async fn keys_on(action: KeysAction, store: &credentials::Backend, m: &config::M
     Ok(())
 }
 
-fn print_users(users: Vec<credentials::ListedUser>) {
+fn print_users(store: &credentials::KeyStore) {
     println!(
         "{:<32} {:<6} {:<26} cliniko_user",
         "user", "shard", "fingerprint"
     );
-    for u in users {
+    for (user, c) in store.sorted() {
         println!(
             "{:<32} {:<6} {:<26} {}",
-            u.user,
-            u.shard,
-            u.fingerprint,
-            u.cliniko_user.as_deref().unwrap_or("-")
+            user,
+            c.shard,
+            c.fingerprint,
+            c.cliniko_user.as_deref().unwrap_or("-")
         );
     }
 }

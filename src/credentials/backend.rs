@@ -9,7 +9,7 @@
 //! `keys` commands too; the row lock in PostgreSQL), so two enrolments of one key cannot both
 //! pass the check that nobody else holds it. File I/O and decryption run off the async threads.
 
-use super::edit::{self, ListedUser, Resealed};
+use super::edit::{self, Resealed};
 use super::file::{self, Document, Edited};
 use super::new_key::{AddOutcome, NewKey};
 use super::postgres::PgStore;
@@ -147,11 +147,6 @@ impl Backend {
             edit::resealed(doc, &place, &m, accept_edits)
         })
         .await
-    }
-
-    /// Every user with their key's fingerprint, shard and label, sorted by user.
-    pub async fn list(&self, master: &MasterKey) -> Result<Vec<ListedUser>, KeyStoreError> {
-        Ok(edit::rows(&self.load(master, false).await?.0))
     }
 
     /// Copies the signed file store at `from` into this (empty) store: `keys migrate`.

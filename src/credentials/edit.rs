@@ -14,27 +14,11 @@ use super::{
     store::check_mac,
 };
 use crate::config::MasterKey;
-use crate::upstream::Shard;
 use secrecy::ExposeSecret;
 use std::{
     collections::{BTreeSet, HashMap},
     path::Path,
 };
-
-/// One row of [`super::Backend::list`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListedUser {
-    /// The user name (the JWT claim value).
-    pub user: String,
-    /// The id of the user's key.
-    pub key_id: String,
-    /// The key's fingerprint.
-    pub fingerprint: String,
-    /// The key's shard.
-    pub shard: Shard,
-    /// Which Cliniko user owns the key, if labelled.
-    pub cliniko_user: Option<String>,
-}
 
 /// Maps each `user` to its key, replacing any previous mapping, on a document in memory
 /// (`None`: no store yet); the caller signs and writes. The same key already stored is reused;
@@ -174,23 +158,6 @@ pub(super) fn resealed(
         Err(e) => return Err(e),
     };
     Ok(((done != Resealed::AlreadySigned).then_some(doc), done))
-}
-
-/// Every user of a loaded store with their key's id, fingerprint, shard and label, sorted by
-/// user.
-pub(super) fn rows(store: &KeyStore) -> Vec<ListedUser> {
-    let mut rows: Vec<ListedUser> = store
-        .users()
-        .map(|(user, c)| ListedUser {
-            user: user.to_string(),
-            key_id: c.key_id.to_string(),
-            fingerprint: c.fingerprint.to_string(),
-            shard: c.shard.clone(),
-            cliniko_user: c.cliniko_user.as_deref().map(str::to_string),
-        })
-        .collect();
-    rows.sort_by(|a, b| a.user.cmp(&b.user));
-    rows
 }
 
 /// The derived id, or a random one in the (2^-48) case that it is taken by another key.

@@ -77,7 +77,7 @@ impl std::fmt::Debug for CredentialId {
 
 pub use backend::Backend;
 pub use crypto::{fingerprint, generate_master_key};
-pub use edit::{ListedUser, Resealed};
+pub use edit::Resealed;
 pub use live::Credentials;
 pub use new_key::{AddOutcome, NewKey, check_api_key, key_shaped};
 pub use store::KeyStore;
@@ -558,13 +558,11 @@ mod tests {
         assert_eq!(v["keys"].as_object().unwrap().len(), 1);
         assert!(v["keys"].get(&a.key_id).is_none());
         assert!(!remove_user(&path, &m, "nobody").unwrap());
-        let rows = list(&path, &m).unwrap();
+        let store = load(&path, &m).unwrap();
+        let rows = store.sorted();
         assert_eq!(rows.len(), 1);
-        assert_eq!(
-            (rows[0].user.as_str(), rows[0].key_id.as_str()),
-            ("bob", b.key_id.as_str())
-        );
-        assert_eq!(rows[0].shard.as_str(), "au1");
+        assert_eq!((rows[0].0, &*rows[0].1.key_id), ("bob", b.key_id.as_str()));
+        assert_eq!(rows[0].1.shard.as_str(), "au1");
     }
 
     #[test]
@@ -572,12 +570,13 @@ mod tests {
         let (_d, path, m) = setup();
         add_key(&path, &m, "zed", &key(KEY_A), None).unwrap();
         add_key(&path, &m, "amy", &key(KEY_A), Some("owner")).unwrap();
-        let rows = list(&path, &m).unwrap();
-        let names: Vec<_> = rows.iter().map(|r| r.user.as_str()).collect();
+        let store = load(&path, &m).unwrap();
+        let rows = store.sorted();
+        let names: Vec<_> = rows.iter().map(|r| r.0).collect();
         assert_eq!(names, ["amy", "zed"]);
         assert!(
             rows.iter()
-                .all(|r| r.cliniko_user.as_deref() == Some("owner"))
+                .all(|r| r.1.cliniko_user.as_deref() == Some("owner"))
         );
     }
 
@@ -634,11 +633,6 @@ mod tests {
     /// The file store at `path`, loaded as a gateway loads it (a missing file is an error).
     fn load(path: &Path, m: &MasterKey) -> Result<KeyStore, KeyStoreError> {
         run(Backend::file(path.to_path_buf()).load(m, false)).map(|(store, _)| store)
-    }
-
-    /// `keys list` on the file store at `path`.
-    fn list(path: &Path, m: &MasterKey) -> Result<Vec<ListedUser>, KeyStoreError> {
-        run(Backend::file(path.to_path_buf()).list(m))
     }
 
     #[test]
@@ -712,7 +706,7 @@ mod tests {
             format!("{:?}", creds.current()),
             format!("{creds:?}"),
             format!("{:?}", c.basic_auth_header()),
-            format!("{:?}", list(&path, &m).unwrap()),
+            format!("{:?}", load(&path, &m).unwrap().sorted()),
         ] {
             assert!(!s.contains(secret_prefix) && !s.contains(&enc[..20]), "{s}");
         }

@@ -103,6 +103,13 @@ impl KeyStore {
         self.users.iter().map(|(u, c)| (&**u, &**c))
     }
 
+    /// Every user and their credential, sorted by user (`keys list`).
+    pub fn sorted(&self) -> Vec<(&str, &Credential)> {
+        let mut rows: Vec<_> = self.users().collect();
+        rows.sort_by_key(|(user, _)| *user);
+        rows
+    }
+
     /// Distinct keys by id (several users may share one).
     pub(super) fn keys(&self) -> impl Iterator<Item = (&str, &Arc<Credential>)> {
         self.keys.iter().map(|(id, c)| (&**id, c))

@@ -105,9 +105,10 @@ async fn enrol_then_the_next_request_uses_the_new_key_and_delete_means_no_creden
     assert_eq!(last.header("authorization"), Some(basic(KEY_DAVE).as_str()));
     // Stored sealed, labelled with the Cliniko user's id (its budget), created by enrolment.
     let master = cliniko_gateway::config::parse_master_key(MASTER).unwrap();
-    let rows = list_keys(&h.dir().join("keys.json"), &master).unwrap();
+    let store = load_keys(&h.dir().join("keys.json"), &master).unwrap();
+    let rows = store.sorted();
     assert_eq!(rows.len(), 1);
-    let label = rows[0].cliniko_user.clone().expect("labelled");
+    let label = rows[0].1.cliniko_user.as_deref().expect("labelled");
     assert!(
         !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit()),
         "{label}"

@@ -693,14 +693,6 @@ pub fn load_keys(
     on_own_runtime(store.load(master, false)).map(|(store, _)| store)
 }
 
-/// `keys list` on the file store at `path`.
-pub fn list_keys(
-    path: &std::path::Path,
-    master: &cliniko_gateway::config::MasterKey,
-) -> Result<Vec<credentials::ListedUser>, credentials::KeyStoreError> {
-    on_own_runtime(credentials::Backend::file(path.to_path_buf()).list(master))
-}
-
 /// The value of one Prometheus sample line `name{labels} value` (0 when absent).
 pub fn sample(text: &str, series: &str) -> f64 {
     text.lines()
