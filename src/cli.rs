@@ -233,11 +233,7 @@ fn store_failed(e: credentials::KeyStoreError) -> ExitCode {
 }
 
 /// `keys migrate`: copies the file store at `from` into the database store.
-async fn migrate(
-    store: &credentials::Backend,
-    m: &config::MasterKey,
-    from: &std::path::Path,
-) -> Done {
+async fn migrate(store: &credentials::Backend, from: &std::path::Path) -> Done {
     if store.database().is_none() {
         let e = ConfigError::new(
             "keystore.store",
@@ -246,7 +242,7 @@ async fn migrate(
         );
         return Err(fail(64, e));
     }
-    let n = store.import(m, from).await.map_err(store_failed)?;
+    let n = store.import(from).await.map_err(store_failed)?;
     println!(
         "copied {n} users from {} into {}",
         from.display(),
@@ -256,7 +252,7 @@ async fn migrate(
 }
 
 /// `keys import`: parses every stdin line first, then stores them all in one signed write.
-async fn import(store: &credentials::Backend, m: &config::MasterKey) -> Done {
+async fn import(store: &credentials::Backend) -> Done {
     let mut text = String::new();
     if std::io::stdin().read_to_string(&mut text).is_err() {
         return Err(fail(64, "cannot read the mappings from stdin"));
@@ -280,22 +276,20 @@ async fn import(store: &credentials::Backend, m: &config::MasterKey) -> Done {
         }
         rows.push(new);
     }
-    let done = (store.add_many(m, rows).await)
-        .map_err(|e| fail(64, format!("{e}; nothing was stored")))?;
+    let done =
+        (store.add_many(rows).await).map_err(|e| fail(64, format!("{e}; nothing was stored")))?;
     let new_keys = done.iter().filter(|o| !o.reused_key).count();
     println!("stored {} users ({new_keys} new keys)", done.len());
     Ok(())
 }
 
-/// The key store named by the config at `config` (file or database) and its master key.
-async fn open_store(
-    config: &std::path::Path,
-) -> Result<(credentials::Backend, config::MasterKey), ExitCode> {
+/// The key store named by the config at `config` (file or database), with its master key.
+async fn open_store(config: &std::path::Path) -> Result<credentials::Backend, ExitCode> {
     let cfg = load(config)?;
-    let m = (cfg.keystore.master_key.clone())
-        .ok_or_else(|| fail(64, "no master key: set CLINIKO_GATEWAY_MASTER_KEY"))?;
-    let b = (credentials::Backend::open(&cfg.keystore).await).map_err(store_failed)?;
-    Ok((b, m))
+    if cfg.keystore.master_key.is_none() {
+        return Err(fail(64, "no master key: set CLINIKO_GATEWAY_MASTER_KEY"));
+    }
+    (credentials::Backend::open(&cfg.keystore).await).map_err(store_failed)
 }
 
 async fn keys(action: KeysAction) -> Done {
@@ -314,11 +308,10 @@ async fn keys(action: KeysAction) -> Done {
         | KeysAction::Reseal { config, .. }
         | KeysAction::Migrate { config, .. } => config.clone(),
     };
-    let (store, m) = open_store(&config).await?;
-    keys_on(action, &store, &m).await
+    keys_on(action, &open_store(&config).await?).await
 }
 
-async fn keys_on(action: KeysAction, store: &credentials::Backend, m: &config::MasterKey) -> Done {
+async fn keys_on(action: KeysAction, store: &credentials::Backend) -> Done {
     match action {
         KeysAction::GenMasterKey => {}
         KeysAction::Add {
@@ -335,18 +328,16 @@ async fn keys_on(action: KeysAction, store: &credentials::Backend, m: &config::M
                 read.map_err(|_| fail(64, "cannot read the API key from stdin or --key-file"))?;
             let key = ApiKey::new(raw.trim().to_string());
             let new = credentials::NewKey::new(&user, key, cliniko_user.as_deref());
-            store.add(m, new).await.map_err(store_failed)?;
+            store.add(new).await.map_err(store_failed)?;
             println!(
                 "stored a key for {user}; running gateways reload it (file watch, database notification or SIGHUP)"
             );
         }
-        KeysAction::Import { .. } => import(store, m).await?,
-        KeysAction::List { .. } => {
-            print_users(&store.load(m, false).await.map_err(store_failed)?.0)
-        }
+        KeysAction::Import { .. } => import(store).await?,
+        KeysAction::List { .. } => print_users(&store.load(false).await.map_err(store_failed)?.0),
         KeysAction::Reseal { accept_edits, .. } => {
             use credentials::Resealed;
-            let done = store.reseal(m, accept_edits).await.map_err(store_failed)?;
+            let done = store.reseal(accept_edits).await.map_err(store_failed)?;
             println!(
                 "{}",
                 match done {
@@ -355,16 +346,16 @@ async fn keys_on(action: KeysAction, store: &credentials::Backend, m: &config::M
                     Resealed::AcceptedEdits => "signed the key store as it is, edits included",
                 }
             );
-            print_users(&store.load(m, false).await.map_err(store_failed)?.0);
+            print_users(&store.load(false).await.map_err(store_failed)?.0);
         }
         KeysAction::Remove { user, .. } => {
-            if store.remove(m, &user).await.map_err(store_failed)? {
+            if store.remove(&user).await.map_err(store_failed)? {
                 println!("removed {user}");
             } else {
                 println!("{user} had no key");
             }
         }
-        KeysAction::Migrate { from, .. } => migrate(store, m, &from).await?,
+        KeysAction::Migrate { from, .. } => migrate(store, &from).await?,
     }
     Ok(())
 }

@@ -101,10 +101,10 @@ paths = ["/v1"]
     .into_iter()
     .collect());
     let cfg = load_str(&text, dir.path(), &env)?;
-    let master = cfg.keystore.master_key.as_ref().ok_or("no master key")?;
+    let master = cfg.keystore.master_key.clone().ok_or("no master key")?;
     let demo = credentials::NewKey::new(DEMO_USER, ApiKey::new(api_key), None);
-    (credentials::Backend::file(cfg.keystore.path.clone()))
-        .add(master, demo)
+    (credentials::Backend::file(cfg.keystore.path.clone(), master))
+        .add(demo)
         .await?;
     let secret = SecretSlice::from(hmac.into_bytes());
     let token = mint_hs(

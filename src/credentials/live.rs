@@ -2,12 +2,11 @@
 
 use super::new_key::{AddOutcome, NewKey};
 use super::{ApiKey, Backend, Credential, KeyStore, KeyStoreError, crypto};
-use crate::config::{KeyStoreConfig, MasterKey};
+use crate::config::KeyStoreConfig;
 use arc_swap::ArcSwap;
 use secrecy::ExposeSecret;
 use std::{
     fmt,
-    path::Path,
     sync::Arc,
     sync::atomic::{AtomicI64, Ordering},
 };
@@ -20,7 +19,6 @@ pub struct Credentials {
     /// One reload at a time, so an older read never replaces a newer one.
     reloading: tokio::sync::Mutex<()>,
     backend: Backend,
-    master: MasterKey,
 }
 
 impl Credentials {
@@ -30,15 +28,13 @@ impl Credentials {
         cfg: &KeyStoreConfig,
         missing_ok: bool,
     ) -> Result<Credentials, KeyStoreError> {
-        let master = cfg.master_key.clone().ok_or(KeyStoreError::NoMasterKey)?;
         let backend = Backend::open(cfg).await?;
-        let (store, revision) = backend.load(&master, missing_ok).await?;
+        let (store, revision) = backend.load(missing_ok).await?;
         Ok(Credentials {
             current: ArcSwap::from_pointee(store),
             revision: AtomicI64::new(revision),
             reloading: tokio::sync::Mutex::new(()),
             backend,
-            master,
         })
     }
 
@@ -56,7 +52,7 @@ impl Credentials {
     /// Loads and serves the stored store; `settle`: remember its revision as served.
     async fn swap(&self, settle: bool) -> Result<usize, KeyStoreError> {
         let _one = self.reloading.lock().await;
-        let (store, revision) = self.backend.load(&self.master, false).await?;
+        let (store, revision) = self.backend.load(false).await?;
         let n = store.len();
         self.current.store(Arc::new(store));
         if settle {
@@ -77,7 +73,7 @@ impl Credentials {
     /// A credential for `key`, not stored: what enrolment checks with Cliniko first. It
     /// spends the budget the key will have once stored (`key:<key id>`).
     pub fn candidate(&self, key: ApiKey) -> Result<Arc<Credential>, KeyStoreError> {
-        let id = crypto::derive_key_id(self.master.expose_secret(), &key);
+        let id = crypto::derive_key_id(self.backend.master.expose_secret(), &key);
         let mut cred = Credential::new(key, id, None)
             .map_err(|_| KeyStoreError::InvalidApiKey("its shard suffix is not a shard name"))?;
         cred.candidate = true;
@@ -86,14 +82,14 @@ impl Credentials {
 
     /// Stores `new` (under the store's lock), then serves it at once on this replica.
     pub async fn add(&self, new: NewKey) -> Result<AddOutcome, KeyStoreError> {
-        let out = self.backend.add(&self.master, new).await?;
+        let out = self.backend.add(new).await?;
         self.reload_after_write().await;
         Ok(out)
     }
 
     /// Removes `user`'s key; `false` when there was none.
     pub async fn remove(&self, user: &str) -> Result<bool, KeyStoreError> {
-        let found = self.backend.remove(&self.master, user).await?;
+        let found = self.backend.remove(user).await?;
         self.reload_after_write().await;
         Ok(found)
     }
@@ -115,14 +111,6 @@ impl Credentials {
     /// Where the keys are stored.
     pub fn backend(&self) -> &Backend {
         &self.backend
-    }
-
-    /// The file this handle reloads from (`None` for a database store).
-    pub fn path(&self) -> Option<&Path> {
-        match &self.backend {
-            Backend::File { path, .. } => Some(path),
-            Backend::Postgres(_) => None,
-        }
     }
 }
 

@@ -610,7 +610,7 @@ mod tests {
     }
 
     fn reseal(path: &Path, m: &MasterKey, accept_edits: bool) -> Result<Resealed, KeyStoreError> {
-        run(Backend::file(path.to_path_buf()).reseal(m, accept_edits))
+        run(Backend::file(path.to_path_buf(), m.clone()).reseal(accept_edits))
     }
 
     /// `keys add` on the file store at `path`.
@@ -622,17 +622,17 @@ mod tests {
         cliniko_user: Option<&str>,
     ) -> Result<AddOutcome, KeyStoreError> {
         let new = NewKey::new(user, key.clone(), cliniko_user);
-        run(Backend::file(path.to_path_buf()).add(m, new))
+        run(Backend::file(path.to_path_buf(), m.clone()).add(new))
     }
 
     /// `keys remove` on the file store at `path`.
     fn remove_user(path: &Path, m: &MasterKey, user: &str) -> Result<bool, KeyStoreError> {
-        run(Backend::file(path.to_path_buf()).remove(m, user))
+        run(Backend::file(path.to_path_buf(), m.clone()).remove(user))
     }
 
     /// The file store at `path`, loaded as a gateway loads it (a missing file is an error).
     fn load(path: &Path, m: &MasterKey) -> Result<KeyStore, KeyStoreError> {
-        run(Backend::file(path.to_path_buf()).load(m, false)).map(|(store, _)| store)
+        run(Backend::file(path.to_path_buf(), m.clone()).load(false)).map(|(store, _)| store)
     }
 
     #[test]
@@ -646,7 +646,7 @@ mod tests {
             "{msg}"
         );
         assert!(
-            run(Backend::file(path.to_path_buf()).load(&m, true))
+            run(Backend::file(path.to_path_buf(), m.clone()).load(true))
                 .unwrap()
                 .0
                 .is_empty()

@@ -23,7 +23,7 @@ impl Reloader {
         mut shutdown: watch::Receiver<bool>,
     ) {
         // A database store is followed by `follow_store` instead.
-        let keys = self.credentials.path().map(Path::to_path_buf);
+        let keys = self.credentials.backend().path().map(Path::to_path_buf);
         let mut config_files = self.watched_config_files().await;
         let mut seen_keys = keys.as_deref().and_then(signature);
         let mut seen_config = signatures(&config_files);

@@ -276,9 +276,9 @@ async fn sigterm_drains_while_a_sighup_reload_waits_on_a_silent_database() {
     let Some(pg) = crate::pg::PgServer::start() else {
         return;
     };
-    let (ops, master) = crate::pgstore::ops_store(&pg).await;
+    let ops = crate::pgstore::ops_store(&pg).await;
     let alice = crate::pgstore::new_key("alice", KEY_ALICE);
-    ops.add(&master, alice).await.unwrap();
+    ops.add(alice).await.unwrap();
     let relay = crate::pgstore::Freezer::start(&pg).await;
     let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
     let env = [

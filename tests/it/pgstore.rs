@@ -34,7 +34,7 @@ fn on(pg: &PgServer, users: Vec<(&'static str, &'static str)>) -> Setup {
 }
 
 /// The database store as ops' `keys` commands open it (through a config, like the binary).
-pub async fn ops_store(pg: &PgServer) -> (Backend, cliniko_gateway::config::MasterKey) {
+pub async fn ops_store(pg: &PgServer) -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gw.toml");
     std::fs::write(&path, pg_config(pg)).unwrap();
@@ -46,8 +46,7 @@ pub async fn ops_store(pg: &PgServer) -> (Backend, cliniko_gateway::config::Mast
     .into_iter()
     .collect());
     let cfg = load(&path, &env).unwrap();
-    let store = Backend::open(&cfg.keystore).await.unwrap();
-    (store, cfg.keystore.master_key.unwrap())
+    Backend::open(&cfg.keystore).await.unwrap()
 }
 
 fn pg_config(_pg: &PgServer) -> String {
@@ -120,8 +119,8 @@ async fn two_gateways_on_one_database_see_each_others_changes_within_the_stated_
     assert_eq!(taken.code(), "key_in_use");
 
     // Ops' changes (the `keys` commands) reach both as well.
-    let (ops, master) = ops_store(&pg).await;
-    assert!(ops.remove(&master, "dave").await.unwrap());
+    let ops = ops_store(&pg).await;
+    assert!(ops.remove("dave").await.unwrap());
     for h in [&a, &b] {
         let gone = within(STATED, || async { status_of(h, "dave").await == 403 }).await;
         assert!(
@@ -129,7 +128,7 @@ async fn two_gateways_on_one_database_see_each_others_changes_within_the_stated_
             "dave's removal served within the stated time"
         );
     }
-    ops.add(&master, new_key("dave", KEY_DAVE)).await.unwrap();
+    ops.add(new_key("dave", KEY_DAVE)).await.unwrap();
     for h in [&a, &b] {
         let took = within(STATED, || async { status_of(h, "dave").await == 200 }).await;
         let took = took.expect("dave served within the stated time");
@@ -143,7 +142,7 @@ async fn two_gateways_on_one_database_see_each_others_changes_within_the_stated_
         "the stand-in saw dave's key"
     );
 
-    assert!(ops.remove(&master, "dave").await.unwrap());
+    assert!(ops.remove("dave").await.unwrap());
     for h in [&a, &b] {
         let gone = within(STATED, || async { status_of(h, "dave").await == 403 }).await;
         assert!(
@@ -291,10 +290,10 @@ fn basic(key: &str) -> String {
 async fn a_change_without_a_notification_is_served_by_the_revision_poll() {
     let Some(pg) = PgServer::start() else { return };
     let h = Harness::start(on(&pg, vec![("alice", KEY_ALICE)])).await;
-    let (ops, master) = ops_store(&pg).await;
-    ops.add(&master, new_key("dave", KEY_DAVE)).await.unwrap();
+    let ops = ops_store(&pg).await;
+    ops.add(new_key("dave", KEY_DAVE)).await.unwrap();
     let with_dave = pg.psql("SELECT document FROM cliniko_gateway_keystore");
-    assert!(ops.remove(&master, "dave").await.unwrap());
+    assert!(ops.remove("dave").await.unwrap());
     let gone = within(STATED, || async { status_of(&h, "dave").await == 403 }).await;
     assert!(gone.is_some());
     // A write that sends no NOTIFY (a restored backup, say): only the poll can see it.
@@ -383,9 +382,9 @@ async fn a_preexisting_table_with_other_column_types_is_an_error_naming_the_colu
         "CREATE TABLE cliniko_gateway_keystore (id smallint PRIMARY KEY, revision integer NOT NULL, \
          document bytea NOT NULL); INSERT INTO cliniko_gateway_keystore VALUES (1, 0, '')",
     );
-    let (store, master) = ops_store(&pg).await;
+    let store = ops_store(&pg).await;
     let err = store
-        .load(&master, true)
+        .load(true)
         .await
         .expect_err("the gateway's types are not that table's");
     let shown = err.to_string();

@@ -199,7 +199,6 @@ format = "text"
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, &config_text).unwrap();
         let cfg = load(&config_path, &Env(env)).unwrap();
-        let master = cfg.keystore.master_key.as_ref().unwrap();
         // Through the configured backend: the file, or the database of a PostgreSQL setup.
         let store = credentials::Backend::open(&cfg.keystore).await.unwrap();
         for (user, key) in setup.users {
@@ -210,7 +209,7 @@ format = "text"
                 verified_at: None,
                 exclusive: false,
             };
-            store.add(master, new).await.unwrap();
+            store.add(new).await.unwrap();
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -672,7 +671,7 @@ pub fn add_key(
     cliniko_user: Option<&str>,
 ) -> Result<credentials::AddOutcome, credentials::KeyStoreError> {
     let new = credentials::NewKey::new(user, key.clone(), cliniko_user);
-    on_own_runtime(credentials::Backend::file(path.to_path_buf()).add(master, new))
+    on_own_runtime(credentials::Backend::file(path.to_path_buf(), master.clone()).add(new))
 }
 
 /// `keys remove` on the file store at `path`.
@@ -681,7 +680,7 @@ pub fn remove_user(
     master: &cliniko_gateway::config::MasterKey,
     user: &str,
 ) -> Result<bool, credentials::KeyStoreError> {
-    on_own_runtime(credentials::Backend::file(path.to_path_buf()).remove(master, user))
+    on_own_runtime(credentials::Backend::file(path.to_path_buf(), master.clone()).remove(user))
 }
 
 /// The file store at `path`, loaded as a gateway loads it (a missing file is an error).
@@ -689,8 +688,8 @@ pub fn load_keys(
     path: &std::path::Path,
     master: &cliniko_gateway::config::MasterKey,
 ) -> Result<credentials::KeyStore, credentials::KeyStoreError> {
-    let store = credentials::Backend::file(path.to_path_buf());
-    on_own_runtime(store.load(master, false)).map(|(store, _)| store)
+    let store = credentials::Backend::file(path.to_path_buf(), master.clone());
+    on_own_runtime(store.load(false)).map(|(store, _)| store)
 }
 
 /// The value of one Prometheus sample line `name{labels} value` (0 when absent).
