@@ -34,7 +34,6 @@ pub(super) fn add_all(
         .iter()
         .map(NewKey::check)
         .collect::<Result<Vec<_>, _>>()?;
-    let mut created_file = existing.is_none();
     let store = match &existing {
         Some(doc) => KeyStore::from_document(place, doc, master)?,
         None => KeyStore::default(),
@@ -69,22 +68,16 @@ pub(super) fn add_all(
                 id
             }
         };
-        let previous_key_id = doc
-            .users
-            .insert(m.user.clone(), key_id.clone())
-            .filter(|prev| *prev != key_id);
+        doc.users.insert(m.user.clone(), key_id.clone());
         outcomes.push(AddOutcome {
             key_id,
             fingerprint,
             shard,
             reused_key,
-            previous_key_id,
-            dropped_key_ids: Vec::new(),
-            created_file: std::mem::take(&mut created_file),
         });
     }
-    if let Some(last) = outcomes.last_mut() {
-        last.dropped_key_ids = drop_unreferenced(&mut doc);
+    if !mappings.is_empty() {
+        drop_unreferenced(&mut doc);
     }
     Ok((Some(doc), outcomes))
 }
@@ -176,16 +169,8 @@ fn fresh_key_id(master: &MasterKey, key: &ApiKey, doc: &Document) -> Result<Stri
     }
 }
 
-fn drop_unreferenced(doc: &mut Document) -> Vec<String> {
+/// Drops the keys no user points at any more.
+fn drop_unreferenced(doc: &mut Document) {
     let used: BTreeSet<&str> = doc.users.values().map(String::as_str).collect();
-    let dropped: Vec<String> = doc
-        .keys
-        .keys()
-        .filter(|id| !used.contains(id.as_str()))
-        .cloned()
-        .collect();
-    for id in &dropped {
-        doc.keys.remove(id);
-    }
-    dropped
+    doc.keys.retain(|id, _| used.contains(id.as_str()));
 }

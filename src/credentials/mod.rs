@@ -402,8 +402,12 @@ mod tests {
     #[test]
     fn add_then_load_round_trip() {
         let (_d, path, m) = setup();
+        assert!(!path.exists());
         let out = add_key(&path, &m, "alice", &key(KEY_A), Some("dr-smith")).unwrap();
-        assert!(out.created_file && !out.reused_key);
+        assert!(
+            path.exists() && !out.reused_key,
+            "the first add creates the file"
+        );
         assert_eq!(out.shard.as_str(), "uk2");
         let store = load(&path, &m).unwrap();
         assert_eq!(store.len(), 1);
@@ -427,7 +431,7 @@ mod tests {
         let (_d, path, m) = setup();
         let a = add_key(&path, &m, "alice", &key(KEY_A), None).unwrap();
         let b = add_key(&path, &m, "bob", &key(KEY_A), None).unwrap();
-        assert!(b.reused_key && !b.created_file);
+        assert!(b.reused_key);
         assert_eq!(a.key_id, b.key_id);
         assert_eq!(json(&path)["keys"].as_object().unwrap().len(), 1);
         let store = load(&path, &m).unwrap();
@@ -543,8 +547,11 @@ mod tests {
         let (_d, path, m) = setup();
         let a = add_key(&path, &m, "alice", &key(KEY_A), None).unwrap();
         let b = add_key(&path, &m, "alice", &key(KEY_B), None).unwrap();
-        assert_eq!(b.previous_key_id.as_deref(), Some(a.key_id.as_str()));
-        assert_eq!(b.dropped_key_ids, vec![a.key_id.clone()]);
+        assert_ne!(a.key_id, b.key_id);
+        let v = json(&path);
+        assert_eq!(v["users"]["alice"], b.key_id.as_str());
+        let kept: Vec<_> = v["keys"].as_object().unwrap().keys().collect();
+        assert_eq!(kept, [&b.key_id], "alice's old key, now unused, is dropped");
         add_key(&path, &m, "bob", &key(KEY_B), None).unwrap();
         add_key(&path, &m, "carol", &key(KEY_A), None).unwrap();
         assert!(remove_user(&path, &m, "alice").unwrap());

@@ -18,12 +18,6 @@ pub struct AddOutcome {
     pub shard: Shard,
     /// True when the key was already stored (for another user or this one) and was reused.
     pub reused_key: bool,
-    /// The user's previous key id, when the user had a different key before.
-    pub previous_key_id: Option<String>,
-    /// Key ids removed because no user references them any more.
-    pub dropped_key_ids: Vec<String>,
-    /// True when the file did not exist and was created.
-    pub created_file: bool,
 }
 
 /// A key to store for a user (owned, so an edit can move it off the async threads).
