@@ -10,12 +10,10 @@
 
 mod layer;
 
-use crate::config::PolicyConfig;
-
+use crate::config::{GrantConfig, PolicyConfig};
 use crate::error::GatewayError;
 use http::Method;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
 
 /// The methods the guard lets through; `*` in a grant means all of them.
 pub const ALL_METHODS: [Method; 7] = [
@@ -28,18 +26,13 @@ pub const ALL_METHODS: [Method; 7] = [
     Method::OPTIONS,
 ];
 
-/// One compiled grant.
-#[derive(Debug)]
-struct Grant {
-    name: String,
-    methods: Vec<Method>,
-    prefixes: Vec<String>,
-}
-
-impl Grant {
-    fn allows(&self, method: &Method, path: &str) -> bool {
-        self.methods.contains(method) && self.prefixes.iter().any(|p| under(path, p))
-    }
+/// True when `g` allows `method` on `path` (`*` in its methods stands for [`ALL_METHODS`]).
+fn allows(g: &GrantConfig, method: &Method, path: &str) -> bool {
+    let star = ALL_METHODS.contains(method);
+    g.methods
+        .iter()
+        .any(|m| (star && m == "*") || m == method.as_str())
+        && g.paths.iter().any(|p| under(path, p))
 }
 
 /// True when `path` is `prefix` or lies below it on a segment boundary
@@ -51,80 +44,38 @@ pub fn under(path: &str, prefix: &str) -> bool {
     }
 }
 
-/// The compiled policy, built once at start-up from a validated [`PolicyConfig`].
+/// The policy, checked as configured: [`crate::config::policy::validate`] has already
+/// refused unknown methods, paths outside `/v1` and default grants that do not exist.
 #[derive(Debug)]
-pub struct Policy {
-    claims: Vec<String>,
-    default: Vec<usize>,
-    grants: Vec<Grant>,
-    by_name: HashMap<String, usize>,
-}
+pub struct Policy(PolicyConfig);
 
 impl Policy {
-    /// Compiles `cfg` (already validated); warns loudly when it can never allow anything.
+    /// Takes `cfg` (already validated); warns loudly when it can never allow anything.
     pub fn new(cfg: &PolicyConfig) -> Policy {
-        let mut grants = Vec::with_capacity(cfg.grants.len());
-        let mut by_name = HashMap::with_capacity(cfg.grants.len());
-        for (name, g) in &cfg.grants {
-            let methods = if g.methods.iter().any(|m| m == "*") {
-                ALL_METHODS.to_vec()
-            } else {
-                ALL_METHODS
-                    .iter()
-                    .filter(|m| g.methods.iter().any(|c| c == m.as_str()))
-                    .cloned()
-                    .collect()
-            };
-            by_name.insert(name.clone(), grants.len());
-            grants.push(Grant {
-                name: name.clone(),
-                methods,
-                prefixes: g.paths.clone(),
-            });
-        }
-        let default = cfg
-            .default
-            .iter()
-            .filter_map(|n| by_name.get(n).copied())
-            .collect();
-        if grants.is_empty() {
+        if cfg.grants.is_empty() {
             tracing::warn!(
                 "policy: no grants are configured, so every proxied request will be refused \
                  with 403 forbidden; add [policy.grants.<name>] sections \
                  (see docs/security.md, Least privilege)"
             );
         }
-        Policy {
-            claims: cfg.claims.clone(),
-            default,
-            grants,
-            by_name,
-        }
+        Policy(cfg.clone())
     }
 
-    /// Calls `f` with each grant a token's claims give (the default ones when it carries none
-    /// of the configured claims) until `f` says true; whether it did. Nothing is collected:
-    /// this runs on every request.
-    fn any_granted(&self, claims: &Map<String, Value>, mut f: impl FnMut(usize) -> bool) -> bool {
+    /// Calls `f` with each configured grant a token's claims give (the default ones when it
+    /// carries none of the configured claims) until `f` says true; whether it did. Nothing is
+    /// collected: this runs on every request.
+    fn any_granted(&self, claims: &Map<String, Value>, mut f: impl FnMut(&str) -> bool) -> bool {
         let mut any_claim = false;
-        for name in &self.claims {
-            let Some(v) = claim(claims, name) else {
-                continue;
-            };
+        for v in self.0.claims.iter().filter_map(|name| claim(claims, name)) {
             // A present claim decides, even when empty or of the wrong type: falling back to
             // the default then would turn a malformed claim into more access, not less.
             any_claim = true;
-            let mut hit = |s: &str| self.by_name.get(s).is_some_and(|&i| f(i));
-            let found = match v {
-                Value::String(s) => s.split_ascii_whitespace().any(&mut hit),
-                Value::Array(items) => items.iter().filter_map(Value::as_str).any(&mut hit),
-                _ => false,
-            };
-            if found {
+            if names_in(v).any(|g| self.0.grants.contains_key(g) && f(g)) {
                 return true;
             }
         }
-        !any_claim && self.default.iter().any(|&i| f(i))
+        !any_claim && self.0.default.iter().any(|g| f(g))
     }
 
     /// Allows the call, or says which permission is missing.
@@ -134,15 +85,16 @@ impl Policy {
         method: &Method,
         path: &str,
     ) -> Result<(), GatewayError> {
-        if self.any_granted(claims, |i| self.grants[i].allows(method, path)) {
+        let grants = &self.0.grants;
+        let granted = |g: &str| grants.get(g).is_some_and(|g| allows(g, method, path));
+        if self.any_granted(claims, granted) {
             return Ok(());
         }
         let mut needed = format!("{method} {}", shown_prefix(path));
-        let would: Vec<&str> = self
-            .grants
+        let would: Vec<&str> = grants
             .iter()
-            .filter(|g| g.allows(method, path))
-            .map(|g| g.name.as_str())
+            .filter(|(_, g)| allows(g, method, path))
+            .map(|(name, _)| name.as_str())
             .take(5)
             .collect();
         if !would.is_empty() {
@@ -158,15 +110,23 @@ impl Policy {
     /// whether or not `[policy.grants]` defines it: how a route of the gateway's own outside
     /// `/v1` (enrolment) is allowed by a grant that lists no paths.
     pub fn names(&self, claims: &Map<String, Value>, grant: &str) -> bool {
-        self.claims
-            .iter()
+        (self.0.claims.iter())
             .filter_map(|name| claim(claims, name))
-            .any(|v| match v {
-                Value::String(s) => s.split_ascii_whitespace().any(|g| g == grant),
-                Value::Array(items) => items.iter().any(|g| g.as_str() == Some(grant)),
-                _ => false,
-            })
+            .flat_map(names_in)
+            .any(|g| g == grant)
     }
+}
+
+/// The grant names a claim's value holds: the words of a string (`scope`), the strings of
+/// an array (`roles`); none for any other type.
+fn names_in(v: &Value) -> impl Iterator<Item = &str> {
+    let (words, items) = match v {
+        Value::String(s) => (Some(s.as_str()), &[][..]),
+        Value::Array(items) => (None, items.as_slice()),
+        _ => (None, &[][..]),
+    };
+    let words = words.into_iter().flat_map(str::split_ascii_whitespace);
+    words.chain(items.iter().filter_map(Value::as_str))
 }
 
 /// A claim by exact name, else by a dotted path into nested objects (`realm_access.roles`).
@@ -211,18 +171,15 @@ mod tests {
 
     impl Policy {
         /// The names of the grants a token's claims give (for diagnostics and tests).
-        fn grant_names(&self, claims: &Map<String, Value>) -> Vec<&str> {
-            let mut found: Vec<usize> = Vec::new();
-            self.any_granted(claims, |i| {
-                if !found.contains(&i) {
-                    found.push(i);
+        fn grant_names(&self, claims: &Map<String, Value>) -> Vec<String> {
+            let mut found: Vec<String> = Vec::new();
+            self.any_granted(claims, |g| {
+                if !found.iter().any(|f| f == g) {
+                    found.push(g.to_string());
                 }
                 false
             });
             found
-                .into_iter()
-                .map(|i| self.grants[i].name.as_str())
-                .collect()
         }
     }
 
