@@ -155,18 +155,13 @@ pub(super) fn resealed(
 
 /// The derived id, or a random one in the (2^-48) case that it is taken by another key.
 fn fresh_key_id(master: &MasterKey, key: &ApiKey, doc: &Document) -> Result<String, KeyStoreError> {
-    let id = crypto::derive_key_id(master.expose_secret(), key);
-    if !doc.keys.contains_key(&id) {
-        return Ok(id);
-    }
-    loop {
+    let mut id = crypto::derive_key_id(master.expose_secret(), key);
+    while doc.keys.contains_key(&id) {
         let mut b = [0u8; 6];
         crypto::random(&mut b)?;
-        let id = hex::encode(b);
-        if !doc.keys.contains_key(&id) {
-            return Ok(id);
-        }
+        id = hex::encode(b);
     }
+    Ok(id)
 }
 
 /// Drops the keys no user points at any more.
