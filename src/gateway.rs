@@ -308,10 +308,13 @@ async fn fixed_parts(
         max_body: cfg.server.max_body_bytes,
         authority,
     });
-    let enrol = cfg
-        .enrol
-        .enabled
-        .then(|| crate::enrol::Enrol::new(credentials.clone(), &cfg.enrol.grant, limits.clone()));
+    let enrol = cfg.enrol.enabled.then(|| {
+        Arc::new(crate::enrol::Enrol {
+            credentials: credentials.clone(),
+            grant: cfg.enrol.grant.clone(),
+            limits: limits.clone(),
+        })
+    });
     Ok(Fixed {
         credentials,
         inflight: crate::inflight::InFlight::new(cfg.upstream.max_in_flight_per_user),

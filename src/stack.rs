@@ -117,8 +117,13 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
         // Enrolment's own routes (src/enrol/ owns them) branch off before the guard, whose
         // rules are for the proxied /v1, and check keys with Cliniko through the same in-flight
         // cap, rate limits and upstream as below. Absent when off.
-        .layer(OptionalLayer(f.enrol.clone().map(|e| {
-            EnrolRoutes::new(e, p.authn.clone(), p.policy.clone(), verify(f, p))
+        .layer(OptionalLayer(f.enrol.clone().map(|enrol| {
+            Arc::new(EnrolRoutes {
+                enrol,
+                authn: p.authn.clone(),
+                policy: p.policy.clone(),
+                verify: verify(f, p),
+            })
         })))
         // Cheap refusals before any crypto: local routes, bad targets, framing, body limit.
         .layer(WrapLayer(GuardLayer {

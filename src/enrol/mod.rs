@@ -47,46 +47,25 @@ pub type Verify = BoxCloneSyncService<Request<Body>, Response<Body>, GatewayErro
 
 /// The parts that live as long as the process.
 pub struct Enrol {
-    credentials: Arc<Credentials>,
-    grant: String,
-    limits: Arc<Limits>,
-}
-
-impl Enrol {
-    /// Enrolment into `credentials` for callers carrying `grant`.
-    pub fn new(credentials: Arc<Credentials>, grant: &str, limits: Arc<Limits>) -> Arc<Enrol> {
-        Arc::new(Enrol {
-            credentials,
-            grant: grant.to_string(),
-            limits,
-        })
-    }
+    /// The key store enrolment writes to.
+    pub credentials: Arc<Credentials>,
+    /// The claim value that allows a caller to enrol (`enrol.grant`).
+    pub grant: String,
+    /// The message limits the routes apply.
+    pub limits: Arc<Limits>,
 }
 
 /// Branches enrolment's routes off the journey (a [`Step`](crate::step::Step)); built with
 /// each stack, since it verifies tokens with the serving authenticator and policy.
 pub struct EnrolRoutes {
-    enrol: Arc<Enrol>,
-    authn: Arc<Authenticator>,
-    policy: Arc<Policy>,
-    verify: Verify,
-}
-
-impl EnrolRoutes {
-    /// The routes for one stack.
-    pub fn new(
-        enrol: Arc<Enrol>,
-        authn: Arc<Authenticator>,
-        policy: Arc<Policy>,
-        verify: Verify,
-    ) -> Arc<Self> {
-        Arc::new(EnrolRoutes {
-            enrol,
-            authn,
-            policy,
-            verify,
-        })
-    }
+    /// The process-wide parts.
+    pub enrol: Arc<Enrol>,
+    /// The stack's authenticator.
+    pub authn: Arc<Authenticator>,
+    /// The stack's policy.
+    pub policy: Arc<Policy>,
+    /// What checks a key with Cliniko.
+    pub verify: Verify,
 }
 
 impl crate::step::Step for EnrolRoutes {
