@@ -131,8 +131,10 @@ pub struct Credential {
     /// A key being checked before it is stored ([`Credentials::candidate`]): Cliniko
     /// refusing it is an answer to the person enrolling, not a stored key to rotate.
     pub candidate: bool,
-    auth_header: http::HeaderValue,
-    budget: Arc<str>,
+    /// `Basic base64(key + ":")`, marked sensitive so HTTP/2 never indexes it.
+    pub auth_header: http::HeaderValue,
+    /// The key budget this credential spends (`user:<cliniko user>` or `key:<key id>`).
+    pub budget: Arc<str>,
     /// The cache's keyed hash of `key`, once worked out ([`crate::cache::Cache::id_of`]).
     pub(crate) cache_id: std::sync::OnceLock<CredentialId>,
 }
@@ -177,16 +179,6 @@ impl Credential {
             budget,
             cache_id: std::sync::OnceLock::new(),
         })
-    }
-
-    /// `Basic base64(key + ":")`, marked sensitive so HTTP/2 never indexes it.
-    pub fn basic_auth_header(&self) -> http::HeaderValue {
-        self.auth_header.clone()
-    }
-
-    /// The key budget this credential spends (`user:<cliniko user>` or `key:<key id>`).
-    pub fn budget_id(&self) -> &Arc<str> {
-        &self.budget
     }
 }
 
@@ -712,7 +704,7 @@ mod tests {
             format!("{:?}", c.key),
             format!("{:?}", creds.current()),
             format!("{creds:?}"),
-            format!("{:?}", c.basic_auth_header()),
+            format!("{:?}", c.auth_header),
             format!("{:?}", load(&path, &m).unwrap().sorted()),
         ] {
             assert!(!s.contains(secret_prefix) && !s.contains(&enc[..20]), "{s}");
@@ -724,7 +716,7 @@ mod tests {
     #[test]
     fn basic_auth_header_is_base64_of_key_colon_and_sensitive() {
         let c = Credential::new(key(KEY_A), "id", None).unwrap();
-        let h = c.basic_auth_header();
+        let h = c.auth_header.clone();
         assert!(h.is_sensitive());
         assert_eq!(
             h.to_str().unwrap(),

@@ -27,7 +27,7 @@ impl crate::step::Step for RateLimits {
         }
         if let (Some(b), Some(cred)) = (&self.budget, req.extensions().get::<Arc<Credential>>()) {
             let who = self.shares.of(req.extensions().get::<User>());
-            b.acquire(cred.budget_id(), &who).await?;
+            b.acquire(&cred.budget, &who).await?;
         }
         inner.oneshot(req).await
     }
@@ -50,7 +50,7 @@ impl RateLimits {
             .fetch_add(1, Ordering::Relaxed);
         let slot = match &self.budget {
             None => Ok(reserve.then_some(wait)),
-            Some(b) => b.pause(cred.budget_id(), wait, reserve).await,
+            Some(b) => b.pause(&cred.budget, wait, reserve).await,
         };
         self.pauses.send_modify(|c| *c += 1);
         slot.unwrap_or_else(|e| {

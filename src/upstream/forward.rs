@@ -72,12 +72,8 @@ impl Upstream {
         let (parts, body) = req.into_parts();
         let uri = upstream_uri(&base, &parts.uri)?;
         let is_head = parts.method == Method::HEAD;
-        let mut headers = upstream_request_headers(
-            &parts.headers,
-            &self.user_agent,
-            &cred.basic_auth_header(),
-            &rid,
-        );
+        let mut headers =
+            upstream_request_headers(&parts.headers, &self.user_agent, &cred.auth_header, &rid);
         // Traced requests send Cliniko a traceparent naming this call's client span.
         let span =
             crate::telemetry::upstream_span(&parts.extensions, &parts.method, &uri, &mut headers);

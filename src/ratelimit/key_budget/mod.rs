@@ -388,13 +388,13 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(&**c.budget_id(), "key:abc");
+        assert_eq!(&*c.budget, "key:abc");
         let c = crate::credentials::Credential::new(
             crate::credentials::ApiKey::new("k-au1".into()),
             "abc",
             Some("jo".into()),
         )
         .unwrap();
-        assert_eq!(&**c.budget_id(), "user:jo");
+        assert_eq!(&*c.budget, "user:jo");
     }
 }
