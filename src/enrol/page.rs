@@ -105,22 +105,13 @@ pub(super) fn serve(method: &Method) -> Result<Response<Body>, GatewayError> {
         });
     }
     let (html, csp) = &*PAGE;
-    let mut r = Response::new(Body::from(html.clone()));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CONTENT_SECURITY_POLICY, csp.clone());
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    *r.status_mut() = StatusCode::OK;
-    Ok(r)
+    // Static, valid header values: the builder cannot fail.
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .header(header::CONTENT_SECURITY_POLICY, csp.clone())
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(header::REFERRER_POLICY, "no-referrer")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::from(html.clone()))
+        .map_err(|_| GatewayError::Internal)
 }

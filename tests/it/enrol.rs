@@ -244,6 +244,13 @@ async fn the_page_is_served_with_a_hash_only_policy() {
         .await;
     assert_eq!(page.status, 200);
     assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ] {
+        assert_eq!(page.headers[name], value, "{name}");
+    }
     let csp = page.headers["content-security-policy"].to_str().unwrap();
     assert!(
         csp.starts_with("default-src 'none'; script-src 'sha256-"),
