@@ -95,10 +95,7 @@ struct Shared {
 struct Link {
     cfg: RedisConfig,
     tx: mpsc::Sender<Invalidation>,
-    /// This link's subscription is up (its own flag: a stopping link cannot set it).
-    up: Arc<AtomicBool>,
-    /// A message was lost: one `all` is owed to the other replicas.
-    owed: Arc<AtomicBool>,
+    tasks: Arc<Tasks>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -145,7 +142,7 @@ impl CacheBus {
     pub fn subscribed(&self) -> Option<bool> {
         (*self.link.load())
             .as_ref()
-            .map(|l| l.up.load(Ordering::Relaxed))
+            .map(|l| l.tasks.up.load(Ordering::Relaxed))
     }
 
     /// Counters.
@@ -172,7 +169,7 @@ impl CacheBus {
             && link.tx.try_send(what).is_err()
         {
             self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            link.owed.store(true, Ordering::Release);
+            link.tasks.owed.store(true, Ordering::Release);
         }
     }
 }
@@ -185,49 +182,46 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn start(shared: Arc<Shared>, client: redis::Client, cfg: &RedisConfig, resume: bool) -> Link {
     let (tx, rx) = mpsc::channel(QUEUE);
     let (stop, stopped) = oneshot::channel();
-    let (up, owed) = (Arc::<AtomicBool>::default(), Arc::<AtomicBool>::default());
-    let channel = format!("{}:cache", cfg.prefix);
-    let publisher = Publisher {
-        shared: shared.clone(),
-        channel: channel.clone(),
-        timeout: cfg.timeout,
-        owed: owed.clone(),
-    };
-    tokio::spawn(publisher.run(client.clone(), rx));
-    let sub = Subscriber {
+    let tasks = Arc::new(Tasks {
         shared,
         client,
-        channel,
-        bound: cfg.timeout.max(Duration::from_secs(1)),
-        up: up.clone(),
-    };
-    tokio::spawn(sub.run(resume, stopped));
+        channel: format!("{}:cache", cfg.prefix),
+        timeout: cfg.timeout,
+        up: AtomicBool::default(),
+        owed: AtomicBool::default(),
+    });
+    tokio::spawn(tasks.clone().publish(rx));
+    tokio::spawn(tasks.clone().subscribe(resume, stopped));
     Link {
         cfg: cfg.clone(),
         tx,
-        up,
-        owed,
+        tasks,
         _stop: stop,
     }
 }
 
-/// The publishing side of one link.
-struct Publisher {
+/// What the publishing and the subscribing task of one link share.
+struct Tasks {
     shared: Arc<Shared>,
+    client: redis::Client,
     channel: String,
     timeout: Duration,
-    owed: Arc<AtomicBool>,
+    /// This link's subscription is up (its own flag: a stopping link cannot set it).
+    up: AtomicBool,
+    /// A message was lost: one `all` is owed to the other replicas.
+    owed: AtomicBool,
 }
 
-impl Publisher {
+impl Tasks {
     /// Sends queued invalidations until the link is dropped (its sender with it). After a loss
     /// it first pays the owed `all`, retrying with backoff; messages queued meanwhile are
     /// covered by it.
-    async fn run(self, client: redis::Client, mut rx: mpsc::Receiver<Invalidation>) {
+    async fn publish(self: Arc<Self>, mut rx: mpsc::Receiver<Invalidation>) {
         let mc = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1);
+        let client = self.client.clone();
         let Ok(mut conn) = redis::aio::ConnectionManager::new_lazy_with_config(client, mc) else {
             return;
         };
@@ -270,30 +264,20 @@ impl Publisher {
         let sent = publish.query_async::<i64>(conn);
         matches!(tokio::time::timeout(self.timeout, sent).await, Ok(Ok(_)))
     }
-}
 
-/// The subscribing side of one link.
-struct Subscriber {
-    shared: Arc<Shared>,
-    client: redis::Client,
-    channel: String,
-    /// Longest a connect-and-subscribe may take.
-    bound: Duration,
-    up: Arc<AtomicBool>,
-}
-
-impl Subscriber {
     /// Keeps one subscription up until `stop` fires, reconnecting with backoff. Every
     /// subscription, the first too, starts by clearing the caches: entries filled before it
     /// (at start-up, during the backoff, under another link) may have missed invalidations.
     /// The first clear is cheap (the cache is nearly empty then); clearing was chosen over
     /// holding fills until subscribed, which would stop caching while Redis is down. Only
     /// the clears after a failed or lost subscription (or, with `resume`, another link) count.
-    async fn run(self, resume: bool, mut stop: oneshot::Receiver<()>) {
+    async fn subscribe(self: Arc<Self>, resume: bool, mut stop: oneshot::Receiver<()>) {
         let channel = self.channel.as_str();
+        // Longest a connect-and-subscribe may take.
+        let bound = self.timeout.max(Duration::from_secs(1));
         let (mut again, mut backoff) = (resume, BACKOFF.0);
         loop {
-            match tokio::time::timeout(self.bound, subscribe(&self.client, channel)).await {
+            match tokio::time::timeout(bound, subscribe(&self.client, channel)).await {
                 Ok(Ok(pubsub)) => {
                     live_caches(&self.shared).iter().for_each(|c| c.purge_all());
                     if again {
