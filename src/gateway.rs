@@ -2,7 +2,6 @@
 
 use crate::config::{Config, ConfigError};
 use crate::credentials::{Credentials, KeyStoreError};
-use crate::guard::Readiness as _;
 use crate::live::{GatewayReadiness, Live, Shared};
 use crate::metrics::{Metrics, ReloadTrigger};
 use crate::reload::{ReloadError, Reloaded, Reloader};
@@ -78,11 +77,8 @@ impl Gateway {
             live.clone(),
             inflight,
             bus.clone(),
+            readiness.clone(),
         )));
-        let ready = readiness.clone();
-        metrics.add_gauge_fn("ready", "1 while /readyz answers 200", move || {
-            u64::from(ready.ready())
-        });
         let reloader = Reloader::new(
             credentials.clone(),
             live.clone(),

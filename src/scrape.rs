@@ -2,14 +2,13 @@
 //! read at scrape time from whichever set is serving then, so the figures follow a reload.
 
 use crate::cache::CacheBus;
+use crate::guard::Readiness;
 use crate::inflight::InFlight;
-use crate::live::Shared;
+use crate::live::{GatewayReadiness, Shared};
 use crate::metrics::{Source, counter, family, gauge};
 use futures_util::future::BoxFuture;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,10 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// figures follow a config reload.
 pub struct Sources {
     live: Shared,
-    cache_bytes: Gauge,
-    cache_entries: Gauge,
+    /// The cache's bytes and entries as of the last [`Source::refresh`].
+    cache_bytes: AtomicU64,
+    cache_entries: AtomicU64,
     inflight: Arc<InFlight>,
     bus: Arc<CacheBus>,
+    ready: Arc<GatewayReadiness>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -30,32 +31,25 @@ impl std::fmt::Debug for Sources {
 }
 
 impl Sources {
-    /// Exports the counters of whatever set `live` holds when scraped.
-    pub fn new(live: Shared, inflight: Arc<InFlight>, bus: Arc<CacheBus>) -> Sources {
+    /// Exports the counters of whatever set `live` holds when scraped, and `ready`.
+    pub fn new(
+        live: Shared,
+        inflight: Arc<InFlight>,
+        bus: Arc<CacheBus>,
+        ready: Arc<GatewayReadiness>,
+    ) -> Sources {
         Sources {
             live,
             inflight,
             bus,
-            cache_bytes: Gauge::default(),
-            cache_entries: Gauge::default(),
+            ready,
+            cache_bytes: AtomicU64::default(),
+            cache_entries: AtomicU64::default(),
         }
     }
 }
 
 impl Source for Sources {
-    fn register_gauges(&self, r: &mut Registry) {
-        r.register(
-            "cache_weighted_bytes",
-            "Bytes held by the GET cache (bodies, headers and keys)",
-            self.cache_bytes.clone(),
-        );
-        r.register(
-            "cache_entries",
-            "Entries held by the GET cache",
-            self.cache_entries.clone(),
-        );
-    }
-
     /// moka's sizes lag until its maintenance runs, which is async: done before encoding.
     fn refresh(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
@@ -64,10 +58,8 @@ impl Source for Sources {
                 Some(c) => (c.weighted_size().await, c.entry_count().await),
                 None => (0, 0),
             };
-            self.cache_bytes
-                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-            self.cache_entries
-                .set(i64::try_from(entries).unwrap_or(i64::MAX));
+            self.cache_bytes.store(bytes, Ordering::Relaxed);
+            self.cache_entries.store(entries, Ordering::Relaxed);
         })
     }
 }
@@ -187,6 +179,18 @@ fn ratelimits(
 impl Collector for Sources {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let live = self.live.load();
+        gauge(
+            &mut enc,
+            "cache_weighted_bytes",
+            "Bytes held by the GET cache (bodies, headers and keys)",
+            load(&self.cache_bytes),
+        )?;
+        gauge(
+            &mut enc,
+            "cache_entries",
+            "Entries held by the GET cache",
+            load(&self.cache_entries),
+        )?;
         if let Some(c) = &live.cache {
             cache(&mut enc, c.stats())?;
         }
@@ -194,31 +198,7 @@ impl Collector for Sources {
             bus(&mut enc, self.bus.stats(), up)?;
         }
         ratelimits(&mut enc, live.ratelimits.stats())?;
-        let r = live.retries.stats();
-        family(
-            &mut enc,
-            "upstream_retries",
-            "Requests resent to Cliniko, by reason (throttled, connect, stale)",
-            "reason",
-            &[
-                ("throttled", load(&r.throttled)),
-                ("connect", load(&r.connect)),
-                ("stale", load(&r.stale)),
-            ],
-        )?;
-        counter(
-            &mut enc,
-            "upstream_in_flight_refusals",
-            "Requests refused with 429 too_many_in_flight: the user already had \
-             upstream.max_in_flight_per_user requests to Cliniko whose answers were unread",
-            self.inflight.refused(),
-        )?;
-        gauge(
-            &mut enc,
-            "upstream_in_flight",
-            "Requests to Cliniko whose answers have not yet been fully delivered or dropped",
-            self.inflight.in_flight(),
-        )?;
+        upstream(&mut enc, &live, &self.inflight)?;
         counter(
             &mut enc,
             "auth_cliniko_keys_refused",
@@ -235,6 +215,45 @@ impl Collector for Sources {
                 ("ok", load(&live.authn.counts.ok)),
                 ("failed", load(&live.authn.counts.failed)),
             ],
+        )?;
+        gauge(
+            &mut enc,
+            "ready",
+            "1 while /readyz answers 200",
+            u64::from(self.ready.ready()),
         )
     }
+}
+
+/// Retries and the per-user in-flight cap.
+fn upstream(
+    enc: &mut DescriptorEncoder,
+    live: &crate::live::Live,
+    inflight: &InFlight,
+) -> Result<(), std::fmt::Error> {
+    let r = live.retries.stats();
+    family(
+        enc,
+        "upstream_retries",
+        "Requests resent to Cliniko, by reason (throttled, connect, stale)",
+        "reason",
+        &[
+            ("throttled", load(&r.throttled)),
+            ("connect", load(&r.connect)),
+            ("stale", load(&r.stale)),
+        ],
+    )?;
+    counter(
+        enc,
+        "upstream_in_flight_refusals",
+        "Requests refused with 429 too_many_in_flight: the user already had \
+         upstream.max_in_flight_per_user requests to Cliniko whose answers were unread",
+        inflight.refused(),
+    )?;
+    gauge(
+        enc,
+        "upstream_in_flight",
+        "Requests to Cliniko whose answers have not yet been fully delivered or dropped",
+        inflight.in_flight(),
+    )
 }

@@ -340,23 +340,9 @@ impl Metrics {
     }
 
     /// Adds the figures other parts keep themselves (cache, rate limits, JWKS), read at scrape.
-    pub fn add_sources(&mut self, sources: Arc<dyn Source>) {
-        sources.register_gauges(&mut self.registry);
-        self.registry
-            .register_collector(Box::new(sources::Shared(sources.clone())));
+    pub fn add_sources<S: Source>(&mut self, sources: Arc<S>) {
+        self.registry.register_collector(Box::new(sources.clone()));
         self.sources = Some(sources);
-    }
-
-    /// A gauge read from `read` at each scrape (for state kept elsewhere, e.g. readiness).
-    pub fn add_gauge_fn(
-        &mut self,
-        name: &'static str,
-        help: &'static str,
-        read: impl Fn() -> u64 + Send + Sync + 'static,
-    ) {
-        let read = Box::new(read);
-        self.registry
-            .register_collector(Box::new(sources::FnGauge { name, help, read }));
     }
 
     /// Handle for the access-log layer.
