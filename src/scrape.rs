@@ -1,11 +1,12 @@
 //! The live parts' own counters (cache, rate limits, retries, token verification) as metrics,
 //! read at scrape time from whichever set is serving then, so the figures follow a reload.
 
-use crate::cache::CacheBus;
+use crate::cache::{CacheBus, CacheStats, bus::BusStats};
 use crate::guard::Readiness;
 use crate::inflight::InFlight;
 use crate::live::{GatewayReadiness, Shared};
-use crate::metrics::{Source, counter, family, gauge};
+use crate::metrics::{Source, figures};
+use crate::ratelimit::RateLimitStats;
 use futures_util::future::BoxFuture;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
@@ -69,191 +70,108 @@ fn load(a: &AtomicU64) -> u64 {
 }
 
 /// The cache bus's figures (only with `[redis]`: without it there is nothing to watch).
-fn bus(
-    enc: &mut DescriptorEncoder,
-    s: &crate::cache::bus::BusStats,
-    up: bool,
-) -> Result<(), std::fmt::Error> {
-    family(
-        enc,
-        "cache_invalidations",
-        "Cache invalidations shared over Redis: published to the other replicas, received \
-         from them, dropped (queue full or Redis down), catch_up (one `all` sent once Redis \
-         took messages again after drops), unreadable (a message this replica could not \
-         read, applied as `all`)",
-        "event",
-        &[
-            ("published", load(&s.published)),
-            ("received", load(&s.received)),
-            ("dropped", load(&s.dropped)),
-            ("catch_up", load(&s.catch_up)),
-            ("unreadable", load(&s.unreadable)),
-        ],
-    )?;
-    gauge(
-        enc,
-        "cache_invalidation_subscribed",
-        "1 while this replica hears the other replicas' cache invalidations",
-        u64::from(up),
-    )?;
-    counter(
-        enc,
-        "cache_resubscribe_clears",
-        "Whole-cache clears after the invalidation subscription came back (invalidations \
-         may have been missed meanwhile)",
-        load(&s.resubscribe_clears),
-    )
+fn bus(enc: &mut DescriptorEncoder, s: &BusStats, up: bool) -> Result<(), std::fmt::Error> {
+    figures!(enc;
+        family "cache_invalidations",
+            "Cache invalidations shared over Redis: published to the other replicas, received \
+             from them, dropped (queue full or Redis down), catch_up (one `all` sent once Redis \
+             took messages again after drops), unreadable (a message this replica could not \
+             read, applied as `all`)",
+            "event", &[
+                ("published", load(&s.published)),
+                ("received", load(&s.received)),
+                ("dropped", load(&s.dropped)),
+                ("catch_up", load(&s.catch_up)),
+                ("unreadable", load(&s.unreadable)),
+            ];
+        gauge "cache_invalidation_subscribed",
+            "1 while this replica hears the other replicas' cache invalidations",
+            u64::from(up);
+        counter "cache_resubscribe_clears",
+            "Whole-cache clears after the invalidation subscription came back (invalidations \
+             may have been missed meanwhile)",
+            load(&s.resubscribe_clears);
+    );
+    Ok(())
 }
 
 /// The cache's lookups and evictions.
-fn cache(enc: &mut DescriptorEncoder, s: &crate::cache::CacheStats) -> Result<(), std::fmt::Error> {
-    family(
-        enc,
-        "cache_lookups",
-        "GET/HEAD cache outcomes (hit, miss, revalidated, bypass)",
-        "result",
-        &[
-            ("hit", load(&s.hits)),
-            ("miss", load(&s.misses)),
-            ("revalidated", load(&s.revalidated)),
-            ("bypass", load(&s.bypasses)),
-        ],
-    )?;
-    counter(
-        enc,
-        "cache_evictions",
-        "Entries evicted to stay under cache.capacity_bytes",
-        load(&s.evictions),
-    )
+fn cache(enc: &mut DescriptorEncoder, s: &CacheStats) -> Result<(), std::fmt::Error> {
+    figures!(enc;
+        family "cache_lookups", "GET/HEAD cache outcomes (hit, miss, revalidated, bypass)",
+            "result", &[
+                ("hit", load(&s.hits)),
+                ("miss", load(&s.misses)),
+                ("revalidated", load(&s.revalidated)),
+                ("bypass", load(&s.bypasses)),
+            ];
+        counter "cache_evictions", "Entries evicted to stay under cache.capacity_bytes",
+            load(&s.evictions);
+    );
+    Ok(())
 }
 
 /// The rate limits' refusals, waits, per-app shares, Redis health and Cliniko's throttling.
-fn ratelimits(
-    enc: &mut DescriptorEncoder,
-    s: &crate::ratelimit::RateLimitStats,
-) -> Result<(), std::fmt::Error> {
-    family(
-        enc,
-        "ratelimit_refusals",
-        "Requests refused with 429 by limit (user, key)",
-        "limit",
-        &[
-            ("user", load(&s.refused_user)),
-            ("key", load(&s.refused_key)),
-        ],
-    )?;
-    family(
-        enc,
-        "ratelimit_waits",
-        "Requests that waited for a slot (shaping) by limit",
-        "limit",
-        &[("key", load(&s.shaped))],
-    )?;
+fn ratelimits(enc: &mut DescriptorEncoder, s: &RateLimitStats) -> Result<(), std::fmt::Error> {
+    figures!(enc;
+        family "ratelimit_refusals", "Requests refused with 429 by limit (user, key)",
+            "limit", &[("user", load(&s.refused_user)), ("key", load(&s.refused_key))];
+        family "ratelimit_waits", "Requests that waited for a slot (shaping) by limit",
+            "limit", &[("key", load(&s.shaped))];
+    );
     s.apps.encode(enc)?;
-    gauge(
-        enc,
-        "ratelimit_waiting",
-        "Requests waiting on a key budget now",
-        load(&s.waiting),
-    )?;
-    counter(
-        enc,
-        "ratelimit_redis_failures",
-        "Key-budget decisions that could not ask Redis",
-        load(&s.redis_failures),
-    )?;
-    counter(
-        enc,
-        "ratelimit_fail_open",
-        "Key-budget decisions made on the local budget while Redis was down",
-        load(&s.fail_open),
-    )?;
-    counter(
-        enc,
-        "upstream_throttled",
-        "Cliniko 429/503 answers that paused a key budget",
-        load(&s.upstream_throttled),
-    )
+    figures!(enc;
+        gauge "ratelimit_waiting", "Requests waiting on a key budget now", load(&s.waiting);
+        counter "ratelimit_redis_failures", "Key-budget decisions that could not ask Redis",
+            load(&s.redis_failures);
+        counter "ratelimit_fail_open",
+            "Key-budget decisions made on the local budget while Redis was down",
+            load(&s.fail_open);
+        counter "upstream_throttled", "Cliniko 429/503 answers that paused a key budget",
+            load(&s.upstream_throttled);
+    );
+    Ok(())
 }
 
 impl Collector for Sources {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let live = self.live.load();
-        gauge(
-            &mut enc,
-            "cache_weighted_bytes",
-            "Bytes held by the GET cache (bodies, headers and keys)",
-            load(&self.cache_bytes),
-        )?;
-        gauge(
-            &mut enc,
-            "cache_entries",
-            "Entries held by the GET cache",
-            load(&self.cache_entries),
-        )?;
+        let (live, enc) = (self.live.load(), &mut enc);
+        figures!(enc;
+            gauge "cache_weighted_bytes", "Bytes held by the GET cache (bodies, headers and keys)",
+                load(&self.cache_bytes);
+            gauge "cache_entries", "Entries held by the GET cache", load(&self.cache_entries);
+        );
         if let Some(c) = &live.cache {
-            cache(&mut enc, c.stats())?;
+            cache(enc, c.stats())?;
         }
         if let Some(up) = self.bus.subscribed() {
-            bus(&mut enc, self.bus.stats(), up)?;
+            bus(enc, self.bus.stats(), up)?;
         }
-        ratelimits(&mut enc, live.ratelimits.stats())?;
-        upstream(&mut enc, &live, &self.inflight)?;
-        counter(
-            &mut enc,
-            "auth_cliniko_keys_refused",
-            "Requests refused because they carried a Cliniko API key instead of a JWT (rotate \
-             that key: the warning log line has its fingerprint)",
-            load(&live.authn.counts.cliniko_keys_refused),
-        )?;
-        family(
-            &mut enc,
-            "jwks_refreshes",
-            "JWKS fetches by result (ok, failed)",
-            "result",
-            &[
-                ("ok", load(&live.authn.counts.ok)),
-                ("failed", load(&live.authn.counts.failed)),
-            ],
-        )?;
-        gauge(
-            &mut enc,
-            "ready",
-            "1 while /readyz answers 200",
-            u64::from(self.ready.ready()),
-        )
+        ratelimits(enc, live.ratelimits.stats())?;
+        let (r, auth) = (live.retries.stats(), &live.authn.counts);
+        figures!(enc;
+            family "upstream_retries",
+                "Requests resent to Cliniko, by reason (throttled, connect, stale)",
+                "reason", &[
+                    ("throttled", load(&r.throttled)),
+                    ("connect", load(&r.connect)),
+                    ("stale", load(&r.stale)),
+                ];
+            counter "upstream_in_flight_refusals",
+                "Requests refused with 429 too_many_in_flight: the user already had \
+                 upstream.max_in_flight_per_user requests to Cliniko whose answers were unread",
+                self.inflight.refused();
+            gauge "upstream_in_flight",
+                "Requests to Cliniko whose answers have not yet been fully delivered or dropped",
+                self.inflight.in_flight();
+            counter "auth_cliniko_keys_refused",
+                "Requests refused because they carried a Cliniko API key instead of a JWT (rotate \
+                 that key: the warning log line has its fingerprint)",
+                load(&auth.cliniko_keys_refused);
+            family "jwks_refreshes", "JWKS fetches by result (ok, failed)",
+                "result", &[("ok", load(&auth.ok)), ("failed", load(&auth.failed))];
+            gauge "ready", "1 while /readyz answers 200", u64::from(self.ready.ready());
+        );
+        Ok(())
     }
-}
-
-/// Retries and the per-user in-flight cap.
-fn upstream(
-    enc: &mut DescriptorEncoder,
-    live: &crate::live::Live,
-    inflight: &InFlight,
-) -> Result<(), std::fmt::Error> {
-    let r = live.retries.stats();
-    family(
-        enc,
-        "upstream_retries",
-        "Requests resent to Cliniko, by reason (throttled, connect, stale)",
-        "reason",
-        &[
-            ("throttled", load(&r.throttled)),
-            ("connect", load(&r.connect)),
-            ("stale", load(&r.stale)),
-        ],
-    )?;
-    counter(
-        enc,
-        "upstream_in_flight_refusals",
-        "Requests refused with 429 too_many_in_flight: the user already had \
-         upstream.max_in_flight_per_user requests to Cliniko whose answers were unread",
-        inflight.refused(),
-    )?;
-    gauge(
-        enc,
-        "upstream_in_flight",
-        "Requests to Cliniko whose answers have not yet been fully delivered or dropped",
-        inflight.in_flight(),
-    )
 }

@@ -2,7 +2,7 @@
 //! requests refused. The `app` label is a name from `[ratelimit.shares.apps]` or `other`, never
 //! a name straight from a token, so a caller cannot mint series.
 
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -54,27 +54,18 @@ impl AppMetrics {
 
     /// Writes the families.
     pub fn encode(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let admitted = enc.encode_descriptor(
-            "ratelimit_app_admitted",
-            "Requests a key budget admitted, by app (configured name or other)",
-            None,
-            self.admitted.metric_type(),
-        )?;
-        self.admitted.encode(admitted)?;
-        let waited = enc.encode_descriptor(
-            "ratelimit_app_wait_seconds",
-            "Time admitted requests waited for their key-budget slot, by app",
-            None,
-            self.waited.metric_type(),
-        )?;
-        self.waited.encode(waited)?;
-        let refused = enc.encode_descriptor(
-            "ratelimit_app_refused",
-            "Requests a key budget refused with 429 (queue full, or no slot within max_wait), by app",
-            None,
-            self.refused.metric_type(),
-        )?;
-        self.refused.encode(refused)
+        super::figures!(enc;
+            metric "ratelimit_app_admitted",
+                "Requests a key budget admitted, by app (configured name or other)",
+                &self.admitted;
+            metric "ratelimit_app_wait_seconds",
+                "Time admitted requests waited for their key-budget slot, by app",
+                &self.waited;
+            metric "ratelimit_app_refused",
+                "Requests a key budget refused with 429 (queue full, or no slot within max_wait), by app",
+                &self.refused;
+        );
+        Ok(())
     }
 }
 

@@ -15,7 +15,8 @@ mod process;
 mod sources;
 
 pub use apps::{AppCounts, AppMetrics};
-pub use sources::{Source, counter, family, gauge};
+pub(crate) use sources::figures;
+pub use sources::{Source, counter, family, gauge, metric};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

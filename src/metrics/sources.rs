@@ -15,6 +15,26 @@ pub trait Source: Collector {
     fn refresh(&self) -> BoxFuture<'_, ()>;
 }
 
+/// Writes a table of figures in order: `counter` or `gauge` with its name, help and value,
+/// `family` with its name, help, label and `[(label value, value)]`, `metric` with its name,
+/// help and a metric kept elsewhere.
+macro_rules! figures {
+    ($enc:expr; $($kind:ident $name:literal, $help:literal, $($arg:expr),+;)+) => {
+        $($crate::metrics::$kind($enc, $name, $help, $($arg),+)?;)+
+    };
+}
+pub(crate) use figures;
+
+/// A metric kept elsewhere (e.g. a family of histograms).
+pub fn metric(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    m: &impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
+    m.encode(enc.encode_descriptor(name, help, None, m.metric_type())?)
+}
+
 /// One counter family with a single label.
 pub fn family(
     enc: &mut DescriptorEncoder,
@@ -37,8 +57,7 @@ pub fn counter(
     help: &str,
     n: u64,
 ) -> Result<(), std::fmt::Error> {
-    let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-    ConstCounter::new(n).encode(m)
+    metric(enc, name, help, &ConstCounter::new(n))
 }
 
 pub fn gauge(
@@ -47,6 +66,6 @@ pub fn gauge(
     help: &str,
     n: u64,
 ) -> Result<(), std::fmt::Error> {
-    let m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(m)
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    metric(enc, name, help, &ConstGauge::new(n))
 }
