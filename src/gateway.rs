@@ -84,7 +84,7 @@ impl Gateway {
             live.clone(),
             fixed,
             auth_digest.map(|d| (cfg.clone(), d)),
-            metrics.reloads(),
+            metrics.reloads.clone(),
         );
         let metrics = Arc::new(metrics);
         let (tx, rx) = watch::channel(false);
@@ -254,7 +254,7 @@ fn upstream(
         timeout: cfg.upstream.timeout,
         body_timeout: cfg.upstream.body_timeout,
         max_body: cfg.server.max_body_bytes,
-        metrics: metrics.upstream(),
+        metrics: metrics.upstream.clone(),
     };
     Ok((Arc::new(upstream), authority))
 }
@@ -295,7 +295,7 @@ async fn fixed_parts(
     readiness: Arc<GatewayReadiness>,
 ) -> Result<Fixed, StartError> {
     let telemetry = crate::telemetry::start(&cfg.telemetry)?;
-    let http = client::build(&cfg.upstream, metrics.tls_handshakes())?;
+    let http = client::build(&cfg.upstream, metrics.handshakes.clone())?;
     let credentials = Arc::new(Credentials::open(&cfg.keystore, cfg.enrol.enabled).await?);
     let (upstream, authority) = upstream(cfg, http.clone(), local_addr, metrics)?;
     let bus = crate::cache::CacheBus::new(credentials.clone());
@@ -319,7 +319,7 @@ async fn fixed_parts(
         context: crate::context::ContextLayer::new(&cfg.server.trusted_proxies),
         limits,
         enrol,
-        metrics: Some(Arc::new(metrics.http())),
+        metrics: Some(Arc::new(metrics.http.clone())),
         http,
         telemetry,
         bus,

@@ -294,10 +294,14 @@ fn count(attempts: &Family<Words<2>, Counter>, trigger: ReloadTrigger, ok: bool)
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    http: HttpMetrics,
-    upstream: UpstreamMetrics,
-    handshakes: Counter,
-    reloads: ReloadMetrics,
+    /// For the access-log layer.
+    pub http: HttpMetrics,
+    /// For the forwarder.
+    pub upstream: UpstreamMetrics,
+    /// The outbound connector bumps it for each new TLS connection.
+    pub handshakes: Counter,
+    /// For key-store and config reloads.
+    pub reloads: ReloadMetrics,
     connections: Family<Words<1>, Gauge>,
     connections_max: Family<Words<1>, Gauge>,
     stalled: Family<Words<1>, Counter>,
@@ -346,21 +350,6 @@ impl Metrics {
         self.sources = Some(sources);
     }
 
-    /// Handle for the access-log layer.
-    pub fn http(&self) -> HttpMetrics {
-        self.http.clone()
-    }
-
-    /// Handle for the forwarder.
-    pub fn upstream(&self) -> UpstreamMetrics {
-        self.upstream.clone()
-    }
-
-    /// Counter the outbound connector bumps for each new TLS connection.
-    pub fn tls_handshakes(&self) -> Counter {
-        self.handshakes.clone()
-    }
-
     /// Handles for the accept loop of `listener` (`public` or `admin`), whose limit is `max`.
     pub fn connections(&self, listener: &'static str, max: usize) -> ConnMetrics {
         let l = [("listener", listener)];
@@ -371,11 +360,6 @@ impl Metrics {
             open: self.connections.get_or_create_owned(&l),
             stalled: self.stalled.get_or_create_owned(&l),
         }
-    }
-
-    /// Handle for key-store reloads.
-    pub fn reloads(&self) -> ReloadMetrics {
-        self.reloads.clone()
     }
 
     /// The text exposition (OpenMetrics); refreshes scrape-time gauges first.
@@ -483,18 +467,17 @@ mod tests {
     #[tokio::test]
     async fn recorded_values_show_up_with_bounded_labels() {
         let m = Metrics::new();
-        let h = m.http();
+        let h = &m.http;
         h.started();
         h.started();
         h.finished(RouteClass::Proxy, "GET", 200, Duration::from_millis(3));
-        m.upstream().error(UpstreamError::Tls);
-        m.upstream().observe(Duration::from_millis(2));
-        m.tls_handshakes().inc();
-        m.reloads().record(ReloadTrigger::File, None);
-        m.reloads().record(ReloadTrigger::Signal, Some(4));
-        m.reloads()
-            .record_config(ReloadTrigger::Admin, false, false);
-        m.upstream().credential_rejected("sha256:0011223344556677");
+        m.upstream.error(UpstreamError::Tls);
+        m.upstream.observe(Duration::from_millis(2));
+        m.handshakes.inc();
+        m.reloads.record(ReloadTrigger::File, None);
+        m.reloads.record(ReloadTrigger::Signal, Some(4));
+        m.reloads.record_config(ReloadTrigger::Admin, false, false);
+        m.upstream.credential_rejected("sha256:0011223344556677");
         let text = m.render().await.unwrap();
         let has = |s: &str| assert!(text.contains(s), "missing {s} in\n{text}");
         has(r#"cliniko_gateway_http_requests_total{route="proxy",method="GET",status="200"} 1"#);
