@@ -18,16 +18,7 @@ use std::time::Instant;
 /// Writes the access-log line; with metrics, the same moment that writes the line
 /// also counts the request and observes its duration.
 #[derive(Clone, Default)]
-pub struct AccessLogLayer {
-    metrics: Option<Arc<HttpMetrics>>,
-}
-
-impl AccessLogLayer {
-    /// Logs every request and, when given, records request metrics.
-    pub fn new(metrics: Option<Arc<HttpMetrics>>) -> AccessLogLayer {
-        AccessLogLayer { metrics }
-    }
-}
+pub struct AccessLogLayer(pub Option<Arc<HttpMetrics>>);
 
 struct Line {
     start: Instant,
@@ -85,7 +76,7 @@ impl Wrap for AccessLogLayer {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let fut = inner.call(req);
-        if let Some(m) = &self.metrics {
+        if let Some(m) = &self.0 {
             m.started();
         }
         // Built before awaiting: if the caller goes away first, dropping the future still
@@ -97,7 +88,7 @@ impl Wrap for AccessLogLayer {
             path,
             status: 499,
             bytes: 0,
-            metrics: self.metrics.clone(),
+            metrics: self.0.clone(),
         };
         Box::pin(async move {
             let resp = fut.await?;

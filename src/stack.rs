@@ -97,7 +97,7 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
         // response, errors included, carries the id.
         .layer(WrapLayer(f.context.clone()))
         // Outside the rescue so it logs the status the caller really got.
-        .layer(WrapLayer(AccessLogLayer::new(f.metrics.clone())))
+        .layer(WrapLayer(AccessLogLayer(f.metrics.clone())))
         // The server span: inside the access log (it sees the request id and cache outcome),
         // outside the rescue (it records the status the caller got). Absent when off.
         .option_layer(f.telemetry.clone().map(|t| WrapLayer(TraceLayer(t))))
