@@ -61,8 +61,6 @@ pub struct Entry {
     pub stored: Instant,
     /// Fresh for this long.
     pub ttl: Duration,
-    /// Kept this long past `ttl` when it has an ETag, for revalidation.
-    pub window: Duration,
 }
 
 // By hand: the body and headers are patient data; a Debug print shows only their size.
@@ -129,7 +127,6 @@ impl Entry {
             decodes: AtomicU32::new(0),
             stored: self.stored,
             ttl: self.ttl,
-            window: self.window,
         }
     }
 
@@ -154,11 +151,12 @@ impl Entry {
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 
-    /// How long moka keeps it from now: the TTL, plus the revalidation window when it has an
-    /// ETag, counted from its fetch (an entry stored again with its decoded copy keeps its end).
-    fn lifetime(&self) -> Duration {
+    /// How long moka keeps it from now: the TTL, plus the cache's revalidation `window` when it
+    /// has an ETag, counted from its fetch (an entry stored again with its decoded copy keeps
+    /// its end).
+    fn lifetime(&self, window: Duration) -> Duration {
         let whole = if self.etag().is_some() {
-            self.ttl + self.window
+            self.ttl + window
         } else {
             self.ttl
         };
@@ -166,8 +164,9 @@ impl Entry {
     }
 }
 
-/// moka expiry policy: each entry lives for its own lifetime from its (re)insertion.
-pub(super) struct Lifetime;
+/// moka expiry policy: each entry lives for its own lifetime from its (re)insertion; an entry
+/// with an ETag is kept the cache's revalidation window (this) past its TTL.
+pub(super) struct Lifetime(pub(super) Duration);
 
 impl moka::Expiry<CacheKey, Arc<Entry>> for Lifetime {
     fn expire_after_create(
@@ -176,7 +175,7 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for Lifetime {
         v: &Arc<Entry>,
         _now: Instant,
     ) -> Option<Duration> {
-        Some(v.lifetime())
+        Some(v.lifetime(self.0))
     }
 
     fn expire_after_update(
@@ -186,7 +185,7 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for Lifetime {
         _now: Instant,
         _left: Option<Duration>,
     ) -> Option<Duration> {
-        Some(v.lifetime())
+        Some(v.lifetime(self.0))
     }
 }
 

@@ -355,7 +355,6 @@ async fn store(
         decodes: AtomicU32::new(0),
         stored: Instant::now(),
         ttl,
-        window: cache.window,
     });
     // A write that landed while we fetched may have made this copy stale: serve, don't keep.
     keep(cache, key, entry.clone(), epoch).await;

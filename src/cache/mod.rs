@@ -51,7 +51,6 @@ pub struct Cache {
     /// Bytes of answers being read in to be stored, and the most there may be: the slice of
     /// the capacity the store leaves for them, so fills in flight stay inside the bound.
     filling: flight::Reserve,
-    window: Duration,
     hmac: &'static hmac::Key,
     flights: flight::Flights,
     epoch: AtomicU64,
@@ -82,7 +81,7 @@ impl Cache {
         let store = moka::future::Cache::builder()
             .max_capacity(cfg.capacity_bytes - reserve)
             .weigher(|k: &CacheKey, v: &Arc<Entry>| v.weight(k))
-            .expire_after(Lifetime)
+            .expire_after(Lifetime(cfg.revalidate_window))
             .support_invalidation_closures()
             .eviction_listener(move |_k, _v, cause| {
                 if cause == moka::notification::RemovalCause::Size {
@@ -100,7 +99,6 @@ impl Cache {
             max_entry: usize::try_from(cfg.max_entry_bytes).unwrap_or(usize::MAX),
             compress: cfg.compress,
             filling: flight::Reserve::new(usize::try_from(reserve).unwrap_or(usize::MAX)),
-            window: cfg.revalidate_window,
             hmac,
             flights: flight::Flights::default(),
             epoch: AtomicU64::new(0),
