@@ -6,7 +6,7 @@ use cliniko_gateway::body::Body;
 use cliniko_gateway::cache::Cache;
 use cliniko_gateway::config::{Env, load_str};
 use cliniko_gateway::credentials::{ApiKey, Credential};
-use cliniko_gateway::step::OptionalLayer;
+use cliniko_gateway::step::WrapLayer;
 use cliniko_gateway::upstream::headers::upstream_request_headers;
 use cliniko_gateway::upstream::links::LinkRewriter;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -198,7 +198,7 @@ fn cache(c: &mut Criterion) {
             Ok::<_, cliniko_gateway::error::GatewayError>(r)
         }
     });
-    let svc = tower::Layer::layer(&OptionalLayer(Some(cache)), inner);
+    let svc = tower::Layer::layer(&WrapLayer(Some(cache)), inner);
     let cred = Arc::new(Credential::new(ApiKey::new("benchkey-au1".into()), "k1", None).unwrap());
     let req = || {
         let mut r = Request::get("/v1/practitioners?per_page=50")

@@ -16,7 +16,7 @@ use crate::policy::Policy;
 use crate::ratelimit::RateLimits;
 use crate::rescue::Rescue;
 use crate::retry::Retries;
-use crate::step::{CheckLayer, OptionalLayer, WrapLayer};
+use crate::step::{CheckLayer, WrapLayer};
 use crate::telemetry::{Telemetry, TraceLayer};
 use crate::upstream::client::HttpClient;
 use crate::upstream::forward::{self, Upstream};
@@ -79,9 +79,9 @@ pub struct Parts {
 fn verify(f: &Fixed, p: &Parts) -> crate::enrol::Verify {
     BoxCloneSyncService::new(
         ServiceBuilder::new()
-            .layer(OptionalLayer(Some(f.inflight.clone())))
-            .layer(OptionalLayer(Some(p.ratelimits.clone())))
-            .layer(OptionalLayer(Some(p.retries.clone())))
+            .layer(WrapLayer(Some(f.inflight.clone())))
+            .layer(WrapLayer(Some(p.ratelimits.clone())))
+            .layer(WrapLayer(Some(p.retries.clone())))
             .service(forward::service(f.upstream.clone())),
     )
 }
@@ -113,11 +113,11 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
         // accepts) is rendered like any error, and before the guard, so that refusal costs
         // nothing; outside the cache, which may answer with its stored gzip copy as it is
         // (this layer records in the context that the caller takes gzip). Absent when off.
-        .layer(OptionalLayer(f.compression.clone()))
+        .layer(WrapLayer(f.compression.clone()))
         // Enrolment's own routes (src/enrol/ owns them) branch off before the guard, whose
         // rules are for the proxied /v1, and check keys with Cliniko through the same in-flight
         // cap, rate limits and upstream as below. Absent when off.
-        .layer(OptionalLayer(f.enrol.clone().map(|enrol| {
+        .layer(WrapLayer(f.enrol.clone().map(|enrol| {
             Arc::new(EnrolRoutes {
                 enrol,
                 authn: p.authn.clone(),
@@ -131,26 +131,26 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
             readiness: f.readiness.clone(),
         }))
         // Who is calling (401).
-        .layer(OptionalLayer(Some(p.authn.clone())))
+        .layer(WrapLayer(Some(p.authn.clone())))
         // What they may do (403 forbidden): before any key is looked up or anything is sent.
         .layer(CheckLayer(p.policy.clone()))
         // Which Cliniko key they use (403 no_credential).
         .layer(CheckLayer(f.credentials.clone()))
         // A hit answers here: after auth (so 401/403 never touch it), before rate limits (so
         // a hit spends no Cliniko quota). Keyed by the credential, so keys never share.
-        .layer(OptionalLayer(p.cache.clone()))
+        .layer(WrapLayer(p.cache.clone()))
         // A cap on each user's requests in flight to Cliniko (429 too_many_in_flight), held
         // until the answer is read: after the cache (a hit takes no slot), before the rate
         // limits (a refusal spends no budget, and a request waiting for its key slot already
         // holds one). Always on, whatever [ratelimit] says.
-        .layer(OptionalLayer(Some(f.inflight.clone())))
+        .layer(WrapLayer(Some(f.inflight.clone())))
         // Only what really goes to Cliniko gets here: per-user limit, key budget (waits up to
         // max_wait).
-        .layer(OptionalLayer(Some(p.ratelimits.clone())))
+        .layer(WrapLayer(Some(p.ratelimits.clone())))
         // Resends (connect failures, closed pooled connections, Cliniko's 429/503), whatever
         // [ratelimit] says: inside the limits, so a resend spends no budget twice, and it sees
         // each of Cliniko's answers, so a throttled key is paused.
-        .layer(OptionalLayer(Some(p.retries.clone())))
+        .layer(WrapLayer(Some(p.retries.clone())))
         // Header rewrite, pooled rustls client, link rewriting (502/504).
         .service(forward::service(f.upstream.clone()));
     BoxCloneSyncService::new(svc)

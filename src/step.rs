@@ -1,8 +1,8 @@
 //! The shapes the journey's own steps take, so each step is only its logic:
 //! - [`Check`] behind a [`CheckLayer`] (policy, credentials): decided at once, annotate the
 //!   request or refuse it;
-//! - [`Step`] behind an [`OptionalLayer`] (token verification, cache, rate limits): asynchronous
-//!   and stateful, and passed over entirely when the feature is switched off;
+//! - [`Step`], as an `Option` behind a [`WrapLayer`] (token verification, cache, rate limits):
+//!   asynchronous and stateful, and passed over entirely when the feature is switched off;
 //! - [`Wrap`] (context, access log, audit, server span, guard): a layer that is one function
 //!   of the request and the rest of the stack, outside the rescue or inside it.
 
@@ -33,61 +33,22 @@ pub trait Step: Send + Sync + 'static {
         S: crate::step::Next;
 }
 
-/// Installs a [`Step`]; `None` (feature off) passes requests through untouched.
-pub struct OptionalLayer<T>(pub Option<Arc<T>>);
-
-impl<T> Clone for OptionalLayer<T> {
-    fn clone(&self) -> Self {
-        OptionalLayer(self.0.clone())
-    }
-}
-
-impl<S, T> tower::Layer<S> for OptionalLayer<T> {
-    type Service = OptionalService<S, T>;
-    fn layer(&self, inner: S) -> OptionalService<S, T> {
-        OptionalService {
-            inner,
-            step: self.0.clone(),
-        }
-    }
-}
-
-/// The service an [`OptionalLayer`] installs.
-pub struct OptionalService<S, T> {
-    inner: S,
-    step: Option<Arc<T>>,
-}
-
-impl<S: Clone, T> Clone for OptionalService<S, T> {
-    fn clone(&self) -> Self {
-        OptionalService {
-            inner: self.inner.clone(),
-            step: self.step.clone(),
-        }
-    }
-}
-
-impl<S, T> Service<Request<Body>> for OptionalService<S, T>
-where
-    S: crate::step::Next,
-    T: Step,
-{
-    type Response = Response<Body>;
+/// A [`Step`] installed with a [`WrapLayer`]; `None` (feature off) passes requests through
+/// untouched.
+impl<T: Step> Wrap for Option<Arc<T>> {
     type Error = GatewayError;
+
     // Boxed even when the step is off: an `Either` of the rest's own future nests every
     // layer's future inside the next by value, and moving those cost more per request
     // (+630 instructions per hit, `benches/callgrind.sh hit`) than the clone and box it saved.
-    type Future = BoxFuture<'static, Result<Response<Body>, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn wrap<S>(&self, inner: &mut S, req: Request<Body>) -> Answer<GatewayError>
+    where
+        S: Inner<GatewayError> + Clone + Send + 'static,
+    {
         // The ready clone goes into the future; a fresh clone stays for the next call.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        match self.step.clone() {
+        let clone = inner.clone();
+        let inner = std::mem::replace(inner, clone);
+        match self.clone() {
             None => Box::pin(inner.oneshot(req)),
             Some(step) => Box::pin(step.run(inner, req)),
         }
@@ -170,8 +131,9 @@ pub trait Wrap: Clone + Send + Sync + 'static {
     type Error;
 
     /// Handles one request.
-    fn wrap<S: Inner<Self::Error>>(&self, inner: &mut S, req: Request<Body>)
-    -> Answer<Self::Error>;
+    fn wrap<S>(&self, inner: &mut S, req: Request<Body>) -> Answer<Self::Error>
+    where
+        S: Inner<Self::Error> + Clone + Send + 'static;
 }
 
 /// Installs a [`Wrap`] layer: its state is cloned into each [`Wrapped`] service.
@@ -199,7 +161,11 @@ impl<S, T> Wrapped<S, T> {
     }
 }
 
-impl<S: Inner<T::Error>, T: Wrap> Service<Request<Body>> for Wrapped<S, T> {
+impl<S, T> Service<Request<Body>> for Wrapped<S, T>
+where
+    S: Inner<T::Error> + Clone + Send + 'static,
+    T: Wrap,
+{
     type Response = Response<Body>;
     type Error = T::Error;
     type Future = Answer<T::Error>;

@@ -173,7 +173,7 @@ mod tests {
             .with_writer(move || sink.clone())
             .finish();
         let _guard = tracing::subscriber::set_default(sub);
-        let slot = Mutex::new(Some(resp));
+        let slot = Arc::new(Mutex::new(Some(resp)));
         let svc = crate::step::Wrapped::new(
             tower::service_fn(move |req: Request<Body>| {
                 // What the auth layer and the rescue record.

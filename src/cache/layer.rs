@@ -548,7 +548,7 @@ mod tests {
     use crate::cache::entry::DECODES_BEFORE_PLAIN;
     use crate::config::{CacheConfig, CacheRule};
     use crate::credentials::ApiKey;
-    use crate::step::OptionalLayer;
+    use crate::step::WrapLayer;
     use http_body_util::BodyExt;
     use std::sync::atomic::AtomicUsize;
 
@@ -614,7 +614,7 @@ mod tests {
             Ok::<_, GatewayError>(Response::new(Body::from(page())))
         });
         let c = cache(Duration::from_secs(60));
-        let svc = tower::Layer::layer(&OptionalLayer(Some(c.clone())), inner);
+        let svc = tower::Layer::layer(&WrapLayer(Some(c.clone())), inner);
         let cred = Arc::new(Credential::new(ApiKey::new("k-au1".into()), "k", None).unwrap());
         let key = CacheKey {
             credential: c.id_of(&cred),
@@ -744,7 +744,7 @@ mod tests {
                 .insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
             async move { Ok::<_, GatewayError>(r) }
         });
-        let svc = tower::Layer::layer(&OptionalLayer(Some(cache(Duration::from_secs(60)))), inner);
+        let svc = tower::Layer::layer(&WrapLayer(Some(cache(Duration::from_secs(60)))), inner);
         let cred = Arc::new(Credential::new(ApiKey::new("k-au1".into()), "k", None).unwrap());
         for _ in 0..2 {
             let resp = svc.clone().oneshot(req(&cred)).await.unwrap();
@@ -771,7 +771,7 @@ mod tests {
                 Ok(ok_json("\"e\""))
             }
         });
-        let svc = tower::Layer::layer(&OptionalLayer(Some(cache(Duration::from_secs(60)))), inner);
+        let svc = tower::Layer::layer(&WrapLayer(Some(cache(Duration::from_secs(60)))), inner);
         let cred = Arc::new(Credential::new(ApiKey::new("k-au1".into()), "k", None).unwrap());
         let runner = tokio::spawn(svc.clone().oneshot(req(&cred)));
         while calls.load(Ordering::SeqCst) == 0 {
@@ -814,7 +814,7 @@ mod tests {
                 Ok(ok_json("\"e\""))
             }
         });
-        let svc = tower::Layer::layer(&OptionalLayer(Some(cache(Duration::from_millis(1)))), inner);
+        let svc = tower::Layer::layer(&WrapLayer(Some(cache(Duration::from_millis(1)))), inner);
         let cred = Arc::new(Credential::new(ApiKey::new("k-au1".into()), "k", None).unwrap());
         svc.clone().oneshot(req(&cred)).await.unwrap();
         // Let the 1 ms TTL run out (the cache's clock, not another task).
