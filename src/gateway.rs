@@ -83,7 +83,7 @@ impl Gateway {
             credentials.clone(),
             live.clone(),
             fixed,
-            auth_digest.map(|d| (cfg.clone(), d)),
+            auth_digest,
             metrics.reloads.clone(),
         );
         let metrics = Arc::new(metrics);

@@ -27,6 +27,8 @@ use tower::ServiceExt;
 pub struct Live {
     parts: Parts,
     service: GatewayService,
+    /// The config the set was built from: what a reload compares the re-read file with.
+    pub(crate) config: Config,
 }
 
 impl std::ops::Deref for Live {
@@ -34,17 +36,6 @@ impl std::ops::Deref for Live {
     fn deref(&self) -> &Parts {
         &self.parts
     }
-}
-
-/// What a reload builds from: the set serving now and the config it was built from.
-pub struct Previous<'a> {
-    /// The config the serving set was built from.
-    pub config: &'a Config,
-    /// The serving set.
-    pub live: &'a Live,
-    /// Whether token verification changed (compared by digest of the section and its key
-    /// files, not by `config`: a key file rotated in place reads the same through both).
-    pub auth_changed: bool,
 }
 
 impl Live {
@@ -55,30 +46,30 @@ impl Live {
     /// parameters, built last, so a config that fails half-way changes nothing. On a reload a
     /// new verifier's JWKS must answer now: a key set that cannot be fetched is refused rather
     /// than swapped in unable to verify (at start-up the gateway starts not ready instead).
+    /// `prev` is the set serving now and whether token verification changed (compared by
+    /// digest of the section and its key files, not by config: a key file rotated in place
+    /// reads the same through both).
     /// Returns the set to swap in and the reloadable sections that changed (and were rebuilt).
     pub async fn build(
         fixed: &Fixed,
         cfg: &Config,
-        prev: Option<Previous<'_>>,
+        prev: Option<(&Live, bool)>,
     ) -> Result<(Live, Vec<&'static str>), ConfigError> {
-        let authn = authn_for(fixed, cfg, prev.as_ref()).await?;
-        let (old, cur) = (
-            prev.as_ref().map(|p| p.config),
-            prev.as_ref().map(|p| p.live),
-        );
-        let cache = cache_for(fixed, cfg, old.zip(cur));
+        let authn = authn_for(fixed, cfg, prev).await?;
+        let cur = prev.map(|(live, _)| live);
+        let cache = cache_for(fixed, cfg, cur);
         // What depends on Redis is rebuilt: the key budgets' shared side here, the cache bus
         // once the new set serves (`CacheBus::configure`, by the caller).
-        let ratelimits = match (old, cur) {
-            (Some(o), Some(c)) if o.ratelimit == cfg.ratelimit && o.redis == cfg.redis => {
+        let ratelimits = match cur {
+            Some(c) if c.config.ratelimit == cfg.ratelimit && c.config.redis == cfg.redis => {
                 c.ratelimits.clone()
             }
             _ => RateLimits::new(&cfg.ratelimit, &cfg.redis, cur.map(|c| &c.ratelimits))?,
         };
-        let changed = prev.map_or_else(Vec::new, |p| {
-            let o = p.config;
+        let changed = prev.map_or_else(Vec::new, |(p, auth_changed)| {
+            let o = &p.config;
             [
-                ("auth", p.auth_changed),
+                ("auth", auth_changed),
                 ("policy", o.policy != cfg.policy),
                 ("cors", o.cors != cfg.cors),
                 ("redis", o.redis != cfg.redis),
@@ -108,7 +99,15 @@ impl Live {
             cors: crate::cors::Cors::new(&cfg.cors),
         };
         let service = stack::build(fixed, &parts);
-        Ok((Live { parts, service }, changed))
+        let config = cfg.clone();
+        Ok((
+            Live {
+                parts,
+                service,
+                config,
+            },
+            changed,
+        ))
     }
 }
 
@@ -117,13 +116,13 @@ impl Live {
 async fn authn_for(
     fixed: &Fixed,
     cfg: &Config,
-    prev: Option<&Previous<'_>>,
+    prev: Option<(&Live, bool)>,
 ) -> Result<Arc<Authenticator>, ConfigError> {
-    if let Some(p) = prev.filter(|p| !p.auth_changed) {
-        return Ok(p.live.authn.clone());
+    if let Some((live, false)) = prev {
+        return Ok(live.authn.clone());
     }
     // Counters carried on from the serving verifier; PEM files read off the async threads.
-    let before = prev.map(|p| p.live.authn.clone());
+    let before = prev.map(|(live, _)| live.authn.clone());
     let (auth, http) = (cfg.auth.clone(), fixed.http.clone());
     let authn =
         tokio::task::spawn_blocking(move || Authenticator::new(&auth, http, before.as_deref()))
@@ -141,9 +140,9 @@ async fn authn_for(
 }
 
 /// The cache: the serving one (with its entries) when `[cache]` did not change, else a new one.
-fn cache_for(fixed: &Fixed, cfg: &Config, prev: Option<(&Config, &Live)>) -> Option<Arc<Cache>> {
+fn cache_for(fixed: &Fixed, cfg: &Config, prev: Option<&Live>) -> Option<Arc<Cache>> {
     match prev {
-        Some((o, c)) if o.cache == cfg.cache => c.cache.clone(),
+        Some(c) if c.config.cache == cfg.cache => c.cache.clone(),
         _ => {
             // New rules apply to every answer from now on: entries stored under the old
             // TTLs go.

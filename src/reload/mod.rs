@@ -20,7 +20,7 @@ mod watch;
 
 use crate::config::{Config, ConfigError};
 use crate::credentials::{Credentials, KeyStoreError};
-use crate::live::{Live, Previous, Shared};
+use crate::live::{Live, Shared};
 use crate::metrics::{ReloadMetrics, ReloadTrigger};
 use crate::stack::Fixed;
 use std::sync::Arc;
@@ -48,12 +48,11 @@ pub struct Reloaded {
     pub restart_needed: Vec<&'static str>,
 }
 
-/// The configs a reload compares against.
+/// What a reload compares against besides the serving set's own config (the reference for
+/// reloadable sections).
 struct Configs {
     /// What the process started with: the reference for restart-only sections.
     started: Config,
-    /// What built the current set: the reference for reloadable sections.
-    applied: Config,
     /// Digest of what the current token verifier was built from (section, secret, key files'
     /// bytes as read then): a key file rotated in place differs from it.
     auth: Vec<u8>,
@@ -71,24 +70,21 @@ pub struct Reloader {
 
 impl Reloader {
     /// A reloader for the key store and, when the config came from a file, for the config
-    /// too: `cfg` is it with the [`config::auth_identity`] taken before its verifier was built.
+    /// too: `auth` is then the [`config::auth_identity`] taken before its verifier was built.
     pub fn new(
         credentials: Arc<Credentials>,
         live: Shared,
         fixed: Fixed,
-        cfg: Option<(Config, Vec<u8>)>,
+        auth: Option<Vec<u8>>,
         metrics: ReloadMetrics,
     ) -> Arc<Reloader> {
         metrics.set_users(credentials.current().len());
+        let started = live.load().config.clone();
         Arc::new(Reloader {
             credentials,
             live,
             fixed,
-            configs: Mutex::new(cfg.map(|(applied, auth)| Configs {
-                started: applied.clone(),
-                applied,
-                auth,
-            })),
+            configs: Mutex::new(auth.map(|auth| Configs { started, auth })),
             metrics,
         })
     }
@@ -162,7 +158,8 @@ impl Reloader {
     }
 
     async fn apply(&self, configs: &mut Configs) -> Result<Reloaded, ConfigError> {
-        let Some(source) = configs.applied.source.clone() else {
+        let current = self.live.load_full();
+        let Some(source) = current.config.source.clone() else {
             return Ok(Reloaded::default());
         };
         let (new, auth) = tokio::task::spawn_blocking(move || {
@@ -175,17 +172,11 @@ impl Reloader {
         .map_err(|_| ConfigError::new("(reload)", "the reload task failed", "try again"))??;
         new.warn_deprecated();
         let restart_needed = config::restart_needed(&configs.started, &new);
-        let current = self.live.load_full();
-        let prev = Previous {
-            config: &configs.applied,
-            live: &current,
-            auth_changed: auth != configs.auth,
-        };
+        let prev = (&*current, auth != configs.auth);
         let (applied, changed) = Live::build(&self.fixed, &new, Some(prev)).await?;
         self.live.store(Arc::new(applied));
         // Only now that the new set serves: a changed [redis] moves the bus to it.
         self.fixed.bus.configure(&new.redis);
-        configs.applied = new;
         configs.auth = auth;
         Ok(Reloaded {
             users: None,

@@ -24,7 +24,7 @@ impl Reloader {
     ) {
         // A database store is followed by `follow_store` instead.
         let keys = self.credentials.backend().path().map(Path::to_path_buf);
-        let mut config_files = self.watched_config_files().await;
+        let mut config_files = self.watched_config_files();
         let mut seen_keys = keys.as_deref().and_then(signature);
         let mut seen_config = signatures(&config_files);
         let mut missing_logged = false;
@@ -41,7 +41,7 @@ impl Reloader {
                 // once, and a write that lands during the reload is seen on the next poll.
                 seen_config = now;
                 let _ = self.reload_config(ReloadTrigger::File).await;
-                let files = self.watched_config_files().await;
+                let files = self.watched_config_files();
                 if files != config_files {
                     // The new config names other files: keep the snapshot for those still
                     // watched.
@@ -112,11 +112,9 @@ impl Reloader {
     }
 
     /// The config file and the secret and key files it names (empty: not from a file).
-    async fn watched_config_files(&self) -> Vec<PathBuf> {
-        let guard = self.configs.lock().await;
-        let Some(c) = guard.as_ref().map(|c| &c.applied) else {
-            return Vec::new();
-        };
+    fn watched_config_files(&self) -> Vec<PathBuf> {
+        let live = self.current();
+        let c = &live.config;
         let Some(source) = &c.source else {
             return Vec::new();
         };
