@@ -58,7 +58,7 @@ pub fn plain(s: &str) -> &str {
 
 /// What the server saw before any layer ran (inserted by the server, folded into the
 /// [`Context`] by [`ContextLayer`]).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Arrival {
     /// The TCP peer.
     pub peer: Option<SocketAddr>,

@@ -369,17 +369,14 @@ where
     tower::service_fn(move |req: Request<hyper::body::Incoming>| {
         let busy = tracker.begin();
         // Exactly once per request, in arrival order, before anything can reject it.
-        let seen = framing.take_next();
+        let mut arrival = framing.take_next();
+        arrival.peer = Some(peer);
         let svc = svc.clone();
         async move {
             let mut req = req.map(Body::new);
-            req.extensions_mut().insert(crate::context::Arrival {
-                peer: Some(peer),
-                ambiguous_length: seen.ambiguous_length,
-                unusable_target: seen.bad_target,
-            });
+            req.extensions_mut().insert(arrival);
             let mut resp = svc.oneshot(req).await?;
-            if seen.bad_target {
+            if arrival.unusable_target {
                 // The watch only names the first such request of a connection: end it.
                 resp.headers_mut()
                     .insert(http::header::CONNECTION, HeaderValue::from_static("close"));

@@ -17,6 +17,7 @@
 mod target;
 mod tracker;
 
+use crate::context::Arrival;
 use pin_project_lite::pin_project;
 use std::io;
 use std::pin::Pin;
@@ -63,15 +64,6 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What the raw head of one request showed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Verdict {
-    /// It had both Content-Length and Transfer-Encoding.
-    pub ambiguous_length: bool,
-    /// Its target was unusable (rewritten only so that it parses): refuse it, then close.
-    pub bad_target: bool,
-}
-
 /// The service's side of a watched connection.
 #[derive(Clone)]
 pub struct FramingWatch {
@@ -80,18 +72,19 @@ pub struct FramingWatch {
 
 impl FramingWatch {
     /// Called by the service exactly once per request, in arrival order: what that
-    /// request's raw head showed.
+    /// request's raw head showed (the peer is the caller's to fill in).
     ///
     /// hyper's HTTP/1 server hands requests to the service one at a time in order, and it has
     /// read a head (through [`Watched`]) before the service sees it, so the n-th call answers
     /// for the n-th request. Skipping a call shifts later answers; call it first thing.
-    pub fn take_next(&self) -> Verdict {
+    pub fn take_next(&self) -> Arrival {
         let mut shared = lock(&self.shared);
         let index = shared.taken;
         shared.taken += 1;
-        Verdict {
+        Arrival {
+            peer: None,
             ambiguous_length: shared.seen.ambiguous == Some(index),
-            bad_target: shared.seen.bad_target == Some(index),
+            unusable_target: shared.seen.bad_target == Some(index),
         }
     }
 }
@@ -379,7 +372,7 @@ mod tests {
     /// Serves one watched connection; records each request's target and verdict.
     async fn serve_targets() -> (
         std::net::SocketAddr,
-        Arc<Mutex<Vec<(String, super::Verdict)>>>,
+        Arc<Mutex<Vec<(String, super::Arrival)>>>,
     ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -426,11 +419,11 @@ mod tests {
             log[0],
             (
                 "/v1/p?q[]=a:%3E=1&q[]=b:%3C2&q[]=last_name:%22O'Brien%22".to_string(),
-                super::Verdict::default()
+                super::Arrival::default()
             )
         );
         assert_eq!(log[1].0, "/v1/a%3Cb");
-        assert!(log[1].1.bad_target);
+        assert!(log[1].1.unusable_target);
     }
 
     /// Yields its bytes one per read.
