@@ -15,7 +15,6 @@ use http::{HeaderValue, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use prometheus_client::metrics::gauge::Gauge;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -181,12 +180,13 @@ pub async fn serve<S>(
             Ok((tcp, peer)) => {
                 backoff = ACCEPT_BACKOFF.0;
                 let _ = tcp.set_nodelay(true);
+                settings.metrics.open.inc();
                 let conn = Connection {
                     peer,
                     settings: settings.clone(),
                     svc: svc.clone(),
                     shutdown: shutdown.clone(),
-                    _open: Open::new(&settings.metrics, slot),
+                    _slot: slot,
                 };
                 conns.spawn(conn.run(tcp));
             }
@@ -237,37 +237,22 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// A connection's hold on its listener: one of the `max_connections` slots, and a count in
-/// `connections_open`, for as long as it lives.
-struct Open {
-    open: Gauge,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl Open {
-    fn new(m: &ConnMetrics, slot: OwnedSemaphorePermit) -> Open {
-        m.open.inc();
-        Open {
-            open: m.open.clone(),
-            _slot: slot,
-        }
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        // Before the slot goes back (fields drop after this), so the gauge never shows more
-        // than the limit.
-        self.open.dec();
-    }
-}
-
+/// One accepted connection. It holds one of its listener's `max_connections` slots, and a
+/// count in `connections_open`, for as long as it lives.
 struct Connection<S> {
     peer: std::net::SocketAddr,
     settings: Arc<ConnSettings>,
     svc: S,
     shutdown: watch::Receiver<bool>,
-    _open: Open,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl<S> Drop for Connection<S> {
+    fn drop(&mut self) {
+        // Before the slot goes back (fields drop after this), so the gauge never shows more
+        // than the limit.
+        self.settings.metrics.open.dec();
+    }
 }
 
 impl<S> Connection<S>
