@@ -2,7 +2,7 @@
 
 use crate::config::{Config, ConfigError};
 use crate::credentials::{Credentials, KeyStoreError};
-use crate::live::{GatewayReadiness, Live, Shared};
+use crate::live::{Live, Shared};
 use crate::metrics::{Metrics, ReloadTrigger};
 use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::server::{self, ConnSettings};
@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -39,7 +40,8 @@ pub struct Gateway {
     shutdown: watch::Sender<bool>,
     /// The accept loops (public, and admin when on); each drains its own connections.
     tasks: Vec<JoinHandle<()>>,
-    readiness: Arc<GatewayReadiness>,
+    /// Set when shutdown begins: `/readyz` fails from then on.
+    draining: Arc<AtomicBool>,
     shutdown_delay: std::time::Duration,
     /// The admin listener's address, when enabled.
     pub admin_addr: Option<SocketAddr>,
@@ -65,19 +67,18 @@ impl Gateway {
             .then(|| crate::reload::config::auth_identity(&cfg));
         let local_addr = listener.local_addr()?;
         let tls = server::tls_acceptor(&cfg.server)?;
-        let readiness = Arc::new(GatewayReadiness::default());
-        let fixed = fixed_parts(&cfg, &metrics, local_addr, readiness.clone()).await?;
+        let draining = Arc::new(AtomicBool::new(false));
+        let fixed = fixed_parts(&cfg, &metrics, local_addr, draining.clone()).await?;
         let (credentials, bus) = (fixed.credentials.clone(), fixed.bus.clone());
         let (inflight, telemetry) = (fixed.inflight.clone(), fixed.telemetry.clone());
         // The same build a reload runs, from nothing.
         let (built, _) = Live::build(&fixed, &cfg, None).await?;
         let live: Shared = Arc::new(ArcSwap::from_pointee(built));
-        readiness.follow(&live);
         metrics.add_sources(Arc::new(crate::scrape::Sources::new(
             live.clone(),
             inflight,
             bus.clone(),
-            readiness.clone(),
+            draining.clone(),
         )));
         let reloader = Reloader::new(
             credentials.clone(),
@@ -107,7 +108,7 @@ impl Gateway {
             local_addr,
             shutdown: tx,
             tasks,
-            readiness,
+            draining,
             shutdown_delay: cfg.server.shutdown_delay,
             admin_addr,
             reloader,
@@ -144,7 +145,7 @@ impl Gateway {
     /// Fails readiness, waits `shutdown_delay`, stops accepting, and waits for in-flight
     /// requests (up to the grace); connections still open then are closed.
     pub async fn shutdown(self) {
-        self.readiness.drain();
+        self.draining.store(true, Ordering::Release);
         tracing::info!(
             shutdown_delay_ms = u64::try_from(self.shutdown_delay.as_millis()).unwrap_or(u64::MAX),
             "readiness now failing; the listener closes after shutdown_delay"
@@ -292,7 +293,7 @@ async fn fixed_parts(
     cfg: &Config,
     metrics: &Metrics,
     local_addr: SocketAddr,
-    readiness: Arc<GatewayReadiness>,
+    draining: Arc<AtomicBool>,
 ) -> Result<Fixed, StartError> {
     let telemetry = crate::telemetry::start(&cfg.telemetry)?;
     let http = client::build(&cfg.upstream, metrics.handshakes.clone())?;
@@ -315,7 +316,7 @@ async fn fixed_parts(
         credentials,
         inflight: crate::inflight::InFlight::new(cfg.upstream.max_in_flight_per_user),
         upstream,
-        readiness,
+        draining,
         context: crate::context::ContextLayer::new(&cfg.server.trusted_proxies),
         limits,
         enrol,

@@ -11,20 +11,22 @@
 //! The `Host` rule (400 `bad_host`) applies to the local routes too: it is about the message,
 //! not the route.
 
+use crate::auth::Authenticator;
 use crate::body::Body;
 use crate::error::GatewayError;
 use crate::step::{Answer, Inner, Wrap};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Longest request path accepted.
 pub const MAX_PATH_BYTES: usize = 2048;
 
-/// Whether the gateway should receive traffic (flips to false while draining).
-pub trait Readiness: Send + Sync + 'static {
-    /// True when `/readyz` should answer 200.
-    fn ready(&self) -> bool;
+/// Whether `/readyz` answers 200 (and the `ready` gauge reads 1): shutdown has not begun, and
+/// the serving token verifier has its keys.
+pub fn ready(draining: &AtomicBool, authn: &Authenticator) -> bool {
+    !draining.load(Ordering::Acquire) && authn.ready()
 }
 
 /// Local routes, request-target checks and the body limit.
@@ -33,8 +35,10 @@ pub struct GuardLayer {
     /// What requests are checked against (shared: the layer is cloned with the stack for
     /// every request).
     pub limits: Arc<Limits>,
-    /// What `/readyz` answers.
-    pub readiness: Arc<dyn Readiness>,
+    /// Set once shutdown has begun (`/readyz` fails from then on).
+    pub draining: Arc<AtomicBool>,
+    /// The token verifier of the set this guard is part of (`/readyz` waits for its keys).
+    pub authn: Arc<Authenticator>,
 }
 
 /// What the guard checks requests against.
@@ -62,7 +66,7 @@ impl Wrap for GuardLayer {
         match req.uri().path() {
             "/healthz" => return Box::pin(async { Ok(status_json(StatusCode::OK, "live")) }),
             "/readyz" => {
-                let resp = if self.readiness.ready() {
+                let resp = if ready(&self.draining, &self.authn) {
                     status_json(StatusCode::OK, "ready")
                 } else {
                     status_json(StatusCode::SERVICE_UNAVAILABLE, "not_ready")

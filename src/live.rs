@@ -11,7 +11,6 @@ use crate::auth::Authenticator;
 use crate::body::Body;
 use crate::cache::Cache;
 use crate::config::{Config, ConfigError};
-use crate::guard::Readiness;
 use crate::policy::Policy;
 use crate::ratelimit::RateLimits;
 use crate::retry::Retries;
@@ -19,7 +18,6 @@ use crate::stack::{self, Fixed, GatewayService, Parts};
 use arc_swap::ArcSwap;
 use http::Request;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use tower::ServiceExt;
 
 /// One consistent set of reloadable parts and the stack built from them (read its parts
@@ -167,34 +165,4 @@ pub type Shared = Arc<ArcSwap<Live>>;
 /// The gateway as the server sees it: each request goes through the set current at arrival.
 pub fn current(live: Shared) -> impl crate::server::Served {
     tower::service_fn(move |req: Request<Body>| live.load().service.clone().oneshot(req))
-}
-
-/// Ready while not draining and while the verifier of the set serving now has its keys (not
-/// ready until it follows a live set).
-#[derive(Default)]
-pub struct GatewayReadiness {
-    // Weak: the set's own stack holds this readiness (in the guard).
-    live: std::sync::OnceLock<std::sync::Weak<ArcSwap<Live>>>,
-    draining: AtomicBool,
-}
-
-impl GatewayReadiness {
-    /// From now on readiness is that of whichever set `live` holds (start-up, reloads alike).
-    pub fn follow(&self, live: &Shared) {
-        let _ = self.live.set(Arc::downgrade(live));
-    }
-
-    /// From now on `/readyz` fails (shutdown has begun).
-    pub fn drain(&self) {
-        self.draining.store(true, Ordering::Release);
-    }
-}
-
-impl Readiness for GatewayReadiness {
-    fn ready(&self) -> bool {
-        !self.draining.load(Ordering::Acquire)
-            && (self.live.get())
-                .and_then(std::sync::Weak::upgrade)
-                .is_some_and(|l| l.load().authn.ready())
-    }
 }

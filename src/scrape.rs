@@ -2,16 +2,15 @@
 //! read at scrape time from whichever set is serving then, so the figures follow a reload.
 
 use crate::cache::{CacheBus, CacheStats, bus::BusStats};
-use crate::guard::Readiness;
 use crate::inflight::InFlight;
-use crate::live::{GatewayReadiness, Shared};
+use crate::live::Shared;
 use crate::metrics::{Source, figures};
 use crate::ratelimit::RateLimitStats;
 use futures_util::future::BoxFuture;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The parts whose own counters are exported: always those of the set serving now, so the
 /// figures follow a config reload.
@@ -22,7 +21,8 @@ pub struct Sources {
     cache_entries: AtomicU64,
     inflight: Arc<InFlight>,
     bus: Arc<CacheBus>,
-    ready: Arc<GatewayReadiness>,
+    /// Set once shutdown has begun (with the serving verifier, what `ready` reads).
+    draining: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -32,18 +32,19 @@ impl std::fmt::Debug for Sources {
 }
 
 impl Sources {
-    /// Exports the counters of whatever set `live` holds when scraped, and `ready`.
+    /// Exports the counters of whatever set `live` holds when scraped, and `ready` (as
+    /// `/readyz` answers: see [`crate::guard::ready`]).
     pub fn new(
         live: Shared,
         inflight: Arc<InFlight>,
         bus: Arc<CacheBus>,
-        ready: Arc<GatewayReadiness>,
+        draining: Arc<AtomicBool>,
     ) -> Sources {
         Sources {
             live,
             inflight,
             bus,
-            ready,
+            draining,
             cache_bytes: AtomicU64::default(),
             cache_entries: AtomicU64::default(),
         }
@@ -170,7 +171,7 @@ impl Collector for Sources {
                 load(&auth.cliniko_keys_refused);
             family "jwks_refreshes", "JWKS fetches by result (ok, failed)",
                 "result", &[("ok", load(&auth.ok)), ("failed", load(&auth.failed))];
-            gauge "ready", "1 while /readyz answers 200", u64::from(self.ready.ready());
+            gauge "ready", "1 while /readyz answers 200", u64::from(crate::guard::ready(&self.draining, &live.authn));
         );
         Ok(())
     }

@@ -10,7 +10,7 @@ use crate::context::ContextLayer;
 use crate::cors::Cors;
 use crate::credentials::Credentials;
 use crate::enrol::{Enrol, EnrolRoutes};
-use crate::guard::{GuardLayer, Readiness};
+use crate::guard::GuardLayer;
 use crate::inflight::InFlight;
 use crate::policy::Policy;
 use crate::ratelimit::RateLimits;
@@ -36,8 +36,8 @@ pub struct Fixed {
     pub upstream: Arc<Upstream>,
     /// Builds each request's context (knows which proxies' forwarded addresses to believe).
     pub context: ContextLayer,
-    /// Whether `/readyz` says ready.
-    pub readiness: Arc<dyn Readiness>,
+    /// Set once shutdown has begun: `/readyz` fails from then on.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// What the guard checks against.
     pub limits: Arc<crate::guard::Limits>,
     /// Request metrics, recorded where the access line is written (`None`: not recorded).
@@ -128,7 +128,8 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
         // Cheap refusals before any crypto: local routes, bad targets, framing, body limit.
         .layer(WrapLayer(GuardLayer {
             limits: f.limits.clone(),
-            readiness: f.readiness.clone(),
+            draining: f.draining.clone(),
+            authn: p.authn.clone(),
         }))
         // Who is calling (401).
         .layer(WrapLayer(Some(p.authn.clone())))
