@@ -14,7 +14,6 @@
 use crate::body::Body;
 use crate::cache::Invalidation;
 use crate::config::AdminConfig;
-use crate::credentials::Credentials;
 use crate::metrics::{Metrics, ReloadTrigger};
 use crate::reload::Reloader;
 use http::{Method, Request, Response, StatusCode, header};
@@ -26,7 +25,6 @@ use std::sync::Arc;
 /// Everything the admin routes act on.
 pub struct Admin {
     token: SecretString,
-    credentials: Arc<Credentials>,
     reloader: Arc<Reloader>,
     metrics: Arc<Metrics>,
 }
@@ -35,14 +33,12 @@ impl Admin {
     /// Builds the admin state; the token comes from config resolution, never the file.
     pub fn new(
         cfg: &AdminConfig,
-        credentials: Arc<Credentials>,
         reloader: Arc<Reloader>,
         metrics: Arc<Metrics>,
     ) -> Option<Arc<Admin>> {
         let token = cfg.token.as_ref()?.expose_secret().to_string();
         Some(Arc::new(Admin {
             token: SecretString::from(token),
-            credentials,
             reloader,
             metrics,
         }))
@@ -113,7 +109,7 @@ impl Admin {
                 ),
             },
             (&Method::GET, "/admin/keys") => {
-                let store = self.credentials.current();
+                let store = self.reloader.fixed.credentials.current();
                 let mut users: Vec<_> = store
                     .users()
                     .map(|(u, c)| json!({"user": u, "key_id": &*c.key_id, "fingerprint": &*c.fingerprint, "shard": c.shard.as_str(), "cliniko_user": c.cliniko_user.as_deref()}))
@@ -142,7 +138,7 @@ impl Admin {
                 cache.publish(Invalidation::All);
                 reply(StatusCode::OK, json!({"purged": "all"}))
             }
-            (None, Some(u), None) => match self.credentials.lookup(u) {
+            (None, Some(u), None) => match self.reloader.fixed.credentials.lookup(u) {
                 Some(c) => {
                     cache.purge_credential(cache.id_of(&c));
                     // Other replicas get the fingerprint and find their own entries by it.

@@ -48,7 +48,6 @@ pub struct Gateway {
     reloader: Arc<Reloader>,
     /// The metrics registry (what `/metrics` renders).
     pub metrics: Arc<Metrics>,
-    telemetry: Option<Arc<crate::telemetry::Telemetry>>,
     /// The cache invalidation bus (for its counters).
     pub cache_bus: Arc<crate::cache::CacheBus>,
 }
@@ -69,8 +68,7 @@ impl Gateway {
         let tls = server::tls_acceptor(&cfg.server)?;
         let draining = Arc::new(AtomicBool::new(false));
         let fixed = fixed_parts(&cfg, &metrics, local_addr, draining.clone()).await?;
-        let (credentials, bus) = (fixed.credentials.clone(), fixed.bus.clone());
-        let (inflight, telemetry) = (fixed.inflight.clone(), fixed.telemetry.clone());
+        let (inflight, bus) = (fixed.inflight.clone(), fixed.bus.clone());
         // The same build a reload runs, from nothing.
         let (built, _) = Live::build(&fixed, &cfg, None).await?;
         let live: Shared = Arc::new(ArcSwap::from_pointee(built));
@@ -80,18 +78,12 @@ impl Gateway {
             bus.clone(),
             draining.clone(),
         )));
-        let reloader = Reloader::new(
-            credentials.clone(),
-            live.clone(),
-            fixed,
-            auth_digest,
-            metrics.reloads.clone(),
-        );
+        let reloader = Reloader::new(live.clone(), fixed, auth_digest, metrics.reloads.clone());
         let metrics = Arc::new(metrics);
         let (tx, rx) = watch::channel(false);
         let settings = ConnSettings::public(&cfg.server, tls, &metrics);
         let mut tasks = Vec::new();
-        let admin = start_admin(&cfg, &credentials, &reloader, &metrics, rx.clone()).await?;
+        let admin = start_admin(&cfg, &reloader, &metrics, rx.clone()).await?;
         let admin_addr = admin.map(|(bound, serving)| {
             tasks.push(serving);
             bound
@@ -113,7 +105,6 @@ impl Gateway {
             admin_addr,
             reloader,
             metrics,
-            telemetry,
             cache_bus: bus,
         })
     }
@@ -158,7 +149,7 @@ impl Gateway {
         // Stops its Redis tasks (an in-process gateway must not outlive its shutdown).
         self.cache_bus
             .configure(&crate::config::RedisConfig::default());
-        if let Some(t) = self.telemetry {
+        if let Some(t) = self.reloader.fixed.telemetry.clone() {
             // Exports what is still queued; blocking, so off the async threads.
             let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
         }
@@ -332,17 +323,11 @@ async fn fixed_parts(
 /// The admin listener, when configured: its address and its accept loop.
 async fn start_admin(
     cfg: &Config,
-    credentials: &Arc<Credentials>,
     reloader: &Arc<Reloader>,
     metrics: &Arc<Metrics>,
     rx: watch::Receiver<bool>,
 ) -> Result<Option<(SocketAddr, JoinHandle<()>)>, StartError> {
-    let admin = crate::admin::Admin::new(
-        &cfg.admin,
-        credentials.clone(),
-        reloader.clone(),
-        metrics.clone(),
-    );
+    let admin = crate::admin::Admin::new(&cfg.admin, reloader.clone(), metrics.clone());
     let (Some(addr), Some(admin)) = (cfg.admin.listen, admin) else {
         return Ok(None);
     };

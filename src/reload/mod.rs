@@ -19,7 +19,7 @@ pub mod config;
 mod watch;
 
 use crate::config::{Config, ConfigError};
-use crate::credentials::{Credentials, KeyStoreError};
+use crate::credentials::KeyStoreError;
 use crate::live::{Live, Shared};
 use crate::metrics::{ReloadMetrics, ReloadTrigger};
 use crate::stack::Fixed;
@@ -60,9 +60,9 @@ struct Configs {
 
 /// Reloads the key store and the config, and records the outcomes; shared by every trigger.
 pub struct Reloader {
-    credentials: Arc<Credentials>,
     live: Shared,
-    fixed: Fixed,
+    /// The parts a reload keeps (the key store among them, reloaded in place).
+    pub fixed: Fixed,
     // Also serialises reloads: two triggers at once would otherwise race to swap.
     configs: Mutex<Option<Configs>>,
     metrics: ReloadMetrics,
@@ -72,16 +72,14 @@ impl Reloader {
     /// A reloader for the key store and, when the config came from a file, for the config
     /// too: `auth` is then the [`config::auth_identity`] taken before its verifier was built.
     pub fn new(
-        credentials: Arc<Credentials>,
         live: Shared,
         fixed: Fixed,
         auth: Option<Vec<u8>>,
         metrics: ReloadMetrics,
     ) -> Arc<Reloader> {
-        metrics.set_users(credentials.current().len());
+        metrics.set_users(fixed.credentials.current().len());
         let started = live.load().config.clone();
         Arc::new(Reloader {
-            credentials,
             live,
             fixed,
             configs: Mutex::new(auth.map(|auth| Configs { started, auth })),
@@ -106,7 +104,7 @@ impl Reloader {
 
     /// Re-reads the key store (off the async threads); on error the old store keeps serving.
     pub async fn reload_keys(&self, trigger: ReloadTrigger) -> Result<usize, KeyStoreError> {
-        let result = self.credentials.reload().await;
+        let result = self.fixed.credentials.reload().await;
         match &result {
             Ok(n) => {
                 tracing::info!(users = n, trigger = trigger.label(), "key store reloaded");

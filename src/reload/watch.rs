@@ -23,7 +23,12 @@ impl Reloader {
         mut shutdown: watch::Receiver<bool>,
     ) {
         // A database store is followed by `follow_store` instead.
-        let keys = self.credentials.backend().path().map(Path::to_path_buf);
+        let keys = self
+            .fixed
+            .credentials
+            .backend()
+            .path()
+            .map(Path::to_path_buf);
         let mut config_files = self.watched_config_files();
         let mut seen_keys = keys.as_deref().and_then(signature);
         let mut seen_config = signatures(&config_files);
@@ -84,7 +89,7 @@ impl Reloader {
         every: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let Some(pg) = self.credentials.backend().database().cloned() else {
+        let Some(pg) = self.fixed.credentials.backend().database().cloned() else {
             return;
         };
         let wake = Arc::new(tokio::sync::Notify::new());
@@ -95,7 +100,7 @@ impl Reloader {
                 () = wake.notified() => {}
                 () = tokio::time::sleep(every) => {}
             }
-            match self.credentials.stale().await {
+            match self.fixed.credentials.stale().await {
                 Ok(true) => {
                     let _ = self.reload_keys(ReloadTrigger::Store).await;
                 }
