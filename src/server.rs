@@ -438,7 +438,7 @@ impl Progress {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         Busy {
             progress: self.clone(),
-            wait: None,
+            wait: self.waiter(),
         }
     }
 
@@ -487,19 +487,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Held from the request's arrival until its response body is finished or dropped; once the
-/// response is handed to hyper, it also tells whether the response waits on the caller: from
-/// the moment a frame is handed over until hyper asks for the next one.
+/// response is handed to hyper, its wait tells whether the response waits on the caller: from
+/// the moment a frame is handed over until hyper asks for the next one (unstamped before).
 struct Busy {
     progress: Arc<Progress>,
-    wait: Option<Arc<Wait>>,
+    wait: Arc<Wait>,
 }
 
 impl Busy {
     /// The response goes to hyper: from now until it asks for a frame, the caller is awaited.
-    fn handed_over(mut self) -> Self {
-        let w = self.progress.waiter();
-        w.0.store(self.progress.now(), Ordering::Release);
-        self.wait = Some(w);
+    fn handed_over(self) -> Self {
+        self.wait.0.store(self.progress.now(), Ordering::Release);
         self
     }
 }
@@ -507,23 +505,17 @@ impl Busy {
 impl BodyObserver for Busy {
     fn on_poll(&mut self) {
         // hyper asks for more: what follows is the producer's time, not the caller's.
-        if let Some(w) = &self.wait {
-            w.0.store(0, Ordering::Release);
-        }
+        self.wait.0.store(0, Ordering::Release);
     }
 
     fn on_data(&mut self, _len: usize) {
-        if let Some(w) = &self.wait {
-            w.0.store(self.progress.now(), Ordering::Release);
-        }
+        self.wait.0.store(self.progress.now(), Ordering::Release);
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        if let Some(w) = &self.wait {
-            w.0.store(0, Ordering::Release);
-        }
+        self.wait.0.store(0, Ordering::Release);
         let p = &self.progress;
         let now = p.epoch.elapsed().as_millis() as u64;
         p.last_done_ms.store(now, Ordering::Release);
@@ -558,11 +550,7 @@ mod tests {
         let mut busy = p.begin().handed_over();
         // Stamped one second ago: the caller has taken nothing since.
         let stamp = p.now() - 1000;
-        busy.wait
-            .as_ref()
-            .unwrap()
-            .0
-            .store(stamp, Ordering::Release);
+        busy.wait.0.store(stamp, Ordering::Release);
         assert!(p.longest_wait() >= Duration::from_millis(900));
         busy.on_poll();
         assert_eq!(p.longest_wait(), Duration::ZERO);
