@@ -124,32 +124,36 @@ enum KeysAction {
 #[derive(Subcommand, Debug)]
 enum TokenAction {
     /// Mint an HS-signed token with the configured HMAC secret (development only).
-    Mint {
-        /// Config file (for the HMAC secret; not needed with --signing-key).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Subject (user).
-        #[arg(long)]
-        sub: String,
-        /// Lifetime, e.g. 1h.
-        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-        ttl: Duration,
-        /// Extra claims as key=value (value parsed as JSON when possible).
-        #[arg(long = "claim")]
-        claims: Vec<String>,
-        /// Sign with this PEM private key instead of the HMAC secret (with --alg).
-        #[arg(long)]
-        signing_key: Option<PathBuf>,
-        /// Algorithm for --signing-key, e.g. RS256, ES256, EdDSA.
-        #[arg(long, default_value = "RS256")]
-        alg: String,
-        /// `kid` header to set.
-        #[arg(long)]
-        kid: Option<String>,
-        /// How many tokens to print, one per line, each with its own `jti` (for load tests).
-        #[arg(long, default_value_t = 1)]
-        count: u32,
-    },
+    Mint(Mint),
+}
+
+/// `token mint`'s options.
+#[derive(clap::Args, Debug)]
+struct Mint {
+    /// Config file (for the HMAC secret; not needed with --signing-key).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Subject (user).
+    #[arg(long)]
+    sub: String,
+    /// Lifetime, e.g. 1h.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Extra claims as key=value (value parsed as JSON when possible).
+    #[arg(long = "claim")]
+    claims: Vec<String>,
+    /// Sign with this PEM private key instead of the HMAC secret (with --alg).
+    #[arg(long)]
+    signing_key: Option<PathBuf>,
+    /// Algorithm for --signing-key, e.g. RS256, ES256, EdDSA.
+    #[arg(long, default_value = "RS256")]
+    alg: String,
+    /// `kid` header to set.
+    #[arg(long)]
+    kid: Option<String>,
+    /// How many tokens to print, one per line, each with its own `jti` (for load tests).
+    #[arg(long, default_value_t = 1)]
+    count: u32,
 }
 
 /// Runs the parsed command line.
@@ -376,35 +380,25 @@ fn print_users(store: &credentials::KeyStore) {
     }
 }
 
-fn token(action: TokenAction) -> Done {
-    let TokenAction::Mint {
-        config,
-        sub,
-        ttl,
-        claims,
-        signing_key,
-        alg,
-        kid,
-        count,
-    } = action;
+fn token(TokenAction::Mint(a): TokenAction) -> Done {
     let mut map = serde_json::Map::new();
-    for c in claims {
+    for c in a.claims {
         let (k, v) = c
             .split_once('=')
             .ok_or_else(|| fail(64, "--claim takes key=value"))?;
         let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.into()));
         map.insert(k.into(), v);
     }
-    let (key, alg) = mint_key(config, signing_key, &alg)?;
+    let (key, alg) = mint_key(a.config, a.signing_key, &a.alg)?;
     let mut header = jsonwebtoken::Header::new(alg);
-    header.kid = kid;
+    header.kid = a.kid;
     let mut out = String::new();
-    for i in 0..count {
+    for i in 0..a.count {
         let mut claims = map.clone();
-        if count > 1 {
+        if a.count > 1 {
             claims.insert("jti".into(), format!("{}-{i}", uuid::Uuid::new_v4()).into());
         }
-        let t = crate::auth::mint::mint(&key, header.clone(), &sub, ttl, claims)
+        let t = crate::auth::mint::mint(&key, header.clone(), &a.sub, a.ttl, claims)
             .map_err(|e| fail(70, format!("cannot sign: {e}")))?;
         out.push_str(&t);
         out.push('\n');
