@@ -60,17 +60,17 @@ impl Gateway {
         let mut metrics = Metrics::new();
         // Taken before the verifier reads the key files, so a file rotated in between is seen
         // as a change by the next reload.
-        let auth_digest = cfg
-            .source
-            .is_some()
-            .then(|| crate::reload::config::auth_identity(&cfg));
+        let auth_digest = match cfg.source {
+            Some(_) => crate::reload::config::auth_identity(&cfg),
+            None => Vec::new(),
+        };
         let local_addr = listener.local_addr()?;
         let tls = server::tls_acceptor(&cfg.server)?;
         let draining = Arc::new(AtomicBool::new(false));
         let fixed = fixed_parts(&cfg, &metrics, local_addr, draining.clone()).await?;
         let (inflight, bus) = (fixed.inflight.clone(), fixed.bus.clone());
         // The same build a reload runs, from nothing.
-        let (built, _) = Live::build(&fixed, &cfg, None).await?;
+        let (built, _) = Live::build(&fixed, &cfg, auth_digest, None).await?;
         let live: Shared = Arc::new(ArcSwap::from_pointee(built));
         metrics.add_sources(Arc::new(crate::scrape::Sources::new(
             live.clone(),
@@ -78,7 +78,7 @@ impl Gateway {
             bus.clone(),
             draining.clone(),
         )));
-        let reloader = Reloader::new(live.clone(), fixed, auth_digest, metrics.reloads.clone());
+        let reloader = Reloader::new(live.clone(), fixed, metrics.reloads.clone());
         let metrics = Arc::new(metrics);
         let (tx, rx) = watch::channel(false);
         let settings = ConnSettings::public(&cfg.server, tls, &metrics);

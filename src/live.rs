@@ -27,6 +27,10 @@ pub struct Live {
     service: GatewayService,
     /// The config the set was built from: what a reload compares the re-read file with.
     pub(crate) config: Config,
+    /// Digest of what its token verifier was built from (`reload::config::auth_identity`;
+    /// empty when the config is not from a file, so never reloads): a reload compares it, not
+    /// `config`, as a key file rotated in place reads the same through both.
+    pub(crate) auth: Vec<u8>,
 }
 
 impl std::ops::Deref for Live {
@@ -44,30 +48,28 @@ impl Live {
     /// parameters, built last, so a config that fails half-way changes nothing. On a reload a
     /// new verifier's JWKS must answer now: a key set that cannot be fetched is refused rather
     /// than swapped in unable to verify (at start-up the gateway starts not ready instead).
-    /// `prev` is the set serving now and whether token verification changed (compared by
-    /// digest of the section and its key files, not by config: a key file rotated in place
-    /// reads the same through both).
+    /// `auth` is the digest of what token verification is built from (see [`Live`]'s).
     /// Returns the set to swap in and the reloadable sections that changed (and were rebuilt).
     pub async fn build(
         fixed: &Fixed,
         cfg: &Config,
-        prev: Option<(&Live, bool)>,
+        auth: Vec<u8>,
+        prev: Option<&Live>,
     ) -> Result<(Live, Vec<&'static str>), ConfigError> {
-        let authn = authn_for(fixed, cfg, prev).await?;
-        let cur = prev.map(|(live, _)| live);
-        let cache = cache_for(fixed, cfg, cur);
+        let authn = authn_for(fixed, cfg, prev, &auth).await?;
+        let cache = cache_for(fixed, cfg, prev);
         // What depends on Redis is rebuilt: the key budgets' shared side here, the cache bus
         // once the new set serves (`CacheBus::configure`, by the caller).
-        let ratelimits = match cur {
+        let ratelimits = match prev {
             Some(c) if c.config.ratelimit == cfg.ratelimit && c.config.redis == cfg.redis => {
                 c.ratelimits.clone()
             }
-            _ => RateLimits::new(&cfg.ratelimit, &cfg.redis, cur.map(|c| &c.ratelimits))?,
+            _ => RateLimits::new(&cfg.ratelimit, &cfg.redis, prev.map(|c| &c.ratelimits))?,
         };
-        let changed = prev.map_or_else(Vec::new, |(p, auth_changed)| {
+        let changed = prev.map_or_else(Vec::new, |p| {
             let o = &p.config;
             [
-                ("auth", auth_changed),
+                ("auth", p.auth != auth),
                 ("policy", o.policy != cfg.policy),
                 ("cors", o.cors != cfg.cors),
                 ("redis", o.redis != cfg.redis),
@@ -91,21 +93,20 @@ impl Live {
                 &cfg.upstream.retries,
                 cfg.ratelimit.max_wait,
                 ratelimits.clone(),
-                cur.map(|c| &*c.retries),
+                prev.map(|c| &*c.retries),
             ),
             ratelimits,
             cors: crate::cors::Cors::new(&cfg.cors),
         };
         let service = stack::build(fixed, &parts);
         let config = cfg.clone();
-        Ok((
-            Live {
-                parts,
-                service,
-                config,
-            },
-            changed,
-        ))
+        let live = Live {
+            parts,
+            service,
+            config,
+            auth,
+        };
+        Ok((live, changed))
     }
 }
 
@@ -114,13 +115,14 @@ impl Live {
 async fn authn_for(
     fixed: &Fixed,
     cfg: &Config,
-    prev: Option<(&Live, bool)>,
+    prev: Option<&Live>,
+    auth: &[u8],
 ) -> Result<Arc<Authenticator>, ConfigError> {
-    if let Some((live, false)) = prev {
+    if let Some(live) = prev.filter(|p| p.auth == auth) {
         return Ok(live.authn.clone());
     }
     // Counters carried on from the serving verifier; PEM files read off the async threads.
-    let before = prev.map(|(live, _)| live.authn.clone());
+    let before = prev.map(|live| live.authn.clone());
     let (auth, http) = (cfg.auth.clone(), fixed.http.clone());
     let authn =
         tokio::task::spawn_blocking(move || Authenticator::new(&auth, http, before.as_deref()))

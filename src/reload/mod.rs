@@ -48,41 +48,27 @@ pub struct Reloaded {
     pub restart_needed: Vec<&'static str>,
 }
 
-/// What a reload compares against besides the serving set's own config (the reference for
-/// reloadable sections).
-struct Configs {
-    /// What the process started with: the reference for restart-only sections.
-    started: Config,
-    /// Digest of what the current token verifier was built from (section, secret, key files'
-    /// bytes as read then): a key file rotated in place differs from it.
-    auth: Vec<u8>,
-}
-
 /// Reloads the key store and the config, and records the outcomes; shared by every trigger.
 pub struct Reloader {
     live: Shared,
     /// The parts a reload keeps (the key store among them, reloaded in place).
     pub fixed: Fixed,
-    // Also serialises reloads: two triggers at once would otherwise race to swap.
-    configs: Mutex<Option<Configs>>,
+    /// The config the process started with, when it came from a file: the reference for
+    /// restart-only sections. The lock also serialises reloads: two triggers at once would
+    /// otherwise race to swap.
+    started: Mutex<Option<Config>>,
     metrics: ReloadMetrics,
 }
 
 impl Reloader {
-    /// A reloader for the key store and, when the config came from a file, for the config
-    /// too: `auth` is then the [`config::auth_identity`] taken before its verifier was built.
-    pub fn new(
-        live: Shared,
-        fixed: Fixed,
-        auth: Option<Vec<u8>>,
-        metrics: ReloadMetrics,
-    ) -> Arc<Reloader> {
+    /// A reloader for the key store and, when the config came from a file, for the config too.
+    pub fn new(live: Shared, fixed: Fixed, metrics: ReloadMetrics) -> Arc<Reloader> {
         metrics.set_users(fixed.credentials.current().len());
-        let started = live.load().config.clone();
+        let started = Some(live.load().config.clone()).filter(|c| c.source.is_some());
         Arc::new(Reloader {
             live,
             fixed,
-            configs: Mutex::new(auth.map(|auth| Configs { started, auth })),
+            started: Mutex::new(started),
             metrics,
         })
     }
@@ -128,11 +114,11 @@ impl Reloader {
     /// Re-reads the config file and swaps in what changed; a no-op when the config did not
     /// come from a file.
     pub async fn reload_config(&self, trigger: ReloadTrigger) -> Result<Reloaded, ReloadError> {
-        let mut guard = self.configs.lock().await;
-        let Some(configs) = guard.as_mut() else {
+        let guard = self.started.lock().await;
+        let Some(started) = guard.as_ref() else {
             return Ok(Reloaded::default());
         };
-        let result = self.apply(configs).await;
+        let result = self.apply(started).await;
         match &result {
             Ok(r) => {
                 tracing::info!(
@@ -155,7 +141,7 @@ impl Reloader {
         result.map_err(ReloadError::from)
     }
 
-    async fn apply(&self, configs: &mut Configs) -> Result<Reloaded, ConfigError> {
+    async fn apply(&self, started: &Config) -> Result<Reloaded, ConfigError> {
         let current = self.live.load_full();
         let Some(source) = current.config.source.clone() else {
             return Ok(Reloaded::default());
@@ -169,13 +155,11 @@ impl Reloader {
         .await
         .map_err(|_| ConfigError::new("(reload)", "the reload task failed", "try again"))??;
         new.warn_deprecated();
-        let restart_needed = config::restart_needed(&configs.started, &new);
-        let prev = (&*current, auth != configs.auth);
-        let (applied, changed) = Live::build(&self.fixed, &new, Some(prev)).await?;
+        let restart_needed = config::restart_needed(started, &new);
+        let (applied, changed) = Live::build(&self.fixed, &new, auth, Some(&current)).await?;
         self.live.store(Arc::new(applied));
         // Only now that the new set serves: a changed [redis] moves the bus to it.
         self.fixed.bus.configure(&new.redis);
-        configs.auth = auth;
         Ok(Reloaded {
             users: None,
             changed,
