@@ -16,7 +16,7 @@ use crate::policy::Policy;
 use crate::ratelimit::RateLimits;
 use crate::rescue::Rescue;
 use crate::retry::Retries;
-use crate::step::{CheckLayer, WrapLayer};
+use crate::step::WrapLayer;
 use crate::telemetry::{Telemetry, TraceLayer};
 use crate::upstream::client::HttpClient;
 use crate::upstream::forward::{self, Upstream};
@@ -134,9 +134,9 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
         // Who is calling (401).
         .layer(WrapLayer(Some(p.authn.clone())))
         // What they may do (403 forbidden): before any key is looked up or anything is sent.
-        .layer(CheckLayer(p.policy.clone()))
+        .layer(WrapLayer(p.policy.clone()))
         // Which Cliniko key they use (403 no_credential).
-        .layer(CheckLayer(f.credentials.clone()))
+        .layer(WrapLayer(f.credentials.clone()))
         // A hit answers here: after auth (so 401/403 never touch it), before rate limits (so
         // a hit spends no Cliniko quota). Keyed by the credential, so keys never share.
         .layer(WrapLayer(p.cache.clone()))

@@ -1,6 +1,6 @@
 //! The shapes the journey's own steps take, so each step is only its logic:
-//! - [`Check`] behind a [`CheckLayer`] (policy, credentials): decided at once, annotate the
-//!   request or refuse it;
+//! - [`Check`], as an `Arc` behind a [`WrapLayer`] (policy, credentials): decided at once,
+//!   annotate the request or refuse it;
 //! - [`Step`], as an `Option` behind a [`WrapLayer`] (token verification, cache, rate limits):
 //!   asynchronous and stateful, and passed over entirely when the feature is switched off;
 //! - [`Wrap`] (context, access log, audit, server span, guard): a layer that is one function
@@ -61,34 +61,11 @@ pub trait Check: Send + Sync + 'static {
     fn check(&self, req: &mut Request<Body>) -> Result<(), GatewayError>;
 }
 
-/// Installs a [`Check`]. Not a [`Step`]: a check needs no future of its own, so it calls the
-/// rest of the stack in place. As a `Step` each check cloned the whole rest of the stack and
-/// boxed a future per request, about 5,700 instructions each (`benches/callgrind.sh hit`).
-pub struct CheckLayer<T>(pub Arc<T>);
-
-impl<T> Clone for CheckLayer<T> {
-    fn clone(&self) -> Self {
-        CheckLayer(self.0.clone()) // no `T: Clone` bound, as a derive would add
-    }
-}
-
-impl<S, T> tower::Layer<S> for CheckLayer<T> {
-    type Service = Checked<S, T>;
-    fn layer(&self, inner: S) -> Checked<S, T> {
-        Checked(inner, self.0.clone())
-    }
-}
-
-/// The service a [`CheckLayer`] installs: the rest of the stack and the check.
-pub struct Checked<S, T>(S, Arc<T>);
-
-impl<S: Clone, T> Clone for Checked<S, T> {
-    fn clone(&self) -> Self {
-        Checked(self.0.clone(), self.1.clone())
-    }
-}
-
-impl<S: Inner<GatewayError>, T: Check> Service<Request<Body>> for Checked<S, T> {
+/// A [`Check`] installed with a [`WrapLayer`] (as an `Arc`). Not a [`Step`]: a check needs no
+/// future of its own, so it calls the rest of the stack in place. As a `Step` each check cloned
+/// the whole rest of the stack and boxed a future per request, about 5,700 instructions each
+/// (`benches/callgrind.sh hit`).
+impl<S: Inner<GatewayError>, T: Check> Service<Request<Body>> for Wrapped<S, Arc<T>> {
     type Response = Response<Body>;
     type Error = GatewayError;
     type Future = futures_util::future::Either<
@@ -97,13 +74,13 @@ impl<S: Inner<GatewayError>, T: Check> Service<Request<Body>> for Checked<S, T> 
     >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         use futures_util::future::Either;
-        match self.1.check(&mut req) {
-            Ok(()) => Either::Left(self.0.call(req)),
+        match self.wrap.check(&mut req) {
+            Ok(()) => Either::Left(self.inner.call(req)),
             Err(e) => Either::Right(std::future::ready(Err(e))),
         }
     }
@@ -136,7 +113,8 @@ pub trait Wrap: Clone + Send + Sync + 'static {
         S: Inner<Self::Error> + Clone + Send + 'static;
 }
 
-/// Installs a [`Wrap`] layer: its state is cloned into each [`Wrapped`] service.
+/// Installs a [`Wrap`] layer, an optional [`Step`] or a [`Check`]: its state is cloned into
+/// each [`Wrapped`] service.
 #[derive(Clone)]
 pub struct WrapLayer<T>(pub T);
 
@@ -147,7 +125,7 @@ impl<S, T: Clone> tower::Layer<S> for WrapLayer<T> {
     }
 }
 
-/// The service a [`Wrap`] layer installs.
+/// The service a [`WrapLayer`] installs: the rest of the stack and the layer's state.
 #[derive(Clone)]
 pub struct Wrapped<S, T> {
     inner: S,
