@@ -121,7 +121,10 @@ pub struct WrapLayer<T>(pub T);
 impl<S, T: Clone> tower::Layer<S> for WrapLayer<T> {
     type Service = Wrapped<S, T>;
     fn layer(&self, inner: S) -> Wrapped<S, T> {
-        Wrapped::new(inner, self.0.clone())
+        Wrapped {
+            inner,
+            wrap: self.0.clone(),
+        }
     }
 }
 
@@ -130,13 +133,6 @@ impl<S, T: Clone> tower::Layer<S> for WrapLayer<T> {
 pub struct Wrapped<S, T> {
     inner: S,
     wrap: T,
-}
-
-impl<S, T> Wrapped<S, T> {
-    /// `wrap` around `inner`.
-    pub fn new(inner: S, wrap: T) -> Self {
-        Wrapped { inner, wrap }
-    }
 }
 
 impl<S, T> Service<Request<Body>> for Wrapped<S, T>

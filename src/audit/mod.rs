@@ -174,7 +174,8 @@ mod tests {
             .finish();
         let _guard = tracing::subscriber::set_default(sub);
         let slot = Arc::new(Mutex::new(Some(resp)));
-        let svc = crate::step::Wrapped::new(
+        let svc = tower::Layer::layer(
+            &crate::step::WrapLayer(AuditLayer),
             tower::service_fn(move |req: Request<Body>| {
                 // What the auth layer and the rescue record.
                 let claims = serde_json::json!({"azp": "billing-app", "client_id": "x"});
@@ -189,7 +190,6 @@ mod tests {
                 let r = slot.lock().unwrap().take().unwrap();
                 async move { Ok::<_, Infallible>(r) }
             }),
-            AuditLayer,
         );
         let _ = svc.oneshot(req).await;
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
