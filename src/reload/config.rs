@@ -37,11 +37,9 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
 /// copy of the secret is kept to compare against.
 pub fn auth_identity(c: &Config) -> Vec<u8> {
     let mut d = digest::Context::new(&digest::SHA256);
-    d.update(
-        toml::to_string(&c.auth)
-            .unwrap_or_else(|_| String::from("?"))
-            .as_bytes(),
-    );
+    // Debug shows every field (the secret only redacted: it is added below), and cannot fail
+    // the way a serialisation could (which would make every auth section look alike).
+    d.update(format!("{:?}", c.auth).as_bytes());
     if let Some(s) = &c.auth.hmac_secret {
         d.update(b"\0hmac\0");
         d.update(s.expose_secret());
