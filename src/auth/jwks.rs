@@ -5,6 +5,7 @@
 //! `unknown_kid_ttl`, so a flood of bogus kids cannot hammer the IdP), and every JWKS token
 //! before the first successful fetch (`KeysUnavailable`). A failed refresh keeps the last good set.
 
+use super::keys::KeyEntry;
 use crate::body::Body;
 use crate::config::JwksConfig;
 use crate::error::AuthError;
@@ -14,7 +15,6 @@ use http_body_util::{BodyExt, Limited};
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -28,32 +28,8 @@ const MAX_UNKNOWN_KIDS: u64 = 10_000;
 /// Longer kids are refused outright rather than remembered.
 const MAX_KID: usize = 256;
 
-/// A key from the set with the algorithms it may verify.
-pub(crate) struct JwksKey {
-    /// The key material.
-    pub key: DecodingKey,
-    /// `jwks.algorithms` ∩ the key's family ∩ the JWK's own `alg`, if any.
-    pub algs: Vec<Algorithm>,
-}
-
-/// One fetched key set.
-#[derive(Default)]
-pub(crate) struct KeySet {
-    by_kid: HashMap<String, Arc<JwksKey>>,
-    all: Vec<Arc<JwksKey>>,
-}
-
-impl KeySet {
-    /// The key named `kid`.
-    pub fn get(&self, kid: &str) -> Option<Arc<JwksKey>> {
-        self.by_kid.get(kid).cloned()
-    }
-
-    /// Every key that may verify `alg` (for tokens without a `kid`).
-    pub fn for_alg(&self, alg: Algorithm) -> impl Iterator<Item = &Arc<JwksKey>> {
-        self.all.iter().filter(move |k| k.algs.contains(&alg))
-    }
-}
+/// One fetched key set: at most [`MAX_KEYS`], so a `kid` is found by a scan.
+pub(crate) type KeySet = Vec<KeyEntry>;
 
 /// The JWKS source.
 pub(crate) struct Jwks {
@@ -127,19 +103,22 @@ impl Jwks {
             .min(self.cfg.refresh_interval)
     }
 
-    /// The key for `kid`, refetching the set once if it is unknown.
-    pub async fn lookup(&self, kid: &str) -> Result<Arc<JwksKey>, AuthError> {
+    /// The set, once it has the key named `kid`: refetched once if it has not.
+    pub async fn lookup(&self, kid: &str) -> Result<Arc<KeySet>, AuthError> {
         const UNKNOWN: AuthError = AuthError::Invalid("unknown key id");
-        if let Some(k) = self.current()?.get(kid) {
-            return Ok(k);
+        let names_kid = |set: &KeySet| set.iter().any(|k| k.kid.as_deref() == Some(kid));
+        let set = self.current()?;
+        if names_kid(&set) {
+            return Ok(set);
         }
         if kid.len() > MAX_KID || self.unknown.contains_key(kid) {
             return Err(UNKNOWN);
         }
         let seen = self.generation.load(Ordering::SeqCst);
         self.refetch_after(seen).await;
-        if let Some(k) = self.current()?.get(kid) {
-            return Ok(k);
+        let set = self.current()?;
+        if names_kid(&set) {
+            return Ok(set);
         }
         // Remember the kid only when the set is known to be newer than the request: if the
         // refetch was rate-limited or failed, a just-rotated kid must not be locked out.
@@ -171,7 +150,7 @@ impl Jwks {
         let result = self.fetch_once().await;
         let ok = match result {
             Ok(set) => {
-                tracing::debug!(url = %self.cfg.url, keys = set.all.len(), "JWKS fetched");
+                tracing::debug!(url = %self.cfg.url, keys = set.len(), "JWKS fetched");
                 // Store before bumping the generation so waiters that see it also see the set.
                 self.set.store(Some(Arc::new(set)));
                 self.counts.ok.fetch_add(1, Ordering::SeqCst);
@@ -233,9 +212,9 @@ struct RawSet {
 fn parse(body: &[u8], allowed: &[Algorithm]) -> Result<KeySet, FetchError> {
     let raw: RawSet =
         serde_json::from_slice(body).map_err(|_| FetchError("not a JWK set".into()))?;
-    let mut set = KeySet::default();
+    let mut set = KeySet::new();
     for (index, value) in raw.keys.into_iter().enumerate() {
-        if set.all.len() >= MAX_KEYS {
+        if set.len() >= MAX_KEYS {
             tracing::warn!(kept = MAX_KEYS, "JWKS has too many keys; ignoring the rest");
             break;
         }
@@ -244,28 +223,25 @@ fn parse(body: &[u8], allowed: &[Algorithm]) -> Result<KeySet, FetchError> {
             continue;
         };
         let key = match usable(&jwk, allowed) {
-            Ok(k) => Arc::new(k),
+            Ok(k) => k,
             Err(reason) => {
                 tracing::warn!(index, reason, "skipping JWK");
                 continue;
             }
         };
-        if let Some(kid) = &jwk.common.key_id {
-            if set.by_kid.contains_key(kid) {
-                tracing::warn!(index, "skipping JWK: duplicate kid");
-                continue;
-            }
-            set.by_kid.insert(kid.clone(), key.clone());
+        if key.kid.is_some() && set.iter().any(|k| k.kid == key.kid) {
+            tracing::warn!(index, "skipping JWK: duplicate kid");
+            continue;
         }
-        set.all.push(key);
+        set.push(key);
     }
-    if set.all.is_empty() {
+    if set.is_empty() {
         return Err(FetchError("the set has no usable key".into()));
     }
     Ok(set)
 }
 
-fn usable(jwk: &Jwk, allowed: &[Algorithm]) -> Result<JwksKey, &'static str> {
+fn usable(jwk: &Jwk, allowed: &[Algorithm]) -> Result<KeyEntry, &'static str> {
     if matches!(
         jwk.common.public_key_use,
         Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))
@@ -288,7 +264,11 @@ fn usable(jwk: &Jwk, allowed: &[Algorithm]) -> Result<JwksKey, &'static str> {
     if algs.is_empty() {
         return Err("its algorithm is not in auth.jwks.algorithms");
     }
-    Ok(JwksKey { key, algs })
+    Ok(KeyEntry {
+        key,
+        algs,
+        kid: jwk.common.key_id.clone(),
+    })
 }
 
 #[cfg(test)]

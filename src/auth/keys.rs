@@ -7,15 +7,18 @@ use crate::config::{AuthConfig, ConfigError};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use secrecy::ExposeSecret;
 
-/// One verification key bound to the algorithms it may be used with.
+/// One verification key bound to the algorithms it may be used with (a static key, or one
+/// from the JWKS).
 ///
 /// No `Debug`: an HMAC `DecodingKey` holds the secret bytes.
 pub(crate) struct KeyEntry {
     /// The key material.
     pub key: DecodingKey,
-    /// Allowed algorithms; all share the key's family.
+    /// Allowed algorithms; all share the key's family (for a JWKS key: `jwks.algorithms` ∩
+    /// the key's family ∩ the JWK's own `alg`, if any).
     pub algs: Vec<Algorithm>,
-    /// When set, only tokens naming this `kid` may use the key.
+    /// A PEM key with a `kid` is only for tokens naming it; a JWKS key's `kid` is how tokens
+    /// naming one find it (tokens naming none try every key of the set).
     pub kid: Option<String>,
 }
 

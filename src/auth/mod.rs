@@ -19,7 +19,7 @@ mod verify;
 use crate::config::{AuthConfig, ConfigError};
 use crate::error::AuthError;
 use crate::upstream::HttpClient;
-use jsonwebtoken::{AlgorithmFamily, Header, decode_header};
+use jsonwebtoken::{Algorithm, Header, decode_header};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -34,6 +34,9 @@ pub fn app_of(claims: &Map<String, Value>) -> Option<String> {
         .filter(|s| !s.is_empty())
         .map(|a| crate::context::plain(a).to_string())
 }
+
+/// A token whose algorithm no key that could check it allows.
+const NOT_ALLOWED: AuthError = AuthError::Invalid("algorithm not allowed for this key");
 
 /// Longest token accepted; larger ones are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -190,52 +193,34 @@ impl Authenticator {
         token: &str,
         header: &Header,
     ) -> Result<verify::Claims, AuthError> {
-        const NOT_ALLOWED: AuthError = AuthError::Invalid("algorithm not allowed for this key");
         let alg = header.alg;
         let kid = header.kid.as_deref();
-        let attempt = |key: &jsonwebtoken::DecodingKey| {
-            (self.rules.check(token, alg, key)).map_err(|e| verify::map_error(&e))
-        };
-
-        // The family decides which keys are even considered: an HS* token never meets the
-        // bytes of a public key, and an RS*/ES* token never meets the HMAC secret.
-        if alg.family() == AlgorithmFamily::Hmac {
-            return match &self.keys.hmac {
-                Some(k) if k.algs.contains(&alg) => attempt(&k.key),
-                _ => Err(NOT_ALLOWED),
-            };
-        }
-
         let mut last: Option<AuthError> = None;
-        let mut allowed_somewhere = false;
-        for k in self.keys.pem.iter().filter(|k| k.algs.contains(&alg)) {
-            allowed_somewhere = true;
-            // A key bound to a `kid` is only for tokens naming it.
-            if k.kid.as_deref().is_some_and(|mine| kid != Some(mine)) {
-                continue;
-            }
-            match attempt(&k.key) {
-                Ok(c) => return Ok(c),
-                Err(e) if e == verify::BAD_SIGNATURE => last = Some(e),
-                Err(e) => return Err(e),
-            }
+
+        // Each key's allowlist is of the key's own family (config refuses anything else), so
+        // an HS* token never meets the bytes of a public key, and an RS*/ES* token never meets
+        // the HMAC secret.
+        let statics =
+            (self.keys.hmac.iter().chain(&self.keys.pem)).filter(|k| k.algs.contains(&alg));
+        let mut allowed_somewhere = statics.clone().next().is_some();
+        // A key bound to a `kid` is only for tokens naming it.
+        let statics = statics.filter(|k| k.kid.as_deref().is_none_or(|mine| kid == Some(mine)));
+        if let Some(done) = self.first_verifying(token, alg, statics, &mut last) {
+            return done;
         }
 
         if let Some(jwks) = self.jwks.as_ref().filter(|j| j.allows(alg)) {
-            let found = match kid {
-                Some(kid) => vec![jwks.lookup(kid).await?],
-                None => jwks.current()?.for_alg(alg).cloned().collect(),
+            // A token naming a `kid` meets only that key; one naming none, every key for `alg`.
+            let set = match kid {
+                Some(kid) => jwks.lookup(kid).await?,
+                None => jwks.current()?,
             };
-            for k in &found {
-                if !k.algs.contains(&alg) {
-                    last.get_or_insert(NOT_ALLOWED);
-                    continue;
-                }
-                match attempt(&k.key) {
-                    Ok(c) => return Ok(c),
-                    Err(e) if e == verify::BAD_SIGNATURE => last = Some(e),
-                    Err(e) => return Err(e),
-                }
+            let found = set.iter().filter(|k| match kid {
+                Some(kid) => k.kid.as_deref() == Some(kid),
+                None => k.algs.contains(&alg),
+            });
+            if let Some(done) = self.first_verifying(token, alg, found, &mut last) {
+                return done;
             }
             allowed_somewhere = true;
         }
@@ -245,6 +230,29 @@ impl Authenticator {
         } else {
             NOT_ALLOWED
         }))
+    }
+
+    /// The outcome of the first of `keys` that verifies the token or refuses it for a reason
+    /// another key would not change; `None` (with `last` the latest refusal) when every key's
+    /// signature check failed or a key does not allow `alg`.
+    fn first_verifying<'k>(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        keys: impl Iterator<Item = &'k keys::KeyEntry>,
+        last: &mut Option<AuthError>,
+    ) -> Option<Result<verify::Claims, AuthError>> {
+        for k in keys {
+            if !k.algs.contains(&alg) {
+                last.get_or_insert(NOT_ALLOWED);
+                continue;
+            }
+            match (self.rules.check(token, alg, &k.key)).map_err(|e| verify::map_error(&e)) {
+                Err(e) if e == verify::BAD_SIGNATURE => *last = Some(e),
+                done => return Some(done),
+            }
+        }
+        None
     }
 }
 
