@@ -1,9 +1,11 @@
 //! Verified-token cache: skips signature checks for tokens seen recently.
 //!
-//! Keyed by the SHA-256 of the token (the token itself is never stored), and each entry expires
-//! no later than the token's `exp`, capped at [`MAX_TTL`] so key rotation takes effect soon.
+//! Keyed by the SHA-256 of the token (the token itself is never stored), holding the token's
+//! verified [`User`]. Each entry expires no later than the token's `exp`, capped at
+//! [`MAX_TTL`] so key rotation takes effect soon.
 
 use super::User;
+use super::verify::exp_of;
 use moka::Expiry;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,15 +14,6 @@ pub(crate) const MAX_TTL: Duration = Duration::from_secs(300);
 
 /// SHA-256 of a token.
 pub(crate) type TokenHash = [u8; 32];
-
-/// A verified token's user and its `exp` (seconds since the epoch).
-#[derive(Clone)]
-pub(crate) struct Cached {
-    /// Who the token names.
-    pub user: User,
-    /// The token's `exp`.
-    pub exp: u64,
-}
 
 /// Hashes a token for use as a cache key.
 pub(crate) fn hash(token: &str) -> TokenHash {
@@ -48,10 +41,10 @@ pub(crate) fn ttl_for(exp: u64, now: Duration) -> Duration {
 pub(crate) struct UntilExp;
 
 // A token inserted again (two first requests at once) has the same `exp`: moka's default for
-// an update, keeping the entry's expiry, is right.
-impl Expiry<TokenHash, Cached> for UntilExp {
-    fn expire_after_create(&self, _: &TokenHash, v: &Cached, _: Instant) -> Option<Duration> {
-        Some(ttl_for(v.exp, now()))
+// an update, keeping the entry's expiry, is right. Only users with an `exp` are inserted.
+impl Expiry<TokenHash, User> for UntilExp {
+    fn expire_after_create(&self, _: &TokenHash, u: &User, _: Instant) -> Option<Duration> {
+        Some(ttl_for(exp_of(&u.claims).unwrap_or(0), now()))
     }
 }
 

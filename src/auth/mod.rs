@@ -67,7 +67,7 @@ pub struct Authenticator {
     keys: keys::StaticKeys,
     jwks: Option<Arc<jwks::Jwks>>,
     rules: verify::ClaimRules,
-    cache: moka::future::Cache<cache::TokenHash, cache::Cached>,
+    cache: moka::future::Cache<cache::TokenHash, User>,
     /// The JWKS refresher, stopped when the `Authenticator` is dropped.
     refresher: Mutex<Option<AbortOnDropHandle<()>>>,
     /// JWKS fetches and Cliniko keys refused (read by the metrics).
@@ -139,8 +139,11 @@ impl Authenticator {
         let key = cache::hash(token);
         if let Some(hit) = self.cache.get(&key).await {
             // The entry's TTL already ends at `exp`; re-check in case clocks or config disagree.
-            if cache::now().as_secs() <= hit.exp.saturating_add(self.rules.leeway) {
-                return Ok(hit.user);
+            let now = cache::now().as_secs();
+            if verify::exp_of(&hit.claims)
+                .is_some_and(|e| now <= e.saturating_add(self.rules.leeway))
+            {
+                return Ok(hit);
             }
             self.cache.invalidate(&key).await;
             return Err(AuthError::Expired);
@@ -154,15 +157,7 @@ impl Authenticator {
         if let Some(exp) = verify::exp_of(&user.claims)
             && !cache::ttl_for(exp, cache::now()).is_zero()
         {
-            self.cache
-                .insert(
-                    key,
-                    cache::Cached {
-                        user: user.clone(),
-                        exp,
-                    },
-                )
-                .await;
+            self.cache.insert(key, user.clone()).await;
         }
         Ok(user)
     }
