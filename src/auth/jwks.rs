@@ -42,8 +42,6 @@ pub(crate) struct Jwks {
     fetch: tokio::sync::Mutex<Option<Instant>>,
     /// Completed fetch attempts.
     generation: AtomicU64,
-    /// Value of `generation` after the last successful fetch.
-    good_generation: AtomicU64,
     unknown: moka::future::Cache<String, ()>,
     counts: Arc<AuthCounts>,
 }
@@ -72,7 +70,6 @@ impl Jwks {
             set: ArcSwapOption::empty(),
             fetch: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
-            good_generation: AtomicU64::new(0),
             unknown: moka::future::Cache::builder()
                 .max_capacity(MAX_UNKNOWN_KIDS)
                 .time_to_live(cfg.unknown_kid_ttl)
@@ -116,14 +113,14 @@ impl Jwks {
         }
         let seen = self.generation.load(Ordering::SeqCst);
         self.refetch_after(seen).await;
-        let set = self.current()?;
-        if names_kid(&set) {
-            return Ok(set);
+        let newer = self.current()?;
+        if names_kid(&newer) {
+            return Ok(newer);
         }
-        // Remember the kid only when the set is known to be newer than the request: if the
-        // refetch was rate-limited or failed, a just-rotated kid must not be locked out.
-        if self.good_generation.load(Ordering::SeqCst) > seen && !self.cfg.unknown_kid_ttl.is_zero()
-        {
+        // Remember the kid only when the set is known to be newer than the request (a good
+        // fetch stores a new set): if the refetch was rate-limited or failed, a just-rotated
+        // kid must not be locked out.
+        if !Arc::ptr_eq(&set, &newer) && !self.cfg.unknown_kid_ttl.is_zero() {
             self.unknown.insert(kid.to_owned(), ()).await;
         }
         Err(UNKNOWN)
@@ -147,8 +144,7 @@ impl Jwks {
 
     async fn fetch_locked(&self, last: &mut Option<Instant>) -> bool {
         *last = Some(Instant::now());
-        let result = self.fetch_once().await;
-        let ok = match result {
+        let ok = match self.fetch_once().await {
             Ok(set) => {
                 tracing::debug!(url = %self.cfg.url, keys = set.len(), "JWKS fetched");
                 // Store before bumping the generation so waiters that see it also see the set.
@@ -167,10 +163,7 @@ impl Jwks {
                 false
             }
         };
-        let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        if ok {
-            self.good_generation.store(g, Ordering::SeqCst);
-        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
         ok
     }
 
