@@ -41,6 +41,9 @@ const MAX_BODY: u64 = 4096;
 /// Largest `/v1/user` answer read.
 const MAX_USER_BYTES: usize = 64 * 1024;
 
+/// A `PUT` or `DELETE` answer, and what a `PUT` stored (for the audit record).
+type Answer = (Response<Body>, Option<AddOutcome>);
+
 /// What checks a key with Cliniko: the inner part of the journey (in-flight cap, rate
 /// limits, upstream), given a request carrying the candidate credential.
 pub type Verify = BoxCloneSyncService<Request<Body>, Response<Body>, GatewayError>;
@@ -97,32 +100,24 @@ impl EnrolRoutes {
             return Err(GatewayError::Forbidden { needed });
         }
         let creds = &self.enrol.credentials;
-        match *req.method() {
-            Method::GET | Method::HEAD => connected(creds, &user),
-            Method::PUT => {
-                let done = self.connect(req, &user).await;
-                audit(ctx.as_deref(), "connect", &done);
-                done.map(|(resp, _)| resp)
+        let (action, done) = match *req.method() {
+            Method::GET | Method::HEAD => return connected(creds, &user),
+            Method::PUT => ("connect", self.connect(req, &user).await),
+            Method::DELETE => ("disconnect", disconnect(creds, &user).await),
+            _ => {
+                return Err(refused(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "use GET, PUT or DELETE",
+                ));
             }
-            Method::DELETE => {
-                let done = disconnect(creds, &user).await.map(|r| (r, None));
-                audit(ctx.as_deref(), "disconnect", &done);
-                done.map(|(resp, _)| resp)
-            }
-            _ => Err(refused(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "use GET, PUT or DELETE",
-            )),
-        }
+        };
+        audit(ctx.as_deref(), action, &done);
+        done.map(|(resp, _)| resp)
     }
 
     /// `PUT`: read, check with Cliniko, store; the answer and what was stored.
-    async fn connect(
-        &self,
-        req: Request<Body>,
-        user: &User,
-    ) -> Result<(Response<Body>, Option<AddOutcome>), GatewayError> {
+    async fn connect(&self, req: Request<Body>, user: &User) -> Result<Answer, GatewayError> {
         let ctx = RequestContext::of(&req).cloned();
         let key = read_key(req.into_body()).await?;
         crate::credentials::check_api_key(&key).map_err(invalid_key)?;
@@ -171,11 +166,14 @@ fn connected(creds: &Credentials, user: &User) -> Result<Response<Body>, Gateway
 }
 
 /// `DELETE`: removes the caller's key; their next `/v1` request gets 403 `no_credential`.
-async fn disconnect(creds: &Credentials, user: &User) -> Result<Response<Body>, GatewayError> {
+async fn disconnect(creds: &Credentials, user: &User) -> Result<Answer, GatewayError> {
     if !creds.remove(&user.id).await.map_err(store_error)? {
         return Err(none());
     }
-    Ok(json_response(StatusCode::OK, &json!({"removed": true})))
+    Ok((
+        json_response(StatusCode::OK, &json!({"removed": true})),
+        None,
+    ))
 }
 
 /// The `{"key": "..."}` body, at most [`MAX_BODY`] bytes.
@@ -253,11 +251,7 @@ async fn cliniko_user(answer: Result<Response<Body>, GatewayError>) -> Result<Ow
 }
 
 /// One audit record per `PUT` or `DELETE`, refusals included; never the key.
-fn audit<T>(
-    ctx: Option<&RequestContext>,
-    action: &str,
-    done: &Result<(T, Option<AddOutcome>), GatewayError>,
-) {
+fn audit(ctx: Option<&RequestContext>, action: &str, done: &Result<Answer, GatewayError>) {
     let (status, code) = match done {
         Ok(_) => (200, None),
         Err(e) => (e.status().as_u16(), Some(e.code())),
