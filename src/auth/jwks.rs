@@ -112,7 +112,7 @@ impl Jwks {
             return Err(UNKNOWN);
         }
         let seen = self.generation.load(Ordering::SeqCst);
-        self.refetch_after(seen).await;
+        self.refresh(Some(seen)).await;
         let newer = self.current()?;
         if names_kid(&newer) {
             return Ok(newer);
@@ -126,23 +126,17 @@ impl Jwks {
         Err(UNKNOWN)
     }
 
-    /// Fetches unless a fetch completed since generation `seen` or one started too recently.
-    async fn refetch_after(&self, seen: u64) {
+    /// Fetches: now (background refresh and start-up, `seen` = `None`), or for a lookup
+    /// that saw generation `seen`, unless a fetch completed since or one started too
+    /// recently. True when this call fetched successfully.
+    pub async fn refresh(&self, seen: Option<u64>) -> bool {
         let mut last = self.fetch.lock().await;
-        let fetched_meanwhile = self.generation.load(Ordering::SeqCst) != seen;
-        let too_soon = last.is_some_and(|t| t.elapsed() < self.cfg.min_refetch_interval);
-        if !fetched_meanwhile && !too_soon {
-            self.fetch_locked(&mut last).await;
+        let fetched_meanwhile = seen.is_some_and(|g| self.generation.load(Ordering::SeqCst) != g);
+        let too_soon =
+            seen.is_some() && last.is_some_and(|t| t.elapsed() < self.cfg.min_refetch_interval);
+        if fetched_meanwhile || too_soon {
+            return false;
         }
-    }
-
-    /// Fetches now (background refresh and start-up); true on success.
-    pub async fn refresh(&self) -> bool {
-        let mut last = self.fetch.lock().await;
-        self.fetch_locked(&mut last).await
-    }
-
-    async fn fetch_locked(&self, last: &mut Option<Instant>) -> bool {
         *last = Some(Instant::now());
         let ok = match self.fetch_once().await {
             Ok(set) => {

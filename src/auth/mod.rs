@@ -108,7 +108,7 @@ impl Authenticator {
     /// keeps retrying. The refresher stops when the `Authenticator` is dropped.
     pub async fn start(self: &Arc<Self>) {
         let Some(jwks) = &self.jwks else { return };
-        let first_ok = jwks.refresh().await;
+        let first_ok = jwks.refresh(None).await;
         let handle = tokio::spawn(refresh_loop(Arc::downgrade(jwks), first_ok));
         // A refresher started before is stopped as it is replaced.
         *self
@@ -273,7 +273,7 @@ async fn refresh_loop(jwks: Weak<jwks::Jwks>, mut last_ok: bool) {
         };
         tokio::time::sleep(wait).await;
         let Some(j) = jwks.upgrade() else { return };
-        last_ok = j.refresh().await;
+        last_ok = j.refresh(None).await;
     }
 }
 
