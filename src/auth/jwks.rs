@@ -17,7 +17,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Largest JWKS document accepted.
 const MAX_BODY: usize = 1024 * 1024;
@@ -78,11 +78,6 @@ impl Jwks {
         }
     }
 
-    /// True when keys from this set may verify `alg` at all.
-    pub fn allows(&self, alg: Algorithm) -> bool {
-        self.cfg.algorithms.contains(&alg)
-    }
-
     /// True once a fetch has succeeded.
     pub fn ready(&self) -> bool {
         self.set.load().is_some()
@@ -91,13 +86,6 @@ impl Jwks {
     /// The current set, or `KeysUnavailable` before the first successful fetch.
     pub fn current(&self) -> Result<Arc<KeySet>, AuthError> {
         self.set.load_full().ok_or(AuthError::KeysUnavailable)
-    }
-
-    /// Delay before retrying after a failed background fetch.
-    pub fn retry_delay(&self) -> Duration {
-        (self.cfg.min_refetch_interval)
-            .max(Duration::from_secs(1))
-            .min(self.cfg.refresh_interval)
     }
 
     /// The set, once it has the key named `kid`: refetched once if it has not.

@@ -24,6 +24,7 @@ use serde_json::{Map, Value};
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 use tokio_util::task::AbortOnDropHandle;
 
 /// The calling app from verified claims (`azp`, else `client_id`), as logs and the audit record it.
@@ -204,7 +205,7 @@ impl Authenticator {
             return done;
         }
 
-        if let Some(jwks) = self.jwks.as_ref().filter(|j| j.allows(alg)) {
+        if let Some(jwks) = (self.jwks.as_ref()).filter(|j| j.cfg.algorithms.contains(&alg)) {
             // A token naming a `kid` meets only that key; one naming none, every key for `alg`.
             let set = match kid {
                 Some(kid) => jwks.lookup(kid).await?,
@@ -268,7 +269,10 @@ async fn refresh_loop(jwks: Weak<jwks::Jwks>, mut last_ok: bool) {
     loop {
         let wait = match jwks.upgrade() {
             Some(j) if last_ok => j.cfg.refresh_interval,
-            Some(j) => j.retry_delay(),
+            // After a failure: soon, but no sooner than a lookup may refetch.
+            Some(j) => (j.cfg.min_refetch_interval)
+                .max(Duration::from_secs(1))
+                .min(j.cfg.refresh_interval),
             None => return,
         };
         tokio::time::sleep(wait).await;
