@@ -153,10 +153,9 @@ fn tokens(c: &mut Criterion) {
     let cfg = config();
     let http = cliniko_gateway::upstream::client::build(&cfg.upstream, Default::default()).unwrap();
     let secret = cfg.auth.hmac_secret.clone().unwrap();
-    let secret = secrecy::SecretSlice::from(secrecy::ExposeSecret::expose_secret(&secret).to_vec());
-    let token = cliniko_gateway::auth::mint::mint_hs(
-        &secret,
-        jsonwebtoken::Algorithm::HS256,
+    let token = cliniko_gateway::auth::mint::mint(
+        &jsonwebtoken::EncodingKey::from_secret(secrecy::ExposeSecret::expose_secret(&secret)),
+        jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         "alice",
         std::time::Duration::from_secs(3600),
         serde_json::Map::new(),

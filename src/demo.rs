@@ -4,12 +4,12 @@
 //! throwaway key store, master key and HMAC secret in a temp dir, mints a token for a demo
 //! user, prints curl lines, and runs until Ctrl-C.
 
-use crate::auth::mint::mint_hs;
+use crate::auth::mint::mint;
 use crate::config::{Env, LogFormat, load_str};
 use crate::credentials::{self, ApiKey};
 use crate::gateway::Gateway;
 use crate::sandbox::{Account, Sandbox, SandboxOptions};
-use secrecy::SecretSlice;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -106,10 +106,9 @@ paths = ["/v1"]
     (credentials::Backend::file(cfg.keystore.path.clone(), master))
         .add(demo)
         .await?;
-    let secret = SecretSlice::from(hmac.into_bytes());
-    let token = mint_hs(
-        &secret,
-        jsonwebtoken::Algorithm::HS256,
+    let token = mint(
+        &EncodingKey::from_secret(hmac.as_bytes()),
+        Header::new(Algorithm::HS256),
         DEMO_USER,
         Duration::from_secs(3600),
         serde_json::Map::new(),

@@ -2,20 +2,7 @@
 //! request path.
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use secrecy::{ExposeSecret, SecretSlice};
 use std::time::Duration;
-
-/// Signs `claims` (plus `sub`, `iat`, `exp` = now + `ttl`) with the HMAC secret.
-pub fn mint_hs(
-    secret: &SecretSlice<u8>,
-    alg: Algorithm,
-    sub: &str,
-    ttl: Duration,
-    claims: serde_json::Map<String, serde_json::Value>,
-) -> Result<String, jsonwebtoken::errors::Error> {
-    let key = EncodingKey::from_secret(secret.expose_secret());
-    mint(&key, Header::new(alg), sub, ttl, claims)
-}
 
 /// Reads a PEM private key for `alg` (RS*/PS*, ES*, EdDSA).
 pub fn signing_key(pem: &[u8], alg: Algorithm) -> Result<EncodingKey, jsonwebtoken::errors::Error> {

@@ -15,7 +15,7 @@ use tokio::process::Command;
 const POLICY: &str = "[policy]\nclaims = [\"scope\"]\n[policy.grants.read]\nmethods = [\"GET\", \"HEAD\"]\npaths = [\"/v1\"]\n[policy.grants.write]\nmethods = [\"POST\", \"PATCH\"]\npaths = [\"/v1/patients\"]\n";
 
 fn scoped(sub: &str, scope: &str) -> String {
-    cliniko_gateway::auth::mint::mint_hs(
+    mint_hs(
         &secrecy::SecretSlice::from(HMAC.as_bytes().to_vec()),
         jsonwebtoken::Algorithm::HS256,
         sub,
@@ -66,7 +66,7 @@ async fn nothing_secret_appears_in_trace_logs_bodies_or_headers() {
     let writer = scoped("alice", "read write");
     let forbidden = scoped("bob", "openid");
     let unknown = scoped("mallory", "read");
-    let expired = cliniko_gateway::auth::mint::mint_hs(
+    let expired = mint_hs(
         &secrecy::SecretSlice::from(HMAC.as_bytes().to_vec()),
         jsonwebtoken::Algorithm::HS256,
         "alice",
@@ -74,7 +74,7 @@ async fn nothing_secret_appears_in_trace_logs_bodies_or_headers() {
         serde_json::Map::new(),
     )
     .unwrap();
-    let wrong_secret = cliniko_gateway::auth::mint::mint_hs(
+    let wrong_secret = mint_hs(
         &secrecy::SecretSlice::from(b"another-secret-that-is-long-enough-0123456789".to_vec()),
         jsonwebtoken::Algorithm::HS256,
         "alice",

@@ -4,7 +4,6 @@
 
 use crate::support::*;
 use bytes::Bytes;
-use cliniko_gateway::auth::mint::mint_hs;
 use http::Method;
 use secrecy::SecretSlice;
 use serde_json::{Value, json};

@@ -8,11 +8,10 @@
 //! `wait_for_requests` and `RateLimits::wait_for_pauses`, never with sleeps.
 
 use crate::support::{
-    HMAC, KEY_ALICE, KEY_DAVE, MASTER, RedisServer, account, add_key, plain_client, token,
+    HMAC, KEY_ALICE, KEY_DAVE, MASTER, RedisServer, account, add_key, mint_hs, plain_client, token,
 };
 use bytes::Bytes;
 use cliniko_gateway::Gateway;
-use cliniko_gateway::auth::mint::mint_hs;
 use cliniko_gateway::config::{Env, load_str};
 use cliniko_gateway::credentials::ApiKey;
 use cliniko_gateway::ratelimit::RateLimits;

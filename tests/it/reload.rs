@@ -3,7 +3,7 @@
 
 use crate::support::*;
 use bytes::Bytes;
-use cliniko_gateway::auth::mint::{mint, mint_hs};
+use cliniko_gateway::auth::mint::mint;
 use cliniko_gateway::reload::ReloadError;
 use cliniko_gateway::sandbox::{Fault, SigningKeyPair, ec_keypair, seeded_patient_id};
 use http::Method;

@@ -7,8 +7,7 @@
 //! second is a schedule that spreads load, it synchronises nothing.
 
 use crate::ratelimit::{Rig, default_users};
-use crate::support::{HMAC, RedisServer};
-use cliniko_gateway::auth::mint::mint_hs;
+use crate::support::{HMAC, RedisServer, mint_hs};
 use http::{Method, StatusCode};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

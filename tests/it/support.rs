@@ -3,7 +3,6 @@
 
 use bytes::Bytes;
 use cliniko_gateway::Gateway;
-use cliniko_gateway::auth::mint::mint_hs;
 use cliniko_gateway::config::{Env, load};
 use cliniko_gateway::credentials::{self, ApiKey};
 use cliniko_gateway::sandbox::{Account, Sandbox, SandboxOptions, TestPki};
@@ -11,7 +10,7 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
-use secrecy::SecretSlice;
+use secrecy::{ExposeSecret, SecretSlice};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -347,6 +346,18 @@ format = "text"
             })
             .sum()
     }
+}
+
+/// Signs `claims` (plus `sub`, `iat`, `exp` = now + `ttl`) with the HMAC secret.
+pub fn mint_hs(
+    secret: &SecretSlice<u8>,
+    alg: jsonwebtoken::Algorithm,
+    sub: &str,
+    ttl: Duration,
+    claims: serde_json::Map<String, serde_json::Value>,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.expose_secret());
+    cliniko_gateway::auth::mint::mint(&key, jsonwebtoken::Header::new(alg), sub, ttl, claims)
 }
 
 /// A valid HS256 token for `sub` signed with [`HMAC`], valid for an hour.

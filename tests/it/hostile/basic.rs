@@ -43,7 +43,7 @@ async fn the_jwt_as_basic_username_is_served_like_bearer() {
     let again = h.get_as("carol", "/v1/patients?per_page=1").await;
     assert_eq!(again.headers["x-cache"], "HIT");
     // A forged JWT is refused in this form as in the other.
-    let forged = cliniko_gateway::auth::mint::mint_hs(
+    let forged = mint_hs(
         &secrecy::SecretSlice::from(b"another-secret-that-is-long-enough-0123456789".to_vec()),
         jsonwebtoken::Algorithm::HS256,
         "carol",
