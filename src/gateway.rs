@@ -296,13 +296,6 @@ async fn fixed_parts(
         max_body: cfg.server.max_body_bytes,
         authority,
     });
-    let enrol = cfg.enrol.enabled.then(|| {
-        Arc::new(crate::enrol::Enrol {
-            credentials: credentials.clone(),
-            grant: cfg.enrol.grant.clone(),
-            limits: limits.clone(),
-        })
-    });
     Ok(Fixed {
         credentials,
         inflight: crate::inflight::InFlight::new(cfg.upstream.max_in_flight_per_user),
@@ -310,7 +303,7 @@ async fn fixed_parts(
         draining,
         context: crate::context::ContextLayer::new(&cfg.server.trusted_proxies),
         limits,
-        enrol,
+        enrol_grant: cfg.enrol.enabled.then(|| cfg.enrol.grant.clone()),
         metrics: Some(Arc::new(metrics.http.clone())),
         http,
         telemetry,

@@ -9,7 +9,7 @@ use crate::cache::Cache;
 use crate::context::ContextLayer;
 use crate::cors::Cors;
 use crate::credentials::Credentials;
-use crate::enrol::{Enrol, EnrolRoutes};
+use crate::enrol::EnrolRoutes;
 use crate::guard::GuardLayer;
 use crate::inflight::InFlight;
 use crate::policy::Policy;
@@ -54,8 +54,9 @@ pub struct Fixed {
     pub cache_stats: Arc<crate::cache::CacheStats>,
     /// Compressed answers for callers that ask (`None`: off).
     pub compression: Option<Arc<crate::compression::Compress>>,
-    /// Self-service key enrolment (`None`: off, and its routes are 404s like any non-/v1 path).
-    pub enrol: Option<Arc<Enrol>>,
+    /// The claim value that allows a caller to enrol its own key (`enrol.grant`; `None`:
+    /// self-service enrolment is off, and its routes are 404s like any non-/v1 path).
+    pub enrol_grant: Option<String>,
 }
 
 /// The parts a config reload may replace.
@@ -117,9 +118,11 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
         // Enrolment's own routes (src/enrol/ owns them) branch off before the guard, whose
         // rules are for the proxied /v1, and check keys with Cliniko through the same in-flight
         // cap, rate limits and upstream as below. Absent when off.
-        .layer(WrapLayer(f.enrol.clone().map(|enrol| {
+        .layer(WrapLayer(f.enrol_grant.clone().map(|grant| {
             Arc::new(EnrolRoutes {
-                enrol,
+                grant,
+                credentials: f.credentials.clone(),
+                limits: f.limits.clone(),
                 authn: p.authn.clone(),
                 policy: p.policy.clone(),
                 verify: verify(f, p),

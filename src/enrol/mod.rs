@@ -48,21 +48,15 @@ type Answer = (Response<Body>, Option<AddOutcome>);
 /// limits, upstream), given a request carrying the candidate credential.
 pub type Verify = BoxCloneSyncService<Request<Body>, Response<Body>, GatewayError>;
 
-/// The parts that live as long as the process.
-pub struct Enrol {
-    /// The key store enrolment writes to.
-    pub credentials: Arc<Credentials>,
-    /// The claim value that allows a caller to enrol (`enrol.grant`).
-    pub grant: String,
-    /// The message limits the routes apply.
-    pub limits: Arc<Limits>,
-}
-
 /// Branches enrolment's routes off the journey (a [`Step`](crate::step::Step)); built with
 /// each stack, since it verifies tokens with the serving authenticator and policy.
 pub struct EnrolRoutes {
-    /// The process-wide parts.
-    pub enrol: Arc<Enrol>,
+    /// The claim value that allows a caller to enrol (`enrol.grant`).
+    pub grant: String,
+    /// The key store enrolment writes to.
+    pub credentials: Arc<Credentials>,
+    /// The message limits the routes apply.
+    pub limits: Arc<Limits>,
     /// The stack's authenticator.
     pub authn: Arc<Authenticator>,
     /// The stack's policy.
@@ -86,7 +80,7 @@ impl crate::step::Step for EnrolRoutes {
 
 impl EnrolRoutes {
     async fn handle(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
-        crate::guard::check_message(&req, &self.enrol.limits, MAX_BODY)?;
+        crate::guard::check_message(&req, &self.limits, MAX_BODY)?;
         if req.uri().path() == PAGE_PATH {
             return page::serve(req.method());
         }
@@ -95,11 +89,11 @@ impl EnrolRoutes {
         if let Some(c) = &ctx {
             c.set_user(user.id.clone(), user.app.clone());
         }
-        if !self.policy.names(&user.claims, &self.enrol.grant) {
-            let needed = format!("{} {API_PATH} ({})", req.method(), self.enrol.grant);
+        if !self.policy.names(&user.claims, &self.grant) {
+            let needed = format!("{} {API_PATH} ({})", req.method(), self.grant);
             return Err(GatewayError::Forbidden { needed });
         }
-        let creds = &self.enrol.credentials;
+        let creds = &self.credentials;
         let (action, done) = match *req.method() {
             Method::GET | Method::HEAD => return connected(creds, &user),
             Method::PUT => ("connect", self.connect(req, &user).await),
@@ -122,7 +116,6 @@ impl EnrolRoutes {
         let key = read_key(req.into_body()).await?;
         crate::credentials::check_api_key(&key).map_err(invalid_key)?;
         let cred = self
-            .enrol
             .credentials
             .candidate(key.clone())
             .map_err(invalid_key)?;
@@ -143,7 +136,7 @@ impl EnrolRoutes {
             verified_at: Some(verified_at.to_string()),
             exclusive: true,
         };
-        let out = self.enrol.credentials.add(new).await.map_err(store_error)?;
+        let out = self.credentials.add(new).await.map_err(store_error)?;
         let body = json!({
             "fingerprint": out.fingerprint,
             "shard": out.shard.as_str(),
