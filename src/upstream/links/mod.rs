@@ -8,7 +8,6 @@
 //! (`telehealth_url`, S3 presigned URLs), object keys, look-alike hosts
 //! (`api.au1.cliniko.com.evil.example`), non-default ports, and input that is not JSON.
 
-mod body;
 mod matcher;
 mod stream;
 mod whole;
@@ -61,11 +60,42 @@ impl LinkRewriter {
         }
     }
 
-    /// Wraps a response body: streaming, bounded memory, chunk boundaries anywhere.
+    /// Wraps a response body: streaming, bounded memory, chunk boundaries anywhere. Data
+    /// frames are rewritten, trailers and errors pass through, and held bytes are flushed
+    /// before the trailers or the end.
     ///
     /// The length changes, so the caller must drop any `Content-Length` it had.
     pub fn rewrite_body(&self, body: crate::body::Body) -> crate::body::Body {
-        crate::body::Body::new(body::RewriteBody::new(body, self.stream()))
+        use futures_util::{StreamExt, stream};
+        use http_body::Frame;
+        let mut s = self.stream();
+        // `None` marks the end, where the rewriter lets out what it still holds.
+        let items = http_body_util::BodyStream::new(body)
+            .map(Some)
+            .chain(stream::iter([None]));
+        let frames = items.flat_map(move |item| {
+            let mut out = bytes::BytesMut::new();
+            // What goes after the rewritten bytes: the trailers, or an error as it came.
+            let then = match item.map(|r| r.map(Frame::into_data)) {
+                Some(Ok(Ok(data))) => {
+                    out.reserve(data.len());
+                    s.push(&data, &mut out);
+                    None
+                }
+                Some(Ok(Err(trailers))) => {
+                    s.finish(&mut out);
+                    Some(Ok(trailers))
+                }
+                Some(Err(e)) => Some(Err(e)),
+                None => {
+                    s.finish(&mut out);
+                    None
+                }
+            };
+            let data = (!out.is_empty()).then(|| Ok(Frame::data(out.freeze())));
+            stream::iter([data, then].into_iter().flatten())
+        });
+        crate::body::Body::new(http_body_util::StreamBody::new(frames))
     }
 
     /// Rewrites a whole body held in memory: the fast path when it can decide, else the
