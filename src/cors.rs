@@ -8,11 +8,11 @@
 
 use crate::body::Body;
 use crate::config::CorsConfig;
-use futures_util::future::BoxFuture;
-use http::{HeaderName, HeaderValue, Method, Request, Response, header};
+use crate::step::{Answer, Inner, Wrap};
+use http::{HeaderName, HeaderValue, Method, Request, header};
+use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tower::{Service, ServiceExt};
+use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// What a browser app may read from an answer besides the always-safe headers: the rate-limit
@@ -32,7 +32,7 @@ const EXPOSED: [&str; 11] = [
     crate::error::GATEWAY_ERROR_HEADER,
 ];
 
-/// The CORS step: a layer for the stack.
+/// The CORS step: a [`Wrap`] layer for the stack.
 #[derive(Clone)]
 pub struct Cors {
     layer: CorsLayer,
@@ -70,51 +70,21 @@ impl Cors {
     }
 }
 
-impl<S: Clone> tower::Layer<S> for Cors {
-    type Service = Gate<S>;
-    fn layer(&self, inner: S) -> Gate<S> {
-        Gate {
-            cors: self.layer.layer(inner.clone()),
-            plain: inner,
-            origins: self.origins.clone(),
-        }
-    }
-}
-
 /// Sends a request from a listed origin through tower-http's CORS service, others past it.
-#[derive(Clone)]
-pub struct Gate<S> {
-    cors: tower_http::cors::Cors<S>,
-    plain: S,
-    origins: Arc<[HeaderValue]>,
-}
+impl Wrap for Cors {
+    type Error = Infallible;
 
-impl<S, E> Service<Request<Body>> for Gate<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = E> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    E: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = E;
-    type Future = BoxFuture<'static, Result<Response<Body>, E>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), E>> {
-        // Each call drives a clone to readiness itself (`oneshot`).
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn wrap<S: Inner<Infallible>>(&self, inner: &mut S, req: Request<Body>) -> Answer<Infallible> {
         let listed = req
             .headers()
             .get(header::ORIGIN)
             .is_some_and(|o| self.origins.contains(o));
         if listed {
-            return Box::pin(self.cors.clone().oneshot(req));
+            return Box::pin(self.layer.layer(inner).call(req));
         }
-        let plain = self.plain.clone();
+        let fut = inner.call(req);
         Box::pin(async move {
-            let mut resp = plain.oneshot(req).await?;
+            let mut resp = fut.await?;
             // The answer depends on the Origin (CORS headers or none): no cache may reuse one
             // given to another origin.
             resp.headers_mut()
@@ -127,6 +97,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Response;
+    use tower::ServiceExt;
 
     fn cors() -> Cors {
         Cors::new(&CorsConfig {
@@ -170,7 +142,7 @@ mod tests {
     #[tokio::test]
     async fn listed_origin_preflight_is_answered_here_and_reads_exposed_headers() {
         let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let svc = tower::Layer::layer(&cors(), inner(count.clone()));
+        let svc = tower::Layer::layer(&crate::step::WrapLayer(cors()), inner(count.clone()));
         let pre = svc
             .clone()
             .oneshot(req(Method::OPTIONS, Some("https://app.example")))
@@ -216,7 +188,7 @@ mod tests {
     #[tokio::test]
     async fn other_origins_get_no_cors_header_and_go_on() {
         let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let svc = tower::Layer::layer(&cors(), inner(count.clone()));
+        let svc = tower::Layer::layer(&crate::step::WrapLayer(cors()), inner(count.clone()));
         for (m, o) in [
             (Method::OPTIONS, Some("https://evil.example")),
             (Method::GET, Some("https://app.example.evil")),

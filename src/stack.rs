@@ -105,7 +105,7 @@ pub fn build(f: &Fixed, p: &Parts) -> GatewayService {
         // Browser apps (tower-http's CorsLayer, gated to listed origins): outside the rescue,
         // so errors carry CORS headers and a browser app can read its 401 or 429; a preflight
         // is answered here, before the audit, the guard, auth or any budget. Absent when off.
-        .option_layer(p.cors.clone())
+        .option_layer(p.cors.clone().map(WrapLayer))
         // Who did what, on its own target; outside the rescue so refusals are recorded too.
         .layer(WrapLayer(AuditLayer))
         // Every error below becomes one JSON response here, and nowhere else.
