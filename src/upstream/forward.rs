@@ -135,8 +135,9 @@ impl Upstream {
                 })
             }
             Ok(Err(e)) => {
-                self.failed(span, error_kind(&e));
-                Err(classify(&e))
+                let (kind, error) = diagnose(&e);
+                self.failed(span, kind);
+                Err(error)
             }
             Ok(Ok(r)) => Ok(r),
         }
@@ -276,74 +277,55 @@ pub fn upstream_uri(base: &ShardBase, caller: &Uri) -> Result<Uri, GatewayError>
         })
 }
 
-/// A connection that the peer closed (or reset) before answering; not a connect failure, a
+/// A failed exchange as the metrics and the caller see it, from one walk down its causes.
+///
+/// The metric kind: the connect timeout or a rustls error anywhere in the chain
+/// (`io::Error::source` skips its payload, so payloads are looked at directly). The caller's
+/// error: the first hyper or I/O error down the chain tells a connection that the peer closed
+/// (or reset) before answering, which the retry layer may resend; not a connect failure, a
 /// timeout or a garbled answer, which a retry would only repeat.
-fn is_stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
+fn diagnose(e: &hyper_util::client::legacy::Error) -> (UpstreamError, GatewayError) {
     use std::io::ErrorKind;
-    // The first hyper or I/O error down the chain says.
-    let stale = causes(e).find_map(|s| {
-        if let Some(h) = s.downcast_ref::<hyper::Error>()
+    let (mut kind, mut stale) = (None, None);
+    for c in std::iter::successors(e.source(), |&c| c.source()) {
+        let io = c.downcast_ref::<std::io::Error>();
+        let payload = io.and_then(|io| io.get_ref());
+        if c.is::<super::client::ConnectTimedOut>() {
+            kind = kind.or(Some(UpstreamError::ConnectTimeout));
+        } else if c.is::<rustls::Error>() || payload.is_some_and(|p| p.is::<rustls::Error>()) {
+            kind = kind.or(Some(UpstreamError::Tls));
+        }
+        if let Some(h) = c.downcast_ref::<hyper::Error>()
             && (h.is_incomplete_message() || h.is_canceled())
         {
-            return Some(true);
+            stale = stale.or(Some(true));
+        } else if let Some(io) = io {
+            let closed = matches!(
+                io.kind(),
+                ErrorKind::UnexpectedEof
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+            );
+            stale = stale.or(Some(closed));
         }
-        let io = s.downcast_ref::<std::io::Error>()?;
-        Some(matches!(
-            io.kind(),
-            ErrorKind::UnexpectedEof
-                | ErrorKind::ConnectionReset
-                | ErrorKind::ConnectionAborted
-                | ErrorKind::BrokenPipe
-        ))
+    }
+    let connect = e.is_connect();
+    let kind = kind.unwrap_or(match connect {
+        true => UpstreamError::Connect,
+        false => UpstreamError::Protocol,
     });
-    !e.is_connect() && stale == Some(true)
-}
-
-/// The causes of `e`, outermost first.
-fn causes(
-    e: &hyper_util::client::legacy::Error,
-) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
-    std::iter::successors(e.source(), |&c| c.source())
-}
-
-/// Any other failed exchange means Cliniko could not be reached or talked to; the kinds the
-/// retry layer may resend are told apart.
-fn classify(e: &hyper_util::client::legacy::Error) -> GatewayError {
-    if is_stale_connection(e) {
+    if !connect && stale == Some(true) {
         // Routine (Cliniko closed an idle pooled connection), hence not a warning.
         tracing::debug!(error = %e, "pooled upstream connection closed under a request");
-        return GatewayError::UpstreamClosed;
+        return (kind, GatewayError::UpstreamClosed);
     }
     let cause = e.source().map(ToString::to_string).unwrap_or_default();
-    tracing::warn!(connect = e.is_connect(), error = %e, cause, "upstream request failed");
+    tracing::warn!(connect, error = %e, cause, "upstream request failed");
     // Nothing was sent on a failed connect: safe to resend.
-    if e.is_connect() {
-        GatewayError::UpstreamConnect
-    } else {
-        GatewayError::UpstreamUnavailable
-    }
-}
-
-/// The metric kind of a failed exchange: walks the cause chain for the connect timeout or a
-/// rustls error (`io::Error::source` skips its payload, so payloads are looked at directly).
-fn error_kind(e: &hyper_util::client::legacy::Error) -> UpstreamError {
-    let tls = |c: &(dyn std::error::Error + 'static)| {
-        let payload = c
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref());
-        c.is::<rustls::Error>() || payload.is_some_and(|p| p.is::<rustls::Error>())
-    };
-    let found = causes(e).find_map(|c| {
-        if c.is::<super::client::ConnectTimedOut>() {
-            Some(UpstreamError::ConnectTimeout)
-        } else {
-            tls(c).then_some(UpstreamError::Tls)
-        }
-    });
-    match found {
-        Some(kind) => kind,
-        None if e.is_connect() => UpstreamError::Connect,
-        None => UpstreamError::Protocol,
+    match connect {
+        true => (kind, GatewayError::UpstreamConnect),
+        false => (kind, GatewayError::UpstreamUnavailable),
     }
 }
 
