@@ -28,65 +28,35 @@ const READ_BUFFER: usize = 32 * 1024;
 /// Why: rustls asks its transport for at most 4 KiB per read, so a 15 KB Cliniko page cost
 /// four `recvfrom` calls (measured with `strace -c`); through the buffer it is one, and rustls
 /// takes its 4 KiB pieces from memory.
-pub type Buffered = tower::util::MapResponse<HttpConnector, fn(TokioIo<TcpStream>) -> BufferedTcp>;
+pub type Buffered =
+    tower::util::MapResponse<HttpConnector, fn(TokioIo<TcpStream>) -> TokioIo<Pin<BufferedTcp>>>;
 
-/// A TCP connection read through a buffer (writes go straight through).
-pub struct BufferedTcp(TokioIo<tokio::io::BufReader<TcpStream>>);
+/// A TCP connection read through a buffer (writes go straight through), used as
+/// `Pin<BufferedTcp>`: tokio reads and writes through a `Pin` of any pointer to a reader and
+/// writer, and `TokioIo` makes that hyper's, so only hyper-util's `Connection` is written here.
+pub struct BufferedTcp(tokio::io::BufReader<TcpStream>);
 
-fn buffered(tcp: TokioIo<TcpStream>) -> BufferedTcp {
+impl std::ops::Deref for BufferedTcp {
+    type Target = tokio::io::BufReader<TcpStream>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for BufferedTcp {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+fn buffered(tcp: TokioIo<TcpStream>) -> TokioIo<Pin<BufferedTcp>> {
     let read = tokio::io::BufReader::with_capacity(READ_BUFFER, tcp.into_inner());
-    BufferedTcp(TokioIo::new(read))
+    TokioIo::new(Pin::new(BufferedTcp(read)))
 }
 
-impl Connection for BufferedTcp {
+impl Connection for Pin<BufferedTcp> {
     fn connected(&self) -> Connected {
-        self.0.inner().get_ref().connected()
-    }
-}
-
-impl hyper::rt::Read for BufferedTcp {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for BufferedTcp {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        self.get_ref().connected()
     }
 }
 
