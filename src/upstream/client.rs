@@ -5,7 +5,7 @@
 
 use crate::body::Body;
 use crate::config::{ConfigError, UpstreamConfig};
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -14,11 +14,17 @@ use rustls_pki_types::{CertificateDer, pem::PemObject};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpStream;
+use tower::util::BoxCloneSyncService;
 
 /// The outbound client type.
-pub type HttpClient = Client<ConnectTimeout<HttpsConnector<Buffered>>, Body>;
+pub type HttpClient = Client<Connector, Body>;
+
+/// Connects to Cliniko: TCP through a read buffer, then TLS, within the connect timeout.
+pub type Connector =
+    BoxCloneSyncService<http::Uri, MaybeHttpsStream<TokioIo<Pin<BufferedTcp>>>, BoxError>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Bytes read from the socket at once, below TLS.
 const READ_BUFFER: usize = 32 * 1024;
@@ -60,55 +66,10 @@ impl Connection for Pin<BufferedTcp> {
     }
 }
 
-/// Bounds the whole connect: DNS, TCP *and* the TLS handshake. `HttpConnector`'s own timeout
-/// covers only TCP, so a peer that stalls the handshake would otherwise hold a request until
-/// the response timeout (and turn a 502 into a 504).
-#[derive(Clone, Debug)]
-pub struct ConnectTimeout<C> {
-    inner: C,
-    limit: Duration,
-    // Every connection is HTTPS (`https_only`), so each successful connect is one handshake.
-    handshakes: Counter,
-}
-
 /// The connect did not finish in time.
 #[derive(Debug, thiserror::Error)]
 #[error("connecting to the upstream (TCP + TLS) timed out")]
 pub struct ConnectTimedOut;
-
-impl<C> tower::Service<http::Uri> for ConnectTimeout<C>
-where
-    C: tower::Service<http::Uri> + Send,
-    C::Future: Send + 'static,
-    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Response = C::Response;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future = futures_util::future::BoxFuture<'static, Result<C::Response, Self::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let fut = self.inner.call(uri);
-        let limit = self.limit;
-        let handshakes = self.handshakes.clone();
-        Box::pin(async move {
-            match tokio::time::timeout(limit, fut).await {
-                Ok(Ok(conn)) => {
-                    handshakes.inc();
-                    Ok(conn)
-                }
-                Ok(Err(e)) => Err(e.into()),
-                Err(_) => Err(Box::new(ConnectTimedOut) as _),
-            }
-        })
-    }
-}
 
 /// The outbound TLS settings: aws-lc-rs (the only provider built in), rustls's safe protocol
 /// versions, the Mozilla roots plus every certificate in `ca_file`; `field` names the CA
@@ -180,11 +141,24 @@ pub fn build(cfg: &UpstreamConfig, handshakes: Counter) -> Result<HttpClient, Co
         .enable_http1()
         .enable_http2()
         .wrap_connector(Buffered::new(http, buffered as fn(_) -> _));
-    let connector = ConnectTimeout {
-        inner: https,
-        limit: cfg.connect_timeout,
-        handshakes,
-    };
+    // Bounds the whole connect: DNS, TCP *and* the TLS handshake. `HttpConnector`'s own
+    // timeout covers only TCP, so a peer that stalls the handshake would otherwise hold a
+    // request until the response timeout (and turn a 502 into a 504).
+    let connector = tower::ServiceBuilder::new()
+        .map_err(
+            |e: BoxError| match e.is::<tower::timeout::error::Elapsed>() {
+                true => Box::new(ConnectTimedOut),
+                false => e,
+            },
+        )
+        // Every connection is HTTPS (`https_only`), so each successful connect is one handshake.
+        .map_response(move |conn| {
+            handshakes.inc();
+            conn
+        })
+        .timeout(cfg.connect_timeout)
+        .service(https);
+    let connector = BoxCloneSyncService::new(connector);
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
