@@ -3,18 +3,15 @@
 //! who must ask for themselves).
 
 use crate::body::Body;
-use http::{Extensions, HeaderMap, Method, Request, Uri, Version, header};
+use http::request::Parts;
+use http::{Request, header};
 use http_body::Body as _;
 
-/// Method, target, version, headers and extensions of a request; resent with an empty body.
+/// A request's head (method, target, version, headers and extensions); resent with an empty
+/// body.
 pub struct Replay {
-    /// The method to resend with.
-    pub method: Method,
-    uri: Uri,
-    version: Version,
-    /// The headers to resend.
-    pub headers: HeaderMap,
-    extensions: Extensions,
+    /// The head to resend.
+    pub head: Parts,
 }
 
 impl Replay {
@@ -28,30 +25,26 @@ impl Replay {
     /// ignored): the headers that announce a body are dropped.
     pub fn without_body(req: &Request<Body>) -> Replay {
         let mut r = Replay::head(req);
-        r.headers.remove(header::CONTENT_LENGTH);
-        r.headers.remove(header::TRANSFER_ENCODING);
-        r.headers.remove(header::CONTENT_TYPE);
+        r.head.headers.remove(header::CONTENT_LENGTH);
+        r.head.headers.remove(header::TRANSFER_ENCODING);
+        r.head.headers.remove(header::CONTENT_TYPE);
         r
     }
 
     fn head(req: &Request<Body>) -> Replay {
+        let mut r = Request::new(());
+        *r.method_mut() = req.method().clone();
+        *r.uri_mut() = req.uri().clone();
+        *r.version_mut() = req.version();
+        *r.headers_mut() = req.headers().clone();
+        *r.extensions_mut() = req.extensions().clone();
         Replay {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            headers: req.headers().clone(),
-            extensions: req.extensions().clone(),
+            head: r.into_parts().0,
         }
     }
 
     /// A new request with this head and an empty body.
     pub fn build(&self) -> Request<Body> {
-        let mut r = Request::new(Body::empty());
-        *r.method_mut() = self.method.clone();
-        *r.uri_mut() = self.uri.clone();
-        *r.version_mut() = self.version;
-        *r.headers_mut() = self.headers.clone();
-        *r.extensions_mut() = self.extensions.clone();
-        r
+        Request::from_parts(self.head.clone(), Body::empty())
     }
 }

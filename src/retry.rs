@@ -91,7 +91,7 @@ impl Retries {
             return inner.oneshot(req).await;
         };
         let (mut connects, mut stale) = (0, false);
-        let idempotent = safe(&replay.method);
+        let idempotent = safe(&replay.head.method);
         let mut req = req;
         loop {
             match inner.clone().oneshot(req).await {

@@ -271,9 +271,9 @@ async fn keep(cache: &Cache, key: CacheKey, entry: Arc<Entry>, epoch: u64) {
 /// without the caller's own validators (the fill must get a full 200, not a 304).
 fn template(req: &Request<Body>) -> Replay {
     let mut t = Replay::without_body(req);
-    t.method = Method::GET;
-    t.headers.remove(header::IF_NONE_MATCH);
-    t.headers.remove(header::IF_MODIFIED_SINCE);
+    t.head.method = Method::GET;
+    t.head.headers.remove(header::IF_NONE_MATCH);
+    t.head.headers.remove(header::IF_MODIFIED_SINCE);
     t
 }
 
