@@ -224,13 +224,10 @@ impl Cache {
         // A reload may have put another cache in this one's place while the write was in
         // flight: every cache of this process still in use drops them (the bus knows them
         // all; this one among them), or a fill on the new stack could keep pre-write data.
-        let all = self.bus.as_ref().map(|b| b.caches());
-        let caches: Vec<&Cache> = match &all {
-            Some(all) => all.iter().map(|c| &**c).collect(),
-            None => vec![self],
-        };
-        for cache in &caches {
-            prefixes.iter().for_each(|p| cache.purge_prefix(p));
+        let purge = |cache: &Cache| prefixes.iter().for_each(|p| cache.purge_prefix(p));
+        match &self.bus {
+            Some(bus) => bus.caches().iter().for_each(|c| purge(c)),
+            None => purge(self),
         }
         if !prefixes.is_empty() {
             self.publish(Invalidation::Prefixes { prefixes });
