@@ -215,24 +215,24 @@ async fn fill<S: crate::step::Next>(
     }
     let epoch = cache.epoch.load(Ordering::Acquire);
     let validator = stale.as_ref().and_then(|e| e.etag().cloned());
-    match runner.oneshot(fill_request(template, validator)).await {
+    match (
+        runner.oneshot(fill_request(template, validator)).await,
+        stale,
+    ) {
         // Cliniko unreachable or the key refused: the same for every caller on it.
-        Err(e) if shared_failure(&e) => Landed::Failed(e),
+        (Err(e), _) if shared_failure(&e) => Landed::Failed(e),
         // A refusal about our caller alone (e.g. their own rate limit) stays theirs.
-        Err(e) => {
+        (Err(e), _) => {
             *own = Some(Err(e));
             Landed::Uncacheable
         }
-        Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED && stale.is_some() => {
-            let Some(old) = stale else {
-                return Landed::Uncacheable;
-            };
+        (Ok(resp), Some(old)) if resp.status() == StatusCode::NOT_MODIFIED => {
             cache.stats.revalidated.fetch_add(1, Ordering::Relaxed);
             let fresh = Arc::new(old.revalidated());
             keep(cache, key.clone(), fresh.clone(), epoch).await;
             Landed::Entry(fresh)
         }
-        Ok(resp) => match store(cache, key.clone(), resp, ttl, epoch).await {
+        (Ok(resp), _) => match store(cache, key.clone(), resp, ttl, epoch).await {
             Ok(entry) => Landed::Entry(entry),
             Err(NotStored::Pass(resp)) => {
                 *own = Some(Ok(resp));
