@@ -62,8 +62,7 @@ impl crate::step::Step for Cache {
             if entry.is_fresh() {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 note(ctx.as_ref(), CacheOutcome::Hit);
-                let plain = decode_for(&self, &key, &entry, &asked, epoch).await?;
-                return serve(&entry, CacheOutcome::Hit, &asked, plain);
+                return serve(&self, &key, &entry, CacheOutcome::Hit, &asked, epoch).await;
             }
             if entry.etag().is_some() {
                 stale = Some(entry);
@@ -96,8 +95,7 @@ impl crate::step::Step for Cache {
                 let how = filled(&self, stale.as_deref(), &e);
                 note(ctx.as_ref(), how);
                 // Revalidated, or filled by another caller: may hold only the gzip copy.
-                let plain = decode_for(&self, &key, &e, &asked, epoch).await?;
-                serve(&e, how, &asked, plain)
+                serve(&self, &key, &e, how, &asked, epoch).await
             }
             Landed::Failed(e) => Err(e),
             Landed::Uncacheable => {
@@ -395,21 +393,17 @@ fn gzip(plain: &[u8]) -> Option<Bytes> {
     (out.len() < plain.len()).then(|| Bytes::from(out))
 }
 
-/// The decoded body for a hit that needs it and whose entry holds only the gzip copy, else
-/// `None`. Once an entry has been decoded
+/// The decoded body for a hit whose entry holds only the gzip copy (off the worker when
+/// large). Once an entry has been decoded
 /// [`DECODES_BEFORE_PLAIN`](super::entry::DECODES_BEFORE_PLAIN) times it is stored again
 /// holding the decoded copy as well (charged for both), so identity callers' later hits send
 /// bytes as they are; entries only gzip callers read keep the one small copy.
-async fn decode_for(
+async fn decode(
     cache: &Cache,
     key: &CacheKey,
     e: &Arc<Entry>,
-    a: &Asked,
     epoch: u64,
-) -> Result<Option<Bytes>, GatewayError> {
-    if !e.gzipped || e.plain.is_some() || a.gzip || a.is_head || not_modified(e, a) {
-        return Ok(None);
-    }
+) -> Result<Bytes, GatewayError> {
     let read = e.clone();
     let plain = off_worker(e.plain_len, move || gunzip(&read))
         .await
@@ -417,7 +411,7 @@ async fn decode_for(
     if e.decoded_once_more() {
         keep_plain(cache, key, e, plain.clone(), epoch).await;
     }
-    Ok(Some(plain))
+    Ok(plain)
 }
 
 /// Stores `read` again holding its decoded copy `plain`, unless it is no longer what the store
@@ -483,15 +477,17 @@ fn not_modified(e: &Entry, a: &Asked) -> bool {
     matches!((&a.if_none_match, e.etag()), (Some(i), Some(t)) if etag_matches(i, t))
 }
 
-/// Builds the answer from an entry: 304 when the caller's validator matches, else the body
-/// (shared, not copied; the gzip copy as it is to a caller that takes gzip, the plain bytes to
-/// one that does not: `decoded` if given, the entry's own, or decoded now); HEAD gets the
-/// identity headers only.
-fn serve(
-    e: &Entry,
+/// Builds the answer from an entry found at `key` (`epoch` read before the lookup): 304 when
+/// the caller's validator matches, else the body (shared, not copied; the gzip copy as it is
+/// to a caller that takes gzip, the plain bytes to one that does not: the entry's own, or
+/// decoded now); HEAD gets the identity headers only.
+async fn serve(
+    cache: &Cache,
+    key: &CacheKey,
+    e: &Arc<Entry>,
     how: CacheOutcome,
     a: &Asked,
-    decoded: Option<Bytes>,
+    epoch: u64,
 ) -> Result<Response<Body>, GatewayError> {
     let not_modified = not_modified(e, a);
     let as_stored = e.gzipped && a.gzip;
@@ -499,13 +495,10 @@ fn serve(
         Body::empty()
     } else if as_stored || !e.gzipped {
         Body::from(e.body.clone())
+    } else if let Some(plain) = &e.plain {
+        Body::from(plain.clone())
     } else {
-        // `decode_for` decoded it (off the worker when large) unless the entry holds it.
-        Body::from(
-            decoded
-                .or_else(|| e.plain.clone())
-                .ok_or(GatewayError::Internal)?,
-        )
+        Body::from(decode(cache, key, e, epoch).await?)
     };
     let mut resp = Response::new(body);
     *resp.headers_mut() = e.headers.clone();
