@@ -112,9 +112,7 @@ impl Flights {
             key,
             cell,
         };
-        let landed = leave.cell.get_or_init(fetch).await.clone();
-        drop(leave);
-        landed
+        leave.cell.get_or_init(fetch).await.clone()
     }
 
     /// Flights currently tracked.
