@@ -213,10 +213,8 @@ async fn fill<S: crate::step::Next>(
     }
     let epoch = cache.epoch.load(Ordering::Acquire);
     let validator = stale.as_ref().and_then(|e| e.etag().cloned());
-    match (
-        runner.oneshot(fill_request(template, validator)).await,
-        stale,
-    ) {
+    let answer = runner.oneshot(fill_request(template, validator)).await;
+    match (answer, stale) {
         // Cliniko unreachable or the key refused: the same for every caller on it.
         (Err(e), _) if shared_failure(&e) => Landed::Failed(e),
         // A refusal about our caller alone (e.g. their own rate limit) stays theirs.
