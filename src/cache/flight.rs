@@ -27,46 +27,20 @@ pub enum Landed {
 
 type Cell = Arc<OnceCell<Landed>>;
 
-/// Bytes held by answers being read in to be stored, against a fixed allowance (a permit per
-/// byte).
-#[derive(Debug)]
-pub struct Reserve(Semaphore);
-
-impl Reserve {
-    /// An allowance of `max` bytes.
-    pub fn new(max: usize) -> Reserve {
-        Reserve(Semaphore::new(max.min(Semaphore::MAX_PERMITS)))
+/// Takes `n` more bytes of `reserve` (a permit per byte that answers being read in to be
+/// stored may hold) into `held`, one fill's share; `false` (taking nothing) when the allowance
+/// would be overrun. Whatever `held` holds goes back when it is dropped (the fill finished,
+/// gave up, or was cancelled with its caller).
+pub fn take<'a>(reserve: &'a Semaphore, held: &mut Option<SemaphorePermit<'a>>, n: usize) -> bool {
+    let more = u32::try_from(n).map(|n| reserve.try_acquire_many(n));
+    let Ok(Ok(more)) = more else {
+        return false;
+    };
+    match held {
+        Some(held) => held.merge(more),
+        None => *held = Some(more),
     }
-
-    /// A claim on the allowance for one fill, empty at first; released when dropped.
-    pub fn claim(&self) -> Claim<'_> {
-        Claim {
-            reserve: self,
-            held: None,
-        }
-    }
-}
-
-/// One fill's share of the [`Reserve`]; whatever it holds goes back when it is dropped (the
-/// fill finished, gave up, or was cancelled with its caller).
-pub struct Claim<'a> {
-    reserve: &'a Reserve,
-    held: Option<SemaphorePermit<'a>>,
-}
-
-impl Claim<'_> {
-    /// Takes `n` more bytes; `false` (taking nothing) when the allowance would be overrun.
-    pub fn take(&mut self, n: usize) -> bool {
-        let more = u32::try_from(n).map(|n| self.reserve.0.try_acquire_many(n));
-        let Ok(Ok(more)) = more else {
-            return false;
-        };
-        match &mut self.held {
-            Some(held) => held.merge(more),
-            None => self.held = Some(more),
-        }
-        true
-    }
+    true
 }
 
 /// The flights in progress.
@@ -143,16 +117,15 @@ mod tests {
 
     #[test]
     fn fills_share_the_reserve_and_give_it_back() {
-        let r = Reserve::new(100);
-        let mut a = r.claim();
-        assert!(a.take(60));
-        let mut b = r.claim();
-        assert!(!b.take(41), "over the allowance");
-        assert!(b.take(40));
+        let r = Semaphore::new(100);
+        let (mut a, mut b) = (None, None);
+        assert!(take(&r, &mut a, 60));
+        assert!(!take(&r, &mut b, 41), "over the allowance");
+        assert!(take(&r, &mut b, 40));
         drop(a);
-        assert!(b.take(60));
+        assert!(take(&r, &mut b, 60));
         drop(b);
-        assert!(r.claim().take(100));
+        assert!(take(&r, &mut None, 100));
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 
 use super::Cache;
 use super::entry::{CacheKey, Entry, etag_matches};
-use super::flight::Landed;
+use super::flight::{Landed, take};
 use crate::body::Body;
 use crate::context::{CacheOutcome, Context as RequestContext};
 use crate::credentials::Credential;
@@ -312,8 +312,8 @@ async fn store(
     }
     let (mut parts, body) = resp.into_parts();
     // What fills in flight hold stays within their slice of the capacity.
-    let mut claim = cache.filling.claim();
-    let fits = |total, len| total <= cache.max_entry && claim.take(len);
+    let mut claim = None;
+    let fits = |total, len| total <= cache.max_entry && take(&cache.filling, &mut claim, len);
     let read = match read_while(body, fits).await {
         Ok(Ok(read)) => read,
         // Over the limit, or over what fills in flight may hold: passed on, still streaming.

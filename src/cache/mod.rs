@@ -27,6 +27,7 @@ use entry::Lifetime;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 /// Counters for metrics and tests.
 #[derive(Default, Debug)]
@@ -51,8 +52,9 @@ pub struct Cache {
     /// Store bodies as gzip.
     compress: bool,
     /// Bytes of answers being read in to be stored, and the most there may be: the slice of
-    /// the capacity the store leaves for them, so fills in flight stay inside the bound.
-    filling: flight::Reserve,
+    /// the capacity the store leaves for them (a permit per byte, taken with [`flight::take`]),
+    /// so fills in flight stay inside the bound.
+    filling: Semaphore,
     hmac: &'static hmac::Key,
     flights: flight::Flights,
     epoch: AtomicU64,
@@ -100,7 +102,11 @@ impl Cache {
             rules,
             max_entry: usize::try_from(cfg.max_entry_bytes).unwrap_or(usize::MAX),
             compress: cfg.compress,
-            filling: flight::Reserve::new(usize::try_from(reserve).unwrap_or(usize::MAX)),
+            filling: Semaphore::new(
+                usize::try_from(reserve)
+                    .unwrap_or(usize::MAX)
+                    .min(Semaphore::MAX_PERMITS),
+            ),
             hmac,
             flights: flight::Flights::default(),
             epoch: AtomicU64::new(0),
