@@ -81,7 +81,7 @@ impl Gateway {
         let reloader = Reloader::new(live.clone(), fixed, metrics.reloads.clone());
         let metrics = Arc::new(metrics);
         let (tx, rx) = watch::channel(false);
-        let settings = ConnSettings::public(&cfg.server, tls, &metrics);
+        let settings = ConnSettings::new("public", cfg.server.clone(), tls, &metrics);
         let mut tasks = Vec::new();
         let admin = start_admin(&cfg, &reloader, &metrics, rx.clone()).await?;
         let admin_addr = admin.map(|(bound, serving)| {

@@ -85,11 +85,6 @@ pub struct ConnSettings {
 }
 
 impl ConnSettings {
-    /// The public port: every bound from `[server]`.
-    pub fn public(cfg: &ServerConfig, tls: Option<TlsAcceptor>, m: &Metrics) -> Self {
-        ConnSettings::new("public", cfg.clone(), tls, m)
-    }
-
     /// The admin port: the `[server]` timeouts, `admin.max_connections`, small fixed head and
     /// stream limits, plain HTTP.
     pub fn admin(server: &ServerConfig, admin: &AdminConfig, m: &Metrics) -> Self {
@@ -103,7 +98,9 @@ impl ConnSettings {
         ConnSettings::new("admin", limits, None, m)
     }
 
-    fn new(
+    /// The listener named `listener` (the public port: `"public"`, every bound from
+    /// `[server]`).
+    pub fn new(
         listener: &'static str,
         limits: ServerConfig,
         tls: Option<TlsAcceptor>,
