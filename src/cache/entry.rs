@@ -191,16 +191,14 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for Lifetime {
 
 /// Weak comparison of a caller's `If-None-Match` against an ETag (RFC 9110 §13.1.2).
 pub fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
-    let Ok(list) = if_none_match.to_str() else {
+    let (Ok(list), Ok(etag)) = (if_none_match.to_str(), etag.to_str()) else {
         return false;
     };
-    let Ok(etag) = etag.to_str() else {
-        return false;
-    };
-    let opaque = |t: &str| t.trim().trim_start_matches("W/").to_string();
-    let ours = opaque(etag);
+    // Weak: `W/"x"` and `"x"` match (compared in place, nothing copied).
+    let ours = etag.trim().trim_start_matches("W/");
     list.split(',')
-        .any(|t| t.trim() == "*" || opaque(t) == ours)
+        .map(str::trim)
+        .any(|t| t == "*" || t.trim_start_matches("W/") == ours)
 }
 
 #[cfg(test)]
