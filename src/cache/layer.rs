@@ -128,7 +128,7 @@ async fn uncacheable<S: crate::step::Next>(
         true => resp.map(|_| Body::empty()),
         false => resp,
     };
-    Ok(mark(resp, CacheOutcome::Miss, None))
+    Ok(mark(resp, CacheOutcome::Miss))
 }
 
 /// A request the cache does not handle (path not enabled, `no-store`, no credential).
@@ -139,7 +139,7 @@ async fn bypass<S: crate::step::Next>(
 ) -> Result<Response<Body>, GatewayError> {
     cache.stats.bypasses.fetch_add(1, Ordering::Relaxed);
     note(RequestContext::of(&req), CacheOutcome::Bypass);
-    Ok(mark(inner.oneshot(req).await?, CacheOutcome::Bypass, None))
+    Ok(mark(inner.oneshot(req).await?, CacheOutcome::Bypass))
 }
 
 /// How an entry that landed answered: revalidated when it has the stale copy's body bytes
@@ -513,16 +513,13 @@ async fn serve(
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(e.plain_len));
     }
     // `Age`: seconds since it was fetched or revalidated.
-    Ok(mark(resp, how, Some(e.stored.elapsed().as_secs())))
+    h.insert(header::AGE, HeaderValue::from(e.stored.elapsed().as_secs()));
+    Ok(mark(resp, how))
 }
 
-fn mark(mut resp: Response<Body>, how: CacheOutcome, age: Option<u64>) -> Response<Body> {
+fn mark(mut resp: Response<Body>, how: CacheOutcome) -> Response<Body> {
     resp.headers_mut()
         .insert(X_CACHE, HeaderValue::from_static(how.as_str()));
-    if let Some(age) = age {
-        resp.headers_mut()
-            .insert(header::AGE, HeaderValue::from(age));
-    }
     resp
 }
 
