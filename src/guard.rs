@@ -234,10 +234,7 @@ pub fn check_path(path: &str) -> Result<(), GatewayError> {
             "the request path contains a forbidden character",
         ));
     }
-    for w in bytes.windows(3) {
-        if w[0] != b'%' {
-            continue;
-        }
+    for w in bytes.windows(3).filter(|w| w[0] == b'%') {
         let enc = [w[1].to_ascii_lowercase(), w[2].to_ascii_lowercase()];
         if matches!(&enc, b"2f" | b"5c" | b"00" | b"25") {
             return Err(bad(
@@ -257,13 +254,11 @@ pub fn check_path(path: &str) -> Result<(), GatewayError> {
             ));
         }
     }
-    for seg in path[1..].split('/') {
-        if seg == "." || seg == ".." {
-            return Err(bad(
-                "bad_target",
-                "dot segments in the path are not allowed",
-            ));
-        }
+    if path[1..].split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(bad(
+            "bad_target",
+            "dot segments in the path are not allowed",
+        ));
     }
     if path[1..].split('/').rev().skip(1).any(str::is_empty) {
         return Err(bad("bad_target", "empty path segments are not allowed"));
