@@ -182,25 +182,19 @@ fn check_method(m: &Method) -> Result<(), GatewayError> {
 /// RFC 9112 §3.2: 400 for an HTTP/1.1 request without `Host` and for any HTTP/1.x request
 /// with more than one. HTTP/2 carries `:authority` instead and is not checked.
 fn check_host<B>(req: &Request<B>) -> Result<(), GatewayError> {
-    let v = req.version();
-    if v != http::Version::HTTP_11 && v != http::Version::HTTP_10 {
-        return Ok(());
-    }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let first = hosts.next();
-    if hosts.next().is_some() {
-        return Err(bad(
+    use http::Version;
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    match (req.version(), hosts) {
+        (Version::HTTP_10 | Version::HTTP_11, 2..) => Err(bad(
             "bad_host",
             "the request carries more than one Host header",
-        ));
-    }
-    if first.is_none() && v == http::Version::HTTP_11 {
-        return Err(bad(
+        )),
+        (Version::HTTP_11, 0) => Err(bad(
             "bad_host",
             "an HTTP/1.1 request must carry a Host header",
-        ));
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// An absolute-form target (HTTP/1.1) must name this gateway (RFC 9112 §3.2.2 says to ignore
