@@ -15,7 +15,7 @@ use crate::auth::Authenticator;
 use crate::body::Body;
 use crate::error::GatewayError;
 use crate::step::{Answer, Inner, Wrap};
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,17 +63,15 @@ impl Wrap for GuardLayer {
         if let Err(e) = check_arrival(&req) {
             return Box::pin(async { Err(e) });
         }
-        match req.uri().path() {
-            "/healthz" => return Box::pin(async { Ok(status_json(StatusCode::OK, "live")) }),
-            "/readyz" => {
-                let resp = if ready(&self.draining, &self.authn) {
-                    status_json(StatusCode::OK, "ready")
-                } else {
-                    status_json(StatusCode::SERVICE_UNAVAILABLE, "not_ready")
-                };
-                return Box::pin(async { Ok(resp) });
-            }
-            _ => {}
+        let local = match req.uri().path() {
+            "/healthz" => Some((StatusCode::OK, "live")),
+            "/readyz" if ready(&self.draining, &self.authn) => Some((StatusCode::OK, "ready")),
+            "/readyz" => Some((StatusCode::SERVICE_UNAVAILABLE, "not_ready")),
+            _ => None,
+        };
+        if let Some((status, s)) = local {
+            let resp = crate::error::json_response(status, &serde_json::json!({ "status": s }));
+            return Box::pin(async { Ok(resp) });
         }
         if let Err(e) = check(&req, &self.limits) {
             return Box::pin(async { Err(e) });
@@ -93,10 +91,6 @@ impl Wrap for GuardLayer {
         });
         Box::pin(inner.call(req))
     }
-}
-
-fn status_json(status: StatusCode, s: &'static str) -> Response<Body> {
-    crate::error::json_response(status, &serde_json::json!({ "status": s }))
 }
 
 /// What is wrong with the message whatever its route (the local routes included): first an
