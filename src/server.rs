@@ -399,13 +399,10 @@ struct Progress {
     epoch: Instant,
     in_flight: AtomicUsize,
     last_done_ms: AtomicU64,
-    /// The registered waits; finished ones are forgotten as the next one is registered.
-    waits: Mutex<Vec<Arc<Wait>>>,
+    /// The registered waits, each the time it began (ms since `epoch` plus one; 0 = not
+    /// waiting); finished ones are forgotten as the next one is registered.
+    waits: Mutex<Vec<Arc<AtomicU64>>>,
 }
-
-/// When a wait on the caller began: ms since the connection's epoch plus one; 0 = not waiting.
-#[derive(Default)]
-struct Wait(AtomicU64);
 
 impl Progress {
     fn new() -> Self {
@@ -417,13 +414,13 @@ impl Progress {
         }
     }
 
-    /// Now, as a [`Wait`] stamp (never 0).
+    /// Now, as a wait's stamp (never 0).
     fn now(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
-    fn waiter(&self) -> Arc<Wait> {
-        let w = Arc::new(Wait::default());
+    fn waiter(&self) -> Arc<AtomicU64> {
+        let w = Arc::new(AtomicU64::new(0));
         let mut waits = lock(&self.waits);
         // Drops the stamps only this list still holds (their response is finished).
         waits.retain(|w| Arc::strong_count(w) > 1);
@@ -447,11 +444,9 @@ impl Progress {
             if blocked {
                 // Keep the first stamp: the wait began at the first blocked write.
                 let now = progress.now();
-                let _ = wait
-                    .0
-                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+                let _ = wait.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
             } else {
-                wait.0.store(0, Ordering::Release);
+                wait.store(0, Ordering::Release);
             }
         }
     }
@@ -460,7 +455,7 @@ impl Progress {
     fn longest_wait(&self) -> Duration {
         let oldest = lock(&self.waits)
             .iter()
-            .map(|w| w.0.load(Ordering::Acquire))
+            .map(|w| w.load(Ordering::Acquire))
             .filter(|&t| t != 0)
             .min();
         oldest.map_or(Duration::ZERO, |t| {
@@ -488,13 +483,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// the moment a frame is handed over until hyper asks for the next one (unstamped before).
 struct Busy {
     progress: Arc<Progress>,
-    wait: Arc<Wait>,
+    wait: Arc<AtomicU64>,
 }
 
 impl Busy {
     /// The response goes to hyper: from now until it asks for a frame, the caller is awaited.
     fn handed_over(self) -> Self {
-        self.wait.0.store(self.progress.now(), Ordering::Release);
+        self.wait.store(self.progress.now(), Ordering::Release);
         self
     }
 }
@@ -502,17 +497,17 @@ impl Busy {
 impl BodyObserver for Busy {
     fn on_poll(&mut self) {
         // hyper asks for more: what follows is the producer's time, not the caller's.
-        self.wait.0.store(0, Ordering::Release);
+        self.wait.store(0, Ordering::Release);
     }
 
     fn on_data(&mut self, _len: usize) {
-        self.wait.0.store(self.progress.now(), Ordering::Release);
+        self.wait.store(self.progress.now(), Ordering::Release);
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.wait.0.store(0, Ordering::Release);
+        self.wait.store(0, Ordering::Release);
         let p = &self.progress;
         let now = p.epoch.elapsed().as_millis() as u64;
         p.last_done_ms.store(now, Ordering::Release);
@@ -547,7 +542,7 @@ mod tests {
         let mut busy = p.begin().handed_over();
         // Stamped one second ago: the caller has taken nothing since.
         let stamp = p.now() - 1000;
-        busy.wait.0.store(stamp, Ordering::Release);
+        busy.wait.store(stamp, Ordering::Release);
         assert!(p.longest_wait() >= Duration::from_millis(900));
         busy.on_poll();
         assert_eq!(p.longest_wait(), Duration::ZERO);
