@@ -34,7 +34,11 @@ pub(crate) struct StaticKeys {
 pub(crate) fn load(cfg: &AuthConfig) -> Result<StaticKeys, ConfigError> {
     let hmac = cfg.hmac_secret.as_ref().map(|secret| KeyEntry {
         key: DecodingKey::from_secret(secret.expose_secret()),
-        algs: cfg.hmac_algorithms.clone(),
+        // HMAC only, whatever the caller built: the secret must never verify an RS/ES/Ed
+        // token (config refuses other families; this holds for configs built in code too).
+        algs: (cfg.hmac_algorithms.iter().copied())
+            .filter(|a| a.family() == AlgorithmFamily::Hmac)
+            .collect(),
         kid: None,
     });
     let mut pem = Vec::with_capacity(cfg.public_keys.len());

@@ -269,7 +269,8 @@ async fn refresh_loop(jwks: Weak<jwks::Jwks>, mut last_ok: bool) {
     loop {
         let wait = match jwks.upgrade() {
             Some(j) if last_ok => j.cfg.refresh_interval,
-            // After a failure: soon, but no sooner than a lookup may refetch.
+            // After a failure: soon (as often as a lookup may refetch, at least 1 s), but
+            // never later than the regular refresh.
             Some(j) => (j.cfg.min_refetch_interval)
                 .max(Duration::from_secs(1))
                 .min(j.cfg.refresh_interval),

@@ -80,6 +80,10 @@ async fn a_tls_handshake_that_never_finishes_is_502_within_the_connect_timeout()
         "{:?}",
         started.elapsed()
     );
+    // Counted as what it was: a connect that timed out.
+    let m = h.gateway().metrics.render().await.unwrap();
+    let series = r#"cliniko_gateway_upstream_errors_total{kind="connect_timeout"}"#;
+    assert!(sample(&m, series) >= 1.0, "{m}");
     holder.abort();
 }
 

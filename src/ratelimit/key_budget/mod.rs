@@ -164,7 +164,9 @@ impl KeyBudgets {
 
     /// The quota decisions under `p` are made with now, what a refusal quotes: the shared one
     /// while Redis answers, else this replica's share (right after a failed question too,
-    /// since it marks Redis down).
+    /// since it marks Redis down). Read after the decision: if Redis is marked down or back
+    /// up in between (microseconds), a refusal quotes the other quota; only the quoted figure
+    /// can be off, never the decision.
     fn quota(&self, p: &Params) -> Quota {
         if p.shared.is_some() && !self.redis_down() {
             p.cfg.key

@@ -69,29 +69,33 @@ impl LinkRewriter {
         use futures_util::{StreamExt, stream};
         use http_body::Frame;
         let mut s = self.stream();
+        // One buffer for the whole body: each frame's bytes are split off it, so its capacity
+        // is reused instead of allocated per frame.
+        let mut buf = bytes::BytesMut::with_capacity(8 * 1024);
         // `None` marks the end, where the rewriter lets out what it still holds.
         let items = http_body_util::BodyStream::new(body)
             .map(Some)
             .chain(stream::iter([None]));
         let frames = items.flat_map(move |item| {
-            let mut out = bytes::BytesMut::new();
             // What goes after the rewritten bytes: the trailers, or an error as it came.
             let then = match item.map(|r| r.map(Frame::into_data)) {
                 Some(Ok(Ok(data))) => {
-                    out.reserve(data.len());
-                    s.push(&data, &mut out);
+                    // Links grow when the public base is longer than Cliniko's host.
+                    buf.reserve(data.len() + data.len() / 8);
+                    s.push(&data, &mut buf);
                     None
                 }
                 Some(Ok(Err(trailers))) => {
-                    s.finish(&mut out);
+                    s.finish(&mut buf);
                     Some(Ok(trailers))
                 }
                 Some(Err(e)) => Some(Err(e)),
                 None => {
-                    s.finish(&mut out);
+                    s.finish(&mut buf);
                     None
                 }
             };
+            let out = buf.split();
             let data = (!out.is_empty()).then(|| Ok(Frame::data(out.freeze())));
             stream::iter([data, then].into_iter().flatten())
         });
