@@ -212,9 +212,11 @@ measure() { # name, url, extra wrk args...
     perf record -q -e cpu-clock -F ${PERF_FREQ:-999} ${PERF_CALLGRAPH:--g} -p "$target,$proxy" -o "$file" -- sleep "$secs" 2>/dev/null &
     prof=$!
   fi
-  local up0 px0=0; up0=$(cpu_ticks "$uppid"); [ -n "$proxy" ] && px0=$(cpu_ticks "$proxy")
+  local up0 px0=0 sy0=0; up0=$(cpu_ticks "$uppid")
+  if [ -n "$proxy" ]; then px0=$(cpu_ticks "$proxy"); sy0=$(SYS_ONLY=1 cpu_ticks "$proxy"); fi
   local out; out=$(taskset -c 1 wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "$@" "$url")
-  local up1 px1=0; up1=$(cpu_ticks "$uppid"); [ -n "$proxy" ] && px1=$(cpu_ticks "$proxy")
+  local up1 px1=0 sy1=0; up1=$(cpu_ticks "$uppid")
+  if [ -n "$proxy" ]; then px1=$(cpu_ticks "$proxy"); sy1=$(SYS_ONLY=1 cpu_ticks "$proxy"); fi
   if [ -n "$prof" ]; then wait "$prof" || true; fi
   sleep 0.3  # let nginx flush its buffered connection log
   local rps p50 p99 hand bad
@@ -232,7 +234,9 @@ measure() { # name, url, extra wrk args...
   local n hz; hz=$(getconf CLK_TCK)
   n=$(awk '/requests in/ {print $1}' <<<"$out"); n=${n:-0}
   local pxus upus
-  pxus=$(awk -v d=$((px1 - px0)) -v n="$n" -v hz="$hz" -v p="$proxy" 'BEGIN { if (p == "" || n == 0) print "-"; else printf "%.1f", d * 1e6 / hz / n }')
+  # The proxy's with its system part, "total (sys)": HTTP/1.1's extra syscalls show there.
+  pxus=$(awk -v d=$((px1 - px0)) -v s=$((sy1 - sy0)) -v n="$n" -v hz="$hz" -v p="$proxy" \
+    'BEGIN { if (p == "" || n == 0) print "-"; else printf "%.1f (%.1f)", d * 1e6 / hz / n, s * 1e6 / hz / n }')
   upus=$(awk -v d=$((up1 - up0)) -v n="$n" -v hz="$hz" 'BEGIN { if (n == 0) print "-"; else printf "%.1f", d * 1e6 / hz / n }')
   local fetched; fetched=$(awk -v n="$n" 'END { if (n) printf "%.2f", NR / n; else print "-" }' "$w/up-conns.log")
   results+=("$name|$rps|$p50|$p99|$hand|$pxus|$upus|$fetched|${bad:-0}")
@@ -302,7 +306,7 @@ nginx_njs=$(rps_of "$njs_row"); gw_fill=$(rps_of "$fill_row")
 {
   echo "## compare.sh $(date -u '+%F %H:%M') UTC — $(nproc) cores, ${secs}s per scenario, median of $rounds rounds, wrk -t$threads -c$conns on core 1, servers on core 0"
   echo
-  echo "| scenario | requests/s | p50 | p99 | vs nginx | upstream TLS handshakes / 10k req | proxy CPU µs/req | upstream CPU µs/req |"
+  echo "| scenario | requests/s | p50 | p99 | vs nginx | upstream TLS handshakes / 10k req | proxy CPU µs/req (sys) | upstream CPU µs/req |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|"
   for name in "${names[@]}"; do
     IFS='|' read -r n v p50 p99 hand pxus upus _ <<<"$(median_of "$name")"

@@ -176,11 +176,12 @@ TOML
 }
 # Stores the bench key for user `bench` in the key store named by the config $1.
 add_bench_key() { printf '%s' "$key" | "$bin" keys add --config "$1" --user bench >/dev/null; }
-# CPU time (clock ticks, user + system) of the processes given and their children.
+# CPU time (clock ticks, user + system) of the processes given and their children; with
+# SYS_ONLY=1, system time alone (loopback TCP is kernel work, charged as system time).
 cpu_ticks() {
   local t=0 p
   for p in "$@" $(pgrep -P "$(printf '%s,' "$@" | sed 's/,$//')" 2>/dev/null); do
-    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    t=$((t + $(awk -v s="${SYS_ONLY:-}" '{print s ? $15 : $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
   done
   echo "$t"
 }
