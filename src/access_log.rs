@@ -4,7 +4,8 @@
 //! Target `access`. Fields: the gateway's request id, the caller's (`client_request_id`), the
 //! client address, user, method, path (never the query string: it holds patient names),
 //! status, upstream status, shard, cache, error code, duration, bytes. Never a token, key or
-//! body. Everything but the head and the byte count is read from the request's [`Context`].
+//! body. Everything but the head and the byte count is read from the request's
+//! [`Context`](RequestContext).
 
 use crate::body::{Body, BodyObserver, observe};
 use crate::context::Context as RequestContext;

@@ -1,5 +1,5 @@
 //! Authentication: `Authorization: Bearer <JWT>` (or `Basic base64(<JWT>:)`,
-//! see [`scheme`]) → a verified [`User`].
+//! see `scheme`) → a verified [`User`].
 //!
 //! Rejects (401): a missing header or another scheme, tokens over 8 KiB, a Cliniko API key sent
 //! instead of a JWT (logged by fingerprint, counted), malformed JWTs, `alg: none`

@@ -51,7 +51,7 @@ pub struct Entry {
     /// `body` is one gzip member (no `Content-Encoding` in `headers`: it is added per caller).
     pub gzipped: bool,
     /// The decoded body beside the gzip copy, for callers that do not take gzip: only in an
-    /// entry identity callers read (see [`DECODES_BEFORE_PLAIN`]), and charged in its weight.
+    /// entry identity callers read (see `DECODES_BEFORE_PLAIN`), and charged in its weight.
     pub plain: Option<Bytes>,
     /// The body's length once decoded (its `Content-Length` for identity callers and HEAD).
     pub plain_len: usize,

@@ -3,7 +3,7 @@
 //! replica works alone and nothing here is used.
 //!
 //! The fields used to live in `[ratelimit]` as `redis_url`, `redis_timeout`, `redis_failure`
-//! and `redis_prefix`; those still load, with a warning ([`super::deprecated`]).
+//! and `redis_prefix`; those still load, with a warning (`super::deprecated`).
 
 use super::ConfigError;
 use super::validate::refuse_if;

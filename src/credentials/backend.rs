@@ -136,7 +136,7 @@ impl Backend {
     }
 
     /// Signs the store with its whole-document MAC: migrates a version-1 file, or (only with
-    /// `accept_edits`) accepts a file changed without the master key (see [`edit::resealed`]).
+    /// `accept_edits`) accepts a file changed without the master key (see `edit::resealed`).
     pub async fn reseal(&self, accept_edits: bool) -> Result<Resealed, KeyStoreError> {
         self.edit(move |doc, place, m| edit::resealed(doc, place, m, accept_edits))
             .await

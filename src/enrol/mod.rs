@@ -5,7 +5,7 @@
 //! - `/gateway/v1/me/cliniko-key`: `PUT` (body `{"key": "..."}`, never the URL), `GET`,
 //!   `DELETE`, for a verified caller whose token carries the enrolment grant (`enrol.grant`,
 //!   a claim value that needs no `[policy.grants]` paths; 403 `forbidden` otherwise);
-//! - `/gateway/connect`: the page a person pastes their key into ([`page`]).
+//! - `/gateway/connect`: the page a person pastes their key into (`page`).
 //!
 //! A `PUT` checks the key with Cliniko itself (`GET /v1/user` on the key's shard, through the
 //! in-flight cap, the rate limits and the upstream client every request uses), learns the

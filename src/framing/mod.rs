@@ -6,7 +6,7 @@
 //!   itself (chunked wins, the Content-Length header is removed, the connection closes after
 //!   the response), so the service could not see the conflict (`ambiguous_length`);
 //! - the request target held bytes `http::Uri` refuses. Each head is held back until it is
-//!   complete and its target rewritten first ([`target`]): raw `"` `<` `>` in a query are
+//!   complete and its target rewritten first (`target`): raw `"` `<` `>` in a query are
 //!   percent-encoded and the request goes on; an unusable target is made parseable and flagged
 //!   (`bad_target`), where hyper would have answered a bare 400 on its own.
 //!

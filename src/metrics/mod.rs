@@ -8,7 +8,7 @@
 //! Per request: a few atomic adds, one read-locked map lookup for the request counter (labels
 //! are `Copy`, nothing is allocated) and one short mutex for each histogram observation.
 //! Cache, rate-limit and JWKS figures are read from their own counters at scrape time
-//! ([`sources`]), so those paths carry no metrics code at all.
+//! (`sources`), so those paths carry no metrics code at all.
 
 mod apps;
 mod process;

@@ -1,7 +1,7 @@
 //! The key budget shared by every replica: one Lua script per decision, run atomically by
 //! Redis on Redis's own clock (`TIME`), so replicas with skewed clocks still agree.
 //!
-//! The script is [`super::gcra`] line for line: one key per budget
+//! The script is `super::gcra` line for line: one key per budget
 //! (`<redis.prefix>:budget:<budget id>`) holding the TAT in µs since the Unix epoch, with an
 //! expiry just past it so idle budgets vanish. Every call is bounded by `redis.timeout`; a
 //! timeout or error is reported to the caller, which fails open or closed.
@@ -97,7 +97,7 @@ impl SharedBudget {
         }))
     }
 
-    /// One decision on budget `id` under `gcra`; see [`super::gcra::Gcra::decide`] and `pause`.
+    /// One decision on budget `id` under `gcra`; see `super::gcra::Gcra::decide` and `pause`.
     pub async fn decide(
         &self,
         id: &str,

@@ -176,7 +176,7 @@ pub fn inflate(bytes: &[u8], coding: Coding, limit: usize) -> Result<Bytes, Infl
 
 /// `plain` as one gzip member at the fastest level, through a kept encoder (a fresh one
 /// allocates and clears ~256 KiB of state, more than compressing a Cliniko page costs). The
-/// result is an allocation of its own size when it fits [`GZIP_SCRATCH`] (one copy out of the
+/// result is an allocation of its own size when it fits `GZIP_SCRATCH` (one copy out of the
 /// encoder's scratch buffer, nothing to shrink afterwards).
 pub fn gzip_fast(plain: &[u8]) -> Option<Vec<u8>> {
     static KEPT_GZIP: Kept<Gzip> = Mutex::new(Vec::new());

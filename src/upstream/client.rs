@@ -29,7 +29,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Bytes read from the socket at once, below TLS.
 const READ_BUFFER: usize = 32 * 1024;
 
-/// `HttpConnector` whose connections are read through a [`READ_BUFFER`] buffer.
+/// `HttpConnector` whose connections are read through a `READ_BUFFER` buffer.
 ///
 /// Why: rustls asks its transport for at most 4 KiB per read, so a 15 KB Cliniko page cost
 /// four `recvfrom` calls (measured with `strace -c`); through the buffer it is one, and rustls

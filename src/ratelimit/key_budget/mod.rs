@@ -1,5 +1,5 @@
 //! The budget per Cliniko user: GCRA, with the requests that must wait for a slot queued
-//! fairly across apps ([`admit`]) for up to `max_wait`.
+//! fairly across apps (`admit`) for up to `max_wait`.
 //!
 //! A budget is named by the credential: its key store `cliniko_user` label when there is one
 //! (every key of that Cliniko user shares it, as Cliniko counts per user), else its key id.
