@@ -22,16 +22,6 @@ impl Proc {
     }
 }
 
-/// A stand-in serving Alice's account.
-async fn alice_sandbox() -> Sandbox {
-    Sandbox::start(SandboxOptions {
-        accounts: vec![account(KEY_ALICE, "Alice")],
-        ..SandboxOptions::default()
-    })
-    .await
-    .unwrap()
-}
-
 async fn spawn(sb: &Sandbox, users: &[(&str, &str)]) -> Proc {
     spawn_with(sb, users, "").await
 }

@@ -6,12 +6,12 @@
 //! file is reloaded and a bad one refused.
 
 use crate::support::{
-    ChildLogs, HMAC, KEY_ALICE, MASTER, RedisServer, account, add_key, plain_client, sample,
+    ChildLogs, HMAC, KEY_ALICE, MASTER, RedisServer, add_key, alice_sandbox, plain_client, sample,
     signal, token_scoped,
 };
 use bytes::Bytes;
 use cliniko_gateway::credentials::ApiKey;
-use cliniko_gateway::sandbox::{Sandbox, SandboxOptions};
+use cliniko_gateway::sandbox::Sandbox;
 use http_body_util::{BodyExt, Full};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -132,21 +132,12 @@ async fn get(base: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-async fn standin() -> Sandbox {
-    Sandbox::start(SandboxOptions {
-        accounts: vec![account(KEY_ALICE, "Alice")],
-        ..SandboxOptions::default()
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn two_replicas_on_the_deploy_config_share_one_budget_expose_metrics_and_drain() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let sb = standin().await;
+    let sb = alice_sandbox().await;
     let users = ["alice", "bob", "erin"];
     let secrets = secrets_dir(&sb, &users);
     let mut a = Replica::start(&sb, &redis, secrets.path()).await;
@@ -285,7 +276,7 @@ async fn a_changed_key_store_file_is_reloaded_and_a_bad_one_refused() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let sb = standin().await;
+    let sb = alice_sandbox().await;
     let secrets = secrets_dir(&sb, &["alice"]);
     let mut r = Replica::start(&sb, &redis, secrets.path()).await;
     let erin = format!("Bearer {}", token_scoped("erin", "cliniko:read"));

@@ -83,6 +83,16 @@ pub fn account(key: &str, label: &str) -> Account {
     }
 }
 
+/// A stand-in serving Alice's account (for gateways started as processes, not by [`Harness`]).
+pub async fn alice_sandbox() -> Sandbox {
+    Sandbox::start(SandboxOptions {
+        accounts: vec![account(KEY_ALICE, "Alice")],
+        ..SandboxOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
 /// A running gateway in front of running stand-ins.
 pub struct Harness {
     /// The gateway; dropping it stops the server.
