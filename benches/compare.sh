@@ -18,11 +18,13 @@
 #     gateway caches; lib.sh's unique.lua), identity encoding both sides: a third nginx (njs
 #     module, libnginx-mod-http-js) checking the caller's HS256 JWT in JavaScript, limit_req
 #     on its `sub`, proxy_cache on tmpfs (in memory, as the gateway's cache is); and a fourth
-#     gateway, so the fill leaves the other gateways' caches and RSS alone. Both are probed
-#     before they are measured (401 for a bad token, MISS then HIT for a new URL, no
-#     Content-Encoding) and the run stops if either is wrong; after the window, upstream
-#     fetches per request (1.00: every request a miss) and failed responses are printed, then
-#     the ratio of the two
+#     gateway, so the fill leaves the other gateways' caches and RSS alone (a fifth fills over
+#     HTTP/2, which nginx cannot speak upstream). All are probed before they are measured
+#     (401 for a bad token, MISS then HIT for a new URL, no Content-Encoding) and the run
+#     stops if one is wrong; after the window, upstream fetches per request (1.00: every
+#     request a miss) and failed responses are printed, then the ratio of the two
+#   - issue 16's ratio targets turned into CPU per request: what each allows, what the floor
+#     alone costs, so the room left for the gateway's own work beside what it spends now
 # Load: wrk -t1 -c$CONNS pinned to core 1; upstream and proxies share core 0 (taskset), 2 s
 # warm-up before each measured window; every row is measured once per round (ROUNDS, default
 # 3, rounds one after the other) and shown by its median round. Prints one table (requests/s, p50, p99, ratios against
@@ -44,7 +46,7 @@ UP=${UP_PORT:-19443} NGX=${NGX_PORT:-19080} NGXC=${NGXC_PORT:-19081} GW=${GW_POR
 # nginx cannot proxy to an h2 upstream, the gateway negotiates it.
 UP2=${UP2_PORT:-19444} GW2=${GW2_PORT:-19092} FL1=${FL1_PORT:-19093} FL2=${FL2_PORT:-19094}
 # The cache-fill pair: nginx + njs, and its own gateway.
-NJS=${NJS_PORT:-19082} GWF=${GWF_PORT:-19095}
+NJS=${NJS_PORT:-19082} GWF=${GWF_PORT:-19095} GWF2=${GWF2_PORT:-19096}
 
 source "$(dirname "$0")/lib.sh"
 njs_so=/usr/lib/nginx/modules/ngx_http_js_module.so
@@ -155,6 +157,7 @@ gw_config "$GW" 10000 >"$w/gw.toml"
 gw_config "$GWR" 0 >"$w/gw-rs.toml"
 gw_config "$GW2" 10000 "$UP2" >"$w/gw-h2.toml"
 gw_config "$GWF" 10000 >"$w/gw-fill.toml"
+gw_config "$GWF2" 10000 "$UP2" >"$w/gw-fill-h2.toml"
 add_bench_key "$w/gw.toml"
 taskset -c 0 "$bin" serve --config "$w/gw.toml" >"$w/gw.log" 2>&1 &
 gwpid=$!; pids+=($gwpid)
@@ -164,6 +167,8 @@ taskset -c 0 "$bin" serve --config "$w/gw-h2.toml" >"$w/gw-h2.log" 2>&1 &
 gw2pid=$!; pids+=($gw2pid)
 taskset -c 0 "$bin" serve --config "$w/gw-fill.toml" >"$w/gw-fill.log" 2>&1 &
 gwfpid=$!; pids+=("$gwfpid")
+taskset -c 0 "$bin" serve --config "$w/gw-fill-h2.toml" >"$w/gw-fill-h2.log" 2>&1 &
+gwf2pid=$!; pids+=("$gwf2pid")
 if [ -z "${GATEWAY_BIN:-}" ]; then cargo build --release --quiet --example stack_floor; fi
 floor=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/stack_floor
 taskset -c 0 "$floor" "127.0.0.1:$FL1" "https://localhost:$UP/v1" "$w/ca.pem" &
@@ -172,7 +177,7 @@ taskset -c 0 "$floor" "127.0.0.1:$FL2" "https://localhost:$UP2/v1" "$w/ca.pem" &
 fl2pid=$!; pids+=($fl2pid)
 hs=$("$bin" token mint --config "$w/gw.toml" --sub bench --ttl 2h)
 "$bin" token mint --sub bench --ttl 2h --signing-key "$w/rs.key" --alg RS256 --count 3000 >"$w/rs-tokens.txt"
-wait_ports "$UP" "$UP2" "$NGX" "$NGXC" "$GW" "$GWR" "$GW2" "$FL1" "$FL2" "$NJS" "$GWF"
+wait_ports "$UP" "$UP2" "$NGX" "$NGXC" "$GW" "$GWR" "$GW2" "$FL1" "$FL2" "$NJS" "$GWF" "$GWF2"
 
 cat >"$w/tokens.lua" <<LUA
 local tokens = {}
@@ -198,6 +203,7 @@ measure() { # name, url, extra wrk args...
     *":$NGX/"* | *":$NGXC/"*) proxy=$ngxpid ;;
     *":$NJS/"*) proxy=$njspid ;;
     *":$GWF/"*) proxy=$gwfpid ;;
+    *":$GWF2/"*) proxy=$gwf2pid ;;
     *":$GW/"*) proxy=$gwpid ;;
     *":$GWR/"*) proxy=$gwrpid ;;
     *":$GW2/"*) proxy=$gw2pid ;;
@@ -266,8 +272,10 @@ probe_fill() { # base url, cache header
 }
 njs_row="nginx + njs JWT + limit + proxy_cache, all misses"
 fill_row="gateway, cache fill (unique URLs)"
+fill2_row="gateway, cache fill (unique URLs), h2 upstream"
 if wanted "$njs_row"; then probe_fill "http://127.0.0.1:$NJS" X-Cache-Status; fi
 if wanted "$fill_row"; then probe_fill "http://127.0.0.1:$GWF" X-Cache; fi
+if wanted "$fill2_row"; then probe_fill "http://127.0.0.1:$GWF2" X-Cache; fi
 # Every row is measured in each of $rounds rounds, one after the other, so a drift of the host
 # falls on nginx and the gateway alike; the table shows each row's median round.
 scenarios() {
@@ -283,6 +291,7 @@ scenarios() {
 
   measure "$njs_row" "http://127.0.0.1:$NJS/v1/practitioners" "${auth[@]}" -s "$w/unique.lua"
   measure "$fill_row" "http://127.0.0.1:$GWF/v1/practitioners" "${auth[@]}" -s "$w/unique.lua"
+  measure "$fill2_row" "http://127.0.0.1:$GWF2/v1/practitioners" "${auth[@]}" -s "$w/unique.lua"
 }
 for ((round = 1; round <= rounds; round++)); do scenarios; done
 echo >&2
@@ -301,8 +310,17 @@ failures() {
   for r in "${results[@]}"; do IFS='|' read -r n _ _ _ _ _ _ _ bad <<<"$r"; if [ "$n" = "$1" ]; then echo "$bad"; fi; done |
     paste -sd' '
 }
+# A row's proxy + upstream CPU per request (columns 6 and 7; the proxy's "total (sys)").
+total_cpu() { median_of "$1" | awk -F'|' '{ split($6, p, " "); if (p[1] != "" && p[1] != "-") printf "%.1f", p[1] + $7 }'; }
+# One line of the budget table: label, ratio, base requests/s, gateway row, floor row.
+budget() {
+  local g f; g=$(total_cpu "$4") f=$(total_cpu "$5")
+  [ -n "$3" ] && [ -n "$g" ] && [ -n "$f" ] || return 0
+  awk -v l="$1" -v r="$2" -v b="$3" -v g="$g" -v f="$f" \
+    'BEGIN { t = 1e6 / (r * b); printf "| %s | %.1f | %.1f | %.1f | %.1f |\n", l, t, f, t - f, g - f }'
+}
 nginx_plain=$(rps_of "nginx proxy"); nginx_cache=$(rps_of "nginx proxy_cache hit")
-nginx_njs=$(rps_of "$njs_row"); gw_fill=$(rps_of "$fill_row")
+nginx_njs=$(rps_of "$njs_row"); gw_fill=$(rps_of "$fill_row"); gw_fill2=$(rps_of "$fill2_row")
 {
   echo "## compare.sh $(date -u '+%F %H:%M') UTC — $(nproc) cores, ${secs}s per scenario, median of $rounds rounds, wrk -t$threads -c$conns on core 1, servers on core 0"
   echo
@@ -312,7 +330,7 @@ nginx_njs=$(rps_of "$njs_row"); gw_fill=$(rps_of "$fill_row")
     IFS='|' read -r n v p50 p99 hand pxus upus _ <<<"$(median_of "$name")"
     case "$n" in
       *cache\ hit*) base=$nginx_cache ;;
-      "$fill_row") base=$nginx_njs ;;
+      "$fill_row" | "$fill2_row") base=$nginx_njs ;;
       *) base=$nginx_plain ;;
     esac
     ratio=$(awk -v a="$v" -v b="$base" 'BEGIN { if (b > 0) printf "%.2fx", a/b; else print "-" }')
@@ -322,7 +340,17 @@ nginx_njs=$(rps_of "$njs_row"); gw_fill=$(rps_of "$fill_row")
   echo "Gateway RSS after the run: $rss. Ratios: cache-hit rows against nginx proxy_cache hit, the cache fill against nginx + njs, the rest against nginx proxy."
   if wanted "$njs_row" || wanted "$fill_row"; then
     echo
-    echo "Cache-fill pair: upstream fetches per request in the median round (1.00: every request a miss) nginx + njs $(median_of "$njs_row" | cut -d'|' -f8), gateway $(median_of "$fill_row" | cut -d'|' -f8); failed responses per round $(failures "$njs_row") and $(failures "$fill_row")."
-    echo "Issue 16 target, gateway cache fill ÷ nginx + njs JWT + limit + proxy_cache (goal ≥ 2x): $(awk -v a="$gw_fill" -v b="$nginx_njs" 'BEGIN { if (b > 0) printf "%.2fx", a/b; else print "-" }')"
+    echo "Cache-fill pair: upstream fetches per request in the median round (1.00: every request a miss) nginx + njs $(median_of "$njs_row" | cut -d'|' -f8), gateway $(median_of "$fill_row" | cut -d'|' -f8), gateway over h2 $(median_of "$fill2_row" | cut -d'|' -f8); failed responses per round $(failures "$njs_row"), $(failures "$fill_row") and $(failures "$fill2_row")."
+    echo "Issue 16 target, gateway cache fill ÷ nginx + njs JWT + limit + proxy_cache (goal ≥ 2x): $(awk -v a="$gw_fill" -v c="$gw_fill2" -v b="$nginx_njs" 'BEGIN { if (b > 0) printf "%.2fx over HTTP/1.1, %.2fx over HTTP/2 upstream", a/b, c/b; else print "-" }')"
   fi
+  echo
+  echo "Issue 16's ratio targets as CPU: core 0 runs the proxy and the upstream, so a row's requests/s ≈ 10^6 ÷ (proxy + upstream CPU µs per request); R × a base row allows 10^6 ÷ (R × its requests/s) in all. The gateway's own work is its row's total minus the floor's (the upstream's CPU it causes included)."
+  echo
+  echo "| target | µs/req allowed | floor's total | room for the gateway's own work | gateway's own work now |"
+  echo "|---|---:|---:|---:|---:|"
+  floor1="stack floor: hyper proxy, nothing else (h1 upstream)" floor2="stack floor: hyper proxy, nothing else (h2 upstream)"
+  budget "miss ≥ 1.1x nginx proxy, h1" 1.1 "$nginx_plain" "gateway, full path, cache miss" "$floor1"
+  budget "miss ≥ 1.4x nginx proxy, h2" 1.4 "$nginx_plain" "gateway, full path, cache miss, h2 upstream" "$floor2"
+  budget "fill ≥ 2x nginx + njs, h1" 2 "$nginx_njs" "$fill_row" "$floor1"
+  budget "fill ≥ 2x nginx + njs, h2" 2 "$nginx_njs" "$fill2_row" "$floor2"
 } | tee target/bench/compare.md
